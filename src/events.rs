@@ -1,0 +1,183 @@
+//! [`RotationEvent`]: what happened, on a broadcast channel and in `tracing`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use crate::bundle::CertInfo;
+use crate::clock::{human, rfc3339};
+use crate::health::AlertLevel;
+use crate::policy::ValidationError;
+use crate::source::SourceError;
+
+/// Something the rotation machinery did or saw.
+///
+/// Every event is also logged as a structured `tracing` event (target
+/// `certrotate`): rotations and rollbacks at INFO, refusals, source failures
+/// and expiry warnings at WARN (ERROR once critical or expired).
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn demo(store: certrotate::CertStore) {
+/// use certrotate::RotationEvent;
+///
+/// let mut events = store.subscribe();
+/// while let Ok(event) = events.recv().await {
+///     if let RotationEvent::Refused { error, .. } = &event {
+///         eprintln!("alert: {error}");
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum RotationEvent {
+    /// A rotation attempt started.
+    Attempted {
+        /// The store slot being rotated.
+        slot: Arc<str>,
+        /// What started it.
+        trigger: Trigger,
+    },
+    /// A new certificate went live.
+    Rotated {
+        /// The store slot.
+        slot: Arc<str>,
+        /// The certificate that served before, if any.
+        old: Option<Arc<CertInfo>>,
+        /// The certificate serving now.
+        new: Arc<CertInfo>,
+    },
+    /// A candidate failed the policy; the old certificate keeps serving.
+    Refused {
+        /// The store slot.
+        slot: Arc<str>,
+        /// Which certificate and why.
+        error: Arc<ValidationError>,
+    },
+    /// The previous certificate was restored.
+    RolledBack {
+        /// The store slot.
+        slot: Arc<str>,
+        /// The certificate that was serving.
+        from: Arc<CertInfo>,
+        /// The certificate serving now.
+        to: Arc<CertInfo>,
+    },
+    /// The source could not produce a candidate.
+    SourceFailed {
+        /// The store slot.
+        slot: Arc<str>,
+        /// What went wrong.
+        error: SourceError,
+    },
+    /// The serving certificate's expiry alert level changed for the worse.
+    ExpiryWarning {
+        /// The store slot.
+        slot: Arc<str>,
+        /// The certificate serving.
+        cert: Arc<CertInfo>,
+        /// How bad it is.
+        level: AlertLevel,
+        /// Time left before it expires.
+        remaining: Duration,
+    },
+}
+
+/// What started a rotation attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Trigger {
+    /// The first load, at start.
+    Initial,
+    /// The source said it has something new.
+    SourceChanged,
+    /// The serving certificate reached its renewal time.
+    Schedule,
+    /// Someone called [`Rotator::rotate_now`](crate::Rotator::rotate_now).
+    Manual,
+    /// A retry after a failed attempt.
+    Retry,
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Initial => "initial load",
+            Self::SourceChanged => "source changed",
+            Self::Schedule => "renewal schedule",
+            Self::Manual => "manual trigger",
+            Self::Retry => "retry",
+        })
+    }
+}
+
+/// The sending side: logs each event, then broadcasts it.
+#[derive(Debug, Clone)]
+pub(crate) struct Events(broadcast::Sender<RotationEvent>);
+
+impl Events {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self(broadcast::channel(capacity).0)
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<RotationEvent> {
+        self.0.subscribe()
+    }
+
+    pub(crate) fn emit(&self, event: RotationEvent) {
+        log(&event);
+        // No subscriber is fine: events are also in the logs.
+        let _ = self.0.send(event);
+    }
+}
+
+fn log(event: &RotationEvent) {
+    match event {
+        RotationEvent::Attempted { slot, trigger } => {
+            tracing::debug!(target: "certrotate", %slot, %trigger, "rotation attempt")
+        }
+        RotationEvent::Rotated { slot, old, new } => tracing::info!(
+            target: "certrotate",
+            %slot,
+            old_serial = old.as_ref().map(|o| o.serial.as_str()),
+            new_serial = %new.serial,
+            subject = %new.subject,
+            not_after = %rfc3339(new.not_after),
+            "certificate rotated"
+        ),
+        RotationEvent::Refused { slot, error } => tracing::warn!(
+            target: "certrotate",
+            %slot,
+            serial = %error.cert().serial,
+            reason = %error.reason(),
+            "candidate certificate refused: {error}"
+        ),
+        RotationEvent::RolledBack { slot, from, to } => tracing::info!(
+            target: "certrotate",
+            %slot,
+            from_serial = %from.serial,
+            to_serial = %to.serial,
+            "certificate rolled back"
+        ),
+        RotationEvent::SourceFailed { slot, error } => {
+            tracing::warn!(target: "certrotate", %slot, "certificate source failed: {error}")
+        }
+        RotationEvent::ExpiryWarning { slot, cert, level, remaining } => {
+            let remaining = human(*remaining);
+            match level {
+                AlertLevel::Critical | AlertLevel::Expired => tracing::error!(
+                    target: "certrotate", %slot, serial = %cert.serial, ?level, %remaining,
+                    "serving certificate is {level}: {cert} expires at {}", rfc3339(cert.not_after)
+                ),
+                _ => tracing::warn!(
+                    target: "certrotate", %slot, serial = %cert.serial, ?level, %remaining,
+                    "serving certificate is {level}: {cert} expires at {}", rfc3339(cert.not_after)
+                ),
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The health snapshot: what is serving, how long it has left, what went wrong.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::bundle::CertInfo;
+
+
+/// How close a serving certificate is to expiry, given its renewal schedule.
+///
+/// Levels escalate while renewal keeps failing: `ok` until the renewal time
+/// has passed, then `renew-overdue`, then `critical` in the last third of the
+/// renewal window, then `expired`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlertLevel {
+    /// Before the renewal time.
+    Ok,
+    /// Past the renewal time, still serving the old certificate.
+    RenewOverdue,
+    /// Less than a third of the renewal window left.
+    Critical,
+    /// Past `not_after`: clients reject it.
+    Expired,
+}
+
+impl AlertLevel {
+    /// The level of `cert` at `now`, when renewal is due with
+    /// `renew_before_fraction` of its lifetime left.
+    ///
+    /// ```
+    /// use certrotate::AlertLevel;
+    /// # let ck = rcgen::generate_simple_self_signed(vec!["a.example".into()]).unwrap();
+    /// # let bundle = certrotate::CertBundle::from_pem(ck.cert.pem().as_bytes(), ck.signing_key.serialize_pem().as_bytes()).unwrap();
+    /// let info = bundle.info();
+    /// assert_eq!(AlertLevel::at(info, info.not_after, 1.0 / 3.0), AlertLevel::Expired);
+    /// ```
+    pub fn at(cert: &CertInfo, now: SystemTime, renew_before_fraction: f64) -> Self {
+        let Ok(remaining) = cert.not_after.duration_since(now) else {
+            return Self::Expired;
+        };
+        let window = cert.lifetime().mul_f64(renew_before_fraction.clamp(0.0, 1.0));
+        if remaining.is_zero() {
+            Self::Expired
+        } else if remaining < window / 3 {
+            Self::Critical
+        } else if remaining < window {
+            Self::RenewOverdue
+        } else {
+            Self::Ok
+        }
+    }
+
+    /// When the level next gets worse, if it can.
+    pub(crate) fn next_change(cert: &CertInfo, renew_before_fraction: f64, now: SystemTime) -> Option<SystemTime> {
+        let window = cert.lifetime().mul_f64(renew_before_fraction.clamp(0.0, 1.0));
+        [cert.not_after - window, cert.not_after - window / 3, cert.not_after]
+            .into_iter()
+            .find(|t| *t > now)
+    }
+}
+
+impl fmt::Display for AlertLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ok => "ok",
+            Self::RenewOverdue => "renew-overdue",
+            Self::Critical => "critical",
+            Self::Expired => "expired",
+        })
+    }
+}
+
+/// A point-in-time view of a [`CertStore`](crate::CertStore), for health
+/// endpoints and dashboards. Serializes to JSON.
+///
+/// ```no_run
+/// # fn demo(store: certrotate::CertStore) {
+/// let health = store.health();
+/// println!("{}", serde_json::to_string_pretty(&health).unwrap());
+/// if let Some(error) = &health.last_error {
+///     eprintln!("last candidate refused: {error}");
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct HealthSnapshot {
+    /// One entry per store slot, in the order the slots were created.
+    pub certificates: Vec<CertHealth>,
+    /// When a certificate last went live (RFC 3339), if ever.
+    #[serde(serialize_with = "crate::clock::ser_opt_time")]
+    pub last_rotation: Option<SystemTime>,
+    /// Certificates installed since the store was made (initial loads included).
+    pub rotations: u64,
+    /// Why the most recent candidate was refused or could not be fetched;
+    /// `None` once a candidate is accepted.
+    pub last_error: Option<String>,
+    /// The worst alert level over all certificates.
+    pub alert: AlertLevel,
+}
+
+/// The health of one store slot.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct CertHealth {
+    /// The store slot.
+    pub slot: String,
+    /// Serial number of the serving certificate.
+    pub serial: String,
+    /// Subject of the serving certificate.
+    pub subject: String,
+    /// DNS names covered.
+    pub dns_names: Vec<String>,
+    /// IP addresses covered.
+    pub ip_addresses: Vec<IpAddr>,
+    /// End of validity.
+    #[serde(serialize_with = "crate::clock::ser_time")]
+    pub not_after: SystemTime,
+    /// Seconds left before expiry (0 once expired).
+    pub remaining_seconds: u64,
+    /// The expiry alert level.
+    pub alert: AlertLevel,
+    /// SHA-256 fingerprint of the serving leaf.
+    pub fingerprint_sha256: String,
+    /// Why the most recent candidate for this slot failed, if it did.
+    pub last_error: Option<String>,
+}
+
+impl CertHealth {
+    pub(crate) fn new(slot: &str, info: &CertInfo, now: SystemTime, renew_before_fraction: f64, last_error: Option<String>) -> Self {
+        Self {
+            slot: slot.to_owned(),
+            serial: info.serial.clone(),
+            subject: info.subject.clone(),
+            dns_names: info.dns_names.clone(),
+            ip_addresses: info.ip_addresses.clone(),
+            not_after: info.not_after,
+            remaining_seconds: info.not_after.duration_since(now).unwrap_or(Duration::ZERO).as_secs(),
+            alert: AlertLevel::at(info, now, renew_before_fraction),
+            fingerprint_sha256: info.fingerprint_sha256.clone(),
+            last_error,
+        }
+    }
+}
+
+

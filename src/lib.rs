@@ -1,0 +1,82 @@
+//! # certrotate
+//!
+//! Rotates the TLS certificates of a rustls server while it serves: each new
+//! certificate is fetched from a [`CertSource`], proven good by a [`Policy`]
+//! (key matches, dates, names, chain, strength, and a real probe handshake),
+//! swapped in without dropping a connection, kept for [`rollback`](Rotator::rollback),
+//! and reported through [`RotationEvent`]s, `tracing` and a [`HealthSnapshot`].
+//!
+//! The handshake path, [`RotatingResolver`], is one lock-free `arc-swap` load
+//! and a hash lookup; everything slow happens in the [`Rotator`]'s task.
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use certrotate::{CertBundle, Policy, Rotator, StaticSource, TlsListener};
+//!
+//! # async fn main_() -> Result<(), Box<dyn std::error::Error>> {
+//! let bundle = CertBundle::from_pem_files("tls.crt", "tls.key")?;
+//! let policy = Policy::builder().server_name("api.example.com").build()?;
+//! let source = StaticSource::new(bundle);
+//! let rotator = Rotator::builder(source.clone(), policy).start().await?;
+//!
+//! // Later, from anywhere: `source.push(new_bundle)`; the rotator validates it
+//! // and swaps it in, or refuses it and keeps serving the old one.
+//! let tcp = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
+//! let listener = TlsListener::new(tcp, Arc::new(rotator.server_config()?));
+//! let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Feature flags
+//!
+//! - `aws-lc-rs` (default): rustls's aws-lc-rs crypto provider.
+//! - `ring`: rustls's ring crypto provider (used when `aws-lc-rs` is off).
+//! - `axum` (default): [`TlsListener`] implements `axum::serve::Listener`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+#[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
+compile_error!("certrotate needs a crypto provider: enable the `aws-lc-rs` or the `ring` feature");
+
+mod bundle;
+mod clock;
+mod events;
+mod health;
+mod policy;
+mod resolver;
+mod rotator;
+mod serve;
+mod source;
+mod store;
+
+pub use bundle::{BundleError, CertBundle, CertInfo, ChainLink, KeyAlgorithm};
+pub use clock::{Clock, SystemClock};
+pub use events::{RotationEvent, Trigger};
+pub use health::{AlertLevel, CertHealth, HealthSnapshot};
+pub use policy::{Policy, PolicyBuilder, PolicyConfigError, Refusal, ValidatedCert, ValidationError};
+pub use resolver::RotatingResolver;
+pub use rotator::{RotateError, Rotation, Rotator, RotatorBuilder};
+pub use serve::TlsListener;
+pub use source::{CertSource, SourceError, StaticSource};
+pub use store::{CertStore, CertStoreBuilder, RollbackError, DEFAULT_SLOT};
+
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+
+/// The process-wide default crypto provider if one is installed, else the one
+/// chosen by this crate's features.
+fn default_provider() -> Arc<CryptoProvider> {
+    if let Some(provider) = CryptoProvider::get_default() {
+        return provider.clone();
+    }
+    #[cfg(feature = "aws-lc-rs")]
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    let provider = rustls::crypto::ring::default_provider();
+    Arc::new(provider)
+}

@@ -1,0 +1,70 @@
+//! [`RotatingResolver`]: the handshake path.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::store::Snapshot;
+
+/// A rustls certificate resolver that always serves the current certificates
+/// of a [`CertStore`](crate::CertStore).
+///
+/// Resolving is one lock-free `arc-swap` load and at most two hash lookups:
+/// no lock, no I/O, no parsing, no allocation. A connection keeps the
+/// certificate it resolved for its whole life, so rotation never disturbs a
+/// handshake in flight or an established connection.
+///
+/// Get one from [`CertStore::resolver`](crate::CertStore::resolver) or
+/// [`Rotator::resolver`](crate::Rotator::resolver).
+pub struct RotatingResolver {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+}
+
+impl RotatingResolver {
+    pub(crate) fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
+        Self { snapshot }
+    }
+
+    /// The certificate a client asking for `server_name` (lowercase, as
+    /// rustls passes it; `None` without SNI) gets right now: the exact name,
+    /// else a wildcard one label up, else the default certificate.
+    ///
+    /// ```
+    /// let store = certrotate::CertStore::new();
+    /// assert!(store.resolver().lookup(Some("api.example.com")).is_none()); // empty store
+    /// ```
+    #[inline]
+    pub fn lookup(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let snapshot = self.snapshot.load();
+        if let Some(name) = server_name {
+            if let Some(key) = snapshot.exact.get(name) {
+                return Some(key.clone());
+            }
+            if let Some((_, parent)) = name.split_once('.') {
+                if let Some(key) = snapshot.wildcard.get(parent) {
+                    return Some(key.clone());
+                }
+            }
+        }
+        snapshot.default.clone()
+    }
+}
+
+impl ResolvesServerCert for RotatingResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.lookup(client_hello.server_name())
+    }
+}
+
+impl fmt::Debug for RotatingResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let snapshot = self.snapshot.load();
+        f.debug_struct("RotatingResolver")
+            .field("names", &(snapshot.exact.len() + snapshot.wildcard.len()))
+            .field("has_default", &snapshot.default.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,510 @@
+//! [`Rotator`]: the task that keeps one store slot fresh from one source.
+//!
+//! It waits for the first of: the source saying it changed, the serving
+//! certificate reaching its renewal time, a manual trigger, a retry after a
+//! failure. Then it fetches a candidate, validates it against the policy on a
+//! blocking thread (never on a handshake), and swaps it in only if it passed.
+//! Failures are retried with capped exponential backoff and jitter while the
+//! last good certificate keeps serving.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::ServerConfig;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::bundle::{CertBundle, CertInfo};
+use crate::events::{RotationEvent, Trigger};
+use crate::health::{AlertLevel, HealthSnapshot};
+use crate::policy::{Policy, ValidationError};
+use crate::resolver::RotatingResolver;
+use crate::source::{CertSource, SourceError};
+use crate::store::{CertStore, RollbackError, DEFAULT_SLOT};
+
+/// Renew when a third of the certificate's lifetime is left.
+pub(crate) const DEFAULT_RENEW_BEFORE_FRACTION: f64 = 1.0 / 3.0;
+
+/// The longest the task sleeps before looking at the wall clock again, so a
+/// clock step (NTP, suspend) delays a renewal by at most this much.
+const MAX_SLEEP: Duration = Duration::from_secs(300);
+
+/// Keeps one [`CertStore`] slot fresh from one [`CertSource`].
+///
+/// The rotation runs as a tokio task until [`shutdown`](Self::shutdown) or
+/// until the runtime stops; dropping the handle does not stop it.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn demo(bundle: certrotate::CertBundle) -> Result<(), Box<dyn std::error::Error>> {
+/// use certrotate::{Policy, Rotator, StaticSource};
+///
+/// let policy = Policy::builder().server_name("api.example.com").build()?;
+/// let rotator = Rotator::builder(StaticSource::new(bundle), policy).start().await?;
+/// let tls = std::sync::Arc::new(rotator.server_config()?);
+/// // ... serve with `tls` ...
+/// rotator.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Rotator {
+    store: CertStore,
+    slot: Arc<str>,
+    policy: Policy,
+    commands: mpsc::Sender<Command>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// What a successful rotation attempt did.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Rotation {
+    /// A new certificate went live.
+    Rotated {
+        /// The certificate serving before, if any.
+        old: Option<Arc<CertInfo>>,
+        /// The certificate serving now.
+        new: Arc<CertInfo>,
+    },
+    /// The source gave the certificate that is already serving.
+    Unchanged(Arc<CertInfo>),
+}
+
+/// A rotation attempt failed; the certificate serving before keeps serving.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RotateError {
+    /// The source could not produce a candidate.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The candidate failed the policy.
+    #[error(transparent)]
+    Refused(#[from] ValidationError),
+    /// The rotator has been shut down.
+    #[error("the rotator has been shut down")]
+    Stopped,
+}
+
+/// Configures and starts a [`Rotator`].
+#[derive(Debug)]
+#[must_use]
+pub struct RotatorBuilder<S> {
+    source: S,
+    policy: Policy,
+    store: Option<CertStore>,
+    slot: String,
+    renew_before_fraction: f64,
+    jitter: f64,
+    retry_min: Duration,
+    retry_max: Duration,
+}
+
+impl<S: CertSource> RotatorBuilder<S> {
+    /// Rotates a slot of this store (default: a new store of its own). Share
+    /// one store between rotators to serve several certificates by SNI.
+    pub fn store(mut self, store: CertStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The store slot to fill (default [`DEFAULT_SLOT`]).
+    pub fn slot(mut self, slot: impl Into<String>) -> Self {
+        self.slot = slot.into();
+        self
+    }
+
+    /// Renews when this fraction of the certificate's lifetime is left
+    /// (default 1/3, as for 90-day certificates renewed 30 days before
+    /// expiry). Clamped to `0.01..=0.99`.
+    pub fn renew_before_fraction(mut self, fraction: f64) -> Self {
+        self.renew_before_fraction = fraction.clamp(0.01, 0.99);
+        self
+    }
+
+    /// Renews up to this fraction of the renewal window earlier, at random,
+    /// so that a fleet does not renew all at once (default 0.1). Clamped to
+    /// `0.0..=0.5`.
+    pub fn renewal_jitter(mut self, fraction: f64) -> Self {
+        self.jitter = fraction.clamp(0.0, 0.5);
+        self
+    }
+
+    /// Retries a failed attempt after `min`, doubling each time up to `max`,
+    /// with jitter (default 1 s to 5 min).
+    pub fn retry_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.retry_min = min.max(Duration::from_millis(1));
+        self.retry_max = max.max(self.retry_min);
+        self
+    }
+
+    /// Loads and validates the first certificate, then starts rotating.
+    ///
+    /// Fails if the first candidate cannot be fetched or is refused, so a
+    /// server never starts without a good certificate. Must be called within
+    /// a tokio runtime.
+    pub async fn start(self) -> Result<Rotator, RotateError> {
+        let (rotator, mut task) = self.prepare();
+        task.attempt(Trigger::Initial, None, false).await?;
+        Ok(rotator.run(task))
+    }
+
+    /// Starts rotating without waiting for a first certificate: the first
+    /// fetch happens in the task and is retried with backoff until it
+    /// succeeds. Until then, handshakes on this slot fail.
+    pub fn spawn(self) -> Rotator {
+        let (rotator, mut task) = self.prepare();
+        task.retry_at = Some(Instant::now());
+        rotator.run(task)
+    }
+
+    fn prepare(self) -> (Unstarted, Task<S>) {
+        let store = self.store.unwrap_or_default();
+        let slot: Arc<str> = self.slot.into();
+        store.set_renew_before_fraction(&slot, self.renew_before_fraction);
+        let (commands, inbox) = mpsc::channel(16);
+        let (stop, stopped) = watch::channel(false);
+        let unstarted = Unstarted {
+            store: store.clone(),
+            slot: slot.clone(),
+            policy: self.policy.clone(),
+            commands,
+            stop,
+        };
+        let task = Task {
+            source: self.source,
+            policy: self.policy,
+            store,
+            slot,
+            jitter: self.jitter,
+            retry_min: self.retry_min,
+            retry_max: self.retry_max,
+            renew_at: None,
+            retry_at: None,
+            failures: 0,
+            reported: AlertLevel::Ok,
+            inbox: Some(inbox),
+            stopped,
+        };
+        (unstarted, task)
+    }
+}
+
+/// A rotator whose task is not running yet.
+struct Unstarted {
+    store: CertStore,
+    slot: Arc<str>,
+    policy: Policy,
+    commands: mpsc::Sender<Command>,
+    stop: watch::Sender<bool>,
+}
+
+impl Unstarted {
+    fn run<S: CertSource>(self, task: Task<S>) -> Rotator {
+        Rotator {
+            store: self.store,
+            slot: self.slot,
+            policy: self.policy,
+            commands: self.commands,
+            stop: self.stop,
+            task: tokio::spawn(task.run()),
+        }
+    }
+}
+
+enum Command {
+    Rotate(oneshot::Sender<Result<Rotation, RotateError>>),
+    Install {
+        bundle: CertBundle,
+        reply: oneshot::Sender<Result<Rotation, RotateError>>,
+    },
+}
+
+impl Rotator {
+    /// Starts configuring a rotator that takes candidates from `source` and
+    /// serves those that pass `policy`.
+    pub fn builder<S: CertSource>(source: S, policy: Policy) -> RotatorBuilder<S> {
+        RotatorBuilder {
+            source,
+            policy,
+            store: None,
+            slot: DEFAULT_SLOT.into(),
+            renew_before_fraction: DEFAULT_RENEW_BEFORE_FRACTION,
+            jitter: 0.1,
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+        }
+    }
+
+    /// The rustls resolver serving the store this rotator fills.
+    pub fn resolver(&self) -> Arc<RotatingResolver> {
+        self.store.resolver()
+    }
+
+    /// A rustls `ServerConfig` (safe default protocol versions, no client
+    /// auth, this rotator's crypto provider) whose certificates follow the
+    /// store. Set ALPN and other options on it before wrapping it in an `Arc`.
+    pub fn server_config(&self) -> Result<ServerConfig, rustls::Error> {
+        Ok(ServerConfig::builder_with_provider(self.policy.crypto_provider().clone())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(self.resolver()))
+    }
+
+    /// The store this rotator fills.
+    pub fn store(&self) -> &CertStore {
+        &self.store
+    }
+
+    /// The store slot this rotator fills.
+    pub fn slot(&self) -> &str {
+        &self.slot
+    }
+
+    /// The store's health snapshot.
+    pub fn health(&self) -> HealthSnapshot {
+        self.store.health()
+    }
+
+    /// The certificate serving in this rotator's slot.
+    pub fn current(&self) -> Option<Arc<CertInfo>> {
+        self.store.current(&self.slot)
+    }
+
+    /// Receives every [`RotationEvent`] of the store from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RotationEvent> {
+        self.store.subscribe()
+    }
+
+    /// Fetches, validates and (if it passes) installs a candidate now, and
+    /// says what happened.
+    pub async fn rotate_now(&self) -> Result<Rotation, RotateError> {
+        self.ask(Command::Rotate).await
+    }
+
+    /// Validates and installs `bundle` even if it is older than the
+    /// certificate serving: the explicit route around replay protection. All
+    /// other checks still apply.
+    pub async fn install_allowing_older(&self, bundle: CertBundle) -> Result<Rotation, RotateError> {
+        self.ask(|reply| Command::Install { bundle, reply }).await
+    }
+
+    /// Restores the previous good certificate of this slot at once.
+    pub fn rollback(&self) -> Result<Arc<CertInfo>, RollbackError> {
+        self.store.rollback(&self.slot)
+    }
+
+    /// Stops the rotation task and waits for it. The store keeps serving its
+    /// last certificate.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    async fn ask(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<Rotation, RotateError>>) -> Command,
+    ) -> Result<Rotation, RotateError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| RotateError::Stopped)?;
+        answer.await.map_err(|_| RotateError::Stopped)?
+    }
+}
+
+struct Task<S> {
+    source: S,
+    policy: Policy,
+    store: CertStore,
+    slot: Arc<str>,
+    jitter: f64,
+    retry_min: Duration,
+    retry_max: Duration,
+    /// The serving certificate's renewal time, drawn once per certificate.
+    renew_at: Option<(String, SystemTime)>,
+    retry_at: Option<Instant>,
+    failures: u32,
+    reported: AlertLevel,
+    inbox: Option<mpsc::Receiver<Command>>,
+    stopped: watch::Receiver<bool>,
+}
+
+impl<S: CertSource> Task<S> {
+    async fn run(mut self) {
+        loop {
+            let now = self.store.clock().now();
+            self.check_expiry(now);
+            let (wake, due) = self.next_wake(now);
+            let command = async {
+                match &mut self.inbox {
+                    Some(inbox) => inbox.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = self.stopped.changed() => return,
+                command = command => match command {
+                    Some(Command::Rotate(reply)) => {
+                        let result = self.attempt(Trigger::Manual, None, false).await;
+                        let _ = reply.send(result);
+                    }
+                    Some(Command::Install { bundle, reply }) => {
+                        let result = self.attempt(Trigger::Manual, Some(bundle), true).await;
+                        let _ = reply.send(result);
+                    }
+                    // The handle is gone: keep rotating, stop listening.
+                    None => self.inbox = None,
+                },
+                _ = self.source.changed() => {
+                    let _ = self.attempt(Trigger::SourceChanged, None, false).await;
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if let Some(trigger) = due {
+                        let _ = self.attempt(trigger, None, false).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// When to wake next, and which attempt is then due (none when waking
+    /// only to look at expiry alerts or the clock again).
+    fn next_wake(&mut self, now: SystemTime) -> (Instant, Option<Trigger>) {
+        let at = |t: SystemTime| Instant::now() + t.duration_since(now).unwrap_or_default();
+        let cap = Instant::now() + MAX_SLEEP;
+        let alert = self.current().and_then(|c| {
+            AlertLevel::next_change(&c, self.store.renew_before_fraction(&self.slot), now).map(at)
+        });
+        let (attempt, trigger) = match self.retry_at {
+            Some(retry) => (Some(retry), Trigger::Retry),
+            None => (self.renewal_time().map(at), Trigger::Schedule),
+        };
+        match attempt {
+            Some(t) if t <= cap && alert.is_none_or(|a| t <= a) => (t, Some(trigger)),
+            _ => (alert.unwrap_or(cap).min(cap), None),
+        }
+    }
+
+    fn current(&self) -> Option<Arc<CertInfo>> {
+        self.store.current(&self.slot)
+    }
+
+    /// The serving certificate's renewal time: when `renew_before_fraction`
+    /// of its lifetime is left, minus a random part of the window.
+    fn renewal_time(&mut self) -> Option<SystemTime> {
+        let cert = self.current()?;
+        match &self.renew_at {
+            Some((fingerprint, at)) if *fingerprint == cert.fingerprint_sha256 => Some(*at),
+            _ => {
+                let window = cert.lifetime().mul_f64(self.store.renew_before_fraction(&self.slot));
+                let at = cert.not_after - window - window.mul_f64(self.jitter * fastrand::f64());
+                self.renew_at = Some((cert.fingerprint_sha256.clone(), at));
+                Some(at)
+            }
+        }
+    }
+
+    fn check_expiry(&mut self, now: SystemTime) {
+        let Some(cert) = self.current() else { return };
+        let level = AlertLevel::at(&cert, now, self.store.renew_before_fraction(&self.slot));
+        if level > self.reported {
+            self.store.events().emit(RotationEvent::ExpiryWarning {
+                slot: self.slot.clone(),
+                remaining: cert.not_after.duration_since(now).unwrap_or_default(),
+                cert,
+                level,
+            });
+        }
+        self.reported = level;
+    }
+
+    /// One rotation attempt; schedules the retry if it failed.
+    async fn attempt(
+        &mut self,
+        trigger: Trigger,
+        bundle: Option<CertBundle>,
+        allow_older: bool,
+    ) -> Result<Rotation, RotateError> {
+        let renewal_due = self
+            .renewal_time()
+            .is_some_and(|t| t <= self.store.clock().now());
+        let result = self.try_rotate(trigger, bundle, allow_older).await;
+        match &result {
+            Ok(Rotation::Rotated { .. }) => self.succeeded(),
+            // Nothing newer while renewal is due: look again later, not in a hot loop.
+            Ok(Rotation::Unchanged(_)) if renewal_due => self.failed(),
+            Ok(Rotation::Unchanged(_)) => self.succeeded(),
+            Err(_) => self.failed(),
+        }
+        result
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+        self.retry_at = None;
+    }
+
+    fn failed(&mut self) {
+        let exp = self.retry_min.saturating_mul(1u32 << self.failures.min(20));
+        let delay = exp.min(self.retry_max);
+        let delay = delay.mul_f64(0.5 + 0.5 * fastrand::f64());
+        self.failures = self.failures.saturating_add(1);
+        self.retry_at = Some(Instant::now() + delay);
+        tracing::debug!(target: "certrotate", slot = %self.slot, retry_in = ?delay, failures = self.failures, "rotation will be retried");
+    }
+
+    async fn try_rotate(
+        &mut self,
+        trigger: Trigger,
+        bundle: Option<CertBundle>,
+        allow_older: bool,
+    ) -> Result<Rotation, RotateError> {
+        let events = self.store.events().clone();
+        events.emit(RotationEvent::Attempted {
+            slot: self.slot.clone(),
+            trigger,
+        });
+        let candidate = match bundle {
+            Some(bundle) => bundle,
+            None => self.source.fetch().await.map_err(|error| {
+                self.store.record_failure(&self.slot, error.to_string());
+                events.emit(RotationEvent::SourceFailed {
+                    slot: self.slot.clone(),
+                    error: error.clone(),
+                });
+                error
+            })?,
+        };
+        let serving = self.current();
+        if let Some(serving) = serving.as_ref().filter(|s| s.fingerprint_sha256 == candidate.info().fingerprint_sha256) {
+            self.store.record_success(&self.slot);
+            return Ok(Rotation::Unchanged(serving.clone()));
+        }
+        let policy = self.policy.clone();
+        let now = self.store.clock().now();
+        let replacing = serving.filter(|_| !allow_older);
+        let verdict = tokio::task::spawn_blocking(move || policy.validate_replacing(&candidate, replacing.as_deref(), now))
+            .await
+            .expect("certificate validation does not panic");
+        match verdict {
+            Ok(valid) => {
+                let new = valid.info.clone();
+                let old = self.store.install(&self.slot, valid);
+                Ok(Rotation::Rotated { old, new })
+            }
+            Err(error) => {
+                self.store.record_failure(&self.slot, error.to_string());
+                events.emit(RotationEvent::Refused {
+                    slot: self.slot.clone(),
+                    error: Arc::new(error.clone()),
+                });
+                Err(error.into())
+            }
+        }
+    }
+}

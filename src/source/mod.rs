@@ -1,0 +1,104 @@
+//! Where certificates come from: the [`CertSource`] trait and its implementations.
+
+use std::future::Future;
+
+use crate::bundle::{BundleError, CertBundle};
+
+mod r#static;
+
+pub use r#static::StaticSource;
+
+/// Something that produces certificate bundles: files on disk, an ACME CA,
+/// an internal CA, or certificates pushed by hand.
+///
+/// The [`Rotator`](crate::Rotator) calls [`fetch`](Self::fetch) when the source
+/// says it [`changed`](Self::changed), when the serving certificate reaches its
+/// renewal time, on [`rotate_now`](crate::Rotator::rotate_now), and to retry
+/// after a failure. Whatever `fetch` returns is validated by the policy before
+/// it can be served, so a source does not need to check its output.
+///
+/// # Example
+///
+/// A source reading one combined PEM file whenever asked:
+///
+/// ```
+/// use certrotate::{CertBundle, CertSource, SourceError};
+///
+/// struct CombinedFile(std::path::PathBuf);
+///
+/// impl CertSource for CombinedFile {
+///     async fn fetch(&self) -> Result<CertBundle, SourceError> {
+///         let pem = tokio::fs::read(&self.0)
+///             .await
+///             .map_err(|e| SourceError::unavailable(self.describe(), e))?;
+///         CertBundle::from_combined_pem(&pem)
+///             .map_err(|e| SourceError::bundle(self.describe(), e))
+///     }
+///
+///     fn describe(&self) -> String {
+///         format!("file {}", self.0.display())
+///     }
+/// }
+/// ```
+pub trait CertSource: Send + Sync + 'static {
+    /// Produces the source's current certificate bundle (for a CA source:
+    /// issues a new one).
+    fn fetch(&self) -> impl Future<Output = Result<CertBundle, SourceError>> + Send;
+
+    /// Completes when the source has something new to fetch. It must be
+    /// cancel-safe: a signal that arrives while nobody waits is kept for the
+    /// next call. The default never completes (the source is only fetched on
+    /// schedule and on demand).
+    fn changed(&self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+
+    /// Names the source in messages: `"file /etc/tls/tls.crt"`.
+    fn describe(&self) -> String;
+}
+
+/// A [`CertSource`] could not produce a bundle.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// The source produced bytes that are not a usable bundle.
+    #[error("{from} gave an unusable certificate: {error}")]
+    Bundle {
+        /// The source, as it describes itself.
+        from: String,
+        /// What is wrong with the bytes.
+        error: BundleError,
+    },
+    /// The source could not be reached or read.
+    #[error("{from} is unavailable: {reason}")]
+    Unavailable {
+        /// The source, as it describes itself.
+        from: String,
+        /// Why.
+        reason: String,
+    },
+    /// The source has no certificate to give yet.
+    #[error("{from} has no certificate yet")]
+    Empty {
+        /// The source, as it describes itself.
+        from: String,
+    },
+}
+
+impl SourceError {
+    /// The source's bytes did not parse into a bundle.
+    pub fn bundle(from: impl Into<String>, error: BundleError) -> Self {
+        Self::Bundle {
+            from: from.into(),
+            error,
+        }
+    }
+
+    /// The source could not be reached or read.
+    pub fn unavailable(from: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Self::Unavailable {
+            from: from.into(),
+            reason: reason.to_string(),
+        }
+    }
+}

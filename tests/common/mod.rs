@@ -1,0 +1,215 @@
+//! Test fixtures: a dev CA issuing leaves of every shape, a TLS server on
+//! 127.0.0.1 and a client that reports the certificate it saw.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use certrotate::{CertBundle, Clock, TlsListener};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SignatureAlgorithm,
+};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::RootCertStore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+pub const HOST: &str = "localhost";
+
+/// A certificate authority for tests.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pub der: CertificateDer<'static>,
+    pub pem: String,
+}
+
+/// How to shape a leaf.
+#[derive(Clone)]
+pub struct Leaf {
+    pub names: Vec<String>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub alg: &'static SignatureAlgorithm,
+    pub is_ca: bool,
+    pub eku: Vec<ExtendedKeyUsagePurpose>,
+    pub serial: Option<u64>,
+}
+
+impl Default for Leaf {
+    fn default() -> Self {
+        let now = SystemTime::now();
+        Self {
+            names: vec![HOST.into()],
+            not_before: now - Duration::from_secs(3600),
+            not_after: now + Duration::from_secs(24 * 3600),
+            alg: &rcgen::PKCS_ECDSA_P256_SHA256,
+            is_ca: false,
+            eku: vec![ExtendedKeyUsagePurpose::ServerAuth],
+            serial: None,
+        }
+    }
+}
+
+impl Leaf {
+    pub fn valid_from(mut self, not_before: SystemTime) -> Self {
+        self.not_before = not_before;
+        self
+    }
+    pub fn lifetime(mut self, not_before: SystemTime, not_after: SystemTime) -> Self {
+        self.not_before = not_before;
+        self.not_after = not_after;
+        self
+    }
+    pub fn names(mut self, names: &[&str]) -> Self {
+        self.names = names.iter().map(|n| n.to_string()).collect();
+        self
+    }
+    pub fn alg(mut self, alg: &'static SignatureAlgorithm) -> Self {
+        self.alg = alg;
+        self
+    }
+}
+
+/// A leaf's PEM files as strings, plus the bundle made from them.
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub bundle: CertBundle,
+}
+
+impl Ca {
+    pub fn new() -> Self {
+        Self::new_named("certrotate test CA")
+    }
+
+    pub fn new_named(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.not_before = (SystemTime::now() - Duration::from_secs(365 * 86400)).into();
+        params.not_after = (SystemTime::now() + Duration::from_secs(365 * 86400)).into();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            der: cert.der().clone(),
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    pub fn roots(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.der.clone()).unwrap();
+        roots
+    }
+
+    pub fn issue(&self, leaf: Leaf) -> Issued {
+        let mut params = CertificateParams::new(leaf.names.clone()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, leaf.names.first().cloned().unwrap_or_default());
+        params.not_before = leaf.not_before.into();
+        params.not_after = leaf.not_after.into();
+        params.extended_key_usages = leaf.eku.clone();
+        params.serial_number = Some(leaf.serial.unwrap_or_else(rand_serial).into());
+        if leaf.is_ca {
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        }
+        let key = KeyPair::generate_for(leaf.alg).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let cert_pem = cert.pem();
+        let key_pem = key.serialize_pem();
+        let bundle = CertBundle::from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
+        Issued { cert_pem, key_pem, bundle }
+    }
+
+    /// A leaf valid from `offset` seconds after an hour ago: later offsets make newer certificates.
+    pub fn nth(&self, offset: u64) -> CertBundle {
+        let start = SystemTime::now() - Duration::from_secs(3600) + Duration::from_secs(offset);
+        self.issue(Leaf::default().valid_from(start)).bundle
+    }
+}
+
+fn rand_serial() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    (SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 & 0xffff_ffff_0000) | n
+}
+
+/// A TLS server on 127.0.0.1 (a free port) answering each connection with
+/// an echo of one line, until the returned handle is aborted or dropped.
+pub struct Server {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn serve(config: Arc<rustls::ServerConfig>) -> Server {
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let mut listener = TlsListener::new(tcp, config);
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut tls, _) = listener.accept().await;
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = tls.read(&mut buf).await {
+                    if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Server { addr, task }
+}
+
+pub fn client_config(ca: &Ca) -> Arc<rustls::ClientConfig> {
+    Arc::new(rustls::ClientConfig::builder().with_root_certificates(ca.roots()).with_no_client_auth())
+}
+
+/// Handshakes with `addr` as `name` and returns the serial of the leaf it saw.
+pub async fn serial_seen(config: &Arc<rustls::ClientConfig>, addr: SocketAddr, name: &str) -> Result<String, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    let mut tls = TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    // Read back one echo so that the server side finished too.
+    tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 4];
+    tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+    let (_, conn) = tls.get_ref();
+    let leaf = conn.peer_certificates().and_then(|c| c.first()).ok_or("no peer certificate")?;
+    Ok(serial_of(leaf))
+}
+
+pub fn serial_of(der: &CertificateDer<'_>) -> String {
+    let bundle_info = x509_parser::parse_x509_certificate(der.as_ref()).unwrap().1;
+    bundle_info.raw_serial_as_string()
+}
+
+/// Wall-clock time that follows `tokio::time`, so that a paused runtime
+/// moves it forward: tests of schedules that span days run in milliseconds.
+#[derive(Debug)]
+pub struct TokioClock {
+    start_wall: SystemTime,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self { start_wall: SystemTime::now(), start: tokio::time::Instant::now() })
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> SystemTime {
+        self.start_wall + self.start.elapsed()
+    }
+}
