@@ -171,8 +171,24 @@ pub async fn serve(config: Arc<rustls::ServerConfig>) -> Server {
     Server { addr, task }
 }
 
+/// A client trusting `ca` that never resumes sessions: a resumed TLS 1.3
+/// session carries no certificate, and these clients report the certificate
+/// each handshake was served.
 pub fn client_config(ca: &Ca) -> Arc<rustls::ClientConfig> {
-    Arc::new(rustls::ClientConfig::builder().with_root_certificates(ca.roots()).with_no_client_auth())
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(ca.roots()).with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+/// Pushes `bundle` into `source` and has `rotator` install it now (or finds
+/// that the source's change signal already did).
+pub async fn push_and_rotate(rotator: &certrotate::Rotator, source: &certrotate::StaticSource, bundle: CertBundle) {
+    let serial = bundle.info().serial.clone();
+    source.push(bundle);
+    match rotator.rotate_now().await {
+        Ok(certrotate::Rotation::Rotated { new, .. }) | Ok(certrotate::Rotation::Unchanged(new)) if new.serial == serial => {}
+        other => panic!("rotation to {serial} failed: {other:?}"),
+    }
 }
 
 /// Handshakes with `addr` as `name` and returns the serial of the leaf it saw.
