@@ -1,0 +1,186 @@
+//! Renewal schedule, retry backoff and expiry alerts, on paused tokio time:
+//! months of certificate life run in milliseconds.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use certrotate::{AlertLevel, CertBundle, CertSource, CertStore, Clock, Policy, RotationEvent, Rotator, SourceError};
+use common::{Ca, Leaf, TokioClock};
+use tokio::time::Instant;
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Issues a fresh 90-day certificate at every fetch, or fails while told to.
+struct IssuingSource {
+    ca: Ca,
+    clock: Arc<TokioClock>,
+    failing: AtomicBool,
+    fetches: Mutex<Vec<Instant>>,
+}
+
+impl CertSource for IssuingSource {
+    async fn fetch(&self) -> Result<CertBundle, SourceError> {
+        self.fetches.lock().unwrap().push(Instant::now());
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(SourceError::unavailable(self.describe(), "CA is down"));
+        }
+        let now = self.clock.now();
+        Ok(self.ca.issue(Leaf::default().lifetime(now - Duration::from_secs(60), now + 90 * DAY)).bundle)
+    }
+
+    fn describe(&self) -> String {
+        "test CA".into()
+    }
+}
+
+fn setup() -> (Arc<IssuingSource>, Arc<TokioClock>, CertStore) {
+    let clock = TokioClock::new();
+    let source = Arc::new(IssuingSource {
+        ca: Ca::new(),
+        clock: clock.clone(),
+        failing: AtomicBool::new(false),
+        fetches: Mutex::new(Vec::new()),
+    });
+    let store = CertStore::builder().clock(clock.clone()).build();
+    (source, clock, store)
+}
+
+/// Lets a shared source be owned by the rotator and watched by the test.
+struct Shared(Arc<IssuingSource>);
+
+impl CertSource for Shared {
+    async fn fetch(&self) -> Result<CertBundle, SourceError> {
+        self.0.fetch().await
+    }
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn renews_when_a_third_of_the_lifetime_is_left() {
+    let (source, clock, store) = setup();
+    let rotator = Rotator::builder(Shared(source.clone()), Policy::default())
+        .store(store.clone())
+        .renewal_jitter(0.1)
+        .start()
+        .await
+        .unwrap();
+    let first = rotator.current().unwrap();
+    let mut events = rotator.subscribe();
+    for _ in 0..3 {
+        let serving = rotator.current().unwrap();
+        let new = loop {
+            if let RotationEvent::Rotated { new, .. } = events.recv().await.unwrap() {
+                break new;
+            }
+        };
+        // 90-day certificates renew with 30 days left, up to 10% of that (3 days) earlier.
+        let left = serving.not_after.duration_since(clock.now()).unwrap();
+        assert!(left >= 30 * DAY - Duration::from_secs(1), "renewed too late: {left:?} left");
+        assert!(left <= 33 * DAY + Duration::from_secs(1), "renewed too early: {left:?} left");
+        assert_ne!(new.serial, serving.serial);
+    }
+    assert_eq!(rotator.health().rotations, 4);
+    assert!(clock.now().duration_since(first.not_before).unwrap() > 170 * DAY);
+    assert_eq!(source.fetches.lock().unwrap().len(), 4, "one fetch per renewal, no extra");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_back_off_exponentially_up_to_the_cap() {
+    let (source, _clock, store) = setup();
+    let rotator = Rotator::builder(Shared(source.clone()), Policy::default())
+        .store(store.clone())
+        .retry_backoff(Duration::from_secs(1), Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    let serving = rotator.current().unwrap();
+    source.failing.store(true, Ordering::SeqCst);
+    let err = rotator.rotate_now().await.unwrap_err();
+    assert_eq!(err.to_string(), "test CA is unavailable: CA is down");
+    assert_eq!(rotator.health().last_error.as_deref(), Some("test CA is unavailable: CA is down"));
+
+    // Let ten retries happen.
+    while source.fetches.lock().unwrap().len() < 13 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let fetches = source.fetches.lock().unwrap().clone();
+    // fetches[0] is the initial load, [1] the failed rotate_now; then the retries.
+    let delays: Vec<Duration> = fetches[1..].windows(2).map(|w| w[1] - w[0]).collect();
+    for (n, delay) in delays.iter().enumerate() {
+        let ceiling = Duration::from_secs(1 << n.min(10)).min(Duration::from_secs(60));
+        assert!(*delay <= ceiling + Duration::from_millis(1), "retry {n} after {delay:?}, ceiling {ceiling:?}");
+        assert!(*delay >= ceiling / 2, "retry {n} after {delay:?}, too soon for {ceiling:?}");
+    }
+    assert!(delays.last().unwrap() >= &Duration::from_secs(30), "the cap is reached");
+    assert_eq!(rotator.current().unwrap().serial, serving.serial, "the old certificate keeps serving");
+
+    // Recovery: the next retry succeeds and clears the error.
+    source.failing.store(false, Ordering::SeqCst);
+    let mut events = rotator.subscribe();
+    loop {
+        if let RotationEvent::Rotated { .. } = events.recv().await.unwrap() {
+            break;
+        }
+    }
+    assert_eq!(rotator.health().last_error, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn alerts_escalate_while_renewal_keeps_failing() {
+    let (source, clock, store) = setup();
+    let rotator = Rotator::builder(Shared(source.clone()), Policy::default())
+        .store(store.clone())
+        .retry_backoff(Duration::from_secs(60), Duration::from_secs(6 * 3600))
+        .start()
+        .await
+        .unwrap();
+    source.failing.store(true, Ordering::SeqCst);
+    let cert = rotator.current().unwrap();
+    let mut events = rotator.subscribe();
+    let mut levels = Vec::new();
+    while levels.last() != Some(&AlertLevel::Expired) {
+        if let RotationEvent::ExpiryWarning { level, .. } = events.recv().await.unwrap() {
+            levels.push(level);
+            assert_eq!(rotator.health().alert, level);
+        }
+    }
+    assert_eq!(levels, [AlertLevel::RenewOverdue, AlertLevel::Critical, AlertLevel::Expired]);
+    assert!(clock.now() >= cert.not_after);
+    assert_eq!(rotator.current().unwrap().serial, cert.serial, "nothing was swapped in");
+    assert!(rotator.health().last_error.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn spawn_retries_until_the_first_certificate_arrives() {
+    let (source, _clock, store) = setup();
+    source.failing.store(true, Ordering::SeqCst);
+    let rotator = Rotator::builder(Shared(source.clone()), Policy::default())
+        .store(store)
+        .retry_backoff(Duration::from_secs(1), Duration::from_secs(10))
+        .spawn();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(rotator.current().is_none());
+    assert!(source.fetches.lock().unwrap().len() >= 3);
+    source.failing.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert!(rotator.current().is_some());
+    rotator.shutdown().await;
+}
+
+#[test]
+fn alert_levels_follow_the_renewal_window() {
+    let ca = Ca::new();
+    let start = SystemTime::now();
+    let info = ca.issue(Leaf::default().lifetime(start, start + 90 * DAY)).bundle.info().clone();
+    let at = |days: u32| AlertLevel::at(&info, start + days * DAY, 1.0 / 3.0);
+    assert_eq!(at(0), AlertLevel::Ok);
+    assert_eq!(at(59), AlertLevel::Ok);
+    assert_eq!(at(61), AlertLevel::RenewOverdue);
+    assert_eq!(at(81), AlertLevel::Critical);
+    assert_eq!(at(90), AlertLevel::Expired);
+}
