@@ -20,7 +20,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, ServerConfig,
+use rustls::{ClientConfig, ClientConnection, Connection, DigitallySignedStruct, RootCertStore, ServerConfig,
     ServerConnection, SignatureScheme};
 
 use crate::bundle::{parse_cert, CertBundle, CertInfo, KeyAlgorithm};
@@ -306,7 +306,8 @@ impl Policy {
         let key = CertifiedKey::new(candidate.chain().to_vec(), signing_key);
         match key.keys_match() {
             Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-            Err(_) => return Err(refuse(Refusal::KeyMismatch)),
+            Err(rustls::Error::InconsistentKeys(_)) => return Err(refuse(Refusal::KeyMismatch)),
+            Err(e) => return Err(refuse(Refusal::KeyUnusable(format!("the leaf cannot be read by rustls: {e}")))),
         }
 
         // Dates.
@@ -460,24 +461,35 @@ impl Policy {
         }
         .with_no_client_auth();
 
-        let mut client = ClientConnection::new(Arc::new(client), name).map_err(|e| e.to_string())?;
-        let mut server = ServerConnection::new(Arc::new(server)).map_err(|e| e.to_string())?;
-        let mut buf = Vec::with_capacity(8192);
-        for _ in 0..16 {
-            if !client.is_handshaking() && !server.is_handshaking() {
-                return Ok(());
+        let client = ClientConnection::new(Arc::new(client), name).map_err(|e| e.to_string())?;
+        let server = ServerConnection::new(Arc::new(server)).map_err(|e| e.to_string())?;
+        let (mut client, mut server) = (Connection::Client(client), Connection::Server(server));
+        let mut buf = Vec::with_capacity(16 * 1024);
+        while client.is_handshaking() || server.is_handshaking() {
+            let sent = pump(&mut client, &mut server, &mut buf).map_err(|e| format!("server side: {e}"))?;
+            let answered = pump(&mut server, &mut client, &mut buf)
+                .map_err(|e| format!("client rejected the server: {e}"))?;
+            if !sent && !answered {
+                return Err("the handshake stalled".into());
             }
-            buf.clear();
-            client.write_tls(&mut buf).map_err(|e| e.to_string())?;
-            server.read_tls(&mut buf.as_slice()).map_err(|e| e.to_string())?;
-            server.process_new_packets().map_err(|e| format!("server side: {e}"))?;
-            buf.clear();
-            server.write_tls(&mut buf).map_err(|e| e.to_string())?;
-            client.read_tls(&mut buf.as_slice()).map_err(|e| e.to_string())?;
-            client.process_new_packets().map_err(|e| format!("client rejected the server: {e}"))?;
         }
-        Err("the handshake did not complete".into())
+        Ok(())
     }
+}
+
+/// Moves every pending TLS byte from `from` to `to` and lets `to` process
+/// them. Says whether anything moved; errors are `to`'s.
+fn pump(from: &mut Connection, to: &mut Connection, buf: &mut Vec<u8>) -> Result<bool, String> {
+    buf.clear();
+    while from.wants_write() {
+        from.write_tls(buf).map_err(|e| e.to_string())?;
+    }
+    let mut rest = buf.as_slice();
+    while !rest.is_empty() {
+        to.read_tls(&mut rest).map_err(|e| e.to_string())?;
+        to.process_new_packets().map_err(|e| e.to_string())?;
+    }
+    Ok(!buf.is_empty())
 }
 
 fn unix_time(t: SystemTime) -> UnixTime {
