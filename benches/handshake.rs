@@ -1,1 +1,351 @@
-fn main(){}
+//! Full in-memory TLS 1.3 handshakes, interleaved A/B/C in one run:
+//!
+//! - `static`: rustls's own `with_single_cert` resolver (the baseline);
+//! - `certrotate`: a `ServerConfig` whose resolver is certrotate's store;
+//! - `config-swap`: an `ArcSwap<ServerConfig>` loaded per connection and
+//!   rebuilt on rotation (how axum-server's `RustlsConfig` reloads).
+//!
+//! Then the handshake rate while certrotate rotates every 1 ms / 10 ms / 1 s
+//! against no rotation, and the resumption hit rate across rotations against
+//! the whole-config swap.
+//!
+//! This is a custom harness rather than criterion because the figures that
+//! matter are ratios on a noisy shared machine: every round runs each variant
+//! in a shuffled order and the report gives per-variant medians and the
+//! median of the per-round ratios.
+//!
+//! `cargo bench --bench handshake -- --callgrind VARIANT KEY N` runs N
+//! handshakes of one variant and nothing else, for `benches/callgrind.sh`.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use certrotate::{CertBundle, CertStore, Policy, ValidatedCert, DEFAULT_SLOT};
+use rustls::client::Resumption;
+use rustls::pki_types::ServerName;
+use rustls::{
+    ClientConfig, ClientConnection, Connection, HandshakeKind, RootCertStore, ServerConfig,
+    ServerConnection,
+};
+
+const ROUNDS: usize = 15;
+const PER_ROUND: usize = 200;
+const ROTATION_ROUNDS: u64 = 15;
+
+#[derive(Clone, Copy, Debug)]
+enum Key {
+    P256,
+    Rsa2048,
+}
+
+struct Fixture {
+    /// Pre-validated certificates to rotate through (same key type).
+    certs: Vec<ValidatedCert>,
+    bundles: Vec<CertBundle>,
+    client: Arc<ClientConfig>,
+}
+
+impl Fixture {
+    /// A client with a session store of its own.
+    fn resuming_client(&self) -> Arc<ClientConfig> {
+        let mut client = (*self.client).clone();
+        client.resumption = Resumption::in_memory_sessions(64);
+        Arc::new(client)
+    }
+}
+
+fn fixture(key: Key, count: usize) -> Fixture {
+    let alg = match key {
+        Key::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        Key::Rsa2048 => &rcgen::PKCS_RSA_SHA256,
+    };
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "bench CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let mut roots = RootCertStore::empty();
+    roots.add(ca_cert.der().clone()).unwrap();
+    let policy = Policy::builder().server_name("localhost").build().unwrap();
+    let mut certs = Vec::new();
+    let mut bundles = Vec::new();
+    for _ in 0..count {
+        // RSA key generation's cost varies run to run; callgrind runs pass a
+        // fixed key so that their instruction counts can be subtracted.
+        let key = match (key, std::env::var("CERTROTATE_BENCH_RSA_KEY")) {
+            (Key::Rsa2048, Ok(path)) => {
+                rcgen::KeyPair::from_pem(&std::fs::read_to_string(path).unwrap()).unwrap()
+            }
+            _ => rcgen::KeyPair::generate_for(alg).unwrap(),
+        };
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let bundle =
+            CertBundle::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap();
+        certs.push(policy.validate(&bundle, SystemTime::now()).unwrap());
+        bundles.push(bundle);
+    }
+    let mut client = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.resumption = Resumption::disabled();
+    Fixture {
+        certs,
+        bundles,
+        client: Arc::new(client),
+    }
+}
+
+fn static_config(bundle: &CertBundle) -> Arc<ServerConfig> {
+    Arc::new(
+        ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(bundle.chain().to_vec(), bundle.key().clone_key())
+            .unwrap(),
+    )
+}
+
+fn rotating_config(store: &CertStore) -> Arc<ServerConfig> {
+    Arc::new(
+        ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(store.resolver()),
+    )
+}
+
+/// One complete handshake, with the server's session tickets delivered.
+fn handshake(server: Arc<ServerConfig>, client: &Arc<ClientConfig>) -> HandshakeKind {
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut c = Connection::Client(ClientConnection::new(client.clone(), name).unwrap());
+    let mut s = Connection::Server(ServerConnection::new(server).unwrap());
+    let mut buf = Vec::with_capacity(8192);
+    while c.is_handshaking() || s.is_handshaking() || s.wants_write() {
+        pump(&mut c, &mut s, &mut buf);
+        pump(&mut s, &mut c, &mut buf);
+    }
+    match c {
+        Connection::Client(c) => c.handshake_kind().unwrap(),
+        Connection::Server(_) => unreachable!(),
+    }
+}
+
+fn pump(from: &mut Connection, to: &mut Connection, buf: &mut Vec<u8>) {
+    buf.clear();
+    while from.wants_write() {
+        from.write_tls(buf).unwrap();
+    }
+    let mut rest = buf.as_slice();
+    while !rest.is_empty() {
+        to.read_tls(&mut rest).unwrap();
+        to.process_new_packets().unwrap();
+    }
+}
+
+/// A way of serving: gives the config for the next connection.
+type Variant = (&'static str, Box<dyn Fn() -> Arc<ServerConfig>>);
+
+/// The three ways of serving.
+fn variants(f: &Fixture) -> Vec<Variant> {
+    let fixed = static_config(&f.bundles[0]);
+    let store = CertStore::new();
+    store.install(DEFAULT_SLOT, f.certs[0].clone());
+    let rotating = rotating_config(&store);
+    let swap = Arc::new(ArcSwap::new(static_config(&f.bundles[0])));
+    vec![
+        ("static", Box::new(move || fixed.clone())),
+        (
+            "certrotate",
+            Box::new(move || {
+                let _keep = &store;
+                rotating.clone()
+            }),
+        ),
+        ("config-swap", Box::new(move || swap.load_full())),
+    ]
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Interleaved rounds of full handshakes; prints a markdown table.
+fn full_handshakes(key: Key) {
+    let f = fixture(key, 1);
+    let variants = variants(&f);
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for round in 0..ROUNDS {
+        let mut order: Vec<usize> = (0..variants.len()).collect();
+        fastrand::Rng::with_seed(round as u64).shuffle(&mut order);
+        for i in order {
+            let start = Instant::now();
+            for _ in 0..PER_ROUND {
+                black_box(handshake(variants[i].1(), &f.client));
+            }
+            rates[i].push(PER_ROUND as f64 / start.elapsed().as_secs_f64());
+        }
+    }
+    println!(
+        "\n### Full TLS 1.3 handshakes, {key:?} ({ROUNDS} interleaved rounds of {PER_ROUND})\n"
+    );
+    println!("| variant | median handshakes/s | median ratio vs static |");
+    println!("|---|---:|---:|");
+    for (i, (name, _)) in variants.iter().enumerate() {
+        let mut ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(a, b)| a / b).collect();
+        println!(
+            "| {name} | {:.0} | {:.3} |",
+            median(&mut rates[i].clone()),
+            median(&mut ratios)
+        );
+    }
+}
+
+/// Handshake rate while another thread rotates the store every `period`.
+fn rate_while_rotating(
+    f: &Fixture,
+    store: &CertStore,
+    config: &Arc<ServerConfig>,
+    period: Option<Duration>,
+    for_how_long: Duration,
+) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let rotator = period.map(|period| {
+        let (store, certs, stop) = (store.clone(), f.certs.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(period);
+                n += 1;
+                store.install(DEFAULT_SLOT, certs[n % certs.len()].clone());
+            }
+            n
+        })
+    });
+    let start = Instant::now();
+    let mut done = 0;
+    while start.elapsed() < for_how_long {
+        black_box(handshake(config.clone(), &f.client));
+        done += 1;
+    }
+    let rate = done as f64 / start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(r) = rotator {
+        r.join().unwrap();
+    }
+    rate
+}
+
+fn rotation_rates() {
+    let f = fixture(Key::P256, 8);
+    let store = CertStore::new();
+    store.install(DEFAULT_SLOT, f.certs[0].clone());
+    let config = rotating_config(&store);
+    let periods = [
+        None,
+        Some(Duration::from_millis(1)),
+        Some(Duration::from_millis(10)),
+        Some(Duration::from_secs(1)),
+    ];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); periods.len()];
+    for round in 0..ROTATION_ROUNDS {
+        let mut order: Vec<usize> = (0..periods.len()).collect();
+        fastrand::Rng::with_seed(round).shuffle(&mut order);
+        for i in order {
+            rates[i].push(rate_while_rotating(
+                &f,
+                &store,
+                &config,
+                periods[i],
+                Duration::from_millis(400),
+            ));
+        }
+    }
+    println!("\n### Handshake rate while rotating (ECDSA P-256, {ROTATION_ROUNDS} interleaved rounds of 0.4 s)\n");
+    println!("| rotation every | median handshakes/s | median ratio vs none |");
+    println!("|---|---:|---:|");
+    for (i, period) in periods.iter().enumerate() {
+        let mut ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(a, b)| a / b).collect();
+        let label = period.map_or("never".to_owned(), |p| format!("{p:?}"));
+        println!(
+            "| {label} | {:.0} | {:.3} |",
+            median(&mut rates[i].clone()),
+            median(&mut ratios)
+        );
+    }
+}
+
+/// Share of handshakes that resume, with a rotation every 10 handshakes.
+fn resumption_across_rotations() {
+    let f = fixture(Key::P256, 8);
+    let store = CertStore::new();
+    store.install(DEFAULT_SLOT, f.certs[0].clone());
+    let rotating = rotating_config(&store);
+    let swap = ArcSwap::new(static_config(&f.bundles[0]));
+    const N: usize = 2000;
+    let (ours_client, theirs_client) = (f.resuming_client(), f.resuming_client());
+    let (mut ours, mut theirs) = (0, 0);
+    for n in 0..N {
+        if n % 10 == 9 {
+            store.install(DEFAULT_SLOT, f.certs[n % f.certs.len()].clone());
+            swap.store(static_config(&f.bundles[n % f.bundles.len()]));
+        }
+        ours += (handshake(rotating.clone(), &ours_client) == HandshakeKind::Resumed) as usize;
+        theirs += (handshake(swap.load_full(), &theirs_client) == HandshakeKind::Resumed) as usize;
+    }
+    println!("\n### Resumption across rotations ({N} handshakes each, a rotation every 10)\n");
+    println!("| variant | resumed |");
+    println!("|---|---:|");
+    println!(
+        "| certrotate (resolver swap) | {:.1}% |",
+        100.0 * ours as f64 / N as f64
+    );
+    println!(
+        "| config-swap (new ServerConfig) | {:.1}% |",
+        100.0 * theirs as f64 / N as f64
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if let [flag, variant, key, n] = args.as_slice() {
+        if flag == "--callgrind" {
+            let key = if key == "rsa" {
+                Key::Rsa2048
+            } else {
+                Key::P256
+            };
+            let f = fixture(key, 1);
+            let variants = variants(&f);
+            let (_, config) = variants
+                .iter()
+                .find(|(name, _)| name == variant)
+                .expect("static, certrotate or config-swap");
+            for _ in 0..n.parse::<usize>().unwrap() {
+                black_box(handshake(config(), &f.client));
+            }
+            return;
+        }
+    }
+    if args.iter().any(|a| a == "--list") {
+        return; // `cargo test --benches` asks for the list of tests
+    }
+    println!(
+        "## Handshakes ({} cores)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    full_handshakes(Key::P256);
+    full_handshakes(Key::Rsa2048);
+    rotation_rates();
+    resumption_across_rotations();
+}

@@ -19,16 +19,28 @@ use criterion::{criterion_group, criterion_main, Criterion};
 /// SAN extension is larger than 64 KiB).
 fn store_with_names(names: usize) -> CertStore {
     let store = CertStore::new();
-    let all: Vec<String> = (0..names).map(|i| format!("host-{i}.example.com")).collect();
+    let all: Vec<String> = (0..names)
+        .map(|i| format!("host-{i}.example.com"))
+        .collect();
     for (slot, chunk) in all.chunks(500).enumerate() {
         let mut sans = chunk.to_vec();
         if slot == 0 {
             sans.push("*.wild.example.com".into());
         }
         let ck = rcgen::generate_simple_self_signed(sans).unwrap();
-        let bundle = CertBundle::from_pem(ck.cert.pem().as_bytes(), ck.signing_key.serialize_pem().as_bytes()).unwrap();
-        let valid = Policy::default().validate(&bundle, SystemTime::now()).unwrap();
-        let name = if slot == 0 { DEFAULT_SLOT.to_owned() } else { format!("slot-{slot}") };
+        let bundle = CertBundle::from_pem(
+            ck.cert.pem().as_bytes(),
+            ck.signing_key.serialize_pem().as_bytes(),
+        )
+        .unwrap();
+        let valid = Policy::default()
+            .validate(&bundle, SystemTime::now())
+            .unwrap();
+        let name = if slot == 0 {
+            DEFAULT_SLOT.to_owned()
+        } else {
+            format!("slot-{slot}")
+        };
         store.install(&name, valid);
     }
     store

@@ -14,7 +14,9 @@ use std::time::{Duration, SystemTime};
 
 use axum::routing::get;
 use axum::{Json, Router};
-use certrotate::{CertBundle, CertSource, Policy, RotationEvent, Rotator, SourceError, TlsListener};
+use certrotate::{
+    CertBundle, CertSource, Policy, RotationEvent, Rotator, SourceError, TlsListener,
+};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
 /// A development CA that issues a fresh short-lived certificate at every fetch.
@@ -25,29 +27,46 @@ struct DevCa {
 
 impl DevCa {
     /// Makes the CA and writes its certificate to `dir/ca.pem` for clients.
-    fn create(dir: &std::path::Path, lifetime: Duration) -> Result<(Self, PathBuf), Box<dyn std::error::Error>> {
+    fn create(
+        dir: &std::path::Path,
+        lifetime: Duration,
+    ) -> Result<(Self, PathBuf), Box<dyn std::error::Error>> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, "certrotate demo CA");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "certrotate demo CA");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
         let ca_path = dir.join("ca.pem");
         std::fs::write(&ca_path, cert.pem())?;
-        Ok((Self { issuer: Issuer::new(params, key), lifetime }, ca_path))
+        Ok((
+            Self {
+                issuer: Issuer::new(params, key),
+                lifetime,
+            },
+            ca_path,
+        ))
     }
 }
 
 impl CertSource for DevCa {
     async fn fetch(&self) -> Result<CertBundle, SourceError> {
         let issue = || -> Result<CertBundle, Box<dyn std::error::Error>> {
-            let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-            params.distinguished_name.push(DnType::CommonName, "localhost");
+            let mut params =
+                CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "localhost");
             let now = SystemTime::now();
             params.not_before = (now - Duration::from_secs(1)).into();
             params.not_after = (now + self.lifetime).into();
             let key = KeyPair::generate()?;
             let cert = params.signed_by(&key, &self.issuer)?;
-            Ok(CertBundle::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())?)
+            Ok(CertBundle::from_pem(
+                cert.pem().as_bytes(),
+                key.serialize_pem().as_bytes(),
+            )?)
         };
         issue().map_err(|e| SourceError::unavailable(self.describe(), e))
     }
@@ -67,7 +86,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         match arg.as_str() {
             "--listen" => listen = value()?.parse()?,
             "--every" => every = Duration::from_secs_f64(value()?.parse()?),
-            _ => return Err(format!("unknown argument {arg}; usage: hot_reload [--listen ADDR] [--every SECONDS]").into()),
+            _ => {
+                return Err(format!(
+                    "unknown argument {arg}; usage: hot_reload [--listen ADDR] [--every SECONDS]"
+                )
+                .into())
+            }
         }
     }
 
@@ -75,7 +99,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     // Short-lived on purpose: three rotation periods.
     let (ca, ca_path) = DevCa::create(&dir, every * 3)?;
-    let policy = Policy::builder().server_name("localhost").server_name("127.0.0.1").build()?;
+    let policy = Policy::builder()
+        .server_name("localhost")
+        .server_name("127.0.0.1")
+        .build()?;
     let rotator = Arc::new(Rotator::builder(ca, policy).start().await?);
 
     let mut events = rotator.subscribe();
@@ -86,7 +113,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     "rotated: serial {} -> {} (expires in {}s)",
                     old.map_or("none".into(), |o| o.serial.clone()),
                     new.serial,
-                    new.not_after.duration_since(SystemTime::now()).unwrap_or_default().as_secs(),
+                    new.not_after
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default()
+                        .as_secs(),
                 ),
                 RotationEvent::Refused { error, .. } => println!("refused: {error}"),
                 RotationEvent::SourceFailed { error, .. } => println!("source failed: {error}"),
@@ -116,9 +146,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/certs", get(move || async move { Json(health.health()) }));
 
     let first = rotator.current().ok_or("no certificate after start")?;
-    println!("listening on https://{bound}; certificate {} rotates every {every:?}", first.serial);
-    println!("try:  curl --cacert {} https://localhost:{port}/", ca_path.display());
-    println!("      curl --cacert {} https://localhost:{port}/certs", ca_path.display());
+    println!(
+        "listening on https://{bound}; certificate {} rotates every {every:?}",
+        first.serial
+    );
+    println!(
+        "try:  curl --cacert {} https://localhost:{port}/",
+        ca_path.display()
+    );
+    println!(
+        "      curl --cacert {} https://localhost:{port}/certs",
+        ca_path.display()
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

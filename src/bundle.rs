@@ -325,7 +325,7 @@ pub(crate) fn parse_cert<'a>(
     index: usize,
 ) -> Result<X509Certificate<'a>, BundleError> {
     match X509Certificate::from_der(der.as_ref()) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok(_) => Err(BundleError::Certificate {
             index,
             reason: "trailing bytes after the certificate".into(),
@@ -381,7 +381,6 @@ fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
-
 
 /// The PEM sections of one input, sorted into certificates and keys.
 #[derive(Default)]

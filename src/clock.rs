@@ -52,7 +52,9 @@ impl Clock for SystemClock {
 
 /// Formats a time as RFC 3339 (`2026-11-28T01:54:59Z`), for messages and JSON.
 pub(crate) fn rfc3339(t: SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t).replace_nanosecond(0).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let t = time::OffsetDateTime::from(t)
+        .replace_nanosecond(0)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| format!("{t}"))
 }
@@ -63,7 +65,10 @@ pub(crate) fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::
 }
 
 /// Serializes an optional time as an RFC 3339 string or `null`.
-pub(crate) fn ser_opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_opt_time<S: serde::Serializer>(
+    t: &Option<SystemTime>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => ser_time(t, s),
         None => s.serialize_none(),

@@ -166,7 +166,12 @@ fn log(event: &RotationEvent) {
         RotationEvent::SourceFailed { slot, error } => {
             tracing::warn!(target: "certrotate", %slot, "certificate source failed: {error}")
         }
-        RotationEvent::ExpiryWarning { slot, cert, level, remaining } => {
+        RotationEvent::ExpiryWarning {
+            slot,
+            cert,
+            level,
+            remaining,
+        } => {
             let remaining = human(*remaining);
             match level {
                 AlertLevel::Critical | AlertLevel::Expired => tracing::error!(

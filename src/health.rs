@@ -8,7 +8,6 @@ use serde::Serialize;
 
 use crate::bundle::CertInfo;
 
-
 /// How close a serving certificate is to expiry, given its renewal schedule.
 ///
 /// Levels escalate while renewal keeps failing: `ok` until the renewal time
@@ -42,7 +41,9 @@ impl AlertLevel {
         let Ok(remaining) = cert.not_after.duration_since(now) else {
             return Self::Expired;
         };
-        let window = cert.lifetime().mul_f64(renew_before_fraction.clamp(0.0, 1.0));
+        let window = cert
+            .lifetime()
+            .mul_f64(renew_before_fraction.clamp(0.0, 1.0));
         if remaining.is_zero() {
             Self::Expired
         } else if remaining < window / 3 {
@@ -55,11 +56,21 @@ impl AlertLevel {
     }
 
     /// When the level next gets worse, if it can.
-    pub(crate) fn next_change(cert: &CertInfo, renew_before_fraction: f64, now: SystemTime) -> Option<SystemTime> {
-        let window = cert.lifetime().mul_f64(renew_before_fraction.clamp(0.0, 1.0));
-        [cert.not_after - window, cert.not_after - window / 3, cert.not_after]
-            .into_iter()
-            .find(|t| *t > now)
+    pub(crate) fn next_change(
+        cert: &CertInfo,
+        renew_before_fraction: f64,
+        now: SystemTime,
+    ) -> Option<SystemTime> {
+        let window = cert
+            .lifetime()
+            .mul_f64(renew_before_fraction.clamp(0.0, 1.0));
+        [
+            cert.not_after - window,
+            cert.not_after - window / 3,
+            cert.not_after,
+        ]
+        .into_iter()
+        .find(|t| *t > now)
     }
 }
 
@@ -131,7 +142,13 @@ pub struct CertHealth {
 }
 
 impl CertHealth {
-    pub(crate) fn new(slot: &str, info: &CertInfo, now: SystemTime, renew_before_fraction: f64, last_error: Option<String>) -> Self {
+    pub(crate) fn new(
+        slot: &str,
+        info: &CertInfo,
+        now: SystemTime,
+        renew_before_fraction: f64,
+        last_error: Option<String>,
+    ) -> Self {
         Self {
             slot: slot.to_owned(),
             serial: info.serial.clone(),
@@ -139,12 +156,14 @@ impl CertHealth {
             dns_names: info.dns_names.clone(),
             ip_addresses: info.ip_addresses.clone(),
             not_after: info.not_after,
-            remaining_seconds: info.not_after.duration_since(now).unwrap_or(Duration::ZERO).as_secs(),
+            remaining_seconds: info
+                .not_after
+                .duration_since(now)
+                .unwrap_or(Duration::ZERO)
+                .as_secs(),
             alert: AlertLevel::at(info, now, renew_before_fraction),
             fingerprint_sha256: info.fingerprint_sha256.clone(),
             last_error,
         }
     }
 }
-
-

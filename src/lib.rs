@@ -57,7 +57,9 @@ pub use bundle::{BundleError, CertBundle, CertInfo, ChainLink, KeyAlgorithm};
 pub use clock::{Clock, SystemClock};
 pub use events::{RotationEvent, Trigger};
 pub use health::{AlertLevel, CertHealth, HealthSnapshot};
-pub use policy::{Policy, PolicyBuilder, PolicyConfigError, Refusal, ValidatedCert, ValidationError};
+pub use policy::{
+    Policy, PolicyBuilder, PolicyConfigError, Refusal, ValidatedCert, ValidationError,
+};
 pub use resolver::RotatingResolver;
 pub use rotator::{RotateError, Rotation, Rotator, RotatorBuilder};
 pub use serve::TlsListener;

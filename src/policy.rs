@@ -20,8 +20,10 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, ClientConnection, Connection, DigitallySignedStruct, RootCertStore, ServerConfig,
-    ServerConnection, SignatureScheme};
+use rustls::{
+    ClientConfig, ClientConnection, Connection, DigitallySignedStruct, RootCertStore, ServerConfig,
+    ServerConnection, SignatureScheme,
+};
 
 use crate::bundle::{parse_cert, CertBundle, CertInfo, KeyAlgorithm};
 use crate::clock::{self, human};
@@ -227,7 +229,9 @@ impl PolicyBuilder {
 #[non_exhaustive]
 pub enum PolicyConfigError {
     /// A configured server name is neither a DNS name, a `*.` wildcard nor an IP address.
-    #[error("{0:?} is not a valid server name (expected a DNS name, a *. wildcard or an IP address)")]
+    #[error(
+        "{0:?} is not a valid server name (expected a DNS name, a *. wildcard or an IP address)"
+    )]
     InvalidServerName(String),
 }
 
@@ -254,7 +258,9 @@ impl ValidatedCert {
 
 impl fmt::Debug for ValidatedCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ValidatedCert").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("ValidatedCert")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -307,7 +313,11 @@ impl Policy {
         match key.keys_match() {
             Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
             Err(rustls::Error::InconsistentKeys(_)) => return Err(refuse(Refusal::KeyMismatch)),
-            Err(e) => return Err(refuse(Refusal::KeyUnusable(format!("the leaf cannot be read by rustls: {e}")))),
+            Err(e) => {
+                return Err(refuse(Refusal::KeyUnusable(format!(
+                    "the leaf cannot be read by rustls: {e}"
+                ))))
+            }
         }
 
         // Dates.
@@ -318,7 +328,11 @@ impl Policy {
         }
         let remaining = match info.not_after.duration_since(now) {
             Ok(left) if left > Duration::ZERO => left,
-            _ => return Err(refuse(Refusal::Expired { not_after: info.not_after })),
+            _ => {
+                return Err(refuse(Refusal::Expired {
+                    not_after: info.not_after,
+                }))
+            }
         };
         if remaining < self.min_remaining {
             return Err(refuse(Refusal::ExpiresTooSoon {
@@ -349,14 +363,28 @@ impl Policy {
         check_chain_order(candidate.chain()).map_err(refuse)?;
         let probe_names = self.probe_names(info);
         if let Some(roots) = &self.roots {
-            let verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), self.provider.clone())
-                .build()
-                .map_err(|e| refuse(Refusal::Untrusted { name: String::new(), reason: e.to_string() }))?;
-            let (leaf, intermediates) = candidate.chain().split_first().expect("parsed chain is not empty");
+            let verifier =
+                WebPkiServerVerifier::builder_with_provider(roots.clone(), self.provider.clone())
+                    .build()
+                    .map_err(|e| {
+                        refuse(Refusal::Untrusted {
+                            name: String::new(),
+                            reason: e.to_string(),
+                        })
+                    })?;
+            let (leaf, intermediates) = candidate
+                .chain()
+                .split_first()
+                .expect("parsed chain is not empty");
             for (label, name) in &probe_names {
                 verifier
                     .verify_server_cert(leaf, intermediates, name, &[], unix_time(now))
-                    .map_err(|e| refuse(Refusal::Untrusted { name: label.clone(), reason: e.to_string() }))?;
+                    .map_err(|e| {
+                        refuse(Refusal::Untrusted {
+                            name: label.clone(),
+                            reason: e.to_string(),
+                        })
+                    })?;
             }
         }
 
@@ -374,7 +402,10 @@ impl Policy {
         let key = Arc::new(key);
         for (label, name) in probe_names {
             self.probe(candidate, &key, name, now).map_err(|reason| {
-                refuse(Refusal::ProbeFailed { name: label, reason })
+                refuse(Refusal::ProbeFailed {
+                    name: label,
+                    reason,
+                })
             })?;
         }
         Ok(ValidatedCert {
@@ -440,8 +471,7 @@ impl Policy {
             .map_err(|e| e.to_string())?;
         let chain = candidate.chain();
         let top = chain.last().expect("parsed chain is not empty");
-        let self_issued = chain.len() > 1 || candidate.info().subject == candidate.info().issuer;
-        let client = match (&self.roots, self_issued) {
+        let client = match (&self.roots, chain.len() > 1) {
             (Some(roots), _) => client.with_root_certificates(roots.clone()),
             (None, true) => {
                 let mut roots = RootCertStore::empty();
@@ -450,8 +480,9 @@ impl Policy {
                 })?;
                 client.with_root_certificates(roots)
             }
-            // A lone leaf from an unknown issuer: trust exactly that leaf, and
-            // still verify the handshake signature made with its key.
+            // A lone leaf (self-signed or from an issuer we were not given):
+            // trust exactly that leaf, and still verify the handshake
+            // signature made with its key.
             (None, false) => client
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(PinnedLeaf {
@@ -466,7 +497,8 @@ impl Policy {
         let (mut client, mut server) = (Connection::Client(client), Connection::Server(server));
         let mut buf = Vec::with_capacity(16 * 1024);
         while client.is_handshaking() || server.is_handshaking() {
-            let sent = pump(&mut client, &mut server, &mut buf).map_err(|e| format!("server side: {e}"))?;
+            let sent = pump(&mut client, &mut server, &mut buf)
+                .map_err(|e| format!("server side: {e}"))?;
             let answered = pump(&mut server, &mut client, &mut buf)
                 .map_err(|e| format!("client rejected the server: {e}"))?;
             if !sent && !answered {
@@ -503,7 +535,10 @@ fn check_chain_order(chain: &[CertificateDer<'static>]) -> Result<(), Refusal> {
         .enumerate()
         .map(|(i, der)| parse_cert(der, i))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Refusal::ChainOutOfOrder { index: 0, reason: e.to_string() })?;
+        .map_err(|e| Refusal::ChainOutOfOrder {
+            index: 0,
+            reason: e.to_string(),
+        })?;
     for (index, pair) in parsed.windows(2).enumerate() {
         if pair[0].issuer().as_raw() != pair[1].subject().as_raw() {
             return Err(Refusal::ChainOutOfOrder {
@@ -558,7 +593,9 @@ impl ServerCertVerifier for PinnedLeaf {
         if end_entity.as_ref() == self.leaf.as_ref() {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General("the server sent a different certificate".into()))
+            Err(rustls::Error::General(
+                "the server sent a different certificate".into(),
+            ))
         }
     }
 
@@ -568,7 +605,12 @@ impl ServerCertVerifier for PinnedLeaf {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -577,11 +619,18 @@ impl ServerCertVerifier for PinnedLeaf {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

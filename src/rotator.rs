@@ -247,10 +247,12 @@ impl Rotator {
     /// auth, this rotator's crypto provider) whose certificates follow the
     /// store. Set ALPN and other options on it before wrapping it in an `Arc`.
     pub fn server_config(&self) -> Result<ServerConfig, rustls::Error> {
-        Ok(ServerConfig::builder_with_provider(self.policy.crypto_provider().clone())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_cert_resolver(self.resolver()))
+        Ok(
+            ServerConfig::builder_with_provider(self.policy.crypto_provider().clone())
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_cert_resolver(self.resolver()),
+        )
     }
 
     /// The store this rotator fills.
@@ -287,7 +289,10 @@ impl Rotator {
     /// Validates and installs `bundle` even if it is older than the
     /// certificate serving: the explicit route around replay protection. All
     /// other checks still apply.
-    pub async fn install_allowing_older(&self, bundle: CertBundle) -> Result<Rotation, RotateError> {
+    pub async fn install_allowing_older(
+        &self,
+        bundle: CertBundle,
+    ) -> Result<Rotation, RotateError> {
         self.ask(|reply| Command::Install { bundle, reply }).await
     }
 
@@ -401,7 +406,9 @@ impl<S: CertSource> Task<S> {
         match &self.renew_at {
             Some((fingerprint, at)) if *fingerprint == cert.fingerprint_sha256 => Some(*at),
             _ => {
-                let window = cert.lifetime().mul_f64(self.store.renew_before_fraction(&self.slot));
+                let window = cert
+                    .lifetime()
+                    .mul_f64(self.store.renew_before_fraction(&self.slot));
                 let at = cert.not_after - window - window.mul_f64(self.jitter * fastrand::f64());
                 self.renew_at = Some((cert.fingerprint_sha256.clone(), at));
                 Some(at)
@@ -471,26 +478,30 @@ impl<S: CertSource> Task<S> {
         });
         let candidate = match bundle {
             Some(bundle) => bundle,
-            None => self.source.fetch().await.map_err(|error| {
+            None => self.source.fetch().await.inspect_err(|error| {
                 self.store.record_failure(&self.slot, error.to_string());
                 events.emit(RotationEvent::SourceFailed {
                     slot: self.slot.clone(),
                     error: error.clone(),
                 });
-                error
             })?,
         };
         let serving = self.current();
-        if let Some(serving) = serving.as_ref().filter(|s| s.fingerprint_sha256 == candidate.info().fingerprint_sha256) {
+        if let Some(serving) = serving
+            .as_ref()
+            .filter(|s| s.fingerprint_sha256 == candidate.info().fingerprint_sha256)
+        {
             self.store.record_success(&self.slot);
             return Ok(Rotation::Unchanged(serving.clone()));
         }
         let policy = self.policy.clone();
         let now = self.store.clock().now();
         let replacing = serving.filter(|_| !allow_older);
-        let verdict = tokio::task::spawn_blocking(move || policy.validate_replacing(&candidate, replacing.as_deref(), now))
-            .await
-            .expect("certificate validation does not panic");
+        let verdict = tokio::task::spawn_blocking(move || {
+            policy.validate_replacing(&candidate, replacing.as_deref(), now)
+        })
+        .await
+        .expect("certificate validation does not panic");
         match verdict {
             Ok(valid) => {
                 let new = valid.info.clone();

@@ -46,7 +46,9 @@ pub const DEFAULT_SLOT: &str = "default";
 /// store.install(DEFAULT_SLOT, valid);
 /// assert_eq!(store.current(DEFAULT_SLOT).unwrap().dns_names, ["api.example.com"]);
 ///
-/// let config = rustls::ServerConfig::builder()
+/// let provider = Policy::default().crypto_provider().clone();
+/// let config = rustls::ServerConfig::builder_with_provider(provider)
+///     .with_safe_default_protocol_versions()?
 ///     .with_no_client_auth()
 ///     .with_cert_resolver(store.resolver());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -212,7 +214,10 @@ impl CertStore {
         let entry = slots
             .find_mut(slot)
             .ok_or_else(|| RollbackError::UnknownSlot(slot.to_owned()))?;
-        let from = entry.current.clone().ok_or_else(|| RollbackError::NothingServing(slot.to_owned()))?;
+        let from = entry
+            .current
+            .clone()
+            .ok_or_else(|| RollbackError::NothingServing(slot.to_owned()))?;
         entry.previous.retain(|c| c.info.not_after > now);
         let to = entry
             .previous
@@ -246,7 +251,13 @@ impl CertStore {
     /// The certificate serving in `slot`, if any.
     pub fn current(&self, slot: &str) -> Option<Arc<CertInfo>> {
         let slots = self.lock();
-        slots.by_name.iter().find(|s| &*s.name == slot)?.current.as_ref().map(|c| c.info.clone())
+        slots
+            .by_name
+            .iter()
+            .find(|s| &*s.name == slot)?
+            .current
+            .as_ref()
+            .map(|c| c.info.clone())
     }
 
     /// The health of every slot, as of the store's clock.
@@ -258,11 +269,21 @@ impl CertStore {
             .iter()
             .filter_map(|s| {
                 let cur = s.current.as_ref()?;
-                Some(CertHealth::new(&s.name, &cur.info, now, s.renew_before_fraction, s.last_error.clone()))
+                Some(CertHealth::new(
+                    &s.name,
+                    &cur.info,
+                    now,
+                    s.renew_before_fraction,
+                    s.last_error.clone(),
+                ))
             })
             .collect();
         HealthSnapshot {
-            alert: certificates.iter().map(|c| c.alert).max().unwrap_or(AlertLevel::Ok),
+            alert: certificates
+                .iter()
+                .map(|c| c.alert)
+                .max()
+                .unwrap_or(AlertLevel::Ok),
             certificates,
             last_rotation: slots.last_rotation,
             rotations: slots.rotations,
@@ -310,25 +331,35 @@ impl CertStore {
     fn lock(&self) -> MutexGuard<'_, Slots> {
         // A panic while holding the lock cannot leave `Slots` half-changed in a
         // way that matters more than stopping rotation would.
-        self.inner.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Builds the handshake view from the slots and swaps it in.
     fn publish(&self, slots: &Slots) {
         let mut snapshot = Snapshot::default();
-        let serving = slots.by_name.iter().filter_map(|s| Some((s, s.current.as_ref()?)));
+        let serving = slots
+            .by_name
+            .iter()
+            .filter_map(|s| Some((s, s.current.as_ref()?)));
         // Oldest slot first, so that on a name clash the oldest slot wins and
         // adding a slot never steals a name from one already serving.
         for (_, cert) in serving.clone().rev() {
             for name in &cert.info.dns_names {
                 match name.strip_prefix("*.") {
                     Some(parent) => snapshot.wildcard.insert(parent.into(), cert.key.clone()),
-                    None => snapshot.exact.insert(name.as_str().into(), cert.key.clone()),
+                    None => snapshot
+                        .exact
+                        .insert(name.as_str().into(), cert.key.clone()),
                 };
             }
         }
         let default = serving.clone().find(|(s, _)| &*s.name == DEFAULT_SLOT);
-        snapshot.default = default.or_else(|| serving.clone().next()).map(|(_, c)| c.key.clone());
+        snapshot.default = default
+            .or_else(|| serving.clone().next())
+            .map(|(_, c)| c.key.clone());
         self.inner.snapshot.store(Arc::new(snapshot));
     }
 }

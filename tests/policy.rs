@@ -6,7 +6,9 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use certrotate::{CertBundle, Policy, Refusal, RotateError, Rotation, RotationEvent, Rotator, StaticSource};
+use certrotate::{
+    CertBundle, Policy, Refusal, RotateError, Rotation, RotationEvent, Rotator, StaticSource,
+};
 use common::{Ca, Leaf, HOST};
 use rcgen::ExtendedKeyUsagePurpose;
 
@@ -15,11 +17,19 @@ use rcgen::ExtendedKeyUsagePurpose;
 async fn refused(ca: &Ca, policy: Policy, bad: CertBundle) -> Refusal {
     let good = ca.nth(0);
     let source = StaticSource::new(good.clone());
-    let rotator = Rotator::builder(source.clone(), policy).start().await.unwrap();
+    let rotator = Rotator::builder(source.clone(), policy)
+        .start()
+        .await
+        .unwrap();
     let server = common::serve(std::sync::Arc::new(rotator.server_config().unwrap())).await;
     let client = common::client_config(ca);
     let good_serial = good.info().serial.clone();
-    assert_eq!(common::serial_seen(&client, server.addr, HOST).await.unwrap(), good_serial);
+    assert_eq!(
+        common::serial_seen(&client, server.addr, HOST)
+            .await
+            .unwrap(),
+        good_serial
+    );
 
     let mut events = rotator.subscribe();
     source.push(bad.clone());
@@ -27,12 +37,24 @@ async fn refused(ca: &Ca, policy: Policy, bad: CertBundle) -> Refusal {
         Err(RotateError::Refused(e)) => e,
         other => panic!("expected a refusal, got {other:?}"),
     };
-    assert_eq!(error.cert().serial, bad.info().serial, "the error names the candidate");
-    assert!(error.to_string().contains(&bad.info().serial), "message names the serial: {error}");
+    assert_eq!(
+        error.cert().serial,
+        bad.info().serial,
+        "the error names the candidate"
+    );
+    assert!(
+        error.to_string().contains(&bad.info().serial),
+        "message names the serial: {error}"
+    );
 
     // Still serving the good one, to real clients.
     assert_eq!(rotator.current().unwrap().serial, good_serial);
-    assert_eq!(common::serial_seen(&client, server.addr, HOST).await.unwrap(), good_serial);
+    assert_eq!(
+        common::serial_seen(&client, server.addr, HOST)
+            .await
+            .unwrap(),
+        good_serial
+    );
 
     // Recorded as an event and in health.
     let event = loop {
@@ -42,12 +64,21 @@ async fn refused(ca: &Ca, policy: Policy, bad: CertBundle) -> Refusal {
         }
     };
     assert_eq!(event.to_string(), error.to_string());
-    assert_eq!(rotator.health().last_error.as_deref(), Some(error.to_string().as_str()));
-    assert_eq!(rotator.health().certificates[0].last_error.as_deref(), Some(error.to_string().as_str()));
+    assert_eq!(
+        rotator.health().last_error.as_deref(),
+        Some(error.to_string().as_str())
+    );
+    assert_eq!(
+        rotator.health().certificates[0].last_error.as_deref(),
+        Some(error.to_string().as_str())
+    );
 
     // A good candidate afterwards is accepted and clears last_error.
     source.push(ca.nth(10));
-    assert!(matches!(rotator.rotate_now().await, Ok(Rotation::Rotated { .. })));
+    assert!(matches!(
+        rotator.rotate_now().await,
+        Ok(Rotation::Rotated { .. })
+    ));
     assert_eq!(rotator.health().last_error, None);
     rotator.shutdown().await;
     error.reason().clone()
@@ -63,33 +94,58 @@ async fn mismatched_key_is_refused() {
     let a = ca.issue(Leaf::default().valid_from(SystemTime::now() - Duration::from_secs(60)));
     let b = ca.issue(Leaf::default());
     let bad = CertBundle::from_pem(a.cert_pem.as_bytes(), b.key_pem.as_bytes()).unwrap();
-    assert!(matches!(refused(&ca, policy(), bad).await, Refusal::KeyMismatch));
+    assert!(matches!(
+        refused(&ca, policy(), bad).await,
+        Refusal::KeyMismatch
+    ));
 }
 
 #[tokio::test]
 async fn expired_is_refused() {
     let ca = Ca::new();
     let now = SystemTime::now();
-    let bad = ca.issue(Leaf::default().lifetime(now - Duration::from_secs(100), now - Duration::from_secs(10)));
-    assert!(matches!(refused(&ca, policy(), bad.bundle).await, Refusal::Expired { .. }));
+    let bad = ca.issue(Leaf::default().lifetime(
+        now - Duration::from_secs(100),
+        now - Duration::from_secs(10),
+    ));
+    assert!(matches!(
+        refused(&ca, policy(), bad.bundle).await,
+        Refusal::Expired { .. }
+    ));
 }
 
 #[tokio::test]
 async fn not_yet_valid_is_refused() {
     let ca = Ca::new();
     let now = SystemTime::now();
-    let bad = ca.issue(Leaf::default().lifetime(now + Duration::from_secs(3600), now + Duration::from_secs(7200)));
-    assert!(matches!(refused(&ca, policy(), bad.bundle).await, Refusal::NotYetValid { .. }));
+    let bad = ca.issue(Leaf::default().lifetime(
+        now + Duration::from_secs(3600),
+        now + Duration::from_secs(7200),
+    ));
+    assert!(matches!(
+        refused(&ca, policy(), bad.bundle).await,
+        Refusal::NotYetValid { .. }
+    ));
 }
 
 #[tokio::test]
 async fn expiring_too_soon_is_refused() {
     let ca = Ca::new();
     let now = SystemTime::now();
-    let policy = Policy::builder().server_name(HOST).min_remaining(Duration::from_secs(3 * 3600)).build().unwrap();
-    let bad = ca.issue(Leaf::default().lifetime(now - Duration::from_secs(60), now + Duration::from_secs(3600)));
+    let policy = Policy::builder()
+        .server_name(HOST)
+        .min_remaining(Duration::from_secs(3 * 3600))
+        .build()
+        .unwrap();
+    let bad = ca.issue(Leaf::default().lifetime(
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(3600),
+    ));
     let refusal = refused(&ca, policy, bad.bundle).await;
-    assert!(matches!(refusal, Refusal::ExpiresTooSoon { .. }), "{refusal}");
+    assert!(
+        matches!(refusal, Refusal::ExpiresTooSoon { .. }),
+        "{refusal}"
+    );
 }
 
 #[tokio::test]
@@ -105,15 +161,29 @@ async fn wrong_host_is_refused() {
 #[tokio::test]
 async fn missing_ip_address_is_refused() {
     let ca = Ca::new();
-    let policy = Policy::builder().server_name(HOST).server_name("127.0.0.1").build().unwrap();
+    let policy = Policy::builder()
+        .server_name(HOST)
+        .server_name("127.0.0.1")
+        .build()
+        .unwrap();
     // The serving certificate covers both.
     let bad = ca.issue(Leaf::default()); // localhost only
-    let good = ca.issue(Leaf::default().names(&[HOST, "127.0.0.1"]).valid_from(SystemTime::now() - Duration::from_secs(7200)));
+    let good = ca.issue(
+        Leaf::default()
+            .names(&[HOST, "127.0.0.1"])
+            .valid_from(SystemTime::now() - Duration::from_secs(7200)),
+    );
     let source = StaticSource::new(good.bundle);
-    let rotator = Rotator::builder(source.clone(), policy).start().await.unwrap();
+    let rotator = Rotator::builder(source.clone(), policy)
+        .start()
+        .await
+        .unwrap();
     source.push(bad.bundle);
     match rotator.rotate_now().await {
-        Err(RotateError::Refused(e)) => assert!(matches!(e.reason(), Refusal::NameNotCovered { name } if name == "127.0.0.1"), "{e}"),
+        Err(RotateError::Refused(e)) => assert!(
+            matches!(e.reason(), Refusal::NameNotCovered { name } if name == "127.0.0.1"),
+            "{e}"
+        ),
         other => panic!("{other:?}"),
     }
 }
@@ -121,28 +191,46 @@ async fn missing_ip_address_is_refused() {
 #[tokio::test]
 async fn wildcard_covers_one_label() {
     let ca = Ca::new();
-    let policy = Policy::builder().server_name("api.example.com").build().unwrap();
+    let policy = Policy::builder()
+        .server_name("api.example.com")
+        .build()
+        .unwrap();
     let wildcard = ca.issue(Leaf::default().names(&["*.example.com"]));
     assert!(policy.validate(&wildcard.bundle, SystemTime::now()).is_ok());
-    let deep = Policy::builder().server_name("a.b.example.com").build().unwrap();
-    let err = deep.validate(&wildcard.bundle, SystemTime::now()).unwrap_err();
+    let deep = Policy::builder()
+        .server_name("a.b.example.com")
+        .build()
+        .unwrap();
+    let err = deep
+        .validate(&wildcard.bundle, SystemTime::now())
+        .unwrap_err();
     assert!(matches!(err.reason(), Refusal::NameNotCovered { .. }));
 }
 
 #[tokio::test]
 async fn ca_certificate_as_leaf_is_refused() {
     let ca = Ca::new();
-    let mut leaf = Leaf::default();
-    leaf.is_ca = true;
-    assert!(matches!(refused(&ca, policy(), ca.issue(leaf).bundle).await, Refusal::CaCertificate));
+    let leaf = Leaf {
+        is_ca: true,
+        ..Leaf::default()
+    };
+    assert!(matches!(
+        refused(&ca, policy(), ca.issue(leaf).bundle).await,
+        Refusal::CaCertificate
+    ));
 }
 
 #[tokio::test]
 async fn client_only_certificate_is_refused() {
     let ca = Ca::new();
-    let mut leaf = Leaf::default();
-    leaf.eku = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    assert!(matches!(refused(&ca, policy(), ca.issue(leaf).bundle).await, Refusal::NotForServerAuth));
+    let leaf = Leaf {
+        eku: vec![ExtendedKeyUsagePurpose::ClientAuth],
+        ..Leaf::default()
+    };
+    assert!(matches!(
+        refused(&ca, policy(), ca.issue(leaf).bundle).await,
+        Refusal::NotForServerAuth
+    ));
 }
 
 #[tokio::test]
@@ -151,7 +239,17 @@ async fn rsa_1024_is_refused() {
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
     let status = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:1024", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:1024",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
         .args(["-addext", "subjectAltName=DNS:localhost", "-keyout"])
         .arg(&key)
         .arg("-out")
@@ -176,25 +274,41 @@ async fn chain_out_of_order_is_refused() {
     let leaf = ca.issue(Leaf::default());
     let chain = vec![leaf.bundle.chain()[0].clone(), other.der.clone()];
     let bad = CertBundle::from_der(chain, leaf.bundle.key().clone_key()).unwrap();
-    assert!(matches!(refused(&ca, policy(), bad).await, Refusal::ChainOutOfOrder { index: 0, .. }));
+    assert!(matches!(
+        refused(&ca, policy(), bad).await,
+        Refusal::ChainOutOfOrder { index: 0, .. }
+    ));
 }
 
 #[tokio::test]
 async fn untrusted_chain_is_refused() {
     let ca = Ca::new();
     let rogue = Ca::new();
-    let policy = Policy::builder().server_name(HOST).trust_roots(ca.roots()).build().unwrap();
+    let policy = Policy::builder()
+        .server_name(HOST)
+        .trust_roots(ca.roots())
+        .build()
+        .unwrap();
     let bad = rogue.issue(Leaf::default());
-    assert!(matches!(refused(&ca, policy, bad.bundle).await, Refusal::Untrusted { .. }));
+    assert!(matches!(
+        refused(&ca, policy, bad.bundle).await,
+        Refusal::Untrusted { .. }
+    ));
 }
 
 #[tokio::test]
 async fn older_certificate_is_refused_unless_asked_for() {
     let ca = Ca::new();
     let older = ca.issue(Leaf::default().valid_from(SystemTime::now() - Duration::from_secs(7200)));
-    assert!(matches!(refused(&ca, policy(), older.bundle.clone()).await, Refusal::OlderThanServing { .. }));
+    assert!(matches!(
+        refused(&ca, policy(), older.bundle.clone()).await,
+        Refusal::OlderThanServing { .. }
+    ));
 
-    let rotator = Rotator::builder(StaticSource::new(ca.nth(0)), policy()).start().await.unwrap();
+    let rotator = Rotator::builder(StaticSource::new(ca.nth(0)), policy())
+        .start()
+        .await
+        .unwrap();
     match rotator.install_allowing_older(older.bundle.clone()).await {
         Ok(Rotation::Rotated { new, .. }) => assert_eq!(new.serial, older.bundle.info().serial),
         other => panic!("{other:?}"),
@@ -239,7 +353,11 @@ async fn every_key_type_is_accepted() {
         &rcgen::PKCS_RSA_SHA256,
     ] {
         let issued = ca.issue(Leaf::default().alg(alg));
-        let policy = Policy::builder().server_name(HOST).trust_roots(ca.roots()).build().unwrap();
+        let policy = Policy::builder()
+            .server_name(HOST)
+            .trust_roots(ca.roots())
+            .build()
+            .unwrap();
         let valid = policy.validate(&issued.bundle, SystemTime::now());
         assert!(valid.is_ok(), "{alg:?}: {:?}", valid.err());
     }
@@ -249,6 +367,9 @@ async fn every_key_type_is_accepted() {
 fn invalid_server_names_are_config_errors() {
     for bad in ["", "exa mple.com", "a.*.example.com", "*"] {
         let err = Policy::builder().server_name(bad).build().unwrap_err();
-        assert!(err.to_string().contains("not a valid server name"), "{bad:?}: {err}");
+        assert!(
+            err.to_string().contains("not a valid server name"),
+            "{bad:?}: {err}"
+        );
     }
 }

@@ -26,14 +26,24 @@ async fn thousands_of_handshakes_while_rotating_every_5ms() {
     let ca = Arc::new(Ca::new());
     let first = ca.nth(0);
     let source = StaticSource::new(first.clone());
-    let rotator = Arc::new(Rotator::builder(source.clone(), policy()).start().await.unwrap());
+    let rotator = Arc::new(
+        Rotator::builder(source.clone(), policy())
+            .start()
+            .await
+            .unwrap(),
+    );
     let server = common::serve(Arc::new(rotator.server_config().unwrap())).await;
-    let timeline: Timeline = Arc::new(Mutex::new(vec![(first.info().serial.clone(), Instant::now(), Instant::now())]));
+    let timeline: Timeline = Arc::new(Mutex::new(vec![(
+        first.info().serial.clone(),
+        Instant::now(),
+        Instant::now(),
+    )]));
 
     // Rotate every 5 ms until the clients are done.
     let done = Arc::new(tokio::sync::Notify::new());
     let rotating = {
-        let (ca, rotator, timeline, done) = (ca.clone(), rotator.clone(), timeline.clone(), done.clone());
+        let (ca, rotator, timeline, done) =
+            (ca.clone(), rotator.clone(), timeline.clone(), done.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(5));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -48,7 +58,10 @@ async fn thousands_of_handshakes_while_rotating_every_5ms() {
                 let serial = next.info().serial.clone();
                 let began = Instant::now();
                 common::push_and_rotate(&rotator, &source, next).await;
-                timeline.lock().unwrap().push((serial, began, Instant::now()));
+                timeline
+                    .lock()
+                    .unwrap()
+                    .push((serial, began, Instant::now()));
             }
         })
     };
@@ -74,8 +87,16 @@ async fn thousands_of_handshakes_while_rotating_every_5ms() {
     done.notify_one();
     let rotations = rotating.await.unwrap();
 
-    let failed: Vec<_> = seen.iter().filter_map(|(r, _, _)| r.as_ref().err()).collect();
-    assert!(failed.is_empty(), "{} failed handshakes, first: {}", failed.len(), failed[0]);
+    let failed: Vec<_> = seen
+        .iter()
+        .filter_map(|(r, _, _)| r.as_ref().err())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed handshakes, first: {}",
+        failed.len(),
+        failed[0]
+    );
     assert!(seen.len() >= HANDSHAKES);
     assert!(rotations >= 20, "only {rotations} rotations happened");
 
@@ -86,14 +107,28 @@ async fn thousands_of_handshakes_while_rotating_every_5ms() {
     for (serial, start, end) in &seen {
         let serial = serial.as_ref().unwrap();
         distinct.insert(serial.clone());
-        let i = timeline.iter().position(|(s, _, _)| s == serial).expect("served certificate was installed");
+        let i = timeline
+            .iter()
+            .position(|(s, _, _)| s == serial)
+            .expect("served certificate was installed");
         let live_from = timeline[i].1;
         let live_until = timeline.get(i + 1).map(|next| next.2);
         assert!(live_from <= *end, "saw {serial} before it was installed");
-        assert!(live_until.is_none_or(|until| until >= *start), "saw {serial} after it was replaced");
+        assert!(
+            live_until.is_none_or(|until| until >= *start),
+            "saw {serial} after it was replaced"
+        );
     }
-    assert!(distinct.len() > 10, "handshakes saw only {} certificates", distinct.len());
-    println!("{} handshakes, {rotations} rotations, {} certificates seen", seen.len(), distinct.len());
+    assert!(
+        distinct.len() > 10,
+        "handshakes saw only {} certificates",
+        distinct.len()
+    );
+    println!(
+        "{} handshakes, {rotations} rotations, {} certificates seen",
+        seen.len(),
+        distinct.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +136,10 @@ async fn an_established_connection_survives_100_rotations() {
     let ca = Ca::new();
     let first = ca.nth(0);
     let source = StaticSource::new(first.clone());
-    let rotator = Rotator::builder(source.clone(), policy()).start().await.unwrap();
+    let rotator = Rotator::builder(source.clone(), policy())
+        .start()
+        .await
+        .unwrap();
     let server = common::serve(Arc::new(rotator.server_config().unwrap())).await;
     let client = common::client_config(&ca);
 
@@ -119,10 +157,18 @@ async fn an_established_connection_survives_100_rotations() {
         assert_eq!(buf, message.as_bytes());
     }
     let (_, conn) = tls.get_ref();
-    assert_eq!(common::serial_of(&conn.peer_certificates().unwrap()[0]), first.info().serial);
+    assert_eq!(
+        common::serial_of(&conn.peer_certificates().unwrap()[0]),
+        first.info().serial
+    );
     let newest = rotator.current().unwrap().serial.clone();
     assert_ne!(newest, first.info().serial);
-    assert_eq!(common::serial_seen(&client, server.addr, HOST).await.unwrap(), newest);
+    assert_eq!(
+        common::serial_seen(&client, server.addr, HOST)
+            .await
+            .unwrap(),
+        newest
+    );
     assert_eq!(rotator.health().rotations, 101);
 }
 
@@ -130,9 +176,16 @@ async fn an_established_connection_survives_100_rotations() {
 async fn tls13_resumption_survives_a_rotation() {
     let ca = Ca::new();
     let source = StaticSource::new(ca.nth(0));
-    let rotator = Rotator::builder(source.clone(), policy()).start().await.unwrap();
+    let rotator = Rotator::builder(source.clone(), policy())
+        .start()
+        .await
+        .unwrap();
     let server = common::serve(Arc::new(rotator.server_config().unwrap())).await;
-    let client = Arc::new(rustls::ClientConfig::builder().with_root_certificates(ca.roots()).with_no_client_auth());
+    let client = Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(ca.roots())
+            .with_no_client_auth(),
+    );
 
     let connect = || async {
         let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
@@ -145,9 +198,18 @@ async fn tls13_resumption_survives_a_rotation() {
         let mut buf = [0; 2];
         tls.read_exact(&mut buf).await.unwrap();
         let (_, conn) = tls.get_ref();
-        (conn.handshake_kind().unwrap(), conn.protocol_version().unwrap())
+        (
+            conn.handshake_kind().unwrap(),
+            conn.protocol_version().unwrap(),
+        )
     };
-    assert_eq!(connect().await, (rustls::HandshakeKind::Full, rustls::ProtocolVersion::TLSv1_3));
+    assert_eq!(
+        connect().await,
+        (
+            rustls::HandshakeKind::Full,
+            rustls::ProtocolVersion::TLSv1_3
+        )
+    );
     common::push_and_rotate(&rotator, &source, ca.nth(10)).await;
     assert_eq!(connect().await.0, rustls::HandshakeKind::Resumed);
 }
@@ -157,19 +219,35 @@ async fn rollback_restores_the_previous_certificate_at_once() {
     let ca = Ca::new();
     let (a, b) = (ca.nth(0), ca.nth(10));
     let source = StaticSource::new(a.clone());
-    let rotator = Rotator::builder(source.clone(), policy()).start().await.unwrap();
+    let rotator = Rotator::builder(source.clone(), policy())
+        .start()
+        .await
+        .unwrap();
     let server = common::serve(Arc::new(rotator.server_config().unwrap())).await;
     let client = common::client_config(&ca);
     common::push_and_rotate(&rotator, &source, b.clone()).await;
-    assert_eq!(common::serial_seen(&client, server.addr, HOST).await.unwrap(), b.info().serial);
+    assert_eq!(
+        common::serial_seen(&client, server.addr, HOST)
+            .await
+            .unwrap(),
+        b.info().serial
+    );
 
     let mut events = rotator.subscribe();
     let restored = rotator.rollback().unwrap();
     assert_eq!(restored.serial, a.info().serial);
-    assert_eq!(common::serial_seen(&client, server.addr, HOST).await.unwrap(), a.info().serial);
+    assert_eq!(
+        common::serial_seen(&client, server.addr, HOST)
+            .await
+            .unwrap(),
+        a.info().serial
+    );
     match events.recv().await.unwrap() {
         RotationEvent::RolledBack { from, to, .. } => {
-            assert_eq!((from.serial.as_str(), to.serial.as_str()), (b.info().serial.as_str(), a.info().serial.as_str()));
+            assert_eq!(
+                (from.serial.as_str(), to.serial.as_str()),
+                (b.info().serial.as_str(), a.info().serial.as_str())
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -182,11 +260,24 @@ async fn rollback_restores_the_previous_certificate_at_once() {
 async fn sni_picks_exact_then_wildcard_then_default() {
     let ca = Ca::new();
     let store = CertStore::new();
-    let api = ca.issue(Leaf::default().names(&["api.example.com", HOST])).bundle;
-    let wild = ca.issue(Leaf::default().names(&["*.svc.example.com"])).bundle;
+    let api = ca
+        .issue(Leaf::default().names(&["api.example.com", HOST]))
+        .bundle;
+    let wild = ca
+        .issue(Leaf::default().names(&["*.svc.example.com"]))
+        .bundle;
     let any = Policy::default();
-    let a = Rotator::builder(StaticSource::new(api.clone()), any.clone()).store(store.clone()).start().await.unwrap();
-    let _b = Rotator::builder(StaticSource::new(wild.clone()), any).store(store.clone()).slot("svc").start().await.unwrap();
+    let a = Rotator::builder(StaticSource::new(api.clone()), any.clone())
+        .store(store.clone())
+        .start()
+        .await
+        .unwrap();
+    let _b = Rotator::builder(StaticSource::new(wild.clone()), any)
+        .store(store.clone())
+        .slot("svc")
+        .start()
+        .await
+        .unwrap();
     let server = common::serve(Arc::new(a.server_config().unwrap())).await;
     let client = common::client_config(&ca);
 
@@ -194,12 +285,30 @@ async fn sni_picks_exact_then_wildcard_then_default() {
     let serial = |name: Option<&str>| common::serial_of(&resolver.lookup(name).unwrap().cert[0]);
     assert_eq!(serial(Some("api.example.com")), api.info().serial);
     assert_eq!(serial(Some("x.svc.example.com")), wild.info().serial);
-    assert_eq!(serial(Some("a.b.svc.example.com")), api.info().serial, "wildcards cover one label");
-    assert_eq!(serial(Some("unknown.example.com")), api.info().serial, "default slot");
+    assert_eq!(
+        serial(Some("a.b.svc.example.com")),
+        api.info().serial,
+        "wildcards cover one label"
+    );
+    assert_eq!(
+        serial(Some("unknown.example.com")),
+        api.info().serial,
+        "default slot"
+    );
     assert_eq!(serial(None), api.info().serial);
 
-    assert_eq!(common::serial_seen(&client, server.addr, "x.svc.example.com").await.unwrap(), wild.info().serial);
-    assert_eq!(common::serial_seen(&client, server.addr, "api.example.com").await.unwrap(), api.info().serial);
+    assert_eq!(
+        common::serial_seen(&client, server.addr, "x.svc.example.com")
+            .await
+            .unwrap(),
+        wild.info().serial
+    );
+    assert_eq!(
+        common::serial_seen(&client, server.addr, "api.example.com")
+            .await
+            .unwrap(),
+        api.info().serial
+    );
     assert_eq!(store.health().certificates.len(), 2);
 
     assert!(store.remove("svc"));
@@ -210,9 +319,17 @@ async fn sni_picks_exact_then_wildcard_then_default() {
 async fn start_fails_without_a_good_first_certificate() {
     let ca = Ca::new();
     let now = SystemTime::now();
-    let expired = ca.issue(Leaf::default().lifetime(now - Duration::from_secs(100), now - Duration::from_secs(1)));
-    let err = Rotator::builder(StaticSource::new(expired.bundle), policy()).start().await.unwrap_err();
+    let expired = ca.issue(
+        Leaf::default().lifetime(now - Duration::from_secs(100), now - Duration::from_secs(1)),
+    );
+    let err = Rotator::builder(StaticSource::new(expired.bundle), policy())
+        .start()
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("expired"), "{err}");
-    let err = Rotator::builder(StaticSource::empty(), policy()).start().await.unwrap_err();
+    let err = Rotator::builder(StaticSource::empty(), policy())
+        .start()
+        .await
+        .unwrap_err();
     assert_eq!(err.to_string(), "static source has no certificate yet");
 }

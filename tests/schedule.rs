@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use certrotate::{AlertLevel, CertBundle, CertSource, CertStore, Clock, Policy, RotationEvent, Rotator, SourceError};
+use certrotate::{
+    AlertLevel, CertBundle, CertSource, CertStore, Clock, Policy, RotationEvent, Rotator,
+    SourceError,
+};
 use common::{Ca, Leaf, TokioClock};
 use tokio::time::Instant;
 
@@ -28,7 +31,10 @@ impl CertSource for IssuingSource {
             return Err(SourceError::unavailable(self.describe(), "CA is down"));
         }
         let now = self.clock.now();
-        Ok(self.ca.issue(Leaf::default().lifetime(now - Duration::from_secs(60), now + 90 * DAY)).bundle)
+        Ok(self
+            .ca
+            .issue(Leaf::default().lifetime(now - Duration::from_secs(60), now + 90 * DAY))
+            .bundle)
     }
 
     fn describe(&self) -> String {
@@ -80,13 +86,23 @@ async fn renews_when_a_third_of_the_lifetime_is_left() {
         };
         // 90-day certificates renew with 30 days left, up to 10% of that (3 days) earlier.
         let left = serving.not_after.duration_since(clock.now()).unwrap();
-        assert!(left >= 30 * DAY - Duration::from_secs(1), "renewed too late: {left:?} left");
-        assert!(left <= 33 * DAY + Duration::from_secs(1), "renewed too early: {left:?} left");
+        assert!(
+            left >= 30 * DAY - Duration::from_secs(1),
+            "renewed too late: {left:?} left"
+        );
+        assert!(
+            left <= 33 * DAY + Duration::from_secs(1),
+            "renewed too early: {left:?} left"
+        );
         assert_ne!(new.serial, serving.serial);
     }
     assert_eq!(rotator.health().rotations, 4);
     assert!(clock.now().duration_since(first.not_before).unwrap() > 170 * DAY);
-    assert_eq!(source.fetches.lock().unwrap().len(), 4, "one fetch per renewal, no extra");
+    assert_eq!(
+        source.fetches.lock().unwrap().len(),
+        4,
+        "one fetch per renewal, no extra"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -102,7 +118,10 @@ async fn failures_back_off_exponentially_up_to_the_cap() {
     source.failing.store(true, Ordering::SeqCst);
     let err = rotator.rotate_now().await.unwrap_err();
     assert_eq!(err.to_string(), "test CA is unavailable: CA is down");
-    assert_eq!(rotator.health().last_error.as_deref(), Some("test CA is unavailable: CA is down"));
+    assert_eq!(
+        rotator.health().last_error.as_deref(),
+        Some("test CA is unavailable: CA is down")
+    );
 
     // Let ten retries happen.
     while source.fetches.lock().unwrap().len() < 13 {
@@ -113,11 +132,24 @@ async fn failures_back_off_exponentially_up_to_the_cap() {
     let delays: Vec<Duration> = fetches[1..].windows(2).map(|w| w[1] - w[0]).collect();
     for (n, delay) in delays.iter().enumerate() {
         let ceiling = Duration::from_secs(1 << n.min(10)).min(Duration::from_secs(60));
-        assert!(*delay <= ceiling + Duration::from_millis(1), "retry {n} after {delay:?}, ceiling {ceiling:?}");
-        assert!(*delay >= ceiling / 2, "retry {n} after {delay:?}, too soon for {ceiling:?}");
+        assert!(
+            *delay <= ceiling + Duration::from_millis(1),
+            "retry {n} after {delay:?}, ceiling {ceiling:?}"
+        );
+        assert!(
+            *delay >= ceiling / 2,
+            "retry {n} after {delay:?}, too soon for {ceiling:?}"
+        );
     }
-    assert!(delays.last().unwrap() >= &Duration::from_secs(30), "the cap is reached");
-    assert_eq!(rotator.current().unwrap().serial, serving.serial, "the old certificate keeps serving");
+    assert!(
+        delays.last().unwrap() >= &Duration::from_secs(30),
+        "the cap is reached"
+    );
+    assert_eq!(
+        rotator.current().unwrap().serial,
+        serving.serial,
+        "the old certificate keeps serving"
+    );
 
     // Recovery: the next retry succeeds and clears the error.
     source.failing.store(false, Ordering::SeqCst);
@@ -149,9 +181,20 @@ async fn alerts_escalate_while_renewal_keeps_failing() {
             assert_eq!(rotator.health().alert, level);
         }
     }
-    assert_eq!(levels, [AlertLevel::RenewOverdue, AlertLevel::Critical, AlertLevel::Expired]);
+    assert_eq!(
+        levels,
+        [
+            AlertLevel::RenewOverdue,
+            AlertLevel::Critical,
+            AlertLevel::Expired
+        ]
+    );
     assert!(clock.now() >= cert.not_after);
-    assert_eq!(rotator.current().unwrap().serial, cert.serial, "nothing was swapped in");
+    assert_eq!(
+        rotator.current().unwrap().serial,
+        cert.serial,
+        "nothing was swapped in"
+    );
     assert!(rotator.health().last_error.is_some());
 }
 
@@ -176,7 +219,11 @@ async fn spawn_retries_until_the_first_certificate_arrives() {
 fn alert_levels_follow_the_renewal_window() {
     let ca = Ca::new();
     let start = SystemTime::now();
-    let info = ca.issue(Leaf::default().lifetime(start, start + 90 * DAY)).bundle.info().clone();
+    let info = ca
+        .issue(Leaf::default().lifetime(start, start + 90 * DAY))
+        .bundle
+        .info()
+        .clone();
     let at = |days: u32| AlertLevel::at(&info, start + days * DAY, 1.0 / 3.0);
     assert_eq!(at(0), AlertLevel::Ok);
     assert_eq!(at(59), AlertLevel::Ok);

@@ -108,7 +108,10 @@ impl Ca {
 
     pub fn issue(&self, leaf: Leaf) -> Issued {
         let mut params = CertificateParams::new(leaf.names.clone()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, leaf.names.first().cloned().unwrap_or_default());
+        params.distinguished_name.push(
+            DnType::CommonName,
+            leaf.names.first().cloned().unwrap_or_default(),
+        );
         params.not_before = leaf.not_before.into();
         params.not_after = leaf.not_after.into();
         params.extended_key_usages = leaf.eku.clone();
@@ -121,7 +124,11 @@ impl Ca {
         let cert_pem = cert.pem();
         let key_pem = key.serialize_pem();
         let bundle = CertBundle::from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
-        Issued { cert_pem, key_pem, bundle }
+        Issued {
+            cert_pem,
+            key_pem,
+            bundle,
+        }
     }
 
     /// A leaf valid from `offset` seconds after an hour ago: later offsets make newer certificates.
@@ -135,7 +142,12 @@ fn rand_serial() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    (SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 & 0xffff_ffff_0000) | n
+    (SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        & 0xffff_ffff_0000)
+        | n
 }
 
 /// A TLS server on 127.0.0.1 (a free port) answering each connection with
@@ -175,33 +187,51 @@ pub async fn serve(config: Arc<rustls::ServerConfig>) -> Server {
 /// session carries no certificate, and these clients report the certificate
 /// each handshake was served.
 pub fn client_config(ca: &Ca) -> Arc<rustls::ClientConfig> {
-    let mut config = rustls::ClientConfig::builder().with_root_certificates(ca.roots()).with_no_client_auth();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(ca.roots())
+        .with_no_client_auth();
     config.resumption = rustls::client::Resumption::disabled();
     Arc::new(config)
 }
 
 /// Pushes `bundle` into `source` and has `rotator` install it now (or finds
 /// that the source's change signal already did).
-pub async fn push_and_rotate(rotator: &certrotate::Rotator, source: &certrotate::StaticSource, bundle: CertBundle) {
+pub async fn push_and_rotate(
+    rotator: &certrotate::Rotator,
+    source: &certrotate::StaticSource,
+    bundle: CertBundle,
+) {
     let serial = bundle.info().serial.clone();
     source.push(bundle);
     match rotator.rotate_now().await {
-        Ok(certrotate::Rotation::Rotated { new, .. }) | Ok(certrotate::Rotation::Unchanged(new)) if new.serial == serial => {}
+        Ok(certrotate::Rotation::Rotated { new, .. })
+        | Ok(certrotate::Rotation::Unchanged(new))
+            if new.serial == serial => {}
         other => panic!("rotation to {serial} failed: {other:?}"),
     }
 }
 
 /// Handshakes with `addr` as `name` and returns the serial of the leaf it saw.
-pub async fn serial_seen(config: &Arc<rustls::ClientConfig>, addr: SocketAddr, name: &str) -> Result<String, String> {
+pub async fn serial_seen(
+    config: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    name: &str,
+) -> Result<String, String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = ServerName::try_from(name.to_owned()).unwrap();
-    let mut tls = TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let mut tls = TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
     // Read back one echo so that the server side finished too.
     tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
     let mut buf = [0u8; 4];
     tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
     let (_, conn) = tls.get_ref();
-    let leaf = conn.peer_certificates().and_then(|c| c.first()).ok_or("no peer certificate")?;
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or("no peer certificate")?;
     Ok(serial_of(leaf))
 }
 
@@ -220,7 +250,10 @@ pub struct TokioClock {
 
 impl TokioClock {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { start_wall: SystemTime::now(), start: tokio::time::Instant::now() })
+        Arc::new(Self {
+            start_wall: SystemTime::now(),
+            start: tokio::time::Instant::now(),
+        })
     }
 }
 
