@@ -16,13 +16,12 @@ use rcgen::ExtendedKeyUsagePurpose;
 /// refusal must do. Returns the refusal for the caller to match.
 async fn refused(ca: &Ca, policy: Policy, bad: CertBundle) -> Refusal {
     let good = ca.nth(0);
-    let source = StaticSource::new(good.clone());
-    let rotator = Rotator::builder(source.clone(), policy)
-        .start()
-        .await
-        .unwrap();
-    let server = common::serve(std::sync::Arc::new(rotator.server_config().unwrap())).await;
-    let client = common::client_config(ca);
+    let common::Serving {
+        source,
+        rotator,
+        server,
+        client,
+    } = common::serving(ca, policy, good.clone()).await;
     let good_serial = good.info().serial.clone();
     assert_eq!(
         common::serial_seen(&client, server.addr, HOST)

@@ -135,13 +135,12 @@ async fn thousands_of_handshakes_while_rotating_every_5ms() {
 async fn an_established_connection_survives_100_rotations() {
     let ca = Ca::new();
     let first = ca.nth(0);
-    let source = StaticSource::new(first.clone());
-    let rotator = Rotator::builder(source.clone(), policy())
-        .start()
-        .await
-        .unwrap();
-    let server = common::serve(Arc::new(rotator.server_config().unwrap())).await;
-    let client = common::client_config(&ca);
+    let common::Serving {
+        source,
+        rotator,
+        server,
+        client,
+    } = common::serving(&ca, policy(), first.clone()).await;
 
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let mut tls = TlsConnector::from(client.clone())
@@ -218,13 +217,12 @@ async fn tls13_resumption_survives_a_rotation() {
 async fn rollback_restores_the_previous_certificate_at_once() {
     let ca = Ca::new();
     let (a, b) = (ca.nth(0), ca.nth(10));
-    let source = StaticSource::new(a.clone());
-    let rotator = Rotator::builder(source.clone(), policy())
-        .start()
-        .await
-        .unwrap();
-    let server = common::serve(Arc::new(rotator.server_config().unwrap())).await;
-    let client = common::client_config(&ca);
+    let common::Serving {
+        source,
+        rotator,
+        server,
+        client,
+    } = common::serving(&ca, policy(), a.clone()).await;
     common::push_and_rotate(&rotator, &source, b.clone()).await;
     assert_eq!(
         common::serial_seen(&client, server.addr, HOST)

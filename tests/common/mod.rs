@@ -194,6 +194,30 @@ pub fn client_config(ca: &Ca) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
+/// A rotator started on `first`, serving over TLS on 127.0.0.1, with a
+/// source to push through and a client that trusts `ca`.
+pub struct Serving {
+    pub source: certrotate::StaticSource,
+    pub rotator: certrotate::Rotator,
+    pub server: Server,
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+pub async fn serving(ca: &Ca, policy: certrotate::Policy, first: CertBundle) -> Serving {
+    let source = certrotate::StaticSource::new(first);
+    let rotator = certrotate::Rotator::builder(source.clone(), policy)
+        .start()
+        .await
+        .unwrap();
+    let server = serve(Arc::new(rotator.server_config().unwrap())).await;
+    Serving {
+        source,
+        rotator,
+        server,
+        client: client_config(ca),
+    }
+}
+
 /// Pushes `bundle` into `source` and has `rotator` install it now (or finds
 /// that the source's change signal already did).
 pub async fn push_and_rotate(
