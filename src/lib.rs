@@ -70,6 +70,11 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 
+/// The README's code compiles: it is tested as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// The process-wide default crypto provider if one is installed, else the one
 /// chosen by this crate's features.
 fn default_provider() -> Arc<CryptoProvider> {
