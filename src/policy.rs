@@ -313,11 +313,7 @@ impl Policy {
         match key.keys_match() {
             Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
             Err(rustls::Error::InconsistentKeys(_)) => return Err(refuse(Refusal::KeyMismatch)),
-            Err(e) => {
-                return Err(refuse(Refusal::KeyUnusable(format!(
-                    "the leaf cannot be read by rustls: {e}"
-                ))))
-            }
+            Err(e) => return Err(refuse(Refusal::Unreadable(e.to_string()))),
         }
 
         // Dates.
@@ -668,6 +664,10 @@ pub enum Refusal {
     /// The private key could not be loaded by the crypto provider.
     #[error("its private key cannot be used: {0}")]
     KeyUnusable(String),
+    /// The leaf parses as X.509 but rustls's verifier (webpki) cannot read
+    /// it, for example a subject alternative name extension over 64 KiB.
+    #[error("rustls cannot read the certificate: {0}")]
+    Unreadable(String),
     /// The private key does not belong to the leaf certificate.
     #[error("the private key does not match the certificate's public key")]
     KeyMismatch,

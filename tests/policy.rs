@@ -372,3 +372,24 @@ fn invalid_server_names_are_config_errors() {
         );
     }
 }
+
+#[test]
+fn certificate_rustls_cannot_read_is_refused() {
+    // 3,000 names make a SAN extension over webpki's 64 KiB limit.
+    let names: Vec<String> = (0..3000).map(|i| format!("host-{i}.example.com")).collect();
+    let ck = rcgen::generate_simple_self_signed(names).unwrap();
+    let bundle = CertBundle::from_pem(
+        ck.cert.pem().as_bytes(),
+        ck.signing_key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let err = Policy::default()
+        .validate(&bundle, SystemTime::now())
+        .unwrap_err();
+    assert!(matches!(err.reason(), Refusal::Unreadable(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("rustls cannot read the certificate"),
+        "{err}"
+    );
+}
