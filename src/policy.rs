@@ -57,6 +57,8 @@ pub struct Policy {
     min_remaining: Duration,
     min_rsa_bits: usize,
     roots: Option<Arc<RootCertStore>>,
+    /// Built once from `roots`, for the chain check.
+    verifier: Option<Arc<WebPkiServerVerifier>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -78,6 +80,7 @@ impl Default for Policy {
             min_remaining: Duration::ZERO,
             min_rsa_bits: 2048,
             roots: None,
+            verifier: None,
             provider: crate::default_provider(),
         }
     }
@@ -214,12 +217,22 @@ impl PolicyBuilder {
                 }
             })
             .collect::<Result<_, _>>()?;
+        let provider = self.provider.unwrap_or_else(crate::default_provider);
+        let verifier = match &self.roots {
+            Some(roots) => Some(
+                WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                    .build()
+                    .map_err(|e| PolicyConfigError::UnusableTrustRoots(e.to_string()))?,
+            ),
+            None => None,
+        };
         Ok(Policy {
             names,
             min_remaining: self.min_remaining,
             min_rsa_bits: self.min_rsa_bits.unwrap_or(2048).max(2048),
             roots: self.roots,
-            provider: self.provider.unwrap_or_else(crate::default_provider),
+            verifier,
+            provider,
         })
     }
 }
@@ -233,6 +246,9 @@ pub enum PolicyConfigError {
         "{0:?} is not a valid server name (expected a DNS name, a *. wildcard or an IP address)"
     )]
     InvalidServerName(String),
+    /// The configured trust roots cannot verify anything (for example, none were given).
+    #[error("the configured trust roots cannot be used: {0}")]
+    UnusableTrustRoots(String),
 }
 
 /// A certificate that passed a [`Policy`], ready to serve.
@@ -358,16 +374,7 @@ impl Policy {
         // Chain order, then trust.
         check_chain_order(candidate.chain()).map_err(refuse)?;
         let probe_names = self.probe_names(info);
-        if let Some(roots) = &self.roots {
-            let verifier =
-                WebPkiServerVerifier::builder_with_provider(roots.clone(), self.provider.clone())
-                    .build()
-                    .map_err(|e| {
-                        refuse(Refusal::Untrusted {
-                            name: String::new(),
-                            reason: e.to_string(),
-                        })
-                    })?;
+        if let Some(verifier) = &self.verifier {
             let (leaf, intermediates) = candidate
                 .chain()
                 .split_first()

@@ -325,7 +325,11 @@ impl CertStore {
     }
 
     pub(crate) fn renew_before_fraction(&self, slot: &str) -> f64 {
-        self.lock().slot_mut(slot).renew_before_fraction
+        let slots = self.lock();
+        let found = slots.by_name.iter().find(|s| &*s.name == slot);
+        found.map_or(crate::rotator::DEFAULT_RENEW_BEFORE_FRACTION, |s| {
+            s.renew_before_fraction
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Slots> {

@@ -393,3 +393,16 @@ fn certificate_rustls_cannot_read_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn empty_trust_roots_are_a_config_error() {
+    let err = Policy::builder()
+        .trust_roots(rustls::RootCertStore::empty())
+        .build()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("the configured trust roots cannot be used"),
+        "{err}"
+    );
+}
