@@ -131,6 +131,24 @@ impl CertBundle {
         &self.key
     }
 
+    /// Whether the private key is known not to belong to the leaf (a key
+    /// the default provider cannot load is not known to mismatch: the policy
+    /// says what is wrong with it).
+    pub(crate) fn key_mismatches(&self) -> bool {
+        let Ok(key) = crate::default_provider()
+            .key_provider
+            .load_private_key(self.key.clone_key())
+        else {
+            return false;
+        };
+        matches!(
+            rustls::sign::CertifiedKey::new(self.chain.clone(), key).keys_match(),
+            Err(rustls::Error::InconsistentKeys(
+                rustls::InconsistentKeys::KeyMismatch
+            ))
+        )
+    }
+
     pub(crate) fn info_arc(&self) -> &Arc<CertInfo> {
         &self.info
     }

@@ -10,13 +10,14 @@ use crate::bundle::CertInfo;
 use crate::clock::{human, rfc3339};
 use crate::health::AlertLevel;
 use crate::policy::ValidationError;
-use crate::source::SourceError;
+use crate::source::{SourceError, SourceWarning};
 
 /// Something the rotation machinery did or saw.
 ///
 /// Every event is also logged as a structured `tracing` event (target
-/// `certrotate`): rotations and rollbacks at INFO, refusals, source failures
-/// and expiry warnings at WARN (ERROR once critical or expired).
+/// `certrotate`): rotations, rollbacks and removals at INFO, refusals, source
+/// failures and warnings at WARN, expiry warnings at WARN (ERROR once
+/// critical or expired).
 ///
 /// # Example
 ///
@@ -73,6 +74,23 @@ pub enum RotationEvent {
         slot: Arc<str>,
         /// What went wrong.
         error: SourceError,
+    },
+    /// The source works but something about it is unsafe (a private key
+    /// file others can read). Emitted when the warning first appears.
+    Warning {
+        /// The store slot.
+        slot: Arc<str>,
+        /// What is wrong.
+        warning: SourceWarning,
+    },
+    /// A slot was removed (its pair left a [`CertDirectory`](crate::CertDirectory),
+    /// or [`CertStore::remove`](crate::CertStore::remove) was called); its
+    /// names are no longer served.
+    Removed {
+        /// The store slot.
+        slot: Arc<str>,
+        /// The certificate it was serving, if any.
+        cert: Option<Arc<CertInfo>>,
     },
     /// The serving certificate's expiry alert level changed for the worse.
     ExpiryWarning {
@@ -166,6 +184,15 @@ fn log(event: &RotationEvent) {
         RotationEvent::SourceFailed { slot, error } => {
             tracing::warn!(target: "certrotate", %slot, "certificate source failed: {error}")
         }
+        RotationEvent::Warning { slot, warning } => {
+            tracing::warn!(target: "certrotate", %slot, "{warning}")
+        }
+        RotationEvent::Removed { slot, cert } => tracing::info!(
+            target: "certrotate",
+            %slot,
+            serial = cert.as_ref().map(|c| c.serial.as_str()),
+            "certificate slot removed"
+        ),
         RotationEvent::ExpiryWarning {
             slot,
             cert,

@@ -100,8 +100,12 @@ impl fmt::Display for AlertLevel {
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct HealthSnapshot {
-    /// One entry per store slot, in the order the slots were created.
+    /// One entry per slot serving a certificate, in the order the slots were
+    /// created.
     pub certificates: Vec<CertHealth>,
+    /// Slots with no certificate yet (their first candidate failed, or is
+    /// being fetched), with the reason.
+    pub unserved: Vec<UnservedSlot>,
     /// When a certificate last went live (RFC 3339), if ever.
     #[serde(serialize_with = "crate::clock::ser_opt_time")]
     pub last_rotation: Option<SystemTime>,
@@ -139,6 +143,21 @@ pub struct CertHealth {
     pub fingerprint_sha256: String,
     /// Why the most recent candidate for this slot failed, if it did.
     pub last_error: Option<String>,
+    /// What is unsafe about the slot's source (a private key file others can
+    /// read), as of its last fetch.
+    pub warnings: Vec<String>,
+}
+
+/// A store slot that has no certificate to serve.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct UnservedSlot {
+    /// The store slot.
+    pub slot: String,
+    /// Why its latest candidate failed, if one did.
+    pub last_error: Option<String>,
+    /// What is unsafe about the slot's source.
+    pub warnings: Vec<String>,
 }
 
 impl CertHealth {
@@ -148,6 +167,7 @@ impl CertHealth {
         now: SystemTime,
         renew_before_fraction: f64,
         last_error: Option<String>,
+        warnings: Vec<String>,
     ) -> Self {
         Self {
             slot: slot.to_owned(),
@@ -164,6 +184,7 @@ impl CertHealth {
             alert: AlertLevel::at(info, now, renew_before_fraction),
             fingerprint_sha256: info.fingerprint_sha256.clone(),
             last_error,
+            warnings,
         }
     }
 }

@@ -35,6 +35,8 @@
 //! - `aws-lc-rs` (default): rustls's aws-lc-rs crypto provider.
 //! - `ring`: rustls's ring crypto provider (used when `aws-lc-rs` is off).
 //! - `axum` (default): [`TlsListener`] implements `axum::serve::Listener`.
+//! - `file` (default): [`FileSource`] and [`CertDirectory`], certificates
+//!   from files watched with `notify`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
@@ -56,14 +58,16 @@ mod store;
 pub use bundle::{BundleError, CertBundle, CertInfo, ChainLink, KeyAlgorithm};
 pub use clock::{Clock, SystemClock};
 pub use events::{RotationEvent, Trigger};
-pub use health::{AlertLevel, CertHealth, HealthSnapshot};
+pub use health::{AlertLevel, CertHealth, HealthSnapshot, UnservedSlot};
 pub use policy::{
     Policy, PolicyBuilder, PolicyConfigError, Refusal, ValidatedCert, ValidationError,
 };
 pub use resolver::RotatingResolver;
 pub use rotator::{RotateError, Rotation, Rotator, RotatorBuilder};
 pub use serve::TlsListener;
-pub use source::{CertSource, SourceError, StaticSource};
+#[cfg(feature = "file")]
+pub use source::{CertDirectory, CertDirectoryBuilder, FileOptions, FileSource, WatchMode};
+pub use source::{CertSource, SourceError, SourceWarning, StaticSource};
 pub use store::{CertStore, CertStoreBuilder, RollbackError, DEFAULT_SLOT};
 
 use std::sync::Arc;

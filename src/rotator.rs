@@ -20,7 +20,7 @@ use crate::events::{RotationEvent, Trigger};
 use crate::health::{AlertLevel, HealthSnapshot};
 use crate::policy::{Policy, ValidationError};
 use crate::resolver::RotatingResolver;
-use crate::source::{CertSource, SourceError};
+use crate::source::{CertSource, SourceError, SourceWarning};
 use crate::store::{CertStore, RollbackError, DEFAULT_SLOT};
 
 /// Renew when a third of the certificate's lifetime is left.
@@ -160,6 +160,14 @@ impl<S: CertSource> RotatorBuilder<S> {
         rotator.run(task)
     }
 
+    /// Makes the first attempt, then starts rotating whatever its outcome
+    /// (a failure is retried with backoff).
+    pub(crate) async fn start_or_spawn(self) -> Rotator {
+        let (rotator, mut task) = self.prepare();
+        let _ = task.attempt(Trigger::Initial, None, false).await;
+        rotator.run(task)
+    }
+
     fn prepare(self) -> (Unstarted, Task<S>) {
         let store = self.store.unwrap_or_default();
         let slot: Arc<str> = self.slot.into();
@@ -185,6 +193,7 @@ impl<S: CertSource> RotatorBuilder<S> {
             retry_at: None,
             failures: 0,
             reported: AlertLevel::Ok,
+            warnings: Vec::new(),
             inbox: Some(inbox),
             stopped,
         };
@@ -334,6 +343,8 @@ struct Task<S> {
     retry_at: Option<Instant>,
     failures: u32,
     reported: AlertLevel,
+    /// The source's warnings as of its last fetch.
+    warnings: Vec<SourceWarning>,
     inbox: Option<mpsc::Receiver<Command>>,
     stopped: watch::Receiver<bool>,
 }
@@ -465,6 +476,25 @@ impl<S: CertSource> Task<S> {
         tracing::debug!(target: "certrotate", slot = %self.slot, retry_in = ?delay, failures = self.failures, "rotation will be retried");
     }
 
+    /// Records the source's warnings in health, with an event for each new one.
+    fn note_warnings(&mut self) {
+        let warnings = self.source.warnings();
+        if warnings == self.warnings {
+            return;
+        }
+        self.store.set_warnings(
+            &self.slot,
+            warnings.iter().map(ToString::to_string).collect(),
+        );
+        for warning in warnings.iter().filter(|w| !self.warnings.contains(w)) {
+            self.store.events().emit(RotationEvent::Warning {
+                slot: self.slot.clone(),
+                warning: warning.clone(),
+            });
+        }
+        self.warnings = warnings;
+    }
+
     async fn try_rotate(
         &mut self,
         trigger: Trigger,
@@ -478,13 +508,17 @@ impl<S: CertSource> Task<S> {
         });
         let candidate = match bundle {
             Some(bundle) => bundle,
-            None => self.source.fetch().await.inspect_err(|error| {
-                self.store.record_failure(&self.slot, error.to_string());
-                events.emit(RotationEvent::SourceFailed {
-                    slot: self.slot.clone(),
-                    error: error.clone(),
-                });
-            })?,
+            None => {
+                let fetched = self.source.fetch().await;
+                self.note_warnings();
+                fetched.inspect_err(|error| {
+                    self.store.record_failure(&self.slot, error.to_string());
+                    events.emit(RotationEvent::SourceFailed {
+                        slot: self.slot.clone(),
+                        error: error.clone(),
+                    });
+                })?
+            }
         };
         let serving = self.current();
         if let Some(serving) = serving

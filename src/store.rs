@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 use crate::bundle::CertInfo;
 use crate::clock::{Clock, SystemClock};
 use crate::events::{Events, RotationEvent};
-use crate::health::{AlertLevel, CertHealth, HealthSnapshot};
+use crate::health::{AlertLevel, CertHealth, HealthSnapshot, UnservedSlot};
 use crate::policy::ValidatedCert;
 use crate::resolver::RotatingResolver;
 
@@ -97,6 +97,7 @@ struct Slot {
     previous: VecDeque<ValidatedCert>,
     renew_before_fraction: f64,
     last_error: Option<String>,
+    warnings: Vec<String>,
 }
 
 /// Builds a [`CertStore`].
@@ -239,13 +240,17 @@ impl CertStore {
     /// Returns whether the slot existed.
     pub fn remove(&self, slot: &str) -> bool {
         let mut slots = self.lock();
-        let before = slots.by_name.len();
-        slots.by_name.retain(|s| &*s.name != slot);
-        let removed = slots.by_name.len() != before;
-        if removed {
-            self.publish(&slots);
-        }
-        removed
+        let Some(at) = slots.by_name.iter().position(|s| &*s.name == slot) else {
+            return false;
+        };
+        let removed = slots.by_name.remove(at);
+        self.publish(&slots);
+        drop(slots);
+        self.inner.events.emit(RotationEvent::Removed {
+            slot: removed.name,
+            cert: removed.current.map(|c| c.info),
+        });
+        true
     }
 
     /// The certificate serving in `slot`, if any.
@@ -264,20 +269,25 @@ impl CertStore {
     pub fn health(&self) -> HealthSnapshot {
         let slots = self.lock();
         let now = self.inner.clock.now();
-        let certificates: Vec<_> = slots
-            .by_name
-            .iter()
-            .filter_map(|s| {
-                let cur = s.current.as_ref()?;
-                Some(CertHealth::new(
-                    &s.name,
-                    &cur.info,
+        let mut certificates = Vec::new();
+        let mut unserved = Vec::new();
+        for slot in &slots.by_name {
+            match &slot.current {
+                Some(current) => certificates.push(CertHealth::new(
+                    &slot.name,
+                    &current.info,
                     now,
-                    s.renew_before_fraction,
-                    s.last_error.clone(),
-                ))
-            })
-            .collect();
+                    slot.renew_before_fraction,
+                    slot.last_error.clone(),
+                    slot.warnings.clone(),
+                )),
+                None => unserved.push(UnservedSlot {
+                    slot: slot.name.to_string(),
+                    last_error: slot.last_error.clone(),
+                    warnings: slot.warnings.clone(),
+                }),
+            }
+        }
         HealthSnapshot {
             alert: certificates
                 .iter()
@@ -285,6 +295,7 @@ impl CertStore {
                 .max()
                 .unwrap_or(AlertLevel::Ok),
             certificates,
+            unserved,
             last_rotation: slots.last_rotation,
             rotations: slots.rotations,
             last_error: slots.last_error.clone(),
@@ -317,6 +328,11 @@ impl CertStore {
         let mut slots = self.lock();
         slots.slot_mut(slot).last_error = None;
         slots.last_error = None;
+    }
+
+    /// Replaces `slot`'s source warnings (shown in health).
+    pub(crate) fn set_warnings(&self, slot: &str, warnings: Vec<String>) {
+        self.lock().slot_mut(slot).warnings = warnings;
     }
 
     /// Sets the renewal point that `slot`'s alert levels are measured against.
@@ -383,6 +399,7 @@ impl Slots {
                     previous: VecDeque::new(),
                     renew_before_fraction: crate::rotator::DEFAULT_RENEW_BEFORE_FRACTION,
                     last_error: None,
+                    warnings: Vec::new(),
                 });
                 self.by_name.last_mut().expect("just pushed")
             }

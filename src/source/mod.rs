@@ -1,11 +1,18 @@
 //! Where certificates come from: the [`CertSource`] trait and its implementations.
 
+use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::bundle::{BundleError, CertBundle};
 
+#[cfg(feature = "file")]
+mod file;
 mod r#static;
 
+#[cfg(feature = "file")]
+pub use file::{CertDirectory, CertDirectoryBuilder, FileOptions, FileSource, WatchMode};
 pub use r#static::StaticSource;
 
 /// Something that produces certificate bundles: files on disk, an ACME CA,
@@ -55,6 +62,40 @@ pub trait CertSource: Send + Sync + 'static {
 
     /// Names the source in messages: `"file /etc/tls/tls.crt"`.
     fn describe(&self) -> String;
+
+    /// What is wrong with the source though it still works, as of the last
+    /// [`fetch`](Self::fetch): the rotator records these in the health
+    /// snapshot and emits a [`RotationEvent::Warning`](crate::RotationEvent::Warning)
+    /// when one appears. The default has none.
+    fn warnings(&self) -> Vec<SourceWarning> {
+        Vec::new()
+    }
+}
+
+/// Something about a source that is unsafe but does not stop it from working.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SourceWarning {
+    /// The private key file can be read or written by users other than its
+    /// owner.
+    KeyFileExposed {
+        /// The key file, as configured.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+impl fmt::Display for SourceWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::KeyFileExposed { path, mode } => write!(
+                f,
+                "private key file {} has mode {mode:04o}: users other than its owner can access it (chmod 600 it)",
+                path.display()
+            ),
+        }
+    }
 }
 
 /// A [`CertSource`] could not produce a bundle.
@@ -82,6 +123,24 @@ pub enum SourceError {
     Empty {
         /// The source, as it describes itself.
         from: String,
+    },
+    /// A file could not be read: missing, unreadable, or a read that hung.
+    #[error("{from}: cannot read {}: {source}", path.display())]
+    Read {
+        /// The source, as it describes itself.
+        from: String,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: Arc<std::io::Error>,
+    },
+    /// The source works but is unsafe, and the configuration says to refuse it.
+    #[error("{from} is refused: {warning}")]
+    Insecure {
+        /// The source, as it describes itself.
+        from: String,
+        /// What is unsafe.
+        warning: SourceWarning,
     },
 }
 

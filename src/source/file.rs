@@ -1,0 +1,623 @@
+//! [`FileSource`]: a certificate and key on disk, and [`CertDirectory`]: a
+//! directory of them, one SNI entry per pair.
+//!
+//! A change is read in three steps, so that something caught half-written is
+//! never mistaken for the new certificate:
+//!
+//! 1. **Notice.** A watch on the files' *directories* (and on the directory
+//!    behind every symlink on the way, which covers Kubernetes' `..data`
+//!    swap), and/or a poll that compares content fingerprints.
+//! 2. **Settle.** Nothing is read for good until the files have been quiet
+//!    for the settle window: no event, and the same fingerprint before and
+//!    after it.
+//! 3. **Grace.** A settled pair that does not parse, or whose key does not
+//!    belong to its certificate, is probably one file into a two-file update:
+//!    it is re-read until the grace period ends, and only then handed to the
+//!    rotator (whose policy refuses it with its own error).
+//!
+//! Every fetch re-reads both files; the rotator's policy checks the pair as a
+//! whole, so a new certificate with the old key is refused, never served.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use zeroize::Zeroizing;
+
+use super::{CertSource, SourceError, SourceWarning};
+use crate::bundle::CertBundle;
+
+mod directory;
+mod notice;
+
+pub use directory::{CertDirectory, CertDirectoryBuilder};
+use notice::{Hub, Subscription};
+
+/// A read that takes longer than this (a hung NFS server) is reported as an
+/// error; the rotator carries on and retries.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How changes to the files are noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WatchMode {
+    /// File-system events only (inotify, FSEvents, ReadDirectoryChangesW).
+    Events,
+    /// Read the files every `every` and compare their content fingerprints:
+    /// for file systems that send no events (NFS, some container mounts).
+    Poll {
+        /// Time between two reads.
+        every: Duration,
+    },
+    /// Events, plus a poll as a safety net for events that never come.
+    EventsAndPoll {
+        /// Time between two reads.
+        every: Duration,
+    },
+}
+
+impl WatchMode {
+    fn events(self) -> bool {
+        !matches!(self, Self::Poll { .. })
+    }
+
+    fn poll(self) -> Option<Duration> {
+        match self {
+            Self::Events => None,
+            Self::Poll { every } | Self::EventsAndPoll { every } => {
+                Some(every.max(Duration::from_millis(10)))
+            }
+        }
+    }
+}
+
+/// How a [`FileSource`] or [`CertDirectory`] watches and reads its files.
+///
+/// ```
+/// use std::time::Duration;
+/// use certrotate::{FileOptions, WatchMode};
+///
+/// let options = FileOptions::default()
+///     .watch(WatchMode::Poll { every: Duration::from_secs(5) }) // NFS
+///     .settle(Duration::from_millis(500))
+///     .strict_permissions(true);
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct FileOptions {
+    watch: WatchMode,
+    settle: Duration,
+    grace: Duration,
+    strict_permissions: bool,
+}
+
+impl Default for FileOptions {
+    /// Events with a poll every 60 s as a safety net, a 250 ms settle window,
+    /// a 10 s grace period, permission problems reported but not refused.
+    fn default() -> Self {
+        Self {
+            watch: WatchMode::EventsAndPoll {
+                every: Duration::from_secs(60),
+            },
+            settle: Duration::from_millis(250),
+            grace: Duration::from_secs(10),
+            strict_permissions: false,
+        }
+    }
+}
+
+impl FileOptions {
+    /// How changes are noticed (default: events, and a poll every 60 s).
+    /// When the platform refuses a watcher (the inotify limit is reached),
+    /// the source polls every 5 s instead, or at the configured interval, and
+    /// says so in a warning log.
+    pub fn watch(mut self, mode: WatchMode) -> Self {
+        self.watch = mode;
+        self
+    }
+
+    /// How long the files must stay unchanged before they are read (default
+    /// 250 ms).
+    pub fn settle(mut self, window: Duration) -> Self {
+        self.settle = window;
+        self
+    }
+
+    /// How long a pair that does not parse or does not match is re-read,
+    /// waiting for its other half, before the rotator gets to refuse it
+    /// (default 10 s).
+    pub fn grace(mut self, period: Duration) -> Self {
+        self.grace = period;
+        self
+    }
+
+    /// Refuse a private key file that users other than its owner can read
+    /// or write (default: serve it, with a
+    /// [`SourceWarning::KeyFileExposed`] in health and events).
+    pub fn strict_permissions(mut self, strict: bool) -> Self {
+        self.strict_permissions = strict;
+        self
+    }
+}
+
+/// Certificates from files written by something else: cert-manager (a
+/// Kubernetes secret volume), certbot, Vault Agent, a deployment pipeline,
+/// `cp`.
+///
+/// Either a PEM chain file and a PEM key file, or one file holding both.
+/// Changes are noticed by watching the files' directories (and those behind
+/// their symlinks), by polling, or both; see [`FileOptions`]. Reads wait for
+/// the files to settle, and a pair caught between its two halves is given a
+/// grace period, so neither a half-written file nor a new certificate with
+/// the old key reaches the policy while an update is still on its way.
+///
+/// Missing or unreadable files are a [`SourceError::Read`]: the last good
+/// certificate keeps serving, the error is in health and events, and the
+/// files are picked up when they come back.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use certrotate::{FileSource, Policy, Rotator};
+///
+/// // A Kubernetes TLS secret mounted at /etc/tls.
+/// let source = FileSource::pair("/etc/tls/tls.crt", "/etc/tls/tls.key");
+/// let policy = Policy::builder().server_name("api.example.com").build()?;
+/// let rotator = Rotator::builder(source, policy).start().await?;
+/// let tls = std::sync::Arc::new(rotator.server_config()?);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct FileSource {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    files: Files,
+    options: FileOptions,
+    /// The watcher to subscribe to; a directory shares its own.
+    hub: Option<Hub>,
+    /// The fingerprint of what the last fetch read.
+    last_read: Mutex<Option<Fingerprint>>,
+    warnings: Mutex<Vec<SourceWarning>>,
+    /// A settled change is waiting to be fetched.
+    ready: Notify,
+    watching: OnceLock<()>,
+    /// Dropped with the source, which ends its settle task.
+    alive: watch::Sender<()>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Files {
+    Pair { cert: PathBuf, key: PathBuf },
+    Combined(PathBuf),
+}
+
+type Fingerprint = [u8; 32];
+
+/// The bytes of the files, as read at one moment.
+struct Contents {
+    cert: Vec<u8>,
+    key: Zeroizing<Vec<u8>>,
+    /// The key file's permission bits (unix only).
+    key_mode: Option<u32>,
+}
+
+/// One reading of the files: their fingerprint and whether they look like a
+/// whole pair.
+struct Reading {
+    fingerprint: Fingerprint,
+    complete: bool,
+}
+
+impl FileSource {
+    /// A PEM certificate chain file (leaf first) and a PEM private key file.
+    pub fn pair(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self::new(
+            Files::Pair {
+                cert: cert.into(),
+                key: key.into(),
+            },
+            FileOptions::default(),
+            None,
+        )
+    }
+
+    /// One PEM file holding the chain and the private key.
+    pub fn combined(path: impl Into<PathBuf>) -> Self {
+        Self::new(Files::Combined(path.into()), FileOptions::default(), None)
+    }
+
+    /// Watches and reads as `options` say.
+    pub fn options(self, options: FileOptions) -> Self {
+        Self::new(self.shared.files.clone(), options, self.shared.hub.clone())
+    }
+
+    fn new(files: Files, options: FileOptions, hub: Option<Hub>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                files,
+                options,
+                hub,
+                last_read: Mutex::default(),
+                warnings: Mutex::default(),
+                ready: Notify::new(),
+                watching: OnceLock::new(),
+                alive: watch::channel(()).0,
+            }),
+        }
+    }
+
+    /// Starts the watch-and-settle task on first use, in the caller's runtime.
+    fn watch(&self) {
+        self.shared.watching.get_or_init(|| {
+            let shared = &self.shared;
+            let wakeups = Wakeups::new(
+                &shared.options,
+                shared.hub.clone(),
+                shared.alive.subscribe(),
+                || shared.describe(),
+            );
+            tokio::spawn(settle_loop(Arc::downgrade(shared), wakeups));
+        });
+    }
+}
+
+impl CertSource for FileSource {
+    async fn fetch(&self) -> Result<CertBundle, SourceError> {
+        let shared = self.shared.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let contents = shared.read();
+            *lock(&shared.last_read) = Some(fingerprint(&contents));
+            shared.bundle(contents?)
+        });
+        match tokio::time::timeout(READ_TIMEOUT, read).await {
+            Ok(done) => done.expect("reading files does not panic"),
+            Err(_) => Err(SourceError::Read {
+                from: self.describe(),
+                path: self.shared.files.cert().to_owned(),
+                source: Arc::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {READ_TIMEOUT:?}"),
+                )),
+            }),
+        }
+    }
+
+    async fn changed(&self) {
+        self.watch();
+        self.shared.ready.notified().await
+    }
+
+    fn describe(&self) -> String {
+        self.shared.describe()
+    }
+
+    fn warnings(&self) -> Vec<SourceWarning> {
+        lock(&self.shared.warnings).clone()
+    }
+}
+
+impl Files {
+    fn cert(&self) -> &Path {
+        match self {
+            Self::Pair { cert, .. } | Self::Combined(cert) => cert,
+        }
+    }
+
+    fn key(&self) -> &Path {
+        match self {
+            Self::Pair { key, .. } | Self::Combined(key) => key,
+        }
+    }
+
+    fn paths(&self) -> Vec<&Path> {
+        match self {
+            Self::Pair { cert, key } => vec![cert, key],
+            Self::Combined(path) => vec![path],
+        }
+    }
+}
+
+impl Shared {
+    fn describe(&self) -> String {
+        match &self.files {
+            Files::Pair { cert, key } => {
+                format!("files {} + {}", cert.display(), key.display())
+            }
+            Files::Combined(path) => format!("file {}", path.display()),
+        }
+    }
+
+    /// Reads the files as they are now.
+    fn read(&self) -> Result<Contents, SourceError> {
+        let read = |path: &Path| -> Result<(Vec<u8>, std::fs::Metadata), SourceError> {
+            let fail = |source| SourceError::Read {
+                from: self.describe(),
+                path: path.to_owned(),
+                source: Arc::new(source),
+            };
+            let mut file = std::fs::File::open(path).map_err(fail)?;
+            let metadata = file.metadata().map_err(fail)?;
+            let mut bytes = Vec::with_capacity(metadata.len().min(1 << 20) as usize);
+            file.read_to_end(&mut bytes).map_err(fail)?;
+            Ok((bytes, metadata))
+        };
+        let (cert, key, metadata) = match &self.files {
+            Files::Pair { cert, key } => {
+                let (cert, _) = read(cert)?;
+                let (key, metadata) = read(key)?;
+                (cert, Zeroizing::new(key), metadata)
+            }
+            Files::Combined(path) => {
+                let (both, metadata) = read(path)?;
+                (both.clone(), Zeroizing::new(both), metadata)
+            }
+        };
+        Ok(Contents {
+            cert,
+            key,
+            key_mode: mode(&metadata),
+        })
+    }
+
+    /// Parses what was read, checks the key file's permissions, and records
+    /// the warnings.
+    fn bundle(&self, contents: Contents) -> Result<CertBundle, SourceError> {
+        let exposed = contents
+            .key_mode
+            .filter(|mode| mode & 0o077 != 0)
+            .map(|mode| SourceWarning::KeyFileExposed {
+                path: self.files.key().to_owned(),
+                mode,
+            });
+        *lock(&self.warnings) = exposed.iter().cloned().collect();
+        if let Some(warning) = exposed.filter(|_| self.options.strict_permissions) {
+            return Err(SourceError::Insecure {
+                from: self.describe(),
+                warning,
+            });
+        }
+        let bundle = match &self.files {
+            Files::Pair { .. } => CertBundle::from_pem(&contents.cert, &contents.key),
+            Files::Combined(_) => CertBundle::from_combined_pem(&contents.key),
+        };
+        bundle
+            .map(|b| b.with_origin(self.describe()))
+            .map_err(|error| SourceError::bundle(self.describe(), error))
+    }
+
+    /// Reads the files and says whether they look like a whole pair.
+    fn look(&self) -> Reading {
+        let contents = self.read();
+        let fingerprint = fingerprint(&contents);
+        let complete = contents.is_ok_and(|c| {
+            let bundle = match &self.files {
+                Files::Pair { .. } => CertBundle::from_pem(&c.cert, &c.key),
+                Files::Combined(_) => CertBundle::from_combined_pem(&c.key),
+            };
+            bundle.is_ok_and(|b| !b.key_mismatches())
+        });
+        Reading {
+            fingerprint,
+            complete,
+        }
+    }
+
+    fn is_new(&self, reading: &Reading) -> bool {
+        *lock(&self.last_read) != Some(reading.fingerprint)
+    }
+}
+
+/// Identifies what a read found: the bytes and key mode, or the failure.
+fn fingerprint(contents: &Result<Contents, SourceError>) -> Fingerprint {
+    let mut hash = Sha256::new();
+    match contents {
+        Ok(c) => {
+            hash.update((c.cert.len() as u64).to_le_bytes());
+            hash.update(&c.cert);
+            hash.update(&*c.key);
+            hash.update(c.key_mode.unwrap_or(0).to_le_bytes());
+        }
+        Err(error) => hash.update(format!("error {error}")),
+    }
+    hash.finalize().into()
+}
+
+#[cfg(unix)]
+fn mode(metadata: &std::fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    Some(metadata.permissions().mode() & 0o7777)
+}
+
+#[cfg(not(unix))]
+fn mode(_: &std::fs::Metadata) -> Option<u32> {
+    None
+}
+
+/// Where a settle task learns that something may have changed.
+pub(super) struct Wakeups {
+    events: Option<(Subscription, watch::Receiver<u64>)>,
+    poll: Option<Duration>,
+    /// Closes when the owner is dropped.
+    gone: watch::Receiver<()>,
+}
+
+impl Wakeups {
+    /// Events from `hub` (or a new watcher) and/or polling, as `options`
+    /// say. A platform that refuses a watcher gets polling instead.
+    pub(super) fn new(
+        options: &FileOptions,
+        hub: Option<Hub>,
+        gone: watch::Receiver<()>,
+        describe: impl FnOnce() -> String,
+    ) -> Self {
+        let mut poll = options.watch.poll();
+        let mut events = None;
+        if options.watch.events() {
+            match hub.map_or_else(Hub::new, Ok) {
+                Ok(hub) => events = Some(hub.subscribe()),
+                Err(error) => {
+                    let every = poll.unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(target: "certrotate", source = %describe(), %error,
+                        "cannot watch for file changes; polling every {every:?} instead");
+                    poll = Some(every);
+                }
+            }
+        }
+        Self { events, poll, gone }
+    }
+
+    /// Waits for an event or the next poll. `false` once the owner is gone.
+    async fn next(&mut self) -> bool {
+        let poll = async {
+            match self.poll {
+                Some(every) => tokio::time::sleep(every).await,
+                None => std::future::pending().await,
+            }
+        };
+        let event = async {
+            if let Some((_, ticks)) = &mut self.events {
+                if ticks.changed().await.is_ok() {
+                    return;
+                }
+            }
+            std::future::pending().await
+        };
+        tokio::select! {
+            _ = self.gone.changed() => false,
+            () = event => true,
+            () = poll => true,
+        }
+    }
+
+    /// Waits until `deadline` or the next event, whichever is first.
+    async fn until(&mut self, deadline: Instant) {
+        if let Some((_, ticks)) = &mut self.events {
+            let _ = tokio::time::timeout_at(deadline, ticks.changed()).await;
+        } else {
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+
+    /// Whether an event arrived within `window`.
+    async fn event_within(&mut self, window: Duration) -> bool {
+        match &mut self.events {
+            Some((_, ticks)) => {
+                ticks.borrow_and_update();
+                matches!(
+                    tokio::time::timeout(window, ticks.changed()).await,
+                    Ok(Ok(()))
+                )
+            }
+            None => {
+                tokio::time::sleep(window).await;
+                false
+            }
+        }
+    }
+
+    /// Re-aims the watches at the directories the files now live in (a
+    /// symlink may point elsewhere since the last look).
+    fn follow(&self, files: &Files) {
+        if let Some((subscription, _)) = &self.events {
+            subscription.follow(&files.paths());
+        }
+    }
+
+    /// Watches these directories' entries.
+    pub(super) fn watch_dirs(&self, dirs: &[PathBuf]) {
+        if let Some((subscription, _)) = &self.events {
+            subscription.watch_dirs(dirs);
+        }
+    }
+
+    /// The watcher events come from, to share with more sources.
+    pub(super) fn hub(&self) -> Option<Hub> {
+        self.events
+            .as_ref()
+            .map(|(subscription, _)| subscription.hub())
+    }
+}
+
+/// The watch-and-settle task of one source. It holds the source weakly and
+/// ends when the source is dropped.
+async fn settle_loop(shared: Weak<Shared>, mut wakeups: Wakeups) {
+    let (settle, grace, files) = match shared.upgrade() {
+        Some(s) => (s.options.settle, s.options.grace, s.files.clone()),
+        None => return,
+    };
+    wakeups.follow(&files);
+    // Whatever changed between the first fetch and now is looked at at once.
+    let mut woken = true;
+    loop {
+        if !woken && !wakeups.next().await {
+            return;
+        }
+        woken = false;
+        wakeups.follow(&files);
+        let Some(mut reading) = look(&shared).await else {
+            return;
+        };
+        if !is_new(&shared, &reading) {
+            continue;
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            // Settle: quiet for a whole window, same content on both sides.
+            loop {
+                let event = wakeups.event_within(settle).await;
+                wakeups.follow(&files);
+                let Some(after) = look(&shared).await else {
+                    return;
+                };
+                let stable = !event && after.fingerprint == reading.fingerprint;
+                reading = after;
+                if stable {
+                    break;
+                }
+            }
+            if reading.complete || Instant::now() >= deadline {
+                break;
+            }
+            tracing::debug!(target: "certrotate", source = %describe(&shared), "files are not a whole pair yet; waiting for the rest");
+            wakeups.until(deadline.min(Instant::now() + settle)).await;
+            let Some(again) = look(&shared).await else {
+                return;
+            };
+            reading = again;
+        }
+        match shared.upgrade() {
+            Some(s) if s.is_new(&reading) => s.ready.notify_one(),
+            Some(_) => {}
+            None => return,
+        }
+    }
+}
+
+async fn look(shared: &Weak<Shared>) -> Option<Reading> {
+    let shared = shared.upgrade()?;
+    tokio::task::spawn_blocking(move || shared.look())
+        .await
+        .ok()
+}
+
+fn is_new(shared: &Weak<Shared>, reading: &Reading) -> bool {
+    shared.upgrade().is_some_and(|s| s.is_new(reading))
+}
+
+fn describe(shared: &Weak<Shared>) -> String {
+    shared.upgrade().map(|s| s.describe()).unwrap_or_default()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,274 @@
+//! One `notify` watcher shared by every file source of a [`CertDirectory`]
+//! (or owned by one [`FileSource`]), routing events to the sources whose
+//! directories they touch.
+//!
+//! Sources watch *directories*, never the files themselves: an atomic rename,
+//! an editor's replace-by-new-file and the Kubernetes `..data` symlink swap
+//! all change the directory entry, and a watch on the old file would go
+//! silent after the first of them.
+//!
+//! [`CertDirectory`]: super::CertDirectory
+//! [`FileSource`]: super::FileSource
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::watch;
+
+/// How many symlinks are followed from a configured path before giving up
+/// (the kernel's own limit is 40).
+const MAX_SYMLINK_HOPS: usize = 40;
+
+/// A shared `notify` watcher. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Hub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    /// Only ever locked outside the event callback: notify's `watch` waits
+    /// for its event thread, which may be inside the callback.
+    watcher: Mutex<RecommendedWatcher>,
+    routes: Arc<Mutex<Routes>>,
+}
+
+#[derive(Default)]
+struct Routes {
+    /// Watched directory → how many subscriptions want it.
+    watched: HashMap<PathBuf, usize>,
+    subscribers: Vec<Weak<Subscriber>>,
+}
+
+struct Subscriber {
+    dirs: Mutex<Vec<PathBuf>>,
+    ticks: watch::Sender<u64>,
+}
+
+/// One source's interest in some directories. Dropping it stops the
+/// notifications and releases its watches.
+pub(crate) struct Subscription {
+    hub: Hub,
+    me: Arc<Subscriber>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// Starts a watcher (a thread of notify's). Fails when the platform
+    /// refuses one, such as when the inotify instance limit is reached.
+    pub(crate) fn new() -> notify::Result<Self> {
+        let routes = Arc::new(Mutex::new(Routes::default()));
+        let for_events = Arc::downgrade(&routes);
+        let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
+            if let Some(routes) = for_events.upgrade() {
+                route(&lock(&routes), event);
+            }
+        })?;
+        Ok(Self {
+            inner: Arc::new(HubInner {
+                watcher: Mutex::new(watcher),
+                routes,
+            }),
+        })
+    }
+
+    /// A subscription with no directories yet, and the receiver its
+    /// notifications tick.
+    pub(crate) fn subscribe(&self) -> (Subscription, watch::Receiver<u64>) {
+        let (ticks, receiver) = watch::channel(0);
+        let me = Arc::new(Subscriber {
+            dirs: Mutex::default(),
+            ticks,
+        });
+        let mut routes = lock(&self.inner.routes);
+        routes.subscribers.retain(|s| s.strong_count() > 0);
+        routes.subscribers.push(Arc::downgrade(&me));
+        drop(routes);
+        let subscription = Subscription {
+            hub: self.clone(),
+            me,
+        };
+        (subscription, receiver)
+    }
+}
+
+impl Subscription {
+    /// The watcher this subscription is on.
+    pub(crate) fn hub(&self) -> Hub {
+        self.hub.clone()
+    }
+
+    /// Watches the directories that `paths` live in, following symlinks, in
+    /// place of those watched before.
+    pub(crate) fn follow(&self, paths: &[&Path]) {
+        let mut dirs: Vec<PathBuf> = paths.iter().flat_map(|p| dirs_to_watch(p)).collect();
+        dirs.sort();
+        dirs.dedup();
+        self.set_dirs(dirs);
+    }
+
+    /// Watches these directories (or, while one is missing, its nearest
+    /// existing ancestor) in place of those watched before.
+    pub(crate) fn watch_dirs(&self, dirs: &[PathBuf]) {
+        let mut dirs: Vec<PathBuf> = dirs.iter().map(|d| existing(d)).collect();
+        dirs.sort();
+        dirs.dedup();
+        self.set_dirs(dirs);
+    }
+
+    fn set_dirs(&self, dirs: Vec<PathBuf>) {
+        let mut watcher = lock(&self.hub.inner.watcher);
+        let old = std::mem::replace(&mut *lock(&self.me.dirs), dirs.clone());
+        if old == dirs {
+            return;
+        }
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        {
+            let mut routes = lock(&self.hub.inner.routes);
+            for dir in &dirs {
+                let count = routes.watched.entry(dir.clone()).or_default();
+                *count += 1;
+                if *count == 1 {
+                    add.push(dir.clone());
+                }
+            }
+            for dir in &old {
+                if release(&mut routes.watched, dir) {
+                    remove.push(dir.clone());
+                }
+            }
+        }
+        for dir in remove {
+            // The directory may be gone already, and its watch with it.
+            let _ = watcher.unwatch(&dir);
+        }
+        for dir in add {
+            if let Err(error) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                // It vanished since it was looked up: the next event in its
+                // parent (also watched, or about to be) brings a new lookup,
+                // and polling, if on, covers the rest.
+                tracing::debug!(target: "certrotate", dir = %dir.display(), %error, "cannot watch directory");
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.set_dirs(Vec::new());
+    }
+}
+
+/// Whether dropping one use of `dir` left it unused.
+fn release(watched: &mut HashMap<PathBuf, usize>, dir: &Path) -> bool {
+    match watched.get_mut(dir) {
+        Some(count) if *count > 1 => {
+            *count -= 1;
+            false
+        }
+        Some(_) => {
+            watched.remove(dir);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Ticks every subscriber whose directories `event` touched.
+fn route(routes: &Routes, event: notify::Result<Event>) {
+    let event = match event {
+        Ok(event) => event,
+        Err(error) => {
+            // Overflowed queue or similar: anything may have changed.
+            tracing::debug!(target: "certrotate", %error, "file watcher error");
+            Event::new(EventKind::Any).set_flag(notify::event::Flag::Rescan)
+        }
+    };
+    // Opening and reading files (our own reads included) change nothing.
+    if let EventKind::Access(kind) = event.kind {
+        if kind != AccessKind::Close(AccessMode::Write) {
+            return;
+        }
+    }
+    let everyone = event.need_rescan() || event.paths.is_empty();
+    for subscriber in routes.subscribers.iter().filter_map(Weak::upgrade) {
+        let dirs = lock(&subscriber.dirs);
+        let touched = everyone
+            || event.paths.iter().any(|path| {
+                dirs.iter()
+                    .any(|dir| path == dir || path.parent() == Some(dir.as_path()))
+            });
+        if touched {
+            subscriber.ticks.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+}
+
+/// The directories whose entries decide what `path` reads: its own parent,
+/// the parent of every symlink on the way to the real file, and the real
+/// file's parent. A directory that does not exist is replaced by its nearest
+/// existing ancestor, so that its re-creation is seen.
+fn dirs_to_watch(path: &Path) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    let mut hop = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    for _ in 0..MAX_SYMLINK_HOPS {
+        let parent = hop.parent().unwrap_or(Path::new("/")).to_owned();
+        dirs.push(existing(&parent));
+        match std::fs::read_link(&hop) {
+            Ok(target) => hop = parent.join(target),
+            Err(_) => break,
+        }
+    }
+    if let Some(parent) = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|real| real.parent().map(Path::to_owned))
+    {
+        dirs.push(parent);
+    }
+    dirs
+}
+
+/// `dir` canonicalized, or its nearest existing ancestor if it is missing.
+fn existing(dir: &Path) -> PathBuf {
+    dir.ancestors()
+        .find_map(|d| std::fs::canonicalize(d).ok())
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_layout_watches_the_mount_and_the_real_directory() {
+        let mount = std::env::temp_dir().join(format!("certrotate-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&mount);
+        std::fs::create_dir_all(mount.join("..2026_01_01")).unwrap();
+        std::fs::write(mount.join("..2026_01_01/tls.crt"), "x").unwrap();
+        std::os::unix::fs::symlink("..2026_01_01", mount.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/tls.crt", mount.join("tls.crt")).unwrap();
+
+        let mut dirs = dirs_to_watch(&mount.join("tls.crt"));
+        dirs.sort();
+        dirs.dedup();
+        let real = std::fs::canonicalize(&mount).unwrap();
+        assert_eq!(dirs, [real.clone(), real.join("..2026_01_01")]);
+
+        // A missing directory is watched through its nearest ancestor.
+        assert_eq!(dirs_to_watch(&mount.join("gone/deeper/tls.crt")), [real]);
+        std::fs::remove_dir_all(&mount).unwrap();
+    }
+}
