@@ -426,10 +426,7 @@ fn read_pem(pem: &[u8], what: &'static str) -> Result<PemContents, BundleError> 
         }
     }
     if out.certs.is_empty() && out.keys.is_empty() {
-        return Err(BundleError::Pem {
-            what,
-            reason: "no PEM certificate or private key section found".into(),
-        });
+        return Err(BundleError::NotPem { what });
     }
     Ok(out)
 }
@@ -470,6 +467,13 @@ pub enum BundleError {
         what: &'static str,
         /// What the PEM parser said.
         reason: String,
+    },
+    /// The input holds no PEM certificate or key at all: random bytes, DER,
+    /// or some other format.
+    #[error("the {what} holds no PEM certificate or private key: is it PEM at all?")]
+    NotPem {
+        /// Which input.
+        what: &'static str,
     },
     /// No certificate was found.
     #[error("no certificate found: the chain is empty")]

@@ -234,31 +234,8 @@ async fn client_only_certificate_is_refused() {
 
 #[tokio::test]
 async fn rsa_1024_is_refused() {
-    let dir = std::env::temp_dir().join(format!("certrotate-rsa1024-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:1024",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args(["-addext", "subjectAltName=DNS:localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl is installed");
-    assert!(status.success());
-    let bad = CertBundle::from_pem_files(&cert, &key).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+    let (cert, key) = common::rsa_1024_pem();
+    let bad = CertBundle::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
     let ca = Ca::new();
     match refused(&ca, policy(), bad).await {
         Refusal::WeakKey { key, .. } => assert_eq!(key.to_string(), "RSA-1024"),

@@ -3,6 +3,8 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -284,5 +286,138 @@ impl TokioClock {
 impl Clock for TokioClock {
     fn now(&self) -> SystemTime {
         self.start_wall + self.start.elapsed()
+    }
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        use std::sync::atomic::AtomicU64;
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("certrotate-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A self-signed RSA-1024 certificate for `localhost` and its key, as PEM.
+/// Made by openssl: rcgen and aws-lc refuse to make keys this weak.
+pub fn rsa_1024_pem() -> (String, String) {
+    let dir = TempDir::new("rsa1024");
+    let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:1024", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl is installed");
+    assert!(status.success());
+    (
+        std::fs::read_to_string(cert).unwrap(),
+        std::fs::read_to_string(key).unwrap(),
+    )
+}
+
+/// Handshakes running back to back against a server until [`Load::finish`].
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>,
+}
+
+/// Starts `workers` clients handshaking with `addr` as `name` in a loop.
+pub fn load(
+    config: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    name: &str,
+    workers: usize,
+) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = (0..workers)
+        .map(|_| {
+            let (config, name, stop) = (config.clone(), name.to_owned(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match serial_seen(&config, addr, &name).await {
+                        Ok(_) => ok += 1,
+                        Err(e) => failed.push(e),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    Load { stop, workers }
+}
+
+impl Load {
+    /// Stops the clients and checks that every handshake succeeded. Returns
+    /// how many there were.
+    pub async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = 0;
+        for worker in self.workers {
+            let (ok, failed) = worker.await.unwrap();
+            assert!(
+                failed.is_empty(),
+                "{} failed handshakes: {:?}",
+                failed.len(),
+                &failed[..failed.len().min(5)]
+            );
+            total += ok;
+        }
+        assert!(total > 0, "the load made no handshake");
+        total
+    }
+}
+
+/// Handshakes until the server presents `serial` to `name`, for at most `within`.
+pub async fn until_served(
+    config: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    name: &str,
+    serial: &str,
+    within: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let seen = serial_seen(config, addr, name).await;
+        if seen.as_deref() == Ok(serial) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{serial} not served to {name} within {within:?}; last saw {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

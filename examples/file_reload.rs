@@ -1,0 +1,122 @@
+//! An axum server whose certificate follows a pair of files on disk: the
+//! example to copy to put an existing server on file-based rotation.
+//!
+//! ```text
+//! cargo run --release --example file_reload -- --listen ADDR --cert PATH --key PATH [--name NAME]... [--poll SECONDS]
+//! ```
+//!
+//! - `--name` (repeatable): server names the certificate must cover; a new
+//!   certificate that does not is refused and the old one keeps serving.
+//! - `--poll`: read the files every SECONDS instead of waiting for
+//!   file-system events (NFS and other mounts that send none).
+//!
+//! Replace the files any way you like (`mv` over them, `cp`, a Kubernetes
+//! secret update, certbot): the new pair is validated, then served.
+//! `GET /` answers `ok`; `GET /certs` shows the health snapshot as JSON, with
+//! `last_error` saying why the latest candidate was refused (or `null`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::{Json, Router};
+use certrotate::{FileOptions, FileSource, Policy, RotationEvent, Rotator, TlsListener, WatchMode};
+
+const USAGE: &str =
+    "usage: file_reload --listen ADDR --cert PATH --key PATH [--name NAME]... [--poll SECONDS]";
+
+struct Args {
+    listen: SocketAddr,
+    cert: PathBuf,
+    key: PathBuf,
+    names: Vec<String>,
+    poll: Option<Duration>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let (mut listen, mut cert, mut key, mut names, mut poll) = (None, None, None, vec![], None);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value; {USAGE}"));
+        match arg.as_str() {
+            "--listen" => listen = Some(value()?.parse().map_err(|e| format!("--listen: {e}"))?),
+            "--cert" => cert = Some(PathBuf::from(value()?)),
+            "--key" => key = Some(PathBuf::from(value()?)),
+            "--name" => names.push(value()?),
+            "--poll" => {
+                let seconds: f64 = value()?.parse().map_err(|e| format!("--poll: {e}"))?;
+                poll = Some(Duration::from_secs_f64(seconds));
+            }
+            _ => return Err(format!("unknown argument {arg}; {USAGE}")),
+        }
+    }
+    let missing = |what| format!("{what} is required; {USAGE}");
+    Ok(Args {
+        listen: listen.ok_or_else(|| missing("--listen"))?,
+        cert: cert.ok_or_else(|| missing("--cert"))?,
+        key: key.ok_or_else(|| missing("--key"))?,
+        names,
+        poll,
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "certrotate=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(usage) => {
+            eprintln!("{usage}");
+            std::process::exit(2);
+        }
+    };
+
+    let mut policy = Policy::builder();
+    for name in &args.names {
+        policy = policy.server_name(name);
+    }
+    let mut options = FileOptions::default();
+    if let Some(every) = args.poll {
+        options = options.watch(WatchMode::Poll { every });
+    }
+    let source = FileSource::pair(&args.cert, &args.key).options(options);
+    // Refuses to start without a good certificate: better than serving a bad one.
+    let rotator = Arc::new(Rotator::builder(source, policy.build()?).start().await?);
+
+    let mut events = rotator.subscribe();
+    tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            if let RotationEvent::Rotated { new, .. } = event {
+                eprintln!("now serving {new}");
+            }
+        }
+    });
+
+    let tcp = tokio::net::TcpListener::bind(args.listen).await?;
+    let bound = tcp.local_addr()?;
+    let mut tls = rotator.server_config()?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let listener = TlsListener::new(tcp, Arc::new(tls));
+    let health = rotator.clone();
+    let app = Router::new()
+        .route("/", get(|| async { "ok\n" }))
+        .route("/certs", get(move || async move { Json(health.health()) }));
+
+    // The listener accepts from here on (the kernel queues connections until
+    // axum takes them).
+    println!("listening on https://{bound}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
