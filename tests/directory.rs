@@ -1,0 +1,205 @@
+//! CertDirectory: a directory of pairs served by SNI, pairs coming and going
+//! while handshakes run, a bad pair next to good ones.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use certrotate::{CertDirectory, FileOptions, Policy, RotationEvent, WatchMode};
+use common::{Ca, Issued, Leaf, TempDir};
+
+const WITHIN: Duration = Duration::from_secs(10);
+
+fn options() -> FileOptions {
+    FileOptions::default()
+        .watch(WatchMode::Events)
+        .settle(Duration::from_millis(50))
+        .grace(Duration::from_millis(300))
+}
+
+fn write_pair(cert: &Path, key: &Path, issued: &Issued) {
+    for (path, pem, mode) in [
+        (cert, &issued.cert_pem, 0o644),
+        (key, &issued.key_pem, 0o600),
+    ] {
+        let tmp = path.with_extension("tmp-write");
+        std::fs::write(&tmp, pem).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+}
+
+fn leaf(ca: &Ca, name: &str, age: u64) -> Issued {
+    let start = SystemTime::now() - Duration::from_secs(age);
+    ca.issue(Leaf::default().names(&[name]).valid_from(start))
+}
+
+fn serial(issued: &Issued) -> &str {
+    &issued.bundle.info().serial
+}
+
+async fn until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen within {WITHIN:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pairs_are_added_replaced_and_removed_while_serving() {
+    let (dir, ca) = (TempDir::new("dir"), Ca::new());
+    let a = leaf(&ca, "a.example", 3600);
+    write_pair(&dir.join("a.crt"), &dir.join("a.key"), &a);
+    let b = leaf(&ca, "b.example", 3600);
+    std::fs::create_dir(dir.join("b")).unwrap();
+    write_pair(&dir.join("b/tls.crt"), &dir.join("b/tls.key"), &b);
+    let expired = ca.issue(Leaf::default().names(&["bad.example"]).lifetime(
+        SystemTime::now() - Duration::from_secs(7200),
+        SystemTime::now() - Duration::from_secs(60),
+    ));
+    write_pair(&dir.join("bad.crt"), &dir.join("bad.key"), &expired);
+    // Not pairs: hidden entries and other files.
+    std::fs::write(dir.join(".hidden.crt"), "x").unwrap();
+    std::fs::write(dir.join("README"), "x").unwrap();
+
+    let certs = CertDirectory::builder(dir.path(), Policy::default())
+        .options(options())
+        .retry_backoff(Duration::from_millis(100), Duration::from_millis(400))
+        .start()
+        .await
+        .unwrap();
+    let mut events = certs.subscribe();
+    assert_eq!(certs.pairs(), ["a", "b", "bad"]);
+
+    // The bad pair is refused on its own; the good ones serve by SNI.
+    let health = certs.health();
+    let served: Vec<_> = health
+        .certificates
+        .iter()
+        .map(|c| c.slot.as_str())
+        .collect();
+    assert_eq!(served, ["a", "b"]);
+    assert_eq!(health.unserved.len(), 1);
+    assert_eq!(health.unserved[0].slot, "bad");
+    assert!(
+        health.unserved[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("expired"),
+        "{health:?}"
+    );
+
+    let server = common::serve(Arc::new(certs.server_config().unwrap())).await;
+    let client = common::client_config(&ca);
+    let seen = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            common::serial_seen(&client, server.addr, name)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(seen("a.example").await, serial(&a));
+    assert_eq!(seen("b.example").await, serial(&b));
+    let load_a = common::load(&client, server.addr, "a.example", 1);
+    let load_b = common::load(&client, server.addr, "b.example", 1);
+
+    // Add a pair.
+    let c = leaf(&ca, "c.example", 3600);
+    write_pair(&dir.join("c.crt"), &dir.join("c.key"), &c);
+    common::until_served(&client, server.addr, "c.example", serial(&c), WITHIN).await;
+    assert_eq!(certs.pairs(), ["a", "b", "bad", "c"]);
+
+    // Replace one.
+    let a2 = leaf(&ca, "a.example", 1800);
+    write_pair(&dir.join("a.crt"), &dir.join("a.key"), &a2);
+    common::until_served(&client, server.addr, "a.example", serial(&a2), WITHIN).await;
+
+    // Fix the bad one.
+    let fixed = leaf(&ca, "bad.example", 60);
+    write_pair(&dir.join("bad.crt"), &dir.join("bad.key"), &fixed);
+    common::until_served(&client, server.addr, "bad.example", serial(&fixed), WITHIN).await;
+    assert!(certs.health().unserved.is_empty());
+
+    // Remove one (cert-manager style directory).
+    load_b.finish().await;
+    std::fs::remove_dir_all(dir.join("b")).unwrap();
+    until("removal of b", || {
+        (certs.pairs() == ["a", "bad", "c"]).then_some(())
+    })
+    .await;
+    let removed = until("the Removed event", || loop {
+        match events.try_recv() {
+            Ok(RotationEvent::Removed { slot, cert }) => break Some((slot, cert)),
+            Ok(_) => continue,
+            Err(_) => break None,
+        }
+    })
+    .await;
+    assert_eq!(&*removed.0, "b");
+    assert_eq!(removed.1.unwrap().serial, serial(&b));
+    // Its name is no longer served: the client gets the first pair's
+    // certificate, which does not cover b.example.
+    let error = common::serial_seen(&client, server.addr, "b.example")
+        .await
+        .unwrap_err();
+    assert!(error.contains("not valid for name \"b.example\""), "{error}");
+    assert!(certs.health().certificates.iter().all(|c| c.slot != "b"));
+
+    load_a.finish().await;
+    certs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_half_written_pair_waits_and_a_broken_one_does_not_block_the_others() {
+    let (dir, ca) = (TempDir::new("dir-bad"), Ca::new());
+    let good = leaf(&ca, "good.example", 3600);
+    write_pair(&dir.join("good.crt"), &dir.join("good.key"), &good);
+    // A cert whose key never comes.
+    let lonely = leaf(&ca, "lonely.example", 3600);
+    std::fs::write(dir.join("lonely.crt"), &lonely.cert_pem).unwrap();
+
+    let certs = CertDirectory::builder(dir.path(), Policy::default())
+        .options(options())
+        .retry_backoff(Duration::from_millis(100), Duration::from_millis(400))
+        .start()
+        .await
+        .unwrap();
+    let server = common::serve(Arc::new(certs.server_config().unwrap())).await;
+    let client = common::client_config(&ca);
+    let load = common::load(&client, server.addr, "good.example", 2);
+
+    let health = certs.health();
+    assert_eq!(health.certificates.len(), 1);
+    let error = health.unserved[0].last_error.clone().unwrap();
+    assert!(error.contains("lonely.key"), "{error}");
+
+    // The good pair keeps rotating next to the broken one.
+    let good2 = leaf(&ca, "good.example", 1800);
+    write_pair(&dir.join("good.crt"), &dir.join("good.key"), &good2);
+    common::until_served(&client, server.addr, "good.example", serial(&good2), WITHIN).await;
+
+    // The missing key arrives: the pair is served.
+    write_pair(&dir.join("lonely.crt"), &dir.join("lonely.key"), &lonely);
+    common::until_served(
+        &client,
+        server.addr,
+        "lonely.example",
+        serial(&lonely),
+        WITHIN,
+    )
+    .await;
+    load.finish().await;
+    certs.shutdown().await;
+}
