@@ -154,7 +154,10 @@ async fn pairs_are_added_replaced_and_removed_while_serving() {
     let error = common::serial_seen(&client, server.addr, "b.example")
         .await
         .unwrap_err();
-    assert!(error.contains("not valid for name \"b.example\""), "{error}");
+    assert!(
+        error.contains("not valid for name \"b.example\""),
+        "{error}"
+    );
     assert!(certs.health().certificates.iter().all(|c| c.slot != "b"));
 
     load_a.finish().await;

@@ -508,3 +508,28 @@ async fn key_readable_by_others_is_reported_and_refused_when_strict() {
     );
     assert!(error.to_string().contains("mode 0640"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn directory_removed_and_recreated_is_followed() {
+    let (dir, ca) = (TempDir::new("recreated"), Ca::new());
+    let tls = dir.join("tls");
+    std::fs::create_dir(&tls).unwrap();
+    let (cert, key) = (tls.join("tls.crt"), tls.join("tls.key"));
+    let first = ca.issue(Leaf::default().valid_from(ago(3600)));
+    write_pair(&cert, &key, &first);
+    let source = FileSource::pair(&cert, &key).options(options());
+    let mut s = setup(dir, ca, source, &first).await;
+    let load = s.load();
+    for step in 1..=2 {
+        std::fs::remove_dir_all(&tls).unwrap();
+        assert!(matches!(
+            failure(&mut s.events).await,
+            Failure::Source(SourceError::Read { .. })
+        ));
+        std::fs::create_dir(&tls).unwrap();
+        let next = newer(&s.ca, step);
+        write_pair(&cert, &key, &next);
+        s.until_served(&next).await;
+    }
+    load.finish().await;
+}
