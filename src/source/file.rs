@@ -8,8 +8,8 @@
 //!    behind every symlink on the way, which covers Kubernetes' `..data`
 //!    swap), and/or a poll that compares content fingerprints.
 //! 2. **Settle.** Nothing is read for good until the files have been quiet
-//!    for the settle window: no event, and the same fingerprint before and
-//!    after it.
+//!    for the settle window: no event during it (or, without events, the
+//!    same fingerprint before and after it).
 //! 3. **Grace.** A settled pair that does not parse, or whose key does not
 //!    belong to its certificate, is probably one file into a two-file update:
 //!    it is re-read until the grace period ends, and only then handed to the
@@ -570,14 +570,17 @@ async fn settle_loop(shared: Weak<Shared>, mut wakeups: Wakeups) {
         }
         let deadline = Instant::now() + grace;
         loop {
-            // Settle: quiet for a whole window, same content on both sides.
+            // Settle: a whole window without an event; without events, the
+            // same content on both sides of the window.
             loop {
-                let event = wakeups.event_within(settle).await;
+                if wakeups.event_within(settle).await {
+                    continue;
+                }
                 wakeups.follow(&files);
                 let Some(after) = look(&shared).await else {
                     return;
                 };
-                let stable = !event && after.fingerprint == reading.fingerprint;
+                let stable = wakeups.events.is_some() || after.fingerprint == reading.fingerprint;
                 reading = after;
                 if stable {
                     break;
