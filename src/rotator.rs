@@ -160,12 +160,15 @@ impl<S: CertSource> RotatorBuilder<S> {
         rotator.run(task)
     }
 
-    /// Makes the first attempt, then starts rotating whatever its outcome
-    /// (a failure is retried with backoff).
-    pub(crate) async fn start_or_spawn(self) -> Rotator {
+    /// Creates the slot now; the future makes the first attempt, then
+    /// starts rotating whatever its outcome (a failure is retried with
+    /// backoff).
+    pub(crate) fn start_or_spawn(self) -> impl std::future::Future<Output = Rotator> + Send {
         let (rotator, mut task) = self.prepare();
-        let _ = task.attempt(Trigger::Initial, None, false).await;
-        rotator.run(task)
+        async move {
+            let _ = task.attempt(Trigger::Initial, None, false).await;
+            rotator.run(task)
+        }
     }
 
     fn prepare(self) -> (Unstarted, Task<S>) {

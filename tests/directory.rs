@@ -121,6 +121,13 @@ async fn pairs_are_added_replaced_and_removed_while_serving() {
     common::until_served(&client, server.addr, "c.example", serial(&c), WITHIN).await;
     assert_eq!(certs.pairs(), ["a", "b", "bad", "c"]);
 
+    // Add one cert-manager style: the directory first, the files later.
+    std::fs::create_dir(dir.join("d")).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let d = leaf(&ca, "d.example", 3600);
+    write_pair(&dir.join("d/tls.crt"), &dir.join("d/tls.key"), &d);
+    common::until_served(&client, server.addr, "d.example", serial(&d), WITHIN).await;
+
     // Replace one.
     let a2 = leaf(&ca, "a.example", 1800);
     write_pair(&dir.join("a.crt"), &dir.join("a.key"), &a2);
@@ -136,7 +143,7 @@ async fn pairs_are_added_replaced_and_removed_while_serving() {
     load_b.finish().await;
     std::fs::remove_dir_all(dir.join("b")).unwrap();
     until("removal of b", || {
-        (certs.pairs() == ["a", "bad", "c"]).then_some(())
+        (certs.pairs() == ["a", "bad", "c", "d"]).then_some(())
     })
     .await;
     let removed = until("the Removed event", || loop {

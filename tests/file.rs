@@ -237,6 +237,22 @@ async fn deleted_files_keep_the_old_certificate_until_they_come_back() {
     write_pair(&cert, &key, &next);
     s.until_served(&next).await;
     assert_eq!(s.rotator.health().last_error, None);
+
+    // An unreadable path (here a directory where the certificate should be).
+    std::fs::remove_file(&cert).unwrap();
+    std::fs::create_dir(&cert).unwrap();
+    match failure(&mut s.events).await {
+        Failure::Source(SourceError::Read { path, .. }) => assert_eq!(path, cert),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        s.rotator.current().unwrap().serial,
+        next.bundle.info().serial
+    );
+    std::fs::remove_dir(&cert).unwrap();
+    let last = newer(&s.ca, 2);
+    write_pair(&cert, &key, &last);
+    s.until_served(&last).await;
     load.finish().await;
 }
 

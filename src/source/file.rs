@@ -185,6 +185,9 @@ struct Shared {
     hub: Option<Hub>,
     /// The fingerprint of what the last fetch read.
     last_read: Mutex<Option<Fingerprint>>,
+    /// The fingerprint of the reading the settle task handed over, until a
+    /// fetch takes it: a fetch that finds it does not wait for more.
+    settled: Mutex<Option<Fingerprint>>,
     warnings: Mutex<Vec<SourceWarning>>,
     /// A settled change is waiting to be fetched.
     ready: Notify,
@@ -209,11 +212,24 @@ struct Contents {
     key_mode: Option<u32>,
 }
 
-/// One reading of the files: their fingerprint and whether they look like a
-/// whole pair.
-struct Reading {
+/// One reading of the files: what a fetch would return now.
+struct Loaded {
     fingerprint: Fingerprint,
-    complete: bool,
+    bundle: Result<CertBundle, SourceError>,
+    warning: Option<SourceWarning>,
+}
+
+impl Loaded {
+    /// Whether this looks like a whole pair rather than one caught between
+    /// its two halves: it parses and the key belongs to the certificate (or
+    /// fails for a reason a pending write cannot explain).
+    fn whole(&self) -> bool {
+        match &self.bundle {
+            Ok(bundle) => !bundle.key_mismatches(),
+            Err(SourceError::Bundle { .. } | SourceError::Read { .. }) => false,
+            Err(_) => true,
+        }
+    }
 }
 
 impl FileSource {
@@ -246,6 +262,7 @@ impl FileSource {
                 options,
                 hub,
                 last_read: Mutex::default(),
+                settled: Mutex::default(),
                 warnings: Mutex::default(),
                 ready: Notify::new(),
                 watching: OnceLock::new(),
@@ -270,29 +287,36 @@ impl FileSource {
 }
 
 impl CertSource for FileSource {
+    /// Reads the files now. A pair that is not whole (see the module docs)
+    /// and was not already seen is re-read until the grace period ends, so a
+    /// fetch on schedule or on demand does not catch an update half-done.
     async fn fetch(&self) -> Result<CertBundle, SourceError> {
-        let shared = self.shared.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let contents = shared.read();
-            *lock(&shared.last_read) = Some(fingerprint(&contents));
-            shared.bundle(contents?)
-        });
-        match tokio::time::timeout(READ_TIMEOUT, read).await {
-            Ok(done) => done.expect("reading files does not panic"),
-            Err(_) => Err(SourceError::Read {
-                from: self.describe(),
-                path: self.shared.files.cert().to_owned(),
-                source: Arc::new(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {READ_TIMEOUT:?}"),
-                )),
-            }),
+        let shared = &self.shared;
+        let deadline = Instant::now() + shared.options.grace;
+        loop {
+            let loaded = load(shared.clone()).await?;
+            if loaded.whole() || shared.seen(&loaded.fingerprint) || Instant::now() >= deadline {
+                *lock(&shared.last_read) = Some(loaded.fingerprint);
+                // Handed over: the same content later is a new change again.
+                *lock(&shared.settled) = None;
+                *lock(&shared.warnings) = loaded.warning.into_iter().collect();
+                return loaded.bundle;
+            }
+            tokio::time::sleep(shared.options.settle).await;
         }
     }
 
+    /// Completes once a settled change that has not been fetched yet is
+    /// waiting.
     async fn changed(&self) {
         self.watch();
-        self.shared.ready.notified().await
+        loop {
+            self.shared.ready.notified().await;
+            // A fetch on another trigger may have taken it already.
+            if lock(&self.shared.settled).is_some() {
+                return;
+            }
+        }
     }
 
     fn describe(&self) -> String {
@@ -367,51 +391,68 @@ impl Shared {
         })
     }
 
-    /// Parses what was read, checks the key file's permissions, and records
-    /// the warnings.
-    fn bundle(&self, contents: Contents) -> Result<CertBundle, SourceError> {
-        let exposed = contents
-            .key_mode
+    /// Reads and parses the files, and checks the key file's permissions.
+    fn load(&self) -> Loaded {
+        let contents = self.read();
+        let fingerprint = fingerprint(&contents);
+        let warning = contents
+            .as_ref()
+            .ok()
+            .and_then(|c| c.key_mode)
             .filter(|mode| mode & 0o077 != 0)
             .map(|mode| SourceWarning::KeyFileExposed {
                 path: self.files.key().to_owned(),
                 mode,
             });
-        *lock(&self.warnings) = exposed.iter().cloned().collect();
-        if let Some(warning) = exposed.filter(|_| self.options.strict_permissions) {
-            return Err(SourceError::Insecure {
-                from: self.describe(),
-                warning,
-            });
-        }
-        let bundle = match &self.files {
-            Files::Pair { .. } => CertBundle::from_pem(&contents.cert, &contents.key),
-            Files::Combined(_) => CertBundle::from_combined_pem(&contents.key),
-        };
-        bundle
-            .map(|b| b.with_origin(self.describe()))
-            .map_err(|error| SourceError::bundle(self.describe(), error))
-    }
-
-    /// Reads the files and says whether they look like a whole pair.
-    fn look(&self) -> Reading {
-        let contents = self.read();
-        let fingerprint = fingerprint(&contents);
-        let complete = contents.is_ok_and(|c| {
+        let bundle = contents.and_then(|contents| {
+            if let Some(warning) = warning.clone().filter(|_| self.options.strict_permissions) {
+                return Err(SourceError::Insecure {
+                    from: self.describe(),
+                    warning,
+                });
+            }
             let bundle = match &self.files {
-                Files::Pair { .. } => CertBundle::from_pem(&c.cert, &c.key),
-                Files::Combined(_) => CertBundle::from_combined_pem(&c.key),
+                Files::Pair { .. } => CertBundle::from_pem(&contents.cert, &contents.key),
+                Files::Combined(_) => CertBundle::from_combined_pem(&contents.key),
             };
-            bundle.is_ok_and(|b| !b.key_mismatches())
+            bundle
+                .map(|b| b.with_origin(self.describe()))
+                .map_err(|error| SourceError::bundle(self.describe(), error))
         });
-        Reading {
+        Loaded {
             fingerprint,
-            complete,
+            bundle,
+            warning,
         }
     }
 
-    fn is_new(&self, reading: &Reading) -> bool {
-        *lock(&self.last_read) != Some(reading.fingerprint)
+    /// Whether this is what the last fetch read, or what the settle task
+    /// handed over for the next one.
+    fn seen(&self, fingerprint: &Fingerprint) -> bool {
+        lock(&self.last_read).as_ref() == Some(fingerprint)
+            || lock(&self.settled).as_ref() == Some(fingerprint)
+    }
+}
+
+/// Loads on a blocking thread (file systems can hang), giving up after
+/// [`READ_TIMEOUT`].
+async fn load(shared: Arc<Shared>) -> Result<Loaded, SourceError> {
+    let (from, path) = (shared.describe(), shared.files.cert().to_owned());
+    match tokio::time::timeout(
+        READ_TIMEOUT,
+        tokio::task::spawn_blocking(move || shared.load()),
+    )
+    .await
+    {
+        Ok(loaded) => Ok(loaded.expect("loading files does not panic")),
+        Err(_) => Err(SourceError::Read {
+            from,
+            path,
+            source: Arc::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {READ_TIMEOUT:?}"),
+            )),
+        }),
     }
 }
 
@@ -443,7 +484,7 @@ fn mode(_: &std::fs::Metadata) -> Option<u32> {
 
 /// Where a settle task learns that something may have changed.
 pub(super) struct Wakeups {
-    events: Option<(Subscription, watch::Receiver<u64>)>,
+    events: Option<(Arc<Subscription>, watch::Receiver<u64>)>,
     poll: Option<Duration>,
     /// Closes when the owner is dropped.
     gone: watch::Receiver<()>,
@@ -462,7 +503,10 @@ impl Wakeups {
         let mut events = None;
         if options.watch.events() {
             match hub.map_or_else(Hub::new, Ok) {
-                Ok(hub) => events = Some(hub.subscribe()),
+                Ok(hub) => {
+                    let (subscription, ticks) = hub.subscribe();
+                    events = Some((Arc::new(subscription), ticks));
+                }
                 Err(error) => {
                     let every = poll.unwrap_or(Duration::from_secs(5));
                     tracing::warn!(target: "certrotate", source = %describe(), %error,
@@ -524,36 +568,34 @@ impl Wakeups {
     }
 
     /// Re-aims the watches at the directories the files now live in (a
-    /// symlink may point elsewhere since the last look).
-    fn follow(&self, files: &Files) {
-        if let Some((subscription, _)) = &self.events {
-            subscription.follow(&files.paths());
-        }
+    /// symlink may point elsewhere since the last look), then reads them.
+    /// Both block (a hung NFS mount), so they run on a blocking thread.
+    async fn look(&self, shared: &Weak<Shared>) -> Option<Loaded> {
+        let shared = shared.upgrade()?;
+        let subscription = self.subscription();
+        tokio::task::spawn_blocking(move || {
+            if let Some(subscription) = subscription {
+                subscription.follow(&shared.files.paths());
+            }
+            shared.load()
+        })
+        .await
+        .ok()
     }
 
-    /// Watches these directories' entries.
-    pub(super) fn watch_dirs(&self, dirs: &[PathBuf]) {
-        if let Some((subscription, _)) = &self.events {
-            subscription.watch_dirs(dirs);
-        }
-    }
-
-    /// The watcher events come from, to share with more sources.
-    pub(super) fn hub(&self) -> Option<Hub> {
-        self.events
-            .as_ref()
-            .map(|(subscription, _)| subscription.hub())
+    /// The subscription events come through, if any.
+    pub(super) fn subscription(&self) -> Option<Arc<Subscription>> {
+        self.events.as_ref().map(|(s, _)| s.clone())
     }
 }
 
 /// The watch-and-settle task of one source. It holds the source weakly and
 /// ends when the source is dropped.
 async fn settle_loop(shared: Weak<Shared>, mut wakeups: Wakeups) {
-    let (settle, grace, files) = match shared.upgrade() {
-        Some(s) => (s.options.settle, s.options.grace, s.files.clone()),
+    let (settle, grace) = match shared.upgrade() {
+        Some(s) => (s.options.settle, s.options.grace),
         None => return,
     };
-    wakeups.follow(&files);
     // Whatever changed between the first fetch and now is looked at at once.
     let mut woken = true;
     loop {
@@ -561,11 +603,10 @@ async fn settle_loop(shared: Weak<Shared>, mut wakeups: Wakeups) {
             return;
         }
         woken = false;
-        wakeups.follow(&files);
-        let Some(mut reading) = look(&shared).await else {
+        let Some(mut reading) = wakeups.look(&shared).await else {
             return;
         };
-        if !is_new(&shared, &reading) {
+        if seen(&shared, &reading) {
             continue;
         }
         let deadline = Instant::now() + grace;
@@ -576,8 +617,7 @@ async fn settle_loop(shared: Weak<Shared>, mut wakeups: Wakeups) {
                 if wakeups.event_within(settle).await {
                     continue;
                 }
-                wakeups.follow(&files);
-                let Some(after) = look(&shared).await else {
+                let Some(after) = wakeups.look(&shared).await else {
                     return;
                 };
                 let stable = wakeups.events.is_some() || after.fingerprint == reading.fingerprint;
@@ -586,33 +626,32 @@ async fn settle_loop(shared: Weak<Shared>, mut wakeups: Wakeups) {
                     break;
                 }
             }
-            if reading.complete || Instant::now() >= deadline {
+            if reading.whole() || Instant::now() >= deadline {
                 break;
             }
             tracing::debug!(target: "certrotate", source = %describe(&shared), "files are not a whole pair yet; waiting for the rest");
             wakeups.until(deadline.min(Instant::now() + settle)).await;
-            let Some(again) = look(&shared).await else {
+            let Some(again) = wakeups.look(&shared).await else {
                 return;
             };
             reading = again;
         }
         match shared.upgrade() {
-            Some(s) if s.is_new(&reading) => s.ready.notify_one(),
+            Some(s) if !s.seen(&reading.fingerprint) => {
+                *lock(&s.settled) = Some(reading.fingerprint);
+                s.ready.notify_one();
+            }
             Some(_) => {}
             None => return,
         }
     }
 }
 
-async fn look(shared: &Weak<Shared>) -> Option<Reading> {
-    let shared = shared.upgrade()?;
-    tokio::task::spawn_blocking(move || shared.look())
-        .await
-        .ok()
-}
-
-fn is_new(shared: &Weak<Shared>, reading: &Reading) -> bool {
-    shared.upgrade().is_some_and(|s| s.is_new(reading))
+/// Whether `reading` was fetched or handed over already (or the source is gone).
+fn seen(shared: &Weak<Shared>, reading: &Loaded) -> bool {
+    shared
+        .upgrade()
+        .is_none_or(|s| s.seen(&reading.fingerprint))
 }
 
 fn describe(shared: &Weak<Shared>) -> String {

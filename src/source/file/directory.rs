@@ -214,19 +214,25 @@ impl DirTask {
     /// Scans the directory and starts, restarts or stops rotators so that
     /// there is one per pair.
     async fn sync(&mut self) -> Result<(), SourceError> {
-        let found = scan(&self.dir).map_err(|source| SourceError::Read {
+        // Listing and watching block (a hung NFS mount): a blocking thread.
+        let (dir, subscription) = (self.dir.clone(), self.wakeups.subscription());
+        let found = tokio::task::spawn_blocking(move || {
+            let (found, mut watched) = scan(&dir)?;
+            if let Some(subscription) = subscription {
+                // The directory, and the directories in it, where pairs may
+                // be on their way.
+                watched.push(dir);
+                subscription.watch_dirs(&watched);
+            }
+            Ok(found)
+        })
+        .await
+        .expect("listing a directory does not panic")
+        .map_err(|source| SourceError::Read {
             from: self.describe.clone(),
             path: self.dir.clone(),
             source: Arc::new(source),
         })?;
-        let mut watched = vec![self.dir.clone()];
-        watched.extend(found.values().filter_map(|files| match files {
-            Files::Pair { cert, .. } if cert.parent() != Some(&self.dir) => {
-                cert.parent().map(Path::to_owned)
-            }
-            _ => None,
-        }));
-        self.wakeups.watch_dirs(&watched);
 
         let gone: Vec<String> = self
             .pairs
@@ -245,12 +251,15 @@ impl DirTask {
             if self.pairs.contains_key(&name) {
                 continue;
             }
-            let source = FileSource::new(files.clone(), self.options.clone(), self.wakeups.hub());
+            let hub = self.wakeups.subscription().map(|s| s.hub());
+            let source = FileSource::new(files.clone(), self.options.clone(), hub);
             let builder = Rotator::builder(source, self.policy.clone())
                 .store(self.store.clone())
                 .slot(name.clone())
                 .retry_backoff(self.retry.0, self.retry.1);
-            starting.spawn(async move { (name, files, builder.start_or_spawn().await) });
+            // Slots are created here, in name order; the first loads run at once.
+            let start = builder.start_or_spawn();
+            starting.spawn(async move { (name, files, start.await) });
         }
         while let Some(started) = starting.join_next().await {
             let (name, files, rotator) = started.expect("starting a rotator does not panic");
@@ -261,9 +270,9 @@ impl DirTask {
     }
 }
 
-/// The pairs in `dir`, by name.
-fn scan(dir: &Path) -> std::io::Result<BTreeMap<String, Files>> {
-    let mut pairs = BTreeMap::new();
+/// The pairs in `dir`, by name, and its subdirectories.
+fn scan(dir: &Path) -> std::io::Result<(BTreeMap<String, Files>, Vec<PathBuf>)> {
+    let (mut pairs, mut subdirs) = (BTreeMap::new(), Vec::new());
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
@@ -275,6 +284,7 @@ fn scan(dir: &Path) -> std::io::Result<BTreeMap<String, Files>> {
         }
         // `is_dir` follows symlinks: a mounted secret may be one.
         if path.is_dir() {
+            subdirs.push(path.clone());
             let (cert, key) = (path.join("tls.crt"), path.join("tls.key"));
             if cert.exists() || key.exists() {
                 pairs
@@ -295,5 +305,5 @@ fn scan(dir: &Path) -> std::io::Result<BTreeMap<String, Files>> {
             );
         }
     }
-    Ok(pairs)
+    Ok((pairs, subdirs))
 }
