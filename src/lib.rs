@@ -13,22 +13,25 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use certrotate::{CertBundle, Policy, Rotator, StaticSource, TlsListener};
+//! use certrotate::{FileSource, Policy, Rotator, TlsListener};
 //!
 //! # async fn main_() -> Result<(), Box<dyn std::error::Error>> {
-//! let bundle = CertBundle::from_pem_files("tls.crt", "tls.key")?;
+//! // A Kubernetes TLS secret, certbot output, anything that writes PEM files.
+//! let source = FileSource::pair("/etc/tls/tls.crt", "/etc/tls/tls.key");
 //! let policy = Policy::builder().server_name("api.example.com").build()?;
-//! let source = StaticSource::new(bundle);
-//! let rotator = Rotator::builder(source.clone(), policy).start().await?;
+//! let rotator = Rotator::builder(source, policy).start().await?;
 //!
-//! // Later, from anywhere: `source.push(new_bundle)`; the rotator validates it
-//! // and swaps it in, or refuses it and keeps serving the old one.
+//! // From now on, new files are validated and swapped in, or refused (the
+//! // old certificate keeps serving and `rotator.health()` says why).
 //! let tcp = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
 //! let listener = TlsListener::new(tcp, Arc::new(rotator.server_config()?));
 //! let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Certificates obtained any other way can be pushed through a
+//! [`StaticSource`], or come from your own [`CertSource`].
 //!
 //! ## Feature flags
 //!

@@ -1,6 +1,8 @@
 //! CertDirectory: a directory of pairs served by SNI, pairs coming and going
 //! while handshakes run, a bad pair next to good ones.
 
+#![cfg(all(unix, feature = "file"))]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

@@ -1,6 +1,8 @@
 //! The `file_reload` example's command line is a contract: run the built
 //! example as a user would and talk to it with curl.
 
+#![cfg(all(unix, feature = "file"))]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! FileSource over real sockets, with certificates written to disk the ways
 //! real tools write them, under a handshake load that must never fail.
 
+#![cfg(all(unix, feature = "file"))]
+
 mod common;
 
 use std::io::Write;
