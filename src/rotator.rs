@@ -163,6 +163,7 @@ impl<S: CertSource> RotatorBuilder<S> {
     /// Creates the slot now; the future makes the first attempt, then
     /// starts rotating whatever its outcome (a failure is retried with
     /// backoff).
+    #[cfg(feature = "file")]
     pub(crate) fn start_or_spawn(self) -> impl std::future::Future<Output = Rotator> + Send {
         let (rotator, mut task) = self.prepare();
         async move {
