@@ -181,8 +181,6 @@ pub struct FileSource {
 struct Shared {
     files: Files,
     options: FileOptions,
-    /// The watcher to subscribe to; a directory shares its own.
-    hub: Option<Hub>,
     /// The fingerprint of what the last fetch read.
     last_read: Mutex<Option<Fingerprint>>,
     /// The fingerprint of the reading the settle task handed over, until a
@@ -241,26 +239,24 @@ impl FileSource {
                 key: key.into(),
             },
             FileOptions::default(),
-            None,
         )
     }
 
     /// One PEM file holding the chain and the private key.
     pub fn combined(path: impl Into<PathBuf>) -> Self {
-        Self::new(Files::Combined(path.into()), FileOptions::default(), None)
+        Self::new(Files::Combined(path.into()), FileOptions::default())
     }
 
     /// Watches and reads as `options` say.
     pub fn options(self, options: FileOptions) -> Self {
-        Self::new(self.shared.files.clone(), options, self.shared.hub.clone())
+        Self::new(self.shared.files.clone(), options)
     }
 
-    fn new(files: Files, options: FileOptions, hub: Option<Hub>) -> Self {
+    fn new(files: Files, options: FileOptions) -> Self {
         Self {
             shared: Arc::new(Shared {
                 files,
                 options,
-                hub,
                 last_read: Mutex::default(),
                 settled: Mutex::default(),
                 warnings: Mutex::default(),
@@ -275,12 +271,9 @@ impl FileSource {
     fn watch(&self) {
         self.shared.watching.get_or_init(|| {
             let shared = &self.shared;
-            let wakeups = Wakeups::new(
-                &shared.options,
-                shared.hub.clone(),
-                shared.alive.subscribe(),
-                || shared.describe(),
-            );
+            let wakeups = Wakeups::new(&shared.options, shared.alive.subscribe(), || {
+                shared.describe()
+            });
             tokio::spawn(settle_loop(Arc::downgrade(shared), wakeups));
         });
     }
@@ -491,18 +484,17 @@ pub(super) struct Wakeups {
 }
 
 impl Wakeups {
-    /// Events from `hub` (or a new watcher) and/or polling, as `options`
-    /// say. A platform that refuses a watcher gets polling instead.
+    /// Events from the process's watcher and/or polling, as `options` say.
+    /// A platform that refuses a watcher gets polling instead.
     pub(super) fn new(
         options: &FileOptions,
-        hub: Option<Hub>,
         gone: watch::Receiver<()>,
         describe: impl FnOnce() -> String,
     ) -> Self {
         let mut poll = options.watch.poll();
         let mut events = None;
         if options.watch.events() {
-            match hub.map_or_else(Hub::new, Ok) {
+            match Hub::shared() {
                 Ok(hub) => {
                     let (subscription, ticks) = hub.subscribe();
                     events = Some((Arc::new(subscription), ticks));

@@ -98,7 +98,7 @@ impl CertDirectoryBuilder {
         let store = self.store.unwrap_or_default();
         let (stop, gone) = watch::channel(());
         let describe = format!("directory {}", self.dir.display());
-        let wakeups = Wakeups::new(&self.options, None, gone, || describe.clone());
+        let wakeups = Wakeups::new(&self.options, gone, || describe.clone());
         let mut task = DirTask {
             dir: self.dir,
             describe,
@@ -251,8 +251,7 @@ impl DirTask {
             if self.pairs.contains_key(&name) {
                 continue;
             }
-            let hub = self.wakeups.subscription().map(|s| s.hub());
-            let source = FileSource::new(files.clone(), self.options.clone(), hub);
+            let source = FileSource::new(files.clone(), self.options.clone());
             let builder = Rotator::builder(source, self.policy.clone())
                 .store(self.store.clone())
                 .slot(name.clone())

@@ -1,6 +1,7 @@
-//! One `notify` watcher shared by every file source of a [`CertDirectory`]
-//! (or owned by one [`FileSource`]), routing events to the sources whose
-//! directories they touch.
+//! One `notify` watcher shared by every file source and directory of the
+//! process (one inotify instance, however many sources: the default limit is
+//! 128 instances per user), routing events to the sources whose directories
+//! they touch.
 //!
 //! Sources watch *directories*, never the files themselves: an atomic rename,
 //! an editor's replace-by-new-file and the Kubernetes `..data` symlink swap
@@ -61,9 +62,22 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    /// Starts a watcher (a thread of notify's). Fails when the platform
-    /// refuses one, such as when the inotify instance limit is reached.
-    pub(crate) fn new() -> notify::Result<Self> {
+    /// The process's watcher, started if no source holds it now. Fails when
+    /// the platform refuses one, such as when the inotify instance limit is
+    /// reached.
+    pub(crate) fn shared() -> notify::Result<Self> {
+        static SHARED: Mutex<Weak<HubInner>> = Mutex::new(Weak::new());
+        let mut shared = lock(&SHARED);
+        if let Some(inner) = shared.upgrade() {
+            return Ok(Self { inner });
+        }
+        let hub = Self::new()?;
+        *shared = Arc::downgrade(&hub.inner);
+        Ok(hub)
+    }
+
+    /// Starts a watcher (a thread of notify's).
+    fn new() -> notify::Result<Self> {
         let routes = Arc::new(Mutex::new(Routes::default()));
         let for_events = Arc::downgrade(&routes);
         let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
@@ -100,11 +114,6 @@ impl Hub {
 }
 
 impl Subscription {
-    /// The watcher this subscription is on.
-    pub(crate) fn hub(&self) -> Hub {
-        self.hub.clone()
-    }
-
     /// Watches the directories that `paths` live in, following symlinks, in
     /// place of those watched before.
     pub(crate) fn follow(&self, paths: &[&Path]) {
