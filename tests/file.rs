@@ -551,3 +551,25 @@ async fn directory_removed_and_recreated_is_followed() {
     }
     load.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_directory_that_is_never_quiet_still_rotates() {
+    let (mut s, cert, key) = serving_pair(options()).await;
+    let load = s.load();
+    // Another program writes beside the certificate every 10 ms.
+    let noise = cert.with_file_name("app.log");
+    let writer = tokio::spawn(async move {
+        for i in 0u64.. {
+            std::fs::write(&noise, i.to_string()).unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    for step in 1..=2 {
+        let next = newer(&s.ca, step);
+        write_pair(&cert, &key, &next);
+        s.until_served(&next).await;
+    }
+    writer.abort();
+    load.finish().await;
+    s.assert_no_failure();
+}

@@ -8,8 +8,9 @@
 //!    behind every symlink on the way, which covers Kubernetes' `..data`
 //!    swap), and/or a poll that compares content fingerprints.
 //! 2. **Settle.** Nothing is read for good until the files have been quiet
-//!    for the settle window: no event during it (or, without events, the
-//!    same fingerprint before and after it).
+//!    for the settle window: no event during it, or the same fingerprint
+//!    before and after it (all that polling has; and what a directory whose
+//!    other files never stop changing gets every few windows).
 //! 3. **Grace.** A settled pair that does not parse, or whose key does not
 //!    belong to its certificate, is probably one file into a two-file update:
 //!    it is re-read until the grace period ends, and only then handed to the
@@ -40,6 +41,10 @@ use notice::{Hub, Subscription};
 /// A read that takes longer than this (a hung NFS server) is reported as an
 /// error; the rotator carries on and retries.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many settle windows in a row may see events before the files are
+/// looked at anyway.
+const MAX_BUSY_WINDOWS: u32 = 4;
 
 /// How changes to the files are noticed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -603,16 +608,23 @@ async fn settle_loop(shared: Weak<Shared>, mut wakeups: Wakeups) {
         }
         let deadline = Instant::now() + grace;
         loop {
-            // Settle: a whole window without an event; without events, the
-            // same content on both sides of the window.
+            // Settle: a whole window without an event, or the same content
+            // on both sides of a window. Events restart the window, but a
+            // directory that is never quiet (a log file beside the
+            // certificate) is looked at every few windows anyway.
+            let mut busy = 0;
             loop {
-                if wakeups.event_within(settle).await {
+                let event = wakeups.event_within(settle).await;
+                if event && busy < MAX_BUSY_WINDOWS {
+                    busy += 1;
                     continue;
                 }
+                busy = 0;
                 let Some(after) = wakeups.look(&shared).await else {
                     return;
                 };
-                let stable = wakeups.events.is_some() || after.fingerprint == reading.fingerprint;
+                let quiet = wakeups.events.is_some() && !event;
+                let stable = quiet || after.fingerprint == reading.fingerprint;
                 reading = after;
                 if stable {
                     break;

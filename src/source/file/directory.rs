@@ -10,7 +10,7 @@ use rustls::ServerConfig;
 use tokio::sync::{broadcast, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::{lock, FileOptions, FileSource, Files, Wakeups};
+use super::{lock, FileOptions, FileSource, Files, Wakeups, MAX_BUSY_WINDOWS};
 use crate::events::RotationEvent;
 use crate::health::HealthSnapshot;
 use crate::policy::Policy;
@@ -200,8 +200,13 @@ struct Pair {
 impl DirTask {
     async fn run(mut self) {
         while self.wakeups.next().await {
-            // Wait until the directory has been quiet for a settle window.
-            while self.wakeups.event_within(self.options.settle).await {}
+            // Wait until the directory has been quiet for a settle window
+            // (scanning is harmless, so not forever).
+            for _ in 0..MAX_BUSY_WINDOWS {
+                if !self.wakeups.event_within(self.options.settle).await {
+                    break;
+                }
+            }
             if let Err(error) = self.sync().await {
                 tracing::warn!(target: "certrotate", "{error}; its pairs keep serving");
             }
