@@ -286,6 +286,20 @@ impl Policy {
         PolicyBuilder::default()
     }
 
+    /// A `ServerConfig` with this policy's crypto provider, safe default
+    /// protocol versions, no client auth, and certificates from `resolver`.
+    pub(crate) fn server_config(
+        &self,
+        resolver: Arc<crate::RotatingResolver>,
+    ) -> Result<rustls::ServerConfig, rustls::Error> {
+        Ok(
+            rustls::ServerConfig::builder_with_provider(self.provider.clone())
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_cert_resolver(resolver),
+        )
+    }
+
     /// The crypto provider this policy loads keys with.
     pub fn crypto_provider(&self) -> &Arc<CryptoProvider> {
         &self.provider

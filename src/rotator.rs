@@ -260,12 +260,7 @@ impl Rotator {
     /// auth, this rotator's crypto provider) whose certificates follow the
     /// store. Set ALPN and other options on it before wrapping it in an `Arc`.
     pub fn server_config(&self) -> Result<ServerConfig, rustls::Error> {
-        Ok(
-            ServerConfig::builder_with_provider(self.policy.crypto_provider().clone())
-                .with_safe_default_protocol_versions()?
-                .with_no_client_auth()
-                .with_cert_resolver(self.resolver()),
-        )
+        self.policy.server_config(self.resolver())
     }
 
     /// The store this rotator fills.

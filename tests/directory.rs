@@ -57,6 +57,21 @@ async fn until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+async fn start(dir: &TempDir) -> CertDirectory {
+    CertDirectory::builder(dir.path(), Policy::default())
+        .options(options())
+        .retry_backoff(Duration::from_millis(100), Duration::from_millis(400))
+        .start()
+        .await
+        .unwrap()
+}
+
+/// A TLS server on the directory's certificates, and a client trusting `ca`.
+async fn serve(certs: &CertDirectory, ca: &Ca) -> (common::Server, Arc<rustls::ClientConfig>) {
+    let server = common::serve(Arc::new(certs.server_config().unwrap())).await;
+    (server, common::client_config(ca))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pairs_are_added_replaced_and_removed_while_serving() {
     let (dir, ca) = (TempDir::new("dir"), Ca::new());
@@ -74,12 +89,7 @@ async fn pairs_are_added_replaced_and_removed_while_serving() {
     std::fs::write(dir.join(".hidden.crt"), "x").unwrap();
     std::fs::write(dir.join("README"), "x").unwrap();
 
-    let certs = CertDirectory::builder(dir.path(), Policy::default())
-        .options(options())
-        .retry_backoff(Duration::from_millis(100), Duration::from_millis(400))
-        .start()
-        .await
-        .unwrap();
+    let certs = start(&dir).await;
     let mut events = certs.subscribe();
     assert_eq!(certs.pairs(), ["a", "b", "bad"]);
 
@@ -102,8 +112,7 @@ async fn pairs_are_added_replaced_and_removed_while_serving() {
         "{health:?}"
     );
 
-    let server = common::serve(Arc::new(certs.server_config().unwrap())).await;
-    let client = common::client_config(&ca);
+    let (server, client) = serve(&certs, &ca).await;
     let seen = |name: &'static str| {
         let client = client.clone();
         async move {
@@ -182,14 +191,8 @@ async fn a_half_written_pair_waits_and_a_broken_one_does_not_block_the_others() 
     let lonely = leaf(&ca, "lonely.example", 3600);
     std::fs::write(dir.join("lonely.crt"), &lonely.cert_pem).unwrap();
 
-    let certs = CertDirectory::builder(dir.path(), Policy::default())
-        .options(options())
-        .retry_backoff(Duration::from_millis(100), Duration::from_millis(400))
-        .start()
-        .await
-        .unwrap();
-    let server = common::serve(Arc::new(certs.server_config().unwrap())).await;
-    let client = common::client_config(&ca);
+    let certs = start(&dir).await;
+    let (server, client) = serve(&certs, &ca).await;
     let load = common::load(&client, server.addr, "good.example", 2);
 
     let health = certs.health();

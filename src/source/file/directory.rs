@@ -155,12 +155,7 @@ impl CertDirectory {
     /// A rustls `ServerConfig` whose certificates follow the directory; see
     /// [`Rotator::server_config`].
     pub fn server_config(&self) -> Result<ServerConfig, rustls::Error> {
-        Ok(
-            ServerConfig::builder_with_provider(self.policy.crypto_provider().clone())
-                .with_safe_default_protocol_versions()?
-                .with_no_client_auth()
-                .with_cert_resolver(self.resolver()),
-        )
+        self.policy.server_config(self.resolver())
     }
 
     /// The health of every pair.
