@@ -573,3 +573,30 @@ async fn a_directory_that_is_never_quiet_still_rotates() {
     load.finish().await;
     s.assert_no_failure();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_broken_long_ago_are_refused_at_once() {
+    let (dir, ca) = (TempDir::new("stale"), Ca::new());
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let (a, b) = (ca.issue(Leaf::default()), ca.issue(Leaf::default()));
+    write_pair(&cert, &key, &a);
+    write_atomic(&key, &b.key_pem);
+    // Nothing has changed for an hour: no other half is on its way.
+    for path in [&cert, &key, &dir.path().to_owned()] {
+        std::fs::File::open(path)
+            .unwrap()
+            .set_modified(ago(3600))
+            .unwrap();
+    }
+    // A grace period this long would hang the start if it applied.
+    let source = FileSource::pair(&cert, &key).options(options().grace(Duration::from_secs(3600)));
+    let start = Rotator::builder(source, Policy::default()).start();
+    let error = tokio::time::timeout(WITHIN, start)
+        .await
+        .expect("the grace period was applied to files that changed long ago")
+        .unwrap_err();
+    assert!(
+        matches!(&error, certrotate::RotateError::Refused(e) if matches!(e.reason(), Refusal::KeyMismatch)),
+        "{error:?}"
+    );
+}

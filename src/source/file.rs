@@ -220,6 +220,9 @@ struct Loaded {
     fingerprint: Fingerprint,
     bundle: Result<CertBundle, SourceError>,
     warning: Option<SourceWarning>,
+    /// Whether the files or their directories changed within the grace
+    /// period: only then may the rest of an update still be on its way.
+    recent: bool,
 }
 
 impl Loaded {
@@ -285,15 +288,18 @@ impl FileSource {
 }
 
 impl CertSource for FileSource {
-    /// Reads the files now. A pair that is not whole (see the module docs)
-    /// and was not already seen is re-read until the grace period ends, so a
-    /// fetch on schedule or on demand does not catch an update half-done.
+    /// Reads the files now. A pair that is not whole (see the module docs),
+    /// was not seen before, and changed within the grace period is re-read
+    /// until the grace period ends, so a fetch on schedule or on demand does
+    /// not catch an update half-done. Files that are simply broken (nothing
+    /// changed lately) are returned at once.
     async fn fetch(&self) -> Result<CertBundle, SourceError> {
         let shared = &self.shared;
         let deadline = Instant::now() + shared.options.grace;
         loop {
             let loaded = load(shared.clone()).await?;
-            if loaded.whole() || shared.seen(&loaded.fingerprint) || Instant::now() >= deadline {
+            let done = loaded.whole() || !loaded.recent || shared.seen(&loaded.fingerprint);
+            if done || Instant::now() >= deadline {
                 *lock(&shared.last_read) = Some(loaded.fingerprint);
                 // Handed over: the same content later is a new change again.
                 *lock(&shared.settled) = None;
@@ -421,7 +427,25 @@ impl Shared {
             fingerprint,
             bundle,
             warning,
+            recent: self.changed_within(self.options.grace),
         }
+    }
+
+    /// Whether a file, a symlink on its way, or a directory holding one was
+    /// modified less than `window` ago (or in the future: clock skew).
+    fn changed_within(&self, window: Duration) -> bool {
+        let since = std::time::SystemTime::now() - window;
+        self.files.paths().into_iter().any(|path| {
+            let parent = path.parent().unwrap_or(Path::new("/"));
+            [
+                std::fs::metadata(path),
+                std::fs::symlink_metadata(path),
+                std::fs::metadata(parent),
+            ]
+            .into_iter()
+            .filter_map(|m| m.ok()?.modified().ok())
+            .any(|modified| modified >= since)
+        })
     }
 
     /// Whether this is what the last fetch read, or what the settle task
