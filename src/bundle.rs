@@ -210,6 +210,11 @@ pub struct CertInfo {
     /// `None` when the leaf has no extended key usage extension; otherwise
     /// whether that extension allows TLS server authentication.
     pub server_auth: Option<bool>,
+    /// Whether the extended key usage allows TLS client authentication
+    /// (`None`: no EKU extension, which allows any use).
+    pub client_auth: Option<bool>,
+    /// URI subject alternative names (SPIFFE IDs and the like).
+    pub uris: Vec<String>,
     /// The certificates after the leaf, in order: who each one is and who
     /// issued it.
     pub chain: Vec<ChainLink>,
@@ -280,6 +285,7 @@ impl CertInfo {
 
         let mut dns_names = Vec::new();
         let mut ip_addresses = Vec::new();
+        let mut uris = Vec::new();
         if let Ok(Some(san)) = leaf.subject_alternative_name() {
             for name in &san.value.general_names {
                 match name {
@@ -289,13 +295,17 @@ impl CertInfo {
                             ip_addresses.push(ip);
                         }
                     }
+                    GeneralName::URI(uri) => uris.push((*uri).to_owned()),
                     _ => {}
                 }
             }
         }
-        let server_auth = match leaf.extended_key_usage() {
-            Ok(Some(eku)) => Some(eku.value.server_auth || eku.value.any),
-            _ => None,
+        let (server_auth, client_auth) = match leaf.extended_key_usage() {
+            Ok(Some(eku)) => (
+                Some(eku.value.server_auth || eku.value.any),
+                Some(eku.value.client_auth || eku.value.any),
+            ),
+            _ => (None, None),
         };
         Ok(Self {
             serial: leaf.raw_serial_as_string(),
@@ -309,6 +319,8 @@ impl CertInfo {
             key: key_algorithm(leaf),
             is_ca: leaf.is_ca(),
             server_auth,
+            client_auth,
+            uris,
             chain: parsed[1..]
                 .iter()
                 .map(|c| ChainLink {

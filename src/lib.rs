@@ -51,6 +51,7 @@ mod bundle;
 mod clock;
 mod events;
 mod health;
+mod mtls;
 mod policy;
 mod resolver;
 mod rotator;
@@ -62,8 +63,9 @@ pub use bundle::{BundleError, CertBundle, CertInfo, ChainLink, KeyAlgorithm};
 pub use clock::{Clock, SystemClock};
 pub use events::{RotationEvent, Trigger};
 pub use health::{AlertLevel, CertHealth, HealthSnapshot, UnservedSlot};
+pub use mtls::{TrustError, TrustStore};
 pub use policy::{
-    Policy, PolicyBuilder, PolicyConfigError, Refusal, ValidatedCert, ValidationError,
+    Policy, PolicyBuilder, PolicyConfigError, Refusal, Usage, ValidatedCert, ValidationError,
 };
 pub use resolver::RotatingResolver;
 pub use rotator::{RotateError, Rotation, Rotator, RotatorBuilder};

@@ -18,7 +18,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
     ClientConfig, ClientConnection, Connection, DigitallySignedStruct, RootCertStore, ServerConfig,
@@ -53,18 +53,22 @@ use crate::clock::{self, human};
 /// ```
 #[derive(Clone)]
 pub struct Policy {
+    usage: Usage,
     names: Vec<Name>,
     min_remaining: Duration,
     min_rsa_bits: usize,
     roots: Option<Arc<RootCertStore>>,
     /// Built once from `roots`, for the chain check.
     verifier: Option<Arc<WebPkiServerVerifier>>,
+    /// Built once from `roots`, for the chain check of client certificates.
+    client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     provider: Arc<CryptoProvider>,
 }
 
 impl fmt::Debug for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Policy")
+            .field("usage", &self.usage)
             .field("names", &self.names)
             .field("min_remaining", &self.min_remaining)
             .field("min_rsa_bits", &self.min_rsa_bits)
@@ -76,13 +80,42 @@ impl fmt::Debug for Policy {
 impl Default for Policy {
     fn default() -> Self {
         Self {
+            usage: Usage::Server,
             names: Vec::new(),
             min_remaining: Duration::ZERO,
             min_rsa_bits: 2048,
             roots: None,
             verifier: None,
+            client_verifier: None,
             provider: crate::default_provider(),
         }
+    }
+}
+
+/// What a certificate is for: the extended key usage it must allow and the
+/// checks it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Usage {
+    /// A TLS server certificate (the default): serverAuth, names, chain and
+    /// trust per name, and a probe handshake.
+    #[default]
+    Server,
+    /// A TLS client certificate (mTLS): clientAuth, and the chain verified
+    /// as a client certificate against the trust roots, if configured. There
+    /// is no probe handshake; the key is checked against the certificate.
+    Client,
+    /// Both, as service certificates often are.
+    ServerAndClient,
+}
+
+impl Usage {
+    fn server(self) -> bool {
+        matches!(self, Self::Server | Self::ServerAndClient)
+    }
+
+    fn client(self) -> bool {
+        matches!(self, Self::Client | Self::ServerAndClient)
     }
 }
 
@@ -156,6 +189,7 @@ pub(crate) fn dns_matches(san: &str, name: &str) -> bool {
 #[derive(Debug, Default)]
 #[must_use]
 pub struct PolicyBuilder {
+    usage: Usage,
     names: Vec<String>,
     min_remaining: Duration,
     min_rsa_bits: Option<usize>,
@@ -164,6 +198,12 @@ pub struct PolicyBuilder {
 }
 
 impl PolicyBuilder {
+    /// What the certificate is for (default [`Usage::Server`]).
+    pub fn usage(mut self, usage: Usage) -> Self {
+        self.usage = usage;
+        self
+    }
+
     /// Requires the certificate to cover this name: a DNS name, a `*.`
     /// wildcard, or an IP address. Repeat for several names.
     pub fn server_name(mut self, name: impl Into<String>) -> Self {
@@ -218,15 +258,27 @@ impl PolicyBuilder {
             })
             .collect::<Result<_, _>>()?;
         let provider = self.provider.unwrap_or_else(crate::default_provider);
-        let verifier = match &self.roots {
-            Some(roots) => Some(
-                WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
-                    .build()
-                    .map_err(|e| PolicyConfigError::UnusableTrustRoots(e.to_string()))?,
+        let unusable = |e: rustls::server::VerifierBuilderError| {
+            PolicyConfigError::UnusableTrustRoots(e.to_string())
+        };
+        let (verifier, client_verifier) = match &self.roots {
+            Some(roots) => (
+                Some(
+                    WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                        .build()
+                        .map_err(unusable)?,
+                ),
+                Some(
+                    WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                        .build()
+                        .map_err(unusable)?,
+                ),
             ),
-            None => None,
+            None => (None, None),
         };
         Ok(Policy {
+            usage: self.usage,
+            client_verifier,
             names,
             min_remaining: self.min_remaining,
             min_rsa_bits: self.min_rsa_bits.unwrap_or(2048).max(2048),
@@ -287,17 +339,26 @@ impl Policy {
     }
 
     /// A `ServerConfig` with this policy's crypto provider, safe default
-    /// protocol versions, no client auth, and certificates from `resolver`.
+    /// protocol versions, certificates from `resolver`, and client
+    /// certificates required and verified against `clients` (sessions
+    /// partitioned by its generation), or no client auth.
     pub(crate) fn server_config(
         &self,
         resolver: Arc<crate::RotatingResolver>,
+        clients: Option<&crate::TrustStore>,
     ) -> Result<rustls::ServerConfig, rustls::Error> {
-        Ok(
-            rustls::ServerConfig::builder_with_provider(self.provider.clone())
-                .with_safe_default_protocol_versions()?
-                .with_no_client_auth()
-                .with_cert_resolver(resolver),
-        )
+        let builder = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?;
+        Ok(match clients {
+            Some(trust) => {
+                let mut config = builder
+                    .with_client_cert_verifier(trust.client_verifier())
+                    .with_cert_resolver(resolver);
+                trust.partition_sessions(&mut config);
+                config
+            }
+            None => builder.with_no_client_auth().with_cert_resolver(resolver),
+        })
     }
 
     /// The crypto provider this policy loads keys with.
@@ -367,8 +428,9 @@ impl Policy {
             }));
         }
 
-        // Names.
-        if info.dns_names.is_empty() && info.ip_addresses.is_empty() {
+        // Names (a client certificate may name itself by URI only).
+        let no_uri = !self.usage.client() || info.uris.is_empty();
+        if info.dns_names.is_empty() && info.ip_addresses.is_empty() && no_uri {
             return Err(refuse(Refusal::NoSubjectAltNames));
         }
         if let Some(name) = self.names.iter().find(|n| !n.covered_by(info)) {
@@ -381,18 +443,39 @@ impl Policy {
         if info.is_ca {
             return Err(refuse(Refusal::CaCertificate));
         }
-        if info.server_auth == Some(false) {
+        if self.usage.server() && info.server_auth == Some(false) {
             return Err(refuse(Refusal::NotForServerAuth));
+        }
+        if self.usage.client() && info.client_auth == Some(false) {
+            return Err(refuse(Refusal::NotForClientAuth));
         }
 
         // Chain order, then trust.
         check_chain_order(candidate.chain()).map_err(refuse)?;
-        let probe_names = self.probe_names(info);
-        if let Some(verifier) = &self.verifier {
-            let (leaf, intermediates) = candidate
-                .chain()
-                .split_first()
-                .expect("parsed chain is not empty");
+        let (leaf, intermediates) = candidate
+            .chain()
+            .split_first()
+            .expect("parsed chain is not empty");
+        if let Some(verifier) = self
+            .client_verifier
+            .as_ref()
+            .filter(|_| self.usage.client())
+        {
+            verifier
+                .verify_client_cert(leaf, intermediates, unix_time(now))
+                .map_err(|e| {
+                    refuse(Refusal::Untrusted {
+                        name: "client authentication".into(),
+                        reason: e.to_string(),
+                    })
+                })?;
+        }
+        let probe_names = if self.usage.server() {
+            self.probe_names(info)
+        } else {
+            Vec::new()
+        };
+        if let Some(verifier) = self.verifier.as_ref().filter(|_| self.usage.server()) {
             for (label, name) in &probe_names {
                 verifier
                     .verify_server_cert(leaf, intermediates, name, &[], unix_time(now))
@@ -712,8 +795,9 @@ pub enum Refusal {
         /// The policy's minimum.
         min_remaining: Duration,
     },
-    /// The certificate has no DNS or IP subject alternative names; clients reject it.
-    #[error("it has no DNS or IP subject alternative names, which clients require")]
+    /// The certificate has no DNS or IP subject alternative names (nor, for
+    /// a client certificate, a URI); peers reject it.
+    #[error("it has no DNS, IP or (for a client certificate) URI subject alternative names, which peers require")]
     NoSubjectAltNames,
     /// A configured server name is not covered.
     #[error("it does not cover the server name {name:?}")]
@@ -722,11 +806,15 @@ pub enum Refusal {
         name: String,
     },
     /// The leaf is a CA certificate.
-    #[error("it is a CA certificate, not a server certificate")]
+    #[error("it is a CA certificate, not a leaf certificate")]
     CaCertificate,
     /// The leaf's extended key usage does not allow server authentication.
     #[error("its extended key usage does not allow TLS server authentication")]
     NotForServerAuth,
+    /// The leaf's extended key usage does not allow client authentication
+    /// (for a [`Usage::Client`] policy).
+    #[error("its extended key usage does not allow TLS client authentication")]
+    NotForClientAuth,
     /// The key is too weak or of an unsupported kind.
     #[error("its {key} key is not accepted: {reason}")]
     WeakKey {

@@ -4,8 +4,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use rustls::client::ResolvesClientCert;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls::SignatureScheme;
 
 use crate::store::Snapshot;
 
@@ -56,6 +58,28 @@ impl RotatingResolver {
 impl ResolvesServerCert for RotatingResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.lookup(client_hello.server_name())
+    }
+}
+
+/// As a client certificate resolver (mTLS calls out), the store's default
+/// certificate is presented, whatever the server hints.
+///
+/// ```no_run
+/// # fn demo(client_cert: certrotate::Rotator, trust: certrotate::TrustStore) -> Result<(), rustls::Error> {
+/// let config = trust.client_config_with_cert(client_cert.resolver())?;
+/// # Ok(()) }
+/// ```
+impl ResolvesClientCert for RotatingResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.lookup(None)
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 

@@ -260,7 +260,25 @@ impl Rotator {
     /// auth, this rotator's crypto provider) whose certificates follow the
     /// store. Set ALPN and other options on it before wrapping it in an `Arc`.
     pub fn server_config(&self) -> Result<ServerConfig, rustls::Error> {
-        self.policy.server_config(self.resolver())
+        self.policy.server_config(self.resolver(), None)
+    }
+
+    /// Like [`server_config`](Self::server_config), but clients must present
+    /// a certificate that verifies against `clients` as it is at each
+    /// handshake; sessions are partitioned by its generation, so a session
+    /// made under trust that has since changed is not resumed.
+    ///
+    /// ```no_run
+    /// # fn demo(rotator: certrotate::Rotator, ca_pem: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+    /// let clients = certrotate::TrustStore::from_pem(ca_pem)?;
+    /// let tls = std::sync::Arc::new(rotator.server_config_with_client_auth(&clients)?);
+    /// # Ok(()) }
+    /// ```
+    pub fn server_config_with_client_auth(
+        &self,
+        clients: &crate::TrustStore,
+    ) -> Result<ServerConfig, rustls::Error> {
+        self.policy.server_config(self.resolver(), Some(clients))
     }
 
     /// The store this rotator fills.

@@ -155,7 +155,7 @@ impl CertDirectory {
     /// A rustls `ServerConfig` whose certificates follow the directory; see
     /// [`Rotator::server_config`].
     pub fn server_config(&self) -> Result<ServerConfig, rustls::Error> {
-        self.policy.server_config(self.resolver())
+        self.policy.server_config(self.resolver(), None)
     }
 
     /// The health of every pair.

@@ -1,0 +1,578 @@
+//! Mutual TLS whose trust changes while it serves: [`TrustStore`] (the CA
+//! certificates and CRLs clients and servers are checked against), the
+//! verifiers that follow it, and session caches partitioned by its
+//! generation so that no session outlives the trust it was verified under.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, WebPkiServerVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ProducesTickets, StoresServerSessions, WebPkiClientVerifier};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, NamedGroup, RootCertStore, SignatureScheme,
+};
+use tokio::sync::watch;
+
+/// The CA certificates (and CRLs) that peers are verified against, swappable
+/// while connections are made.
+///
+/// Each change is validated first (at least one usable root, every CRL
+/// parses, verifiers build) and gets a new *generation*. The verifiers from
+/// [`client_verifier`](Self::client_verifier) and
+/// [`server_verifier`](Self::server_verifier) follow it at once, and the
+/// session caches of [`partition_sessions`](Self::partition_sessions) and
+/// [`client_config`](Self::client_config) are keyed by the generation: rustls
+/// does not verify a peer again when it resumes a session, so a session made
+/// under trust that has since changed must not be resumable.
+///
+/// Cloning is cheap and every clone is the same store.
+///
+/// # Example
+///
+/// ```
+/// # let ca = rcgen::generate_simple_self_signed(vec!["ca.internal".into()]).unwrap();
+/// # let ca_pem = ca.cert.pem();
+/// use certrotate::TrustStore;
+///
+/// let trust = TrustStore::from_pem(ca_pem.as_bytes())?;
+/// assert_eq!(trust.generation(), 1);
+/// // Later: a new bundle, validated before it replaces the old one.
+/// trust.replace_pem(ca_pem.as_bytes())?;
+/// assert_eq!(trust.generation(), 2);
+/// # Ok::<(), certrotate::TrustError>(())
+/// ```
+#[derive(Clone)]
+pub struct TrustStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    current: ArcSwap<Trust>,
+    /// Serializes writers, so generations never go backwards.
+    write: Mutex<()>,
+    changes: watch::Sender<u64>,
+    provider: Arc<CryptoProvider>,
+}
+
+/// One generation of trust, with its verifiers built.
+struct Trust {
+    generation: u64,
+    roots: Vec<CertificateDer<'static>>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    clients: Arc<dyn ClientCertVerifier>,
+    servers: Arc<WebPkiServerVerifier>,
+}
+
+/// A trust bundle could not be used; the trust in force stays.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustError {
+    /// No CA certificate was given.
+    #[error("the trust bundle holds no CA certificate")]
+    Empty,
+    /// The PEM input could not be read.
+    #[error("the trust bundle is not valid PEM: {0}")]
+    Pem(String),
+    /// A certificate cannot serve as a trust anchor.
+    #[error("CA certificate #{index} of the trust bundle cannot be used: {reason}")]
+    Root {
+        /// Position in the bundle.
+        index: usize,
+        /// What webpki said.
+        reason: String,
+    },
+    /// The verifiers could not be built (a CRL that does not parse, for one).
+    #[error("the trust bundle cannot be used: {0}")]
+    Unusable(String),
+}
+
+impl fmt::Debug for TrustStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let trust = self.inner.current.load();
+        f.debug_struct("TrustStore")
+            .field("generation", &trust.generation)
+            .field("roots", &trust.roots.len())
+            .field("crls", &trust.crls.len())
+            .finish()
+    }
+}
+
+impl TrustStore {
+    /// Trusts these CA certificates, checked with the process default crypto
+    /// provider (else the one of this crate's features).
+    pub fn new(roots: Vec<CertificateDer<'static>>) -> Result<Self, TrustError> {
+        Self::with_provider(roots, crate::default_provider())
+    }
+
+    /// Trusts the CA certificates (and CRLs, if any) of a PEM bundle.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, TrustError> {
+        let (roots, crls) = parse_pem(pem)?;
+        let store = Self::new(roots)?;
+        if !crls.is_empty() {
+            store.replace(store.roots(), crls)?;
+        }
+        Ok(store)
+    }
+
+    /// Trusts these CA certificates, checked with `provider`.
+    pub fn with_provider(
+        roots: Vec<CertificateDer<'static>>,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, TrustError> {
+        let trust = build(&provider, 1, roots, Vec::new())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                current: ArcSwap::from_pointee(trust),
+                write: Mutex::new(()),
+                changes: watch::channel(1).0,
+                provider,
+            }),
+        })
+    }
+
+    /// Replaces the CA certificates and CRLs, after validating them. Returns
+    /// the new generation.
+    pub fn replace(
+        &self,
+        roots: Vec<CertificateDer<'static>>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<u64, TrustError> {
+        let _writer = self
+            .inner
+            .write
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let generation = self.inner.current.load().generation + 1;
+        let trust = build(&self.inner.provider, generation, roots, crls)?;
+        tracing::info!(
+            target: "certrotate",
+            generation,
+            roots = trust.roots.len(),
+            crls = trust.crls.len(),
+            "trust bundle replaced"
+        );
+        self.inner.current.store(Arc::new(trust));
+        self.inner.changes.send_replace(generation);
+        Ok(generation)
+    }
+
+    /// Replaces the trust with a PEM bundle of CA certificates and CRLs.
+    pub fn replace_pem(&self, pem: &[u8]) -> Result<u64, TrustError> {
+        let (roots, crls) = parse_pem(pem)?;
+        self.replace(roots, crls)
+    }
+
+    /// Replaces the CRLs, keeping the CA certificates.
+    pub fn set_crls(
+        &self,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<u64, TrustError> {
+        self.replace(self.roots(), crls)
+    }
+
+    /// The trusted CA certificates.
+    pub fn roots(&self) -> Vec<CertificateDer<'static>> {
+        self.inner.current.load().roots.clone()
+    }
+
+    /// The generation in force: 1 at creation, one more per change.
+    pub fn generation(&self) -> u64 {
+        self.inner.current.load().generation
+    }
+
+    /// Receives the generation each time the trust changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// A rustls client-certificate verifier (for a server) that always checks
+    /// against the trust in force, CRLs included.
+    pub fn client_verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        Arc::new(FollowingClientVerifier(self.clone()))
+    }
+
+    /// A rustls server-certificate verifier (for a client) that always checks
+    /// against the trust in force, CRLs included.
+    pub fn server_verifier(&self) -> Arc<dyn ServerCertVerifier> {
+        Arc::new(FollowingServerVerifier(self.clone()))
+    }
+
+    /// Keys `config`'s session cache and tickets by the trust generation, so
+    /// that a session established under earlier trust is never resumed (the
+    /// client does a full handshake and is verified again). Sessions made
+    /// under the trust in force resume as usual, across certificate
+    /// rotations too.
+    pub fn partition_sessions(&self, config: &mut rustls::ServerConfig) {
+        config.session_storage = Arc::new(PartitionedSessions {
+            trust: self.clone(),
+            inner: config.session_storage.clone(),
+        });
+        config.ticketer = Arc::new(PartitionedTickets {
+            trust: self.clone(),
+            inner: config.ticketer.clone(),
+        });
+    }
+
+    /// A rustls `ClientConfig` for calls to servers this trust vouches for:
+    /// server certificates verified against the trust in force, no client
+    /// certificate, and a session cache partitioned by trust generation.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, rustls::Error> {
+        self.make_client_config(None)
+    }
+
+    /// Like [`client_config`](Self::client_config), presenting the client
+    /// certificate `client_cert` resolves (a [`Rotator`](crate::Rotator)'s
+    /// [`resolver`](crate::Rotator::resolver) presents its current
+    /// certificate, so outgoing mTLS calls follow its rotations).
+    ///
+    /// ```no_run
+    /// # fn demo(client_cert: certrotate::Rotator, trust: certrotate::TrustStore) -> Result<(), rustls::Error> {
+    /// let config = std::sync::Arc::new(trust.client_config_with_cert(client_cert.resolver())?);
+    /// // hyper-util, reqwest (use_preconfigured_tls) or tokio-rustls take it from here.
+    /// # Ok(()) }
+    /// ```
+    pub fn client_config_with_cert(
+        &self,
+        client_cert: Arc<dyn rustls::client::ResolvesClientCert>,
+    ) -> Result<rustls::ClientConfig, rustls::Error> {
+        self.make_client_config(Some(client_cert))
+    }
+
+    fn make_client_config(
+        &self,
+        client_cert: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
+    ) -> Result<rustls::ClientConfig, rustls::Error> {
+        let builder = rustls::ClientConfig::builder_with_provider(self.inner.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(self.server_verifier());
+        let mut config = match client_cert {
+            Some(resolver) => builder.with_client_cert_resolver(resolver),
+            None => builder.with_no_client_auth(),
+        };
+        config.resumption =
+            rustls::client::Resumption::store(Arc::new(PartitionedClientSessions {
+                trust: self.clone(),
+                current: ArcSwap::from_pointee((0, ClientSessionMemoryCache::new(256))),
+            }));
+        Ok(config)
+    }
+
+    fn trust(&self) -> arc_swap::Guard<Arc<Trust>> {
+        self.inner.current.load()
+    }
+}
+
+/// Reads CA certificates and CRLs from PEM.
+fn parse_pem(
+    pem: &[u8],
+) -> Result<
+    (
+        Vec<CertificateDer<'static>>,
+        Vec<CertificateRevocationListDer<'static>>,
+    ),
+    TrustError,
+> {
+    let roots = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TrustError::Pem(e.to_string()))?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TrustError::Pem(e.to_string()))?;
+    Ok((roots, crls))
+}
+
+fn build(
+    provider: &Arc<CryptoProvider>,
+    generation: u64,
+    roots: Vec<CertificateDer<'static>>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<Trust, TrustError> {
+    if roots.is_empty() {
+        return Err(TrustError::Empty);
+    }
+    let mut store = RootCertStore::empty();
+    for (index, root) in roots.iter().enumerate() {
+        store.add(root.clone()).map_err(|e| TrustError::Root {
+            index,
+            reason: e.to_string(),
+        })?;
+    }
+    let store = Arc::new(store);
+    let unusable = |e: rustls::server::VerifierBuilderError| TrustError::Unusable(e.to_string());
+    let clients = WebPkiClientVerifier::builder_with_provider(store.clone(), provider.clone())
+        .with_crls(crls.clone())
+        .build()
+        .map_err(unusable)?;
+    let servers = WebPkiServerVerifier::builder_with_provider(store, provider.clone())
+        .with_crls(crls.clone())
+        .build()
+        .map_err(unusable)?;
+    Ok(Trust {
+        generation,
+        roots,
+        crls,
+        clients,
+        servers,
+    })
+}
+
+/// A client-certificate verifier that follows a [`TrustStore`].
+struct FollowingClientVerifier(TrustStore);
+
+impl fmt::Debug for FollowingClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("FollowingClientVerifier")
+            .field(&self.0)
+            .finish()
+    }
+}
+
+impl ClientCertVerifier for FollowingClientVerifier {
+    /// No hints: they would have to borrow from one generation of trust.
+    /// Clients then send the certificate they have.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0
+            .trust()
+            .clients
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .trust()
+            .clients
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .trust()
+            .clients
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.trust().clients.supported_verify_schemes()
+    }
+}
+
+/// A server-certificate verifier that follows a [`TrustStore`].
+struct FollowingServerVerifier(TrustStore);
+
+impl fmt::Debug for FollowingServerVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("FollowingServerVerifier")
+            .field(&self.0)
+            .finish()
+    }
+}
+
+impl ServerCertVerifier for FollowingServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0.trust().servers.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .trust()
+            .servers
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .trust()
+            .servers
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.trust().servers.supported_verify_schemes()
+    }
+}
+
+/// The generation as a key prefix.
+fn tag(trust: &TrustStore) -> [u8; 8] {
+    trust.generation().to_be_bytes()
+}
+
+fn tagged(trust: &TrustStore, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + key.len());
+    out.extend_from_slice(&tag(trust));
+    out.extend_from_slice(key);
+    out
+}
+
+/// A server session cache whose keys carry the trust generation.
+#[derive(Debug)]
+struct PartitionedSessions {
+    trust: TrustStore,
+    inner: Arc<dyn StoresServerSessions>,
+}
+
+impl StoresServerSessions for PartitionedSessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.inner.put(tagged(&self.trust, &key), value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.inner.get(&tagged(&self.trust, key))
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.inner.take(&tagged(&self.trust, key))
+    }
+
+    fn can_cache(&self) -> bool {
+        self.inner.can_cache()
+    }
+}
+
+/// A ticketer whose tickets carry the trust generation inside their
+/// encryption, and are refused under another.
+#[derive(Debug)]
+struct PartitionedTickets {
+    trust: TrustStore,
+    inner: Arc<dyn ProducesTickets>,
+}
+
+impl ProducesTickets for PartitionedTickets {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.inner.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.inner.encrypt(&tagged(&self.trust, plain))
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let plain = self.inner.decrypt(cipher)?;
+        let rest = plain.strip_prefix(&tag(&self.trust)[..])?;
+        Some(rest.to_vec())
+    }
+}
+
+/// A client session cache emptied whenever the trust generation changes.
+struct PartitionedClientSessions {
+    trust: TrustStore,
+    current: ArcSwap<(u64, ClientSessionMemoryCache)>,
+}
+
+impl fmt::Debug for PartitionedClientSessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PartitionedClientSessions")
+            .field("generation", &self.current.load().0)
+            .finish()
+    }
+}
+
+impl PartitionedClientSessions {
+    /// The cache of the trust in force.
+    fn cache(&self) -> Arc<(u64, ClientSessionMemoryCache)> {
+        let generation = self.trust.generation();
+        let current = self.current.load_full();
+        if current.0 == generation {
+            return current;
+        }
+        let fresh = Arc::new((generation, ClientSessionMemoryCache::new(256)));
+        self.current.store(fresh.clone());
+        fresh
+    }
+}
+
+impl ClientSessionStore for PartitionedClientSessions {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.cache().1.set_kx_hint(server_name, group)
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.cache().1.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(
+        &self,
+        server_name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.cache().1.set_tls12_session(server_name, value)
+    }
+
+    fn tls12_session(
+        &self,
+        server_name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.cache().1.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.cache().1.remove_tls12_session(server_name)
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.cache().1.insert_tls13_ticket(server_name, value)
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.cache().1.take_tls13_ticket(server_name)
+    }
+}
