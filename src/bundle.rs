@@ -134,7 +134,7 @@ impl CertBundle {
     /// Whether the private key is known not to belong to the leaf (a key
     /// the default provider cannot load is not known to mismatch: the policy
     /// says what is wrong with it).
-    #[cfg(feature = "file")]
+    #[cfg(any(feature = "file", feature = "ca"))]
     pub(crate) fn key_mismatches(&self) -> bool {
         let Ok(key) = crate::default_provider()
             .key_provider

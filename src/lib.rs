@@ -40,6 +40,8 @@
 //! - `axum` (default): [`TlsListener`] implements `axum::serve::Listener`.
 //! - `file` (default): [`FileSource`] and [`CertDirectory`], certificates
 //!   from files watched with `notify`.
+//! - `ca` (default): [`InternalCa`], short-lived certificates from a CA in
+//!   the process, with CA rollover (adds `rcgen`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
@@ -47,6 +49,8 @@
 #[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
 compile_error!("certrotate needs a crypto provider: enable the `aws-lc-rs` or the `ring` feature");
 
+#[cfg(feature = "ca")]
+mod atomic;
 mod bundle;
 mod clock;
 mod events;
@@ -70,6 +74,8 @@ pub use policy::{
 pub use resolver::RotatingResolver;
 pub use rotator::{RotateError, Rotation, Rotator, RotatorBuilder};
 pub use serve::TlsListener;
+#[cfg(feature = "ca")]
+pub use source::{CaError, CaSource, InternalCa, LeafSpec};
 #[cfg(feature = "file")]
 pub use source::{CertDirectory, CertDirectoryBuilder, FileOptions, FileSource, WatchMode};
 pub use source::{CertSource, SourceError, SourceWarning, StaticSource};

@@ -7,10 +7,14 @@ use std::sync::Arc;
 
 use crate::bundle::{BundleError, CertBundle};
 
+#[cfg(feature = "ca")]
+mod ca;
 #[cfg(feature = "file")]
 mod file;
 mod r#static;
 
+#[cfg(feature = "ca")]
+pub use ca::{CaError, CaSource, InternalCa, LeafSpec};
 #[cfg(feature = "file")]
 pub use file::{CertDirectory, CertDirectoryBuilder, FileOptions, FileSource, WatchMode};
 pub use r#static::StaticSource;

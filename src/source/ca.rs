@@ -1,0 +1,534 @@
+//! [`InternalCa`]: a certificate authority inside the process, issuing
+//! short-lived service certificates, with a trust bundle that rolls over to a
+//! new CA without breaking any peer.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
+
+use super::{CertSource, SourceError};
+use crate::bundle::CertBundle;
+use crate::mtls::TrustStore;
+use crate::policy::Usage;
+
+/// How long a generated CA certificate is valid.
+const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A certificate authority that issues short-lived leaf certificates, and
+/// publishes the [`TrustStore`] that verifies them.
+///
+/// **Rollover.** [`prepare_rollover`](Self::prepare_rollover) makes the next
+/// CA and adds it to the trust bundle before it signs anything, so every
+/// verifier learns it first; [`activate`](Self::activate) makes it the
+/// signer (every [`CaSource`] issues a new leaf at once); the old CA stays in
+/// the bundle until the last leaf it signed has expired, then
+/// [`retire_expired`](Self::retire_expired) drops it.
+/// [`spawn_rollover`](Self::spawn_rollover) runs that cycle on a schedule.
+///
+/// Cloning is cheap and every clone is the same CA.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use certrotate::{InternalCa, LeafSpec, Policy, Rotator, Usage};
+///
+/// // Made once and kept in /var/lib/myapp/ca (key file mode 0600).
+/// let ca = InternalCa::open("/var/lib/myapp/ca", "myapp internal CA")?;
+/// let spec = LeafSpec::new(["api.internal"]).lifetime(Duration::from_secs(3600));
+/// let policy = Policy::builder().server_name("api.internal").build()?;
+/// let rotator = Rotator::builder(ca.source(spec), policy).start().await?;
+/// // Clients must present a certificate from the same CA:
+/// let tls = rotator.server_config_with_client_auth(&ca.trust())?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct InternalCa {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    dir: Option<PathBuf>,
+    state: Mutex<State>,
+    trust: TrustStore,
+    /// Bumped at each activation: sources issue from the new CA at once.
+    activations: watch::Sender<u64>,
+}
+
+struct State {
+    active: Authority,
+    next: Option<Authority>,
+    /// Former signers whose leaves may still be out there.
+    retiring: Vec<Authority>,
+}
+
+struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    cert: CertificateDer<'static>,
+    cert_pem: String,
+    key_pem: Zeroizing<String>,
+    not_after: SystemTime,
+    /// The latest expiry of the leaves it signed.
+    last_leaf_expiry: Option<SystemTime>,
+}
+
+/// What [`InternalCa`] could not do.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaError {
+    /// A CA file could not be read or written.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// `"read"` or `"write"`.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: Arc<std::io::Error>,
+    },
+    /// The CA certificate or key could not be used.
+    #[error("the CA certificate or key cannot be used: {0}")]
+    Unusable(String),
+    /// A leaf could not be issued.
+    #[error("cannot issue a certificate: {0}")]
+    Issue(String),
+    /// The trust bundle refused the CA certificates.
+    #[error(transparent)]
+    Trust(#[from] crate::mtls::TrustError),
+    /// [`InternalCa::activate`] without a prepared next CA.
+    #[error("there is no next CA to activate: call prepare_rollover first")]
+    NoNextCa,
+}
+
+/// The leaf certificates a [`CaSource`] asks for.
+///
+/// ```
+/// use std::time::Duration;
+/// use certrotate::{LeafSpec, Usage};
+///
+/// let spec = LeafSpec::new(["orders.internal", "10.0.0.7"])
+///     .uri("spiffe://example.org/orders")
+///     .lifetime(Duration::from_secs(6 * 3600))
+///     .usage(Usage::ServerAndClient);
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct LeafSpec {
+    names: Vec<String>,
+    uris: Vec<String>,
+    lifetime: Duration,
+    usage: Usage,
+}
+
+impl LeafSpec {
+    /// Leaves for these DNS names and IP addresses (the first is also the
+    /// common name), valid 24 hours, for both server and client
+    /// authentication.
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Self {
+        Self {
+            names: names.into_iter().map(Into::into).collect(),
+            uris: Vec::new(),
+            lifetime: Duration::from_secs(24 * 3600),
+            usage: Usage::ServerAndClient,
+        }
+    }
+
+    /// Adds a URI subject alternative name, such as a SPIFFE ID.
+    pub fn uri(mut self, uri: impl Into<String>) -> Self {
+        self.uris.push(uri.into());
+        self
+    }
+
+    /// How long each leaf is valid (default 24 h, at least 2 s).
+    pub fn lifetime(mut self, lifetime: Duration) -> Self {
+        self.lifetime = lifetime.max(Duration::from_secs(2));
+        self
+    }
+
+    /// What the leaves are for (default [`Usage::ServerAndClient`]).
+    pub fn usage(mut self, usage: Usage) -> Self {
+        self.usage = usage;
+        self
+    }
+}
+
+impl InternalCa {
+    /// A new CA that lives in memory only (tests, demos, or a CA that may be
+    /// lost with the process).
+    pub fn generate(name: &str) -> Result<Self, CaError> {
+        Ok(Self::with(name, None, Authority::generate(name)?, None))
+    }
+
+    /// The CA kept in `dir` (`ca.crt`, `ca.key`, and `next.crt`/`next.key`
+    /// while a rollover is prepared), made and saved there if there is none.
+    /// Keys are written with mode 0600, atomically.
+    pub fn open(dir: impl Into<PathBuf>, name: &str) -> Result<Self, CaError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(|e| io("write", &dir, e))?;
+        let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        let active = if cert.exists() {
+            Authority::load(&cert, &key)?
+        } else {
+            let fresh = Authority::generate(name)?;
+            fresh.save(&dir, "ca")?;
+            fresh
+        };
+        let (next_cert, next_key) = (dir.join("next.crt"), dir.join("next.key"));
+        let next = match next_cert.exists() {
+            true => Some(Authority::load(&next_cert, &next_key)?),
+            false => None,
+        };
+        Ok(Self::with(name, Some(dir), active, next))
+    }
+
+    /// A CA from its PEM certificate and key (kept in memory; rollovers are
+    /// not saved).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
+        let authority = Authority::from_pem(cert_pem, key_pem)?;
+        Ok(Self::with("internal CA", None, authority, None))
+    }
+
+    fn with(name: &str, dir: Option<PathBuf>, active: Authority, next: Option<Authority>) -> Self {
+        let state = State {
+            active,
+            next,
+            retiring: Vec::new(),
+        };
+        let trust = TrustStore::new(state.bundle()).expect("a CA certificate is a usable root");
+        Self {
+            inner: Arc::new(Inner {
+                name: name.to_owned(),
+                dir,
+                state: Mutex::new(state),
+                trust,
+                activations: watch::channel(0).0,
+            }),
+        }
+    }
+
+    /// The trust bundle: every CA whose leaves may be in use. Give it to
+    /// servers ([`Rotator::server_config_with_client_auth`](crate::Rotator::server_config_with_client_auth))
+    /// and clients ([`TrustStore::client_config_with_cert`]); it follows
+    /// every rollover.
+    pub fn trust(&self) -> TrustStore {
+        self.inner.trust.clone()
+    }
+
+    /// The trust bundle as PEM, for peers in other processes.
+    pub fn trust_pem(&self) -> String {
+        self.state().bundle_pem()
+    }
+
+    /// Issues a leaf now, with a fresh key, signed by the active CA.
+    pub fn issue(&self, spec: &LeafSpec) -> Result<CertBundle, CaError> {
+        let mut state = self.state();
+        let bundle = state.active.sign(spec)?;
+        let expiry = bundle.info().not_after;
+        let last = &mut state.active.last_leaf_expiry;
+        *last = Some(last.map_or(expiry, |l| l.max(expiry)));
+        Ok(bundle.with_origin(format!("internal CA {}", self.inner.name)))
+    }
+
+    /// A [`CertSource`] that issues a leaf for `spec` at each fetch, and says
+    /// it changed when a new CA is activated.
+    pub fn source(&self, spec: LeafSpec) -> CaSource {
+        CaSource {
+            activations: tokio::sync::Mutex::new(self.inner.activations.subscribe()),
+            ca: self.clone(),
+            spec,
+        }
+    }
+
+    /// Makes the next CA and publishes it in the trust bundle, before it
+    /// signs anything. Does nothing if one is prepared already.
+    pub fn prepare_rollover(&self) -> Result<(), CaError> {
+        let mut state = self.state();
+        if state.next.is_some() {
+            return Ok(());
+        }
+        let next = Authority::generate(&self.inner.name)?;
+        if let Some(dir) = &self.inner.dir {
+            next.save(dir, "next")?;
+        }
+        state.next = Some(next);
+        self.inner.trust.replace(state.bundle(), Vec::new())?;
+        tracing::info!(target: "certrotate", ca = %self.inner.name, "next CA prepared and trusted");
+        Ok(())
+    }
+
+    /// Makes the prepared CA the signer. The old one stays trusted until the
+    /// last leaf it signed has expired.
+    pub fn activate(&self) -> Result<(), CaError> {
+        let mut state = self.state();
+        let next = state.next.take().ok_or(CaError::NoNextCa)?;
+        if let Some(dir) = &self.inner.dir {
+            next.save(dir, "ca")?;
+            for stale in ["next.crt", "next.key"] {
+                let _ = std::fs::remove_file(dir.join(stale));
+            }
+        }
+        let old = std::mem::replace(&mut state.active, next);
+        state.retiring.push(old);
+        drop(state);
+        self.retire_expired()?;
+        self.inner.activations.send_modify(|n| *n += 1);
+        tracing::info!(target: "certrotate", ca = %self.inner.name, "next CA activated");
+        Ok(())
+    }
+
+    /// Drops from the trust bundle the former CAs whose leaves have all
+    /// expired. Returns how many were dropped.
+    pub fn retire_expired(&self) -> Result<usize, CaError> {
+        let mut state = self.state();
+        let now = SystemTime::now();
+        let before = state.retiring.len();
+        state
+            .retiring
+            .retain(|old| old.last_leaf_expiry.is_some_and(|t| t >= now));
+        let retired = before - state.retiring.len();
+        if retired > 0 {
+            self.inner.trust.replace(state.bundle(), Vec::new())?;
+            tracing::info!(target: "certrotate", ca = %self.inner.name, retired, "former CA retired");
+        }
+        Ok(retired)
+    }
+
+    /// Rolls over on a schedule: every `every`, a next CA is prepared,
+    /// activated `overlap` later, and former CAs are retired as their last
+    /// leaves expire. `overlap` must cover the time trust takes to reach
+    /// every peer. Stops when the handle is aborted or the runtime ends.
+    pub fn spawn_rollover(&self, every: Duration, overlap: Duration) -> JoinHandle<()> {
+        let ca = self.clone();
+        let overlap = overlap.min(every);
+        tokio::spawn(async move {
+            let mut prepare_at = tokio::time::Instant::now() + (every - overlap);
+            let mut activate_at = None;
+            loop {
+                let retire_at = ca.next_retirement();
+                tokio::select! {
+                    () = tokio::time::sleep_until(prepare_at), if activate_at.is_none() => {
+                        report(ca.prepare_rollover());
+                        activate_at = Some(tokio::time::Instant::now() + overlap);
+                    }
+                    () = sleep_until_some(activate_at) => {
+                        report(ca.activate());
+                        activate_at = None;
+                        prepare_at = tokio::time::Instant::now() + (every - overlap);
+                    }
+                    () = sleep_until_some(retire_at) => report(ca.retire_expired().map(drop)),
+                }
+            }
+        })
+    }
+
+    /// When the next former CA can be retired.
+    fn next_retirement(&self) -> Option<tokio::time::Instant> {
+        let state = self.state();
+        let now = SystemTime::now();
+        let earliest = state
+            .retiring
+            .iter()
+            .map(|old| old.last_leaf_expiry.unwrap_or(now))
+            .min()?;
+        // A second after: X.509 times have whole seconds.
+        let wait = earliest.duration_since(now).unwrap_or_default() + Duration::from_secs(1);
+        Some(tokio::time::Instant::now() + wait)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl std::fmt::Debug for InternalCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.state();
+        f.debug_struct("InternalCa")
+            .field("name", &self.inner.name)
+            .field("dir", &self.inner.dir)
+            .field("next_prepared", &state.next.is_some())
+            .field("retiring", &state.retiring.len())
+            .finish()
+    }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn report(result: Result<(), CaError>) {
+    if let Err(error) = result {
+        tracing::error!(target: "certrotate", "CA rollover step failed: {error}");
+    }
+}
+
+fn io(action: &'static str, path: &Path, source: std::io::Error) -> CaError {
+    CaError::Io {
+        action,
+        path: path.to_owned(),
+        source: Arc::new(source),
+    }
+}
+
+fn rcgen_error(e: rcgen::Error) -> CaError {
+    CaError::Issue(e.to_string())
+}
+
+impl State {
+    /// Every CA whose leaves may be in use: next, active, retiring.
+    fn authorities(&self) -> impl Iterator<Item = &Authority> {
+        self.next
+            .iter()
+            .chain(std::iter::once(&self.active))
+            .chain(&self.retiring)
+    }
+
+    fn bundle(&self) -> Vec<CertificateDer<'static>> {
+        self.authorities().map(|a| a.cert.clone()).collect()
+    }
+
+    fn bundle_pem(&self) -> String {
+        self.authorities().map(|a| a.cert_pem.as_str()).collect()
+    }
+}
+
+impl Authority {
+    fn generate(name: &str) -> Result<Self, CaError> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rcgen_error)?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        // Signs leaves only, never other CAs.
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = SystemTime::now();
+        params.not_before = (now - Duration::from_secs(60)).into();
+        params.not_after = (now + CA_LIFETIME).into();
+        let key = KeyPair::generate().map_err(rcgen_error)?;
+        let cert = params.self_signed(&key).map_err(rcgen_error)?;
+        Self::from_pem(&cert.pem(), &key.serialize_pem())
+    }
+
+    fn load(cert: &Path, key: &Path) -> Result<Self, CaError> {
+        let read = |path: &Path| std::fs::read_to_string(path).map_err(|e| io("read", path, e));
+        let key_pem = Zeroizing::new(read(key)?);
+        Self::from_pem(&read(cert)?, &key_pem)
+    }
+
+    fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
+        let unusable = |e: rcgen::Error| CaError::Unusable(e.to_string());
+        let key = KeyPair::from_pem(key_pem).map_err(unusable)?;
+        let bundle = CertBundle::from_pem(cert_pem.as_bytes(), key_pem.as_bytes())
+            .map_err(|e| CaError::Unusable(e.to_string()))?;
+        if !bundle.info().is_ca {
+            return Err(CaError::Unusable(
+                "the certificate is not a CA certificate".into(),
+            ));
+        }
+        if bundle.key_mismatches() {
+            return Err(CaError::Unusable(
+                "the key does not belong to the certificate".into(),
+            ));
+        }
+        let cert = bundle.chain()[0].clone();
+        let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(unusable)?;
+        Ok(Self {
+            issuer,
+            not_after: bundle.info().not_after,
+            cert,
+            cert_pem: cert_pem.to_owned(),
+            key_pem: Zeroizing::new(key_pem.to_owned()),
+            last_leaf_expiry: None,
+        })
+    }
+
+    /// Writes `<stem>.crt` (0644) and `<stem>.key` (0600) into `dir`.
+    fn save(&self, dir: &Path, stem: &str) -> Result<(), CaError> {
+        let key = dir.join(format!("{stem}.key"));
+        crate::atomic::write(&key, self.key_pem.as_bytes(), 0o600)
+            .map_err(|e| io("write", &key, e))?;
+        let cert = dir.join(format!("{stem}.crt"));
+        crate::atomic::write(&cert, self.cert_pem.as_bytes(), 0o644)
+            .map_err(|e| io("write", &cert, e))
+    }
+
+    fn sign(&self, spec: &LeafSpec) -> Result<CertBundle, CaError> {
+        let mut params = CertificateParams::new(spec.names.clone()).map_err(rcgen_error)?;
+        if let Some(first) = spec.names.first().or(spec.uris.first()) {
+            params.distinguished_name.push(DnType::CommonName, first);
+        }
+        for uri in &spec.uris {
+            let uri = uri.clone().try_into().map_err(rcgen_error)?;
+            params.subject_alt_names.push(SanType::URI(uri));
+        }
+        params.extended_key_usages = match spec.usage {
+            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            _ => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        };
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        let now = SystemTime::now();
+        // A little backdating for clock skew, small next to short lifetimes.
+        let backdate = (spec.lifetime / 10).min(Duration::from_secs(60));
+        params.not_before = (now - backdate).into();
+        params.not_after = (now + spec.lifetime).min(self.not_after).into();
+        let key = KeyPair::generate().map_err(rcgen_error)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(rcgen_error)?;
+        let key_pem = Zeroizing::new(key.serialize_pem());
+        CertBundle::from_pem(cert.pem().as_bytes(), key_pem.as_bytes())
+            .map_err(|e| CaError::Issue(e.to_string()))
+    }
+}
+
+/// Leaves from an [`InternalCa`]: a new one, with a fresh key, at every
+/// fetch. Renewal is the [`Rotator`](crate::Rotator)'s: by default when a
+/// third of the lifetime is left, that is at two thirds of it.
+#[derive(Debug)]
+pub struct CaSource {
+    ca: InternalCa,
+    spec: LeafSpec,
+    activations: tokio::sync::Mutex<watch::Receiver<u64>>,
+}
+
+impl CertSource for CaSource {
+    async fn fetch(&self) -> Result<CertBundle, SourceError> {
+        self.ca
+            .issue(&self.spec)
+            .map_err(|e| SourceError::unavailable(self.describe(), e))
+    }
+
+    /// Completes when a new CA has been activated.
+    async fn changed(&self) {
+        let mut activations = self.activations.lock().await;
+        if activations.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("internal CA {}", self.ca.inner.name)
+    }
+}
