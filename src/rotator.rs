@@ -266,7 +266,9 @@ impl Rotator {
     /// Like [`server_config`](Self::server_config), but clients must present
     /// a certificate that verifies against `clients` as it is at each
     /// handshake; sessions are partitioned by its generation, so a session
-    /// made under trust that has since changed is not resumed.
+    /// made under trust that has since changed is not resumed. To use
+    /// stateless tickets, set `config.ticketer`, then call
+    /// [`TrustStore::partition_sessions`] on the config again.
     ///
     /// ```no_run
     /// # fn demo(rotator: certrotate::Rotator, ca_pem: &[u8]) -> Result<(), Box<dyn std::error::Error>> {

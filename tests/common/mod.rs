@@ -133,6 +133,33 @@ impl Ca {
         }
     }
 
+    /// A CRL signed by this CA revoking these serial numbers.
+    pub fn crl(&self, revoked: &[u64]) -> rustls::pki_types::CertificateRevocationListDer<'static> {
+        let now = SystemTime::now();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: (now - Duration::from_secs(60)).into(),
+            next_update: (now + Duration::from_secs(3600)).into(),
+            crl_number: rcgen::SerialNumber::from(rand_serial()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: (*serial).into(),
+                    revocation_time: now.into(),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).unwrap().der().clone()
+    }
+
+    /// This CA's certificate and key as PEM.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
     /// A leaf valid from `offset` seconds after an hour ago: later offsets make newer certificates.
     pub fn nth(&self, offset: u64) -> CertBundle {
         let start = SystemTime::now() - Duration::from_secs(3600) + Duration::from_secs(offset);
