@@ -277,13 +277,9 @@ impl FileSource {
 
     /// Starts the watch-and-settle task on first use, in the caller's runtime.
     fn watch(&self) {
-        self.shared.watching.get_or_init(|| {
-            let shared = &self.shared;
-            let wakeups = Wakeups::new(&shared.options, shared.alive.subscribe(), || {
-                shared.describe()
-            });
-            tokio::spawn(settle_loop(Arc::downgrade(shared), wakeups));
-        });
+        self.shared
+            .watching
+            .get_or_init(|| spawn_settle(&self.shared, self.shared.alive.subscribe()));
     }
 }
 
@@ -456,6 +452,44 @@ impl Shared {
     }
 }
 
+impl Watched for Shared {
+    type Reading = Loaded;
+
+    fn options(&self) -> &FileOptions {
+        &self.options
+    }
+
+    fn paths(&self) -> Vec<&Path> {
+        self.files.paths()
+    }
+
+    fn describe(&self) -> String {
+        Shared::describe(self)
+    }
+
+    fn read(&self) -> Loaded {
+        self.load()
+    }
+
+    fn fingerprint(reading: &Loaded) -> Fingerprint {
+        reading.fingerprint
+    }
+
+    fn whole(reading: &Loaded) -> bool {
+        reading.whole()
+    }
+
+    fn seen(&self, fingerprint: &Fingerprint) -> bool {
+        Shared::seen(self, fingerprint)
+    }
+
+    /// Hands the change over to the rotator's next fetch.
+    fn settled(&self, reading: Loaded) {
+        *lock(&self.settled) = Some(reading.fingerprint);
+        self.ready.notify_one();
+    }
+}
+
 /// Loads on a blocking thread (file systems can hang), giving up after
 /// [`READ_TIMEOUT`].
 async fn load(shared: Arc<Shared>) -> Result<Loaded, SourceError> {
@@ -502,6 +536,33 @@ fn mode(metadata: &std::fs::Metadata) -> Option<u32> {
 #[cfg(not(unix))]
 fn mode(_: &std::fs::Metadata) -> Option<u32> {
     None
+}
+
+/// Files a settle task watches: how to read them, how to tell readings
+/// apart, and what to do with a settled one. [`FileSource`] and
+/// [`TrustFile`] are the two kinds.
+pub(super) trait Watched: Send + Sync + 'static {
+    /// One reading of the files.
+    type Reading: Send + 'static;
+
+    fn options(&self) -> &FileOptions;
+    fn paths(&self) -> Vec<&Path>;
+    fn describe(&self) -> String;
+    /// Reads the files as they are now (blocking).
+    fn read(&self) -> Self::Reading;
+    fn fingerprint(reading: &Self::Reading) -> Fingerprint;
+    /// Whether a reading looks complete rather than caught between writes.
+    fn whole(reading: &Self::Reading) -> bool;
+    /// Whether a reading with this fingerprint was taken up already.
+    fn seen(&self, fingerprint: &Fingerprint) -> bool;
+    /// Takes up a settled reading that was not seen before.
+    fn settled(&self, reading: Self::Reading);
+}
+
+/// Starts the settle task of `watched`, which ends when `gone` closes.
+pub(super) fn spawn_settle<W: Watched>(watched: &Arc<W>, gone: watch::Receiver<()>) {
+    let wakeups = Wakeups::new(watched.options(), gone, || watched.describe());
+    tokio::spawn(settle_loop(Arc::downgrade(watched), wakeups));
 }
 
 /// Where a settle task learns that something may have changed.
@@ -591,14 +652,14 @@ impl Wakeups {
     /// Re-aims the watches at the directories the files now live in (a
     /// symlink may point elsewhere since the last look), then reads them.
     /// Both block (a hung NFS mount), so they run on a blocking thread.
-    async fn look(&self, shared: &Weak<Shared>) -> Option<Loaded> {
-        let shared = shared.upgrade()?;
+    async fn look<W: Watched>(&self, watched: &Weak<W>) -> Option<W::Reading> {
+        let watched = watched.upgrade()?;
         let subscription = self.subscription();
         tokio::task::spawn_blocking(move || {
             if let Some(subscription) = subscription {
-                subscription.follow(&shared.files.paths());
+                subscription.follow(&watched.paths());
             }
-            shared.load()
+            watched.read()
         })
         .await
         .ok()
@@ -610,24 +671,29 @@ impl Wakeups {
     }
 }
 
-/// The watch-and-settle task of one source. It holds the source weakly and
-/// ends when the source is dropped.
-async fn settle_loop(shared: Weak<Shared>, mut wakeups: Wakeups) {
-    let (settle, grace) = match shared.upgrade() {
-        Some(s) => (s.options.settle, s.options.grace),
+/// The watch-and-settle task of one watched set of files. It holds them
+/// weakly and ends when their owner is dropped.
+async fn settle_loop<W: Watched>(watched: Weak<W>, mut wakeups: Wakeups) {
+    let (settle, grace) = match watched.upgrade() {
+        Some(w) => (w.options().settle, w.options().grace),
         None => return,
     };
-    // Whatever changed between the first fetch and now is looked at at once.
+    let seen = |reading: &W::Reading| {
+        watched
+            .upgrade()
+            .is_none_or(|w| w.seen(&W::fingerprint(reading)))
+    };
+    // Whatever changed between the first read and now is looked at at once.
     let mut woken = true;
     loop {
         if !woken && !wakeups.next().await {
             return;
         }
         woken = false;
-        let Some(mut reading) = wakeups.look(&shared).await else {
+        let Some(mut reading) = wakeups.look(&watched).await else {
             return;
         };
-        if seen(&shared, &reading) {
+        if seen(&reading) {
             continue;
         }
         let deadline = Instant::now() + grace;
@@ -644,46 +710,34 @@ async fn settle_loop(shared: Weak<Shared>, mut wakeups: Wakeups) {
                     continue;
                 }
                 busy = 0;
-                let Some(after) = wakeups.look(&shared).await else {
+                let Some(after) = wakeups.look(&watched).await else {
                     return;
                 };
                 let quiet = wakeups.events.is_some() && !event;
-                let stable = quiet || after.fingerprint == reading.fingerprint;
+                let stable = quiet || W::fingerprint(&after) == W::fingerprint(&reading);
                 reading = after;
                 if stable {
                     break;
                 }
             }
-            if reading.whole() || Instant::now() >= deadline {
+            if W::whole(&reading) || Instant::now() >= deadline {
                 break;
             }
-            tracing::debug!(target: "certrotate", source = %describe(&shared), "files are not a whole pair yet; waiting for the rest");
+            if let Some(w) = watched.upgrade() {
+                tracing::debug!(target: "certrotate", source = %w.describe(), "files are not whole yet; waiting for the rest");
+            }
             wakeups.until(deadline.min(Instant::now() + settle)).await;
-            let Some(again) = wakeups.look(&shared).await else {
+            let Some(again) = wakeups.look(&watched).await else {
                 return;
             };
             reading = again;
         }
-        match shared.upgrade() {
-            Some(s) if !s.seen(&reading.fingerprint) => {
-                *lock(&s.settled) = Some(reading.fingerprint);
-                s.ready.notify_one();
-            }
+        match watched.upgrade() {
+            Some(w) if !w.seen(&W::fingerprint(&reading)) => w.settled(reading),
             Some(_) => {}
             None => return,
         }
     }
-}
-
-/// Whether `reading` was fetched or handed over already (or the source is gone).
-fn seen(shared: &Weak<Shared>, reading: &Loaded) -> bool {
-    shared
-        .upgrade()
-        .is_none_or(|s| s.seen(&reading.fingerprint))
-}
-
-fn describe(shared: &Weak<Shared>) -> String {
-    shared.upgrade().map(|s| s.describe()).unwrap_or_default()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
