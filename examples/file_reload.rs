@@ -2,18 +2,24 @@
 //! example to copy to put an existing server on file-based rotation.
 //!
 //! ```text
-//! cargo run --release --example file_reload -- --listen ADDR --cert PATH --key PATH [--name NAME]... [--poll SECONDS]
+//! cargo run --release --example file_reload -- --listen ADDR --cert PATH --key PATH [--name NAME]... [--client-ca PATH] [--poll SECONDS]
 //! ```
 //!
 //! - `--name` (repeatable): server names the certificate must cover; a new
 //!   certificate that does not is refused and the old one keeps serving.
+//! - `--client-ca`: require client certificates (mTLS) that chain to a CA
+//!   in this PEM bundle. The bundle is watched like the certificate files;
+//!   each new version is validated first (an unreadable or empty one is
+//!   refused and the trust in force stays), and sessions made under a
+//!   replaced trust are not resumed.
 //! - `--poll`: read the files every SECONDS instead of waiting for
 //!   file-system events (NFS and other mounts that send none).
 //!
 //! Replace the files any way you like (`mv` over them, `cp`, a Kubernetes
 //! secret update, certbot): the new pair is validated, then served.
 //! `GET /` answers `ok`; `GET /certs` shows the health snapshot as JSON, with
-//! `last_error` saying why the latest candidate was refused (or `null`).
+//! `last_error` saying why the latest candidate was refused (or `null`), and
+//! with `--client-ca`, `client_ca` (its trust `generation` and `last_error`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,21 +28,25 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::{Json, Router};
-use certrotate::{FileOptions, FileSource, Policy, RotationEvent, Rotator, TlsListener, WatchMode};
+use certrotate::{
+    FileOptions, FileSource, Policy, RotationEvent, Rotator, TlsListener, TrustFile, WatchMode,
+};
 
-const USAGE: &str =
-    "usage: file_reload --listen ADDR --cert PATH --key PATH [--name NAME]... [--poll SECONDS]";
+const USAGE: &str = "usage: file_reload --listen ADDR --cert PATH --key PATH [--name NAME]... \
+                     [--client-ca PATH] [--poll SECONDS]";
 
 struct Args {
     listen: SocketAddr,
     cert: PathBuf,
     key: PathBuf,
     names: Vec<String>,
+    client_ca: Option<PathBuf>,
     poll: Option<Duration>,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let (mut listen, mut cert, mut key, mut names, mut poll) = (None, None, None, vec![], None);
+    let (mut listen, mut cert, mut key, mut names) = (None, None, None, vec![]);
+    let (mut client_ca, mut poll) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value; {USAGE}"));
@@ -45,6 +55,7 @@ fn parse_args() -> Result<Args, String> {
             "--cert" => cert = Some(PathBuf::from(value()?)),
             "--key" => key = Some(PathBuf::from(value()?)),
             "--name" => names.push(value()?),
+            "--client-ca" => client_ca = Some(PathBuf::from(value()?)),
             "--poll" => {
                 let seconds: f64 = value()?.parse().map_err(|e| format!("--poll: {e}"))?;
                 poll = Some(Duration::from_secs_f64(seconds));
@@ -58,6 +69,7 @@ fn parse_args() -> Result<Args, String> {
         cert: cert.ok_or_else(|| missing("--cert"))?,
         key: key.ok_or_else(|| missing("--key"))?,
         names,
+        client_ca,
         poll,
     })
 }
@@ -87,7 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(every) = args.poll {
         options = options.watch(WatchMode::Poll { every });
     }
-    let source = FileSource::pair(&args.cert, &args.key).options(options);
+    let source = FileSource::pair(&args.cert, &args.key).options(options.clone());
     // Refuses to start without a good certificate: better than serving a bad one.
     let rotator = Arc::new(Rotator::builder(source, policy.build()?).start().await?);
 
@@ -102,13 +114,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let tcp = tokio::net::TcpListener::bind(args.listen).await?;
     let bound = tcp.local_addr()?;
-    let mut tls = rotator.server_config()?;
+    // With --client-ca: the trust clients are checked against, kept fresh
+    // from the file for as long as `client_ca` lives.
+    let client_ca = match &args.client_ca {
+        Some(path) => Some(Arc::new(TrustFile::open(path, options)?)),
+        None => None,
+    };
+    let mut tls = match &client_ca {
+        Some(client_ca) => rotator.server_config_with_client_auth(&client_ca.trust())?,
+        None => rotator.server_config()?,
+    };
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let listener = TlsListener::new(tcp, Arc::new(tls));
     let health = rotator.clone();
+    let report = move || {
+        let mut report = serde_json::to_value(health.health()).expect("health serializes");
+        if let Some(client_ca) = &client_ca {
+            report["client_ca"] = serde_json::json!({
+                "generation": client_ca.trust().generation(),
+                "last_error": client_ca.last_error(),
+            });
+        }
+        Json(report)
+    };
     let app = Router::new()
         .route("/", get(|| async { "ok\n" }))
-        .route("/certs", get(move || async move { Json(health.health()) }));
+        .route("/certs", get(move || async move { report() }));
 
     // The listener accepts from here on (the kernel queues connections until
     // axum takes them).

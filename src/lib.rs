@@ -77,7 +77,9 @@ pub use serve::TlsListener;
 #[cfg(feature = "ca")]
 pub use source::{CaError, CaSource, InternalCa, LeafSpec};
 #[cfg(feature = "file")]
-pub use source::{CertDirectory, CertDirectoryBuilder, FileOptions, FileSource, WatchMode};
+pub use source::{
+    CertDirectory, CertDirectoryBuilder, FileOptions, FileSource, TrustFile, WatchMode,
+};
 pub use source::{CertSource, SourceError, SourceWarning, StaticSource};
 pub use store::{CertStore, CertStoreBuilder, RollbackError, DEFAULT_SLOT};
 

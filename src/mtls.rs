@@ -42,9 +42,10 @@ use tokio::sync::watch;
 ///
 /// let trust = TrustStore::from_pem(ca_pem.as_bytes())?;
 /// assert_eq!(trust.generation(), 1);
-/// // Later: a new bundle, validated before it replaces the old one.
+/// // Later: a new bundle, validated before it replaces the old one. The
+/// // same bundle again changes nothing.
 /// trust.replace_pem(ca_pem.as_bytes())?;
-/// assert_eq!(trust.generation(), 2);
+/// assert_eq!(trust.generation(), 1);
 /// # Ok::<(), certrotate::TrustError>(())
 /// ```
 #[derive(Clone)]
@@ -137,7 +138,7 @@ impl TrustStore {
     }
 
     /// Replaces the CA certificates and CRLs, after validating them. Returns
-    /// the new generation.
+    /// the new generation (the same one if nothing changed).
     pub fn replace(
         &self,
         roots: Vec<CertificateDer<'static>>,
@@ -148,7 +149,12 @@ impl TrustStore {
             .write
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let generation = self.inner.current.load().generation + 1;
+        let current = self.inner.current.load();
+        if current.roots == roots && current.crls == crls {
+            // The same trust: sessions made under it stay resumable.
+            return Ok(current.generation);
+        }
+        let generation = current.generation + 1;
         let trust = build(&self.inner.provider, generation, roots, crls)?;
         tracing::info!(
             target: "certrotate",

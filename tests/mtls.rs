@@ -6,15 +6,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use certrotate::{InternalCa, LeafSpec, Policy, Rotator, StaticSource, TrustStore, Usage};
 use common::{Ca, Leaf, HOST};
 use rcgen::ExtendedKeyUsagePurpose;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A rotator of server certificates and one of client certificates, both
 /// from `ca`, and an mTLS server with a client trusting the CA's bundle.
@@ -151,7 +148,7 @@ fn client_config_with(trust: &TrustStore, ca: &Ca) -> Arc<rustls::ClientConfig> 
         eku: vec![ExtendedKeyUsagePurpose::ClientAuth],
         ..Leaf::default()
     });
-    let (chain, key) = der_pair(&leaf);
+    let (chain, key) = common::der_pair(&leaf);
     let mut config = rustls::ClientConfig::builder()
         .dangerous()
         .with_custom_certificate_verifier(trust.server_verifier())
@@ -159,30 +156,6 @@ fn client_config_with(trust: &TrustStore, ca: &Ca) -> Arc<rustls::ClientConfig> 
         .unwrap();
     config.resumption = rustls::client::Resumption::disabled();
     Arc::new(config)
-}
-
-fn der_pair(issued: &common::Issued) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    (
-        issued.bundle.chain().to_vec(),
-        issued.bundle.key().clone_key(),
-    )
-}
-
-/// One request: handshake, echo. Returns whether the session was resumed.
-async fn request(config: &Arc<rustls::ClientConfig>, addr: SocketAddr) -> Result<bool, String> {
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = ServerName::try_from(HOST).unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(config.clone())
-        .connect(name, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 4];
-    tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
-    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    Ok(resumed)
 }
 
 /// A server (certificate from `server_ca`) requiring client certificates
@@ -210,28 +183,6 @@ async fn mtls_server(
     (rotator, server)
 }
 
-/// A client of `ca`'s server, presenting a clientAuth leaf of `client_ca`,
-/// keeping sessions to resume (a plain rustls session cache: the server
-/// alone must refuse what it should).
-fn resuming_client(server_ca: &Ca, client: &common::Issued) -> Arc<rustls::ClientConfig> {
-    let (chain, key) = der_pair(client);
-    Arc::new(
-        rustls::ClientConfig::builder()
-            .with_root_certificates(server_ca.roots())
-            .with_client_auth_cert(chain, key)
-            .unwrap(),
-    )
-}
-
-fn client_leaf(ca: &Ca, serial: u64) -> common::Issued {
-    ca.issue(Leaf {
-        names: vec!["client.internal".into()],
-        eku: vec![ExtendedKeyUsagePurpose::ClientAuth],
-        serial: Some(serial),
-        ..Leaf::default()
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_ca_refuses_its_clients_new_and_resumed_at_once() {
     removing_a_ca_refuses(false).await;
@@ -250,30 +201,30 @@ async fn removing_a_ca_refuses(tickets: bool) {
     );
     let trust = TrustStore::new(vec![kept.der.clone(), removed.der.clone()]).unwrap();
     let (_rotator, server) = mtls_server(&server_ca, &trust, tickets).await;
-    let doomed = resuming_client(&server_ca, &client_leaf(&removed, 1));
-    let fine = resuming_client(&server_ca, &client_leaf(&kept, 2));
+    let doomed = common::resuming_client(&server_ca, &common::client_leaf(&removed, 1));
+    let fine = common::resuming_client(&server_ca, &common::client_leaf(&kept, 2));
 
     // Both connect, and resume (the control).
     for client in [&doomed, &fine] {
-        assert_eq!(request(client, server.addr).await, Ok(false));
-        assert_eq!(request(client, server.addr).await, Ok(true));
+        assert_eq!(common::request(client, server.addr).await, Ok(false));
+        assert_eq!(common::request(client, server.addr).await, Ok(true));
     }
 
     trust.replace(vec![kept.der.clone()], Vec::new()).unwrap();
 
     // The removed CA's client holds a resumable session: it is not resumed,
     // and the full handshake refuses its certificate.
-    let refused = request(&doomed, server.addr).await;
+    let refused = common::request(&doomed, server.addr).await;
     assert!(
         refused.is_err(),
         "a client of the removed CA got in: {refused:?}"
     );
-    let fresh = resuming_client(&server_ca, &client_leaf(&removed, 3));
-    assert!(request(&fresh, server.addr).await.is_err());
+    let fresh = common::resuming_client(&server_ca, &common::client_leaf(&removed, 3));
+    assert!(common::request(&fresh, server.addr).await.is_err());
     // The kept CA's client is not resumed either (new trust, new sessions),
     // but gets in.
-    assert_eq!(request(&fine, server.addr).await, Ok(false));
-    assert_eq!(request(&fine, server.addr).await, Ok(true));
+    assert_eq!(common::request(&fine, server.addr).await, Ok(false));
+    assert_eq!(common::request(&fine, server.addr).await, Ok(true));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,17 +232,20 @@ async fn a_crl_revokes_a_client_certificate_without_a_restart() {
     let (server_ca, clients) = (Ca::new(), Ca::new_named("client CA"));
     let trust = TrustStore::new(vec![clients.der.clone()]).unwrap();
     let (_rotator, server) = mtls_server(&server_ca, &trust, false).await;
-    let (revoked, kept) = (client_leaf(&clients, 0x51), client_leaf(&clients, 0x52));
-    let revoked = resuming_client(&server_ca, &revoked);
-    let kept = resuming_client(&server_ca, &kept);
-    assert!(request(&revoked, server.addr).await.is_ok());
-    assert!(request(&kept, server.addr).await.is_ok());
+    let (revoked, kept) = (
+        common::client_leaf(&clients, 0x51),
+        common::client_leaf(&clients, 0x52),
+    );
+    let revoked = common::resuming_client(&server_ca, &revoked);
+    let kept = common::resuming_client(&server_ca, &kept);
+    assert!(common::request(&revoked, server.addr).await.is_ok());
+    assert!(common::request(&kept, server.addr).await.is_ok());
 
     trust.set_crls(vec![clients.crl(&[0x51])]).unwrap();
 
-    let refused = request(&revoked, server.addr).await;
+    let refused = common::request(&revoked, server.addr).await;
     assert!(refused.is_err(), "a revoked certificate got in");
-    assert!(request(&kept, server.addr).await.is_ok());
+    assert!(common::request(&kept, server.addr).await.is_ok());
 }
 
 #[test]

@@ -34,9 +34,11 @@ use crate::bundle::CertBundle;
 
 mod directory;
 mod notice;
+mod trust;
 
 pub use directory::{CertDirectory, CertDirectoryBuilder};
 use notice::{Hub, Subscription};
+pub use trust::TrustFile;
 
 /// A read that takes longer than this (a hung NFS server) is reported as an
 /// error; the rotator carries on and retries.

@@ -16,7 +16,9 @@ mod r#static;
 #[cfg(feature = "ca")]
 pub use ca::{CaError, CaSource, InternalCa, LeafSpec};
 #[cfg(feature = "file")]
-pub use file::{CertDirectory, CertDirectoryBuilder, FileOptions, FileSource, WatchMode};
+pub use file::{
+    CertDirectory, CertDirectoryBuilder, FileOptions, FileSource, TrustFile, WatchMode,
+};
 pub use r#static::StaticSource;
 
 /// Something that produces certificate bundles: files on disk, an ACME CA,
@@ -137,6 +139,14 @@ pub enum SourceError {
         path: PathBuf,
         /// The I/O error.
         source: Arc<std::io::Error>,
+    },
+    /// A trust bundle (CA certificates) could not be used.
+    #[error("{from}: {error}")]
+    Trust {
+        /// The source, as it describes itself.
+        from: String,
+        /// What is wrong with the bundle.
+        error: crate::mtls::TrustError,
     },
     /// The source works but is unsafe, and the configuration says to refuse it.
     #[error("{from} is refused: {warning}")]

@@ -448,3 +448,52 @@ pub async fn until_served(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A clientAuth leaf of `ca` with this serial.
+pub fn client_leaf(ca: &Ca, serial: u64) -> Issued {
+    ca.issue(Leaf {
+        names: vec!["client.internal".into()],
+        eku: vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth],
+        serial: Some(serial),
+        ..Leaf::default()
+    })
+}
+
+pub fn der_pair(
+    issued: &Issued,
+) -> (
+    Vec<CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    (
+        issued.bundle.chain().to_vec(),
+        issued.bundle.key().clone_key(),
+    )
+}
+
+/// A client of `server_ca`'s servers presenting `client`, keeping sessions
+/// to resume (a plain rustls session cache: servers alone must refuse what
+/// they should).
+pub fn resuming_client(server_ca: &Ca, client: &Issued) -> Arc<rustls::ClientConfig> {
+    let (chain, key) = der_pair(client);
+    Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(server_ca.roots())
+            .with_client_auth_cert(chain, key)
+            .unwrap(),
+    )
+}
+
+/// One request to `HOST`: handshake, echo. Says whether the session was resumed.
+pub async fn request(config: &Arc<rustls::ClientConfig>, addr: SocketAddr) -> Result<bool, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(HOST).unwrap();
+    let mut tls = TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 4];
+    tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+    Ok(tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
+}

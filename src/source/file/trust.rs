@@ -1,0 +1,170 @@
+//! [`TrustFile`]: a PEM bundle of CA certificates (and CRLs) on disk that
+//! feeds a [`TrustStore`].
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use super::{lock, spawn_settle, FileOptions, Fingerprint, Watched};
+use crate::mtls::{TrustError, TrustStore};
+use crate::source::SourceError;
+
+/// A CA bundle file (PEM certificates, optionally CRLs) watched like a
+/// [`FileSource`](super::FileSource) — directory events, symlinks and the
+/// Kubernetes `..data` swap, polling, settle and grace — whose every new
+/// version is validated, then made the trust of a [`TrustStore`].
+///
+/// A version that cannot be used (unreadable, empty, not PEM, a certificate
+/// that is no trust anchor) is refused: the trust in force stays, and
+/// [`last_error`](Self::last_error) says why until a good version arrives.
+/// The file is watched while the `TrustFile` lives.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn demo(rotator: certrotate::Rotator) -> Result<(), Box<dyn std::error::Error>> {
+/// use certrotate::{FileOptions, TrustFile};
+///
+/// let client_ca = TrustFile::open("/etc/tls/client-ca.pem", FileOptions::default())?;
+/// let tls = rotator.server_config_with_client_auth(&client_ca.trust())?;
+/// // Keep `client_ca` alive while serving.
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct TrustFile {
+    shared: Arc<Shared>,
+    /// Dropped with the `TrustFile`, which ends its settle task.
+    _alive: watch::Sender<()>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    path: PathBuf,
+    options: FileOptions,
+    trust: TrustStore,
+    /// The fingerprint of the last version taken up (used or refused).
+    applied: Mutex<Fingerprint>,
+    last_error: Mutex<Option<String>>,
+}
+
+/// One reading of the bundle file.
+struct Reading {
+    fingerprint: Fingerprint,
+    parsed: Result<Vec<u8>, SourceError>,
+}
+
+impl TrustFile {
+    /// Reads, validates and starts watching the bundle at `path`. Fails if
+    /// the first version cannot be used. Must be called within a tokio
+    /// runtime.
+    pub fn open(path: impl Into<PathBuf>, options: FileOptions) -> Result<Self, SourceError> {
+        let path = path.into();
+        let from = describe(&path);
+        let first = read(&path);
+        let pem = first.parsed?;
+        let trust =
+            TrustStore::from_pem(&pem).map_err(|error| SourceError::Trust { from, error })?;
+        let shared = Arc::new(Shared {
+            path,
+            options,
+            trust,
+            applied: Mutex::new(first.fingerprint),
+            last_error: Mutex::default(),
+        });
+        let (alive, gone) = watch::channel(());
+        spawn_settle(&shared, gone);
+        Ok(Self {
+            shared,
+            _alive: alive,
+        })
+    }
+
+    /// The trust store this file feeds.
+    pub fn trust(&self) -> TrustStore {
+        self.shared.trust.clone()
+    }
+
+    /// Why the latest version of the file was refused, until a good one is
+    /// taken up.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.shared.last_error).clone()
+    }
+}
+
+fn describe(path: &Path) -> String {
+    format!("CA bundle {}", path.display())
+}
+
+fn read(path: &Path) -> Reading {
+    let parsed = std::fs::read(path).map_err(|source| SourceError::Read {
+        from: describe(path),
+        path: path.to_owned(),
+        source: Arc::new(source),
+    });
+    let mut hash = Sha256::new();
+    match &parsed {
+        Ok(bytes) => hash.update(bytes),
+        Err(error) => hash.update(format!("error {error}")),
+    }
+    Reading {
+        fingerprint: hash.finalize().into(),
+        parsed,
+    }
+}
+
+impl Watched for Shared {
+    type Reading = Reading;
+
+    fn options(&self) -> &FileOptions {
+        &self.options
+    }
+
+    fn paths(&self) -> Vec<&Path> {
+        vec![&self.path]
+    }
+
+    fn describe(&self) -> String {
+        describe(&self.path)
+    }
+
+    fn read(&self) -> Reading {
+        read(&self.path)
+    }
+
+    fn fingerprint(reading: &Reading) -> Fingerprint {
+        reading.fingerprint
+    }
+
+    /// A bundle caught half-written ends in the middle of a PEM section.
+    fn whole(reading: &Reading) -> bool {
+        reading.parsed.as_ref().is_ok_and(|pem| {
+            let text = String::from_utf8_lossy(pem);
+            text.matches("-----BEGIN ").count() == text.matches("-----END ").count()
+                && text.contains("-----END ")
+        })
+    }
+
+    fn seen(&self, fingerprint: &Fingerprint) -> bool {
+        *lock(&self.applied) == *fingerprint
+    }
+
+    fn settled(&self, reading: Reading) {
+        *lock(&self.applied) = reading.fingerprint;
+        let from = self.describe();
+        let applied = reading.parsed.and_then(|pem| {
+            self.trust
+                .replace_pem(&pem)
+                .map_err(|error: TrustError| SourceError::Trust { from, error })
+        });
+        let mut last_error = lock(&self.last_error);
+        match applied {
+            Ok(_) => *last_error = None,
+            Err(error) => {
+                tracing::warn!(target: "certrotate", "new CA bundle refused, the trust in force stays: {error}");
+                *last_error = Some(error.to_string());
+            }
+        }
+    }
+}
