@@ -5,29 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use common::{Ca, Issued, Leaf, TempDir};
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-/// The example binary `cargo test` built next to this test.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test` (which builds the examples) or `cargo build --examples`",
-        path.display()
-    );
-    path
-}
 
 fn write_atomic(path: &Path, contents: &str) {
     let tmp = path.with_extension("tmp");
@@ -46,7 +29,7 @@ fn leaf(ca: &Ca, names: &[&str], age: u64) -> Issued {
 /// Runs the example with `args` until the returned child is dropped, and
 /// returns the port it says it listens on.
 async fn run(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, u16) {
-    let mut child = tokio::process::Command::new(example("file_reload"))
+    let mut child = tokio::process::Command::new(common::example("file_reload"))
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

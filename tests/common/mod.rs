@@ -497,3 +497,20 @@ pub async fn request(config: &Arc<rustls::ClientConfig>, addr: SocketAddr) -> Re
     tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
     Ok(tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
 }
+
+/// The example binary `cargo test` built next to this test.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test` (which builds the examples) or `cargo build --examples`",
+        path.display()
+    );
+    path
+}
