@@ -263,9 +263,16 @@ fn the_ca_key_is_written_0600_and_reloaded() {
     assert_eq!(mode("ca.key"), 0o600);
     let pem = ca.trust_pem();
 
-    // Reopening finds the same CA.
+    // Reopening finds the same CA, and so does loading its files.
     let again = InternalCa::open(dir.path(), "persisted CA").unwrap();
     assert_eq!(again.trust_pem(), pem);
+    let loaded = InternalCa::load(dir.join("ca.crt"), dir.join("ca.key")).unwrap();
+    assert_eq!(loaded.trust_pem(), pem);
+    // A key that is not the CA's is refused.
+    let stranger = Ca::new();
+    std::fs::write(dir.join("stranger.key"), stranger.key_pem()).unwrap();
+    let error = InternalCa::load(dir.join("ca.crt"), dir.join("stranger.key")).unwrap_err();
+    assert!(error.to_string().contains("does not belong"), "{error}");
 
     // A prepared rollover is saved the same way, and becomes ca.* on activation.
     ca.prepare_rollover().unwrap();

@@ -192,6 +192,14 @@ impl InternalCa {
         Ok(Self::with(name, Some(dir), active, next))
     }
 
+    /// The CA whose certificate and key are in these PEM files (kept in
+    /// memory from then on; rollovers are not saved: use
+    /// [`open`](Self::open) for that).
+    pub fn load(cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self, CaError> {
+        let authority = Authority::load(cert.as_ref(), key.as_ref())?;
+        Ok(Self::with("internal CA", None, authority, None))
+    }
+
     /// A CA from its PEM certificate and key (kept in memory; rollovers are
     /// not saved).
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
