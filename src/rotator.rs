@@ -268,7 +268,7 @@ impl Rotator {
     /// handshake; sessions are partitioned by its generation, so a session
     /// made under trust that has since changed is not resumed. To use
     /// stateless tickets, set `config.ticketer`, then call
-    /// [`TrustStore::partition_sessions`] on the config again.
+    /// [`TrustStore::partition_sessions`](crate::TrustStore::partition_sessions) on the config again.
     ///
     /// ```no_run
     /// # fn demo(rotator: certrotate::Rotator, ca_pem: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
