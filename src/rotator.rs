@@ -133,7 +133,10 @@ impl<S: CertSource> RotatorBuilder<S> {
     }
 
     /// Retries a failed attempt after `min`, doubling each time up to `max`,
-    /// with jitter (default 1 s to 5 min).
+    /// with jitter (default 1 s to 5 min). While a certificate is serving,
+    /// a retry also never waits more than an eighth of its remaining
+    /// validity (nor less than `min`): short-lived certificates survive an
+    /// outage of a good part of their life.
     pub fn retry_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.retry_min = min.max(Duration::from_millis(1));
         self.retry_max = max.max(self.retry_min);
@@ -486,9 +489,19 @@ impl<S: CertSource> Task<S> {
         self.retry_at = None;
     }
 
+    /// Schedules the retry: exponential from `retry_min`, capped at
+    /// `retry_max`, and lifetime-aware: never more than an eighth of the
+    /// serving certificate's remaining validity (but not under `retry_min`),
+    /// so a short-lived certificate gets several attempts before it expires
+    /// however long the outage, and retries come sooner as expiry nears.
     fn failed(&mut self) {
         let exp = self.retry_min.saturating_mul(1u32 << self.failures.min(20));
-        let delay = exp.min(self.retry_max);
+        let mut delay = exp.min(self.retry_max);
+        if let Some(cert) = self.current() {
+            let now = self.store.clock().now();
+            let remaining = cert.not_after.duration_since(now).unwrap_or_default();
+            delay = delay.min((remaining / 8).max(self.retry_min));
+        }
         let delay = delay.mul_f64(0.5 + 0.5 * fastrand::f64());
         self.failures = self.failures.saturating_add(1);
         self.retry_at = Some(Instant::now() + delay);

@@ -231,3 +231,58 @@ fn alert_levels_follow_the_renewal_window() {
     assert_eq!(at(81), AlertLevel::Critical);
     assert_eq!(at(90), AlertLevel::Expired);
 }
+
+#[tokio::test(start_paused = true)]
+async fn retries_come_sooner_as_expiry_nears() {
+    let (source, clock, store) = setup();
+    let rotator = Rotator::builder(Shared(source.clone()), Policy::default())
+        .store(store.clone())
+        .retry_backoff(Duration::from_secs(1), Duration::from_secs(6 * 3600))
+        .start()
+        .await
+        .unwrap();
+    let not_after = rotator.current().unwrap().not_after;
+    source.failing.store(true, Ordering::SeqCst);
+    // Past renewal time, until expiry: every retry waits at most an eighth
+    // of what is left then.
+    while clock.now() < not_after {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+    }
+    let fetches = source.fetches.lock().unwrap().clone();
+    let start = Instant::now()
+        - clock
+            .now()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+    let _ = start;
+    let wall = |at: Instant| clock.now() - Instant::now().duration_since(at);
+    let mut checked = 0;
+    for pair in fetches.windows(2) {
+        let left = not_after.duration_since(wall(pair[0])).unwrap_or_default();
+        if left > 30 * DAY {
+            continue; // not a retry: the wait for the renewal time
+        }
+        if left.is_zero() {
+            break;
+        }
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap <= (left / 8).max(Duration::from_secs(1)) + Duration::from_secs(1),
+            "a retry waited {gap:?} with {left:?} left"
+        );
+        checked += 1;
+    }
+    // The cap alone (6 h) would allow about 120 attempts in 30 days; the
+    // lifetime rule makes many more as the end nears.
+    assert!(checked > 150, "{checked} retries before expiry");
+    let last = fetches
+        .iter()
+        .rev()
+        .find(|t| wall(**t) < not_after)
+        .unwrap();
+    let before_end = not_after.duration_since(wall(*last)).unwrap();
+    assert!(
+        before_end < Duration::from_secs(120),
+        "last attempt {before_end:?} before expiry"
+    );
+}
