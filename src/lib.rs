@@ -71,9 +71,13 @@ pub use mtls::{TrustError, TrustStore};
 pub use policy::{
     Policy, PolicyBuilder, PolicyConfigError, Refusal, Usage, ValidatedCert, ValidationError,
 };
-pub use resolver::RotatingResolver;
+pub use resolver::{RotatingResolver, ACME_TLS_ALPN};
 pub use rotator::{RotateError, Rotation, Rotator, RotatorBuilder};
 pub use serve::TlsListener;
+#[cfg(feature = "acme")]
+pub use source::{
+    AcmeBuilder, AcmeSource, BoxFuture, Dns01Solver, FileStorage, Http01Responder, Storage,
+};
 #[cfg(feature = "ca")]
 pub use source::{CaError, CaSource, InternalCa, LeafSpec};
 #[cfg(feature = "file")]

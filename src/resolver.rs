@@ -40,7 +40,11 @@ impl RotatingResolver {
     /// ```
     #[inline]
     pub fn lookup(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let snapshot = self.snapshot.load();
+        Self::lookup_in(&self.snapshot.load(), server_name)
+    }
+
+    #[inline]
+    fn lookup_in(snapshot: &Snapshot, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         if let Some(name) = server_name {
             if let Some(key) = snapshot.exact.get(name) {
                 return Some(key.clone());
@@ -55,9 +59,24 @@ impl RotatingResolver {
     }
 }
 
+/// The ALPN protocol of ACME TLS-ALPN-01 validation (RFC 8737). A server
+/// answering that challenge must list it in `ServerConfig::alpn_protocols`.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 impl ResolvesServerCert for RotatingResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.lookup(client_hello.server_name())
+        let snapshot = self.snapshot.load();
+        // An ACME validator asks for the challenge certificate of the name
+        // being validated, and for nothing else.
+        if !snapshot.challenges.is_empty()
+            && client_hello
+                .alpn()
+                .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN))
+        {
+            let name = client_hello.server_name()?;
+            return snapshot.challenges.get(name).cloned();
+        }
+        Self::lookup_in(&snapshot, client_hello.server_name())
     }
 }
 

@@ -79,11 +79,15 @@ pub(crate) struct Snapshot {
     pub(crate) exact: NameMap,
     /// Keyed by the parent domain: `*.example.com` is stored as `example.com`.
     pub(crate) wildcard: NameMap,
+    /// ACME TLS-ALPN-01 challenge certificates, by the name being validated:
+    /// served only to clients that offer the `acme-tls/1` protocol.
+    pub(crate) challenges: NameMap,
 }
 
 #[derive(Debug, Default)]
 struct Slots {
     by_name: Vec<Slot>,
+    challenges: NameMap,
     rotations: u64,
     last_rotation: Option<SystemTime>,
     last_error: Option<String>,
@@ -330,6 +334,23 @@ impl CertStore {
         slots.last_error = None;
     }
 
+    /// Answers TLS-ALPN-01 validation for `name` with `key` (RFC 8737) until
+    /// [`remove_challenge`](Self::remove_challenge).
+    #[cfg(feature = "acme")]
+    pub(crate) fn set_challenge(&self, name: &str, key: Arc<CertifiedKey>) {
+        let mut slots = self.lock();
+        slots.challenges.insert(name.into(), key);
+        self.publish(&slots);
+    }
+
+    #[cfg(feature = "acme")]
+    pub(crate) fn remove_challenge(&self, name: &str) {
+        let mut slots = self.lock();
+        if slots.challenges.remove(name).is_some() {
+            self.publish(&slots);
+        }
+    }
+
     /// Replaces `slot`'s source warnings (shown in health).
     pub(crate) fn set_warnings(&self, slot: &str, warnings: Vec<String>) {
         self.lock().slot_mut(slot).warnings = warnings;
@@ -359,7 +380,10 @@ impl CertStore {
 
     /// Builds the handshake view from the slots and swaps it in.
     fn publish(&self, slots: &Slots) {
-        let mut snapshot = Snapshot::default();
+        let mut snapshot = Snapshot {
+            challenges: slots.challenges.clone(),
+            ..Snapshot::default()
+        };
         let serving = slots
             .by_name
             .iter()

@@ -7,12 +7,18 @@ use std::sync::Arc;
 
 use crate::bundle::{BundleError, CertBundle};
 
+#[cfg(feature = "acme")]
+mod acme;
 #[cfg(feature = "ca")]
 mod ca;
 #[cfg(feature = "file")]
 mod file;
 mod r#static;
 
+#[cfg(feature = "acme")]
+pub use acme::{
+    AcmeBuilder, AcmeSource, BoxFuture, Dns01Solver, FileStorage, Http01Responder, Storage,
+};
 #[cfg(feature = "ca")]
 pub use ca::{CaError, CaSource, InternalCa, LeafSpec};
 #[cfg(feature = "file")]

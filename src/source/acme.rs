@@ -1,0 +1,719 @@
+//! [`AcmeSource`]: certificates from Let's Encrypt or any RFC 8555 CA, through
+//! `instant-acme`, kept in a [`Storage`] and renewed on the CA's schedule.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
+    ExternalAccountKey, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use sha2::{Digest, Sha256};
+
+use super::{CertSource, SourceError};
+use crate::bundle::{CertBundle, CertInfo};
+use crate::store::CertStore;
+
+/// How long one ACME step (a request, or polling an order) may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Renew regardless of the CA's advice when this fraction of the lifetime is
+/// left.
+const EMERGENCY_FRACTION: f64 = 0.1;
+
+/// Without advice from the CA, renew when this fraction of the lifetime is
+/// left (a little more than the rotator's default third, so that the
+/// rotator's schedule, jitter included, always finds the certificate due).
+const DEFAULT_RENEW_FRACTION: f64 = 0.4;
+
+/// A boxed future, for the object-safe traits of this module.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where ACME state lives: the account, certificates and their keys.
+///
+/// Values must be stored atomically (a reader sees the old value or the new
+/// one, never a mix) and readable by this process only.
+pub trait Storage: Send + Sync + 'static {
+    /// The value stored under `key`, if any.
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, std::io::Result<Option<Vec<u8>>>>;
+    /// Stores `value` under `key`, replacing any older value.
+    fn store<'a>(&'a self, key: &'a str, value: &'a [u8]) -> BoxFuture<'a, std::io::Result<()>>;
+}
+
+/// [`Storage`] in a directory: one file per key, written 0600 and atomically
+/// (temporary file, fsync, rename, fsync of the directory).
+///
+/// ```
+/// let storage = certrotate::FileStorage::new("/var/lib/myapp/acme");
+/// ```
+#[derive(Debug, Clone)]
+pub struct FileStorage {
+    dir: PathBuf,
+}
+
+impl FileStorage {
+    /// Keeps state in `dir` (created with mode 0700 when first written).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+}
+
+impl Storage for FileStorage {
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, std::io::Result<Option<Vec<u8>>>> {
+        let path = self.dir.join(key);
+        Box::pin(async move {
+            let read = tokio::task::spawn_blocking(move || std::fs::read(path))
+                .await
+                .map_err(std::io::Error::other)?;
+            match read {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn store<'a>(&'a self, key: &'a str, value: &'a [u8]) -> BoxFuture<'a, std::io::Result<()>> {
+        let (dir, value) = (self.dir.clone(), value.to_vec());
+        let path = self.dir.join(key);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut builder = std::fs::DirBuilder::new();
+                builder.recursive(true);
+                #[cfg(unix)]
+                std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+                builder.create(&dir)?;
+                crate::atomic::write(&path, &value, 0o600)
+            })
+            .await
+            .map_err(std::io::Error::other)?
+        })
+    }
+}
+
+/// Publishes DNS-01 challenge records with your DNS provider.
+///
+/// `present` must return once the TXT record `_acme-challenge.<domain>` with
+/// `value` is visible to the CA (wait for propagation there); `cleanup`
+/// removes it.
+pub trait Dns01Solver: Send + Sync + 'static {
+    /// Publishes the TXT record.
+    fn present<'a>(&'a self, domain: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    /// Removes it.
+    fn cleanup<'a>(&'a self, domain: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// Answers HTTP-01 challenges: serve [`router`](Self::router) (or the
+/// responder itself, a tower `Service` through axum) on port 80.
+///
+/// ```no_run
+/// # async fn demo(http01: certrotate::Http01Responder) -> std::io::Result<()> {
+/// let tcp = tokio::net::TcpListener::bind("0.0.0.0:80").await?;
+/// axum::serve(tcp, http01.router()).await
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Http01Responder {
+    tokens: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl Http01Responder {
+    /// A responder with no challenge pending.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An axum router answering `GET /.well-known/acme-challenge/{token}`
+    /// (404 for unknown tokens). Merge it into your HTTP app.
+    pub fn router<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
+        let tokens = self.tokens.clone();
+        axum::Router::new().route(
+            "/.well-known/acme-challenge/{token}",
+            axum::routing::get(
+                move |axum::extract::Path(token): axum::extract::Path<String>| {
+                    let answer = lock(&tokens).get(&token).cloned();
+                    async move {
+                        match answer {
+                            Some(key_authorization) => Ok(key_authorization),
+                            None => Err(axum::http::StatusCode::NOT_FOUND),
+                        }
+                    }
+                },
+            ),
+        )
+    }
+
+    fn insert(&self, token: &str, key_authorization: &str) {
+        lock(&self.tokens).insert(token.to_owned(), key_authorization.to_owned());
+    }
+
+    fn remove(&self, token: &str) {
+        lock(&self.tokens).remove(token);
+    }
+}
+
+/// How the CA checks that we control the names.
+#[derive(Clone)]
+enum Challenge {
+    /// Answered by the store's resolver (give the server `acme-tls/1` ALPN).
+    TlsAlpn01(CertStore),
+    Http01(Http01Responder),
+    Dns01(Arc<dyn Dns01Solver>),
+}
+
+/// Configures an [`AcmeSource`].
+#[must_use]
+pub struct AcmeBuilder {
+    directory: String,
+    domains: Vec<String>,
+    challenge: Challenge,
+    storage: Arc<dyn Storage>,
+    contact: Vec<String>,
+    root: Option<PathBuf>,
+    eab: Option<(String, Vec<u8>)>,
+    profile: Option<String>,
+}
+
+impl fmt::Debug for AcmeBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcmeBuilder")
+            .field("directory", &self.directory)
+            .field("domains", &self.domains)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AcmeBuilder {
+    /// Answers TLS-ALPN-01 challenges from `store`'s resolver: use the same
+    /// store for the rotator, and list [`ACME_TLS_ALPN`](crate::ACME_TLS_ALPN)
+    /// in the server's ALPN protocols. The server must be reachable on port
+    /// 443 of the names.
+    pub fn tls_alpn_01(mut self, store: &CertStore) -> Self {
+        self.challenge = Challenge::TlsAlpn01(store.clone());
+        self
+    }
+
+    /// Answers HTTP-01 challenges through `responder` (served on port 80).
+    pub fn http_01(mut self, responder: &Http01Responder) -> Self {
+        self.challenge = Challenge::Http01(responder.clone());
+        self
+    }
+
+    /// Answers DNS-01 challenges through your DNS provider (the only way to
+    /// get wildcard certificates).
+    pub fn dns_01(mut self, solver: impl Dns01Solver) -> Self {
+        self.challenge = Challenge::Dns01(Arc::new(solver));
+        self
+    }
+
+    /// Where the account and certificates are kept (default: nowhere, that
+    /// is a new account and certificate at every start; use
+    /// [`FileStorage`]).
+    pub fn storage(mut self, storage: impl Storage) -> Self {
+        self.storage = Arc::new(storage);
+        self
+    }
+
+    /// Contact URLs for the account (`mailto:ops@example.com`).
+    pub fn contact(mut self, contact: impl Into<String>) -> Self {
+        self.contact.push(contact.into());
+        self
+    }
+
+    /// Trusts this PEM root for the ACME server's own HTTPS (Pebble, a
+    /// private CA).
+    pub fn directory_root(mut self, pem: impl Into<PathBuf>) -> Self {
+        self.root = Some(pem.into());
+        self
+    }
+
+    /// External account binding (ZeroSSL, Google, some private CAs): the key
+    /// id and the HMAC key the CA gave you.
+    pub fn external_account(mut self, key_id: impl Into<String>, hmac_key: &[u8]) -> Self {
+        self.eab = Some((key_id.into(), hmac_key.to_vec()));
+        self
+    }
+
+    /// Asks for this certificate profile (`"shortlived"`, `"tlsserver"`),
+    /// where the CA offers profiles.
+    pub fn profile(mut self, profile: impl Into<String>) -> Self {
+        self.profile = Some(profile.into());
+        self
+    }
+
+    /// Builds the source.
+    pub fn build(self) -> AcmeSource {
+        let mut names = self.domains.clone();
+        names.sort();
+        let id = hex(&Sha256::digest(format!(
+            "{}|{}",
+            self.directory,
+            names.join(",")
+        )))[..16]
+            .to_owned();
+        AcmeSource {
+            inner: Arc::new(Inner {
+                account_key: format!(
+                    "account-{}.json",
+                    &hex(&Sha256::digest(&self.directory))[..16]
+                ),
+                cert_key: format!("cert-{id}.pem"),
+                directory: self.directory,
+                domains: self.domains,
+                challenge: self.challenge,
+                storage: self.storage,
+                contact: self.contact,
+                root: self.root,
+                eab: self.eab,
+                profile: self.profile,
+                account: tokio::sync::Mutex::new(None),
+                advice: Mutex::new(None),
+            }),
+        }
+    }
+}
+
+/// Certificates from an ACME CA (Let's Encrypt, ZeroSSL, Pebble, a private
+/// RFC 8555 CA).
+///
+/// A fetch serves the stored certificate while it is not due for renewal,
+/// else orders a new one (a fresh key each time), stores it and returns it;
+/// the rotator's policy checks it before it is served. The account is made
+/// once and kept in the [`Storage`]; if the CA no longer knows it (a reset
+/// staging CA), a new one is made.
+///
+/// **Renewal** follows ACME Renewal Information (RFC 9773) when the CA
+/// offers it (a random time in the suggested window; the new order says
+/// which certificate it `replaces`), else comes when 40% of the lifetime is
+/// left, and regardless of advice when 10% is left. Failures are retried by
+/// the rotator with a backoff that shrinks as expiry nears.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use certrotate::{AcmeSource, CertStore, FileStorage, Policy, Rotator, ACME_TLS_ALPN};
+///
+/// let store = CertStore::new();
+/// let acme = AcmeSource::builder("https://acme-staging-v02.api.letsencrypt.org/directory", ["api.example.com"])
+///     .contact("mailto:ops@example.com")
+///     .storage(FileStorage::new("/var/lib/myapp/acme"))
+///     .tls_alpn_01(&store)
+///     .build();
+/// let policy = Policy::builder().server_name("api.example.com").build()?;
+/// let rotator = Rotator::builder(acme, policy).store(store).spawn();
+/// let mut tls = rotator.server_config()?;
+/// tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct AcmeSource {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    directory: String,
+    domains: Vec<String>,
+    challenge: Challenge,
+    storage: Arc<dyn Storage>,
+    contact: Vec<String>,
+    root: Option<PathBuf>,
+    eab: Option<(String, Vec<u8>)>,
+    profile: Option<String>,
+    account_key: String,
+    cert_key: String,
+    account: tokio::sync::Mutex<Option<Account>>,
+    /// When to renew the stored certificate, from the CA's renewal
+    /// information: (fingerprint, time).
+    advice: Mutex<Option<(String, SystemTime)>>,
+}
+
+impl fmt::Debug for AcmeSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcmeSource")
+            .field("directory", &self.inner.directory)
+            .field("domains", &self.inner.domains)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Storage that keeps nothing.
+struct NoStorage;
+
+impl Storage for NoStorage {
+    fn load<'a>(&'a self, _: &'a str) -> BoxFuture<'a, std::io::Result<Option<Vec<u8>>>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn store<'a>(&'a self, _: &'a str, _: &'a [u8]) -> BoxFuture<'a, std::io::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Why an ACME step failed, for messages.
+struct Failure(String);
+
+impl<E: fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self(e.to_string())
+    }
+}
+
+async fn step<T, E: fmt::Display>(
+    what: &str,
+    future: impl Future<Output = Result<T, E>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(STEP_TIMEOUT, future).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(Failure(format!("{what}: {e}"))),
+        Err(_) => Err(Failure(format!(
+            "{what}: no answer within {STEP_TIMEOUT:?}"
+        ))),
+    }
+}
+
+impl AcmeSource {
+    /// Certificates for `domains` (the first is the common name) from the
+    /// ACME directory at `directory`, answering TLS-ALPN-01 challenges by
+    /// default (set the store with [`AcmeBuilder::tls_alpn_01`]).
+    pub fn builder<I, S>(directory: impl Into<String>, domains: I) -> AcmeBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        AcmeBuilder {
+            directory: directory.into(),
+            domains: domains.into_iter().map(Into::into).collect(),
+            challenge: Challenge::TlsAlpn01(CertStore::new()),
+            storage: Arc::new(NoStorage),
+            contact: Vec::new(),
+            root: None,
+            eab: None,
+            profile: None,
+        }
+    }
+
+    /// The stored certificate, if any and parseable.
+    async fn stored(&self) -> Option<CertBundle> {
+        let pem = self.inner.storage.load(&self.inner.cert_key).await.ok()??;
+        let bundle = CertBundle::from_combined_pem(&pem).ok()?;
+        Some(bundle.with_origin(self.describe()))
+    }
+
+    /// Whether `cert` should be replaced now.
+    fn due(&self, cert: &CertInfo, now: SystemTime) -> bool {
+        let remaining = cert.not_after.duration_since(now).unwrap_or_default();
+        let lifetime = cert.lifetime();
+        if remaining < lifetime.mul_f64(EMERGENCY_FRACTION) {
+            return true;
+        }
+        match &*lock(&self.inner.advice) {
+            Some((fingerprint, at)) if *fingerprint == cert.fingerprint_sha256 => now >= *at,
+            _ => remaining < lifetime.mul_f64(DEFAULT_RENEW_FRACTION),
+        }
+    }
+
+    /// The account: loaded from storage, or made (and stored).
+    async fn account(&self, fresh: bool) -> Result<Account, Failure> {
+        let mut cached = self.inner.account.lock().await;
+        if let (Some(account), false) = (&*cached, fresh) {
+            return Ok(account.clone());
+        }
+        let builder = || match &self.inner.root {
+            Some(root) => Account::builder_with_root(root),
+            None => Account::builder(),
+        };
+        let stored = match fresh {
+            true => None,
+            false => self.inner.storage.load(&self.inner.account_key).await?,
+        };
+        let account = match stored {
+            Some(json) => {
+                let credentials: AccountCredentials = serde_json::from_slice(&json)?;
+                step(
+                    "loading the ACME account",
+                    builder()?.from_credentials(credentials),
+                )
+                .await?
+            }
+            None => {
+                let contact: Vec<&str> = self.inner.contact.iter().map(String::as_str).collect();
+                let new = NewAccount {
+                    contact: &contact,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                };
+                let eab = self
+                    .inner
+                    .eab
+                    .as_ref()
+                    .map(|(kid, key)| ExternalAccountKey::new(kid.clone(), key));
+                let (account, credentials) = step(
+                    "creating the ACME account",
+                    builder()?.create(&new, self.inner.directory.clone(), eab.as_ref()),
+                )
+                .await?;
+                let json = serde_json::to_vec(&credentials)?;
+                self.inner
+                    .storage
+                    .store(&self.inner.account_key, &json)
+                    .await?;
+                tracing::info!(target: "certrotate", directory = %self.inner.directory, "ACME account created");
+                account
+            }
+        };
+        *cached = Some(account.clone());
+        Ok(account)
+    }
+
+    /// Orders, validates, finalizes and downloads a new certificate.
+    async fn order(&self, replacing: Option<&CertBundle>) -> Result<CertBundle, Failure> {
+        let account = match self.account(false).await {
+            Ok(account) => account,
+            Err(e) => return Err(e),
+        };
+        match self.order_with(&account, replacing).await {
+            // The CA forgot the account (a reset CA, a deactivated account):
+            // make a new one and try once more.
+            Err(Failure(reason)) if forgotten_account(&reason) => {
+                tracing::warn!(target: "certrotate", %reason, "the ACME CA no longer knows the account; creating a new one");
+                let account = self.account(true).await?;
+                self.order_with(&account, None).await
+            }
+            other => other,
+        }
+    }
+
+    async fn order_with(
+        &self,
+        account: &Account,
+        replacing: Option<&CertBundle>,
+    ) -> Result<CertBundle, Failure> {
+        let identifiers: Vec<Identifier> = self
+            .inner
+            .domains
+            .iter()
+            .map(|d| Identifier::Dns(d.clone()))
+            .collect();
+        let replaces = replacing.and_then(|b| CertificateIdentifier::try_from(&b.chain()[0]).ok());
+        let new_order = |replacing: bool| {
+            let mut new = NewOrder::new(&identifiers);
+            if let Some(profile) = &self.inner.profile {
+                new = new.profile(profile);
+            }
+            match (&replaces, replacing) {
+                (Some(id), true) => new.replaces(id.clone()),
+                _ => new,
+            }
+        };
+        // `replaces` only where the CA gave renewal advice (it has ARI).
+        let ari = lock(&self.inner.advice).is_some();
+        let mut order = match step("creating the order", account.new_order(&new_order(ari))).await {
+            // The old certificate was replaced already (by another replica,
+            // or an order lost in a crash): order without `replaces`.
+            Err(Failure(reason)) if reason.contains("alreadyReplaced") => {
+                step("creating the order", account.new_order(&new_order(false))).await?
+            }
+            other => other?,
+        };
+
+        let mut cleanup = Vec::new();
+        let answered = self.answer_challenges(&mut order, &mut cleanup).await;
+        let result = match answered {
+            Ok(()) => self.finish(&mut order).await,
+            Err(e) => Err(e),
+        };
+        for undo in cleanup {
+            undo.run().await;
+        }
+        result
+    }
+
+    async fn answer_challenges(
+        &self,
+        order: &mut instant_acme::Order,
+        cleanup: &mut Vec<Undo>,
+    ) -> Result<(), Failure> {
+        let mut authorizations = order.authorizations();
+        while let Some(authorization) = authorizations.next().await {
+            let mut authorization = authorization?;
+            match authorization.status {
+                AuthorizationStatus::Valid => continue,
+                AuthorizationStatus::Pending => {}
+                other => return Err(Failure(format!("authorization is {other:?}"))),
+            }
+            let kind = match &self.inner.challenge {
+                Challenge::TlsAlpn01(_) => ChallengeType::TlsAlpn01,
+                Challenge::Http01(_) => ChallengeType::Http01,
+                Challenge::Dns01(_) => ChallengeType::Dns01,
+            };
+            let mut challenge = authorization
+                .challenge(kind.clone())
+                .ok_or_else(|| Failure(format!("the CA offers no {kind:?} challenge")))?;
+            let domain = match challenge.identifier().identifier {
+                Identifier::Dns(name) => name.clone(),
+                other => return Err(Failure(format!("cannot answer for identifier {other:?}"))),
+            };
+            let key_authorization = challenge.key_authorization();
+            match &self.inner.challenge {
+                Challenge::TlsAlpn01(store) => {
+                    let key = alpn_certificate(&domain, key_authorization.digest().as_ref())?;
+                    store.set_challenge(&domain, key);
+                    cleanup.push(Undo::TlsAlpn01(store.clone(), domain.clone()));
+                }
+                Challenge::Http01(responder) => {
+                    responder.insert(&challenge.token, key_authorization.as_str());
+                    cleanup.push(Undo::Http01(responder.clone(), challenge.token.clone()));
+                }
+                Challenge::Dns01(solver) => {
+                    let value = key_authorization.dns_value();
+                    step(
+                        "publishing the DNS-01 record",
+                        solver.present(&domain, &value),
+                    )
+                    .await?;
+                    cleanup.push(Undo::Dns01(solver.clone(), domain.clone(), value));
+                }
+            }
+            step("answering the challenge", challenge.set_ready()).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&self, order: &mut instant_acme::Order) -> Result<CertBundle, Failure> {
+        let retries = RetryPolicy::default().timeout(STEP_TIMEOUT);
+        let status = step("validating the challenges", order.poll_ready(&retries)).await?;
+        if status != OrderStatus::Ready {
+            return Err(Failure(format!(
+                "the order is {status:?}: validation failed"
+            )));
+        }
+        let key_pem = step("finalizing the order", order.finalize()).await?;
+        let chain_pem = step(
+            "downloading the certificate",
+            order.poll_certificate(&retries),
+        )
+        .await?;
+        let combined = format!("{chain_pem}{key_pem}");
+        let bundle = CertBundle::from_combined_pem(combined.as_bytes())?;
+        self.inner
+            .storage
+            .store(&self.inner.cert_key, combined.as_bytes())
+            .await?;
+        tracing::info!(target: "certrotate", serial = %bundle.info().serial, "ACME certificate issued and stored");
+        Ok(bundle.with_origin(self.describe()))
+    }
+
+    /// Asks the CA when to renew `cert` (RFC 9773), and remembers a random
+    /// time in the suggested window.
+    async fn advise(&self, cert: &CertBundle) {
+        let Ok(account) = self.account(false).await else {
+            return;
+        };
+        let Ok(id) = CertificateIdentifier::try_from(&cert.chain()[0]) else {
+            return;
+        };
+        let Ok(Ok((info, _))) = tokio::time::timeout(STEP_TIMEOUT, account.renewal_info(&id)).await
+        else {
+            return;
+        };
+        let (start, end): (SystemTime, SystemTime) = (
+            info.suggested_window.start.into(),
+            info.suggested_window.end.into(),
+        );
+        let span = end.duration_since(start).unwrap_or_default();
+        let at = start + span.mul_f64(fastrand::f64());
+        *lock(&self.inner.advice) = Some((cert.info().fingerprint_sha256.clone(), at));
+    }
+}
+
+/// Whether an ACME problem says the account is unknown or unusable.
+fn forgotten_account(reason: &str) -> bool {
+    reason.contains("accountDoesNotExist")
+        || reason.contains("unauthorized") && reason.contains("account")
+}
+
+enum Undo {
+    TlsAlpn01(CertStore, String),
+    Http01(Http01Responder, String),
+    Dns01(Arc<dyn Dns01Solver>, String, String),
+}
+
+impl Undo {
+    async fn run(self) {
+        match self {
+            Self::TlsAlpn01(store, domain) => store.remove_challenge(&domain),
+            Self::Http01(responder, token) => responder.remove(&token),
+            Self::Dns01(solver, domain, value) => {
+                if let Err(e) = solver.cleanup(&domain, &value).await {
+                    tracing::warn!(target: "certrotate", %domain, "DNS-01 cleanup failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// The self-signed certificate that answers a TLS-ALPN-01 challenge: the
+/// name being validated, and the key authorization's digest in the
+/// `acmeIdentifier` extension (RFC 8737).
+fn alpn_certificate(
+    domain: &str,
+    digest: &[u8],
+) -> Result<Arc<rustls::sign::CertifiedKey>, Failure> {
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_owned()])?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|e| Failure(e.to_owned()))?;
+    let signing = crate::default_provider()
+        .key_provider
+        .load_private_key(der)?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
+}
+
+impl CertSource for AcmeSource {
+    async fn fetch(&self) -> Result<CertBundle, SourceError> {
+        let stored = self.stored().await;
+        if let Some(bundle) = &stored {
+            if lock(&self.inner.advice).is_none() {
+                self.advise(bundle).await;
+            }
+            if !self.due(bundle.info(), SystemTime::now()) {
+                return Ok(bundle.clone());
+            }
+        }
+        let bundle = self
+            .order(stored.as_ref())
+            .await
+            .map_err(|Failure(reason)| SourceError::unavailable(self.describe(), reason))?;
+        self.advise(&bundle).await;
+        Ok(bundle)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "ACME {} for {}",
+            self.inner.directory,
+            self.inner.domains.join(", ")
+        )
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
