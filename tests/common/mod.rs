@@ -2,6 +2,9 @@
 //! 127.0.0.1 and a client that reports the certificate it saw.
 #![allow(dead_code)] // each test binary uses a different part
 
+#[cfg(feature = "acme")]
+pub mod pebble;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -193,7 +196,14 @@ impl Drop for Server {
 }
 
 pub async fn serve(config: Arc<rustls::ServerConfig>) -> Server {
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_at(0, config).await
+}
+
+/// [`serve`] on a given port of 127.0.0.1 (0: any).
+pub async fn serve_at(port: u16, config: Arc<rustls::ServerConfig>) -> Server {
+    let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let addr = tcp.local_addr().unwrap();
     let mut listener = TlsListener::new(tcp, config);
     let task = tokio::spawn(async move {

@@ -1,0 +1,240 @@
+//! A real ACME server for tests: Pebble and pebble-challtestsrv (Debian
+//! package `pebble`), on 127.0.0.1 ports found at run time, stopped on drop.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{Ca, Leaf, TempDir};
+
+/// A free port on 127.0.0.1 (bound and released: good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How to run Pebble.
+#[derive(Clone)]
+pub struct Config {
+    /// Where Pebble's validation authority connects for TLS-ALPN-01.
+    pub tls_port: u16,
+    /// Where it connects for HTTP-01.
+    pub http_port: u16,
+    /// Validity of the certificates it issues.
+    pub validity: Duration,
+    /// Share of good nonces it rejects (`PEBBLE_WFE_NONCEREJECT`).
+    pub nonce_reject: u8,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            tls_port: free_port(),
+            http_port: free_port(),
+            validity: Duration::from_secs(3600),
+            nonce_reject: 0,
+        }
+    }
+}
+
+/// Pebble and its DNS server, running.
+pub struct Pebble {
+    pub dir: TempDir,
+    pub config: Config,
+    /// The directory URL.
+    pub directory: String,
+    /// The root of Pebble's own HTTPS certificate (for `directory_root`).
+    pub https_root: PathBuf,
+    pub dns_management: SocketAddr,
+    pebble: Child,
+    challtestsrv: Child,
+    pebble_port: u16,
+    management_port: u16,
+}
+
+impl Pebble {
+    pub fn start(config: Config) -> Self {
+        let dir = TempDir::new("pebble");
+        // Pebble's HTTPS: a leaf under a throwaway CA (rustls refuses a
+        // self-signed CA certificate as a server certificate).
+        let ca = Ca::new_named("pebble test HTTPS CA");
+        let leaf = ca.issue(Leaf::default().names(&["localhost", "127.0.0.1"]));
+        let https_root = dir.join("https-root.pem");
+        std::fs::write(&https_root, &ca.pem).unwrap();
+        std::fs::write(dir.join("cert.pem"), &leaf.cert_pem).unwrap();
+        std::fs::write(dir.join("key.pem"), &leaf.key_pem).unwrap();
+
+        let (pebble_port, management_port) = (free_port(), free_port());
+        let (dns_port, dns_management_port) = (free_port(), free_port());
+        std::fs::write(
+            dir.join("pebble.json"),
+            format!(
+                r#"{{"pebble": {{
+                    "listenAddress": "127.0.0.1:{pebble_port}",
+                    "managementListenAddress": "127.0.0.1:{management_port}",
+                    "certificate": "{cert}",
+                    "privateKey": "{key}",
+                    "httpPort": {http},
+                    "tlsPort": {tls},
+                    "ocspResponderURL": "",
+                    "externalAccountBindingRequired": false,
+                    "certificateValidityPeriod": {validity}
+                }}}}"#,
+                cert = dir.join("cert.pem").display(),
+                key = dir.join("key.pem").display(),
+                http = config.http_port,
+                tls = config.tls_port,
+                validity = config.validity.as_secs(),
+            ),
+        )
+        .unwrap();
+        let challtestsrv = Command::new("pebble-challtestsrv")
+            .args(["-management", &format!("127.0.0.1:{dns_management_port}")])
+            .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "pebble-challtestsrv is installed (Debian package pebble; .ci/run installs it)",
+            );
+        let pebble = Self::spawn_pebble(&dir, &config, dns_port);
+        let pebble = Self {
+            directory: format!("https://127.0.0.1:{pebble_port}/dir"),
+            https_root,
+            dns_management: SocketAddr::from(([127, 0, 0, 1], dns_management_port)),
+            dir,
+            config,
+            pebble,
+            challtestsrv,
+            pebble_port,
+            management_port,
+        };
+        pebble.wait_until_up();
+        pebble
+    }
+
+    fn spawn_pebble(dir: &TempDir, config: &Config, dns_port: u16) -> Child {
+        Command::new("pebble")
+            .arg("-config")
+            .arg(dir.join("pebble.json"))
+            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", config.nonce_reject.to_string())
+            .env("PEBBLE_AUTHZREUSE", "0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pebble is installed (Debian package pebble; .ci/run installs it)")
+    }
+
+    fn wait_until_up(&self) {
+        for port in [
+            self.pebble_port,
+            self.management_port,
+            self.dns_management.port(),
+        ] {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "pebble did not come up on {port}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// The root that signs Pebble's certificates (it changes when Pebble restarts).
+    pub fn issuing_root(&self) -> String {
+        let output = Command::new("curl")
+            .args(["--silent", "--show-error", "--fail", "--cacert"])
+            .arg(&self.https_root)
+            .arg(format!(
+                "https://127.0.0.1:{}/roots/0",
+                self.management_port
+            ))
+            .output()
+            .expect("curl is installed");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Pebble's process, for fault injection (SIGSTOP, kill).
+    pub fn pid(&self) -> u32 {
+        self.pebble.id()
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        for child in [&mut self.pebble, &mut self.challtestsrv] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A DNS-01 solver publishing TXT records in pebble-challtestsrv.
+pub struct ChallTestSrv(pub SocketAddr);
+
+impl ChallTestSrv {
+    async fn post(&self, path: &str, body: String) -> Result<(), String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(self.0)
+            .await
+            .map_err(|e| e.to_string())?;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.0,
+            body.len()
+        );
+        tcp.write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut response = String::new();
+        tcp.read_to_string(&mut response)
+            .await
+            .map_err(|e| e.to_string())?;
+        match response.starts_with("HTTP/1.1 200") {
+            true => Ok(()),
+            false => Err(format!(
+                "challtestsrv said: {}",
+                response.lines().next().unwrap_or("")
+            )),
+        }
+    }
+}
+
+impl certrotate::Dns01Solver for ChallTestSrv {
+    fn present<'a>(
+        &'a self,
+        domain: &'a str,
+        value: &'a str,
+    ) -> certrotate::BoxFuture<'a, Result<(), String>> {
+        Box::pin(self.post(
+            "/set-txt",
+            format!(r#"{{"host": "_acme-challenge.{domain}.", "value": "{value}"}}"#),
+        ))
+    }
+
+    fn cleanup<'a>(
+        &'a self,
+        domain: &'a str,
+        _value: &'a str,
+    ) -> certrotate::BoxFuture<'a, Result<(), String>> {
+        Box::pin(self.post(
+            "/clear-txt",
+            format!(r#"{{"host": "_acme-challenge.{domain}."}}"#),
+        ))
+    }
+}
