@@ -143,3 +143,45 @@ async fn obtains_with_dns_01() {
         .unwrap();
     assert_eq!(seen, cert.serial);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renews_again_and_again_under_load() {
+    let pebble = Pebble::start(Config {
+        validity: Duration::from_secs(24),
+        ..Config::default()
+    });
+    let store = CertStore::new();
+    let source = AcmeSource::builder(&pebble.directory, [NAME])
+        .directory_root(&pebble.https_root)
+        .tls_alpn_01(&store)
+        .build();
+    let rotator = Rotator::builder(source, policy())
+        .store(store.clone())
+        .spawn();
+    let server = tls_alpn_server(&pebble, &rotator).await;
+    let first = first_certificate(&rotator).await;
+    let mut events = rotator.subscribe();
+    let load = common::load(&client(&pebble), server.addr, NAME, 2);
+
+    // Three renewals, each before the certificate it replaces expires.
+    let mut serving = first;
+    for renewal in 1..=3 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+        let new = loop {
+            let event = tokio::time::timeout_at(deadline, events.recv()).await;
+            match event.unwrap_or_else(|_| panic!("renewal {renewal} did not come")) {
+                Ok(certrotate::RotationEvent::Rotated { new, .. }) => break new,
+                Ok(_) => continue,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert!(
+            std::time::SystemTime::now() < serving.not_after,
+            "renewal {renewal} came after expiry"
+        );
+        assert_ne!(new.serial, serving.serial);
+        serving = new;
+    }
+    let handshakes = load.finish().await;
+    assert!(handshakes > 100, "{handshakes} handshakes");
+}
