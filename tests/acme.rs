@@ -185,3 +185,163 @@ async fn renews_again_and_again_under_load() {
     let handshakes = load.finish().await;
     assert!(handshakes > 100, "{handshakes} handshakes");
 }
+
+/// A TLS-ALPN-01 setup on `pebble`: the rotator (retrying fast) and its server.
+async fn serving(pebble: &Pebble, timeout: Duration) -> (Rotator, common::Server) {
+    let store = CertStore::new();
+    let source = AcmeSource::builder(&pebble.directory, [NAME])
+        .directory_root(&pebble.https_root)
+        .tls_alpn_01(&store)
+        .timeout(timeout)
+        .build();
+    let rotator = Rotator::builder(source, policy())
+        .store(store)
+        .retry_backoff(Duration::from_millis(500), Duration::from_secs(2))
+        .spawn();
+    let server = tls_alpn_server(pebble, &rotator).await;
+    first_certificate(&rotator).await;
+    (rotator, server)
+}
+
+/// Waits for the next rotation and returns the new certificate.
+async fn next_rotation(
+    events: &mut tokio::sync::broadcast::Receiver<certrotate::RotationEvent>,
+    within: Duration,
+) -> Arc<certrotate::CertInfo> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(certrotate::RotationEvent::Rotated { new, .. })) => return new,
+            Ok(_) => continue,
+            Err(_) => panic!("no rotation within {within:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ca_rejecting_most_nonces_still_issues() {
+    let pebble = Pebble::start(Config {
+        nonce_reject: 60,
+        ..Config::default()
+    });
+    let (rotator, server) = serving(&pebble, Duration::from_secs(10)).await;
+    let seen = common::serial_seen(&client(&pebble), server.addr, NAME)
+        .await
+        .unwrap();
+    assert_eq!(seen, rotator.current().unwrap().serial);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_ca_at_renewal_time_is_reported_and_survived() {
+    let pebble = Pebble::start(Config {
+        validity: Duration::from_secs(30),
+        ..Config::default()
+    });
+    let (rotator, server) = serving(&pebble, Duration::from_secs(1)).await;
+    let first = rotator.current().unwrap();
+    let load = common::load(&client(&pebble), server.addr, NAME, 2);
+    let mut events = rotator.subscribe();
+
+    // Frozen from before the renewal time (18 s into 30) for 8 s.
+    let renew_in = first.not_after - first.lifetime() / 2;
+    tokio::time::sleep(
+        renew_in
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+    .await;
+    pebble.freeze(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    let mut reported = false;
+    while tokio::time::Instant::now() < deadline {
+        reported |= rotator
+            .health()
+            .last_error
+            .is_some_and(|e| e.contains("no answer within"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pebble.freeze(false);
+    assert!(reported, "the hanging CA never showed in health");
+    assert_eq!(
+        rotator.current().unwrap().serial,
+        first.serial,
+        "nothing new while frozen"
+    );
+
+    let renewed = next_rotation(&mut events, Duration::from_secs(20)).await;
+    assert!(std::time::SystemTime::now() < first.not_after);
+    assert_ne!(renewed.serial, first.serial);
+    assert_eq!(rotator.health().last_error, None);
+    load.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ca_restarted_empty_is_rejoined_before_expiry() {
+    let mut pebble = Pebble::start(Config {
+        validity: Duration::from_secs(40),
+        ..Config::default()
+    });
+    let (rotator, server) = serving(&pebble, Duration::from_secs(2)).await;
+    let first = rotator.current().unwrap();
+    // Clients trust whatever roots the test tells them, through a TrustStore.
+    let trust = certrotate::TrustStore::from_pem(pebble.issuing_root().as_bytes()).unwrap();
+    let mut clients = trust.client_config().unwrap();
+    clients.resumption = rustls::client::Resumption::disabled();
+    let load = common::load(&Arc::new(clients), server.addr, NAME, 2);
+    let mut events = rotator.subscribe();
+
+    // Killed just before the renewal time, restarted empty: new roots, and
+    // the account is gone.
+    let renew_at = first.not_after - first.lifetime() / 2;
+    tokio::time::sleep(
+        renew_at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+    .await;
+    pebble.restart_empty();
+    let old_root = trust.roots();
+    let new_root = pebble.issuing_root();
+    let mut both = old_root.clone();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(new_root.as_bytes()) {
+        both.push(cert.unwrap());
+    }
+    trust.replace(both, Vec::new()).unwrap();
+
+    let renewed = next_rotation(&mut events, Duration::from_secs(25)).await;
+    assert!(
+        std::time::SystemTime::now() < first.not_after,
+        "renewed only after expiry"
+    );
+    assert_ne!(renewed.issuer, first.issuer, "not from the restarted CA");
+    load.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_challenge_that_fails_validation_is_reported() {
+    let pebble = Pebble::start(Config::default());
+    // HTTP-01, but nobody answers on Pebble's HTTP port.
+    let source = AcmeSource::builder(&pebble.directory, [NAME])
+        .directory_root(&pebble.https_root)
+        .http_01(&Http01Responder::new())
+        .timeout(Duration::from_secs(10))
+        .build();
+    let rotator = Rotator::builder(source, policy())
+        .retry_backoff(Duration::from_secs(5), Duration::from_secs(10))
+        .spawn();
+    let mut events = rotator.subscribe();
+    let error = loop {
+        match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
+            Ok(Ok(certrotate::RotationEvent::SourceFailed { error, .. })) => break error,
+            Ok(_) => continue,
+            Err(_) => panic!("no failure reported"),
+        }
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains("validat") || message.contains("invalid"),
+        "{message}"
+    );
+    assert!(rotator.current().is_none());
+    assert_eq!(rotator.health().last_error, Some(message));
+}

@@ -19,8 +19,8 @@ use super::{CertSource, SourceError};
 use crate::bundle::{CertBundle, CertInfo};
 use crate::store::CertStore;
 
-/// How long one ACME step (a request, or polling an order) may take.
-const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one ACME step (a request, or polling an order) may take, by default.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Renew regardless of the CA's advice when this fraction of the lifetime is
 /// left.
@@ -177,6 +177,7 @@ pub struct AcmeBuilder {
     root: Option<PathBuf>,
     eab: Option<(String, Vec<u8>)>,
     profile: Option<String>,
+    timeout: Duration,
 }
 
 impl fmt::Debug for AcmeBuilder {
@@ -246,6 +247,14 @@ impl AcmeBuilder {
         self
     }
 
+    /// How long each step of talking to the CA (a request, validation,
+    /// issuance) may take before it counts as a failure (default 30 s): a
+    /// CA that hangs is reported and retried like one that is down.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     /// Builds the source.
     pub fn build(self) -> AcmeSource {
         let mut names = self.domains.clone();
@@ -271,6 +280,7 @@ impl AcmeBuilder {
                 root: self.root,
                 eab: self.eab,
                 profile: self.profile,
+                timeout: self.timeout,
                 account: tokio::sync::Mutex::new(None),
                 advice: Mutex::new(None),
             }),
@@ -326,6 +336,7 @@ struct Inner {
     root: Option<PathBuf>,
     eab: Option<(String, Vec<u8>)>,
     profile: Option<String>,
+    timeout: Duration,
     account_key: String,
     cert_key: String,
     account: tokio::sync::Mutex<Option<Account>>,
@@ -365,15 +376,14 @@ impl<E: fmt::Display> From<E> for Failure {
 }
 
 async fn step<T, E: fmt::Display>(
+    timeout: Duration,
     what: &str,
     future: impl Future<Output = Result<T, E>>,
 ) -> Result<T, Failure> {
-    match tokio::time::timeout(STEP_TIMEOUT, future).await {
+    match tokio::time::timeout(timeout, future).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(Failure(format!("{what}: {e}"))),
-        Err(_) => Err(Failure(format!(
-            "{what}: no answer within {STEP_TIMEOUT:?}"
-        ))),
+        Err(_) => Err(Failure(format!("{what}: no answer within {timeout:?}"))),
     }
 }
 
@@ -395,6 +405,7 @@ impl AcmeSource {
             root: None,
             eab: None,
             profile: None,
+            timeout: STEP_TIMEOUT,
         }
     }
 
@@ -436,6 +447,7 @@ impl AcmeSource {
             Some(json) => {
                 let credentials: AccountCredentials = serde_json::from_slice(&json)?;
                 step(
+                    self.inner.timeout,
                     "loading the ACME account",
                     builder()?.from_credentials(credentials),
                 )
@@ -454,6 +466,7 @@ impl AcmeSource {
                     .as_ref()
                     .map(|(kid, key)| ExternalAccountKey::new(kid.clone(), key));
                 let (account, credentials) = step(
+                    self.inner.timeout,
                     "creating the ACME account",
                     builder()?.create(&new, self.inner.directory.clone(), eab.as_ref()),
                 )
@@ -473,10 +486,7 @@ impl AcmeSource {
 
     /// Orders, validates, finalizes and downloads a new certificate.
     async fn order(&self, replacing: Option<&CertBundle>) -> Result<CertBundle, Failure> {
-        let account = match self.account(false).await {
-            Ok(account) => account,
-            Err(e) => return Err(e),
-        };
+        let account = self.account(false).await?;
         match self.order_with(&account, replacing).await {
             // The CA forgot the account (a reset CA, a deactivated account):
             // make a new one and try once more.
@@ -513,11 +523,22 @@ impl AcmeSource {
         };
         // `replaces` only where the CA gave renewal advice (it has ARI).
         let ari = lock(&self.inner.advice).is_some();
-        let mut order = match step("creating the order", account.new_order(&new_order(ari))).await {
+        let mut order = match step(
+            self.inner.timeout,
+            "creating the order",
+            account.new_order(&new_order(ari)),
+        )
+        .await
+        {
             // The old certificate was replaced already (by another replica,
             // or an order lost in a crash): order without `replaces`.
             Err(Failure(reason)) if reason.contains("alreadyReplaced") => {
-                step("creating the order", account.new_order(&new_order(false))).await?
+                step(
+                    self.inner.timeout,
+                    "creating the order",
+                    account.new_order(&new_order(false)),
+                )
+                .await?
             }
             other => other?,
         };
@@ -573,6 +594,7 @@ impl AcmeSource {
                 Challenge::Dns01(solver) => {
                     let value = key_authorization.dns_value();
                     step(
+                        self.inner.timeout,
                         "publishing the DNS-01 record",
                         solver.present(&domain, &value),
                     )
@@ -580,21 +602,32 @@ impl AcmeSource {
                     cleanup.push(Undo::Dns01(solver.clone(), domain.clone(), value));
                 }
             }
-            step("answering the challenge", challenge.set_ready()).await?;
+            step(
+                self.inner.timeout,
+                "answering the challenge",
+                challenge.set_ready(),
+            )
+            .await?;
         }
         Ok(())
     }
 
     async fn finish(&self, order: &mut instant_acme::Order) -> Result<CertBundle, Failure> {
-        let retries = RetryPolicy::default().timeout(STEP_TIMEOUT);
-        let status = step("validating the challenges", order.poll_ready(&retries)).await?;
+        let retries = RetryPolicy::default().timeout(self.inner.timeout);
+        let status = step(
+            self.inner.timeout,
+            "validating the challenges",
+            order.poll_ready(&retries),
+        )
+        .await?;
         if status != OrderStatus::Ready {
             return Err(Failure(format!(
                 "the order is {status:?}: validation failed"
             )));
         }
-        let key_pem = step("finalizing the order", order.finalize()).await?;
+        let key_pem = step(self.inner.timeout, "finalizing the order", order.finalize()).await?;
         let chain_pem = step(
+            self.inner.timeout,
             "downloading the certificate",
             order.poll_certificate(&retries),
         )
@@ -618,7 +651,8 @@ impl AcmeSource {
         let Ok(id) = CertificateIdentifier::try_from(&cert.chain()[0]) else {
             return;
         };
-        let Ok(Ok((info, _))) = tokio::time::timeout(STEP_TIMEOUT, account.renewal_info(&id)).await
+        let Ok(Ok((info, _))) =
+            tokio::time::timeout(self.inner.timeout, account.renewal_info(&id)).await
         else {
             return;
         };

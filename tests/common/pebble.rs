@@ -54,6 +54,7 @@ pub struct Pebble {
     challtestsrv: Child,
     pebble_port: u16,
     management_port: u16,
+    dns_port: u16,
 }
 
 impl Pebble {
@@ -114,6 +115,7 @@ impl Pebble {
             challtestsrv,
             pebble_port,
             management_port,
+            dns_port,
         };
         pebble.wait_until_up();
         pebble
@@ -169,9 +171,23 @@ impl Pebble {
         String::from_utf8(output.stdout).unwrap()
     }
 
-    /// Pebble's process, for fault injection (SIGSTOP, kill).
-    pub fn pid(&self) -> u32 {
-        self.pebble.id()
+    /// Kills Pebble and starts a new, empty one on the same ports: new
+    /// roots, no accounts, no orders.
+    pub fn restart_empty(&mut self) {
+        let _ = self.pebble.kill();
+        let _ = self.pebble.wait();
+        self.pebble = Self::spawn_pebble(&self.dir, &self.config, self.dns_port);
+        self.wait_until_up();
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) Pebble: a CA that hangs.
+    pub fn freeze(&self, frozen: bool) {
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &self.pebble.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 }
 
