@@ -6,11 +6,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use common::{Ca, Issued, Leaf, TempDir};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn write_atomic(path: &Path, contents: &str) {
     let tmp = path.with_extension("tmp");
@@ -24,30 +22,6 @@ fn leaf(ca: &Ca, names: &[&str], age: u64) -> Issued {
             .names(names)
             .valid_from(SystemTime::now() - Duration::from_secs(age)),
     )
-}
-
-/// Runs the example with `args` until the returned child is dropped, and
-/// returns the port it says it listens on.
-async fn run(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, u16) {
-    let mut child = tokio::process::Command::new(common::example("file_reload"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the example printed nothing")
-        .unwrap()
-        .unwrap();
-    let addr = line
-        .strip_prefix("listening on https://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-    let port: u16 = addr.strip_prefix("127.0.0.1:").unwrap().parse().unwrap();
-    assert_ne!(port, 0);
-    (child, port)
 }
 
 /// GET `url` with curl, trusting `ca_file` (and presenting a client
@@ -94,16 +68,19 @@ async fn file_reload_serves_rotates_and_reports() {
     write_atomic(&cert, &first.cert_pem);
     write_atomic(&key, &first.key_pem);
 
-    let (mut child, port) = run(&[
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--cert".as_ref(),
-        cert.as_os_str(),
-        "--key".as_ref(),
-        key.as_os_str(),
-        "--name".as_ref(),
-        "localhost".as_ref(),
-    ])
+    let (mut child, port) = common::run_example(
+        "file_reload",
+        &[
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--cert".as_ref(),
+            cert.as_os_str(),
+            "--key".as_ref(),
+            key.as_os_str(),
+            "--name".as_ref(),
+            "localhost".as_ref(),
+        ],
+    )
     .await;
 
     assert_eq!(
@@ -194,16 +171,19 @@ async fn file_reload_with_client_ca_requires_and_follows_client_certificates() {
     let c1 = Some((c1.0.as_path(), c1.1.as_path()));
     let c2 = Some((c2.0.as_path(), c2.1.as_path()));
 
-    let (mut child, port) = run(&[
-        "--listen".as_ref(),
-        "127.0.0.1:0".as_ref(),
-        "--cert".as_ref(),
-        cert.as_os_str(),
-        "--key".as_ref(),
-        key.as_os_str(),
-        "--client-ca".as_ref(),
-        client_ca.as_os_str(),
-    ])
+    let (mut child, port) = common::run_example(
+        "file_reload",
+        &[
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--cert".as_ref(),
+            cert.as_os_str(),
+            "--key".as_ref(),
+            key.as_os_str(),
+            "--client-ca".as_ref(),
+            client_ca.as_os_str(),
+        ],
+    )
     .await;
     let url = format!("https://localhost:{port}/");
     let certs = format!("https://localhost:{port}/certs");

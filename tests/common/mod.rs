@@ -18,7 +18,7 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::RootCertStore;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -523,4 +523,28 @@ pub fn example(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Runs example `name` with `args` until the returned child is dropped, and
+/// returns the port it says it listens on.
+pub async fn run_example(name: &str, args: &[&std::ffi::OsStr]) -> (tokio::process::Child, u16) {
+    let mut child = tokio::process::Command::new(example(name))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the example printed nothing")
+        .unwrap()
+        .unwrap();
+    let addr = line
+        .strip_prefix("listening on https://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let port: u16 = addr.strip_prefix("127.0.0.1:").unwrap().parse().unwrap();
+    assert_ne!(port, 0);
+    (child, port)
 }

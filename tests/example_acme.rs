@@ -1,0 +1,129 @@
+//! The `acme` example's command line is a contract: run the built example
+//! against Pebble as a user would, and talk to it with curl.
+
+#![cfg(feature = "acme")]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::pebble::{Config, Pebble};
+use common::TempDir;
+
+const NAME: &str = "shop.certrotate.test";
+
+/// GET `url` (on NAME) with curl, trusting `root`; NAME is 127.0.0.1.
+async fn get(root: &Path, port: u16, path: &str) -> Result<String, String> {
+    let output = tokio::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "5"])
+        .args(["--resolve", &format!("{NAME}:{port}:127.0.0.1"), "--cacert"])
+        .arg(root)
+        .arg(format!("https://{NAME}:{port}{path}"))
+        .output()
+        .await
+        .expect("curl is installed");
+    match output.status.success() {
+        true => Ok(String::from_utf8(output.stdout).unwrap()),
+        false => Err(String::from_utf8_lossy(&output.stderr).into_owned()),
+    }
+}
+
+/// Polls until the example serves `/`, then returns its /certs report.
+async fn until_serving(root: &Path, port: u16, within: Duration) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if get(root, port, "/").await.as_deref() == Ok("ok\n") {
+            let body = get(root, port, "/certs").await.unwrap();
+            return serde_json::from_str(&body).unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing served within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn args<'a>(pebble: &'a Pebble, storage: &'a Path, rest: &[&'a str]) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--directory".into(),
+        pebble.directory.clone().into(),
+        "--directory-root".into(),
+        pebble.https_root.clone().into(),
+        "--domain".into(),
+        NAME.into(),
+        "--storage".into(),
+        storage.into(),
+    ];
+    args.extend(rest.iter().map(Into::into));
+    args
+}
+
+async fn run(args: &[std::ffi::OsString]) -> (tokio::process::Child, u16) {
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    common::run_example("acme", &refs).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_example_obtains_with_tls_alpn_01_and_restarts_from_storage() {
+    let pebble = Pebble::start(Config::default());
+    let (dir, storage) = (
+        TempDir::new("example-acme"),
+        TempDir::new("example-acme-storage"),
+    );
+    let root = dir.join("pebble-root.pem");
+    std::fs::write(&root, pebble.issuing_root()).unwrap();
+    let listen = format!("127.0.0.1:{}", pebble.config.tls_port);
+    let args = args(
+        &pebble,
+        storage.path(),
+        &["--listen", &listen, "--challenge", "tls-alpn-01"],
+    );
+
+    let (mut child, port) = run(&args).await;
+    assert_eq!(port, pebble.config.tls_port);
+    let report = until_serving(&root, port, Duration::from_secs(60)).await;
+    assert_eq!(report["last_error"], serde_json::Value::Null);
+    let serial = report["certificates"][0]["serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    child.kill().await.unwrap();
+    child.wait().await.unwrap();
+
+    // Restarted with the same storage: the stored certificate, at once.
+    let (mut child, port) = run(&args).await;
+    let report = until_serving(&root, port, Duration::from_secs(5)).await;
+    assert_eq!(report["certificates"][0]["serial"], serial.as_str());
+    assert_eq!(report["rotations"], 1);
+    child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_example_obtains_with_http_01() {
+    let pebble = Pebble::start(Config::default());
+    let (dir, storage) = (
+        TempDir::new("example-acme-http"),
+        TempDir::new("example-acme-http-storage"),
+    );
+    let root = dir.join("pebble-root.pem");
+    std::fs::write(&root, pebble.issuing_root()).unwrap();
+    let http = format!("127.0.0.1:{}", pebble.config.http_port);
+    let args = args(
+        &pebble,
+        storage.path(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--challenge",
+            "http-01",
+            "--http-listen",
+            &http,
+        ],
+    );
+    let (mut child, port) = run(&args).await;
+    let report = until_serving(&root, port, Duration::from_secs(60)).await;
+    assert_eq!(report["last_error"], serde_json::Value::Null);
+    child.kill().await.unwrap();
+}
