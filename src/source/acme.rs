@@ -341,8 +341,8 @@ struct Inner {
     cert_key: String,
     account: tokio::sync::Mutex<Option<Account>>,
     /// When to renew the stored certificate, from the CA's renewal
-    /// information: (fingerprint, time).
-    advice: Mutex<Option<(String, SystemTime)>>,
+    /// information (RFC 9773).
+    advice: Mutex<Option<Advice>>,
 }
 
 impl fmt::Debug for AcmeSource {
@@ -352,6 +352,16 @@ impl fmt::Debug for AcmeSource {
             .field("domains", &self.inner.domains)
             .finish_non_exhaustive()
     }
+}
+
+/// The CA's advice for one certificate: renew at `at`, a random time in the
+/// window it suggested.
+#[derive(Debug, Clone)]
+struct Advice {
+    fingerprint: String,
+    at: SystemTime,
+    /// Whether `changed()` has woken the rotator for it.
+    fired: bool,
 }
 
 /// Storage that keeps nothing.
@@ -424,7 +434,7 @@ impl AcmeSource {
             return true;
         }
         match &*lock(&self.inner.advice) {
-            Some((fingerprint, at)) if *fingerprint == cert.fingerprint_sha256 => now >= *at,
+            Some(advice) if advice.fingerprint == cert.fingerprint_sha256 => now >= advice.at,
             _ => remaining < lifetime.mul_f64(DEFAULT_RENEW_FRACTION),
         }
     }
@@ -662,7 +672,12 @@ impl AcmeSource {
         );
         let span = end.duration_since(start).unwrap_or_default();
         let at = start + span.mul_f64(fastrand::f64());
-        *lock(&self.inner.advice) = Some((cert.info().fingerprint_sha256.clone(), at));
+        tracing::info!(target: "certrotate", serial = %cert.info().serial, at = %crate::clock::rfc3339(at), "the CA advises renewal (ARI)");
+        *lock(&self.inner.advice) = Some(Advice {
+            fingerprint: cert.info().fingerprint_sha256.clone(),
+            at,
+            fired: false,
+        });
     }
 }
 
@@ -718,7 +733,10 @@ impl CertSource for AcmeSource {
     async fn fetch(&self) -> Result<CertBundle, SourceError> {
         let stored = self.stored().await;
         if let Some(bundle) = &stored {
-            if lock(&self.inner.advice).is_none() {
+            let advised = lock(&self.inner.advice)
+                .as_ref()
+                .is_some_and(|a| a.fingerprint == bundle.info().fingerprint_sha256);
+            if !advised {
                 self.advise(bundle).await;
             }
             if !self.due(bundle.info(), SystemTime::now()) {
@@ -731,6 +749,29 @@ impl CertSource for AcmeSource {
             .map_err(|Failure(reason)| SourceError::unavailable(self.describe(), reason))?;
         self.advise(&bundle).await;
         Ok(bundle)
+    }
+
+    /// Completes at the renewal time the CA advised (once per advice), so
+    /// that renewal follows ARI even when it comes before the rotator's own
+    /// schedule.
+    async fn changed(&self) {
+        loop {
+            let at = lock(&self.inner.advice)
+                .as_ref()
+                .filter(|a| !a.fired)
+                .map(|a| a.at);
+            let Some(at) = at else {
+                // Advice comes with the next fetch; look again later.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                continue;
+            };
+            tokio::time::sleep(at.duration_since(SystemTime::now()).unwrap_or_default()).await;
+            let mut advice = lock(&self.inner.advice);
+            if let Some(advice) = advice.as_mut().filter(|a| a.at == at && !a.fired) {
+                advice.fired = true;
+                return;
+            }
+        }
     }
 
     fn describe(&self) -> String {
@@ -750,4 +791,74 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source() -> AcmeSource {
+        AcmeSource::builder("https://acme.invalid/directory", ["a.example"]).build()
+    }
+
+    fn cert(lifetime: Duration, age: Duration) -> CertBundle {
+        let mut params = rcgen::CertificateParams::new(vec!["a.example".to_owned()]).unwrap();
+        let start = SystemTime::now() - age;
+        params.not_before = start.into();
+        params.not_after = (start + lifetime).into();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        CertBundle::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap()
+    }
+
+    fn advise(source: &AcmeSource, cert: &CertBundle, at: SystemTime) {
+        *lock(&source.inner.advice) = Some(Advice {
+            fingerprint: cert.info().fingerprint_sha256.clone(),
+            at,
+            fired: false,
+        });
+    }
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn without_advice_renewal_is_due_with_forty_percent_left() {
+        let source = source();
+        let now = SystemTime::now();
+        assert!(!source.due(cert(90 * DAY, 50 * DAY).info(), now));
+        assert!(source.due(cert(90 * DAY, 56 * DAY).info(), now));
+    }
+
+    #[test]
+    fn advice_decides_but_not_past_the_emergency_point() {
+        let source = source();
+        let now = SystemTime::now();
+        let young = cert(90 * DAY, 10 * DAY);
+        advise(&source, &young, now - DAY); // an early renewal (say, before a revocation)
+        assert!(source.due(young.info(), now));
+        advise(&source, &young, now + DAY);
+        assert!(!source.due(young.info(), now));
+        // Advice for another certificate does not count.
+        assert!(source.due(cert(90 * DAY, 60 * DAY).info(), now));
+        // Advice far in the future cannot hold back an emergency.
+        let dying = cert(90 * DAY, 85 * DAY);
+        advise(&source, &dying, now + 30 * DAY);
+        assert!(source.due(dying.info(), now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changed_fires_once_at_the_advised_time() {
+        let source = source();
+        advise(
+            &source,
+            &cert(DAY, Duration::ZERO),
+            SystemTime::now() + Duration::from_secs(3600),
+        );
+        let started = tokio::time::Instant::now();
+        source.changed().await;
+        assert!(started.elapsed() >= Duration::from_secs(3599));
+        // Once: the next call waits for new advice.
+        let again = tokio::time::timeout(Duration::from_secs(7200), source.changed()).await;
+        assert!(again.is_err());
+    }
 }
