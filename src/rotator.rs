@@ -477,9 +477,12 @@ impl<S: CertSource> Task<S> {
         match &result {
             Ok(Rotation::Rotated { .. }) => self.succeeded(),
             // Nothing newer while renewal is due: look again later, not in a hot loop.
-            Ok(Rotation::Unchanged(_)) if renewal_due => self.failed(),
+            Ok(Rotation::Unchanged(_)) if renewal_due => self.failed(None),
             Ok(Rotation::Unchanged(_)) => self.succeeded(),
-            Err(_) => self.failed(),
+            Err(RotateError::Source(SourceError::RateLimited { retry_after, .. })) => {
+                self.failed(Some(*retry_after))
+            }
+            Err(_) => self.failed(None),
         }
         result
     }
@@ -490,19 +493,20 @@ impl<S: CertSource> Task<S> {
     }
 
     /// Schedules the retry: exponential from `retry_min`, capped at
-    /// `retry_max`, and lifetime-aware: never more than an eighth of the
-    /// serving certificate's remaining validity (but not under `retry_min`),
-    /// so a short-lived certificate gets several attempts before it expires
+    /// `retry_max`, no sooner than a source's `retry_after`, and
+    /// lifetime-aware above all: never more than an eighth of the serving
+    /// certificate's remaining validity (but not under `retry_min`), so a
+    /// short-lived certificate gets several attempts before it expires
     /// however long the outage, and retries come sooner as expiry nears.
-    fn failed(&mut self) {
+    fn failed(&mut self, retry_after: Option<Duration>) {
         let exp = self.retry_min.saturating_mul(1u32 << self.failures.min(20));
-        let mut delay = exp.min(self.retry_max);
+        let jittered = exp.min(self.retry_max).mul_f64(0.5 + 0.5 * fastrand::f64());
+        let mut delay = jittered.max(retry_after.unwrap_or_default());
         if let Some(cert) = self.current() {
             let now = self.store.clock().now();
             let remaining = cert.not_after.duration_since(now).unwrap_or_default();
             delay = delay.min((remaining / 8).max(self.retry_min));
         }
-        let delay = delay.mul_f64(0.5 + 0.5 * fastrand::f64());
         self.failures = self.failures.saturating_add(1);
         self.retry_at = Some(Instant::now() + delay);
         tracing::debug!(target: "certrotate", slot = %self.slot, retry_in = ?delay, failures = self.failures, "rotation will be retried");

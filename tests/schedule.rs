@@ -21,6 +21,8 @@ struct IssuingSource {
     ca: Ca,
     clock: Arc<TokioClock>,
     failing: AtomicBool,
+    /// While failing, fail with a rate limit asking for this wait.
+    rate_limit: Mutex<Option<Duration>>,
     fetches: Mutex<Vec<Instant>>,
 }
 
@@ -28,6 +30,13 @@ impl CertSource for IssuingSource {
     async fn fetch(&self) -> Result<CertBundle, SourceError> {
         self.fetches.lock().unwrap().push(Instant::now());
         if self.failing.load(Ordering::SeqCst) {
+            if let Some(retry_after) = *self.rate_limit.lock().unwrap() {
+                return Err(SourceError::RateLimited {
+                    from: self.describe(),
+                    reason: "too many certificates".into(),
+                    retry_after,
+                });
+            }
             return Err(SourceError::unavailable(self.describe(), "CA is down"));
         }
         let now = self.clock.now();
@@ -48,6 +57,7 @@ fn setup() -> (Arc<IssuingSource>, Arc<TokioClock>, CertStore) {
         ca: Ca::new(),
         clock: clock.clone(),
         failing: AtomicBool::new(false),
+        rate_limit: Mutex::new(None),
         fetches: Mutex::new(Vec::new()),
     });
     let store = CertStore::builder().clock(clock.clone()).build();
@@ -284,5 +294,47 @@ async fn retries_come_sooner_as_expiry_nears() {
     assert!(
         before_end < Duration::from_secs(120),
         "last attempt {before_end:?} before expiry"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limits_are_respected_until_the_lifetime_cannot_afford_them() {
+    let (source, clock, store) = setup();
+    let rotator = Rotator::builder(Shared(source.clone()), Policy::default())
+        .store(store.clone())
+        .retry_backoff(Duration::from_secs(1), Duration::from_secs(300))
+        .start()
+        .await
+        .unwrap();
+    let not_after = rotator.current().unwrap().not_after;
+    let wait = Duration::from_secs(2 * 3600);
+    *source.rate_limit.lock().unwrap() = Some(wait);
+    source.failing.store(true, Ordering::SeqCst);
+    while clock.now() < not_after {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+    }
+    let fetches = source.fetches.lock().unwrap().clone();
+    let wall = |at: Instant| clock.now() - Instant::now().duration_since(at);
+    let (mut respected, mut shortened) = (0, 0);
+    for pair in fetches.windows(2) {
+        let left = not_after.duration_since(wall(pair[0])).unwrap_or_default();
+        let gap = pair[1] - pair[0];
+        if left > 30 * DAY || left.is_zero() {
+            continue; // the wait for the renewal time, or after expiry
+        }
+        if left > Duration::from_secs(16 * 3600) + wait {
+            assert!(
+                gap >= wait,
+                "a retry came after {gap:?} despite the rate limit, {left:?} left"
+            );
+            respected += 1;
+        } else if left < Duration::from_secs(8 * 3600) {
+            assert!(gap < wait, "a retry waited {gap:?} with only {left:?} left");
+            shortened += 1;
+        }
+    }
+    assert!(
+        respected > 10 && shortened > 3,
+        "{respected} respected, {shortened} shortened"
     );
 }

@@ -283,6 +283,7 @@ impl AcmeBuilder {
                 timeout: self.timeout,
                 account: tokio::sync::Mutex::new(None),
                 advice: Mutex::new(None),
+                rate_limited: Mutex::new(None),
             }),
         }
     }
@@ -343,6 +344,8 @@ struct Inner {
     /// When to renew the stored certificate, from the CA's renewal
     /// information (RFC 9773).
     advice: Mutex<Option<Advice>>,
+    /// How long the CA's last rate limit asked to wait.
+    rate_limited: Mutex<Option<Duration>>,
 }
 
 impl fmt::Debug for AcmeSource {
@@ -385,19 +388,28 @@ impl<E: fmt::Display> From<E> for Failure {
     }
 }
 
-async fn step<T, E: fmt::Display>(
-    timeout: Duration,
-    what: &str,
-    future: impl Future<Output = Result<T, E>>,
-) -> Result<T, Failure> {
-    match tokio::time::timeout(timeout, future).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(Failure(format!("{what}: {e}"))),
-        Err(_) => Err(Failure(format!("{what}: no answer within {timeout:?}"))),
-    }
-}
-
 impl AcmeSource {
+    /// Runs one step of talking to the CA under the timeout, and remembers
+    /// a rate limit's wait for the rotator.
+    async fn step<T, E: fmt::Display + 'static>(
+        &self,
+        what: &str,
+        future: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, Failure> {
+        let timeout = self.inner.timeout;
+        match tokio::time::timeout(timeout, future).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                let acme = (&e as &dyn std::any::Any).downcast_ref::<instant_acme::Error>();
+                if let Some(wait) = acme.and_then(rate_limit_wait) {
+                    *lock(&self.inner.rate_limited) = Some(wait);
+                }
+                Err(Failure(format!("{what}: {e}")))
+            }
+            Err(_) => Err(Failure(format!("{what}: no answer within {timeout:?}"))),
+        }
+    }
+
     /// Certificates for `domains` (the first is the common name) from the
     /// ACME directory at `directory`, answering TLS-ALPN-01 challenges by
     /// default (set the store with [`AcmeBuilder::tls_alpn_01`]).
@@ -456,8 +468,7 @@ impl AcmeSource {
         let account = match stored {
             Some(json) => {
                 let credentials: AccountCredentials = serde_json::from_slice(&json)?;
-                step(
-                    self.inner.timeout,
+                self.step(
                     "loading the ACME account",
                     builder()?.from_credentials(credentials),
                 )
@@ -475,12 +486,12 @@ impl AcmeSource {
                     .eab
                     .as_ref()
                     .map(|(kid, key)| ExternalAccountKey::new(kid.clone(), key));
-                let (account, credentials) = step(
-                    self.inner.timeout,
-                    "creating the ACME account",
-                    builder()?.create(&new, self.inner.directory.clone(), eab.as_ref()),
-                )
-                .await?;
+                let (account, credentials) = self
+                    .step(
+                        "creating the ACME account",
+                        builder()?.create(&new, self.inner.directory.clone(), eab.as_ref()),
+                    )
+                    .await?;
                 let json = serde_json::to_vec(&credentials)?;
                 self.inner
                     .storage
@@ -533,22 +544,15 @@ impl AcmeSource {
         };
         // `replaces` only where the CA gave renewal advice (it has ARI).
         let ari = lock(&self.inner.advice).is_some();
-        let mut order = match step(
-            self.inner.timeout,
-            "creating the order",
-            account.new_order(&new_order(ari)),
-        )
-        .await
+        let mut order = match self
+            .step("creating the order", account.new_order(&new_order(ari)))
+            .await
         {
             // The old certificate was replaced already (by another replica,
             // or an order lost in a crash): order without `replaces`.
             Err(Failure(reason)) if reason.contains("alreadyReplaced") => {
-                step(
-                    self.inner.timeout,
-                    "creating the order",
-                    account.new_order(&new_order(false)),
-                )
-                .await?
+                self.step("creating the order", account.new_order(&new_order(false)))
+                    .await?
             }
             other => other?,
         };
@@ -603,8 +607,7 @@ impl AcmeSource {
                 }
                 Challenge::Dns01(solver) => {
                     let value = key_authorization.dns_value();
-                    step(
-                        self.inner.timeout,
+                    self.step(
                         "publishing the DNS-01 record",
                         solver.present(&domain, &value),
                     )
@@ -612,36 +615,29 @@ impl AcmeSource {
                     cleanup.push(Undo::Dns01(solver.clone(), domain.clone(), value));
                 }
             }
-            step(
-                self.inner.timeout,
-                "answering the challenge",
-                challenge.set_ready(),
-            )
-            .await?;
+            self.step("answering the challenge", challenge.set_ready())
+                .await?;
         }
         Ok(())
     }
 
     async fn finish(&self, order: &mut instant_acme::Order) -> Result<CertBundle, Failure> {
         let retries = RetryPolicy::default().timeout(self.inner.timeout);
-        let status = step(
-            self.inner.timeout,
-            "validating the challenges",
-            order.poll_ready(&retries),
-        )
-        .await?;
+        let status = self
+            .step("validating the challenges", order.poll_ready(&retries))
+            .await?;
         if status != OrderStatus::Ready {
             return Err(Failure(format!(
                 "the order is {status:?}: validation failed"
             )));
         }
-        let key_pem = step(self.inner.timeout, "finalizing the order", order.finalize()).await?;
-        let chain_pem = step(
-            self.inner.timeout,
-            "downloading the certificate",
-            order.poll_certificate(&retries),
-        )
-        .await?;
+        let key_pem = self.step("finalizing the order", order.finalize()).await?;
+        let chain_pem = self
+            .step(
+                "downloading the certificate",
+                order.poll_certificate(&retries),
+            )
+            .await?;
         let combined = format!("{chain_pem}{key_pem}");
         let bundle = CertBundle::from_combined_pem(combined.as_bytes())?;
         self.inner
@@ -679,6 +675,30 @@ impl AcmeSource {
             fired: false,
         });
     }
+}
+
+/// How long a `rateLimited` problem asks to wait: the time in its detail
+/// (Let's Encrypt writes "retry after 2026-01-02 03:04:05 UTC"), else a
+/// minute.
+fn rate_limit_wait(error: &instant_acme::Error) -> Option<Duration> {
+    let instant_acme::Error::Api(problem) = error else {
+        return None;
+    };
+    if problem.r#type.as_deref() != Some("urn:ietf:params:acme:error:rateLimited") {
+        return None;
+    }
+    let format =
+        time::format_description::parse("[year]-[month]-[day] [hour]:[minute]:[second]").ok()?;
+    let until = problem.detail.as_deref().and_then(|detail| {
+        let at = detail.to_ascii_lowercase().find("retry after ")? + "retry after ".len();
+        let stamp = detail.get(at..at + 19)?;
+        time::PrimitiveDateTime::parse(stamp, &format).ok()
+    });
+    let wait = until.and_then(|t| {
+        let until: SystemTime = t.assume_utc().into();
+        until.duration_since(SystemTime::now()).ok()
+    });
+    Some(wait.unwrap_or(Duration::from_secs(60)))
 }
 
 /// Whether an ACME problem says the account is unknown or unusable.
@@ -743,10 +763,16 @@ impl CertSource for AcmeSource {
                 return Ok(bundle.clone());
             }
         }
-        let bundle = self
-            .order(stored.as_ref())
-            .await
-            .map_err(|Failure(reason)| SourceError::unavailable(self.describe(), reason))?;
+        let ordered = self.order(stored.as_ref()).await;
+        let rate_limited = lock(&self.inner.rate_limited).take();
+        let bundle = ordered.map_err(|Failure(reason)| match rate_limited {
+            Some(retry_after) => SourceError::RateLimited {
+                from: self.describe(),
+                reason,
+                retry_after,
+            },
+            None => SourceError::unavailable(self.describe(), reason),
+        })?;
         self.advise(&bundle).await;
         Ok(bundle)
     }
@@ -844,6 +870,39 @@ mod tests {
         let dying = cert(90 * DAY, 85 * DAY);
         advise(&source, &dying, now + 30 * DAY);
         assert!(source.due(dying.info(), now));
+    }
+
+    #[test]
+    fn rate_limits_say_how_long_to_wait() {
+        let problem = |r#type: &str, detail: &str| {
+            instant_acme::Error::Api(
+                serde_json::from_value(serde_json::json!({"type": r#type, "detail": detail}))
+                    .unwrap(),
+            )
+        };
+        let in_an_hour = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        let stamp = format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+            in_an_hour.year(),
+            u8::from(in_an_hour.month()),
+            in_an_hour.day(),
+            in_an_hour.hour(),
+            in_an_hour.minute(),
+            in_an_hour.second()
+        );
+        let limited = problem(
+            "urn:ietf:params:acme:error:rateLimited",
+            &format!("too many certificates (5) already issued for this exact set of identifiers in the last 168h0m0s, retry after {stamp} UTC: see https://letsencrypt.org/docs/rate-limits/"),
+        );
+        let wait = rate_limit_wait(&limited).unwrap();
+        assert!(
+            wait > Duration::from_secs(3500) && wait <= Duration::from_secs(3600),
+            "{wait:?}"
+        );
+        let vague = problem("urn:ietf:params:acme:error:rateLimited", "slow down");
+        assert_eq!(rate_limit_wait(&vague), Some(Duration::from_secs(60)));
+        let other = problem("urn:ietf:params:acme:error:badNonce", "bad nonce");
+        assert_eq!(rate_limit_wait(&other), None);
     }
 
     #[tokio::test(start_paused = true)]

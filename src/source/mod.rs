@@ -136,6 +136,18 @@ pub enum SourceError {
         /// The source, as it describes itself.
         from: String,
     },
+    /// The source asked to be called again no sooner than `retry_after`
+    /// (an ACME CA's rate limit). The rotator waits that long, unless the
+    /// serving certificate's remaining validity cannot afford it.
+    #[error("{from} is rate-limited (retry in {}): {reason}", crate::clock::human(*retry_after))]
+    RateLimited {
+        /// The source, as it describes itself.
+        from: String,
+        /// What the source said.
+        reason: String,
+        /// How long it asked to wait.
+        retry_after: std::time::Duration,
+    },
     /// A file could not be read: missing, unreadable, or a read that hung.
     #[error("{from}: cannot read {}: {source}", path.display())]
     Read {
