@@ -687,18 +687,32 @@ fn rate_limit_wait(error: &instant_acme::Error) -> Option<Duration> {
     if problem.r#type.as_deref() != Some("urn:ietf:params:acme:error:rateLimited") {
         return None;
     }
-    let format =
-        time::format_description::parse("[year]-[month]-[day] [hour]:[minute]:[second]").ok()?;
     let until = problem.detail.as_deref().and_then(|detail| {
         let at = detail.to_ascii_lowercase().find("retry after ")? + "retry after ".len();
-        let stamp = detail.get(at..at + 19)?;
-        time::PrimitiveDateTime::parse(stamp, &format).ok()
+        utc_stamp(detail.get(at..at + 19)?)
     });
-    let wait = until.and_then(|t| {
-        let until: SystemTime = t.assume_utc().into();
-        until.duration_since(SystemTime::now()).ok()
-    });
+    let wait = until.and_then(|until| until.duration_since(SystemTime::now()).ok());
     Some(wait.unwrap_or(Duration::from_secs(60)))
+}
+
+/// Parses `YYYY-MM-DD HH:MM:SS` as UTC.
+fn utc_stamp(stamp: &str) -> Option<SystemTime> {
+    let number = |range: std::ops::Range<usize>| stamp.get(range)?.parse::<u16>().ok();
+    let month = time::Month::try_from(number(5..7)? as u8).ok()?;
+    let date =
+        time::Date::from_calendar_date(i32::from(number(0..4)?), month, number(8..10)? as u8)
+            .ok()?;
+    let clock = time::Time::from_hms(
+        number(11..13)? as u8,
+        number(14..16)? as u8,
+        number(17..19)? as u8,
+    )
+    .ok()?;
+    Some(
+        time::PrimitiveDateTime::new(date, clock)
+            .assume_utc()
+            .into(),
+    )
 }
 
 /// Whether an ACME problem says the account is unknown or unusable.
