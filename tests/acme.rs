@@ -116,6 +116,7 @@ async fn obtains_with_http_01() {
     let http = tokio::spawn(async move { axum::serve(http, app).await });
     let source = AcmeSource::builder(&pebble.directory, [NAME])
         .directory_root(&pebble.https_root)
+        .storage(pebble.storage())
         .http_01(&responder)
         .build();
     let rotator = Rotator::builder(source, policy()).spawn();
@@ -133,6 +134,7 @@ async fn obtains_with_dns_01() {
     let pebble = Pebble::start(Config::default());
     let source = AcmeSource::builder(&pebble.directory, [NAME])
         .directory_root(&pebble.https_root)
+        .storage(pebble.storage())
         .dns_01(ChallTestSrv(pebble.dns_management))
         .build();
     let rotator = Rotator::builder(source, policy()).spawn();
@@ -153,6 +155,7 @@ async fn renews_again_and_again_under_load() {
     let store = CertStore::new();
     let source = AcmeSource::builder(&pebble.directory, [NAME])
         .directory_root(&pebble.https_root)
+        .storage(pebble.storage())
         .tls_alpn_01(&store)
         .build();
     let rotator = Rotator::builder(source, policy())
@@ -191,6 +194,7 @@ async fn serving(pebble: &Pebble, timeout: Duration) -> (Rotator, common::Server
     let store = CertStore::new();
     let source = AcmeSource::builder(&pebble.directory, [NAME])
         .directory_root(&pebble.https_root)
+        .storage(pebble.storage())
         .tls_alpn_01(&store)
         .timeout(timeout)
         .build();
@@ -323,6 +327,7 @@ async fn a_challenge_that_fails_validation_is_reported() {
     // HTTP-01, but nobody answers on Pebble's HTTP port.
     let source = AcmeSource::builder(&pebble.directory, [NAME])
         .directory_root(&pebble.https_root)
+        .storage(pebble.storage())
         .http_01(&Http01Responder::new())
         .timeout(Duration::from_secs(10))
         .build();
@@ -344,4 +349,40 @@ async fn a_challenge_that_fails_validation_is_reported() {
     );
     assert!(rotator.current().is_none());
     assert_eq!(rotator.health().last_error, Some(message));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn external_account_binding_is_required_and_works() {
+    let key: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37)).collect();
+    let pebble = Pebble::start(Config {
+        eab: Some(("kid-1".into(), key.clone())),
+        ..Config::default()
+    });
+    let store = CertStore::new();
+    // Without the binding, the CA refuses the account.
+    let unbound = AcmeSource::builder(&pebble.directory, [NAME])
+        .directory_root(&pebble.https_root)
+        .storage(pebble.storage())
+        .tls_alpn_01(&store)
+        .build();
+    let error = Rotator::builder(unbound, policy())
+        .store(store.clone())
+        .start()
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("externalAccount"), "{error}");
+
+    let bound = AcmeSource::builder(&pebble.directory, [NAME])
+        .directory_root(&pebble.https_root)
+        .storage(pebble.storage())
+        .external_account("kid-1", &key)
+        .tls_alpn_01(&store)
+        .build();
+    let rotator = Rotator::builder(bound, policy()).store(store).spawn();
+    let server = tls_alpn_server(&pebble, &rotator).await;
+    let cert = first_certificate(&rotator).await;
+    let seen = common::serial_seen(&client(&pebble), server.addr, NAME)
+        .await
+        .unwrap();
+    assert_eq!(seen, cert.serial);
 }

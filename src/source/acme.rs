@@ -212,9 +212,10 @@ impl AcmeBuilder {
         self
     }
 
-    /// Where the account and certificates are kept (default: nowhere, that
-    /// is a new account and certificate at every start; use
-    /// [`FileStorage`]).
+    /// Where the account and certificates are kept (default: a
+    /// [`FileStorage`] in `$STATE_DIRECTORY/acme` under systemd, else
+    /// `$XDG_STATE_HOME/certrotate/acme`, else
+    /// `~/.local/state/certrotate/acme`, else `./certrotate-acme`).
     pub fn storage(mut self, storage: impl Storage) -> Self {
         self.storage = Arc::new(storage);
         self
@@ -367,18 +368,6 @@ struct Advice {
     fired: bool,
 }
 
-/// Storage that keeps nothing.
-struct NoStorage;
-
-impl Storage for NoStorage {
-    fn load<'a>(&'a self, _: &'a str) -> BoxFuture<'a, std::io::Result<Option<Vec<u8>>>> {
-        Box::pin(async { Ok(None) })
-    }
-    fn store<'a>(&'a self, _: &'a str, _: &'a [u8]) -> BoxFuture<'a, std::io::Result<()>> {
-        Box::pin(async { Ok(()) })
-    }
-}
-
 /// Why an ACME step failed, for messages.
 struct Failure(String);
 
@@ -422,7 +411,7 @@ impl AcmeSource {
             directory: directory.into(),
             domains: domains.into_iter().map(Into::into).collect(),
             challenge: Challenge::TlsAlpn01(CertStore::new()),
-            storage: Arc::new(NoStorage),
+            storage: Arc::new(FileStorage::new(default_storage_dir())),
             contact: Vec::new(),
             root: None,
             eab: None,
@@ -675,6 +664,22 @@ impl AcmeSource {
             fired: false,
         });
     }
+}
+
+/// Where ACME state goes unless the builder says otherwise.
+fn default_storage_dir() -> PathBuf {
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(state) = var("STATE_DIRECTORY") {
+        return state.join("acme");
+    }
+    var("XDG_STATE_HOME")
+        .or_else(|| var("HOME").map(|home| home.join(".local/state")))
+        .map(|state| state.join("certrotate/acme"))
+        .unwrap_or_else(|| PathBuf::from("certrotate-acme"))
 }
 
 /// How long a `rateLimited` problem asks to wait: the time in its detail

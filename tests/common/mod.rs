@@ -170,7 +170,7 @@ impl Ca {
     }
 }
 
-fn rand_serial() -> u64 {
+pub fn rand_serial() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);

@@ -28,6 +28,8 @@ pub struct Config {
     pub validity: Duration,
     /// Share of good nonces it rejects (`PEBBLE_WFE_NONCEREJECT`).
     pub nonce_reject: u8,
+    /// External account binding required, with this key id and HMAC key.
+    pub eab: Option<(String, Vec<u8>)>,
 }
 
 impl Default for Config {
@@ -37,6 +39,7 @@ impl Default for Config {
             http_port: free_port(),
             validity: Duration::from_secs(3600),
             nonce_reject: 0,
+            eab: None,
         }
     }
 }
@@ -82,7 +85,8 @@ impl Pebble {
                     "httpPort": {http},
                     "tlsPort": {tls},
                     "ocspResponderURL": "",
-                    "externalAccountBindingRequired": false,
+                    "externalAccountBindingRequired": {eab_required},
+                    "externalAccountMACKeys": {{{eab_keys}}},
                     "certificateValidityPeriod": {validity}
                 }}}}"#,
                 cert = dir.join("cert.pem").display(),
@@ -90,6 +94,12 @@ impl Pebble {
                 http = config.http_port,
                 tls = config.tls_port,
                 validity = config.validity.as_secs(),
+                eab_required = config.eab.is_some(),
+                eab_keys = config
+                    .eab
+                    .as_ref()
+                    .map(|(kid, key)| format!("{kid:?}: {:?}", base64url(key)))
+                    .unwrap_or_default(),
             ),
         )
         .unwrap();
@@ -169,6 +179,11 @@ impl Pebble {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// A storage of ACME state for a test against this Pebble, removed with it.
+    pub fn storage(&self) -> certrotate::FileStorage {
+        certrotate::FileStorage::new(self.dir.join(&format!("state-{}", super::rand_serial())))
     }
 
     /// Kills Pebble and starts a new, empty one on the same ports: new
@@ -253,4 +268,20 @@ impl certrotate::Dns01Solver for ChallTestSrv {
             format!(r#"{{"host": "_acme-challenge.{domain}."}}"#),
         ))
     }
+}
+
+/// Unpadded base64url, as Pebble reads its MAC keys.
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
 }
