@@ -284,7 +284,7 @@ impl AcmeBuilder {
                 timeout: self.timeout,
                 account: tokio::sync::Mutex::new(None),
                 advice: Mutex::new(None),
-                rate_limited: Mutex::new(None),
+                rate_limited: Arc::default(),
             }),
         }
     }
@@ -345,8 +345,9 @@ struct Inner {
     /// When to renew the stored certificate, from the CA's renewal
     /// information (RFC 9773).
     advice: Mutex<Option<Advice>>,
-    /// How long the CA's last rate limit asked to wait.
-    rate_limited: Mutex<Option<Duration>>,
+    /// How long the CA last asked to wait (a rate limit, or Retry-After on
+    /// an error response).
+    rate_limited: Arc<Mutex<Option<Duration>>>,
 }
 
 impl fmt::Debug for AcmeSource {
@@ -446,9 +447,10 @@ impl AcmeSource {
         if let (Some(account), false) = (&*cached, fresh) {
             return Ok(account.clone());
         }
-        let builder = || match &self.inner.root {
-            Some(root) => Account::builder_with_root(root),
-            None => Account::builder(),
+        let builder = || -> Result<_, Failure> {
+            let http =
+                NotingClient::new(self.inner.root.as_deref(), self.inner.rate_limited.clone())?;
+            Ok(Account::builder_with_http(Box::new(http)))
         };
         let stored = match fresh {
             true => None,
@@ -666,6 +668,82 @@ impl AcmeSource {
     }
 }
 
+/// instant-acme's HTTP client (hyper + rustls, the platform's roots or the
+/// configured one), noting the `Retry-After` of error responses, which
+/// instant-acme's errors do not carry, so that the rotator can honour it.
+struct NotingClient {
+    inner: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        instant_acme::BodyWrapper<bytes::Bytes>,
+    >,
+    retry_after: Arc<Mutex<Option<Duration>>>,
+}
+
+impl NotingClient {
+    fn new(
+        root: Option<&std::path::Path>,
+        retry_after: Arc<Mutex<Option<Duration>>>,
+    ) -> Result<Self, Failure> {
+        use rustls::pki_types::pem::PemObject;
+        let builder = rustls::ClientConfig::builder_with_provider(crate::default_provider())
+            .with_safe_default_protocol_versions()?;
+        let tls = match root {
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in rustls::pki_types::CertificateDer::pem_file_iter(pem)? {
+                    roots.add(cert?)?;
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            None => rustls_platform_verifier::BuilderVerifierExt::with_platform_verifier(builder)?
+                .with_no_client_auth(),
+        };
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let inner =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(https);
+        Ok(Self { inner, retry_after })
+    }
+}
+
+impl instant_acme::HttpClient for NotingClient {
+    fn request(
+        &self,
+        request: axum::http::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
+    ) -> BoxFuture<'static, Result<instant_acme::BytesResponse, instant_acme::Error>> {
+        let response = instant_acme::HttpClient::request(&self.inner, request);
+        let noted = self.retry_after.clone();
+        Box::pin(async move {
+            let response = response.await?;
+            if response.parts.status.is_client_error() || response.parts.status.is_server_error() {
+                if let Some(wait) = retry_after(&response.parts.headers) {
+                    *lock(&noted) = Some(wait);
+                }
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// A `Retry-After` header's wait: seconds, or an HTTP date.
+fn retry_after(headers: &axum::http::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(axum::http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
 /// Where ACME state goes unless the builder says otherwise.
 fn default_storage_dir() -> PathBuf {
     let var = |name| {
@@ -782,6 +860,8 @@ impl CertSource for AcmeSource {
                 return Ok(bundle.clone());
             }
         }
+        // Only what the CA says during this attempt counts.
+        lock(&self.inner.rate_limited).take();
         let ordered = self.order(stored.as_ref()).await;
         let rate_limited = lock(&self.inner.rate_limited).take();
         let bundle = ordered.map_err(|Failure(reason)| match rate_limited {
@@ -922,6 +1002,24 @@ mod tests {
         assert_eq!(rate_limit_wait(&vague), Some(Duration::from_secs(60)));
         let other = problem("urn:ietf:params:acme:error:badNonce", "bad nonce");
         assert_eq!(rate_limit_wait(&other), None);
+    }
+
+    #[test]
+    fn retry_after_headers_are_read_as_seconds_or_dates() {
+        let headers = |value: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert(axum::http::header::RETRY_AFTER, value.parse().unwrap());
+            headers
+        };
+        assert_eq!(retry_after(&headers("120")), Some(Duration::from_secs(120)));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(600));
+        let wait = retry_after(&headers(&later)).unwrap();
+        assert!(
+            wait > Duration::from_secs(590) && wait <= Duration::from_secs(600),
+            "{wait:?}"
+        );
+        assert_eq!(retry_after(&headers("soon")), None);
+        assert_eq!(retry_after(&axum::http::HeaderMap::new()), None);
     }
 
     #[tokio::test(start_paused = true)]

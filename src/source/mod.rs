@@ -137,8 +137,9 @@ pub enum SourceError {
         from: String,
     },
     /// The source asked to be called again no sooner than `retry_after`
-    /// (an ACME CA's rate limit). The rotator waits that long, unless the
-    /// serving certificate's remaining validity cannot afford it.
+    /// (an ACME CA's rate limit, or its `Retry-After` on an error). The
+    /// rotator waits that long, unless the serving certificate's remaining
+    /// validity cannot afford it.
     #[error("{from} is rate-limited (retry in {}): {reason}", crate::clock::human(*retry_after))]
     RateLimited {
         /// The source, as it describes itself.
