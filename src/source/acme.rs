@@ -800,10 +800,10 @@ fn utc_stamp(stamp: &str) -> Option<SystemTime> {
 
 /// Whether an ACME problem says the account is unknown or unusable.
 fn forgotten_account(reason: &str) -> bool {
-    reason.contains("accountDoesNotExist")
+    let reason = reason.to_ascii_lowercase();
+    reason.contains("accountdoesnotexist")
         || reason.contains("unauthorized") && reason.contains("account")
 }
-
 enum Undo {
     TlsAlpn01(CertStore, String),
     Http01(Http01Responder, String),
@@ -1002,6 +1002,19 @@ mod tests {
         assert_eq!(rate_limit_wait(&vague), Some(Duration::from_secs(60)));
         let other = problem("urn:ietf:params:acme:error:badNonce", "bad nonce");
         assert_eq!(rate_limit_wait(&other), None);
+    }
+
+    #[test]
+    fn a_forgotten_or_deactivated_account_is_recognised() {
+        assert!(forgotten_account(
+            "creating the order: API error: No account exists with the provided key (urn:ietf:params:acme:error:accountDoesNotExist)"
+        ));
+        assert!(forgotten_account(
+            "creating the order: API error: Account is not valid, has status \"deactivated\" (urn:ietf:params:acme:error:unauthorized)"
+        ));
+        assert!(!forgotten_account(
+            "creating the order: API error: too many (urn:ietf:params:acme:error:rateLimited)"
+        ));
     }
 
     #[test]
