@@ -31,6 +31,13 @@ fn client(pebble: &Pebble) -> Arc<rustls::ClientConfig> {
 
 use rustls::pki_types::pem::PemObject;
 
+/// A source for NAME from `pebble`, with its own storage.
+fn builder(pebble: &Pebble) -> certrotate::AcmeBuilder {
+    AcmeSource::builder(&pebble.directory, [NAME])
+        .directory_root(&pebble.https_root)
+        .storage(pebble.storage())
+}
+
 fn policy() -> Policy {
     Policy::builder().server_name(NAME).build().unwrap()
 }
@@ -114,11 +121,7 @@ async fn obtains_with_http_01() {
         .unwrap();
     let app: axum::Router = responder.router();
     let http = tokio::spawn(async move { axum::serve(http, app).await });
-    let source = AcmeSource::builder(&pebble.directory, [NAME])
-        .directory_root(&pebble.https_root)
-        .storage(pebble.storage())
-        .http_01(&responder)
-        .build();
+    let source = builder(&pebble).http_01(&responder).build();
     let rotator = Rotator::builder(source, policy()).spawn();
     let cert = first_certificate(&rotator).await;
     let server = common::serve(Arc::new(rotator.server_config().unwrap())).await;
@@ -132,9 +135,7 @@ async fn obtains_with_http_01() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn obtains_with_dns_01() {
     let pebble = Pebble::start(Config::default());
-    let source = AcmeSource::builder(&pebble.directory, [NAME])
-        .directory_root(&pebble.https_root)
-        .storage(pebble.storage())
+    let source = builder(&pebble)
         .dns_01(ChallTestSrv(pebble.dns_management))
         .build();
     let rotator = Rotator::builder(source, policy()).spawn();
@@ -153,11 +154,7 @@ async fn renews_again_and_again_under_load() {
         ..Config::default()
     });
     let store = CertStore::new();
-    let source = AcmeSource::builder(&pebble.directory, [NAME])
-        .directory_root(&pebble.https_root)
-        .storage(pebble.storage())
-        .tls_alpn_01(&store)
-        .build();
+    let source = builder(&pebble).tls_alpn_01(&store).build();
     let rotator = Rotator::builder(source, policy())
         .store(store.clone())
         .spawn();
@@ -192,9 +189,7 @@ async fn renews_again_and_again_under_load() {
 /// A TLS-ALPN-01 setup on `pebble`: the rotator (retrying fast) and its server.
 async fn serving(pebble: &Pebble, timeout: Duration) -> (Rotator, common::Server) {
     let store = CertStore::new();
-    let source = AcmeSource::builder(&pebble.directory, [NAME])
-        .directory_root(&pebble.https_root)
-        .storage(pebble.storage())
+    let source = builder(pebble)
         .tls_alpn_01(&store)
         .timeout(timeout)
         .build();
@@ -325,9 +320,7 @@ async fn a_ca_restarted_empty_is_rejoined_before_expiry() {
 async fn a_challenge_that_fails_validation_is_reported() {
     let pebble = Pebble::start(Config::default());
     // HTTP-01, but nobody answers on Pebble's HTTP port.
-    let source = AcmeSource::builder(&pebble.directory, [NAME])
-        .directory_root(&pebble.https_root)
-        .storage(pebble.storage())
+    let source = builder(&pebble)
         .http_01(&Http01Responder::new())
         .timeout(Duration::from_secs(10))
         .build();
@@ -360,11 +353,7 @@ async fn external_account_binding_is_required_and_works() {
     });
     let store = CertStore::new();
     // Without the binding, the CA refuses the account.
-    let unbound = AcmeSource::builder(&pebble.directory, [NAME])
-        .directory_root(&pebble.https_root)
-        .storage(pebble.storage())
-        .tls_alpn_01(&store)
-        .build();
+    let unbound = builder(&pebble).tls_alpn_01(&store).build();
     let error = Rotator::builder(unbound, policy())
         .store(store.clone())
         .start()
@@ -372,9 +361,7 @@ async fn external_account_binding_is_required_and_works() {
         .unwrap_err();
     assert!(error.to_string().contains("externalAccount"), "{error}");
 
-    let bound = AcmeSource::builder(&pebble.directory, [NAME])
-        .directory_root(&pebble.https_root)
-        .storage(pebble.storage())
+    let bound = builder(&pebble)
         .external_account("kid-1", &key)
         .tls_alpn_01(&store)
         .build();

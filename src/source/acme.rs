@@ -260,28 +260,17 @@ impl AcmeBuilder {
     pub fn build(self) -> AcmeSource {
         let mut names = self.domains.clone();
         names.sort();
+        let directory = hex(&Sha256::digest(&self.directory));
         let id = hex(&Sha256::digest(format!(
             "{}|{}",
             self.directory,
             names.join(",")
-        )))[..16]
-            .to_owned();
+        )));
         AcmeSource {
             inner: Arc::new(Inner {
-                account_key: format!(
-                    "account-{}.json",
-                    &hex(&Sha256::digest(&self.directory))[..16]
-                ),
-                cert_key: format!("cert-{id}.pem"),
-                directory: self.directory,
-                domains: self.domains,
-                challenge: self.challenge,
-                storage: self.storage,
-                contact: self.contact,
-                root: self.root,
-                eab: self.eab,
-                profile: self.profile,
-                timeout: self.timeout,
+                account_key: format!("account-{}.json", &directory[..16]),
+                cert_key: format!("cert-{}.pem", &id[..16]),
+                config: self,
                 account: tokio::sync::Mutex::new(None),
                 advice: Mutex::new(None),
                 rate_limited: Arc::default(),
@@ -330,15 +319,8 @@ pub struct AcmeSource {
 }
 
 struct Inner {
-    directory: String,
-    domains: Vec<String>,
-    challenge: Challenge,
-    storage: Arc<dyn Storage>,
-    contact: Vec<String>,
-    root: Option<PathBuf>,
-    eab: Option<(String, Vec<u8>)>,
-    profile: Option<String>,
-    timeout: Duration,
+    /// What the builder was told.
+    config: AcmeBuilder,
     account_key: String,
     cert_key: String,
     account: tokio::sync::Mutex<Option<Account>>,
@@ -353,8 +335,8 @@ struct Inner {
 impl fmt::Debug for AcmeSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AcmeSource")
-            .field("directory", &self.inner.directory)
-            .field("domains", &self.inner.domains)
+            .field("directory", &self.inner.config.directory)
+            .field("domains", &self.inner.config.domains)
             .finish_non_exhaustive()
     }
 }
@@ -386,7 +368,7 @@ impl AcmeSource {
         what: &str,
         future: impl Future<Output = Result<T, E>>,
     ) -> Result<T, Failure> {
-        let timeout = self.inner.timeout;
+        let timeout = self.inner.config.timeout;
         match tokio::time::timeout(timeout, future).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
@@ -423,7 +405,13 @@ impl AcmeSource {
 
     /// The stored certificate, if any and parseable.
     async fn stored(&self) -> Option<CertBundle> {
-        let pem = self.inner.storage.load(&self.inner.cert_key).await.ok()??;
+        let pem = self
+            .inner
+            .config
+            .storage
+            .load(&self.inner.cert_key)
+            .await
+            .ok()??;
         let bundle = CertBundle::from_combined_pem(&pem).ok()?;
         Some(bundle.with_origin(self.describe()))
     }
@@ -448,13 +436,21 @@ impl AcmeSource {
             return Ok(account.clone());
         }
         let builder = || -> Result<_, Failure> {
-            let http =
-                NotingClient::new(self.inner.root.as_deref(), self.inner.rate_limited.clone())?;
+            let http = NotingClient::new(
+                self.inner.config.root.as_deref(),
+                self.inner.rate_limited.clone(),
+            )?;
             Ok(Account::builder_with_http(Box::new(http)))
         };
         let stored = match fresh {
             true => None,
-            false => self.inner.storage.load(&self.inner.account_key).await?,
+            false => {
+                self.inner
+                    .config
+                    .storage
+                    .load(&self.inner.account_key)
+                    .await?
+            }
         };
         let account = match stored {
             Some(json) => {
@@ -466,7 +462,13 @@ impl AcmeSource {
                 .await?
             }
             None => {
-                let contact: Vec<&str> = self.inner.contact.iter().map(String::as_str).collect();
+                let contact: Vec<&str> = self
+                    .inner
+                    .config
+                    .contact
+                    .iter()
+                    .map(String::as_str)
+                    .collect();
                 let new = NewAccount {
                     contact: &contact,
                     terms_of_service_agreed: true,
@@ -474,21 +476,23 @@ impl AcmeSource {
                 };
                 let eab = self
                     .inner
+                    .config
                     .eab
                     .as_ref()
                     .map(|(kid, key)| ExternalAccountKey::new(kid.clone(), key));
                 let (account, credentials) = self
                     .step(
                         "creating the ACME account",
-                        builder()?.create(&new, self.inner.directory.clone(), eab.as_ref()),
+                        builder()?.create(&new, self.inner.config.directory.clone(), eab.as_ref()),
                     )
                     .await?;
                 let json = serde_json::to_vec(&credentials)?;
                 self.inner
+                    .config
                     .storage
                     .store(&self.inner.account_key, &json)
                     .await?;
-                tracing::info!(target: "certrotate", directory = %self.inner.directory, "ACME account created");
+                tracing::info!(target: "certrotate", directory = %self.inner.config.directory, "ACME account created");
                 account
             }
         };
@@ -518,6 +522,7 @@ impl AcmeSource {
     ) -> Result<CertBundle, Failure> {
         let identifiers: Vec<Identifier> = self
             .inner
+            .config
             .domains
             .iter()
             .map(|d| Identifier::Dns(d.clone()))
@@ -525,7 +530,7 @@ impl AcmeSource {
         let replaces = replacing.and_then(|b| CertificateIdentifier::try_from(&b.chain()[0]).ok());
         let new_order = |replacing: bool| {
             let mut new = NewOrder::new(&identifiers);
-            if let Some(profile) = &self.inner.profile {
+            if let Some(profile) = &self.inner.config.profile {
                 new = new.profile(profile);
             }
             match (&replaces, replacing) {
@@ -573,7 +578,7 @@ impl AcmeSource {
                 AuthorizationStatus::Pending => {}
                 other => return Err(Failure(format!("authorization is {other:?}"))),
             }
-            let kind = match &self.inner.challenge {
+            let kind = match &self.inner.config.challenge {
                 Challenge::TlsAlpn01(_) => ChallengeType::TlsAlpn01,
                 Challenge::Http01(_) => ChallengeType::Http01,
                 Challenge::Dns01(_) => ChallengeType::Dns01,
@@ -586,7 +591,7 @@ impl AcmeSource {
                 other => return Err(Failure(format!("cannot answer for identifier {other:?}"))),
             };
             let key_authorization = challenge.key_authorization();
-            match &self.inner.challenge {
+            match &self.inner.config.challenge {
                 Challenge::TlsAlpn01(store) => {
                     let key = alpn_certificate(&domain, key_authorization.digest().as_ref())?;
                     store.set_challenge(&domain, key);
@@ -613,7 +618,7 @@ impl AcmeSource {
     }
 
     async fn finish(&self, order: &mut instant_acme::Order) -> Result<CertBundle, Failure> {
-        let retries = RetryPolicy::default().timeout(self.inner.timeout);
+        let retries = RetryPolicy::default().timeout(self.inner.config.timeout);
         let status = self
             .step("validating the challenges", order.poll_ready(&retries))
             .await?;
@@ -632,6 +637,7 @@ impl AcmeSource {
         let combined = format!("{chain_pem}{key_pem}");
         let bundle = CertBundle::from_combined_pem(combined.as_bytes())?;
         self.inner
+            .config
             .storage
             .store(&self.inner.cert_key, combined.as_bytes())
             .await?;
@@ -649,7 +655,7 @@ impl AcmeSource {
             return;
         };
         let Ok(Ok((info, _))) =
-            tokio::time::timeout(self.inner.timeout, account.renewal_info(&id)).await
+            tokio::time::timeout(self.inner.config.timeout, account.renewal_info(&id)).await
         else {
             return;
         };
@@ -902,8 +908,8 @@ impl CertSource for AcmeSource {
     fn describe(&self) -> String {
         format!(
             "ACME {} for {}",
-            self.inner.directory,
-            self.inner.domains.join(", ")
+            self.inner.config.directory,
+            self.inner.config.domains.join(", ")
         )
     }
 }
