@@ -189,10 +189,7 @@ async fn renews_again_and_again_under_load() {
 /// A TLS-ALPN-01 setup on `pebble`: the rotator (retrying fast) and its server.
 async fn serving(pebble: &Pebble, timeout: Duration) -> (Rotator, common::Server) {
     let store = CertStore::new();
-    let source = builder(pebble)
-        .tls_alpn_01(&store)
-        .timeout(timeout)
-        .build();
+    let source = builder(pebble).tls_alpn_01(&store).timeout(timeout).build();
     let rotator = Rotator::builder(source, policy())
         .store(store)
         .retry_backoff(Duration::from_millis(500), Duration::from_secs(2))
