@@ -10,17 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use certrotate::{CertDirectory, FileOptions, Policy, RotationEvent, WatchMode};
+use certrotate::{CertDirectory, Policy, RotationEvent};
+use common::{file_options, WITHIN};
 use common::{Ca, Issued, Leaf, TempDir};
-
-const WITHIN: Duration = Duration::from_secs(10);
-
-fn options() -> FileOptions {
-    FileOptions::default()
-        .watch(WatchMode::Events)
-        .settle(Duration::from_millis(50))
-        .grace(Duration::from_millis(300))
-}
 
 fn write_pair(cert: &Path, key: &Path, issued: &Issued) {
     for (path, pem, mode) in [
@@ -59,7 +51,7 @@ async fn until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
 
 async fn start(dir: &TempDir) -> CertDirectory {
     CertDirectory::builder(dir.path(), Policy::default())
-        .options(options())
+        .options(file_options())
         .retry_backoff(Duration::from_millis(100), Duration::from_millis(400))
         .start()
         .await

@@ -8,13 +8,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use common::write_atomic;
 use common::{Ca, Issued, Leaf, TempDir};
-
-fn write_atomic(path: &Path, contents: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
 
 fn leaf(ca: &Ca, names: &[&str], age: u64) -> Issued {
     ca.issue(

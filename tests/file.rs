@@ -15,31 +15,9 @@ use certrotate::{
     BundleError, FileOptions, FileSource, Policy, Refusal, RotationEvent, Rotator, SourceError,
     SourceWarning, WatchMode,
 };
+use common::{file_options, write_atomic, WITHIN};
 use common::{Ca, Issued, Leaf, TempDir, HOST};
 use tokio::sync::broadcast;
-
-/// Quick settle and grace for tests; events only, so that polling cannot
-/// hide a missed event.
-fn options() -> FileOptions {
-    FileOptions::default()
-        .watch(WatchMode::Events)
-        .settle(Duration::from_millis(50))
-        .grace(Duration::from_millis(500))
-}
-
-/// How long a change may take to be served in these tests (generous: CI
-/// machines are shared).
-const WITHIN: Duration = Duration::from_secs(10);
-
-/// Writes `contents` to a temporary file beside `path`, then renames it over
-/// `path`, as `mv`, cert-manager and most deployment tools do. Key files get
-/// mode 0600.
-fn write_atomic(path: &Path, contents: &str) {
-    let tmp = path.with_extension("tmp-write");
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
 
 fn write_pair(cert: &Path, key: &Path, issued: &Issued) {
     write_atomic(cert, &issued.cert_pem);
@@ -126,7 +104,7 @@ impl Setup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn atomic_rename_of_cert_then_key() {
-    let (mut s, cert, key) = serving_pair(options()).await;
+    let (mut s, cert, key) = serving_pair(file_options()).await;
     let load = s.load();
     for step in 1..=3 {
         let next = newer(&s.ca, step);
@@ -143,7 +121,7 @@ async fn atomic_rename_of_cert_then_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn truncate_and_write_in_two_steps_with_the_key_later() {
-    let (mut s, cert, key) = serving_pair(options().grace(Duration::from_secs(3))).await;
+    let (mut s, cert, key) = serving_pair(file_options().grace(Duration::from_secs(3))).await;
     let load = s.load();
     let next = newer(&s.ca, 1);
     // In place, like `cat new.crt > tls.crt` from a slow writer: truncate,
@@ -204,7 +182,7 @@ async fn kubernetes_secret_volume_rotates_again_and_again() {
     let (dir, ca) = (TempDir::new("k8s"), Ca::new());
     let first = ca.issue(Leaf::default().valid_from(ago(3600)));
     let mut volume = SecretVolume::new(dir.path(), &first);
-    let source = FileSource::pair(dir.join("tls.crt"), dir.join("tls.key")).options(options());
+    let source = FileSource::pair(dir.join("tls.crt"), dir.join("tls.key")).options(file_options());
     let mut s = setup(dir, ca, source, &first).await;
     let load = s.load();
     for step in 1..=4 {
@@ -218,7 +196,7 @@ async fn kubernetes_secret_volume_rotates_again_and_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deleted_files_keep_the_old_certificate_until_they_come_back() {
-    let (mut s, cert, key) = serving_pair(options()).await;
+    let (mut s, cert, key) = serving_pair(file_options()).await;
     let load = s.load();
     let serving = s.rotator.current().unwrap();
     std::fs::remove_file(&cert).unwrap();
@@ -263,7 +241,7 @@ async fn polling_sees_changes_without_events() {
     let poll = WatchMode::Poll {
         every: Duration::from_millis(100),
     };
-    let (mut s, cert, key) = serving_pair(options().watch(poll)).await;
+    let (mut s, cert, key) = serving_pair(file_options().watch(poll)).await;
     let load = s.load();
     for step in 1..=2 {
         let next = newer(&s.ca, step);
@@ -294,7 +272,7 @@ async fn combined_pem_file_rotates() {
     let combined = |i: &Issued| format!("{}{}", i.key_pem, i.cert_pem);
     let first = ca.issue(Leaf::default().valid_from(ago(3600)));
     write_atomic(&path, &combined(&first));
-    let source = FileSource::combined(&path).options(options());
+    let source = FileSource::combined(&path).options(file_options());
     let mut s = setup(dir, ca, source, &first).await;
     let load = s.load();
     let next = newer(&s.ca, 1);
@@ -330,7 +308,7 @@ async fn failure(events: &mut broadcast::Receiver<RotationEvent>) -> Failure {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_inputs_are_refused_each_with_its_own_error() {
-    let (mut s, cert, key) = serving_pair(options()).await;
+    let (mut s, cert, key) = serving_pair(file_options()).await;
     let load = s.load();
     let good = s.rotator.current().unwrap();
     let good_files = (
@@ -474,7 +452,7 @@ async fn bad_inputs_are_refused_each_with_its_own_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn key_readable_by_others_is_reported_and_refused_when_strict() {
-    let (mut s, cert, key) = serving_pair(options()).await;
+    let (mut s, cert, key) = serving_pair(file_options()).await;
     let next = newer(&s.ca, 1);
     write_atomic(&cert, &next.cert_pem);
     write_atomic(&key, &next.key_pem);
@@ -512,7 +490,7 @@ async fn key_readable_by_others_is_reported_and_refused_when_strict() {
 
     // Strict: the same files are refused at start.
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let strict = FileSource::pair(&cert, &key).options(options().strict_permissions(true));
+    let strict = FileSource::pair(&cert, &key).options(file_options().strict_permissions(true));
     let error = Rotator::builder(strict, Policy::default())
         .start()
         .await
@@ -535,7 +513,7 @@ async fn directory_removed_and_recreated_is_followed() {
     let (cert, key) = (tls.join("tls.crt"), tls.join("tls.key"));
     let first = ca.issue(Leaf::default().valid_from(ago(3600)));
     write_pair(&cert, &key, &first);
-    let source = FileSource::pair(&cert, &key).options(options());
+    let source = FileSource::pair(&cert, &key).options(file_options());
     let mut s = setup(dir, ca, source, &first).await;
     let load = s.load();
     for step in 1..=2 {
@@ -554,7 +532,7 @@ async fn directory_removed_and_recreated_is_followed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_directory_that_is_never_quiet_still_rotates() {
-    let (mut s, cert, key) = serving_pair(options()).await;
+    let (mut s, cert, key) = serving_pair(file_options()).await;
     let load = s.load();
     // Another program writes beside the certificate every 10 ms.
     let noise = cert.with_file_name("app.log");
@@ -589,7 +567,8 @@ async fn files_broken_long_ago_are_refused_at_once() {
             .unwrap();
     }
     // A grace period this long would hang the start if it applied.
-    let source = FileSource::pair(&cert, &key).options(options().grace(Duration::from_secs(3600)));
+    let source =
+        FileSource::pair(&cert, &key).options(file_options().grace(Duration::from_secs(3600)));
     let start = Rotator::builder(source, Policy::default()).start();
     let error = tokio::time::timeout(WITHIN, start)
         .await

@@ -11,23 +11,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use certrotate::{FileOptions, FileSource, Policy, Rotator, TrustFile, WatchMode};
+use certrotate::{FileSource, Policy, Rotator, TrustFile};
 use common::{client_leaf, request, resuming_client, Ca, TempDir, HOST};
-
-const WITHIN: Duration = Duration::from_secs(10);
-
-fn options() -> FileOptions {
-    FileOptions::default()
-        .watch(WatchMode::Events)
-        .settle(Duration::from_millis(50))
-        .grace(Duration::from_millis(300))
-}
-
-fn write_atomic(path: &Path, contents: &str) {
-    let tmp = path.with_extension("tmp-write");
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
+use common::{file_options, write_atomic, WITHIN};
 
 /// Polls `probe` until it holds.
 async fn eventually(what: &str, mut probe: impl AsyncFnMut() -> bool) {
@@ -56,10 +42,10 @@ async fn setup(dir: TempDir, ca_path: &Path) -> Setup {
     let issued = server_ca.issue(common::Leaf::default());
     write_atomic(&dir.join("tls.crt"), &issued.cert_pem);
     write_atomic(&dir.join("tls.key"), &issued.key_pem);
-    let source = FileSource::pair(dir.join("tls.crt"), dir.join("tls.key")).options(options());
+    let source = FileSource::pair(dir.join("tls.crt"), dir.join("tls.key")).options(file_options());
     let policy = Policy::builder().server_name(HOST).build().unwrap();
     let rotator = Rotator::builder(source, policy).start().await.unwrap();
-    let client_ca = TrustFile::open(ca_path, options()).unwrap();
+    let client_ca = TrustFile::open(ca_path, file_options()).unwrap();
     let config = rotator
         .server_config_with_client_auth(&client_ca.trust())
         .unwrap();
@@ -126,7 +112,7 @@ async fn client_ca_swapped_by_rename_then_kubernetes_layout() {
     };
     swap(0, &one.pem);
     std::os::unix::fs::symlink("..data/ca.crt", mount.join("ca.crt")).unwrap();
-    let k8s = TrustFile::open(mount.join("ca.crt"), options()).unwrap();
+    let k8s = TrustFile::open(mount.join("ca.crt"), file_options()).unwrap();
     let config = s
         .rotator
         .server_config_with_client_auth(&k8s.trust())

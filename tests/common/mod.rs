@@ -548,3 +548,28 @@ pub async fn run_example(name: &str, args: &[&std::ffi::OsStr]) -> (tokio::proce
     assert_ne!(port, 0);
     (child, port)
 }
+
+/// How long a change may take to show in tests (generous: CI machines are shared).
+pub const WITHIN: Duration = Duration::from_secs(10);
+
+/// Quick settle and grace for tests; events only, so that polling cannot
+/// hide a missed event.
+#[cfg(feature = "file")]
+pub fn file_options() -> certrotate::FileOptions {
+    certrotate::FileOptions::default()
+        .watch(certrotate::WatchMode::Events)
+        .settle(Duration::from_millis(50))
+        .grace(Duration::from_millis(500))
+}
+
+/// Writes `contents` to a temporary file beside `path`, then renames it over
+/// `path`, as `mv`, cert-manager and most deployment tools do. The file gets
+/// mode 0600 (a key file's proper mode).
+#[cfg(unix)]
+pub fn write_atomic(path: &Path, contents: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
