@@ -518,3 +518,25 @@ pub enum BundleError {
         reason: String,
     },
 }
+
+impl BundleError {
+    /// A short constant naming the kind of error, for machine-readable
+    /// output: the variant's name in snake case (`"not_pem"`, `"swapped"`...).
+    ///
+    /// ```
+    /// assert_eq!(certrotate::BundleError::Swapped.code(), "swapped");
+    /// ```
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Read { .. } => "read",
+            Self::Empty { .. } => "empty",
+            Self::Pem { .. } => "pem",
+            Self::NotPem { .. } => "not_pem",
+            Self::NoCertificate => "no_certificate",
+            Self::NoPrivateKey { .. } => "no_private_key",
+            Self::SeveralPrivateKeys { .. } => "several_private_keys",
+            Self::Swapped => "swapped",
+            Self::Certificate { .. } => "certificate",
+        }
+    }
+}

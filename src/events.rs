@@ -92,7 +92,9 @@ pub enum RotationEvent {
         /// The certificate it was serving, if any.
         cert: Option<Arc<CertInfo>>,
     },
-    /// The serving certificate's expiry alert level changed for the worse.
+    /// The serving certificate's expiry [`AlertLevel`] got worse, or is still
+    /// not `ok` an [`alert_repeat`](crate::RotatorBuilder::alert_repeat)
+    /// after the last warning. A [`Rotated`](Self::Rotated) event ends it.
     ExpiryWarning {
         /// The store slot.
         slot: Arc<str>,

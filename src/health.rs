@@ -8,23 +8,41 @@ use serde::Serialize;
 
 use crate::bundle::CertInfo;
 
+#[cfg(feature = "health")]
+mod service;
+#[cfg(feature = "health")]
+pub use service::HealthService;
+
 /// How close a serving certificate is to expiry, given its renewal schedule.
 ///
-/// Levels escalate while renewal keeps failing: `ok` until the renewal time
-/// has passed, then `renew-overdue`, then `critical` in the last third of the
-/// renewal window, then `expired`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+/// The rule, for a certificate renewed when `renew_before_fraction` of its
+/// lifetime is left:
+///
+/// | level | from |
+/// |---|---|
+/// | `ok` | issuance |
+/// | `renew-overdue` | the renewal time has passed and the certificate still serves |
+/// | `critical` | less than 10% of the lifetime **or** less than 24 h is left (but never before `renew-overdue`) |
+/// | `expired` | `not_after` |
+///
+/// So a 90-day certificate renewed 30 days before expiry is overdue with
+/// 30 days left and critical with 9 days left; a 3-second service
+/// certificate whose renewal failed is critical at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AlertLevel {
     /// Before the renewal time.
     Ok,
     /// Past the renewal time, still serving the old certificate.
     RenewOverdue,
-    /// Less than a third of the renewal window left.
+    /// Less than 10% of the lifetime or less than 24 h left.
     Critical,
     /// Past `not_after`: clients reject it.
     Expired,
 }
+
+/// Critical below this much time left, whatever the lifetime.
+const CRITICAL_BELOW: Duration = Duration::from_secs(24 * 3600);
 
 impl AlertLevel {
     /// The level of `cert` at `now`, when renewal is due with
@@ -35,24 +53,41 @@ impl AlertLevel {
     /// # let ck = rcgen::generate_simple_self_signed(vec!["a.example".into()]).unwrap();
     /// # let bundle = certrotate::CertBundle::from_pem(ck.cert.pem().as_bytes(), ck.signing_key.serialize_pem().as_bytes()).unwrap();
     /// let info = bundle.info();
+    /// assert_eq!(AlertLevel::at(info, info.not_before, 1.0 / 3.0), AlertLevel::Ok);
     /// assert_eq!(AlertLevel::at(info, info.not_after, 1.0 / 3.0), AlertLevel::Expired);
     /// ```
     pub fn at(cert: &CertInfo, now: SystemTime, renew_before_fraction: f64) -> Self {
         let Ok(remaining) = cert.not_after.duration_since(now) else {
             return Self::Expired;
         };
-        let window = cert
-            .lifetime()
-            .mul_f64(renew_before_fraction.clamp(0.0, 1.0));
+        let (overdue, critical) = Self::thresholds(cert, renew_before_fraction);
         if remaining.is_zero() {
             Self::Expired
-        } else if remaining < window / 3 {
+        } else if remaining < critical {
             Self::Critical
-        } else if remaining < window {
+        } else if remaining < overdue {
             Self::RenewOverdue
         } else {
             Self::Ok
         }
+    }
+
+    /// The level as a number for metrics: 0 ok, 1 renew-overdue,
+    /// 2 critical, 3 expired.
+    ///
+    /// ```
+    /// assert_eq!(certrotate::AlertLevel::Critical.as_number(), 2);
+    /// ```
+    pub fn as_number(self) -> u8 {
+        self as u8
+    }
+
+    /// Time left at which the certificate becomes overdue, and critical.
+    fn thresholds(cert: &CertInfo, renew_before_fraction: f64) -> (Duration, Duration) {
+        let lifetime = cert.lifetime();
+        let overdue = lifetime.mul_f64(renew_before_fraction.clamp(0.0, 1.0));
+        let critical = (lifetime / 10).max(CRITICAL_BELOW).min(overdue);
+        (overdue, critical)
     }
 
     /// When the level next gets worse, if it can.
@@ -61,12 +96,10 @@ impl AlertLevel {
         renew_before_fraction: f64,
         now: SystemTime,
     ) -> Option<SystemTime> {
-        let window = cert
-            .lifetime()
-            .mul_f64(renew_before_fraction.clamp(0.0, 1.0));
+        let (overdue, critical) = Self::thresholds(cert, renew_before_fraction);
         [
-            cert.not_after - window,
-            cert.not_after - window / 3,
+            cert.not_after - overdue,
+            cert.not_after - critical,
             cert.not_after,
         ]
         .into_iter()

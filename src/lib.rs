@@ -55,6 +55,8 @@ mod bundle;
 mod clock;
 mod events;
 mod health;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod mtls;
 mod policy;
 mod resolver;
@@ -66,6 +68,8 @@ mod store;
 pub use bundle::{BundleError, CertBundle, CertInfo, ChainLink, KeyAlgorithm};
 pub use clock::{Clock, SystemClock};
 pub use events::{RotationEvent, Trigger};
+#[cfg(feature = "health")]
+pub use health::HealthService;
 pub use health::{AlertLevel, CertHealth, HealthSnapshot, UnservedSlot};
 pub use mtls::{TrustError, TrustStore};
 pub use policy::{

@@ -861,6 +861,36 @@ pub enum Refusal {
     },
 }
 
+impl Refusal {
+    /// A short constant naming the check that failed, for metric labels and
+    /// machine-readable output: the variant's name in snake case
+    /// (`"key_mismatch"`, `"name_not_covered"`, `"expires_too_soon"`...).
+    ///
+    /// ```
+    /// assert_eq!(certrotate::Refusal::KeyMismatch.code(), "key_mismatch");
+    /// ```
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::KeyUnusable(_) => "key_unusable",
+            Self::Unreadable(_) => "unreadable",
+            Self::KeyMismatch => "key_mismatch",
+            Self::NotYetValid { .. } => "not_yet_valid",
+            Self::Expired { .. } => "expired",
+            Self::ExpiresTooSoon { .. } => "expires_too_soon",
+            Self::NoSubjectAltNames => "no_subject_alt_names",
+            Self::NameNotCovered { .. } => "name_not_covered",
+            Self::CaCertificate => "ca_certificate",
+            Self::NotForServerAuth => "not_for_server_auth",
+            Self::NotForClientAuth => "not_for_client_auth",
+            Self::WeakKey { .. } => "weak_key",
+            Self::ChainOutOfOrder { .. } => "chain_out_of_order",
+            Self::Untrusted { .. } => "untrusted",
+            Self::OlderThanServing { .. } => "older_than_serving",
+            Self::ProbeFailed { .. } => "probe_failed",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::dns_matches;

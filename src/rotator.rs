@@ -100,6 +100,7 @@ pub struct RotatorBuilder<S> {
     jitter: f64,
     retry_min: Duration,
     retry_max: Duration,
+    alert_repeat: Duration,
 }
 
 impl<S: CertSource> RotatorBuilder<S> {
@@ -140,6 +141,15 @@ impl<S: CertSource> RotatorBuilder<S> {
     pub fn retry_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.retry_min = min.max(Duration::from_millis(1));
         self.retry_max = max.max(self.retry_min);
+        self
+    }
+
+    /// While the serving certificate is past its renewal time, repeats its
+    /// [`RotationEvent::ExpiryWarning`] (and log line) this often, on top of
+    /// one at each escalation of its [`AlertLevel`] (default 1 h, at least
+    /// 1 s). A stuck renewal keeps being reported, at a bounded rate.
+    pub fn alert_repeat(mut self, every: Duration) -> Self {
+        self.alert_repeat = every.max(Duration::from_secs(1));
         self
     }
 
@@ -200,6 +210,8 @@ impl<S: CertSource> RotatorBuilder<S> {
             retry_at: None,
             failures: 0,
             reported: AlertLevel::Ok,
+            alert_repeat: self.alert_repeat,
+            last_alert: None,
             warnings: Vec::new(),
             inbox: Some(inbox),
             stopped,
@@ -251,6 +263,7 @@ impl Rotator {
             jitter: 0.1,
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
+            alert_repeat: Duration::from_secs(3600),
         }
     }
 
@@ -327,7 +340,60 @@ impl Rotator {
         self.ask(|reply| Command::Install { bundle, reply }).await
     }
 
+    /// Calls [`rotate_now`](Self::rotate_now) each time the process gets
+    /// `SIGHUP`, the conventional "reload your certificates" signal (as in
+    /// `kill -HUP <pid>` or `systemctl reload`), until the rotator shuts down.
+    /// The outcome of each rotation is in the events and logs as usual.
+    ///
+    /// Installing the handler replaces `SIGHUP`'s default action
+    /// (terminating the process) for the whole process, for good.
+    ///
+    /// ```no_run
+    /// # async fn demo(rotator: certrotate::Rotator) -> std::io::Result<()> {
+    /// rotator.rotate_on_sighup()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(unix)]
+    pub fn rotate_on_sighup(&self) -> std::io::Result<JoinHandle<()>> {
+        use tokio::signal::unix::{signal, SignalKind};
+
+        let mut hangups = signal(SignalKind::hangup())?;
+        let commands = self.commands.clone();
+        let slot = self.slot.clone();
+        let mut stopped = self.stop.subscribe();
+        Ok(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => return,
+                    hangup = hangups.recv() => if hangup.is_none() { return },
+                }
+                tracing::info!(target: "certrotate", %slot, "SIGHUP: rotating now");
+                if let Err(RotateError::Stopped) = ask(&commands, Command::Rotate).await {
+                    return;
+                }
+            }
+        }))
+    }
+
     /// Restores the previous good certificate of this slot at once.
+    ///
+    /// The store keeps the last [`history`](crate::CertStoreBuilder::history)
+    /// good certificates of each slot (default 3: the serving one and two
+    /// before it), and skips those that have expired since. Use it when a
+    /// certificate that passed every check still turns out wrong in
+    /// production (a client that pins the old key, a chain some clients do
+    /// not build): it takes effect on the next handshake, emits
+    /// [`RotationEvent::RolledBack`], and the next source change or renewal
+    /// rotates forward again as usual.
+    ///
+    /// ```no_run
+    /// # fn demo(rotator: certrotate::Rotator) {
+    /// match rotator.rollback() {
+    ///     Ok(restored) => println!("serving {} again", restored.serial),
+    ///     Err(error) => eprintln!("{error}"),
+    /// }
+    /// # }
+    /// ```
     pub fn rollback(&self) -> Result<Arc<CertInfo>, RollbackError> {
         self.store.rollback(&self.slot)
     }
@@ -343,13 +409,21 @@ impl Rotator {
         &self,
         command: impl FnOnce(oneshot::Sender<Result<Rotation, RotateError>>) -> Command,
     ) -> Result<Rotation, RotateError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(command(reply))
-            .await
-            .map_err(|_| RotateError::Stopped)?;
-        answer.await.map_err(|_| RotateError::Stopped)?
+        ask(&self.commands, command).await
     }
+}
+
+/// Sends `command` to the rotation task and waits for its answer.
+async fn ask(
+    commands: &mpsc::Sender<Command>,
+    command: impl FnOnce(oneshot::Sender<Result<Rotation, RotateError>>) -> Command,
+) -> Result<Rotation, RotateError> {
+    let (reply, answer) = oneshot::channel();
+    commands
+        .send(command(reply))
+        .await
+        .map_err(|_| RotateError::Stopped)?;
+    answer.await.map_err(|_| RotateError::Stopped)?
 }
 
 struct Task<S> {
@@ -365,6 +439,9 @@ struct Task<S> {
     retry_at: Option<Instant>,
     failures: u32,
     reported: AlertLevel,
+    alert_repeat: Duration,
+    /// When the last expiry warning was emitted.
+    last_alert: Option<Instant>,
     /// The source's warnings as of its last fetch.
     warnings: Vec<SourceWarning>,
     inbox: Option<mpsc::Receiver<Command>>,
@@ -415,8 +492,10 @@ impl<S: CertSource> Task<S> {
     fn next_wake(&mut self, now: SystemTime) -> (Instant, Option<Trigger>) {
         let at = |t: SystemTime| Instant::now() + t.duration_since(now).unwrap_or_default();
         let cap = Instant::now() + MAX_SLEEP;
+        let repeat = self.last_alert.map(|t| t + self.alert_repeat);
         let alert = self.current().and_then(|c| {
-            AlertLevel::next_change(&c, self.store.renew_before_fraction(&self.slot), now).map(at)
+            let change = AlertLevel::next_change(&c, self.store.renew_before_fraction(&self.slot), now);
+            change.map(at).into_iter().chain(repeat).min()
         });
         let (attempt, trigger) = match self.retry_at {
             Some(retry) => (Some(retry), Trigger::Retry),
@@ -449,16 +528,26 @@ impl<S: CertSource> Task<S> {
         }
     }
 
+    /// Emits an expiry warning when the level got worse, and again every
+    /// `alert_repeat` while it is not `Ok`.
     fn check_expiry(&mut self, now: SystemTime) {
         let Some(cert) = self.current() else { return };
         let level = AlertLevel::at(&cert, now, self.store.renew_before_fraction(&self.slot));
-        if level > self.reported {
+        #[cfg(feature = "metrics")]
+        crate::metrics::serving(&self.slot, &cert, level, now);
+        let repeat_due = self
+            .last_alert
+            .is_some_and(|t| t + self.alert_repeat <= Instant::now());
+        if level > self.reported || (level > AlertLevel::Ok && repeat_due) {
             self.store.events().emit(RotationEvent::ExpiryWarning {
                 slot: self.slot.clone(),
                 remaining: cert.not_after.duration_since(now).unwrap_or_default(),
                 cert,
                 level,
             });
+            self.last_alert = Some(Instant::now());
+        } else if level == AlertLevel::Ok {
+            self.last_alert = None;
         }
         self.reported = level;
     }
@@ -474,6 +563,8 @@ impl<S: CertSource> Task<S> {
             .renewal_time()
             .is_some_and(|t| t <= self.store.clock().now());
         let result = self.try_rotate(trigger, bundle, allow_older).await;
+        #[cfg(feature = "metrics")]
+        crate::metrics::attempted(&self.slot, self.source.kind(), &result, self.store.clock().now());
         match &result {
             Ok(Rotation::Rotated { .. }) => self.succeeded(),
             // Nothing newer while renewal is due: look again later, not in a hot loop.

@@ -201,6 +201,11 @@ impl CertStore {
         slots.last_error = None;
         self.publish(&slots);
         drop(slots);
+        #[cfg(feature = "metrics")]
+        {
+            crate::metrics::installed(&name, now);
+            self.record_serving(&name, &cert.info, now);
+        }
         let old = old.map(|o| o.info);
         self.inner.events.emit(RotationEvent::Rotated {
             slot: name,
@@ -232,6 +237,11 @@ impl CertStore {
         let name = entry.name.clone();
         self.publish(&slots);
         drop(slots);
+        #[cfg(feature = "metrics")]
+        {
+            crate::metrics::rolled_back(&name);
+            self.record_serving(&name, &to.info, now);
+        }
         self.inner.events.emit(RotationEvent::RolledBack {
             slot: name,
             from: from.info,
@@ -367,6 +377,12 @@ impl CertStore {
         found.map_or(crate::rotator::DEFAULT_RENEW_BEFORE_FRACTION, |s| {
             s.renew_before_fraction
         })
+    }
+
+    #[cfg(feature = "metrics")]
+    fn record_serving(&self, slot: &str, cert: &CertInfo, now: SystemTime) {
+        let level = AlertLevel::at(cert, now, self.renew_before_fraction(slot));
+        crate::metrics::serving(slot, cert, level, now);
     }
 
     fn lock(&self) -> MutexGuard<'_, Slots> {

@@ -175,22 +175,26 @@ async fn failures_back_off_exponentially_up_to_the_cap() {
 #[tokio::test(start_paused = true)]
 async fn alerts_escalate_while_renewal_keeps_failing() {
     let (source, clock, store) = setup();
+    let repeat = Duration::from_secs(6 * 3600);
     let rotator = Rotator::builder(Shared(source.clone()), Policy::default())
         .store(store.clone())
         .retry_backoff(Duration::from_secs(60), Duration::from_secs(6 * 3600))
+        .alert_repeat(repeat)
         .start()
         .await
         .unwrap();
     source.failing.store(true, Ordering::SeqCst);
     let cert = rotator.current().unwrap();
     let mut events = rotator.subscribe();
-    let mut levels = Vec::new();
-    while levels.last() != Some(&AlertLevel::Expired) {
+    let mut warnings: Vec<(AlertLevel, SystemTime)> = Vec::new();
+    while warnings.len() < 3 || warnings[warnings.len() - 3].0 != AlertLevel::Expired {
         if let RotationEvent::ExpiryWarning { level, .. } = events.recv().await.unwrap() {
-            levels.push(level);
+            warnings.push((level, clock.now()));
             assert_eq!(rotator.health().alert, level);
         }
     }
+    let mut levels: Vec<_> = warnings.iter().map(|(level, _)| *level).collect();
+    levels.dedup();
     assert_eq!(
         levels,
         [
@@ -199,6 +203,13 @@ async fn alerts_escalate_while_renewal_keeps_failing() {
             AlertLevel::Expired
         ]
     );
+    // Repeated while it lasts, never more often than `alert_repeat` for one level.
+    for pair in warnings.windows(2).filter(|w| w[0].0 == w[1].0) {
+        let gap = pair[1].1.duration_since(pair[0].1).unwrap();
+        assert!(gap >= repeat && gap < repeat + Duration::from_secs(301), "{gap:?}");
+    }
+    let overdue = warnings.iter().filter(|w| w.0 == AlertLevel::RenewOverdue).count();
+    assert!(overdue > 10, "30 days overdue is reported again and again: {overdue}");
     assert!(clock.now() >= cert.not_after);
     assert_eq!(
         rotator.current().unwrap().serial,
@@ -238,8 +249,18 @@ fn alert_levels_follow_the_renewal_window() {
     assert_eq!(at(0), AlertLevel::Ok);
     assert_eq!(at(59), AlertLevel::Ok);
     assert_eq!(at(61), AlertLevel::RenewOverdue);
-    assert_eq!(at(81), AlertLevel::Critical);
+    assert_eq!(at(80), AlertLevel::RenewOverdue);
+    assert_eq!(at(82), AlertLevel::Critical);
+    assert_eq!(at(89), AlertLevel::Critical);
     assert_eq!(at(90), AlertLevel::Expired);
+
+    // A one-day certificate has less than 24 h left from issuance: once its
+    // renewal is overdue, it is critical.
+    let end = start + DAY;
+    let info = ca.issue(Leaf::default().lifetime(start, end)).bundle.info().clone();
+    let hours = |h: u32| AlertLevel::at(&info, start + h * Duration::from_secs(3600), 1.0 / 3.0);
+    assert_eq!(hours(15), AlertLevel::Ok);
+    assert_eq!(hours(17), AlertLevel::Critical);
 }
 
 #[tokio::test(start_paused = true)]

@@ -912,6 +912,10 @@ impl CertSource for AcmeSource {
             self.inner.config.domains.join(", ")
         )
     }
+
+    fn kind(&self) -> &'static str {
+        "acme"
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

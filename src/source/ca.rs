@@ -539,4 +539,8 @@ impl CertSource for CaSource {
     fn describe(&self) -> String {
         format!("internal CA {}", self.ca.inner.name)
     }
+
+    fn kind(&self) -> &'static str {
+        "ca"
+    }
 }

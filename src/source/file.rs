@@ -325,6 +325,10 @@ impl CertSource for FileSource {
         self.shared.describe()
     }
 
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
     fn warnings(&self) -> Vec<SourceWarning> {
         lock(&self.shared.warnings).clone()
     }

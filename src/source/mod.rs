@@ -75,6 +75,13 @@ pub trait CertSource: Send + Sync + 'static {
     /// Names the source in messages: `"file /etc/tls/tls.crt"`.
     fn describe(&self) -> String;
 
+    /// The kind of source, a short constant for the `source` label of
+    /// metrics: `"file"`, `"acme"`, `"ca"`, `"static"`. The default is
+    /// `"custom"`.
+    fn kind(&self) -> &'static str {
+        "custom"
+    }
+
     /// What is wrong with the source though it still works, as of the last
     /// [`fetch`](Self::fetch): the rotator records these in the health
     /// snapshot and emits a [`RotationEvent::Warning`](crate::RotationEvent::Warning)
@@ -178,6 +185,26 @@ pub enum SourceError {
 }
 
 impl SourceError {
+    /// A short constant naming the kind of failure, for metric labels and
+    /// machine-readable output: `"bundle"`, `"unavailable"`, `"empty"`,
+    /// `"rate_limited"`, `"read"`, `"trust"`, `"insecure"`.
+    ///
+    /// ```
+    /// let error = certrotate::SourceError::unavailable("ACME", "connection refused");
+    /// assert_eq!(error.code(), "unavailable");
+    /// ```
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Bundle { .. } => "bundle",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Empty { .. } => "empty",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Read { .. } => "read",
+            Self::Trust { .. } => "trust",
+            Self::Insecure { .. } => "insecure",
+        }
+    }
+
     /// The source's bytes did not parse into a bundle.
     pub fn bundle(from: impl Into<String>, error: BundleError) -> Self {
         Self::Bundle {

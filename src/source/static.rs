@@ -77,4 +77,8 @@ impl CertSource for StaticSource {
     fn describe(&self) -> String {
         "static source".into()
     }
+
+    fn kind(&self) -> &'static str {
+        "static"
+    }
 }

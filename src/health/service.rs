@@ -1,0 +1,192 @@
+//! [`HealthService`]: the health snapshot over HTTP, as a tower `Service`.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::future::{ready, Ready};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+
+use super::{AlertLevel, HealthSnapshot};
+use crate::clock::unix_seconds;
+use crate::store::CertStore;
+
+const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+const JSON: &str = "application/json";
+
+/// Answers health checks and scrapes for a [`CertStore`]: its
+/// [`HealthSnapshot`] as JSON, or its certificates as Prometheus text, with
+/// a status a load balancer can act on.
+///
+/// - **Status**: `200 OK` while every serving certificate is below the
+///   [`unhealthy_at`](Self::unhealthy_at) level (default
+///   [`AlertLevel::Critical`]), `503 Service Unavailable` once one reaches
+///   it, or while no certificate is serving at all. Slots without a
+///   certificate next to serving ones are listed in the body but do not
+///   fail the check: a server that still serves most of its names should not
+///   be taken out of rotation for one bad pair.
+/// - **Format**: Prometheus text exposition when the request has
+///   `?format=prometheus` or accepts `text/plain` or OpenMetrics (as
+///   Prometheus scrapers do), JSON otherwise (`?format=json` forces it).
+///   `HEAD` answers the status alone; other methods get `405`.
+///
+/// The Prometheus text holds the per-certificate gauges of the
+/// [metrics table](crate#metrics) (expiry, remaining seconds, alert level)
+/// plus `certrotate_healthy` (1 or 0) and `certrotate_unserved_slots`; the
+/// counters come from the `metrics` feature.
+///
+/// # Example
+///
+/// One line in an axum router:
+///
+/// ```no_run
+/// # fn demo(rotator: certrotate::Rotator) {
+/// use certrotate::{AlertLevel, HealthService};
+///
+/// let app: axum::Router = axum::Router::new()
+///     .route("/", axum::routing::get(|| async { "hello" }))
+///     .route_service("/healthz", HealthService::new(rotator.store().clone()))
+///     // 503 as soon as a renewal is overdue, not only once it is critical:
+///     .route_service(
+///         "/readyz",
+///         HealthService::new(rotator.store().clone()).unhealthy_at(AlertLevel::RenewOverdue),
+///     );
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct HealthService {
+    store: CertStore,
+    unhealthy_at: AlertLevel,
+}
+
+impl HealthService {
+    /// Serves the health of `store`; unhealthy from [`AlertLevel::Critical`].
+    pub fn new(store: CertStore) -> Self {
+        Self {
+            store,
+            unhealthy_at: AlertLevel::Critical,
+        }
+    }
+
+    /// Answers `503` once a serving certificate reaches `level` (default
+    /// [`AlertLevel::Critical`]). `AlertLevel::Ok` makes every answer `503`.
+    #[must_use]
+    pub fn unhealthy_at(mut self, level: AlertLevel) -> Self {
+        self.unhealthy_at = level;
+        self
+    }
+
+    /// Whether `health` passes the check.
+    fn healthy(&self, health: &HealthSnapshot) -> bool {
+        !health.certificates.is_empty() && health.alert < self.unhealthy_at
+    }
+
+    fn respond<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            let mut response = Response::new(Full::new(Bytes::from_static(b"use GET or HEAD\n")));
+            *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            return response;
+        }
+        let health = self.store.health();
+        let healthy = self.healthy(&health);
+        let (content_type, body) = match wants_prometheus(request) {
+            true => (PROMETHEUS, prometheus_text(&health, healthy)),
+            false => (JSON, serde_json::to_string_pretty(&health).unwrap_or_default() + "\n"),
+        };
+        let body = match request.method() == Method::HEAD {
+            true => Bytes::new(),
+            false => Bytes::from(body),
+        };
+        let mut response = Response::new(Full::new(body));
+        *response.status_mut() = match healthy {
+            true => StatusCode::OK,
+            false => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+impl<B> tower_service::Service<Request<B>> for HealthService {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        ready(Ok(self.respond(&request)))
+    }
+}
+
+fn wants_prometheus<B>(request: &Request<B>) -> bool {
+    let query = request.uri().query().unwrap_or_default();
+    for pair in query.split('&') {
+        match pair {
+            "format=prometheus" => return true,
+            "format=json" => return false,
+            _ => {}
+        }
+    }
+    request
+        .headers()
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/plain") || v.contains("application/openmetrics-text"))
+}
+
+/// The snapshot in the Prometheus text exposition format (version 0.0.4).
+fn prometheus_text(health: &HealthSnapshot, healthy: bool) -> String {
+    let mut out = String::new();
+    let gauges: [(&str, &str, fn(&super::CertHealth) -> f64); 3] = [
+        (
+            "certrotate_certificate_expiry_timestamp_seconds",
+            "Expiry (not_after) of the serving certificate, as Unix time.",
+            |c| unix_seconds(c.not_after) as f64,
+        ),
+        (
+            "certrotate_certificate_remaining_seconds",
+            "Seconds left before the serving certificate expires.",
+            |c| c.remaining_seconds as f64,
+        ),
+        (
+            "certrotate_certificate_alert_level",
+            "Expiry alert level: 0 ok, 1 renew-overdue, 2 critical, 3 expired.",
+            |c| f64::from(c.alert.as_number()),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for cert in &health.certificates {
+            let _ = writeln!(out, "{name}{{slot=\"{}\"}} {}", label(&cert.slot), value(cert));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP certrotate_unserved_slots Slots with no certificate to serve.\n\
+         # TYPE certrotate_unserved_slots gauge\n\
+         certrotate_unserved_slots {}\n\
+         # HELP certrotate_healthy 1 while the health check passes, else 0.\n\
+         # TYPE certrotate_healthy gauge\n\
+         certrotate_healthy {}",
+        health.unserved.len(),
+        u8::from(healthy)
+    );
+    out
+}
+
+/// Escapes a label value: backslash, double quote and line feed.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
+}
