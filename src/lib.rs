@@ -53,6 +53,7 @@ compile_error!("certrotate needs a crypto provider: enable the `aws-lc-rs` or th
 mod atomic;
 mod bundle;
 mod clock;
+mod drain;
 mod events;
 mod health;
 #[cfg(feature = "metrics")]
@@ -67,6 +68,7 @@ mod store;
 
 pub use bundle::{BundleError, CertBundle, CertInfo, ChainLink, KeyAlgorithm};
 pub use clock::{Clock, SystemClock};
+pub use drain::{MaxConnectionAge, StaleConnection};
 pub use events::{RotationEvent, Trigger};
 #[cfg(feature = "health")]
 pub use health::HealthService;

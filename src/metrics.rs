@@ -38,15 +38,43 @@ const LAST_ATTEMPT: &str = "certrotate_last_attempt_timestamp_seconds";
 fn describe() {
     static DESCRIBED: Once = Once::new();
     DESCRIBED.call_once(|| {
-        describe_gauge!(EXPIRY, Unit::Seconds, "Expiry (not_after) of the serving certificate, as Unix time.");
-        describe_gauge!(REMAINING, Unit::Seconds, "Seconds left before the serving certificate expires.");
-        describe_gauge!(ALERT_LEVEL, "Expiry alert level: 0 ok, 1 renew-overdue, 2 critical, 3 expired.");
-        describe_counter!(ROTATIONS, "Rotation attempts, by source and result (rotated, unchanged, refused, failed).");
-        describe_counter!(REFUSALS, "Candidate certificates refused by the policy, by reason.");
-        describe_counter!(SOURCE_ERRORS, "Failed fetches from a certificate source, by kind of error.");
+        describe_gauge!(
+            EXPIRY,
+            Unit::Seconds,
+            "Expiry (not_after) of the serving certificate, as Unix time."
+        );
+        describe_gauge!(
+            REMAINING,
+            Unit::Seconds,
+            "Seconds left before the serving certificate expires."
+        );
+        describe_gauge!(
+            ALERT_LEVEL,
+            "Expiry alert level: 0 ok, 1 renew-overdue, 2 critical, 3 expired."
+        );
+        describe_counter!(
+            ROTATIONS,
+            "Rotation attempts, by source and result (rotated, unchanged, refused, failed)."
+        );
+        describe_counter!(
+            REFUSALS,
+            "Candidate certificates refused by the policy, by reason."
+        );
+        describe_counter!(
+            SOURCE_ERRORS,
+            "Failed fetches from a certificate source, by kind of error."
+        );
         describe_counter!(ROLLBACKS, "Rollbacks to the previous certificate.");
-        describe_gauge!(LAST_ROTATION, Unit::Seconds, "When a certificate last went live, as Unix time.");
-        describe_gauge!(LAST_ATTEMPT, Unit::Seconds, "When a rotation was last attempted, as Unix time.");
+        describe_gauge!(
+            LAST_ROTATION,
+            Unit::Seconds,
+            "When a certificate last went live, as Unix time."
+        );
+        describe_gauge!(
+            LAST_ATTEMPT,
+            Unit::Seconds,
+            "When a rotation was last attempted, as Unix time."
+        );
     });
 }
 
@@ -101,4 +129,3 @@ pub(crate) fn attempted(
     };
     counter!(ROTATIONS, "slot" => slot, "source" => source, "result" => outcome).increment(1);
 }
-

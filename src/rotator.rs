@@ -494,7 +494,8 @@ impl<S: CertSource> Task<S> {
         let cap = Instant::now() + MAX_SLEEP;
         let repeat = self.last_alert.map(|t| t + self.alert_repeat);
         let alert = self.current().and_then(|c| {
-            let change = AlertLevel::next_change(&c, self.store.renew_before_fraction(&self.slot), now);
+            let change =
+                AlertLevel::next_change(&c, self.store.renew_before_fraction(&self.slot), now);
             change.map(at).into_iter().chain(repeat).min()
         });
         let (attempt, trigger) = match self.retry_at {
@@ -564,7 +565,12 @@ impl<S: CertSource> Task<S> {
             .is_some_and(|t| t <= self.store.clock().now());
         let result = self.try_rotate(trigger, bundle, allow_older).await;
         #[cfg(feature = "metrics")]
-        crate::metrics::attempted(&self.slot, self.source.kind(), &result, self.store.clock().now());
+        crate::metrics::attempted(
+            &self.slot,
+            self.source.kind(),
+            &result,
+            self.store.clock().now(),
+        );
         match &result {
             Ok(Rotation::Rotated { .. }) => self.succeeded(),
             // Nothing newer while renewal is due: look again later, not in a hot loop.

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use rustls::sign::CertifiedKey;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::bundle::CertInfo;
 use crate::clock::{Clock, SystemClock};
@@ -65,6 +65,8 @@ struct Inner {
     history: usize,
     events: Events,
     clock: Arc<dyn Clock>,
+    /// Counts changes of what is served: installs, rollbacks, removals.
+    changes: watch::Sender<u64>,
 }
 
 /// Server name to certificate. foldhash rather than SipHash: the keys are
@@ -147,6 +149,7 @@ impl CertStoreBuilder {
                 history: self.history,
                 events: Events::new(self.event_capacity),
                 clock: self.clock,
+                changes: watch::Sender::new(0),
             }),
         }
     }
@@ -201,6 +204,7 @@ impl CertStore {
         slots.last_error = None;
         self.publish(&slots);
         drop(slots);
+        self.inner.changes.send_modify(|n| *n += 1);
         #[cfg(feature = "metrics")]
         {
             crate::metrics::installed(&name, now);
@@ -237,6 +241,7 @@ impl CertStore {
         let name = entry.name.clone();
         self.publish(&slots);
         drop(slots);
+        self.inner.changes.send_modify(|n| *n += 1);
         #[cfg(feature = "metrics")]
         {
             crate::metrics::rolled_back(&name);
@@ -260,6 +265,7 @@ impl CertStore {
         let removed = slots.by_name.remove(at);
         self.publish(&slots);
         drop(slots);
+        self.inner.changes.send_modify(|n| *n += 1);
         self.inner.events.emit(RotationEvent::Removed {
             slot: removed.name,
             cert: removed.current.map(|c| c.info),
@@ -319,6 +325,11 @@ impl CertStore {
     /// Receives every [`RotationEvent`] from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<RotationEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// Counts the changes of what the store serves.
+    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
     }
 
     pub(crate) fn events(&self) -> &Events {

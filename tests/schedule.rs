@@ -206,10 +206,19 @@ async fn alerts_escalate_while_renewal_keeps_failing() {
     // Repeated while it lasts, never more often than `alert_repeat` for one level.
     for pair in warnings.windows(2).filter(|w| w[0].0 == w[1].0) {
         let gap = pair[1].1.duration_since(pair[0].1).unwrap();
-        assert!(gap >= repeat && gap < repeat + Duration::from_secs(301), "{gap:?}");
+        assert!(
+            gap >= repeat && gap < repeat + Duration::from_secs(301),
+            "{gap:?}"
+        );
     }
-    let overdue = warnings.iter().filter(|w| w.0 == AlertLevel::RenewOverdue).count();
-    assert!(overdue > 10, "30 days overdue is reported again and again: {overdue}");
+    let overdue = warnings
+        .iter()
+        .filter(|w| w.0 == AlertLevel::RenewOverdue)
+        .count();
+    assert!(
+        overdue > 10,
+        "30 days overdue is reported again and again: {overdue}"
+    );
     assert!(clock.now() >= cert.not_after);
     assert_eq!(
         rotator.current().unwrap().serial,
@@ -257,7 +266,11 @@ fn alert_levels_follow_the_renewal_window() {
     // A one-day certificate has less than 24 h left from issuance: once its
     // renewal is overdue, it is critical.
     let end = start + DAY;
-    let info = ca.issue(Leaf::default().lifetime(start, end)).bundle.info().clone();
+    let info = ca
+        .issue(Leaf::default().lifetime(start, end))
+        .bundle
+        .info()
+        .clone();
     let hours = |h: u32| AlertLevel::at(&info, start + h * Duration::from_secs(3600), 1.0 / 3.0);
     assert_eq!(hours(15), AlertLevel::Ok);
     assert_eq!(hours(17), AlertLevel::Critical);

@@ -94,7 +94,10 @@ impl HealthService {
         let healthy = self.healthy(&health);
         let (content_type, body) = match wants_prometheus(request) {
             true => (PROMETHEUS, prometheus_text(&health, healthy)),
-            false => (JSON, serde_json::to_string_pretty(&health).unwrap_or_default() + "\n"),
+            false => (
+                JSON,
+                serde_json::to_string_pretty(&health).unwrap_or_default() + "\n",
+            ),
         };
         let body = match request.method() == Method::HEAD {
             true => Bytes::new(),
@@ -166,7 +169,12 @@ fn prometheus_text(health: &HealthSnapshot, healthy: bool) -> String {
     for (name, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
         for cert in &health.certificates {
-            let _ = writeln!(out, "{name}{{slot=\"{}\"}} {}", label(&cert.slot), value(cert));
+            let _ = writeln!(
+                out,
+                "{name}{{slot=\"{}\"}} {}",
+                label(&cert.slot),
+                value(cert)
+            );
         }
     }
     let _ = writeln!(
