@@ -274,6 +274,19 @@ impl fmt::Display for KeyAlgorithm {
 }
 
 impl CertInfo {
+    /// Describes one DER certificate on its own (its `chain` is empty): for
+    /// tools that inspect certificates without their key.
+    ///
+    /// ```
+    /// # let ck = rcgen::generate_simple_self_signed(vec!["a.example".into()]).unwrap();
+    /// let info = certrotate::CertInfo::from_der(ck.cert.der())?;
+    /// assert_eq!(info.dns_names, ["a.example"]);
+    /// # Ok::<(), certrotate::BundleError>(())
+    /// ```
+    pub fn from_der(cert: &CertificateDer<'_>) -> Result<Self, BundleError> {
+        Self::parse(&[cert.clone().into_owned()])
+    }
+
     fn parse(chain: &[CertificateDer<'static>]) -> Result<Self, BundleError> {
         let leaf_der = chain.first().ok_or(BundleError::NoCertificate)?;
         let parsed = chain

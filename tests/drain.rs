@@ -177,8 +177,8 @@ async fn http2_clients_move_to_the_new_certificate_after_the_maximum_age() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
-        *seen.lock().unwrap(),
-        [first_serial.clone()],
+        seen.lock().unwrap().as_slice(),
+        std::slice::from_ref(&first_serial),
         "one connection so far"
     );
     let second = ca.issue(Leaf::default()).bundle;

@@ -146,10 +146,13 @@ fn wants_prometheus<B>(request: &Request<B>) -> bool {
         .any(|v| v.contains("text/plain") || v.contains("application/openmetrics-text"))
 }
 
+/// A per-certificate gauge: name, help, value.
+type Gauge = (&'static str, &'static str, fn(&super::CertHealth) -> f64);
+
 /// The snapshot in the Prometheus text exposition format (version 0.0.4).
 fn prometheus_text(health: &HealthSnapshot, healthy: bool) -> String {
     let mut out = String::new();
-    let gauges: [(&str, &str, fn(&super::CertHealth) -> f64); 3] = [
+    let gauges: [Gauge; 3] = [
         (
             "certrotate_certificate_expiry_timestamp_seconds",
             "Expiry (not_after) of the serving certificate, as Unix time.",
