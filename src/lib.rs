@@ -42,6 +42,47 @@
 //!   from files watched with `notify`.
 //! - `ca` (default): [`InternalCa`], short-lived certificates from a CA in
 //!   the process, with CA rollover (adds `rcgen`).
+//! - `acme` (default): [`AcmeSource`], certificates from Let's Encrypt or any
+//!   RFC 8555 CA (adds `instant-acme`).
+//! - `health` (default): [`HealthService`], the health snapshot over HTTP as
+//!   a tower `Service`.
+//! - `metrics`: the metrics below, through the `metrics` facade.
+//! - `cli`: the `certrotate` command-line tool (`check`, `inspect`, `probe`,
+//!   `ca`).
+//!
+//! ## Operations
+//!
+//! - **Alerts**: each serving certificate has an [`AlertLevel`] (ok,
+//!   renew-overdue, critical, expired); each escalation is a
+//!   [`RotationEvent::ExpiryWarning`] and a `tracing` warning (error once
+//!   critical), repeated every [`alert_repeat`](RotatorBuilder::alert_repeat)
+//!   while it lasts.
+//! - **Health**: [`HealthService`] answers JSON or Prometheus text, `503`
+//!   once a certificate is critical.
+//! - **Triggers**: [`Rotator::rotate_on_sighup`], [`Rotator::rotate_now`],
+//!   [`Rotator::rollback`].
+//! - **Old connections**: [`MaxConnectionAge`] closes connections that
+//!   outlived a rotation gracefully, after a maximum age.
+//!
+//! ## Metrics
+//!
+//! With the `metrics` feature, whichever `metrics` recorder the application
+//! installs (Prometheus, StatsD, OpenTelemetry...) receives:
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `certrotate_certificate_expiry_timestamp_seconds` | gauge | `slot` | `not_after` of the serving certificate, Unix time |
+//! | `certrotate_certificate_remaining_seconds` | gauge | `slot` | seconds left before it expires (refreshed at least every 5 minutes; `expiry - time()` in PromQL is exact) |
+//! | `certrotate_certificate_alert_level` | gauge | `slot` | 0 ok, 1 renew-overdue, 2 critical, 3 expired |
+//! | `certrotate_rotations_total` | counter | `slot`, `source`, `result` | rotation attempts; `source` is the source's kind (`file`, `acme`, `ca`, `static`...), `result` is `rotated`, `unchanged`, `refused` or `failed` |
+//! | `certrotate_refusals_total` | counter | `slot`, `reason` | candidates refused by the policy, by `Refusal::code()` (`key_mismatch`, `name_not_covered`, `expired`...) |
+//! | `certrotate_source_errors_total` | counter | `slot`, `source`, `kind` | failed fetches, by `SourceError::code()` (`unavailable`, `read`, `rate_limited`...) |
+//! | `certrotate_rollbacks_total` | counter | `slot` | rollbacks to the previous certificate |
+//! | `certrotate_last_rotation_timestamp_seconds` | gauge | `slot` | when a certificate last went live, Unix time |
+//! | `certrotate_last_attempt_timestamp_seconds` | gauge | `slot` | when a rotation was last attempted, Unix time |
+//!
+//! A removed slot's gauges keep their last value; exporters drop idle
+//! series (`metrics-exporter-prometheus`: `idle_timeout`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]

@@ -2,17 +2,8 @@
 //! recorder the application installs (Prometheus, StatsD, OpenTelemetry...)
 //! receives them; without one they cost nothing.
 //!
-//! | name | type | labels | meaning |
-//! |---|---|---|---|
-//! | `certrotate_certificate_expiry_timestamp_seconds` | gauge | `slot` | `not_after` of the serving certificate (Unix time) |
-//! | `certrotate_certificate_remaining_seconds` | gauge | `slot` | seconds left before it expires, refreshed at least every 5 minutes |
-//! | `certrotate_certificate_alert_level` | gauge | `slot` | 0 ok, 1 renew-overdue, 2 critical, 3 expired |
-//! | `certrotate_rotations_total` | counter | `slot`, `source`, `result` | rotation attempts; `result` is `rotated`, `unchanged`, `refused` or `failed` |
-//! | `certrotate_refusals_total` | counter | `slot`, `reason` | candidates refused by the policy, by [`Refusal::code`](crate::Refusal::code) |
-//! | `certrotate_source_errors_total` | counter | `slot`, `source`, `kind` | fetches that failed, by [`SourceError::code`](crate::SourceError::code) |
-//! | `certrotate_rollbacks_total` | counter | `slot` | rollbacks to the previous certificate |
-//! | `certrotate_last_rotation_timestamp_seconds` | gauge | `slot` | when a certificate last went live in the slot |
-//! | `certrotate_last_attempt_timestamp_seconds` | gauge | `slot` | when the rotator last tried to rotate the slot |
+//! The metrics are listed in the crate documentation's [Metrics](crate#metrics)
+//! table (and the README's).
 
 use std::sync::Once;
 use std::time::SystemTime;

@@ -34,7 +34,8 @@ const JSON: &str = "application/json";
 ///   `HEAD` answers the status alone; other methods get `405`.
 ///
 /// The Prometheus text holds the per-certificate gauges of the
-/// [metrics table](crate#metrics) (expiry, remaining seconds, alert level)
+/// [metrics table](crate#metrics) (expiry, remaining seconds, alert level,
+/// computed at the request)
 /// plus `certrotate_healthy` (1 or 0) and `certrotate_unserved_slots`; the
 /// counters come from the `metrics` feature.
 ///
