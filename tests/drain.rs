@@ -1,6 +1,7 @@
 //! Connections on old credentials: after a rotation, a long-lived HTTP/2
 //! connection is closed gracefully (GOAWAY) once it reaches its maximum age,
-//! and its client moves to the new certificate without a failed request.
+//! and its client moves to the new certificate without a failed request; an
+//! HTTP/1 connection closes after the response in flight.
 
 mod common;
 
@@ -207,6 +208,89 @@ async fn http2_clients_move_to_the_new_certificate_after_the_maximum_age() {
         [first_serial, second_serial],
         "the client reconnected once, to the new certificate"
     );
+    server.abort();
+    rotator.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_connections_close_after_the_response_in_flight() {
+    let ca = Ca::new();
+    let source = StaticSource::new(ca.nth(0));
+    let rotator = Rotator::builder(source.clone(), Policy::default())
+        .start()
+        .await
+        .unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let mut listener = TlsListener::new(tcp, Arc::new(rotator.server_config().unwrap()));
+    let max_age = MaxConnectionAge::new(rotator.store(), Duration::from_millis(500));
+    let server = tokio::spawn(async move {
+        loop {
+            let (tls, _) = listener.accept().await;
+            let stale = max_age.connection();
+            tokio::spawn(async move {
+                // Each response takes a second: the connection goes stale
+                // while one is in flight.
+                let service = hyper::service::service_fn(|_| async {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(Bytes::from_static(b"ok")),
+                    ))
+                });
+                let http = auto::Builder::new(TokioExecutor::new());
+                let connection = http.serve_connection(TokioIo::new(tls), service);
+                tokio::pin!(connection);
+                tokio::select! {
+                    _ = connection.as_mut() => return,
+                    () = stale => connection.as_mut().graceful_shutdown(),
+                }
+                let _ = connection.await;
+            });
+        }
+    });
+
+    // One keep-alive HTTP/1.1 connection.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from(HOST).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(common::client_config(&ca))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = || {
+        hyper::Request::get("/")
+            .header("host", HOST)
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let before = sender.send_request(request()).await.unwrap();
+    assert_eq!(before.headers().get("connection"), None, "kept alive");
+    before.into_body().collect().await.unwrap();
+
+    // The rotation happens during the second request, the maximum age passes
+    // before its response: the response completes, says `close`, and the
+    // connection ends.
+    let in_flight = sender.send_request(request());
+    let rotate = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        push_and_rotate(&rotator, &source, ca.nth(10)).await;
+    };
+    let (response, ()) = tokio::join!(in_flight, rotate);
+    let response = response.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["connection"], "close");
+    assert_eq!(
+        &response.into_body().collect().await.unwrap().to_bytes()[..],
+        b"ok"
+    );
+    tokio::time::timeout(Duration::from_secs(5), connection)
+        .await
+        .expect("the server closed the connection")
+        .unwrap()
+        .unwrap();
     server.abort();
     rotator.shutdown().await;
 }
