@@ -155,6 +155,60 @@ impl CertBundle {
     }
 }
 
+/// Writing bundles out (feature `ca`).
+#[cfg(feature = "ca")]
+impl CertBundle {
+    /// The chain and the private key as PEM. The key's string is zeroized
+    /// when dropped.
+    ///
+    /// ```
+    /// # let ck = rcgen::generate_simple_self_signed(vec!["a.example".into()]).unwrap();
+    /// # let bundle = certrotate::CertBundle::from_pem(ck.cert.pem().as_bytes(), ck.signing_key.serialize_pem().as_bytes()).unwrap();
+    /// let (chain, key) = bundle.to_pem();
+    /// let again = certrotate::CertBundle::from_pem(chain.as_bytes(), key.as_bytes())?;
+    /// assert_eq!(again.info().fingerprint_sha256, bundle.info().fingerprint_sha256);
+    /// # Ok::<(), certrotate::BundleError>(())
+    /// ```
+    pub fn to_pem(&self) -> (String, zeroize::Zeroizing<String>) {
+        let chain = self
+            .chain
+            .iter()
+            .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())))
+            .collect();
+        let label = match &self.key {
+            PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+            PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+            _ => "PRIVATE KEY",
+        };
+        let mut der = self.key.secret_der().to_vec();
+        let key = zeroize::Zeroizing::new(pem::encode(&pem::Pem::new(label, der.clone())));
+        der.zeroize();
+        (chain, key)
+    }
+
+    /// Writes the chain and the key to PEM files, each atomically (a
+    /// temporary file flushed to disk, then renamed): the key first, with
+    /// mode 0600 from its creation, then the chain (0644). A reader never
+    /// sees half a file; a reader watching both may see the new key with the
+    /// old chain for a moment, which a [`FileSource`](crate::FileSource)
+    /// waits out.
+    ///
+    /// ```no_run
+    /// # fn demo(bundle: certrotate::CertBundle) -> std::io::Result<()> {
+    /// bundle.write_pem_files("/etc/tls/tls.crt", "/etc/tls/tls.key")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn write_pem_files(
+        &self,
+        cert_path: impl AsRef<Path>,
+        key_path: impl AsRef<Path>,
+    ) -> std::io::Result<()> {
+        let (chain, key) = self.to_pem();
+        crate::atomic::write(key_path.as_ref(), key.as_bytes(), 0o600)?;
+        crate::atomic::write(cert_path.as_ref(), chain.as_bytes(), 0o644)
+    }
+}
+
 impl Clone for CertBundle {
     fn clone(&self) -> Self {
         Self {

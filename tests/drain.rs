@@ -5,13 +5,14 @@
 
 mod common;
 
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use certrotate::{MaxConnectionAge, Policy, Rotator, StaticSource, TlsListener};
 use common::{push_and_rotate, serial_of, Ca, Leaf, HOST};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -66,6 +67,45 @@ impl ServerCertVerifier for Recording {
     }
 }
 
+/// Serves HTTP/1 and HTTP/2 with `service`, closing each connection
+/// gracefully once `max_age` says it is stale, and counting those.
+fn serve<S>(
+    mut listener: TlsListener,
+    max_age: MaxConnectionAge,
+    service: S,
+    drained: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<()>
+where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<Full<Bytes>>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let (tls, _) = listener.accept().await;
+            let stale = max_age.connection();
+            let (service, drained) = (service.clone(), drained.clone());
+            tokio::spawn(async move {
+                let http = auto::Builder::new(TokioExecutor::new());
+                let connection = http.serve_connection(TokioIo::new(tls), service);
+                tokio::pin!(connection);
+                tokio::select! {
+                    _ = connection.as_mut() => return,
+                    () = stale => connection.as_mut().graceful_shutdown(),
+                }
+                drained.fetch_add(1, Ordering::SeqCst);
+                let _ = connection.await;
+            });
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_clients_move_to_the_new_certificate_after_the_maximum_age() {
     let ca = Ca::new();
@@ -82,35 +122,13 @@ async fn http2_clients_move_to_the_new_certificate_after_the_maximum_age() {
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = tcp.local_addr().unwrap().port();
-    let mut listener = TlsListener::new(tcp, Arc::new(tls));
+    let listener = TlsListener::new(tcp, Arc::new(tls));
     let max_age = MaxConnectionAge::new(rotator.store(), Duration::from_secs(1));
     let drained = Arc::new(AtomicUsize::new(0));
-    let server = {
-        let drained = drained.clone();
-        tokio::spawn(async move {
-            loop {
-                let (tls, _) = listener.accept().await;
-                let stale = max_age.connection();
-                let drained = drained.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|_| async {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                            http_body_util::Full::new(Bytes::from_static(b"ok")),
-                        ))
-                    });
-                    let http = auto::Builder::new(TokioExecutor::new());
-                    let connection = http.serve_connection(TokioIo::new(tls), service);
-                    tokio::pin!(connection);
-                    tokio::select! {
-                        _ = connection.as_mut() => return,
-                        () = stale => connection.as_mut().graceful_shutdown(),
-                    }
-                    drained.fetch_add(1, Ordering::SeqCst);
-                    let _ = connection.await;
-                });
-            }
-        })
-    };
+    let service = hyper::service::service_fn(|_| async {
+        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let server = serve(listener, max_age, service, drained.clone());
 
     // The client: one pooled HTTP/2 connection, reused for every request.
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -222,32 +240,15 @@ async fn http1_connections_close_after_the_response_in_flight() {
         .unwrap();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
-    let mut listener = TlsListener::new(tcp, Arc::new(rotator.server_config().unwrap()));
+    let listener = TlsListener::new(tcp, Arc::new(rotator.server_config().unwrap()));
     let max_age = MaxConnectionAge::new(rotator.store(), Duration::from_millis(500));
-    let server = tokio::spawn(async move {
-        loop {
-            let (tls, _) = listener.accept().await;
-            let stale = max_age.connection();
-            tokio::spawn(async move {
-                // Each response takes a second: the connection goes stale
-                // while one is in flight.
-                let service = hyper::service::service_fn(|_| async {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        http_body_util::Full::new(Bytes::from_static(b"ok")),
-                    ))
-                });
-                let http = auto::Builder::new(TokioExecutor::new());
-                let connection = http.serve_connection(TokioIo::new(tls), service);
-                tokio::pin!(connection);
-                tokio::select! {
-                    _ = connection.as_mut() => return,
-                    () = stale => connection.as_mut().graceful_shutdown(),
-                }
-                let _ = connection.await;
-            });
-        }
+    // Each response takes a second: the connection goes stale while one is
+    // in flight.
+    let service = hyper::service::service_fn(|_| async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
     });
+    let server = serve(listener, max_age, service, Arc::default());
 
     // One keep-alive HTTP/1.1 connection.
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -10,7 +10,6 @@
 //! | `probe` | served chain verified, outside the warning window | within the warning window | usage error | cannot connect, handshake or verification failed, expired |
 //! | `ca` | done | the CA or files could not be written | usage error | |
 
-use std::io::{self, Write as _};
 use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,7 +20,7 @@ use certrotate::{CertBundle, CertInfo, InternalCa, LeafSpec, Policy, Usage};
 use clap::{Parser, Subcommand, ValueEnum};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use serde_json::json;
 
@@ -599,53 +598,18 @@ fn ca(command: CaCommand) -> Result<u8, UsageError> {
                 Ok(bundle) => bundle,
                 Err(error) => return failed(error.to_string()),
             };
-            let chain: String = bundle
-                .chain()
-                .iter()
-                .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())))
-                .collect();
-            let label = match bundle.key() {
-                PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
-                PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
-                _ => "PRIVATE KEY",
-            };
-            let key = zeroize::Zeroizing::new(pem::encode(&pem::Pem::new(
-                label,
-                bundle.key().secret_der().to_vec(),
-            )));
-            if let Err(error) = write_file(&key_out, key.as_bytes(), 0o600)
-                .and_then(|()| write_file(&cert_out, chain.as_bytes(), 0o644))
-            {
-                return failed(error);
+            if let Err(error) = bundle.write_pem_files(&cert_out, &key_out) {
+                return failed(format!(
+                    "cannot write {} and {}: {error}",
+                    cert_out.display(),
+                    key_out.display()
+                ));
             }
-            println!("issued {}, {}", bundle.info(), validity_line(bundle.info()));
+            let info = bundle.info();
+            println!("issued {info}, {}", self::validity(info, SystemTime::now()));
             Ok(ACCEPTED)
         }
     }
-}
-
-fn validity_line(info: &CertInfo) -> String {
-    validity(info, SystemTime::now())
-}
-
-/// Writes `bytes` to a temporary file with `mode`, then renames it over
-/// `path`: a reader never sees half a file.
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
-    let fail = |e: io::Error| format!("cannot write {}: {e}", path.display());
-    let temp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut file = options.open(&temp).map_err(fail)?;
-    let written = file.write_all(bytes).and_then(|()| file.sync_all());
-    if let Err(error) = written.and_then(|()| std::fs::rename(&temp, path)) {
-        let _ = std::fs::remove_file(&temp);
-        return Err(fail(error));
-    }
-    Ok(())
 }
 
 fn read_roots(path: &Path) -> Result<RootCertStore, UsageError> {
