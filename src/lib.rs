@@ -138,6 +138,20 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 
+/// Internals the fuzz targets reach (`--cfg fuzzing`, set by cargo-fuzz);
+/// not part of the API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Whether the certificate name `san` (maybe a wildcard) covers `name`.
+    pub fn dns_matches(san: &str, name: &str) -> bool {
+        crate::policy::dns_matches(san, name)
+    }
+
+    #[cfg(feature = "acme")]
+    pub use crate::source::acme_fuzzing as acme;
+}
+
 /// The README's code compiles: it is tested as a doc test.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

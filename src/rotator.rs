@@ -101,6 +101,7 @@ pub struct RotatorBuilder<S> {
     retry_min: Duration,
     retry_max: Duration,
     alert_repeat: Duration,
+    fetch_timeout: Duration,
 }
 
 impl<S: CertSource> RotatorBuilder<S> {
@@ -150,6 +151,16 @@ impl<S: CertSource> RotatorBuilder<S> {
     /// 1 s). A stuck renewal keeps being reported, at a bounded rate.
     pub fn alert_repeat(mut self, every: Duration) -> Self {
         self.alert_repeat = every.max(Duration::from_secs(1));
+        self
+    }
+
+    /// Gives up on a fetch that takes longer than this (default 10 min): it
+    /// fails as [`SourceError::Unavailable`] and is retried with backoff, so
+    /// a source that hangs cannot stop the rotator's retries and alerts.
+    /// ACME orders finish within their own per-step timeouts; keep this
+    /// above the slowest legitimate fetch.
+    pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.fetch_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 
@@ -212,6 +223,7 @@ impl<S: CertSource> RotatorBuilder<S> {
             reported: AlertLevel::Ok,
             alert_repeat: self.alert_repeat,
             last_alert: None,
+            fetch_timeout: self.fetch_timeout,
             warnings: Vec::new(),
             inbox: Some(inbox),
             stopped,
@@ -264,6 +276,7 @@ impl Rotator {
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
             alert_repeat: Duration::from_secs(3600),
+            fetch_timeout: Duration::from_secs(600),
         }
     }
 
@@ -442,6 +455,7 @@ struct Task<S> {
     alert_repeat: Duration,
     /// When the last expiry warning was emitted.
     last_alert: Option<Instant>,
+    fetch_timeout: Duration,
     /// The source's warnings as of its last fetch.
     warnings: Vec<SourceWarning>,
     inbox: Option<mpsc::Receiver<Command>>,
@@ -642,7 +656,17 @@ impl<S: CertSource> Task<S> {
         let candidate = match bundle {
             Some(bundle) => bundle,
             None => {
-                let fetched = self.source.fetch().await;
+                let fetched = tokio::time::timeout(self.fetch_timeout, self.source.fetch())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(SourceError::unavailable(
+                            self.source.describe(),
+                            format!(
+                                "no answer within {}",
+                                crate::clock::human(self.fetch_timeout)
+                            ),
+                        ))
+                    });
                 self.note_warnings();
                 fetched.inspect_err(|error| {
                     self.store.record_failure(&self.slot, error.to_string());

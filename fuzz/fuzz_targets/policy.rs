@@ -10,8 +10,9 @@ use libfuzzer_sys::fuzz_target;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&split, rest)) = data.split_first() else { return };
-    let at = (split as usize * rest.len() / 256).min(rest.len());
+    // Two bytes of certificate length (big-endian), the certificate, the key.
+    let [high, low, rest @ ..] = data else { return };
+    let at = usize::from(u16::from_be_bytes([*high, *low])).min(rest.len());
     let (cert, key) = rest.split_at(at);
     let chain = vec![CertificateDer::from(cert.to_vec())];
     let key = PrivatePkcs8KeyDer::from(key.to_vec()).into();

@@ -15,7 +15,7 @@ use instant_acme::{
 };
 use sha2::{Digest, Sha256};
 
-use super::{CertSource, SourceError};
+use super::{CertSource, SourceError, SourceWarning};
 use crate::bundle::{CertBundle, CertInfo};
 use crate::store::CertStore;
 
@@ -273,6 +273,7 @@ impl AcmeBuilder {
                 config: self,
                 account: tokio::sync::Mutex::new(None),
                 advice: Mutex::new(None),
+                unsaved: Mutex::default(),
                 rate_limited: Arc::default(),
             }),
         }
@@ -330,6 +331,8 @@ struct Inner {
     /// How long the CA last asked to wait (a rate limit, or Retry-After on
     /// an error response).
     rate_limited: Arc<Mutex<Option<Duration>>>,
+    /// State that could not be saved, as of the last attempt to save it.
+    unsaved: Mutex<Vec<SourceWarning>>,
 }
 
 impl fmt::Debug for AcmeSource {
@@ -404,16 +407,45 @@ impl AcmeSource {
     }
 
     /// The stored certificate, if any and parseable.
-    async fn stored(&self) -> Option<CertBundle> {
-        let pem = self
+    /// The certificate kept in storage. A storage that cannot be read fails
+    /// the attempt (ordering anyway would spend the CA's rate limits on what
+    /// may well be stored); a stored certificate that does not parse is
+    /// ignored, with a warning, and replaced.
+    async fn stored(&self) -> Result<Option<CertBundle>, Failure> {
+        let Some(pem) = self
             .inner
             .config
             .storage
             .load(&self.inner.cert_key)
             .await
-            .ok()??;
-        let bundle = CertBundle::from_combined_pem(&pem).ok()?;
-        Some(bundle.with_origin(self.describe()))
+            .map_err(|e| Failure(format!("cannot read the stored certificate: {e}")))?
+        else {
+            return Ok(None);
+        };
+        match CertBundle::from_combined_pem(&pem) {
+            Ok(bundle) => Ok(Some(bundle.with_origin(self.describe()))),
+            Err(error) => {
+                tracing::warn!(target: "certrotate", key = %self.inner.cert_key, "the stored ACME certificate is unusable, ordering a new one: {error}");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Saves `value` under `key`. A failure does not fail the attempt (what
+    /// was obtained is served; throwing it away would spend the CA's rate
+    /// limits again): it is logged and reported as a source warning until a
+    /// later save of the same state succeeds.
+    async fn save(&self, key: &str, value: &[u8], what: &str) {
+        let saved = self.inner.config.storage.store(key, value).await;
+        let mut unsaved = lock(&self.inner.unsaved);
+        unsaved.retain(|w| !matches!(w, SourceWarning::StateNotSaved { what: w, .. } if w == what));
+        if let Err(error) = saved {
+            tracing::error!(target: "certrotate", %key, "could not save the {what}: {error}");
+            unsaved.push(SourceWarning::StateNotSaved {
+                what: what.to_owned(),
+                reason: error.to_string(),
+            });
+        }
     }
 
     /// Whether `cert` should be replaced now.
@@ -487,11 +519,8 @@ impl AcmeSource {
                     )
                     .await?;
                 let json = serde_json::to_vec(&credentials)?;
-                self.inner
-                    .config
-                    .storage
-                    .store(&self.inner.account_key, &json)
-                    .await?;
+                self.save(&self.inner.account_key, &json, "ACME account")
+                    .await;
                 tracing::info!(target: "certrotate", directory = %self.inner.config.directory, "ACME account created");
                 account
             }
@@ -636,12 +665,13 @@ impl AcmeSource {
             .await?;
         let combined = format!("{chain_pem}{key_pem}");
         let bundle = CertBundle::from_combined_pem(combined.as_bytes())?;
-        self.inner
-            .config
-            .storage
-            .store(&self.inner.cert_key, combined.as_bytes())
-            .await?;
-        tracing::info!(target: "certrotate", serial = %bundle.info().serial, "ACME certificate issued and stored");
+        self.save(
+            &self.inner.cert_key,
+            combined.as_bytes(),
+            "ACME certificate",
+        )
+        .await;
+        tracing::info!(target: "certrotate", serial = %bundle.info().serial, "ACME certificate issued");
         Ok(bundle.with_origin(self.describe()))
     }
 
@@ -854,7 +884,10 @@ fn alpn_certificate(
 
 impl CertSource for AcmeSource {
     async fn fetch(&self) -> Result<CertBundle, SourceError> {
-        let stored = self.stored().await;
+        let stored = self
+            .stored()
+            .await
+            .map_err(|Failure(reason)| SourceError::unavailable(self.describe(), reason))?;
         if let Some(bundle) = &stored {
             let advised = lock(&self.inner.advice)
                 .as_ref()
@@ -916,6 +949,10 @@ impl CertSource for AcmeSource {
     fn kind(&self) -> &'static str {
         "acme"
     }
+
+    fn warnings(&self) -> Vec<SourceWarning> {
+        lock(&self.inner.unsaved).clone()
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -926,6 +963,36 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The parsers of what an ACME CA (or the storage) sends, for the fuzz
+/// targets (`--cfg fuzzing`, set by cargo-fuzz).
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use std::time::Duration;
+
+    /// A `Retry-After` header value.
+    pub fn retry_after(value: &[u8]) -> Option<Duration> {
+        let value = axum::http::HeaderValue::from_bytes(value).ok()?;
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(axum::http::header::RETRY_AFTER, value);
+        super::retry_after(&headers)
+    }
+
+    /// An ACME problem document (JSON) as the rate-limit and account
+    /// recognizers read it.
+    pub fn problem(json: &[u8]) -> Option<Duration> {
+        let problem: instant_acme::Problem = serde_json::from_slice(json).ok()?;
+        if let Some(detail) = &problem.detail {
+            let _ = super::forgotten_account(detail);
+        }
+        super::rate_limit_wait(&instant_acme::Error::Api(problem))
+    }
+
+    /// Stored account credentials, as read back from a `Storage`.
+    pub fn account(json: &[u8]) -> bool {
+        serde_json::from_slice::<instant_acme::AccountCredentials>(json).is_ok()
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ mod ca;
 mod file;
 mod r#static;
 
+#[cfg(all(fuzzing, feature = "acme"))]
+pub use acme::fuzzing as acme_fuzzing;
 #[cfg(feature = "acme")]
 pub use acme::{
     AcmeBuilder, AcmeSource, BoxFuture, Dns01Solver, FileStorage, Http01Responder, Storage,
@@ -103,6 +105,15 @@ pub enum SourceWarning {
         /// Its permission bits.
         mode: u32,
     },
+    /// State the source keeps (an ACME account or certificate) could not be
+    /// saved: it works now, but after a restart it will have to be obtained
+    /// again.
+    StateNotSaved {
+        /// What could not be saved.
+        what: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl fmt::Display for SourceWarning {
@@ -112,6 +123,10 @@ impl fmt::Display for SourceWarning {
                 f,
                 "private key file {} has mode {mode:04o}: users other than its owner can access it (chmod 600 it)",
                 path.display()
+            ),
+            Self::StateNotSaved { what, reason } => write!(
+                f,
+                "could not save the {what} ({reason}): it is used now, but after a restart it must be obtained again"
             ),
         }
     }
