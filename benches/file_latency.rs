@@ -20,12 +20,12 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use certrotate::{FileOptions, FileSource, Policy, Rotator, WatchMode};
-use common::{Ca, Issued, Leaf, TempDir, HOST};
+use common::{write_atomic, Ca, Issued, Leaf, TempDir, HOST};
 
 struct Variant {
     name: &'static str,
@@ -35,12 +35,6 @@ struct Variant {
     _rotator: Rotator,
     server: common::Server,
     latencies: Vec<Duration>,
-}
-
-fn write_atomic(path: &Path, contents: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 async fn variant(name: &'static str, first: &Issued, options: FileOptions) -> Variant {

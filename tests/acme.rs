@@ -370,3 +370,83 @@ async fn external_account_binding_is_required_and_works() {
         .unwrap();
     assert_eq!(seen, cert.serial);
 }
+
+/// A storage on a full disk that can also fail to read: stores fail with
+/// ENOSPC; loads fail with EIO while `unreadable` is set, else find nothing.
+#[derive(Clone, Default)]
+struct Faulty {
+    unreadable: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl certrotate::Storage for Faulty {
+    fn load<'a>(
+        &'a self,
+        _: &'a str,
+    ) -> certrotate::BoxFuture<'a, std::io::Result<Option<Vec<u8>>>> {
+        let unreadable = self.unreadable.load(std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            match unreadable {
+                true => Err(std::io::Error::from_raw_os_error(5)),
+                false => Ok(None),
+            }
+        })
+    }
+
+    fn store<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a [u8],
+    ) -> certrotate::BoxFuture<'a, std::io::Result<()>> {
+        Box::pin(async { Err(std::io::Error::from_raw_os_error(28)) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn state_that_cannot_be_saved_is_reported_and_the_certificate_served() {
+    let pebble = Pebble::start(Config::default());
+    let store = CertStore::new();
+    let storage = Faulty::default();
+    let source = builder(&pebble)
+        .storage(storage.clone())
+        .tls_alpn_01(&store)
+        .build();
+    let rotator = Rotator::builder(source, policy()).store(store).spawn();
+    let mut events = rotator.subscribe();
+    let server = tls_alpn_server(&pebble, &rotator).await;
+
+    // The disk is full: the certificate is served all the same (throwing it
+    // away would spend the CA's rate limits again), and that it is not saved
+    // is a warning, in health and as an event.
+    let cert = first_certificate(&rotator).await;
+    let seen = common::serial_seen(&client(&pebble), server.addr, NAME)
+        .await
+        .unwrap();
+    assert_eq!(seen, cert.serial);
+    let warnings = &rotator.health().certificates[0].warnings;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("could not save the ACME certificate (No space left on device")),
+        "{warnings:?}"
+    );
+    let mut warned = false;
+    while let Ok(event) = events.try_recv() {
+        warned |= matches!(event, certrotate::RotationEvent::Warning { .. });
+    }
+    assert!(warned, "a warning event");
+
+    // The storage cannot be read: no order is placed blindly; the attempt
+    // fails, says why, and the certificate keeps serving.
+    storage
+        .unreadable
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let error = rotator.rotate_now().await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("cannot read the stored certificate"),
+        "{error}"
+    );
+    assert_eq!(rotator.current().unwrap().serial, cert.serial);
+    rotator.shutdown().await;
+}
