@@ -60,7 +60,7 @@ async fn main() {
     while began.elapsed() < Duration::from_secs(seconds) {
         tick.tick().await;
         i += 1;
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             // A candidate for the wrong host: refused, the current one stays.
             source.push(ca.issue(Leaf::default().names(&["other.example"])).bundle);
             assert!(rotator.rotate_now().await.is_err());
@@ -68,7 +68,7 @@ async fn main() {
         }
         common::push_and_rotate(&rotator, &source, leaf(i)).await;
         rotations += 1;
-        if i % 100 == 0 {
+        if i.is_multiple_of(100) {
             let sample = (began.elapsed().as_secs(), resident_kib(), open_fds());
             println!(
                 "| {} | {rotations} | {refusals} | {:.1} | {} |",
