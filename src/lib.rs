@@ -121,9 +121,11 @@ pub use policy::{
 pub use resolver::{RotatingResolver, ACME_TLS_ALPN};
 pub use rotator::{RotateError, Rotation, Rotator, RotatorBuilder};
 pub use serve::TlsListener;
+#[cfg(feature = "redis")]
+pub use source::RedisStorage;
 #[cfg(feature = "acme")]
 pub use source::{
-    AcmeBuilder, AcmeSource, BoxFuture, Dns01Solver, FileStorage, Http01Responder, Storage,
+    AcmeBuilder, AcmeSource, BoxFuture, Dns01Solver, FileStorage, Http01Responder, Lease, Storage,
 };
 #[cfg(feature = "ca")]
 pub use source::{CaError, CaSource, InternalCa, LeafSpec};

@@ -38,11 +38,90 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///
 /// Values must be stored atomically (a reader sees the old value or the new
 /// one, never a mix) and readable by this process only.
+///
+/// A storage shared by several server instances also coordinates them with
+/// a lease lock ([`try_lock`](Self::try_lock)) whose fencing token guards
+/// writes ([`store_fenced`](Self::store_fenced)). The defaults do no
+/// coordination, which is right for a storage only one process uses.
 pub trait Storage: Send + Sync + 'static {
     /// The value stored under `key`, if any.
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, std::io::Result<Option<Vec<u8>>>>;
     /// Stores `value` under `key`, replacing any older value.
     fn store<'a>(&'a self, key: &'a str, value: &'a [u8]) -> BoxFuture<'a, std::io::Result<()>>;
+
+    /// Takes the lock `name` for `lease`, if nobody holds it or its holder's
+    /// lease has run out. The [`Lease`]'s fencing token is larger than any
+    /// given out before for `name`. `None` while another holder has it.
+    ///
+    /// The default always succeeds, with token 0: no coordination.
+    fn try_lock<'a>(
+        &'a self,
+        name: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, std::io::Result<Option<Lease>>> {
+        let _ = lease;
+        Box::pin(async move { Ok(Some(Lease::new(name, String::new(), 0))) })
+    }
+
+    /// Stores `value` under `key` only while `lease` holds the newest token
+    /// of its lock: a holder whose lease ran out and was taken over cannot
+    /// overwrite what the new holder wrote (it gets an error of kind
+    /// [`PermissionDenied`](std::io::ErrorKind::PermissionDenied)).
+    ///
+    /// The default stores unconditionally.
+    fn store_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        lease: &'a Lease,
+    ) -> BoxFuture<'a, std::io::Result<()>> {
+        let _ = lease;
+        self.store(key, value)
+    }
+
+    /// Releases `lease` early (it also ends by itself). Releasing a lease
+    /// that was taken over does nothing.
+    ///
+    /// The default does nothing.
+    fn unlock<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, std::io::Result<()>> {
+        let _ = lease;
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A lease on a named [`Storage`] lock, with its fencing token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    name: String,
+    owner: String,
+    token: u64,
+}
+
+impl Lease {
+    /// A lease on `name` held by `owner` (a value unique to this holder),
+    /// with fencing token `token`: for [`Storage`] implementations.
+    pub fn new(name: impl Into<String>, owner: impl Into<String>, token: u64) -> Self {
+        Self {
+            name: name.into(),
+            owner: owner.into(),
+            token,
+        }
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Who holds it.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The fencing token: larger for each new holder of the lock.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
 }
 
 /// [`Storage`] in a directory: one file per key, written 0600 and atomically

@@ -13,13 +13,15 @@ mod acme;
 mod ca;
 #[cfg(feature = "file")]
 mod file;
+#[cfg(feature = "redis")]
+mod redis_storage;
 mod r#static;
 
 #[cfg(all(fuzzing, feature = "acme"))]
 pub use acme::fuzzing as acme_fuzzing;
 #[cfg(feature = "acme")]
 pub use acme::{
-    AcmeBuilder, AcmeSource, BoxFuture, Dns01Solver, FileStorage, Http01Responder, Storage,
+    AcmeBuilder, AcmeSource, BoxFuture, Dns01Solver, FileStorage, Http01Responder, Lease, Storage,
 };
 #[cfg(feature = "ca")]
 pub use ca::{CaError, CaSource, InternalCa, LeafSpec};
@@ -28,6 +30,8 @@ pub use file::{
     CertDirectory, CertDirectoryBuilder, FileOptions, FileSource, TrustFile, WatchMode,
 };
 pub use r#static::StaticSource;
+#[cfg(feature = "redis")]
+pub use redis_storage::RedisStorage;
 
 /// Something that produces certificate bundles: files on disk, an ACME CA,
 /// an internal CA, or certificates pushed by hand.

@@ -1,0 +1,289 @@
+//! [`RedisStorage`]: ACME state shared by a fleet through Redis, encrypted at
+//! rest, with a lease lock whose fencing token guards writes.
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use zeroize::Zeroizing;
+
+use super::acme::{BoxFuture, Lease, Storage};
+
+/// How long one Redis command may take before it fails (Redis down, or a
+/// network partition): the rotator then retries, serving what it has.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Takes the lock if free and hands out the next fencing token.
+const LOCK: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+return 0";
+
+/// Writes only while the caller's token is the newest one, then announces
+/// the change.
+const STORE_FENCED: &str = r"
+if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PUBLISH', KEYS[3], ARGV[3])
+return 1";
+
+/// Releases the lock only if the caller still holds it.
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// [`Storage`] in Redis, shared by every replica of a server: the ACME
+/// account and certificates are ordered once and used by all.
+///
+/// - **Encrypted at rest**: every value is sealed with AES-256-GCM under a
+///   key you provide (keep it in your secret manager, never in Redis), bound
+///   to its Redis key so that values cannot be swapped between keys. A reader
+///   of Redis without the key learns nothing of the private keys.
+/// - **Lease lock with fencing**: [`try_lock`](Storage::try_lock) is
+///   `SET NX PX` plus an `INCR`ed fencing token;
+///   [`store_fenced`](Storage::store_fenced) writes only while the token is
+///   the newest, so a replica that stalled past its lease cannot overwrite a
+///   newer result.
+/// - **Connections**: `redis://` or `rediss://` (TLS, with rustls) URLs,
+///   with ACL credentials in the URL (`rediss://user:password@host:6380/0`).
+///   Reconnects on its own; each command fails after 5 s if Redis is down,
+///   and the rotator serves what it has while it retries.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let key: [u8; 32] = *b"0123456789abcdef0123456789abcdef"; // from your secret manager
+/// let storage = certrotate::RedisStorage::connect("redis://127.0.0.1:6379/0", key).await?;
+/// let acme = certrotate::AcmeSource::builder(
+///     "https://acme-v02.api.letsencrypt.org/directory",
+///     ["api.example.com"],
+/// )
+/// .storage(storage)
+/// .build();
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStorage {
+    redis: ConnectionManager,
+    cipher: Aes256Gcm,
+    prefix: String,
+}
+
+impl fmt::Debug for RedisStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStorage")
+            .field("prefix", &self.prefix)
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStorage {
+    /// Connects to the Redis at `url`; values are encrypted with `key`.
+    /// Keys are prefixed with `certrotate:` (see [`prefix`](Self::prefix)).
+    pub async fn connect(url: &str, key: [u8; 32]) -> io::Result<Self> {
+        let key = Zeroizing::new(key);
+        let client = redis::Client::open(url).map_err(to_io)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(1);
+        let redis = tokio::time::timeout(
+            COMMAND_TIMEOUT * 2,
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer from Redis at {}", redacted(url)),
+            )
+        })?
+        .map_err(to_io)?;
+        Ok(Self {
+            redis,
+            cipher: Aes256Gcm::new_from_slice(&key[..]).expect("a 32-byte key"),
+            prefix: "certrotate:".into(),
+        })
+    }
+
+    /// Prefixes every Redis key with `prefix` (default `certrotate:`), so
+    /// that several deployments can share one Redis.
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The Redis key of a storage key.
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// The channel on which every write is announced.
+    fn channel(&self) -> String {
+        format!("{}changed", self.prefix)
+    }
+
+    /// nonce ‖ AES-256-GCM(value), with the Redis key as associated data.
+    fn seal(&self, redis_key: &str, value: &[u8]) -> io::Result<Vec<u8>> {
+        let nonce: [u8; 12] = std::array::from_fn(|_| fastrand::u8(..));
+        let sealed = self
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: value,
+                    aad: redis_key.as_bytes(),
+                },
+            )
+            .map_err(|_| io::Error::other("encryption failed"))?;
+        Ok([&nonce[..], &sealed].concat())
+    }
+
+    fn open(&self, redis_key: &str, sealed: &[u8]) -> io::Result<Vec<u8>> {
+        let undecryptable = || {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the value of {redis_key} cannot be decrypted with this key (wrong key, or not written by certrotate)"),
+            )
+        };
+        if sealed.len() < 12 {
+            return Err(undecryptable());
+        }
+        let (nonce, ciphertext) = sealed.split_at(12);
+        self.cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: redis_key.as_bytes(),
+                },
+            )
+            .map_err(|_| undecryptable())
+    }
+}
+
+impl Storage for RedisStorage {
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            let redis_key = self.key(key);
+            let sealed: Option<Vec<u8>> =
+                self.redis.clone().get(&redis_key).await.map_err(to_io)?;
+            sealed
+                .map(|sealed| self.open(&redis_key, &sealed))
+                .transpose()
+        })
+    }
+
+    fn store<'a>(&'a self, key: &'a str, value: &'a [u8]) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move {
+            let redis_key = self.key(key);
+            let sealed = self.seal(&redis_key, value)?;
+            let mut redis = self.redis.clone();
+            redis::pipe()
+                .atomic()
+                .set(&redis_key, sealed)
+                .ignore()
+                .publish(self.channel(), key)
+                .ignore()
+                .query_async::<()>(&mut redis)
+                .await
+                .map_err(to_io)
+        })
+    }
+
+    fn try_lock<'a>(
+        &'a self,
+        name: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, io::Result<Option<Lease>>> {
+        Box::pin(async move {
+            let owner = format!("{:032x}", fastrand::u128(..));
+            let token: u64 = Script::new(LOCK)
+                .key(self.key(&format!("lock:{name}")))
+                .key(self.key(&format!("fence:{name}")))
+                .arg(&owner)
+                .arg(lease.as_millis().max(1) as u64)
+                .invoke_async(&mut self.redis.clone())
+                .await
+                .map_err(to_io)?;
+            Ok((token > 0).then(|| Lease::new(name, owner, token)))
+        })
+    }
+
+    fn store_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        lease: &'a Lease,
+    ) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move {
+            let redis_key = self.key(key);
+            let sealed = self.seal(&redis_key, value)?;
+            let stored: u8 = Script::new(STORE_FENCED)
+                .key(&redis_key)
+                .key(self.key(&format!("fence:{}", lease.name())))
+                .key(self.channel())
+                .arg(sealed)
+                .arg(lease.token())
+                .arg(key)
+                .invoke_async(&mut self.redis.clone())
+                .await
+                .map_err(to_io)?;
+            match stored {
+                1 => Ok(()),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "not written: the lease on {:?} (token {}) was taken over by a newer holder",
+                        lease.name(),
+                        lease.token()
+                    ),
+                )),
+            }
+        })
+    }
+
+    fn unlock<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move {
+            Script::new(UNLOCK)
+                .key(self.key(&format!("lock:{}", lease.name())))
+                .arg(lease.owner())
+                .invoke_async::<u8>(&mut self.redis.clone())
+                .await
+                .map(drop)
+                .map_err(to_io)
+        })
+    }
+}
+
+fn to_io(error: redis::RedisError) -> io::Error {
+    let kind = if error.is_timeout() {
+        io::ErrorKind::TimedOut
+    } else if error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal()
+    {
+        io::ErrorKind::ConnectionRefused
+    } else {
+        io::ErrorKind::Other
+    };
+    io::Error::new(kind, format!("Redis: {error}"))
+}
+
+/// `url` without its password, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}

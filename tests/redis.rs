@@ -1,0 +1,183 @@
+//! `RedisStorage` against a real `redis-server` (Debian's, started here on a
+//! free port of 127.0.0.1): encryption at rest, the fenced lease lock, and
+//! Redis going away and coming back.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use certrotate::{RedisStorage, Storage};
+
+/// A `redis-server` on 127.0.0.1, without persistence, stopped on drop.
+struct Redis {
+    port: u16,
+    child: Child,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_at(port)
+    }
+
+    fn start_at(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs it)");
+        let redis = Self { port, child };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The raw bytes Redis holds under `key`.
+    fn raw(&self, key: &str) -> Vec<u8> {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--no-raw", "GET", key])
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        output.stdout
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const KEY: [u8; 32] = *b"certrotate test key, 32 bytes!!!";
+
+#[tokio::test]
+async fn values_are_encrypted_at_rest_and_bound_to_their_key() {
+    let redis = Redis::start();
+    let storage = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
+    let secret = b"-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n";
+    storage.store("cert", secret).await.unwrap();
+    assert_eq!(storage.load("cert").await.unwrap().unwrap(), secret);
+    assert_eq!(storage.load("missing").await.unwrap(), None);
+
+    // What Redis holds reveals nothing of the key.
+    let raw = redis.raw("certrotate:cert");
+    assert!(raw.len() > secret.len());
+    for needle in [&b"PRIVATE KEY"[..], b"MIGHAgEA", b"BEGIN"] {
+        assert!(
+            !raw.windows(needle.len()).any(|w| w == needle),
+            "plaintext in Redis"
+        );
+    }
+
+    // Without the right key, nothing is read; a value moved to another key
+    // does not decrypt either.
+    let other = RedisStorage::connect(&redis.url(), [7; 32]).await.unwrap();
+    let error = other.load("cert").await.unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+    assert!(error.to_string().contains("cannot be decrypted"), "{error}");
+    let copy = Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "COPY",
+            "certrotate:cert",
+            "certrotate:account",
+        ])
+        .output()
+        .unwrap();
+    assert!(copy.status.success());
+    assert!(storage.load("account").await.is_err());
+}
+
+#[tokio::test]
+async fn the_lease_lock_is_exclusive_expires_and_fences_stale_holders() {
+    let redis = Redis::start();
+    let a = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
+    let b = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
+    let lease = Duration::from_millis(300);
+
+    let first = a.try_lock("order", lease).await.unwrap().expect("free");
+    assert!(
+        b.try_lock("order", lease).await.unwrap().is_none(),
+        "held by a"
+    );
+    a.store_fenced("cert", b"from a", &first).await.unwrap();
+
+    // A stalls past its lease; B takes over with a larger token.
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let second = b.try_lock("order", lease).await.unwrap().expect("expired");
+    assert!(second.token() > first.token());
+    b.store_fenced("cert", b"from b", &second).await.unwrap();
+    // A wakes up and tries to write its stale result: fenced out.
+    let error = a.store_fenced("cert", b"stale", &first).await.unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::PermissionDenied);
+    assert_eq!(a.load("cert").await.unwrap().unwrap(), b"from b");
+    // A's unlock does not release B's lock; B's does.
+    a.unlock(&first).await.unwrap();
+    assert!(a.try_lock("order", lease).await.unwrap().is_none());
+    b.unlock(&second).await.unwrap();
+    let third = a.try_lock("order", lease).await.unwrap().expect("released");
+    assert!(third.token() > second.token());
+}
+
+#[tokio::test]
+async fn redis_down_is_an_error_and_coming_back_is_picked_up() {
+    let redis = Redis::start();
+    let port = redis.port;
+    let storage = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
+    storage.store("cert", b"kept").await.unwrap();
+    drop(redis);
+
+    let started = tokio::time::Instant::now();
+    let error = storage.load("cert").await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "failed after {:?}",
+        started.elapsed()
+    );
+    assert!(error.to_string().starts_with("Redis: "), "{error}");
+    assert!(storage
+        .try_lock("order", Duration::from_secs(1))
+        .await
+        .is_err());
+
+    // Back, empty (no persistence): the same storage reconnects by itself.
+    let _redis = Redis::start_at(port);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match storage.store("cert", b"again").await {
+            Ok(()) => break,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "never reconnected: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(storage.load("cert").await.unwrap().unwrap(), b"again");
+}
