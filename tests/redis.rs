@@ -4,76 +4,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use certrotate::{RedisStorage, Storage};
+use common::redis::Redis;
 
-/// A `redis-server` on 127.0.0.1, without persistence, stopped on drop.
-struct Redis {
-    port: u16,
-    child: Child,
-}
-
-impl Redis {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_at(port)
-    }
-
-    fn start_at(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (.ci/run installs it)");
-        let redis = Self { port, child };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// The raw bytes Redis holds under `key`.
-    fn raw(&self, key: &str) -> Vec<u8> {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "--no-raw", "GET", key])
-            .output()
-            .unwrap();
-        assert!(output.status.success());
-        output.stdout
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-const KEY: [u8; 32] = *b"certrotate test key, 32 bytes!!!";
+use common::redis::KEY;
 
 #[tokio::test]
 async fn values_are_encrypted_at_rest_and_bound_to_their_key() {

@@ -31,6 +31,17 @@ const EMERGENCY_FRACTION: f64 = 0.1;
 /// rotator's schedule, jitter included, always finds the certificate due).
 const DEFAULT_RENEW_FRACTION: f64 = 0.4;
 
+/// How often an instance waiting for another's renewal looks at the storage.
+const LOCK_POLL: Duration = Duration::from_secs(1);
+
+/// What waiting for the renewal lock gave.
+enum Renewal {
+    /// The lock: this instance orders.
+    Ours(Lease),
+    /// Another instance's new certificate.
+    Done(CertBundle),
+}
+
 /// A boxed future, for the object-safe traits of this module.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -257,6 +268,7 @@ pub struct AcmeBuilder {
     eab: Option<(String, Vec<u8>)>,
     profile: Option<String>,
     timeout: Duration,
+    lock_lease: Duration,
 }
 
 impl fmt::Debug for AcmeBuilder {
@@ -335,6 +347,15 @@ impl AcmeBuilder {
         self
     }
 
+    /// How long an instance may hold the renewal lock of a shared
+    /// [`Storage`] (default 5 min) before another takes over, for instance
+    /// when the holder was killed mid-order. Keep it above the time an order
+    /// takes (a few [`timeout`](Self::timeout)s).
+    pub fn lock_lease(mut self, lease: Duration) -> Self {
+        self.lock_lease = lease.max(Duration::from_secs(1));
+        self
+    }
+
     /// Builds the source.
     pub fn build(self) -> AcmeSource {
         let mut names = self.domains.clone();
@@ -353,6 +374,7 @@ impl AcmeBuilder {
                 account: tokio::sync::Mutex::new(None),
                 advice: Mutex::new(None),
                 unsaved: Mutex::default(),
+                lease: Mutex::default(),
                 rate_limited: Arc::default(),
             }),
         }
@@ -412,6 +434,8 @@ struct Inner {
     rate_limited: Arc<Mutex<Option<Duration>>>,
     /// State that could not be saved, as of the last attempt to save it.
     unsaved: Mutex<Vec<SourceWarning>>,
+    /// The renewal lock, while this instance holds it: saves are fenced by it.
+    lease: Mutex<Option<Lease>>,
 }
 
 impl fmt::Debug for AcmeSource {
@@ -482,10 +506,10 @@ impl AcmeSource {
             eab: None,
             profile: None,
             timeout: STEP_TIMEOUT,
+            lock_lease: Duration::from_secs(300),
         }
     }
 
-    /// The stored certificate, if any and parseable.
     /// The certificate kept in storage. A storage that cannot be read fails
     /// the attempt (ordering anyway would spend the CA's rate limits on what
     /// may well be stored); a stored certificate that does not parse is
@@ -515,7 +539,12 @@ impl AcmeSource {
     /// limits again): it is logged and reported as a source warning until a
     /// later save of the same state succeeds.
     async fn save(&self, key: &str, value: &[u8], what: &str) {
-        let saved = self.inner.config.storage.store(key, value).await;
+        let storage = &self.inner.config.storage;
+        let lease = lock(&self.inner.lease).clone();
+        let saved = match &lease {
+            Some(lease) => storage.store_fenced(key, value, lease).await,
+            None => storage.store(key, value).await,
+        };
         let mut unsaved = lock(&self.inner.unsaved);
         unsaved.retain(|w| !matches!(w, SourceWarning::StateNotSaved { what: w, .. } if w == what));
         if let Err(error) = saved {
@@ -524,6 +553,39 @@ impl AcmeSource {
                 what: what.to_owned(),
                 reason: error.to_string(),
             });
+        }
+    }
+
+    /// Takes the storage's renewal lock, or waits until the instance holding
+    /// it has stored a certificate that is not due (or its lease has run
+    /// out, and the lock is ours).
+    async fn renewal_lock(&self) -> Result<Renewal, SourceError> {
+        let storage = &self.inner.config.storage;
+        let name = format!("renew-{}", self.inner.cert_key);
+        let unavailable = |reason: String| SourceError::unavailable(self.describe(), reason);
+        let mut waiting = false;
+        loop {
+            match storage.try_lock(&name, self.inner.config.lock_lease).await {
+                Err(error) => {
+                    return Err(unavailable(format!(
+                        "cannot take the renewal lock: {error}"
+                    )))
+                }
+                Ok(Some(lease)) => return Ok(Renewal::Ours(lease)),
+                Ok(None) if !waiting => {
+                    tracing::info!(target: "certrotate", lock = %name, "another instance is renewing; waiting for its certificate");
+                    waiting = true;
+                }
+                Ok(None) => {}
+            }
+            tokio::time::sleep(LOCK_POLL).await;
+            let stored = self
+                .stored()
+                .await
+                .map_err(|Failure(reason)| unavailable(reason))?;
+            if let Some(bundle) = stored.filter(|b| !self.due(b.info(), SystemTime::now())) {
+                return Ok(Renewal::Done(bundle));
+            }
         }
     }
 
@@ -978,9 +1040,28 @@ impl CertSource for AcmeSource {
                 return Ok(bundle.clone());
             }
         }
+        // One instance of a fleet orders; the others wait for its result.
+        let lease = match self.renewal_lock().await? {
+            Renewal::Done(bundle) => return Ok(bundle),
+            Renewal::Ours(lease) => lease,
+        };
+        // Another instance may have finished just before the lock was ours.
+        let stored = match self.stored().await {
+            Ok(Some(bundle)) if !self.due(bundle.info(), SystemTime::now()) => {
+                let _ = self.inner.config.storage.unlock(&lease).await;
+                return Ok(bundle);
+            }
+            Ok(newer) => newer.or(stored),
+            Err(_) => stored,
+        };
+        *lock(&self.inner.lease) = Some(lease.clone());
         // Only what the CA says during this attempt counts.
         lock(&self.inner.rate_limited).take();
         let ordered = self.order(stored.as_ref()).await;
+        lock(&self.inner.lease).take();
+        if let Err(error) = self.inner.config.storage.unlock(&lease).await {
+            tracing::warn!(target: "certrotate", "could not release the renewal lock (it expires by itself): {error}");
+        }
         let rate_limited = lock(&self.inner.rate_limited).take();
         let bundle = ordered.map_err(|Failure(reason)| match rate_limited {
             Some(retry_after) => SourceError::RateLimited {

@@ -4,6 +4,8 @@
 
 #[cfg(feature = "acme")]
 pub mod pebble;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
