@@ -90,6 +90,15 @@ pub trait Storage: Send + Sync + 'static {
         self.store(key, value)
     }
 
+    /// Counts the changes other instances make to the stored values, for a
+    /// storage shared by several: an [`AcmeSource`] fetches when it moves,
+    /// and so picks up a certificate another instance obtained at once.
+    ///
+    /// The default is `None`: nobody else writes.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// Releases `lease` early (it also ends by itself). Releasing a lease
     /// that was taken over does nothing.
     ///
@@ -366,6 +375,7 @@ impl AcmeBuilder {
             self.directory,
             names.join(",")
         )));
+        let storage_changes = tokio::sync::Mutex::new(self.storage.changes());
         AcmeSource {
             inner: Arc::new(Inner {
                 account_key: format!("account-{}.json", &directory[..16]),
@@ -375,6 +385,7 @@ impl AcmeBuilder {
                 advice: Mutex::new(None),
                 unsaved: Mutex::default(),
                 lease: Mutex::default(),
+                storage_changes,
                 rate_limited: Arc::default(),
             }),
         }
@@ -436,6 +447,8 @@ struct Inner {
     unsaved: Mutex<Vec<SourceWarning>>,
     /// The renewal lock, while this instance holds it: saves are fenced by it.
     lease: Mutex<Option<Lease>>,
+    /// Changes other instances made to the storage, if it is shared.
+    storage_changes: tokio::sync::Mutex<Option<tokio::sync::watch::Receiver<u64>>>,
 }
 
 impl fmt::Debug for AcmeSource {
@@ -586,6 +599,41 @@ impl AcmeSource {
             if let Some(bundle) = stored.filter(|b| !self.due(b.info(), SystemTime::now())) {
                 return Ok(Renewal::Done(bundle));
             }
+        }
+    }
+
+    /// Completes at the renewal time the CA advised (once per advice).
+    async fn advised_time(&self) {
+        loop {
+            let at = lock(&self.inner.advice)
+                .as_ref()
+                .filter(|a| !a.fired)
+                .map(|a| a.at);
+            let Some(at) = at else {
+                // Advice comes with the next fetch; look again later.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                continue;
+            };
+            tokio::time::sleep(at.duration_since(SystemTime::now()).unwrap_or_default()).await;
+            let mut advice = lock(&self.inner.advice);
+            if let Some(advice) = advice.as_mut().filter(|a| a.at == at && !a.fired) {
+                advice.fired = true;
+                return;
+            }
+        }
+    }
+
+    /// Completes when another instance changed the shared storage; never
+    /// for a storage nobody else writes.
+    async fn storage_changed(&self) {
+        let mut changes = self.inner.storage_changes.lock().await;
+        let changed = match changes.as_mut() {
+            Some(changes) => changes.changed().await.is_ok(),
+            None => false,
+        };
+        if !changed {
+            drop(changes);
+            std::future::pending::<()>().await;
         }
     }
 
@@ -1077,24 +1125,12 @@ impl CertSource for AcmeSource {
 
     /// Completes at the renewal time the CA advised (once per advice), so
     /// that renewal follows ARI even when it comes before the rotator's own
-    /// schedule.
+    /// schedule; and when another instance sharing the storage stored a
+    /// certificate, so that it is picked up at once.
     async fn changed(&self) {
-        loop {
-            let at = lock(&self.inner.advice)
-                .as_ref()
-                .filter(|a| !a.fired)
-                .map(|a| a.at);
-            let Some(at) = at else {
-                // Advice comes with the next fetch; look again later.
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                continue;
-            };
-            tokio::time::sleep(at.duration_since(SystemTime::now()).unwrap_or_default()).await;
-            let mut advice = lock(&self.inner.advice);
-            if let Some(advice) = advice.as_mut().filter(|a| a.at == at && !a.fired) {
-                advice.fired = true;
-                return;
-            }
+        tokio::select! {
+            () = self.advised_time() => {}
+            () = self.storage_changed() => {}
         }
     }
 

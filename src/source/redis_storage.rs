@@ -3,7 +3,11 @@
 
 use std::fmt;
 use std::io;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -75,6 +79,8 @@ pub struct RedisStorage {
     redis: ConnectionManager,
     cipher: Aes256Gcm,
     prefix: String,
+    /// Counts the writes announced on the change channel.
+    changes: Arc<watch::Sender<u64>>,
 }
 
 impl fmt::Debug for RedisStorage {
@@ -87,9 +93,16 @@ impl fmt::Debug for RedisStorage {
 }
 
 impl RedisStorage {
-    /// Connects to the Redis at `url`; values are encrypted with `key`.
-    /// Keys are prefixed with `certrotate:` (see [`prefix`](Self::prefix)).
+    /// Connects to the Redis at `url`; values are encrypted with `key`, and
+    /// Redis keys start with `certrotate:`.
     pub async fn connect(url: &str, key: [u8; 32]) -> io::Result<Self> {
+        Self::connect_with_prefix(url, key, "certrotate:").await
+    }
+
+    /// Like [`connect`](Self::connect), with Redis keys starting with
+    /// `prefix`, so that several deployments can share one Redis (with Redis
+    /// Cluster, make it a hash tag such as `{certrotate}:`).
+    pub async fn connect_with_prefix(url: &str, key: [u8; 32], prefix: &str) -> io::Result<Self> {
         let key = Zeroizing::new(key);
         let client = redis::Client::open(url).map_err(to_io)?;
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -108,19 +121,15 @@ impl RedisStorage {
             )
         })?
         .map_err(to_io)?;
+        let changes = Arc::new(watch::Sender::new(0));
+        let channel = format!("{prefix}changed");
+        tokio::spawn(follow(client, channel, Arc::downgrade(&changes)));
         Ok(Self {
             redis,
             cipher: Aes256Gcm::new_from_slice(&key[..]).expect("a 32-byte key"),
-            prefix: "certrotate:".into(),
+            prefix: prefix.to_owned(),
+            changes,
         })
-    }
-
-    /// Prefixes every Redis key with `prefix` (default `certrotate:`), so
-    /// that several deployments can share one Redis.
-    #[must_use]
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
     }
 
     /// The Redis key of a storage key.
@@ -253,6 +262,10 @@ impl Storage for RedisStorage {
         })
     }
 
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.changes.subscribe())
+    }
+
     fn unlock<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, io::Result<()>> {
         Box::pin(async move {
             Script::new(UNLOCK)
@@ -263,6 +276,38 @@ impl Storage for RedisStorage {
                 .map(drop)
                 .map_err(to_io)
         })
+    }
+}
+
+/// Follows the change channel while the storage lives: each message bumps
+/// the counter. A lost subscription is retried every second; once it is
+/// back, the counter is bumped too, as writes may have been missed.
+async fn follow(client: redis::Client, channel: String, changes: Weak<watch::Sender<u64>>) {
+    let mut reconnected = false;
+    loop {
+        if let Ok(mut pubsub) = client.get_async_pubsub().await {
+            if pubsub.subscribe(&channel).await.is_ok() {
+                let Some(alive) = changes.upgrade() else {
+                    return;
+                };
+                if reconnected {
+                    alive.send_modify(|n| *n += 1);
+                }
+                drop(alive);
+                let mut messages = pubsub.on_message();
+                while messages.next().await.is_some() {
+                    let Some(alive) = changes.upgrade() else {
+                        return;
+                    };
+                    alive.send_modify(|n| *n += 1);
+                }
+            }
+        }
+        if changes.strong_count() == 0 {
+            return;
+        }
+        reconnected = true;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
