@@ -73,14 +73,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let mut listener = TlsListener::new(tcp, Arc::new(tls));
     let max_age = MaxConnectionAge::new(rotator.store(), max_age);
-    // One write, so that a reader of the first line gets all of it.
     let (pid, port, ca_path) = (std::process::id(), bound.port(), ca_path.display());
-    print!(
-        "listening on https://{bound}\n\
-         pid {pid}: `kill -HUP {pid}` rotates now\n\
-         try:  curl --cacert {ca_path} https://localhost:{port}/metrics\n\
-         \x20     curl --cacert {ca_path} https://localhost:{port}/healthz\n"
-    );
+    println!("listening on https://{bound}");
+    println!("pid {pid}: `kill -HUP {pid}` rotates now");
+    println!("try:  curl --cacert {ca_path} https://localhost:{port}/metrics");
+    println!("      curl --cacert {ca_path} https://localhost:{port}/healthz");
 
     let serve = async {
         loop {
