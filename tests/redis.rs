@@ -51,35 +51,14 @@ async fn values_are_encrypted_at_rest_and_bound_to_their_key() {
     assert!(storage.load("account").await.is_err());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_lock_is_exclusive_expires_and_fences_stale_holders() {
     let redis = Redis::start();
     let a = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
     let b = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
-    let lease = Duration::from_millis(300);
-
-    let first = a.try_lock("order", lease).await.unwrap().expect("free");
-    assert!(
-        b.try_lock("order", lease).await.unwrap().is_none(),
-        "held by a"
-    );
-    a.store_fenced("cert", b"from a", &first).await.unwrap();
-
-    // A stalls past its lease; B takes over with a larger token.
-    tokio::time::sleep(lease + Duration::from_millis(100)).await;
-    let second = b.try_lock("order", lease).await.unwrap().expect("expired");
-    assert!(second.token() > first.token());
-    b.store_fenced("cert", b"from b", &second).await.unwrap();
-    // A wakes up and tries to write its stale result: fenced out.
-    let error = a.store_fenced("cert", b"stale", &first).await.unwrap_err();
-    assert_eq!(error.kind(), std::io::ErrorKind::PermissionDenied);
-    assert_eq!(a.load("cert").await.unwrap().unwrap(), b"from b");
-    // A's unlock does not release B's lock; B's does.
-    a.unlock(&first).await.unwrap();
-    assert!(a.try_lock("order", lease).await.unwrap().is_none());
-    b.unlock(&second).await.unwrap();
-    let third = a.try_lock("order", lease).await.unwrap().expect("released");
-    assert!(third.token() > second.token());
+    common::storage::lease_lock_semantics(&a, &b).await;
+    common::storage::one_winner_per_round(vec![std::sync::Arc::new(a), std::sync::Arc::new(b)])
+        .await;
 }
 
 #[tokio::test]

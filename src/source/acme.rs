@@ -16,8 +16,11 @@ use instant_acme::{
 use sha2::{Digest, Sha256};
 
 use super::{CertSource, SourceError, SourceWarning};
+
+mod file_storage;
 use crate::bundle::{CertBundle, CertInfo};
 use crate::store::CertStore;
+pub use file_storage::FileStorage;
 
 /// How long one ACME step (a request, or polling an order) may take, by default.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -141,57 +144,6 @@ impl Lease {
     /// The fencing token: larger for each new holder of the lock.
     pub fn token(&self) -> u64 {
         self.token
-    }
-}
-
-/// [`Storage`] in a directory: one file per key, written 0600 and atomically
-/// (temporary file, fsync, rename, fsync of the directory).
-///
-/// ```
-/// let storage = certrotate::FileStorage::new("/var/lib/myapp/acme");
-/// ```
-#[derive(Debug, Clone)]
-pub struct FileStorage {
-    dir: PathBuf,
-}
-
-impl FileStorage {
-    /// Keeps state in `dir` (created with mode 0700 when first written).
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
-    }
-}
-
-impl Storage for FileStorage {
-    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, std::io::Result<Option<Vec<u8>>>> {
-        let path = self.dir.join(key);
-        Box::pin(async move {
-            let read = tokio::task::spawn_blocking(move || std::fs::read(path))
-                .await
-                .map_err(std::io::Error::other)?;
-            match read {
-                Ok(bytes) => Ok(Some(bytes)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(e),
-            }
-        })
-    }
-
-    fn store<'a>(&'a self, key: &'a str, value: &'a [u8]) -> BoxFuture<'a, std::io::Result<()>> {
-        let (dir, value) = (self.dir.clone(), value.to_vec());
-        let path = self.dir.join(key);
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let mut builder = std::fs::DirBuilder::new();
-                builder.recursive(true);
-                #[cfg(unix)]
-                std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-                builder.create(&dir)?;
-                crate::atomic::write(&path, &value, 0o600)
-            })
-            .await
-            .map_err(std::io::Error::other)?
-        })
     }
 }
 

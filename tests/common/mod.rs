@@ -6,6 +6,8 @@
 pub mod pebble;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "acme")]
+pub mod storage;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,205 @@
+//! [`FileStorage`]: ACME state in a directory, with a lease lock for
+//! instances sharing it (a volume mounted by several replicas).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{BoxFuture, Lease, Storage};
+
+/// [`Storage`] in a directory: one file per key, written 0600 and atomically
+/// (temporary file, fsync, rename, fsync of the directory).
+///
+/// ```
+/// let storage = certrotate::FileStorage::new("/var/lib/myapp/acme");
+/// ```
+#[derive(Debug, Clone)]
+pub struct FileStorage {
+    dir: PathBuf,
+}
+
+impl FileStorage {
+    /// Keeps state in `dir` (created with mode 0700 when first written).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+}
+
+impl Storage for FileStorage {
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, std::io::Result<Option<Vec<u8>>>> {
+        let path = self.dir.join(key);
+        Box::pin(async move {
+            let read = tokio::task::spawn_blocking(move || std::fs::read(path))
+                .await
+                .map_err(std::io::Error::other)?;
+            match read {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn store<'a>(&'a self, key: &'a str, value: &'a [u8]) -> BoxFuture<'a, std::io::Result<()>> {
+        let (dir, value) = (self.dir.clone(), value.to_vec());
+        let path = self.dir.join(key);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                create_dir(&dir)?;
+                crate::atomic::write(&path, &value, 0o600)
+            })
+            .await
+            .map_err(std::io::Error::other)?
+        })
+    }
+
+    /// A lease file (`<name>.lease`: holder and end of lease) and a fence
+    /// file (`<name>.fence`: the newest token), changed only under the
+    /// lock's mutex file, so that instances sharing the directory on one
+    /// machine or a shared volume take the lock in turn.
+    fn try_lock<'a>(
+        &'a self,
+        name: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, io::Result<Option<Lease>>> {
+        let name = name.to_owned();
+        let owner = format!("{}-{:016x}", std::process::id(), fastrand::u64(..));
+        Box::pin(self.exclusive(name.clone(), move |dir| {
+            if holder(dir, &name).is_some_and(|(_, until)| until > SystemTime::now()) {
+                return Ok(None);
+            }
+            let token = fence(dir, &name)? + 1;
+            crate::atomic::write(
+                &dir.join(format!("{name}.fence")),
+                token.to_string().as_bytes(),
+                0o600,
+            )?;
+            let until = SystemTime::now() + lease;
+            let millis = until
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            crate::atomic::write(
+                &dir.join(format!("{name}.lease")),
+                format!("{owner} {millis}").as_bytes(),
+                0o600,
+            )?;
+            Ok(Some(Lease::new(name, owner, token)))
+        }))
+    }
+
+    fn store_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        lease: &'a Lease,
+    ) -> BoxFuture<'a, io::Result<()>> {
+        let (key, value, lease) = (key.to_owned(), value.to_vec(), lease.clone());
+        Box::pin(self.exclusive(lease.name().to_owned(), move |dir| {
+            if fence(dir, lease.name())? != lease.token() {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "not written: the lease on {:?} (token {}) was taken over by a newer holder",
+                        lease.name(),
+                        lease.token()
+                    ),
+                ));
+            }
+            crate::atomic::write(&dir.join(key), &value, 0o600)
+        }))
+    }
+
+    fn unlock<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, io::Result<()>> {
+        let lease = lease.clone();
+        Box::pin(self.exclusive(lease.name().to_owned(), move |dir| {
+            if holder(dir, lease.name()).is_some_and(|(owner, _)| owner == lease.owner()) {
+                std::fs::remove_file(dir.join(format!("{}.lease", lease.name())))?;
+            }
+            Ok(())
+        }))
+    }
+}
+
+/// A mutex file older than this was left by a process that died inside the
+/// few microseconds it is held: it is removed.
+const STALE_MUTEX: Duration = Duration::from_secs(30);
+
+impl FileStorage {
+    /// Runs `f` on a blocking thread, holding the mutex of lock `name` (a
+    /// file created with `O_EXCL`) so that instances sharing the directory
+    /// take turns.
+    async fn exclusive<T: Send + 'static>(
+        &self,
+        name: String,
+        f: impl FnOnce(&Path) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let (dir, mutex) = (self.dir.clone(), self.dir.join(format!(".{name}.mutex")));
+        tokio::task::spawn_blocking(move || {
+            create_dir(&dir)?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&mutex)
+                {
+                    Ok(_) => {
+                        let result = f(&dir);
+                        let _ = std::fs::remove_file(&mutex);
+                        return result;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        let age = std::fs::metadata(&mutex)
+                            .and_then(|m| m.modified())
+                            .map(|t| t.elapsed().unwrap_or_default());
+                        if age.is_ok_and(|age| age > STALE_MUTEX) {
+                            let _ = std::fs::remove_file(&mutex);
+                        } else if Instant::now() > deadline {
+                            return Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("{} stayed locked for 10 s", mutex.display()),
+                            ));
+                        } else {
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+}
+
+fn create_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// The newest fencing token given out for lock `name` (0: none yet).
+fn fence(dir: &Path, name: &str) -> io::Result<u64> {
+    match std::fs::read_to_string(dir.join(format!("{name}.fence"))) {
+        Ok(text) => text.trim().parse().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{name}.fence is not a number"),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// The holder of lock `name` and when its lease ends, if the lease file is
+/// there and readable.
+fn holder(dir: &Path, name: &str) -> Option<(String, SystemTime)> {
+    let text = std::fs::read_to_string(dir.join(format!("{name}.lease"))).ok()?;
+    let (owner, until) = text.trim().split_once(' ')?;
+    let until = SystemTime::UNIX_EPOCH + Duration::from_millis(until.parse().ok()?);
+    Some((owner.to_owned(), until))
+}

@@ -1,0 +1,62 @@
+//! What every shared `Storage` must do with its lease lock, checked the same
+//! way for each backend.
+
+use std::time::Duration;
+
+use certrotate::Storage;
+
+/// Two instances `a` and `b` of one storage: the lock is exclusive, expires
+/// with its lease, its tokens grow, a stale holder is fenced out, and only
+/// the holder's unlock releases it.
+pub async fn lease_lock_semantics(a: &dyn Storage, b: &dyn Storage) {
+    let lease = Duration::from_millis(300);
+    let first = a.try_lock("order", lease).await.unwrap().expect("free");
+    assert!(
+        b.try_lock("order", lease).await.unwrap().is_none(),
+        "held by a"
+    );
+    a.store_fenced("cert", b"from a", &first).await.unwrap();
+
+    // A stalls past its lease; B takes over with a larger token.
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let second = b.try_lock("order", lease).await.unwrap().expect("expired");
+    assert!(second.token() > first.token());
+    b.store_fenced("cert", b"from b", &second).await.unwrap();
+    // A wakes up and tries to write its stale result: fenced out.
+    let error = a.store_fenced("cert", b"stale", &first).await.unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::PermissionDenied);
+    assert_eq!(a.load("cert").await.unwrap().unwrap(), b"from b");
+    // A's unlock does not release B's lock; B's does.
+    a.unlock(&first).await.unwrap();
+    assert!(a.try_lock("order", lease).await.unwrap().is_none());
+    b.unlock(&second).await.unwrap();
+    let third = a.try_lock("order", lease).await.unwrap().expect("released");
+    assert!(third.token() > second.token());
+    a.unlock(&third).await.unwrap();
+}
+
+/// Many tasks race for the lock at once, round after round: exactly one wins
+/// each round.
+pub async fn one_winner_per_round(instances: Vec<std::sync::Arc<dyn Storage>>) {
+    for round in 0..20 {
+        let mut racers = Vec::new();
+        for (i, storage) in instances.iter().cycle().take(8).enumerate() {
+            let storage = storage.clone();
+            racers.push(tokio::spawn(async move {
+                let name = format!("race-{round}");
+                (
+                    i,
+                    storage
+                        .try_lock(&name, Duration::from_secs(60))
+                        .await
+                        .unwrap(),
+                )
+            }));
+        }
+        let mut winners = 0;
+        for racer in racers {
+            winners += usize::from(racer.await.unwrap().1.is_some());
+        }
+        assert_eq!(winners, 1, "round {round}");
+    }
+}
