@@ -10,26 +10,11 @@ use std::time::Duration;
 use certrotate::{
     AcmeSource, CertStore, FileStorage, Http01Responder, Policy, Rotator, ACME_TLS_ALPN,
 };
-use common::pebble::{ChallTestSrv, Config, Pebble};
+use common::pebble::{client, first_certificate, ChallTestSrv, Config, Pebble};
 use common::TempDir;
+use rustls::pki_types::pem::PemObject;
 
 const NAME: &str = "a.certrotate.test";
-
-/// A client trusting what Pebble issues.
-fn client(pebble: &Pebble) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = pebble.issuing_root();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.resumption = rustls::client::Resumption::disabled();
-    Arc::new(config)
-}
-
-use rustls::pki_types::pem::PemObject;
 
 /// A source for NAME from `pebble`, with its own storage.
 fn builder(pebble: &Pebble) -> certrotate::AcmeBuilder {
@@ -40,22 +25,6 @@ fn builder(pebble: &Pebble) -> certrotate::AcmeBuilder {
 
 fn policy() -> Policy {
     Policy::builder().server_name(NAME).build().unwrap()
-}
-
-/// Waits for the rotator's first certificate.
-async fn first_certificate(rotator: &Rotator) -> Arc<certrotate::CertInfo> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(cert) = rotator.current() {
-            return cert;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no certificate: {:?}",
-            rotator.health().last_error
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A server on Pebble's TLS-ALPN-01 port answering challenges from `store`.

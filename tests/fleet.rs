@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use certrotate::{AcmeSource, Policy, RedisStorage, Rotator};
-use common::pebble::{ChallTestSrv, Config, Pebble};
+use common::pebble::{client, first_certificate, ChallTestSrv, Config, Pebble};
 use common::redis::{Redis, KEY};
-use rustls::pki_types::pem::PemObject;
 
 const NAME: &str = "fleet.certrotate.test";
 
@@ -28,21 +27,6 @@ async fn replica_with(pebble: &Pebble, redis: &Redis, lease: Duration) -> Rotato
         .build();
     let policy = Policy::builder().server_name(NAME).build().unwrap();
     Rotator::builder(source, policy).spawn()
-}
-
-async fn first_certificate(rotator: &Rotator) -> Arc<certrotate::CertInfo> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(cert) = rotator.current() {
-            return cert;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no certificate: {:?}",
-            rotator.health().last_error
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -122,18 +106,4 @@ async fn three_replicas_renew_with_one_order_per_cycle_and_no_failed_handshake()
         drop(server);
         rotator.shutdown().await;
     }
-}
-
-/// A client trusting what Pebble issues.
-fn client(pebble: &Pebble) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pebble.issuing_root().as_bytes())
-    {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.resumption = rustls::client::Resumption::disabled();
-    Arc::new(config)
 }

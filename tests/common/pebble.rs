@@ -285,3 +285,37 @@ fn base64url(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// A client trusting what `pebble` issues, never resuming (so that each
+/// handshake shows the certificate served).
+pub fn client(pebble: &Pebble) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = pebble.issuing_root();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    std::sync::Arc::new(config)
+}
+
+/// Waits (up to a minute) for the rotator's first certificate.
+pub async fn first_certificate(
+    rotator: &certrotate::Rotator,
+) -> std::sync::Arc<certrotate::CertInfo> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(cert) = rotator.current() {
+            return cert;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no certificate: {:?}",
+            rotator.health().last_error
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
