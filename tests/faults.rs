@@ -68,17 +68,8 @@ async fn every_kind_of_source_failure_past_the_renewal_window() {
         fetches: AtomicU32::new(0),
         started: Mutex::new(Vec::new()),
     });
-    struct Shared(Arc<Failing>);
-    impl CertSource for Shared {
-        async fn fetch(&self) -> Result<CertBundle, SourceError> {
-            self.0.fetch().await
-        }
-        fn describe(&self) -> String {
-            self.0.describe()
-        }
-    }
     let (retry_max, timeout) = (Duration::from_secs(6 * 3600), Duration::from_secs(30));
-    let rotator = Rotator::builder(Shared(source.clone()), Policy::default())
+    let rotator = Rotator::builder(source.clone(), Policy::default())
         .store(store.clone())
         .retry_backoff(Duration::from_secs(60), retry_max)
         .fetch_timeout(timeout)

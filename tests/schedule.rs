@@ -64,22 +64,10 @@ fn setup() -> (Arc<IssuingSource>, Arc<TokioClock>, CertStore) {
     (source, clock, store)
 }
 
-/// Lets a shared source be owned by the rotator and watched by the test.
-struct Shared(Arc<IssuingSource>);
-
-impl CertSource for Shared {
-    async fn fetch(&self) -> Result<CertBundle, SourceError> {
-        self.0.fetch().await
-    }
-    fn describe(&self) -> String {
-        self.0.describe()
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn renews_when_a_third_of_the_lifetime_is_left() {
     let (source, clock, store) = setup();
-    let rotator = Rotator::builder(Shared(source.clone()), Policy::default())
+    let rotator = Rotator::builder(source.clone(), Policy::default())
         .store(store.clone())
         .renewal_jitter(0.1)
         .start()
@@ -118,7 +106,7 @@ async fn renews_when_a_third_of_the_lifetime_is_left() {
 #[tokio::test(start_paused = true)]
 async fn failures_back_off_exponentially_up_to_the_cap() {
     let (source, _clock, store) = setup();
-    let rotator = Rotator::builder(Shared(source.clone()), Policy::default())
+    let rotator = Rotator::builder(source.clone(), Policy::default())
         .store(store.clone())
         .retry_backoff(Duration::from_secs(1), Duration::from_secs(60))
         .start()
@@ -176,7 +164,7 @@ async fn failures_back_off_exponentially_up_to_the_cap() {
 async fn alerts_escalate_while_renewal_keeps_failing() {
     let (source, clock, store) = setup();
     let repeat = Duration::from_secs(6 * 3600);
-    let rotator = Rotator::builder(Shared(source.clone()), Policy::default())
+    let rotator = Rotator::builder(source.clone(), Policy::default())
         .store(store.clone())
         .retry_backoff(Duration::from_secs(60), Duration::from_secs(6 * 3600))
         .alert_repeat(repeat)
@@ -232,7 +220,7 @@ async fn alerts_escalate_while_renewal_keeps_failing() {
 async fn spawn_retries_until_the_first_certificate_arrives() {
     let (source, _clock, store) = setup();
     source.failing.store(true, Ordering::SeqCst);
-    let rotator = Rotator::builder(Shared(source.clone()), Policy::default())
+    let rotator = Rotator::builder(source.clone(), Policy::default())
         .store(store)
         .retry_backoff(Duration::from_secs(1), Duration::from_secs(10))
         .spawn();
@@ -279,7 +267,7 @@ fn alert_levels_follow_the_renewal_window() {
 #[tokio::test(start_paused = true)]
 async fn retries_come_sooner_as_expiry_nears() {
     let (source, clock, store) = setup();
-    let rotator = Rotator::builder(Shared(source.clone()), Policy::default())
+    let rotator = Rotator::builder(source.clone(), Policy::default())
         .store(store.clone())
         .retry_backoff(Duration::from_secs(1), Duration::from_secs(6 * 3600))
         .start()
@@ -334,7 +322,7 @@ async fn retries_come_sooner_as_expiry_nears() {
 #[tokio::test(start_paused = true)]
 async fn rate_limits_are_respected_until_the_lifetime_cannot_afford_them() {
     let (source, clock, store) = setup();
-    let rotator = Rotator::builder(Shared(source.clone()), Policy::default())
+    let rotator = Rotator::builder(source.clone(), Policy::default())
         .store(store.clone())
         .retry_backoff(Duration::from_secs(1), Duration::from_secs(300))
         .start()

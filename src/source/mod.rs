@@ -97,6 +97,30 @@ pub trait CertSource: Send + Sync + 'static {
     }
 }
 
+/// A shared source is a source: keep an `Arc` to watch or steer the source
+/// while a rotator owns the other.
+impl<S: CertSource> CertSource for Arc<S> {
+    fn fetch(&self) -> impl Future<Output = Result<CertBundle, SourceError>> + Send {
+        S::fetch(self)
+    }
+
+    fn changed(&self) -> impl Future<Output = ()> + Send {
+        S::changed(self)
+    }
+
+    fn describe(&self) -> String {
+        S::describe(self)
+    }
+
+    fn kind(&self) -> &'static str {
+        S::kind(self)
+    }
+
+    fn warnings(&self) -> Vec<SourceWarning> {
+        S::warnings(self)
+    }
+}
+
 /// Something about a source that is unsafe but does not stop it from working.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
