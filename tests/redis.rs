@@ -64,7 +64,7 @@ async fn the_lease_lock_is_exclusive_expires_and_fences_stale_holders() {
 #[tokio::test]
 async fn redis_down_is_an_error_and_coming_back_is_picked_up() {
     let redis = Redis::start();
-    let port = redis.port;
+    let (port, url) = (redis.port, redis.url());
     let storage = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
     storage.store("cert", b"kept").await.unwrap();
     drop(redis);
@@ -76,7 +76,10 @@ async fn redis_down_is_an_error_and_coming_back_is_picked_up() {
         "failed after {:?}",
         started.elapsed()
     );
-    assert!(error.to_string().starts_with("Redis: "), "{error}");
+    assert!(
+        error.to_string().starts_with(&format!("Redis at {url}: ")),
+        "{error}"
+    );
     assert!(storage
         .try_lock("order", Duration::from_secs(1))
         .await

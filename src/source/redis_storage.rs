@@ -81,6 +81,8 @@ pub struct RedisStorage {
     prefix: String,
     /// Counts the writes announced on the change channel.
     changes: Arc<watch::Sender<u64>>,
+    /// The server, without credentials, for messages.
+    server: Arc<str>,
 }
 
 impl fmt::Debug for RedisStorage {
@@ -104,7 +106,9 @@ impl RedisStorage {
     /// Cluster, make it a hash tag such as `{certrotate}:`).
     pub async fn connect_with_prefix(url: &str, key: [u8; 32], prefix: &str) -> io::Result<Self> {
         let key = Zeroizing::new(key);
-        let client = redis::Client::open(url).map_err(to_io)?;
+        let server: Arc<str> = redacted(url).into();
+        let failed = |error| to_io(&server, error);
+        let client = redis::Client::open(url).map_err(failed)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT))
@@ -117,10 +121,10 @@ impl RedisStorage {
         .map_err(|_| {
             io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("no answer from Redis at {}", redacted(url)),
+                format!("no answer from Redis at {server}"),
             )
         })?
-        .map_err(to_io)?;
+        .map_err(failed)?;
         let changes = Arc::new(watch::Sender::new(0));
         let channel = format!("{prefix}changed");
         tokio::spawn(follow(client, channel, Arc::downgrade(&changes)));
@@ -129,6 +133,7 @@ impl RedisStorage {
             cipher: Aes256Gcm::new_from_slice(&key[..]).expect("a 32-byte key"),
             prefix: prefix.to_owned(),
             changes,
+            server,
         })
     }
 
@@ -185,8 +190,12 @@ impl Storage for RedisStorage {
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Option<Vec<u8>>>> {
         Box::pin(async move {
             let redis_key = self.key(key);
-            let sealed: Option<Vec<u8>> =
-                self.redis.clone().get(&redis_key).await.map_err(to_io)?;
+            let sealed: Option<Vec<u8>> = self
+                .redis
+                .clone()
+                .get(&redis_key)
+                .await
+                .map_err(|e| to_io(&self.server, e))?;
             sealed
                 .map(|sealed| self.open(&redis_key, &sealed))
                 .transpose()
@@ -206,7 +215,7 @@ impl Storage for RedisStorage {
                 .ignore()
                 .query_async::<()>(&mut redis)
                 .await
-                .map_err(to_io)
+                .map_err(|e| to_io(&self.server, e))
         })
     }
 
@@ -224,7 +233,7 @@ impl Storage for RedisStorage {
                 .arg(lease.as_millis().max(1) as u64)
                 .invoke_async(&mut self.redis.clone())
                 .await
-                .map_err(to_io)?;
+                .map_err(|e| to_io(&self.server, e))?;
             Ok((token > 0).then(|| Lease::new(name, owner, token)))
         })
     }
@@ -247,7 +256,7 @@ impl Storage for RedisStorage {
                 .arg(key)
                 .invoke_async(&mut self.redis.clone())
                 .await
-                .map_err(to_io)?;
+                .map_err(|e| to_io(&self.server, e))?;
             match stored {
                 1 => Ok(()),
                 _ => Err(io::Error::new(
@@ -274,7 +283,7 @@ impl Storage for RedisStorage {
                 .invoke_async::<u8>(&mut self.redis.clone())
                 .await
                 .map(drop)
-                .map_err(to_io)
+                .map_err(|e| to_io(&self.server, e))
         })
     }
 }
@@ -311,7 +320,9 @@ async fn follow(client: redis::Client, channel: String, changes: Weak<watch::Sen
     }
 }
 
-fn to_io(error: redis::RedisError) -> io::Error {
+/// The error of a command to `server`, as I/O: timeouts and connection
+/// failures keep their kind.
+fn to_io(server: &str, error: redis::RedisError) -> io::Error {
     let kind = if error.is_timeout() {
         io::ErrorKind::TimedOut
     } else if error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal()
@@ -320,7 +331,7 @@ fn to_io(error: redis::RedisError) -> io::Error {
     } else {
         io::ErrorKind::Other
     };
-    io::Error::new(kind, format!("Redis: {error}"))
+    io::Error::new(kind, format!("Redis at {server}: {error}"))
 }
 
 /// `url` without its password, for messages.
