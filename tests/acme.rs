@@ -135,15 +135,7 @@ async fn renews_again_and_again_under_load() {
     // Three renewals, each before the certificate it replaces expires.
     let mut serving = first;
     for renewal in 1..=3 {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-        let new = loop {
-            let event = tokio::time::timeout_at(deadline, events.recv()).await;
-            match event.unwrap_or_else(|_| panic!("renewal {renewal} did not come")) {
-                Ok(certrotate::RotationEvent::Rotated { new, .. }) => break new,
-                Ok(_) => continue,
-                Err(e) => panic!("{e}"),
-            }
-        };
+        let new = common::rotation_from(&mut events, &serving, Duration::from_secs(40)).await;
         assert!(
             std::time::SystemTime::now() < serving.not_after,
             "renewal {renewal} came after expiry"
@@ -166,21 +158,6 @@ async fn serving(pebble: &Pebble, timeout: Duration) -> (Rotator, common::Server
     let server = tls_alpn_server(pebble, &rotator).await;
     first_certificate(&rotator).await;
     (rotator, server)
-}
-
-/// Waits for the next rotation and returns the new certificate.
-async fn next_rotation(
-    events: &mut tokio::sync::broadcast::Receiver<certrotate::RotationEvent>,
-    within: Duration,
-) -> Arc<certrotate::CertInfo> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Ok(certrotate::RotationEvent::Rotated { new, .. })) => return new,
-            Ok(_) => continue,
-            Err(_) => panic!("no rotation within {within:?}"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -233,7 +210,7 @@ async fn a_frozen_ca_at_renewal_time_is_reported_and_survived() {
         "nothing new while frozen"
     );
 
-    let renewed = next_rotation(&mut events, Duration::from_secs(20)).await;
+    let renewed = common::rotation_from(&mut events, &first, Duration::from_secs(20)).await;
     assert!(std::time::SystemTime::now() < first.not_after);
     assert_ne!(renewed.serial, first.serial);
     assert_eq!(rotator.health().last_error, None);
@@ -273,7 +250,7 @@ async fn a_ca_restarted_empty_is_rejoined_before_expiry() {
     }
     trust.replace(both, Vec::new()).unwrap();
 
-    let renewed = next_rotation(&mut events, Duration::from_secs(25)).await;
+    let renewed = common::rotation_from(&mut events, &first, Duration::from_secs(25)).await;
     assert!(
         std::time::SystemTime::now() < first.not_after,
         "renewed only after expiry"

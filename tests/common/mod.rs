@@ -302,6 +302,30 @@ pub async fn serial_seen(
     Ok(serial_of(leaf))
 }
 
+/// Waits (up to `within`) for the rotation that replaces `serving`, and
+/// returns the new certificate. Events about `serving` itself are skipped:
+/// its own install is published before its event is sent, so a receiver
+/// subscribed as soon as it serves may still see that event.
+pub async fn rotation_from(
+    events: &mut tokio::sync::broadcast::Receiver<certrotate::RotationEvent>,
+    serving: &certrotate::CertInfo,
+    within: Duration,
+) -> Arc<certrotate::CertInfo> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(certrotate::RotationEvent::Rotated { new, .. }))
+                if new.fingerprint_sha256 != serving.fingerprint_sha256 =>
+            {
+                return new
+            }
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => panic!("events lost: {e}"),
+            Err(_) => panic!("nothing replaced {} within {within:?}", serving.serial),
+        }
+    }
+}
+
 pub fn serial_of(der: &CertificateDer<'_>) -> String {
     let bundle_info = x509_parser::parse_x509_certificate(der.as_ref()).unwrap().1;
     bundle_info.raw_serial_as_string()
