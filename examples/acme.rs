@@ -1,42 +1,70 @@
 //! An axum server that gets its certificate from an ACME CA (Let's Encrypt,
-//! Pebble, any RFC 8555 CA) and renews it by itself.
+//! Pebble, any RFC 8555 CA) and renews it by itself; alone, or as one
+//! replica of a fleet sharing its certificate through Redis.
 //!
 //! ```text
-//! cargo run --release --example acme -- --directory URL [--directory-root PEM] --domain NAME [--domain NAME]... \
-//!     --listen ADDR --challenge tls-alpn-01|http-01 [--http-listen ADDR] --storage DIR
+//! cargo run --release --example acme [--features redis] -- \
+//!     --directory URL [--directory-root PEM] --domain NAME [--domain NAME]... --listen ADDR \
+//!     --challenge tls-alpn-01|http-01|dns-01 [--http-listen ADDR] [--challtestsrv ADDR] \
+//!     (--storage DIR | --redis URL --redis-key-file FILE) [--lock-lease SECONDS]
 //! ```
 //!
 //! - `--directory-root`: a root certificate to trust for the ACME server's
 //!   own HTTPS (Pebble uses a private one).
 //! - `--challenge tls-alpn-01`: the CA validates on port 443 of the names,
 //!   which must reach `--listen`; `http-01`: on port 80, which must reach
-//!   `--http-listen`.
+//!   `--http-listen`; `dns-01`: through TXT records, published here in
+//!   Pebble's test DNS server (`--challtestsrv`, its management address;
+//!   with a real DNS provider, implement `certrotate::Dns01Solver`).
 //! - `--storage`: where the account and certificates are kept (0600). A
 //!   restart serves the stored certificate at once and orders a new one only
 //!   when renewal is due.
+//! - `--redis` (feature `redis`): keep them in Redis instead, encrypted with
+//!   the key in `--redis-key-file` (64 hex digits, e.g. from `openssl rand
+//!   -hex 32`). Run several replicas on one Redis: one of them orders (it
+//!   holds the renewal lock, `--lock-lease` seconds at most, 300 by
+//!   default), the others pick its certificate up. Replicas behind one name
+//!   need a challenge any of them can answer: DNS-01.
 //!
 //! Until the first certificate arrives, handshakes fail (there is nothing
 //! to serve); then `GET /` answers `ok` and `GET /certs` shows the health
-//! snapshot as JSON, with `last_error` (string, or null).
+//! snapshot as JSON, with `last_error` (string, or null). Standard output
+//! says `listening on https://ADDR`, then `serving SERIAL` at each new
+//! certificate.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::routing::get;
 use axum::{Json, Router};
 use certrotate::{
-    AcmeSource, CertStore, FileStorage, Http01Responder, Policy, RotationEvent, Rotator,
-    TlsListener, ACME_TLS_ALPN,
+    AcmeBuilder, AcmeSource, CertStore, FileStorage, Http01Responder, Policy, Rotator, TlsListener,
+    ACME_TLS_ALPN,
 };
+use tokio::sync::broadcast::error::RecvError;
 
-const USAGE: &str = "usage: acme --directory URL [--directory-root PEM] --domain NAME [--domain NAME]... \
-                     --listen ADDR --challenge tls-alpn-01|http-01 [--http-listen ADDR] --storage DIR";
+#[path = "support/challtestsrv.rs"]
+mod challtestsrv;
 
-#[derive(PartialEq)]
+const USAGE: &str =
+    "usage: acme --directory URL [--directory-root PEM] --domain NAME [--domain NAME]... \
+                     --listen ADDR --challenge tls-alpn-01|http-01|dns-01 [--http-listen ADDR] \
+                     [--challtestsrv ADDR] (--storage DIR | --redis URL --redis-key-file FILE) \
+                     [--lock-lease SECONDS]";
+
 enum Challenge {
     TlsAlpn01,
-    Http01,
+    Http01(SocketAddr),
+    Dns01(SocketAddr),
+}
+
+// Without the `redis` feature, `--redis` is parsed and then refused.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+enum Storage {
+    Files(PathBuf),
+    Redis { url: String, key_file: PathBuf },
 }
 
 struct Args {
@@ -45,13 +73,14 @@ struct Args {
     domains: Vec<String>,
     listen: SocketAddr,
     challenge: Challenge,
-    http_listen: Option<SocketAddr>,
-    storage: PathBuf,
+    storage: Storage,
+    lock_lease: Option<Duration>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let (mut directory, mut directory_root, mut domains) = (None, None, Vec::new());
-    let (mut listen, mut challenge, mut http_listen, mut storage) = (None, None, None, None);
+    let (mut listen, mut challenge, mut http_listen, mut challtestsrv) = (None, None, None, None);
+    let (mut storage, mut redis, mut redis_key_file, mut lock_lease) = (None, None, None, None);
     let mut argv = std::env::args().skip(1);
     while let Some(arg) = argv.next() {
         let value = argv.next().ok_or(format!("{arg} needs a value; {USAGE}"))?;
@@ -62,34 +91,80 @@ fn parse_args() -> Result<Args, String> {
             "--domain" => domains.push(value),
             "--listen" => listen = Some(addr(&value)?),
             "--http-listen" => http_listen = Some(addr(&value)?),
+            "--challtestsrv" => challtestsrv = Some(addr(&value)?),
             "--storage" => storage = Some(PathBuf::from(value)),
-            "--challenge" => {
-                challenge = Some(match value.as_str() {
-                    "tls-alpn-01" => Challenge::TlsAlpn01,
-                    "http-01" => Challenge::Http01,
-                    other => return Err(format!("unknown challenge {other:?}; {USAGE}")),
-                })
+            "--redis" => redis = Some(value),
+            "--redis-key-file" => redis_key_file = Some(PathBuf::from(value)),
+            "--lock-lease" => {
+                let seconds = value.parse().map_err(|e| format!("{arg}: {e}"))?;
+                lock_lease = Some(Duration::from_secs(seconds));
             }
+            "--challenge" => challenge = Some(value),
             _ => return Err(format!("unknown argument {arg}; {USAGE}")),
         }
     }
     let missing = |what| format!("{what} is required; {USAGE}");
+    let challenge = match challenge.as_deref() {
+        Some("tls-alpn-01") => Challenge::TlsAlpn01,
+        Some("http-01") => Challenge::Http01(http_listen.ok_or_else(|| missing("--http-listen"))?),
+        Some("dns-01") => Challenge::Dns01(challtestsrv.ok_or_else(|| missing("--challtestsrv"))?),
+        Some(other) => return Err(format!("unknown challenge {other:?}; {USAGE}")),
+        None => return Err(missing("--challenge")),
+    };
+    let storage = match (storage, redis, redis_key_file) {
+        (Some(dir), None, None) => Storage::Files(dir),
+        (None, Some(url), Some(key_file)) => Storage::Redis { url, key_file },
+        (None, Some(_), None) => return Err(missing("--redis-key-file")),
+        (None, None, _) => return Err(missing("--storage or --redis")),
+        _ => return Err(format!("--storage and --redis exclude each other; {USAGE}")),
+    };
     let args = Args {
         directory: directory.ok_or_else(|| missing("--directory"))?,
         directory_root,
         listen: listen.ok_or_else(|| missing("--listen"))?,
-        challenge: challenge.ok_or_else(|| missing("--challenge"))?,
-        http_listen,
-        storage: storage.ok_or_else(|| missing("--storage"))?,
+        challenge,
+        storage,
+        lock_lease,
         domains,
     };
     if args.domains.is_empty() {
         return Err(missing("--domain"));
     }
-    if args.challenge == Challenge::Http01 && args.http_listen.is_none() {
-        return Err(format!("http-01 needs --http-listen; {USAGE}"));
-    }
     Ok(args)
+}
+
+/// The builder with the storage of `args`.
+async fn with_storage(acme: AcmeBuilder, storage: &Storage) -> Result<AcmeBuilder, String> {
+    match storage {
+        Storage::Files(dir) => Ok(acme.storage(FileStorage::new(dir))),
+        #[cfg(feature = "redis")]
+        Storage::Redis { url, key_file } => {
+            let text = std::fs::read_to_string(key_file)
+                .map_err(|e| format!("{}: {e}", key_file.display()))?;
+            let key = hex_key(text.trim())
+                .ok_or_else(|| format!("{}: not 64 hex digits", key_file.display()))?;
+            let redis = certrotate::RedisStorage::connect(url, key)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(acme.storage(redis))
+        }
+        #[cfg(not(feature = "redis"))]
+        Storage::Redis { .. } => {
+            Err("--redis needs the example built with --features redis".into())
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+fn hex_key(text: &str) -> Option<[u8; 32]> {
+    let mut key = [0; 32];
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    for (byte, pair) in key.iter_mut().zip(text.as_bytes().chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(key)
 }
 
 #[tokio::main]
@@ -110,22 +185,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let store = CertStore::new();
-    let mut acme = AcmeSource::builder(&args.directory, args.domains.clone())
-        .storage(FileStorage::new(&args.storage));
+    let mut acme = AcmeSource::builder(&args.directory, args.domains.clone());
+    acme = match with_storage(acme, &args.storage).await {
+        Ok(acme) => acme,
+        Err(error) => {
+            eprintln!("{error}");
+            std::process::exit(1);
+        }
+    };
     if let Some(root) = &args.directory_root {
         acme = acme.directory_root(root);
     }
-    let http01 = Http01Responder::new();
+    if let Some(lease) = args.lock_lease {
+        acme = acme.lock_lease(lease);
+    }
     acme = match args.challenge {
         Challenge::TlsAlpn01 => acme.tls_alpn_01(&store),
-        Challenge::Http01 => acme.http_01(&http01),
+        // Port 80: HTTP-01 answers (and nothing else).
+        Challenge::Http01(http_listen) => {
+            let http01 = Http01Responder::new();
+            let tcp = tokio::net::TcpListener::bind(http_listen).await?;
+            let app: Router = http01.router();
+            tokio::spawn(async move { axum::serve(tcp, app).await });
+            acme.http_01(&http01)
+        }
+        Challenge::Dns01(management) => acme.dns_01(challtestsrv::ChallTestSrv(management)),
     };
-    // Port 80: HTTP-01 answers (and nothing else).
-    if let Some(http_listen) = args.http_listen {
-        let tcp = tokio::net::TcpListener::bind(http_listen).await?;
-        let app: Router = http01.router();
-        tokio::spawn(async move { axum::serve(tcp, app).await });
-    }
     let mut policy = Policy::builder();
     for domain in &args.domains {
         policy = policy.server_name(domain);
@@ -137,15 +222,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .store(store)
             .spawn(),
     );
-    let mut events = rotator.subscribe();
-    tokio::spawn(async move {
-        while let Ok(event) = events.recv().await {
-            if let RotationEvent::Rotated { new, .. } = event {
-                eprintln!("now serving {new}, valid until {:?}", new.not_after);
-            }
-        }
-    });
-
     let tcp = tokio::net::TcpListener::bind(args.listen).await?;
     let bound = tcp.local_addr()?;
     let mut tls = rotator.server_config()?;
@@ -155,6 +231,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/", get(|| async { "ok\n" }))
         .route("/certs", get(move || async move { Json(health.health()) }));
     println!("listening on https://{bound}");
+    // Then each certificate served, the one already there first.
+    let serving = rotator.clone();
+    let mut events = rotator.subscribe();
+    tokio::spawn(async move {
+        let mut printed = String::new();
+        loop {
+            if let Some(cert) = serving.current().filter(|c| c.serial != printed) {
+                println!("serving {}", cert.serial);
+                printed.clone_from(&cert.serial);
+            }
+            if let Err(RecvError::Closed) = events.recv().await {
+                break;
+            }
+        }
+    });
     axum::serve(TlsListener::new(tcp, Arc::new(tls)), app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

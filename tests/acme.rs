@@ -10,7 +10,8 @@ use std::time::Duration;
 use certrotate::{
     AcmeSource, CertStore, FileStorage, Http01Responder, Policy, Rotator, ACME_TLS_ALPN,
 };
-use common::pebble::{client, first_certificate, ChallTestSrv, Config, Pebble};
+use common::pebble::challtestsrv::ChallTestSrv;
+use common::pebble::{client, first_certificate, Config, Pebble};
 use common::TempDir;
 use rustls::pki_types::pem::PemObject;
 

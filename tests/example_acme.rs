@@ -13,28 +13,14 @@ use common::TempDir;
 
 const NAME: &str = "shop.certrotate.test";
 
-/// GET `url` (on NAME) with curl, trusting `root`; NAME is 127.0.0.1.
-async fn get(root: &Path, port: u16, path: &str) -> Result<String, String> {
-    let output = tokio::process::Command::new("curl")
-        .args(["--silent", "--show-error", "--max-time", "5"])
-        .args(["--resolve", &format!("{NAME}:{port}:127.0.0.1"), "--cacert"])
-        .arg(root)
-        .arg(format!("https://{NAME}:{port}{path}"))
-        .output()
-        .await
-        .expect("curl is installed");
-    match output.status.success() {
-        true => Ok(String::from_utf8(output.stdout).unwrap()),
-        false => Err(String::from_utf8_lossy(&output.stderr).into_owned()),
-    }
-}
-
 /// Polls until the example serves `/`, then returns its /certs report.
 async fn until_serving(root: &Path, port: u16, within: Duration) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        if get(root, port, "/").await.as_deref() == Ok("ok\n") {
-            let body = get(root, port, "/certs").await.unwrap();
+        if common::pebble::get(root, NAME, port, "/").await.as_deref() == Ok("ok\n") {
+            let body = common::pebble::get(root, NAME, port, "/certs")
+                .await
+                .unwrap();
             return serde_json::from_str(&body).unwrap();
         }
         assert!(

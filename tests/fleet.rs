@@ -1,109 +1,310 @@
-//! A fleet: replicas sharing one `RedisStorage` (a real redis-server) order
-//! once from one ACME CA (a real Pebble) and all serve the result.
+//! A fleet: replicas sharing one Redis (a real redis-server) order once from
+//! one ACME CA (a real Pebble) and all serve the result.
+//!
+//! The replicas are separate processes running the `acme` example with
+//! `--redis`, as a user deploys them; one in-process check covers the
+//! library on its own. Each replica is under load from a client of its own
+//! for the whole test, and no handshake may fail.
 
 mod common;
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use certrotate::{AcmeSource, Policy, RedisStorage, Rotator};
-use common::pebble::{client, first_certificate, ChallTestSrv, Config, Pebble};
+use common::pebble::challtestsrv::ChallTestSrv;
+use common::pebble::{client, first_certificate, Config, Pebble};
 use common::redis::{Redis, KEY};
+use common::{Load, TempDir};
+use tokio::time::Instant;
 
 const NAME: &str = "fleet.certrotate.test";
 
-async fn replica(pebble: &Pebble, redis: &Redis) -> Rotator {
-    replica_with(pebble, redis, Duration::from_secs(300)).await
-}
+/// How far apart the replicas may start serving a new certificate.
+const SPREAD: Duration = Duration::from_secs(5);
 
-async fn replica_with(pebble: &Pebble, redis: &Redis, lease: Duration) -> Rotator {
-    let storage = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
-    let source = AcmeSource::builder(&pebble.directory, [NAME])
-        .directory_root(&pebble.https_root)
-        .storage(storage)
-        // DNS-01: any replica can answer for the fleet.
-        .dns_01(ChallTestSrv(pebble.dns_management))
-        .lock_lease(lease)
-        .build();
-    let policy = Policy::builder().server_name(NAME).build().unwrap();
-    Rotator::builder(source, policy).spawn()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_replicas_starting_together_share_one_order() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_in_one_process_starting_together_share_one_order() {
     let pebble = Pebble::start(Config::default());
     let redis = Redis::start();
-    let replicas = vec![
-        replica(&pebble, &redis).await,
-        replica(&pebble, &redis).await,
-        replica(&pebble, &redis).await,
-    ];
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let storage = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
+        let source = AcmeSource::builder(&pebble.directory, [NAME])
+            .directory_root(&pebble.https_root)
+            .storage(storage)
+            .dns_01(ChallTestSrv(pebble.dns_management))
+            .build();
+        let policy = Policy::builder().server_name(NAME).build().unwrap();
+        replicas.push(Rotator::builder(source, policy).spawn());
+    }
     let mut serials = Vec::new();
     for rotator in &replicas {
         serials.push(first_certificate(rotator).await.serial.clone());
     }
-    // Each order yields a new serial: one serial is one order.
     assert!(serials.iter().all(|s| *s == serials[0]), "{serials:?}");
+    assert_eq!((pebble.orders(), pebble.issued()), (1, 1));
     for rotator in replicas {
         rotator.shutdown().await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_replicas_renew_with_one_order_per_cycle_and_no_failed_handshake() {
-    let pebble = Pebble::start(Config {
-        validity: Duration::from_secs(30),
-        ..Config::default()
-    });
-    let redis = Redis::start();
-    let mut replicas = Vec::new();
-    for _ in 0..3 {
-        let rotator = replica(&pebble, &redis).await;
-        let cert = first_certificate(&rotator).await;
-        let server = common::serve(Arc::new(rotator.server_config().unwrap())).await;
-        let load = common::load(&client(&pebble), server.addr, NAME, 1);
-        replicas.push((rotator, server, load, cert));
-    }
-    let first = replicas[0].3.serial.clone();
-    assert!(
-        replicas.iter().all(|r| r.3.serial == first),
-        "one first order"
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replica_processes_renew_with_one_order_per_cycle_and_no_failed_handshake() {
+    let fleet = Fleet::start(Duration::from_secs(30), 3, None).await;
+    let mut serials = vec![fleet.next_certificate(&[], Duration::from_secs(60)).await];
+    assert_eq!(fleet.pebble.issued(), 1, "one first order");
+    let fleet = fleet.under_load();
 
-    // Three renewal cycles: each time every replica moves to the same new
-    // certificate, within seconds of the others.
-    let mut serials = vec![first];
-    let mut events: Vec<_> = replicas.iter().map(|r| r.0.subscribe()).collect();
     for cycle in 1..=3 {
-        let mut seen = Vec::new();
-        for events in &mut events {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
-            let new = loop {
-                match tokio::time::timeout_at(deadline, events.recv()).await {
-                    Ok(Ok(certrotate::RotationEvent::Rotated { new, .. })) => break new,
-                    Ok(_) => continue,
-                    Err(_) => panic!("cycle {cycle}: a replica did not renew"),
-                }
-            };
-            seen.push((new.serial.clone(), tokio::time::Instant::now()));
+        let serial = fleet
+            .next_certificate(&serials, Duration::from_secs(45))
+            .await;
+        serials.push(serial);
+        assert_eq!(fleet.pebble.issued(), 1 + cycle, "cycle {cycle}");
+    }
+    assert_eq!(fleet.pebble.orders(), 4, "an order that was not completed");
+    fleet.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_holder_killed_mid_order_is_taken_over_when_its_lease_ends() {
+    let fleet = Fleet::start(Duration::from_secs(40), 3, Some(5)).await;
+    let first = fleet.next_certificate(&[], Duration::from_secs(60)).await;
+    let mut fleet = fleet.under_load();
+
+    // The CA hangs from now on: whoever takes the renewal lock at the
+    // renewal time hangs mid-order, holding it.
+    fleet.pebble.freeze(true);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let holder = loop {
+        if let Some(holder) = fleet.redis.lock_holder() {
+            break holder;
+        }
+        assert!(Instant::now() < deadline, "nobody took the renewal lock");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let pid: u32 = holder.split('-').next().unwrap().parse().unwrap();
+    let killed = fleet.kill(pid).await;
+    assert_eq!(
+        fleet.redis.lock_holder().as_deref(),
+        Some(holder.as_str()),
+        "the lock outlives its holder"
+    );
+    fleet.pebble.freeze(false);
+
+    // The other two: one takes the lock once the lease ends, orders, and
+    // both serve the result.
+    fleet
+        .next_certificate(&[first], Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        fleet.pebble.issued(),
+        2,
+        "replica {killed} was killed; still one certificate for the cycle"
+    );
+    fleet.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_across_the_renewal_time_then_back() {
+    let fleet = Fleet::start(Duration::from_secs(45), 3, None).await;
+    let first = fleet.next_certificate(&[], Duration::from_secs(60)).await;
+    let mut fleet = fleet.under_load();
+
+    // Down until every replica has failed a renewal attempt on it (the
+    // renewal time is 60% into the lifetime) and said so.
+    fleet.redis.stop();
+    let deadline = Instant::now() + Duration::from_secs(35);
+    let down = format!("Redis at {}: Connection refused", fleet.redis.url());
+    let mut reported = vec![false; fleet.replicas.len()];
+    while !reported.iter().all(|r| *r) {
+        let mut health = Vec::new();
+        for (replica, reported) in fleet.replicas.iter().zip(&mut reported) {
+            health.push(fleet.health(replica).await);
+            *reported |= health.last().unwrap()["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&down));
         }
         assert!(
-            seen.iter().all(|s| s.0 == seen[0].0),
-            "cycle {cycle}: {seen:?}"
+            Instant::now() < deadline,
+            "Redis being down was not reported by every replica: {reported:?} {health:#?}"
         );
-        let spread =
-            seen.iter().map(|s| s.1).max().unwrap() - seen.iter().map(|s| s.1).min().unwrap();
-        assert!(
-            spread < Duration::from_secs(5),
-            "cycle {cycle}: spread {spread:?}"
-        );
-        assert!(!serials.contains(&seen[0].0));
-        serials.push(seen[0].0.clone());
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    for (rotator, server, load, _) in replicas {
-        let handshakes = load.finish().await;
-        assert!(handshakes > 50, "{handshakes} handshakes");
-        drop(server);
-        rotator.shutdown().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(fleet.pebble.issued(), 1, "a replica ordered on its own");
+    assert!(fleet.replicas.iter().all(|r| r.served_last() == first));
+
+    fleet.redis.restart();
+    fleet
+        .next_certificate(&[first], Duration::from_secs(20))
+        .await;
+    assert_eq!(fleet.pebble.issued(), 2);
+    for replica in &fleet.replicas {
+        assert_eq!(
+            fleet.health(replica).await["last_error"],
+            serde_json::Value::Null
+        );
+    }
+    fleet.finish().await;
+}
+
+/// Pebble, Redis, and replicas of the `acme` example sharing them.
+struct Fleet {
+    pebble: Pebble,
+    redis: Redis,
+    /// Pebble's issuing root, for curl.
+    root: std::path::PathBuf,
+    replicas: Vec<Replica>,
+    _dir: TempDir,
+}
+
+struct Replica {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+    /// Each certificate served (serial, when it was first served), in order.
+    served: Arc<Mutex<Vec<(String, Instant)>>>,
+    load: Option<Load>,
+}
+
+impl Replica {
+    fn served_last(&self) -> String {
+        let served = self.served.lock().unwrap();
+        served.last().map(|s| s.0.clone()).unwrap_or_default()
+    }
+}
+
+impl Fleet {
+    /// `n` replicas against a new Pebble issuing certificates valid for
+    /// `validity`, and a new Redis; renewal lock leases of `lease` seconds.
+    async fn start(validity: Duration, n: usize, lease: Option<u64>) -> Self {
+        let pebble = Pebble::start(Config {
+            validity,
+            ..Config::default()
+        });
+        let redis = Redis::start();
+        let dir = TempDir::new("fleet");
+        let key_file = dir.join("redis.key");
+        let hex: String = KEY.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(&key_file, hex + "\n").unwrap();
+        let root = dir.join("pebble-root.pem");
+        std::fs::write(&root, pebble.issuing_root()).unwrap();
+
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        let mut arg = |name: &str, value: std::ffi::OsString| {
+            args.push(name.into());
+            args.push(value);
+        };
+        arg("--directory", pebble.directory.clone().into());
+        arg("--directory-root", pebble.https_root.clone().into());
+        arg("--domain", NAME.into());
+        arg("--listen", "127.0.0.1:0".into());
+        arg("--challenge", "dns-01".into());
+        arg("--challtestsrv", pebble.dns_management.to_string().into());
+        arg("--redis", redis.url().into());
+        arg("--redis-key-file", key_file.into());
+        if let Some(lease) = lease {
+            arg("--lock-lease", lease.to_string().into());
+        }
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let mut replicas = Vec::new();
+        for _ in 0..n {
+            let (child, port, mut lines) = common::run_example_lines("acme", &args).await;
+            let served = Arc::new(Mutex::new(Vec::new()));
+            let record = served.clone();
+            tokio::spawn(async move {
+                while let Some(line) = lines.recv().await {
+                    if let Some(serial) = line.strip_prefix("serving ") {
+                        let mut served = record.lock().unwrap();
+                        served.push((serial.to_owned(), Instant::now()));
+                    }
+                }
+            });
+            replicas.push(Replica {
+                child,
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                served,
+                load: None,
+            });
+        }
+        Self {
+            pebble,
+            redis,
+            root,
+            replicas,
+            _dir: dir,
+        }
+    }
+
+    /// Starts a client handshaking with each replica in a loop.
+    fn under_load(mut self) -> Self {
+        let client = client(&self.pebble);
+        for replica in &mut self.replicas {
+            replica.load = Some(common::load_https(&client, replica.addr, NAME, 1));
+        }
+        self
+    }
+
+    /// Waits until every replica serves a certificate not in `known`, checks
+    /// that it is the same one everywhere, first served within SPREAD on
+    /// all, and returns its serial.
+    async fn next_certificate(&self, known: &[String], within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let new: Vec<Option<(String, Instant)>> = self
+                .replicas
+                .iter()
+                .map(|r| {
+                    let served = r.served.lock().unwrap();
+                    served.iter().find(|s| !known.contains(&s.0)).cloned()
+                })
+                .collect();
+            if let Some(new) = new.iter().cloned().collect::<Option<Vec<_>>>() {
+                let serial = new[0].0.clone();
+                assert!(new.iter().all(|n| n.0 == serial), "{new:?}");
+                let first = new.iter().map(|n| n.1).min().unwrap();
+                let last = new.iter().map(|n| n.1).max().unwrap();
+                assert!(last - first < SPREAD, "served {:?} apart", last - first);
+                return serial;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not every replica served something new within {within:?}: {new:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Kills (SIGKILL) the replica with process id `pid`; returns its index.
+    async fn kill(&mut self, pid: u32) -> usize {
+        let index = self
+            .replicas
+            .iter()
+            .position(|r| r.child.id() == Some(pid))
+            .unwrap_or_else(|| panic!("the lock holder {pid} is not a replica"));
+        let mut replica = self.replicas.remove(index);
+        replica.child.kill().await.unwrap();
+        if let Some(load) = replica.load.take() {
+            load.abandon();
+        }
+        index
+    }
+
+    /// A replica's health report (its `/certs`).
+    async fn health(&self, replica: &Replica) -> serde_json::Value {
+        let body = common::pebble::get(&self.root, NAME, replica.addr.port(), "/certs")
+            .await
+            .unwrap();
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Checks that no handshake failed on any replica, and stops them.
+    async fn finish(self) {
+        for mut replica in self.replicas {
+            let handshakes = replica.load.take().unwrap().finish().await;
+            assert!(handshakes > 20, "{handshakes} handshakes");
+        }
     }
 }

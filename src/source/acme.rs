@@ -121,14 +121,29 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// A lease on `name` held by `owner` (a value unique to this holder),
-    /// with fencing token `token`: for [`Storage`] implementations.
+    /// A lease on `name` held by `owner` (a value unique to this holder,
+    /// such as [`new_owner`](Self::new_owner) makes), with fencing token
+    /// `token`: for [`Storage`] implementations.
     pub fn new(name: impl Into<String>, owner: impl Into<String>, token: u64) -> Self {
         Self {
             name: name.into(),
             owner: owner.into(),
             token,
         }
+    }
+
+    /// A fresh owner for a new lease: `<pid>-<16 random hex digits>`. The
+    /// process id tells an operator looking at a lock which process on the
+    /// host holds it; the random part keeps owners apart across hosts and
+    /// restarts.
+    ///
+    /// ```
+    /// let owner = certrotate::Lease::new_owner();
+    /// let pid = owner.split('-').next().unwrap();
+    /// assert_eq!(pid, std::process::id().to_string());
+    /// ```
+    pub fn new_owner() -> String {
+        format!("{}-{:016x}", std::process::id(), fastrand::u64(..))
     }
 
     /// The lock's name.

@@ -225,7 +225,7 @@ impl Storage for RedisStorage {
         lease: Duration,
     ) -> BoxFuture<'a, io::Result<Option<Lease>>> {
         Box::pin(async move {
-            let owner = format!("{:032x}", fastrand::u128(..));
+            let owner = Lease::new_owner();
             let token: u64 = Script::new(LOCK)
                 .key(self.key(&format!("lock:{name}")))
                 .key(self.key(&format!("fence:{name}")))

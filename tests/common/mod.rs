@@ -418,12 +418,34 @@ pub struct Load {
     workers: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>,
 }
 
-/// Starts `workers` clients handshaking with `addr` as `name` in a loop.
+/// Starts `workers` clients handshaking with `addr` as `name` in a loop,
+/// each exchanging a ping with the echo server there.
 pub fn load(
     config: &Arc<rustls::ClientConfig>,
     addr: SocketAddr,
     name: &str,
     workers: usize,
+) -> Load {
+    start_load(config, addr, name, workers, false)
+}
+
+/// [`load`] against an HTTPS server: each connection is one `GET /` that
+/// must answer 200.
+pub fn load_https(
+    config: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    name: &str,
+    workers: usize,
+) -> Load {
+    start_load(config, addr, name, workers, true)
+}
+
+fn start_load(
+    config: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    name: &str,
+    workers: usize,
+    https: bool,
 ) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let workers = (0..workers)
@@ -432,9 +454,16 @@ pub fn load(
             tokio::spawn(async move {
                 let (mut ok, mut failed) = (0, Vec::new());
                 while !stop.load(Ordering::Relaxed) {
-                    match serial_seen(&config, addr, &name).await {
-                        Ok(_) => ok += 1,
-                        Err(e) => failed.push(e),
+                    let exchange = async {
+                        match https {
+                            true => get_over_tls(&config, addr, &name).await,
+                            false => serial_seen(&config, addr, &name).await.map(drop),
+                        }
+                    };
+                    match tokio::time::timeout(Duration::from_secs(10), exchange).await {
+                        Ok(Ok(())) => ok += 1,
+                        Ok(Err(e)) => failed.push(e),
+                        Err(_) => failed.push("no answer within 10 s".to_owned()),
                     }
                 }
                 (ok, failed)
@@ -444,7 +473,44 @@ pub fn load(
     Load { stop, workers }
 }
 
+/// One `GET /` over a new TLS connection to `addr` as `name`; Ok on 200.
+async fn get_over_tls(
+    config: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    name: &str,
+) -> Result<(), String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let server = ServerName::try_from(name.to_owned()).unwrap();
+    let mut tls = TlsConnector::from(config.clone())
+        .connect(server, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !response.ends_with(b"\r\n\r\nok\n") {
+        match tls.read(&mut buf).await.map_err(|e| e.to_string())? {
+            0 => break,
+            n => response.extend_from_slice(&buf[..n]),
+        }
+    }
+    let response = String::from_utf8_lossy(&response);
+    match response.starts_with("HTTP/1.1 200") {
+        true => Ok(()),
+        false => Err(format!("answered {:?}", response.lines().next())),
+    }
+}
+
 impl Load {
+    /// Stops the clients without looking at their results (their server
+    /// was killed on purpose).
+    pub fn abandon(self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
     /// Stops the clients and checks that every handshake succeeded. Returns
     /// how many there were.
     pub async fn finish(self) -> u64 {
@@ -556,6 +622,19 @@ pub fn example(name: &str) -> PathBuf {
 /// Runs example `name` with `args` until the returned child is dropped, and
 /// returns the port it says it listens on.
 pub async fn run_example(name: &str, args: &[&std::ffi::OsStr]) -> (tokio::process::Child, u16) {
+    let (child, port, _) = run_example_lines(name, args).await;
+    (child, port)
+}
+
+/// [`run_example`], and the lines the example prints after the first.
+pub async fn run_example_lines(
+    name: &str,
+    args: &[&std::ffi::OsStr],
+) -> (
+    tokio::process::Child,
+    u16,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     let mut child = tokio::process::Command::new(example(name))
         .args(args)
         .stdout(std::process::Stdio::piped())
@@ -567,17 +646,25 @@ pub async fn run_example(name: &str, args: &[&std::ffi::OsStr]) -> (tokio::proce
     let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
         .await
         .expect("the example printed nothing")
-        .unwrap()
         .unwrap();
-    // Keep reading: an example whose stdout is closed fails at its next
-    // line (EPIPE), which is not what is under test.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let Some(line) = line else {
+        let status = child.wait().await.unwrap();
+        panic!("the example {name} exited ({status}) before saying where it listens");
+    };
+    // Keep reading even when nobody listens: an example whose stdout is
+    // closed fails at its next line (EPIPE), which is not what is under test.
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = sender.send(line);
+        }
+    });
     let addr = line
         .strip_prefix("listening on https://")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     let port: u16 = addr.strip_prefix("127.0.0.1:").unwrap().parse().unwrap();
     assert_ne!(port, 0);
-    (child, port)
+    (child, port, receiver)
 }
 
 /// How long a change may take to show in tests (generous: CI machines are shared).

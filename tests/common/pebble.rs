@@ -2,11 +2,15 @@
 //! package `pebble`), on 127.0.0.1 ports found at run time, stopped on drop.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::{Ca, Leaf, TempDir};
+
+/// The DNS-01 solver, shared with the `acme` example.
+#[path = "../../examples/support/challtestsrv.rs"]
+pub mod challtestsrv;
 
 /// A free port on 127.0.0.1 (bound and released: good enough for tests).
 pub fn free_port() -> u16 {
@@ -132,6 +136,11 @@ impl Pebble {
     }
 
     fn spawn_pebble(dir: &TempDir, config: &Config, dns_port: u16) -> Child {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join("pebble.log"))
+            .unwrap();
         Command::new("pebble")
             .arg("-config")
             .arg(dir.join("pebble.json"))
@@ -139,8 +148,8 @@ impl Pebble {
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", config.nonce_reject.to_string())
             .env("PEBBLE_AUTHZREUSE", "0")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .expect("pebble is installed (Debian package pebble; .ci/run installs it)")
     }
@@ -195,6 +204,24 @@ impl Pebble {
         self.wait_until_up();
     }
 
+    /// How many certificates Pebble issued (across restarts), from its
+    /// log: one per completed order.
+    pub fn issued(&self) -> usize {
+        self.logged("Issued certificate serial")
+    }
+
+    /// How many orders were placed with Pebble, from its log.
+    pub fn orders(&self) -> usize {
+        self.logged("Added order")
+    }
+
+    fn logged(&self, what: &str) -> usize {
+        std::fs::read_to_string(self.dir.join("pebble.log"))
+            .unwrap()
+            .matches(what)
+            .count()
+    }
+
     /// Stops (SIGSTOP) or resumes (SIGCONT) Pebble: a CA that hangs.
     pub fn freeze(&self, frozen: bool) {
         let signal = if frozen { "-STOP" } else { "-CONT" };
@@ -212,61 +239,6 @@ impl Drop for Pebble {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-/// A DNS-01 solver publishing TXT records in pebble-challtestsrv.
-pub struct ChallTestSrv(pub SocketAddr);
-
-impl ChallTestSrv {
-    async fn post(&self, path: &str, body: String) -> Result<(), String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = tokio::net::TcpStream::connect(self.0)
-            .await
-            .map_err(|e| e.to_string())?;
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.0,
-            body.len()
-        );
-        tcp.write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut response = String::new();
-        tcp.read_to_string(&mut response)
-            .await
-            .map_err(|e| e.to_string())?;
-        match response.starts_with("HTTP/1.1 200") {
-            true => Ok(()),
-            false => Err(format!(
-                "challtestsrv said: {}",
-                response.lines().next().unwrap_or("")
-            )),
-        }
-    }
-}
-
-impl certrotate::Dns01Solver for ChallTestSrv {
-    fn present<'a>(
-        &'a self,
-        domain: &'a str,
-        value: &'a str,
-    ) -> certrotate::BoxFuture<'a, Result<(), String>> {
-        Box::pin(self.post(
-            "/set-txt",
-            format!(r#"{{"host": "_acme-challenge.{domain}.", "value": "{value}"}}"#),
-        ))
-    }
-
-    fn cleanup<'a>(
-        &'a self,
-        domain: &'a str,
-        _value: &'a str,
-    ) -> certrotate::BoxFuture<'a, Result<(), String>> {
-        Box::pin(self.post(
-            "/clear-txt",
-            format!(r#"{{"host": "_acme-challenge.{domain}."}}"#),
-        ))
     }
 }
 
@@ -317,5 +289,21 @@ pub async fn first_certificate(
             rotator.health().last_error
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// GET `path` from `name` at 127.0.0.1:`port` with curl, trusting `root`.
+pub async fn get(root: &Path, name: &str, port: u16, path: &str) -> Result<String, String> {
+    let output = tokio::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "5"])
+        .args(["--resolve", &format!("{name}:{port}:127.0.0.1"), "--cacert"])
+        .arg(root)
+        .arg(format!("https://{name}:{port}{path}"))
+        .output()
+        .await
+        .expect("curl is installed");
+    match output.status.success() {
+        true => Ok(String::from_utf8(output.stdout).unwrap()),
+        false => Err(String::from_utf8_lossy(&output.stderr).into_owned()),
     }
 }

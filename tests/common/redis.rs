@@ -3,13 +3,17 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::TempDir;
+
 /// The encryption key of the tests' `RedisStorage`s.
 pub const KEY: [u8; 32] = *b"certrotate test key, 32 bytes!!!";
 
-/// A `redis-server` on 127.0.0.1, without persistence, stopped on drop.
+/// A `redis-server` on 127.0.0.1, persisting every write (append-only file,
+/// fsync always) in its own directory, killed on drop.
 pub struct Redis {
     pub port: u16,
-    child: Child,
+    dir: TempDir,
+    child: Option<Child>,
 }
 
 impl Redis {
@@ -22,40 +26,77 @@ impl Redis {
         Self::start_at(port)
     }
 
+    /// A new, empty Redis on `port`.
     pub fn start_at(port: u16) -> Self {
+        let mut redis = Self {
+            port,
+            dir: TempDir::new("redis"),
+            child: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    /// Kills the server (SIGKILL): clients find the port closed.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, with the data it had.
+    pub fn restart(&mut self) {
+        self.stop();
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--dir")
+            .arg(self.dir.path())
             .args([
                 "--save",
                 "",
                 "--appendonly",
-                "no",
-                "--protected-mode",
                 "yes",
+                "--appendfsync",
+                "always",
             ])
+            .args(["--protected-mode", "yes"])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed (.ci/run installs it)");
-        let redis = Self { port, child };
+        self.child = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "redis-server did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        redis
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    /// The raw bytes Redis holds under `key`.
+    /// The raw bytes Redis holds under `key`, quoted by redis-cli.
     pub fn raw(&self, key: &str) -> Vec<u8> {
+        self.cli(&["--no-raw", "GET", key])
+    }
+
+    /// The holder of the one renewal lock there is, if any: the value under
+    /// `certrotate:lock:*` (`<pid>-<random>`).
+    pub fn lock_holder(&self) -> Option<String> {
+        let keys = String::from_utf8(self.cli(&["--raw", "KEYS", "certrotate:lock:*"])).unwrap();
+        let key = keys.lines().next()?;
+        let owner = String::from_utf8(self.cli(&["--raw", "GET", key])).unwrap();
+        Some(owner.trim().to_owned()).filter(|o| !o.is_empty())
+    }
+
+    fn cli(&self, args: &[&str]) -> Vec<u8> {
         let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "--no-raw", "GET", key])
+            .args(["-p", &self.port.to_string()])
+            .args(args)
             .output()
             .unwrap();
         assert!(output.status.success());
@@ -65,7 +106,6 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }

@@ -63,7 +63,7 @@ impl Storage for FileStorage {
         lease: Duration,
     ) -> BoxFuture<'a, io::Result<Option<Lease>>> {
         let name = name.to_owned();
-        let owner = format!("{}-{:016x}", std::process::id(), fastrand::u64(..));
+        let owner = Lease::new_owner();
         Box::pin(self.exclusive(name.clone(), move |dir| {
             if holder(dir, &name).is_some_and(|(_, until)| until > SystemTime::now()) {
                 return Ok(None);
