@@ -397,3 +397,49 @@ async fn state_that_cannot_be_saved_is_reported_and_the_certificate_served() {
     assert_eq!(rotator.current().unwrap().serial, cert.serial);
     rotator.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_orders_alone_when_storage_is_down_only_if_told_and_near_expiry() {
+    // One-hour certificates; a storage that cannot be read once the first
+    // one is served.
+    let pebble = Pebble::start(Config::default());
+    for (window, alone) in [
+        (Duration::from_secs(2 * 3600), true),
+        (Duration::from_secs(60), false),
+    ] {
+        let storage = Faulty::default();
+        let source = builder(&pebble)
+            .storage(storage.clone())
+            .dns_01(ChallTestSrv(pebble.dns_management))
+            .order_alone_when_storage_is_down(window)
+            .build();
+        let rotator = Rotator::builder(source, policy()).spawn();
+        let first = first_certificate(&rotator).await;
+        storage
+            .unreadable
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let issued = pebble.issued();
+        let rotation = rotator.rotate_now().await;
+        match alone {
+            // Expiring within the window: ordered without the lock.
+            true => {
+                let Ok(certrotate::Rotation::Rotated { new, .. }) = rotation else {
+                    panic!("not renewed alone: {rotation:?}");
+                };
+                assert_ne!(new.serial, first.serial);
+                assert_eq!(pebble.issued(), issued + 1);
+            }
+            // Not yet: the storage being down is the error, nothing ordered.
+            false => {
+                let error = rotation.unwrap_err().to_string();
+                assert!(
+                    error.contains("cannot read the stored certificate"),
+                    "{error}"
+                );
+                assert_eq!(pebble.issued(), issued);
+                assert_eq!(rotator.current().unwrap().serial, first.serial);
+            }
+        }
+        rotator.shutdown().await;
+    }
+}

@@ -45,6 +45,15 @@ enum Renewal {
     Done(CertBundle),
 }
 
+/// Why an attempt failed.
+enum Trouble {
+    /// The storage could not be read or locked, so the instances sharing it
+    /// cannot take turns: the reason.
+    StorageDown(String),
+    /// Anything else.
+    Failed(SourceError),
+}
+
 /// A boxed future, for the object-safe traits of this module.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -245,6 +254,7 @@ pub struct AcmeBuilder {
     profile: Option<String>,
     timeout: Duration,
     lock_lease: Duration,
+    order_alone_within: Option<Duration>,
 }
 
 impl fmt::Debug for AcmeBuilder {
@@ -332,6 +342,32 @@ impl AcmeBuilder {
         self
     }
 
+    /// Lets this instance order on its own, without the renewal lock, when
+    /// the [`Storage`] cannot be read or locked and the certificate it last
+    /// provided expires within `window` (or it has none).
+    ///
+    /// Off by default: the instances of a fleet whose storage is down keep
+    /// serving, report the error and retry, because instances ordering each
+    /// on their own spend the CA's rate limits and serve different
+    /// certificates. Turn it on where an expired certificate costs more.
+    /// What is ordered this way is served at once; saving it is attempted,
+    /// and reported as [`SourceWarning::StateNotSaved`] when it fails. The
+    /// account must be known already (this instance loaded or made it
+    /// earlier).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use certrotate::AcmeSource;
+    /// let source = AcmeSource::builder("https://acme.example/dir", ["api.example.com"])
+    ///     // Alone only in the last two days of a 90-day certificate.
+    ///     .order_alone_when_storage_is_down(Duration::from_secs(2 * 86_400))
+    ///     .build();
+    /// ```
+    pub fn order_alone_when_storage_is_down(mut self, window: Duration) -> Self {
+        self.order_alone_within = Some(window);
+        self
+    }
+
     /// Builds the source.
     pub fn build(self) -> AcmeSource {
         let mut names = self.domains.clone();
@@ -354,6 +390,7 @@ impl AcmeBuilder {
                 lease: Mutex::default(),
                 storage_changes,
                 rate_limited: Arc::default(),
+                provided: Mutex::default(),
             }),
         }
     }
@@ -416,6 +453,8 @@ struct Inner {
     lease: Mutex<Option<Lease>>,
     /// Changes other instances made to the storage, if it is shared.
     storage_changes: tokio::sync::Mutex<Option<tokio::sync::watch::Receiver<u64>>>,
+    /// The certificate the last successful fetch returned.
+    provided: Mutex<Option<CertBundle>>,
 }
 
 impl fmt::Debug for AcmeSource {
@@ -487,6 +526,7 @@ impl AcmeSource {
             profile: None,
             timeout: STEP_TIMEOUT,
             lock_lease: Duration::from_secs(300),
+            order_alone_within: None,
         }
     }
 
@@ -538,16 +578,15 @@ impl AcmeSource {
 
     /// Takes the storage's renewal lock, or waits until the instance holding
     /// it has stored a certificate that is not due (or its lease has run
-    /// out, and the lock is ours).
-    async fn renewal_lock(&self) -> Result<Renewal, SourceError> {
+    /// out, and the lock is ours). Fails when the storage cannot be reached.
+    async fn renewal_lock(&self) -> Result<Renewal, Trouble> {
         let storage = &self.inner.config.storage;
         let name = format!("renew-{}", self.inner.cert_key);
-        let unavailable = |reason: String| SourceError::unavailable(self.describe(), reason);
         let mut waiting = false;
         loop {
             match storage.try_lock(&name, self.inner.config.lock_lease).await {
                 Err(error) => {
-                    return Err(unavailable(format!(
+                    return Err(Trouble::StorageDown(format!(
                         "cannot take the renewal lock: {error}"
                     )))
                 }
@@ -562,7 +601,7 @@ impl AcmeSource {
             let stored = self
                 .stored()
                 .await
-                .map_err(|Failure(reason)| unavailable(reason))?;
+                .map_err(|Failure(reason)| Trouble::StorageDown(reason))?;
             if let Some(bundle) = stored.filter(|b| !self.due(b.info(), SystemTime::now())) {
                 return Ok(Renewal::Done(bundle));
             }
@@ -683,6 +722,77 @@ impl AcmeSource {
         };
         *cached = Some(account.clone());
         Ok(account)
+    }
+
+    /// The stored certificate if it is not due; otherwise the renewal lock,
+    /// and an order (or the certificate of the instance that held the lock).
+    async fn obtain(&self) -> Result<CertBundle, Trouble> {
+        let stored = self
+            .stored()
+            .await
+            .map_err(|Failure(reason)| Trouble::StorageDown(reason))?;
+        if let Some(bundle) = &stored {
+            let advised = lock(&self.inner.advice)
+                .as_ref()
+                .is_some_and(|a| a.fingerprint == bundle.info().fingerprint_sha256);
+            if !advised {
+                self.advise(bundle).await;
+            }
+            if !self.due(bundle.info(), SystemTime::now()) {
+                return Ok(bundle.clone());
+            }
+        }
+        // One instance of a fleet orders; the others wait for its result.
+        let lease = match self.renewal_lock().await? {
+            Renewal::Done(bundle) => return Ok(bundle),
+            Renewal::Ours(lease) => lease,
+        };
+        // Another instance may have finished just before the lock was ours.
+        let stored = match self.stored().await {
+            Ok(Some(bundle)) if !self.due(bundle.info(), SystemTime::now()) => {
+                let _ = self.inner.config.storage.unlock(&lease).await;
+                return Ok(bundle);
+            }
+            Ok(newer) => newer.or(stored),
+            Err(_) => stored,
+        };
+        *lock(&self.inner.lease) = Some(lease.clone());
+        let ordered = self.ordered(stored.as_ref()).await;
+        lock(&self.inner.lease).take();
+        if let Err(error) = self.inner.config.storage.unlock(&lease).await {
+            tracing::warn!(target: "certrotate", "could not release the renewal lock (it expires by itself): {error}");
+        }
+        ordered.map_err(Trouble::Failed)
+    }
+
+    /// Whether the storage being down lets this instance order on its own
+    /// ([`AcmeBuilder::order_alone_when_storage_is_down`]).
+    fn may_order_alone(&self) -> bool {
+        let Some(window) = self.inner.config.order_alone_within else {
+            return false;
+        };
+        lock(&self.inner.provided)
+            .as_ref()
+            .is_none_or(|b| b.info().not_after < SystemTime::now() + window)
+    }
+
+    /// Orders a new certificate, with what the CA said about rate limits in
+    /// the error, and takes the CA's renewal advice for it.
+    async fn ordered(&self, replacing: Option<&CertBundle>) -> Result<CertBundle, SourceError> {
+        // Only what the CA says during this attempt counts.
+        lock(&self.inner.rate_limited).take();
+        let ordered = self.order(replacing).await;
+        let rate_limited = lock(&self.inner.rate_limited).take();
+        let bundle = ordered.map_err(|Failure(reason)| match rate_limited {
+            Some(retry_after) => SourceError::RateLimited {
+                from: self.describe(),
+                reason,
+                retry_after,
+            },
+            None => SourceError::unavailable(self.describe(), reason),
+        })?;
+        self.advise(&bundle).await;
+        Ok(bundle)
     }
 
     /// Orders, validates, finalizes and downloads a new certificate.
@@ -1040,54 +1150,22 @@ fn alpn_certificate(
 
 impl CertSource for AcmeSource {
     async fn fetch(&self) -> Result<CertBundle, SourceError> {
-        let stored = self
-            .stored()
-            .await
-            .map_err(|Failure(reason)| SourceError::unavailable(self.describe(), reason))?;
-        if let Some(bundle) = &stored {
-            let advised = lock(&self.inner.advice)
-                .as_ref()
-                .is_some_and(|a| a.fingerprint == bundle.info().fingerprint_sha256);
-            if !advised {
-                self.advise(bundle).await;
+        let fetched = match self.obtain().await {
+            Ok(bundle) => Ok(bundle),
+            Err(Trouble::Failed(error)) => Err(error),
+            Err(Trouble::StorageDown(reason)) if self.may_order_alone() => {
+                tracing::warn!(target: "certrotate", %reason, "the storage cannot be reached and the certificate expires soon: ordering without the renewal lock");
+                let provided = lock(&self.inner.provided).clone();
+                self.ordered(provided.as_ref()).await
             }
-            if !self.due(bundle.info(), SystemTime::now()) {
-                return Ok(bundle.clone());
+            Err(Trouble::StorageDown(reason)) => {
+                Err(SourceError::unavailable(self.describe(), reason))
             }
-        }
-        // One instance of a fleet orders; the others wait for its result.
-        let lease = match self.renewal_lock().await? {
-            Renewal::Done(bundle) => return Ok(bundle),
-            Renewal::Ours(lease) => lease,
         };
-        // Another instance may have finished just before the lock was ours.
-        let stored = match self.stored().await {
-            Ok(Some(bundle)) if !self.due(bundle.info(), SystemTime::now()) => {
-                let _ = self.inner.config.storage.unlock(&lease).await;
-                return Ok(bundle);
-            }
-            Ok(newer) => newer.or(stored),
-            Err(_) => stored,
-        };
-        *lock(&self.inner.lease) = Some(lease.clone());
-        // Only what the CA says during this attempt counts.
-        lock(&self.inner.rate_limited).take();
-        let ordered = self.order(stored.as_ref()).await;
-        lock(&self.inner.lease).take();
-        if let Err(error) = self.inner.config.storage.unlock(&lease).await {
-            tracing::warn!(target: "certrotate", "could not release the renewal lock (it expires by itself): {error}");
+        if let Ok(bundle) = &fetched {
+            *lock(&self.inner.provided) = Some(bundle.clone());
         }
-        let rate_limited = lock(&self.inner.rate_limited).take();
-        let bundle = ordered.map_err(|Failure(reason)| match rate_limited {
-            Some(retry_after) => SourceError::RateLimited {
-                from: self.describe(),
-                reason,
-                retry_after,
-            },
-            None => SourceError::unavailable(self.describe(), reason),
-        })?;
-        self.advise(&bundle).await;
-        Ok(bundle)
+        fetched
     }
 
     /// Completes at the renewal time the CA advised (once per advice), so
