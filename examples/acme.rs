@@ -6,7 +6,7 @@
 //! cargo run --release --example acme [--features redis] -- \
 //!     --directory URL [--directory-root PEM] --domain NAME [--domain NAME]... --listen ADDR \
 //!     --challenge tls-alpn-01|http-01|dns-01 [--http-listen ADDR] [--challtestsrv ADDR] \
-//!     (--storage DIR | --redis URL --redis-key-file FILE) [--lock-lease SECONDS]
+//!     (--storage DIR | --redis URL --redis-key-file FILE [--redis-root PEM]) [--lock-lease SECONDS]
 //! ```
 //!
 //! - `--directory-root`: a root certificate to trust for the ACME server's
@@ -21,7 +21,8 @@
 //!   when renewal is due.
 //! - `--redis` (feature `redis`): keep them in Redis instead, encrypted with
 //!   the key in `--redis-key-file` (64 hex digits, e.g. from `openssl rand
-//!   -hex 32`). Run several replicas on one Redis: one of them orders (it
+//!   -hex 32`); `--redis-root`: the roots of a `rediss://` server behind a
+//!   private CA. Run several replicas on one Redis: one of them orders (it
 //!   holds the renewal lock, `--lock-lease` seconds at most, 300 by
 //!   default), the others pick its certificate up. Replicas behind one name
 //!   need a challenge any of them can answer: DNS-01.
@@ -51,7 +52,7 @@ mod challtestsrv;
 const USAGE: &str =
     "usage: acme --directory URL [--directory-root PEM] --domain NAME [--domain NAME]... \
                      --listen ADDR --challenge tls-alpn-01|http-01|dns-01 [--http-listen ADDR] \
-                     [--challtestsrv ADDR] (--storage DIR | --redis URL --redis-key-file FILE) \
+                     [--challtestsrv ADDR] (--storage DIR | --redis URL --redis-key-file FILE [--redis-root PEM]) \
                      [--lock-lease SECONDS]";
 
 enum Challenge {
@@ -64,7 +65,11 @@ enum Challenge {
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 enum Storage {
     Files(PathBuf),
-    Redis { url: String, key_file: PathBuf },
+    Redis {
+        url: String,
+        key_file: PathBuf,
+        root: Option<PathBuf>,
+    },
 }
 
 struct Args {
@@ -81,6 +86,7 @@ fn parse_args() -> Result<Args, String> {
     let (mut directory, mut directory_root, mut domains) = (None, None, Vec::new());
     let (mut listen, mut challenge, mut http_listen, mut challtestsrv) = (None, None, None, None);
     let (mut storage, mut redis, mut redis_key_file, mut lock_lease) = (None, None, None, None);
+    let mut redis_root = None;
     let mut argv = std::env::args().skip(1);
     while let Some(arg) = argv.next() {
         let value = argv.next().ok_or(format!("{arg} needs a value; {USAGE}"))?;
@@ -95,6 +101,7 @@ fn parse_args() -> Result<Args, String> {
             "--storage" => storage = Some(PathBuf::from(value)),
             "--redis" => redis = Some(value),
             "--redis-key-file" => redis_key_file = Some(PathBuf::from(value)),
+            "--redis-root" => redis_root = Some(PathBuf::from(value)),
             "--lock-lease" => {
                 let seconds = value.parse().map_err(|e| format!("{arg}: {e}"))?;
                 lock_lease = Some(Duration::from_secs(seconds));
@@ -112,11 +119,19 @@ fn parse_args() -> Result<Args, String> {
         None => return Err(missing("--challenge")),
     };
     let storage = match (storage, redis, redis_key_file) {
-        (Some(dir), None, None) => Storage::Files(dir),
-        (None, Some(url), Some(key_file)) => Storage::Redis { url, key_file },
+        (Some(dir), None, None) if redis_root.is_none() => Storage::Files(dir),
+        (None, Some(url), Some(key_file)) => Storage::Redis {
+            url,
+            key_file,
+            root: redis_root,
+        },
         (None, Some(_), None) => return Err(missing("--redis-key-file")),
         (None, None, _) => return Err(missing("--storage or --redis")),
-        _ => return Err(format!("--storage and --redis exclude each other; {USAGE}")),
+        _ => {
+            return Err(format!(
+                "--storage excludes --redis, --redis-key-file and --redis-root; {USAGE}"
+            ))
+        }
     };
     let args = Args {
         directory: directory.ok_or_else(|| missing("--directory"))?,
@@ -138,14 +153,21 @@ async fn with_storage(acme: AcmeBuilder, storage: &Storage) -> Result<AcmeBuilde
     match storage {
         Storage::Files(dir) => Ok(acme.storage(FileStorage::new(dir))),
         #[cfg(feature = "redis")]
-        Storage::Redis { url, key_file } => {
-            let text = std::fs::read_to_string(key_file)
-                .map_err(|e| format!("{}: {e}", key_file.display()))?;
-            let key = hex_key(text.trim())
+        Storage::Redis {
+            url,
+            key_file,
+            root,
+        } => {
+            let read = |path: &PathBuf| {
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+            };
+            let key = hex_key(read(key_file)?.trim())
                 .ok_or_else(|| format!("{}: not 64 hex digits", key_file.display()))?;
-            let redis = certrotate::RedisStorage::connect(url, key)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut redis = certrotate::RedisStorage::builder(url, key);
+            if let Some(root) = root {
+                redis = redis.root_certificates(read(root)?);
+            }
+            let redis = redis.connect().await.map_err(|e| e.to_string())?;
             Ok(acme.storage(redis))
         }
         #[cfg(not(feature = "redis"))]

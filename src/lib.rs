@@ -121,8 +121,6 @@ pub use policy::{
 pub use resolver::{RotatingResolver, ACME_TLS_ALPN};
 pub use rotator::{RotateError, Rotation, Rotator, RotatorBuilder};
 pub use serve::TlsListener;
-#[cfg(feature = "redis")]
-pub use source::RedisStorage;
 #[cfg(feature = "acme")]
 pub use source::{
     AcmeBuilder, AcmeSource, BoxFuture, Dns01Solver, FileStorage, Http01Responder, Lease, Storage,
@@ -134,6 +132,8 @@ pub use source::{
     CertDirectory, CertDirectoryBuilder, FileOptions, FileSource, TrustFile, WatchMode,
 };
 pub use source::{CertSource, SourceError, SourceWarning, StaticSource};
+#[cfg(feature = "redis")]
+pub use source::{RedisBuilder, RedisStorage};
 pub use store::{CertStore, CertStoreBuilder, RollbackError, DEFAULT_SLOT};
 
 use std::sync::Arc;

@@ -100,3 +100,57 @@ async fn redis_down_is_an_error_and_coming_back_is_picked_up() {
     }
     assert_eq!(storage.load("cert").await.unwrap().unwrap(), b"again");
 }
+
+#[tokio::test]
+async fn tls_with_a_private_ca_and_an_acl_user() {
+    let ca = common::Ca::new();
+    let leaf = ca.issue(common::Leaf::default().names(&["127.0.0.1"]));
+    let redis = Redis::start_tls(&ca.pem, &leaf.cert_pem, &leaf.key_pem, "fleet", "s3cret");
+    let url = |password: &str| format!("rediss://fleet:{password}@127.0.0.1:{}/0", redis.port);
+
+    let storage = RedisStorage::builder(&url("s3cret"), KEY)
+        .root_certificates(ca.pem.as_bytes())
+        .connect()
+        .await
+        .unwrap();
+    storage.store("cert", b"over TLS").await.unwrap();
+    assert_eq!(
+        storage.load("cert").await.unwrap().as_deref(),
+        Some(&b"over TLS"[..])
+    );
+    let lease = storage
+        .try_lock("renew", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the lock (Lua scripts) works for this user");
+    storage
+        .store_fenced("cert", b"fenced", &lease)
+        .await
+        .unwrap();
+
+    // Without the private root, the server does not verify; a wrong
+    // password is refused. The password never shows.
+    let untrusted = RedisStorage::connect(&url("s3cret"), KEY)
+        .await
+        .unwrap_err();
+    let refused = RedisStorage::builder(&url("wrong"), KEY)
+        .root_certificates(ca.pem.as_bytes())
+        .connect()
+        .await
+        .unwrap_err();
+    for (error, says) in [
+        (untrusted, "certificate"),
+        (refused, "authentication failed"),
+    ] {
+        let message = error.to_string();
+        assert!(
+            message.starts_with(&format!("Redis at rediss://…@127.0.0.1:{}/0: ", redis.port)),
+            "{message}"
+        );
+        assert!(message.contains(says), "{message}");
+        assert!(
+            !message.contains("s3cret") && !message.contains("wrong"),
+            "{message}"
+        );
+    }
+}

@@ -31,7 +31,7 @@ pub use file::{
 };
 pub use r#static::StaticSource;
 #[cfg(feature = "redis")]
-pub use redis_storage::RedisStorage;
+pub use redis_storage::{RedisBuilder, RedisStorage};
 
 /// Something that produces certificate bundles: files on disk, an ACME CA,
 /// an internal CA, or certificates pushed by hand.

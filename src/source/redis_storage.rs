@@ -58,7 +58,9 @@ return 0";
 ///   the newest, so a replica that stalled past its lease cannot overwrite a
 ///   newer result.
 /// - **Connections**: `redis://` or `rediss://` (TLS, with rustls) URLs,
-///   with ACL credentials in the URL (`rediss://user:password@host:6380/0`).
+///   with ACL credentials in the URL (`rediss://user:password@host:6380/0`);
+///   a private CA's roots and client certificates through
+///   [`builder`](Self::builder).
 ///   Reconnects on its own; each command fails after 5 s if Redis is down,
 ///   and the rotator serves what it has while it retries.
 ///
@@ -94,21 +96,72 @@ impl fmt::Debug for RedisStorage {
     }
 }
 
-impl RedisStorage {
-    /// Connects to the Redis at `url`; values are encrypted with `key`, and
-    /// Redis keys start with `certrotate:`.
-    pub async fn connect(url: &str, key: [u8; 32]) -> io::Result<Self> {
-        Self::connect_with_prefix(url, key, "certrotate:").await
+/// Configures a [`RedisStorage`]: made by [`RedisStorage::builder`].
+#[must_use]
+pub struct RedisBuilder {
+    url: String,
+    key: Zeroizing<[u8; 32]>,
+    prefix: String,
+    tls: Option<redis::TlsCertificates>,
+}
+
+impl fmt::Debug for RedisBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBuilder")
+            .field("url", &redacted(&self.url))
+            .field("prefix", &self.prefix)
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBuilder {
+    /// Redis keys start with `prefix` (default `certrotate:`), so that
+    /// several deployments can share one Redis. With Redis Cluster, make it
+    /// a hash tag such as `{certrotate}:`: the lock, fence and value keys
+    /// must share a slot.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        prefix.clone_into(&mut self.prefix);
+        self
     }
 
-    /// Like [`connect`](Self::connect), with Redis keys starting with
-    /// `prefix`, so that several deployments can share one Redis (with Redis
-    /// Cluster, make it a hash tag such as `{certrotate}:`).
-    pub async fn connect_with_prefix(url: &str, key: [u8; 32], prefix: &str) -> io::Result<Self> {
-        let key = Zeroizing::new(key);
-        let server: Arc<str> = redacted(url).into();
+    /// Trusts the roots in `pem` (instead of the system's) for the server
+    /// certificate of a `rediss://` URL: for Redis behind a private CA.
+    pub fn root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_mut().root_cert = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate chain and key (PEM) to a
+    /// `rediss://` server that requires one (`tls-auth-clients yes`).
+    pub fn client_certificate(
+        mut self,
+        chain_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls_mut().client_tls = Some(redis::ClientTlsConfig {
+            client_cert: chain_pem.into(),
+            client_key: key_pem.into(),
+        });
+        self
+    }
+
+    fn tls_mut(&mut self) -> &mut redis::TlsCertificates {
+        self.tls.get_or_insert(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: None,
+        })
+    }
+
+    /// Connects (within 10 s), and follows the change channel from then on.
+    pub async fn connect(self) -> io::Result<RedisStorage> {
+        let server: Arc<str> = redacted(&self.url).into();
         let failed = |error| to_io(&server, error);
-        let client = redis::Client::open(url).map_err(failed)?;
+        let client = match self.tls {
+            Some(tls) => redis::Client::build_with_tls(self.url.as_str(), tls),
+            None => redis::Client::open(self.url.as_str()),
+        }
+        .map_err(failed)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT))
@@ -126,15 +179,45 @@ impl RedisStorage {
         })?
         .map_err(failed)?;
         let changes = Arc::new(watch::Sender::new(0));
-        let channel = format!("{prefix}changed");
+        let channel = format!("{}changed", self.prefix);
         tokio::spawn(follow(client, channel, Arc::downgrade(&changes)));
-        Ok(Self {
+        Ok(RedisStorage {
             redis,
-            cipher: Aes256Gcm::new_from_slice(&key[..]).expect("a 32-byte key"),
-            prefix: prefix.to_owned(),
+            cipher: Aes256Gcm::new_from_slice(&self.key[..]).expect("a 32-byte key"),
+            prefix: self.prefix,
             changes,
             server,
         })
+    }
+}
+
+impl RedisStorage {
+    /// Connects to the Redis at `url`; values are encrypted with `key`, and
+    /// Redis keys start with `certrotate:`. For a private CA's `rediss://`,
+    /// client certificates or another prefix, see [`builder`](Self::builder).
+    pub async fn connect(url: &str, key: [u8; 32]) -> io::Result<Self> {
+        Self::builder(url, key).connect().await
+    }
+
+    /// Configures the connection to the Redis at `url`, whose values are
+    /// encrypted with `key`.
+    ///
+    /// ```no_run
+    /// # async fn demo(key: [u8; 32]) -> Result<(), Box<dyn std::error::Error>> {
+    /// let storage = certrotate::RedisStorage::builder("rediss://certrotate:secret@redis.internal:6380/0", key)
+    ///     .root_certificates(std::fs::read("/etc/redis-tls/ca.pem")?)
+    ///     .prefix("{certrotate}:")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(url: &str, key: [u8; 32]) -> RedisBuilder {
+        RedisBuilder {
+            url: url.to_owned(),
+            key: Zeroizing::new(key),
+            prefix: "certrotate:".to_owned(),
+            tls: None,
+        }
     }
 
     /// The Redis key of a storage key.

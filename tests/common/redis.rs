@@ -13,6 +13,8 @@ pub const KEY: [u8; 32] = *b"certrotate test key, 32 bytes!!!";
 pub struct Redis {
     pub port: u16,
     dir: TempDir,
+    /// How clients connect: plain, or TLS only (the `--tls-*` arguments).
+    listen: Vec<String>,
     child: Option<Child>,
 }
 
@@ -31,8 +33,41 @@ impl Redis {
         let mut redis = Self {
             port,
             dir: TempDir::new("redis"),
+            listen: vec!["--port".into(), port.to_string()],
             child: None,
         };
+        redis.restart();
+        redis
+    }
+
+    /// A Redis that speaks TLS only, with `chain` and `key` (PEM) under
+    /// `ca`, and whose only user is `user` with `password` (an ACL file;
+    /// the default user is off).
+    pub fn start_tls(ca: &str, chain: &str, key: &str, user: &str, password: &str) -> Self {
+        let mut redis = Self::start();
+        redis.stop();
+        let file = |name: &str, contents: &str| {
+            let path = redis.dir.join(name);
+            std::fs::write(&path, contents).unwrap();
+            path.display().to_string()
+        };
+        let acl = format!("user default off\nuser {user} on >{password} ~* &* +@all\n");
+        redis.listen = vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            redis.port.to_string(),
+            "--tls-ca-cert-file".into(),
+            file("ca.pem", ca),
+            "--tls-cert-file".into(),
+            file("chain.pem", chain),
+            "--tls-key-file".into(),
+            file("key.pem", key),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--aclfile".into(),
+            file("users.acl", &acl),
+        ];
         redis.restart();
         redis
     }
@@ -49,7 +84,8 @@ impl Redis {
     pub fn restart(&mut self) {
         self.stop();
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(&self.listen)
             .arg("--dir")
             .arg(self.dir.path())
             .args([
