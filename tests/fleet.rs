@@ -45,6 +45,9 @@ async fn three_replicas_in_one_process_starting_together_share_one_order() {
     }
     assert!(serials.iter().all(|s| *s == serials[0]), "{serials:?}");
     assert_eq!((pebble.orders(), pebble.issued()), (1, 1));
+    // The CA's renewal advice is shared too, so that the replicas agree on
+    // when to renew.
+    assert_eq!(redis.keys("certrotate:renewal-*").len(), 1);
     for rotator in replicas {
         rotator.shutdown().await;
     }

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
@@ -383,6 +383,7 @@ impl AcmeBuilder {
             inner: Arc::new(Inner {
                 account_key: format!("account-{}.json", &directory[..16]),
                 cert_key: format!("cert-{}.pem", &id[..16]),
+                renewal_key: format!("renewal-{}.txt", &id[..16]),
                 config: self,
                 account: tokio::sync::Mutex::new(None),
                 advice: Mutex::new(None),
@@ -440,6 +441,8 @@ struct Inner {
     config: AcmeBuilder,
     account_key: String,
     cert_key: String,
+    /// Where the renewal time is shared: `<fingerprint> <unix seconds>`.
+    renewal_key: String,
     account: tokio::sync::Mutex<Option<Account>>,
     /// When to renew the stored certificate, from the CA's renewal
     /// information (RFC 9773).
@@ -942,31 +945,68 @@ impl AcmeSource {
     }
 
     /// Asks the CA when to renew `cert` (RFC 9773), and remembers a random
-    /// time in the suggested window.
+    /// time in the suggested window. The time is shared through the storage:
+    /// an instance that finds one stored for `cert` takes it instead of
+    /// asking, so that a fleet asks the CA once per certificate and agrees
+    /// on when to renew.
     async fn advise(&self, cert: &CertBundle) {
-        let Ok(account) = self.account(false).await else {
-            return;
+        let fingerprint = &cert.info().fingerprint_sha256;
+        let at = match self.shared_renewal_time(fingerprint).await {
+            Some(at) => at,
+            None => {
+                let Some(at) = self.ask_renewal_time(cert).await else {
+                    return;
+                };
+                tracing::info!(target: "certrotate", serial = %cert.info().serial, at = %crate::clock::rfc3339(at), "the CA advises renewal (ARI)");
+                let seconds = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+                let shared = format!("{fingerprint} {seconds}");
+                self.save(
+                    &self.inner.renewal_key,
+                    shared.as_bytes(),
+                    "ARI renewal time",
+                )
+                .await;
+                at
+            }
         };
-        let Ok(id) = CertificateIdentifier::try_from(&cert.chain()[0]) else {
-            return;
-        };
-        let Ok(Ok((info, _))) =
-            tokio::time::timeout(self.inner.config.timeout, account.renewal_info(&id)).await
-        else {
-            return;
-        };
+        *lock(&self.inner.advice) = Some(Advice {
+            fingerprint: fingerprint.clone(),
+            at,
+            fired: false,
+        });
+    }
+
+    /// The renewal time stored for the certificate with `fingerprint`.
+    async fn shared_renewal_time(&self, fingerprint: &str) -> Option<SystemTime> {
+        let stored = self
+            .inner
+            .config
+            .storage
+            .load(&self.inner.renewal_key)
+            .await
+            .ok()??;
+        let (stored_for, seconds) = std::str::from_utf8(&stored).ok()?.split_once(' ')?;
+        let seconds = seconds.trim().parse().ok()?;
+        (stored_for == fingerprint).then(|| UNIX_EPOCH + Duration::from_secs(seconds))
+    }
+
+    /// A random time in the renewal window the CA suggests for `cert`, to
+    /// the second; none if the CA has no renewal information.
+    async fn ask_renewal_time(&self, cert: &CertBundle) -> Option<SystemTime> {
+        let account = self.account(false).await.ok()?;
+        let id = CertificateIdentifier::try_from(&cert.chain()[0]).ok()?;
+        let (info, _) = tokio::time::timeout(self.inner.config.timeout, account.renewal_info(&id))
+            .await
+            .ok()?
+            .ok()?;
         let (start, end): (SystemTime, SystemTime) = (
             info.suggested_window.start.into(),
             info.suggested_window.end.into(),
         );
         let span = end.duration_since(start).unwrap_or_default();
         let at = start + span.mul_f64(fastrand::f64());
-        tracing::info!(target: "certrotate", serial = %cert.info().serial, at = %crate::clock::rfc3339(at), "the CA advises renewal (ARI)");
-        *lock(&self.inner.advice) = Some(Advice {
-            fingerprint: cert.info().fingerprint_sha256.clone(),
-            at,
-            fired: false,
-        });
+        let seconds = at.duration_since(UNIX_EPOCH).ok()?.as_secs();
+        Some(UNIX_EPOCH + Duration::from_secs(seconds))
     }
 }
 
@@ -1351,6 +1391,33 @@ mod tests {
         );
         assert_eq!(retry_after(&headers("soon")), None);
         assert_eq!(retry_after(&axum::http::HeaderMap::new()), None);
+    }
+
+    #[tokio::test]
+    async fn a_renewal_time_in_storage_is_taken_for_its_certificate_only() {
+        let dir = std::env::temp_dir().join(format!("certrotate-renewal-{}", fastrand::u64(..)));
+        let storage = FileStorage::new(&dir);
+        // The CA cannot be reached: whatever advice there is comes from storage.
+        let source = AcmeSource::builder("https://acme.invalid/directory", ["a.example"])
+            .storage(storage.clone())
+            .build();
+        let (shared, other) = (cert(DAY, Duration::ZERO), cert(DAY, Duration::ZERO));
+        let at = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let stored = format!("{} 2000000000", shared.info().fingerprint_sha256);
+        storage
+            .store(&source.inner.renewal_key, stored.as_bytes())
+            .await
+            .unwrap();
+
+        source.advise(&other).await;
+        assert!(
+            lock(&source.inner.advice).is_none(),
+            "another certificate's time"
+        );
+        source.advise(&shared).await;
+        let advice = lock(&source.inner.advice).as_ref().map(|a| a.at);
+        assert_eq!(advice, Some(at));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -123,10 +123,15 @@ impl Redis {
     /// The holder of the one renewal lock there is, if any: the value under
     /// `certrotate:lock:*` (`<pid>-<random>`).
     pub fn lock_holder(&self) -> Option<String> {
-        let keys = String::from_utf8(self.cli(&["--raw", "KEYS", "certrotate:lock:*"])).unwrap();
-        let key = keys.lines().next()?;
-        let owner = String::from_utf8(self.cli(&["--raw", "GET", key])).unwrap();
+        let key = self.keys("certrotate:lock:*").pop()?;
+        let owner = String::from_utf8(self.cli(&["--raw", "GET", &key])).unwrap();
         Some(owner.trim().to_owned()).filter(|o| !o.is_empty())
+    }
+
+    /// The keys matching `pattern`.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let keys = String::from_utf8(self.cli(&["--raw", "KEYS", pattern])).unwrap();
+        keys.lines().map(str::to_owned).collect()
     }
 
     fn cli(&self, args: &[&str]) -> Vec<u8> {
