@@ -3,6 +3,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::pebble::free_port;
 use super::TempDir;
 
 /// The encryption key of the tests' `RedisStorage`s.
@@ -20,22 +21,13 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_at(port)
+        Self::start_at(free_port())
     }
 
     /// A new, empty Redis on `port`.
     pub fn start_at(port: u16) -> Self {
-        let mut redis = Self {
-            port,
-            dir: TempDir::new("redis"),
-            listen: vec!["--port".into(), port.to_string()],
-            child: None,
-        };
+        let mut redis = Self::stopped(port);
+        redis.listen = vec!["--port".into(), port.to_string()];
         redis.restart();
         redis
     }
@@ -44,8 +36,7 @@ impl Redis {
     /// `ca`, and whose only user is `user` with `password` (an ACL file;
     /// the default user is off).
     pub fn start_tls(ca: &str, chain: &str, key: &str, user: &str, password: &str) -> Self {
-        let mut redis = Self::start();
-        redis.stop();
+        let mut redis = Self::stopped(free_port());
         let file = |name: &str, contents: &str| {
             let path = redis.dir.join(name);
             std::fs::write(&path, contents).unwrap();
@@ -70,6 +61,16 @@ impl Redis {
         ];
         redis.restart();
         redis
+    }
+
+    /// A Redis for `port`, with its own directory, not running yet.
+    fn stopped(port: u16) -> Self {
+        Self {
+            port,
+            dir: TempDir::new("redis"),
+            listen: Vec::new(),
+            child: None,
+        }
     }
 
     /// Kills the server (SIGKILL): clients find the port closed.
