@@ -3,6 +3,12 @@
 //! 128 instances per user), routing events to the sources whose directories
 //! they touch.
 //!
+//! A [`FileSource`] is woken only by events on its own entries (its files,
+//! the symlinks on their way, the directories those live in), not by every
+//! event in a directory it shares: in a [`CertDirectory`] of N pairs a change
+//! to one pair wakes that pair, not N of them. A [`CertDirectory`] itself
+//! hears everything in its directory (a new pair may appear under any name).
+//!
 //! Sources watch *directories*, never the files themselves: an atomic rename,
 //! an editor's replace-by-new-file and the Kubernetes `..data` symlink swap
 //! all change the directory entry, and a watch on the old file would go
@@ -45,6 +51,8 @@ struct Routes {
 
 struct Subscriber {
     dirs: Mutex<Vec<PathBuf>>,
+    /// The paths whose changes concern it, or `None` for anything in `dirs`.
+    entries: Mutex<Option<Vec<PathBuf>>>,
     ticks: watch::Sender<u64>,
 }
 
@@ -99,6 +107,7 @@ impl Hub {
         let (ticks, receiver) = watch::channel(0);
         let me = Arc::new(Subscriber {
             dirs: Mutex::default(),
+            entries: Mutex::default(),
             ticks,
         });
         let mut routes = lock(&self.inner.routes);
@@ -115,20 +124,27 @@ impl Hub {
 
 impl Subscription {
     /// Watches the directories that `paths` live in, following symlinks, in
-    /// place of those watched before.
+    /// place of those watched before, and hears only of changes to the
+    /// entries on the way to them.
     pub(crate) fn follow(&self, paths: &[&Path]) {
-        let mut dirs: Vec<PathBuf> = paths.iter().flat_map(|p| dirs_to_watch(p)).collect();
+        let (mut dirs, mut entries): (Vec<PathBuf>, Vec<PathBuf>) =
+            paths.iter().flat_map(|p| dirs_to_watch(p)).unzip();
+        entries.sort();
+        entries.dedup();
+        *lock(&self.me.entries) = Some(entries);
         dirs.sort();
         dirs.dedup();
         self.set_dirs(dirs);
     }
 
     /// Watches these directories (or, while one is missing, its nearest
-    /// existing ancestor) in place of those watched before.
+    /// existing ancestor) in place of those watched before, and hears of
+    /// every change in them.
     pub(crate) fn watch_dirs(&self, dirs: &[PathBuf]) {
         let mut dirs: Vec<PathBuf> = dirs.iter().map(|d| existing(d)).collect();
         dirs.sort();
         dirs.dedup();
+        *lock(&self.me.entries) = None;
         self.set_dirs(dirs);
     }
 
@@ -190,7 +206,8 @@ fn release(watched: &mut HashMap<PathBuf, usize>, dir: &Path) -> bool {
     }
 }
 
-/// Ticks every subscriber whose directories `event` touched.
+/// Ticks every subscriber whose entries (or, for a directory's, whose
+/// directories) `event` touched.
 fn route(routes: &Routes, event: notify::Result<Event>) {
     let event = match event {
         Ok(event) => event,
@@ -208,40 +225,76 @@ fn route(routes: &Routes, event: notify::Result<Event>) {
     }
     let everyone = event.need_rescan() || event.paths.is_empty();
     for subscriber in routes.subscribers.iter().filter_map(Weak::upgrade) {
-        let dirs = lock(&subscriber.dirs);
-        let touched = everyone
-            || event.paths.iter().any(|path| {
-                dirs.iter()
-                    .any(|dir| path == dir || path.parent() == Some(dir.as_path()))
-            });
+        let touched = everyone || concerns(&subscriber, &event.paths);
         if touched {
             subscriber.ticks.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 }
 
-/// The directories whose entries decide what `path` reads: its own parent,
+/// Whether a change to `paths` concerns `subscriber`: one of them is one of
+/// its entries or on the way to one (a directory above it replaced), or,
+/// for a subscriber of whole directories, lies in one of them.
+fn concerns(subscriber: &Subscriber, paths: &[PathBuf]) -> bool {
+    match &*lock(&subscriber.entries) {
+        Some(entries) => paths
+            .iter()
+            .any(|path| entries.iter().any(|entry| entry.starts_with(path))),
+        None => {
+            let dirs = lock(&subscriber.dirs);
+            paths.iter().any(|path| {
+                dirs.iter()
+                    .any(|dir| path == dir || path.parent() == Some(dir.as_path()))
+            })
+        }
+    }
+}
+
+/// The directories whose entries decide what `path` reads (its own parent,
 /// the parent of every symlink on the way to the real file, and the real
-/// file's parent. A directory that does not exist is replaced by its nearest
-/// existing ancestor, so that its re-creation is seen.
-fn dirs_to_watch(path: &Path) -> Vec<PathBuf> {
+/// file's parent), each with the entry in it that matters, named as the
+/// watcher names it. A directory that does not exist is replaced by its
+/// nearest existing ancestor, whose entry is then the first missing one, so
+/// that its re-creation is seen.
+fn dirs_to_watch(path: &Path) -> Vec<(PathBuf, PathBuf)> {
     let mut dirs = Vec::new();
     let mut hop = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
     for _ in 0..MAX_SYMLINK_HOPS {
+        dirs.push(watch_point(&hop));
+        // A symlinked directory on the way (Kubernetes' `..data`): swapping
+        // it changes what the path reads.
+        let linked_dirs = hop.ancestors().skip(1).filter(|a| a.is_symlink());
+        dirs.extend(linked_dirs.map(watch_point));
         let parent = hop.parent().unwrap_or(Path::new("/")).to_owned();
-        dirs.push(existing(&parent));
         match std::fs::read_link(&hop) {
             Ok(target) => hop = parent.join(target),
             Err(_) => break,
         }
     }
-    if let Some(parent) = std::fs::canonicalize(path)
-        .ok()
-        .and_then(|real| real.parent().map(Path::to_owned))
-    {
-        dirs.push(parent);
+    if let Ok(real) = std::fs::canonicalize(path) {
+        if let Some(parent) = real.parent() {
+            dirs.push((parent.to_owned(), real.clone()));
+        }
     }
     dirs
+}
+
+/// The directory to watch for `path` (its parent, or the nearest existing
+/// ancestor while that is missing), canonical, and the entry in it on the
+/// way to `path`.
+fn watch_point(path: &Path) -> (PathBuf, PathBuf) {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    for ancestor in parent.ancestors() {
+        if let Ok(real) = std::fs::canonicalize(ancestor) {
+            let below = path
+                .strip_prefix(ancestor)
+                .ok()
+                .and_then(|rest| rest.components().next());
+            let entry = below.map_or_else(|| real.clone(), |c| real.join(c));
+            return (real, entry);
+        }
+    }
+    (PathBuf::from("/"), path.to_owned())
 }
 
 /// `dir` canonicalized, or its nearest existing ancestor if it is missing.
@@ -270,14 +323,73 @@ mod tests {
         std::os::unix::fs::symlink("..2026_01_01", mount.join("..data")).unwrap();
         std::os::unix::fs::symlink("..data/tls.crt", mount.join("tls.crt")).unwrap();
 
-        let mut dirs = dirs_to_watch(&mount.join("tls.crt"));
+        let (mut dirs, mut entries): (Vec<_>, Vec<_>) =
+            dirs_to_watch(&mount.join("tls.crt")).into_iter().unzip();
         dirs.sort();
         dirs.dedup();
+        entries.sort();
+        entries.dedup();
         let real = std::fs::canonicalize(&mount).unwrap();
         assert_eq!(dirs, [real.clone(), real.join("..2026_01_01")]);
+        assert_eq!(
+            entries,
+            [
+                real.join("..2026_01_01/tls.crt"),
+                real.join("..data"),
+                real.join("tls.crt")
+            ]
+        );
 
         // A missing directory is watched through its nearest ancestor.
-        assert_eq!(dirs_to_watch(&mount.join("gone/deeper/tls.crt")), [real]);
+        assert_eq!(
+            dirs_to_watch(&mount.join("gone/deeper/tls.crt")),
+            [(real.clone(), real.join("gone"))]
+        );
         std::fs::remove_dir_all(&mount).unwrap();
+    }
+
+    /// In a directory shared by many pairs, an event on one pair's file
+    /// wakes that pair only; the directory's own subscriber hears it all.
+    #[test]
+    fn an_event_wakes_only_the_sources_it_concerns() {
+        let dir = std::env::temp_dir().join(format!("certrotate-route-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let real = std::fs::canonicalize(&dir).unwrap();
+        let subscriber = |files: Option<&[&str]>| {
+            let me = Subscriber {
+                dirs: Mutex::new(vec![real.clone()]),
+                entries: Mutex::new(None),
+                ticks: watch::channel(0).0,
+            };
+            if let Some(files) = files {
+                let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+                let entries = paths.iter().flat_map(|p| dirs_to_watch(p)).map(|(_, e)| e);
+                *lock(&me.entries) = Some(entries.collect());
+            }
+            Arc::new(me)
+        };
+        let a = subscriber(Some(&["a.crt", "a.key"]));
+        let b = subscriber(Some(&["b.crt", "b.key"]));
+        let whole = subscriber(None);
+        let routes = Routes {
+            watched: HashMap::new(),
+            subscribers: [&a, &b, &whole].map(Arc::downgrade).to_vec(),
+        };
+        let event = |path: PathBuf| {
+            Ok(Event::new(EventKind::Create(notify::event::CreateKind::File)).add_path(path))
+        };
+        for _ in 0..100 {
+            route(&routes, event(real.join("b.crt")));
+        }
+        route(&routes, event(real.join("unrelated.log")));
+        assert_eq!(*a.ticks.borrow(), 0, "a was woken by b's changes");
+        assert_eq!(*b.ticks.borrow(), 100);
+        assert_eq!(*whole.ticks.borrow(), 101);
+        route(&routes, event(real.join("a.key")));
+        assert_eq!(*a.ticks.borrow(), 1);
+        // The directory itself replaced: everyone on it looks again.
+        route(&routes, event(real.clone()));
+        assert_eq!((*a.ticks.borrow(), *b.ticks.borrow()), (2, 101));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
