@@ -1,7 +1,8 @@
 //! Serving: a TLS listener that handshakes concurrently, for hyper and axum.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,12 @@ use tokio_rustls::TlsAcceptor;
 /// A TCP listener that completes TLS handshakes before handing connections
 /// out, many at a time and each under a timeout, so that a slow or silent
 /// client never stalls `accept`.
+///
+/// Handshakes in flight are limited twice: in all (default 1024), and per
+/// client address (default 64, a sixteenth; an IPv6 client is its /64, which
+/// one host usually has whole). A connection over its client's share is
+/// closed at once, so one host opening silent connections in a loop cannot
+/// keep `accept` closed for everyone else.
 ///
 /// With the `axum` feature it is an [`axum::serve::Listener`]; without axum,
 /// call [`accept`](Self::accept) in a loop and hand each stream to hyper.
@@ -34,9 +41,28 @@ use tokio_rustls::TlsAcceptor;
 pub struct TlsListener {
     tcp: TcpListener,
     acceptor: TlsAcceptor,
-    handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
+    handshakes: JoinSet<(Client, Option<TlsStream<TcpStream>>, SocketAddr)>,
+    /// Handshakes in flight per client (only clients with some).
+    pending: HashMap<Client, usize>,
     timeout: Duration,
     max_pending: usize,
+    max_pending_per_client: Option<usize>,
+}
+
+/// Who a connection counts against: its IPv4 address, or its IPv6 /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Client(IpAddr);
+
+impl Client {
+    fn of(peer: SocketAddr) -> Self {
+        match peer.ip().to_canonical() {
+            IpAddr::V6(v6) => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                Self(IpAddr::V6(prefix.into()))
+            }
+            v4 => Self(v4),
+        }
+    }
 }
 
 impl TlsListener {
@@ -47,8 +73,10 @@ impl TlsListener {
             tcp,
             acceptor: TlsAcceptor::from(config),
             handshakes: JoinSet::new(),
+            pending: HashMap::new(),
             timeout: Duration::from_secs(10),
             max_pending: 1024,
+            max_pending_per_client: None,
         }
     }
 
@@ -67,6 +95,30 @@ impl TlsListener {
         self
     }
 
+    /// Closes a new connection at once while its client (an IPv4 address,
+    /// or an IPv6 /64) already has this many handshakes in flight (default:
+    /// a sixteenth of [`max_pending_handshakes`](Self::max_pending_handshakes),
+    /// at least 1). Raise it for clients behind one NAT or proxy address.
+    ///
+    /// ```no_run
+    /// # async fn demo(config: std::sync::Arc<rustls::ServerConfig>) -> std::io::Result<()> {
+    /// let tcp = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
+    /// let listener = certrotate::TlsListener::new(tcp, config)
+    ///     .max_pending_handshakes(4096)
+    ///     .max_pending_handshakes_per_client(32);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn max_pending_handshakes_per_client(mut self, n: usize) -> Self {
+        self.max_pending_per_client = Some(n.max(1));
+        self
+    }
+
+    fn per_client_limit(&self) -> usize {
+        self.max_pending_per_client
+            .unwrap_or((self.max_pending / 16).max(1))
+    }
+
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.tcp.local_addr()
@@ -81,8 +133,11 @@ impl TlsListener {
             let can_accept = self.handshakes.len() < self.max_pending;
             tokio::select! {
                 Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
-                    if let Ok(Some(connection)) = done {
-                        return connection;
+                    // Handshake tasks neither panic nor get cancelled.
+                    let Ok((client, tls, peer)) = done else { continue };
+                    self.finished(client);
+                    if let Some(tls) = tls {
+                        return (tls, peer);
                     }
                 }
                 accepted = self.tcp.accept(), if can_accept => match accepted {
@@ -100,11 +155,19 @@ impl TlsListener {
     }
 
     fn start_handshake(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let client = Client::of(peer);
+        let limit = self.per_client_limit();
+        let pending = self.pending.entry(client).or_default();
+        if *pending >= limit {
+            tracing::debug!(target: "certrotate", %peer, "closed: {limit} handshakes from this client in flight already");
+            return;
+        }
+        *pending += 1;
         let handshake = self.acceptor.accept(stream);
         let timeout = self.timeout;
         self.handshakes.spawn(async move {
-            match tokio::time::timeout(timeout, handshake).await {
-                Ok(Ok(tls)) => Some((tls, peer)),
+            let tls = match tokio::time::timeout(timeout, handshake).await {
+                Ok(Ok(tls)) => Some(tls),
                 Ok(Err(e)) => {
                     tracing::debug!(target: "certrotate", %peer, "TLS handshake failed: {e}");
                     None
@@ -113,8 +176,19 @@ impl TlsListener {
                     tracing::debug!(target: "certrotate", %peer, "TLS handshake timed out after {timeout:?}");
                     None
                 }
-            }
+            };
+            (client, tls, peer)
         });
+    }
+
+    /// One handshake of `client` is over.
+    fn finished(&mut self, client: Client) {
+        if let Some(pending) = self.pending.get_mut(&client) {
+            *pending -= 1;
+            if *pending == 0 {
+                self.pending.remove(&client);
+            }
+        }
     }
 }
 
