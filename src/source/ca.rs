@@ -90,7 +90,7 @@ pub enum CaError {
     /// A CA file could not be read or written.
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
-        /// `"read"` or `"write"`.
+        /// `"read"`, `"write"` or `"remove"`.
         action: &'static str,
         /// The file.
         path: PathBuf,
@@ -173,9 +173,13 @@ impl InternalCa {
     /// The CA kept in `dir` (`ca.crt`, `ca.key`, and `next.crt`/`next.key`
     /// while a rollover is prepared), made and saved there if there is none.
     /// Keys are written with mode 0600, atomically.
+    ///
+    /// An activation interrupted by a crash (the new `ca.key` written, `ca.crt`
+    /// not yet) is completed here from `next.crt`/`next.key`, its journal.
     pub fn open(dir: impl Into<PathBuf>, name: &str) -> Result<Self, CaError> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(|e| io("write", &dir, e))?;
+        finish_activation(&dir)?;
         let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
         let active = if cert.exists() {
             Authority::load(&cert, &key)?
@@ -281,9 +285,8 @@ impl InternalCa {
         let mut state = self.state();
         let next = state.next.take().ok_or(CaError::NoNextCa)?;
         if let Some(dir) = &self.inner.dir {
-            next.save(dir, "ca")?;
-            for stale in ["next.crt", "next.key"] {
-                let _ = std::fs::remove_file(dir.join(stale));
+            for step in activation_steps(dir, &next) {
+                step()?;
             }
         }
         let old = std::mem::replace(&mut state.active, next);
@@ -320,19 +323,19 @@ impl InternalCa {
         let ca = self.clone();
         let overlap = overlap.min(every);
         tokio::spawn(async move {
-            let mut prepare_at = tokio::time::Instant::now() + (every - overlap);
+            let mut prepare_at = crate::clock::instant_in(every.saturating_sub(overlap));
             let mut activate_at = None;
             loop {
                 let retire_at = ca.next_retirement();
                 tokio::select! {
                     () = tokio::time::sleep_until(prepare_at), if activate_at.is_none() => {
                         report(ca.prepare_rollover());
-                        activate_at = Some(tokio::time::Instant::now() + overlap);
+                        activate_at = Some(crate::clock::instant_in(overlap));
                     }
                     () = sleep_until_some(activate_at) => {
                         report(ca.activate());
                         activate_at = None;
-                        prepare_at = tokio::time::Instant::now() + (every - overlap);
+                        prepare_at = crate::clock::instant_in(every.saturating_sub(overlap));
                     }
                     () = sleep_until_some(retire_at) => report(ca.retire_expired().map(drop)),
                 }
@@ -350,8 +353,11 @@ impl InternalCa {
             .map(|old| old.last_leaf_expiry.unwrap_or(now))
             .min()?;
         // A second after: X.509 times have whole seconds.
-        let wait = earliest.duration_since(now).unwrap_or_default() + Duration::from_secs(1);
-        Some(tokio::time::Instant::now() + wait)
+        let wait = earliest
+            .duration_since(now)
+            .unwrap_or_default()
+            .saturating_add(Duration::from_secs(1));
+        Some(crate::clock::instant_in(wait))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -378,6 +384,55 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Activating `next` on disk, one step after another. `next.crt` and
+/// `next.key` (written when the rollover was prepared) are the journal:
+/// they go last, so a crash between any two steps leaves either the old CA
+/// whole or enough for [`finish_activation`] to complete the new one.
+fn activation_steps<'a>(
+    dir: &'a Path,
+    next: &'a Authority,
+) -> [Box<dyn FnOnce() -> Result<(), CaError> + 'a>; 4] {
+    [
+        Box::new(move || next.save(dir, "next")),
+        Box::new(move || next.save(dir, "ca")),
+        Box::new(move || remove(&dir.join("next.crt"))),
+        Box::new(move || remove(&dir.join("next.key"))),
+    ]
+}
+
+/// Completes an activation a crash interrupted: while the journal
+/// (`next.crt` + `next.key`) is there and `ca.key` is already the next key,
+/// the next CA is written as `ca` again and the journal removed. A journal
+/// whose key is not `ca.key` is a rollover prepared, not activated: kept.
+fn finish_activation(dir: &Path) -> Result<(), CaError> {
+    let (next_cert, next_key) = (dir.join("next.crt"), dir.join("next.key"));
+    let read = |path: &Path| crate::read::small(path).ok();
+    match (read(&next_cert), read(&next_key), read(&dir.join("ca.key"))) {
+        (Some(cert), Some(key), Some(active_key)) if key == active_key => {
+            let (cert, key) = (
+                String::from_utf8_lossy(&cert),
+                String::from_utf8_lossy(&key),
+            );
+            let next = Authority::from_pem(&cert, &key)?;
+            tracing::warn!(target: "certrotate", dir = %dir.display(), "completing a CA activation that was interrupted");
+            for step in activation_steps(dir, &next).into_iter().skip(1) {
+                step()?;
+            }
+            Ok(())
+        }
+        // Only the key of the journal left: its certificate is `ca.crt`.
+        (None, Some(key), Some(active_key)) if key == active_key => remove(&next_key),
+        _ => Ok(()),
+    }
+}
+
+fn remove(path: &Path) -> Result<(), CaError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", path, e)),
+        _ => Ok(()),
     }
 }
 
@@ -437,7 +492,11 @@ impl Authority {
     }
 
     fn load(cert: &Path, key: &Path) -> Result<Self, CaError> {
-        let read = |path: &Path| std::fs::read_to_string(path).map_err(|e| io("read", path, e));
+        let read = |path: &Path| {
+            let bytes = crate::read::small(path).map_err(|e| io("read", path, e))?;
+            String::from_utf8(bytes)
+                .map_err(|_| CaError::Unusable(format!("{} is not PEM text", path.display())))
+        };
         let key_pem = Zeroizing::new(read(key)?);
         Self::from_pem(&read(cert)?, &key_pem)
     }
@@ -542,5 +601,75 @@ impl CertSource for CaSource {
 
     fn kind(&self) -> &'static str {
         "ca"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A crash between any two steps of an activation (simulated by running
+    /// only the steps before it) leaves a CA that opens, serving either the
+    /// old authority whole or the new one whole; never a key that does not
+    /// match its certificate.
+    #[test]
+    fn an_activation_interrupted_at_any_step_opens_whole() {
+        for done in 0..=4 {
+            let dir = std::env::temp_dir()
+                .join(format!("certrotate-ca-crash-{}-{done}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let ca = InternalCa::open(&dir, "crash test").unwrap();
+            let old = ca.state().active.cert_pem.clone();
+            ca.prepare_rollover().unwrap();
+            let next = ca.state().next.as_ref().unwrap().cert_pem.clone();
+            {
+                let state = ca.state();
+                let steps = activation_steps(&dir, state.next.as_ref().unwrap());
+                for step in steps.into_iter().take(done) {
+                    step().unwrap();
+                }
+            }
+            drop(ca);
+
+            let reopened = InternalCa::open(&dir, "crash test")
+                .unwrap_or_else(|e| panic!("crash after {done} steps: {e}"));
+            let active = reopened.state().active.cert_pem.clone();
+            // Once ca.key is the new key (step 2), the new CA is active.
+            let expected = if done >= 2 { &next } else { &old };
+            assert_eq!(&active, expected, "crash after {done} steps");
+            if done >= 2 {
+                assert!(!dir.join("next.crt").exists() && !dir.join("next.key").exists());
+                assert!(reopened.state().next.is_none());
+            } else {
+                // The rollover is still prepared, and can be activated.
+                assert_eq!(reopened.state().next.as_ref().unwrap().cert_pem, next);
+                reopened.activate().unwrap();
+            }
+            let leaf = reopened.issue(&LeafSpec::new(["svc.internal"])).unwrap();
+            assert!(!leaf.key_mismatches());
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    /// Without the journal step's recovery, the state a crash between the
+    /// two renames leaves (new key, old certificate) is refused: that is
+    /// what `finish_activation` repairs.
+    #[test]
+    fn a_new_key_beside_the_old_certificate_is_repaired_from_the_journal() {
+        let dir = std::env::temp_dir().join(format!("certrotate-ca-torn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ca = InternalCa::open(&dir, "torn").unwrap();
+        ca.prepare_rollover().unwrap();
+        drop(ca);
+        // The torn state: ca.key is the next key, ca.crt still the old cert.
+        std::fs::copy(dir.join("next.key"), dir.join("ca.key")).unwrap();
+        assert!(matches!(
+            Authority::load(&dir.join("ca.crt"), &dir.join("ca.key")),
+            Err(CaError::Unusable(_))
+        ));
+        let next_cert = std::fs::read_to_string(dir.join("next.crt")).unwrap();
+        let reopened = InternalCa::open(&dir, "torn").unwrap();
+        assert_eq!(reopened.state().active.cert_pem, next_cert);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -29,7 +29,7 @@ impl Storage for FileStorage {
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, std::io::Result<Option<Vec<u8>>>> {
         let path = self.dir.join(key);
         Box::pin(async move {
-            let read = tokio::task::spawn_blocking(move || std::fs::read(path))
+            let read = tokio::task::spawn_blocking(move || crate::read::small(&path))
                 .await
                 .map_err(std::io::Error::other)?;
             match read {
@@ -54,8 +54,8 @@ impl Storage for FileStorage {
     }
 
     /// A lease file (`<name>.lease`: holder and end of lease) and a fence
-    /// file (`<name>.fence`: the newest token), changed only under the
-    /// lock's mutex file, so that instances sharing the directory on one
+    /// file (`<name>.fence`: the newest token), changed only under an OS
+    /// lock on the lock's mutex file (`.<name>.mutex`), so that instances sharing the directory on one
     /// machine or a shared volume take the lock in turn.
     fn try_lock<'a>(
         &'a self,
@@ -74,7 +74,7 @@ impl Storage for FileStorage {
                 token.to_string().as_bytes(),
                 0o600,
             )?;
-            let until = SystemTime::now() + lease;
+            let until = crate::clock::saturating_add(SystemTime::now(), lease);
             let millis = until
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default()
@@ -121,14 +121,22 @@ impl Storage for FileStorage {
     }
 }
 
-/// A mutex file older than this was left by a process that died inside the
-/// few microseconds it is held: it is removed.
-const STALE_MUTEX: Duration = Duration::from_secs(30);
+/// How long an instance waits for another to leave the lock's mutex (held
+/// for the microseconds it takes to read and write two small files).
+const MUTEX_WAIT: Duration = Duration::from_secs(10);
 
 impl FileStorage {
-    /// Runs `f` on a blocking thread, holding the mutex of lock `name` (a
-    /// file created with `O_EXCL`) so that instances sharing the directory
-    /// take turns.
+    /// Runs `f` on a blocking thread, holding the mutex of lock `name`: an
+    /// OS lock (`flock`) on the file `.<name>.mutex`, so that instances
+    /// sharing the directory take turns.
+    ///
+    /// The kernel releases the lock when its holder dies, so nothing is
+    /// ever judged abandoned by its age: clock skew between a file server
+    /// and a replica, or a slow `fsync`, cannot let two holders in. On NFS,
+    /// Linux maps `flock` to the server's byte-range locks (NLM for v3,
+    /// built in for v4), which hold across clients; a volume mounted with
+    /// `nolock` (or `local_lock=flock`) has locks that only hold on one
+    /// machine, and must not be shared by replicas on several.
     async fn exclusive<T: Send + 'static>(
         &self,
         name: String,
@@ -137,36 +145,35 @@ impl FileStorage {
         let (dir, mutex) = (self.dir.clone(), self.dir.join(format!(".{name}.mutex")));
         tokio::task::spawn_blocking(move || {
             create_dir(&dir)?;
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut options = std::fs::OpenOptions::new();
+            options.read(true).write(true).create(true).truncate(false);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let file = options.open(&mutex)?;
+            let deadline = Instant::now() + MUTEX_WAIT;
             loop {
-                match std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&mutex)
-                {
-                    Ok(_) => {
-                        let result = f(&dir);
-                        let _ = std::fs::remove_file(&mutex);
-                        return result;
+                match file.try_lock() {
+                    Ok(()) => break,
+                    Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(2));
                     }
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        let age = std::fs::metadata(&mutex)
-                            .and_then(|m| m.modified())
-                            .map(|t| t.elapsed().unwrap_or_default());
-                        if age.is_ok_and(|age| age > STALE_MUTEX) {
-                            let _ = std::fs::remove_file(&mutex);
-                        } else if Instant::now() > deadline {
-                            return Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                format!("{} stayed locked for 10 s", mutex.display()),
-                            ));
-                        } else {
-                            std::thread::sleep(Duration::from_millis(2));
-                        }
+                    Err(std::fs::TryLockError::WouldBlock) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "{} stayed locked for {}",
+                                mutex.display(),
+                                crate::clock::human(MUTEX_WAIT)
+                            ),
+                        ))
                     }
-                    Err(e) => return Err(e),
+                    Err(std::fs::TryLockError::Error(e)) => return Err(e),
                 }
             }
+            let result = f(&dir);
+            // Closing the file releases the lock; the file stays for the next.
+            drop(file);
+            result
         })
         .await
         .map_err(io::Error::other)?
@@ -183,8 +190,8 @@ fn create_dir(dir: &Path) -> io::Result<()> {
 
 /// The newest fencing token given out for lock `name` (0: none yet).
 fn fence(dir: &Path, name: &str) -> io::Result<u64> {
-    match std::fs::read_to_string(dir.join(format!("{name}.fence"))) {
-        Ok(text) => text.trim().parse().map_err(|_| {
+    match crate::read::small(&dir.join(format!("{name}.fence"))) {
+        Ok(text) => String::from_utf8_lossy(&text).trim().parse().map_err(|_| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{name}.fence is not a number"),
@@ -198,8 +205,9 @@ fn fence(dir: &Path, name: &str) -> io::Result<u64> {
 /// The holder of lock `name` and when its lease ends, if the lease file is
 /// there and readable.
 fn holder(dir: &Path, name: &str) -> Option<(String, SystemTime)> {
-    let text = std::fs::read_to_string(dir.join(format!("{name}.lease"))).ok()?;
+    let text = crate::read::small(&dir.join(format!("{name}.lease"))).ok()?;
+    let text = String::from_utf8(text).ok()?;
     let (owner, until) = text.trim().split_once(' ')?;
-    let until = SystemTime::UNIX_EPOCH + Duration::from_millis(until.parse().ok()?);
+    let until = SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(until.parse().ok()?))?;
     Some((owner.to_owned(), until))
 }
