@@ -237,12 +237,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for domain in &args.domains {
         policy = policy.server_name(domain);
     }
-    // Spawned, not started: the first certificate may take a while, and the
-    // TLS-ALPN-01 challenge needs the server to be up.
+    // Launched, not started: a stored certificate (a restart) is served
+    // from the first connection, but a first order must not hold the
+    // listener back (the TLS-ALPN-01 challenge needs the server up).
     let rotator = Arc::new(
         Rotator::builder(acme.build(), policy.build()?)
             .store(store)
-            .spawn(),
+            .launch()
+            .await,
     );
     let tcp = tokio::net::TcpListener::bind(args.listen).await?;
     let bound = tcp.local_addr()?;

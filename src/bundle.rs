@@ -77,7 +77,8 @@ impl CertBundle {
 
     /// Reads and parses a PEM chain file and a PEM key file.
     ///
-    /// Errors name the file that could not be read. The resulting bundle's
+    /// Each must be a regular file of at most 1 MiB (a FIFO or device is
+    /// refused without blocking). Errors name the file that could not be read. The resulting bundle's
     /// [`origin`](CertInfo::origin) is the certificate file's path.
     pub fn from_pem_files(
         cert_path: impl AsRef<Path>,
@@ -85,7 +86,7 @@ impl CertBundle {
     ) -> Result<Self, BundleError> {
         let (cert_path, key_path) = (cert_path.as_ref(), key_path.as_ref());
         let read = |path: &Path| {
-            std::fs::read(path).map_err(|source| BundleError::Read {
+            crate::read::small(path).map_err(|source| BundleError::Read {
                 path: path.display().to_string(),
                 source: Arc::new(source),
             })
@@ -136,18 +137,36 @@ impl CertBundle {
     /// says what is wrong with it).
     #[cfg(any(feature = "file", feature = "ca"))]
     pub(crate) fn key_mismatches(&self) -> bool {
-        let Ok(key) = crate::default_provider()
+        self.key_check().is_some_and(|checked| {
+            matches!(
+                checked,
+                Err(rustls::Error::InconsistentKeys(
+                    rustls::InconsistentKeys::KeyMismatch
+                ))
+            )
+        })
+    }
+
+    /// Whether the private key is known to belong to the leaf: it loads and
+    /// is not a mismatch.
+    pub(crate) fn key_fits(&self) -> bool {
+        self.key_check().is_some_and(|checked| {
+            !matches!(
+                checked,
+                Err(rustls::Error::InconsistentKeys(
+                    rustls::InconsistentKeys::KeyMismatch
+                ))
+            )
+        })
+    }
+
+    /// The provider's verdict on the pair, if it can load the key.
+    fn key_check(&self) -> Option<Result<(), rustls::Error>> {
+        let key = crate::default_provider()
             .key_provider
             .load_private_key(self.key.clone_key())
-        else {
-            return false;
-        };
-        matches!(
-            rustls::sign::CertifiedKey::new(self.chain.clone(), key).keys_match(),
-            Err(rustls::Error::InconsistentKeys(
-                rustls::InconsistentKeys::KeyMismatch
-            ))
-        )
+            .ok()?;
+        Some(rustls::sign::CertifiedKey::new(self.chain.clone(), key).keys_match())
     }
 
     pub(crate) fn info_arc(&self) -> &Arc<CertInfo> {

@@ -75,6 +75,29 @@ pub(crate) fn ser_opt_time<S: serde::Serializer>(
     }
 }
 
+/// The longest delay outside input can impose on a retry: a CA's
+/// `Retry-After` or a source's [`SourceError::RateLimited`](crate::SourceError::RateLimited)
+/// asking for more is taken as this much (and the serving certificate's
+/// remaining validity caps retries further).
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// As far ahead as any time computed here goes: past it, "never".
+const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `t + d`, or a time far in the future where that overflows: durations
+/// from outside (a lease, a stored renewal time) never panic.
+#[cfg(feature = "acme")]
+pub(crate) fn saturating_add(t: SystemTime, d: Duration) -> SystemTime {
+    t.checked_add(d.min(FAR)).unwrap_or(t)
+}
+
+/// The monotonic instant `d` from now, at most a hundred years ahead, so
+/// that no duration (from outside or computed) can overflow it.
+pub(crate) fn instant_in(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d.min(FAR)).unwrap_or(now)
+}
+
 /// Formats a duration for people: `2d 3h`, `45m 10s`, `850ms`.
 pub(crate) fn human(d: Duration) -> String {
     let secs = d.as_secs();

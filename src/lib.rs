@@ -101,6 +101,7 @@ mod health;
 mod metrics;
 mod mtls;
 mod policy;
+mod read;
 mod resolver;
 mod rotator;
 mod serve;

@@ -57,6 +57,7 @@ pub struct Policy {
     names: Vec<Name>,
     min_remaining: Duration,
     min_rsa_bits: usize,
+    max_names: usize,
     roots: Option<Arc<RootCertStore>>,
     /// Built once from `roots`, for the chain check.
     verifier: Option<Arc<WebPkiServerVerifier>>,
@@ -84,6 +85,7 @@ impl Default for Policy {
             names: Vec::new(),
             min_remaining: Duration::ZERO,
             min_rsa_bits: 2048,
+            max_names: DEFAULT_MAX_NAMES,
             roots: None,
             verifier: None,
             client_verifier: None,
@@ -193,9 +195,14 @@ pub struct PolicyBuilder {
     names: Vec<String>,
     min_remaining: Duration,
     min_rsa_bits: Option<usize>,
+    max_names: Option<usize>,
     roots: Option<Arc<RootCertStore>>,
     provider: Option<Arc<CryptoProvider>>,
 }
+
+/// The most subject alternative names a certificate may carry by default:
+/// public CAs issue at most 100 (Let's Encrypt) to a few hundred.
+const DEFAULT_MAX_NAMES: usize = 1000;
 
 impl PolicyBuilder {
     /// What the certificate is for (default [`Usage::Server`]).
@@ -230,6 +237,16 @@ impl PolicyBuilder {
     /// are raised to 2048).
     pub fn min_rsa_bits(mut self, bits: usize) -> Self {
         self.min_rsa_bits = Some(bits);
+        self
+    }
+
+    /// The most subject alternative names (DNS, IP, URI) a certificate may
+    /// carry (default 1000; public CAs issue at most a few hundred). Each
+    /// name becomes an SNI entry, so a certificate from a compromised or
+    /// careless issuer with a hundred thousand names is refused with
+    /// [`Refusal::TooManyNames`] instead of swelling every lookup table.
+    pub fn max_names(mut self, max: usize) -> Self {
+        self.max_names = Some(max);
         self
     }
 
@@ -282,6 +299,7 @@ impl PolicyBuilder {
             names,
             min_remaining: self.min_remaining,
             min_rsa_bits: self.min_rsa_bits.unwrap_or(2048).max(2048),
+            max_names: self.max_names.unwrap_or(DEFAULT_MAX_NAMES),
             roots: self.roots,
             verifier,
             provider,
@@ -390,6 +408,15 @@ impl Policy {
             cert: info.clone(),
             reason,
         };
+
+        // Not absurdly many names (before anything else parses them again).
+        let count = info.dns_names.len() + info.ip_addresses.len() + info.uris.len();
+        if count > self.max_names {
+            return Err(refuse(Refusal::TooManyNames {
+                count,
+                limit: self.max_names,
+            }));
+        }
 
         // The key is strong enough (checked on the certificate first, since
         // providers refuse to load some weak keys at all), loads, and belongs
@@ -799,6 +826,14 @@ pub enum Refusal {
     /// a client certificate, a URI); peers reject it.
     #[error("it has no DNS, IP or (for a client certificate) URI subject alternative names, which peers require")]
     NoSubjectAltNames,
+    /// The certificate carries more names than the policy allows.
+    #[error("it carries {count} subject alternative names, over the limit of {limit}")]
+    TooManyNames {
+        /// How many it carries.
+        count: usize,
+        /// The policy's [`max_names`](PolicyBuilder::max_names).
+        limit: usize,
+    },
     /// A configured server name is not covered.
     #[error("it does not cover the server name {name:?}")]
     NameNotCovered {
@@ -878,6 +913,7 @@ impl Refusal {
             Self::Expired { .. } => "expired",
             Self::ExpiresTooSoon { .. } => "expires_too_soon",
             Self::NoSubjectAltNames => "no_subject_alt_names",
+            Self::TooManyNames { .. } => "too_many_names",
             Self::NameNotCovered { .. } => "name_not_covered",
             Self::CaCertificate => "ca_certificate",
             Self::NotForServerAuth => "not_for_server_auth",

@@ -184,14 +184,35 @@ impl<S: CertSource> RotatorBuilder<S> {
         rotator.run(task)
     }
 
-    /// Creates the slot now; the future makes the first attempt, then
-    /// starts rotating whatever its outcome (a failure is retried with
-    /// backoff).
-    #[cfg(feature = "file")]
-    pub(crate) fn start_or_spawn(self) -> impl std::future::Future<Output = Rotator> + Send {
+    /// Installs the certificate the source has at hand, then starts
+    /// rotating; the way to start a server whose first certificate may
+    /// have to be ordered.
+    ///
+    /// If the source [has one at hand](CertSource::at_hand) (files, a CA in
+    /// the process, a stored ACME certificate after a restart), the first
+    /// attempt is made before this returns, so the listener started next
+    /// serves it from its first connection. If not (a first ACME order),
+    /// it returns at once, like [`spawn`](Self::spawn), and the certificate
+    /// arrives from the task. Either way a failure is retried with backoff,
+    /// never returned: check [`Rotator::current`] or health.
+    ///
+    /// ```no_run
+    /// # async fn demo(acme: certrotate::AcmeSource, policy: certrotate::Policy) -> std::io::Result<()> {
+    /// let rotator = certrotate::Rotator::builder(acme, policy).launch().await;
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
+    /// // A restart serves its stored certificate from here on.
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// The slot is created when this is called, before the future runs.
+    pub fn launch(self) -> impl std::future::Future<Output = Rotator> + Send {
         let (rotator, mut task) = self.prepare();
         async move {
-            let _ = task.attempt(Trigger::Initial, None, false).await;
+            if task.source.at_hand().await {
+                let _ = task.attempt(Trigger::Initial, None, false).await;
+            } else {
+                task.retry_at = Some(Instant::now());
+            }
             rotator.run(task)
         }
     }
@@ -504,8 +525,9 @@ impl<S: CertSource> Task<S> {
     /// When to wake next, and which attempt is then due (none when waking
     /// only to look at expiry alerts or the clock again).
     fn next_wake(&mut self, now: SystemTime) -> (Instant, Option<Trigger>) {
-        let at = |t: SystemTime| Instant::now() + t.duration_since(now).unwrap_or_default();
-        let cap = Instant::now() + MAX_SLEEP;
+        let at =
+            |t: SystemTime| crate::clock::instant_in(t.duration_since(now).unwrap_or_default());
+        let cap = crate::clock::instant_in(MAX_SLEEP);
         let repeat = self.last_alert.map(|t| t + self.alert_repeat);
         let alert = self.current().and_then(|c| {
             let change =
@@ -536,7 +558,8 @@ impl<S: CertSource> Task<S> {
                 let window = cert
                     .lifetime()
                     .mul_f64(self.store.renew_before_fraction(&self.slot));
-                let at = cert.not_after - window - window.mul_f64(self.jitter * fastrand::f64());
+                let early = window + window.mul_f64(self.jitter * fastrand::f64());
+                let at = cert.not_after.checked_sub(early).unwrap_or(cert.not_before);
                 self.renew_at = Some((cert.fingerprint_sha256.clone(), at));
                 Some(at)
             }
@@ -612,14 +635,18 @@ impl<S: CertSource> Task<S> {
     fn failed(&mut self, retry_after: Option<Duration>) {
         let exp = self.retry_min.saturating_mul(1u32 << self.failures.min(20));
         let jittered = exp.min(self.retry_max).mul_f64(0.5 + 0.5 * fastrand::f64());
-        let mut delay = jittered.max(retry_after.unwrap_or_default());
+        // A CA or source asking for a longer wait is taken as asking for a day.
+        let retry_after = retry_after
+            .unwrap_or_default()
+            .min(crate::clock::MAX_RETRY_AFTER);
+        let mut delay = jittered.max(retry_after);
         if let Some(cert) = self.current() {
             let now = self.store.clock().now();
             let remaining = cert.not_after.duration_since(now).unwrap_or_default();
             delay = delay.min((remaining / 8).max(self.retry_min));
         }
         self.failures = self.failures.saturating_add(1);
-        self.retry_at = Some(Instant::now() + delay);
+        self.retry_at = Some(crate::clock::instant_in(delay));
         tracing::debug!(target: "certrotate", slot = %self.slot, retry_in = ?delay, failures = self.failures, "rotation will be retried");
     }
 
@@ -678,10 +705,12 @@ impl<S: CertSource> Task<S> {
             }
         };
         let serving = self.current();
-        if let Some(serving) = serving
-            .as_ref()
-            .filter(|s| s.fingerprint_sha256 == candidate.info().fingerprint_sha256)
-        {
+        // Unchanged only if the key is as good as the serving one: the same
+        // certificate with a key that does not belong to it (only the key
+        // file replaced) is a change, and the policy refuses it.
+        if let Some(serving) = serving.as_ref().filter(|s| {
+            s.fingerprint_sha256 == candidate.info().fingerprint_sha256 && candidate.key_fits()
+        }) {
             self.store.record_success(&self.slot);
             return Ok(Rotation::Unchanged(serving.clone()));
         }

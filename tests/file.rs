@@ -218,11 +218,14 @@ async fn deleted_files_keep_the_old_certificate_until_they_come_back() {
     s.until_served(&next).await;
     assert_eq!(s.rotator.health().last_error, None);
 
-    // An unreadable path (here a directory where the certificate should be).
+    // A directory where the certificate should be: not a regular file.
     std::fs::remove_file(&cert).unwrap();
     std::fs::create_dir(&cert).unwrap();
     match failure(&mut s.events).await {
-        Failure::Source(SourceError::Read { path, .. }) => assert_eq!(path, cert),
+        Failure::Source(SourceError::NotAFile { path, found, .. }) => {
+            assert_eq!(path, cert);
+            assert_eq!(found, "a directory");
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(

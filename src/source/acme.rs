@@ -774,9 +774,9 @@ impl AcmeSource {
         let Some(window) = self.inner.config.order_alone_within else {
             return false;
         };
-        lock(&self.inner.provided)
-            .as_ref()
-            .is_none_or(|b| b.info().not_after < SystemTime::now() + window)
+        lock(&self.inner.provided).as_ref().is_none_or(|b| {
+            b.info().not_after < crate::clock::saturating_add(SystemTime::now(), window)
+        })
     }
 
     /// Orders a new certificate, with what the CA said about rate limits in
@@ -987,7 +987,9 @@ impl AcmeSource {
             .ok()??;
         let (stored_for, seconds) = std::str::from_utf8(&stored).ok()?.split_once(' ')?;
         let seconds = seconds.trim().parse().ok()?;
-        (stored_for == fingerprint).then(|| UNIX_EPOCH + Duration::from_secs(seconds))
+        // Whatever is stored (a hostile or corrupt value) cannot overflow.
+        (stored_for == fingerprint)
+            .then(|| crate::clock::saturating_add(UNIX_EPOCH, Duration::from_secs(seconds)))
     }
 
     /// A random time in the renewal window the CA suggests for `cert`, to
@@ -1004,9 +1006,12 @@ impl AcmeSource {
             info.suggested_window.end.into(),
         );
         let span = end.duration_since(start).unwrap_or_default();
-        let at = start + span.mul_f64(fastrand::f64());
+        let at = crate::clock::saturating_add(start, span.mul_f64(fastrand::f64()));
         let seconds = at.duration_since(UNIX_EPOCH).ok()?.as_secs();
-        Some(UNIX_EPOCH + Duration::from_secs(seconds))
+        Some(crate::clock::saturating_add(
+            UNIX_EPOCH,
+            Duration::from_secs(seconds),
+        ))
     }
 }
 
@@ -1219,6 +1224,11 @@ impl CertSource for AcmeSource {
         }
     }
 
+    /// A stored certificate that has not expired is at hand.
+    async fn at_hand(&self) -> bool {
+        matches!(self.stored().await, Ok(Some(bundle)) if bundle.info().not_after > SystemTime::now())
+    }
+
     fn describe(&self) -> String {
         format!(
             "ACME {} for {}",
@@ -1417,6 +1427,37 @@ mod tests {
         source.advise(&shared).await;
         let advice = lock(&source.inner.advice).as_ref().map(|a| a.at);
         assert_eq!(advice, Some(at));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A hostile or corrupt renewal time in storage (u64::MAX seconds)
+    /// neither panics nor fires: it is far in the future, and the
+    /// emergency point still renews the certificate.
+    #[tokio::test]
+    async fn a_huge_renewal_time_in_storage_does_not_panic() {
+        let dir = std::env::temp_dir().join(format!("certrotate-renewal-{}", fastrand::u64(..)));
+        let storage = FileStorage::new(&dir);
+        let source = AcmeSource::builder("https://acme.invalid/directory", ["a.example"])
+            .storage(storage.clone())
+            .build();
+        let bundle = cert(DAY, Duration::ZERO);
+        let stored = format!("{} {}", bundle.info().fingerprint_sha256, u64::MAX);
+        storage
+            .store(&source.inner.renewal_key, stored.as_bytes())
+            .await
+            .unwrap();
+        source.advise(&bundle).await;
+        let at = lock(&source.inner.advice).as_ref().map(|a| a.at).unwrap();
+        assert!(at > SystemTime::now() + Duration::from_secs(10 * 365 * 86400));
+        assert!(!source.due(bundle.info(), SystemTime::now()));
+        let late = bundle.info().not_after - Duration::from_secs(60);
+        assert!(
+            source.due(bundle.info(), late),
+            "the emergency point still holds"
+        );
+        // Its wait for the advised time does not overflow either.
+        let waited = tokio::time::timeout(Duration::from_millis(50), source.changed()).await;
+        assert!(waited.is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

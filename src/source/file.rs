@@ -19,7 +19,6 @@
 //! Every fetch re-reads both files; the rotator's policy checks the pair as a
 //! whole, so a new certificate with the old key is refused, never served.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
@@ -31,6 +30,7 @@ use zeroize::Zeroizing;
 
 use super::{CertSource, SourceError, SourceWarning};
 use crate::bundle::CertBundle;
+use crate::read::{self, OneAtATime};
 
 mod directory;
 mod notice;
@@ -41,7 +41,8 @@ use notice::{Hub, Subscription};
 pub use trust::TrustFile;
 
 /// A read that takes longer than this (a hung NFS server) is reported as an
-/// error; the rotator carries on and retries.
+/// error; the rotator carries on and retries, and change detection looks
+/// again at the next event or poll.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How many settle windows in a row may see events before the files are
@@ -100,11 +101,13 @@ pub struct FileOptions {
     settle: Duration,
     grace: Duration,
     strict_permissions: bool,
+    max_file_size: u64,
 }
 
 impl Default for FileOptions {
     /// Events with a poll every 60 s as a safety net, a 250 ms settle window,
-    /// a 10 s grace period, permission problems reported but not refused.
+    /// a 10 s grace period, permission problems reported but not refused,
+    /// files of at most 1 MiB.
     fn default() -> Self {
         Self {
             watch: WatchMode::EventsAndPoll {
@@ -113,6 +116,7 @@ impl Default for FileOptions {
             settle: Duration::from_millis(250),
             grace: Duration::from_secs(10),
             strict_permissions: false,
+            max_file_size: read::DEFAULT_LIMIT,
         }
     }
 }
@@ -148,6 +152,31 @@ impl FileOptions {
     pub fn strict_permissions(mut self, strict: bool) -> Self {
         self.strict_permissions = strict;
         self
+    }
+
+    /// The largest file that is read (default 1 MiB, far above any real
+    /// chain, key or trust bundle; raise it for a CA bundle with large
+    /// CRLs). A larger file is a [`SourceError::TooLarge`] and is not read
+    /// past the limit, so a symlink to a 64 GiB sparse file costs nothing.
+    /// Whatever the limit, only regular files are read: a FIFO, a device or
+    /// a directory is a [`SourceError::NotAFile`], found without blocking.
+    ///
+    /// ```
+    /// let options = certrotate::FileOptions::default().max_file_size(8 << 20);
+    /// ```
+    pub fn max_file_size(mut self, bytes: u64) -> Self {
+        self.max_file_size = bytes;
+        self
+    }
+
+    /// Reads `path` as these options say: a regular file, up to the limit.
+    pub(super) fn read(
+        &self,
+        from: impl FnOnce() -> String,
+        path: &Path,
+    ) -> Result<read::Contents, SourceError> {
+        read::bounded(path, self.max_file_size)
+            .map_err(|failure| failure.into_source_error(from(), path))
     }
 }
 
@@ -194,6 +223,8 @@ struct Shared {
     /// fetch takes it: a fetch that finds it does not wait for more.
     settled: Mutex<Option<Fingerprint>>,
     warnings: Mutex<Vec<SourceWarning>>,
+    /// Blocking reads, one at a time (fetches and the settle task share it).
+    reads: OneAtATime,
     /// A settled change is waiting to be fetched.
     ready: Notify,
     watching: OnceLock<()>,
@@ -270,6 +301,7 @@ impl FileSource {
                 last_read: Mutex::default(),
                 settled: Mutex::default(),
                 warnings: Mutex::default(),
+                reads: OneAtATime::default(),
                 ready: Notify::new(),
                 watching: OnceLock::new(),
                 alive: watch::channel(()).0,
@@ -293,9 +325,9 @@ impl CertSource for FileSource {
     /// changed lately) are returned at once.
     async fn fetch(&self) -> Result<CertBundle, SourceError> {
         let shared = &self.shared;
-        let deadline = Instant::now() + shared.options.grace;
+        let deadline = crate::clock::instant_in(shared.options.grace);
         loop {
-            let loaded = load(shared.clone()).await?;
+            let loaded = load(shared).await?;
             let done = loaded.whole() || !loaded.recent || shared.seen(&loaded.fingerprint);
             if done || Instant::now() >= deadline {
                 *lock(&shared.last_read) = Some(loaded.fingerprint);
@@ -367,17 +399,10 @@ impl Shared {
 
     /// Reads the files as they are now.
     fn read(&self) -> Result<Contents, SourceError> {
-        let read = |path: &Path| -> Result<(Vec<u8>, std::fs::Metadata), SourceError> {
-            let fail = |source| SourceError::Read {
-                from: self.describe(),
-                path: path.to_owned(),
-                source: Arc::new(source),
-            };
-            let mut file = std::fs::File::open(path).map_err(fail)?;
-            let metadata = file.metadata().map_err(fail)?;
-            let mut bytes = Vec::with_capacity(metadata.len().min(1 << 20) as usize);
-            file.read_to_end(&mut bytes).map_err(fail)?;
-            Ok((bytes, metadata))
+        let read = |path: &Path| {
+            self.options
+                .read(|| self.describe(), path)
+                .map(|c| (c.bytes, c.metadata))
         };
         let (cert, key, metadata) = match &self.files {
             Files::Pair { cert, key } => {
@@ -465,6 +490,10 @@ impl Watched for Shared {
         &self.options
     }
 
+    fn reads(&self) -> &OneAtATime {
+        &self.reads
+    }
+
     fn paths(&self) -> Vec<&Path> {
         self.files.paths()
     }
@@ -496,26 +525,15 @@ impl Watched for Shared {
     }
 }
 
-/// Loads on a blocking thread (file systems can hang), giving up after
-/// [`READ_TIMEOUT`].
-async fn load(shared: Arc<Shared>) -> Result<Loaded, SourceError> {
-    let (from, path) = (shared.describe(), shared.files.cert().to_owned());
-    match tokio::time::timeout(
-        READ_TIMEOUT,
-        tokio::task::spawn_blocking(move || shared.load()),
-    )
-    .await
-    {
-        Ok(loaded) => Ok(loaded.expect("loading files does not panic")),
-        Err(_) => Err(SourceError::Read {
-            from,
-            path,
-            source: Arc::new(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {READ_TIMEOUT:?}"),
-            )),
-        }),
-    }
+/// Loads on a blocking thread (file systems can hang), one load at a time,
+/// giving up after [`READ_TIMEOUT`].
+async fn load(shared: &Arc<Shared>) -> Result<Loaded, SourceError> {
+    let reader = shared.clone();
+    shared
+        .reads
+        .run(READ_TIMEOUT, move || reader.load())
+        .await
+        .map_err(|stuck| stuck.into_source_error(shared.describe(), shared.files.cert().to_owned()))
 }
 
 /// Identifies what a read found: the bytes and key mode, or the failure.
@@ -552,6 +570,8 @@ pub(super) trait Watched: Send + Sync + 'static {
     type Reading: Send + 'static;
 
     fn options(&self) -> &FileOptions;
+    /// Where its blocking reads take their turn.
+    fn reads(&self) -> &OneAtATime;
     fn paths(&self) -> Vec<&Path>;
     fn describe(&self) -> String;
     /// Reads the files as they are now (blocking).
@@ -657,24 +677,44 @@ impl Wakeups {
 
     /// Re-aims the watches at the directories the files now live in (a
     /// symlink may point elsewhere since the last look), then reads them.
-    /// Both block (a hung NFS mount), so they run on a blocking thread.
-    async fn look<W: Watched>(&self, watched: &Weak<W>) -> Option<W::Reading> {
-        let watched = watched.upgrade()?;
+    /// Both block (a hung NFS mount), so they run on a blocking thread, one
+    /// at a time, and a look that does not finish in time is given up.
+    async fn look<W: Watched>(&self, watched: &Weak<W>) -> Look<W::Reading> {
+        let Some(watched) = watched.upgrade() else {
+            return Look::Gone;
+        };
         let subscription = self.subscription();
-        tokio::task::spawn_blocking(move || {
+        let reader = watched.clone();
+        let looked = watched.reads().run(READ_TIMEOUT, move || {
             if let Some(subscription) = subscription {
-                subscription.follow(&watched.paths());
+                subscription.follow(&reader.paths());
             }
-            watched.read()
-        })
-        .await
-        .ok()
+            reader.read()
+        });
+        match looked.await {
+            Ok(reading) => Look::Read(reading),
+            Err(stuck) => {
+                tracing::warn!(target: "certrotate", source = %watched.describe(),
+                    "reading the files took over {}; looking again at the next change",
+                    crate::clock::human(stuck.waited));
+                Look::Stuck
+            }
+        }
     }
 
     /// The subscription events come through, if any.
     pub(super) fn subscription(&self) -> Option<Arc<Subscription>> {
         self.events.as_ref().map(|(s, _)| s.clone())
     }
+}
+
+/// What a look at the files found.
+enum Look<R> {
+    Read(R),
+    /// The read did not finish in time (a hung file system).
+    Stuck,
+    /// The files' owner is gone: the task ends.
+    Gone,
 }
 
 /// The watch-and-settle task of one watched set of files. It holds them
@@ -691,18 +731,20 @@ async fn settle_loop<W: Watched>(watched: Weak<W>, mut wakeups: Wakeups) {
     };
     // Whatever changed between the first read and now is looked at at once.
     let mut woken = true;
-    loop {
+    'wake: loop {
         if !woken && !wakeups.next().await {
             return;
         }
         woken = false;
-        let Some(mut reading) = wakeups.look(&watched).await else {
-            return;
+        let mut reading = match wakeups.look(&watched).await {
+            Look::Read(reading) => reading,
+            Look::Stuck => continue 'wake,
+            Look::Gone => return,
         };
         if seen(&reading) {
             continue;
         }
-        let deadline = Instant::now() + grace;
+        let deadline = crate::clock::instant_in(grace);
         loop {
             // Settle: a whole window without an event, or the same content
             // on both sides of a window. Events restart the window, but a
@@ -716,8 +758,10 @@ async fn settle_loop<W: Watched>(watched: Weak<W>, mut wakeups: Wakeups) {
                     continue;
                 }
                 busy = 0;
-                let Some(after) = wakeups.look(&watched).await else {
-                    return;
+                let after = match wakeups.look(&watched).await {
+                    Look::Read(reading) => reading,
+                    Look::Stuck => continue 'wake,
+                    Look::Gone => return,
                 };
                 let quiet = wakeups.events.is_some() && !event;
                 let stable = quiet || W::fingerprint(&after) == W::fingerprint(&reading);
@@ -732,11 +776,14 @@ async fn settle_loop<W: Watched>(watched: Weak<W>, mut wakeups: Wakeups) {
             if let Some(w) = watched.upgrade() {
                 tracing::debug!(target: "certrotate", source = %w.describe(), "files are not whole yet; waiting for the rest");
             }
-            wakeups.until(deadline.min(Instant::now() + settle)).await;
-            let Some(again) = wakeups.look(&watched).await else {
-                return;
+            wakeups
+                .until(deadline.min(crate::clock::instant_in(settle)))
+                .await;
+            reading = match wakeups.look(&watched).await {
+                Look::Read(reading) => reading,
+                Look::Stuck => continue 'wake,
+                Look::Gone => return,
             };
-            reading = again;
         }
         match watched.upgrade() {
             Some(w) if !w.seen(&W::fingerprint(&reading)) => w.settled(reading),

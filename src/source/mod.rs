@@ -78,6 +78,19 @@ pub trait CertSource: Send + Sync + 'static {
         std::future::pending()
     }
 
+    /// Whether the source can answer a fetch now from what it keeps at
+    /// hand (files on disk, a CA in the process, a stored ACME
+    /// certificate), rather than only after a first order from a remote CA.
+    ///
+    /// [`RotatorBuilder::launch`](crate::RotatorBuilder::launch) waits for the
+    /// first certificate only when this says yes, so that a restarted server
+    /// serves its stored certificate from the first connection, and a new
+    /// one still starts listening (an ACME TLS-ALPN-01 challenge needs the
+    /// listener up). The default is `true`: a fetch is expected to be quick.
+    fn at_hand(&self) -> impl Future<Output = bool> + Send {
+        std::future::ready(true)
+    }
+
     /// Names the source in messages: `"file /etc/tls/tls.crt"`.
     fn describe(&self) -> String;
 
@@ -106,6 +119,10 @@ impl<S: CertSource> CertSource for Arc<S> {
 
     fn changed(&self) -> impl Future<Output = ()> + Send {
         S::changed(self)
+    }
+
+    fn at_hand(&self) -> impl Future<Output = bool> + Send {
+        S::at_hand(self)
     }
 
     fn describe(&self) -> String {
@@ -209,6 +226,31 @@ pub enum SourceError {
         /// The I/O error.
         source: Arc<std::io::Error>,
     },
+    /// The path names a FIFO, a device, a directory or a socket instead of
+    /// a regular file (after following symlinks). Nothing was read from it.
+    #[error("{from}: {} is {found}, not a regular file", path.display())]
+    NotAFile {
+        /// The source, as [`CertSource::describe`] says.
+        from: String,
+        /// The path as configured.
+        path: PathBuf,
+        /// What it is instead, in words: "a FIFO", "a character device"...
+        found: &'static str,
+    },
+    /// The file is larger than the source's size limit
+    /// ([`FileOptions::max_file_size`](crate::FileOptions::max_file_size)).
+    /// Nothing past the limit was read.
+    #[error("{from}: {} is {size} bytes, over the {} limit", path.display(), crate::read::bytes(*limit))]
+    TooLarge {
+        /// The source, as [`CertSource::describe`] says.
+        from: String,
+        /// The path as configured.
+        path: PathBuf,
+        /// The file's size (or as much as was read, if it grew).
+        size: u64,
+        /// The limit in force.
+        limit: u64,
+    },
     /// A trust bundle (CA certificates) could not be used.
     #[error("{from}: {error}")]
     Trust {
@@ -243,6 +285,8 @@ impl SourceError {
             Self::Empty { .. } => "empty",
             Self::RateLimited { .. } => "rate_limited",
             Self::Read { .. } => "read",
+            Self::NotAFile { .. } => "not_a_file",
+            Self::TooLarge { .. } => "too_large",
             Self::Trust { .. } => "trust",
             Self::Insecure { .. } => "insecure",
         }

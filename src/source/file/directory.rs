@@ -257,7 +257,7 @@ impl DirTask {
                 .slot(name.clone())
                 .retry_backoff(self.retry.0, self.retry.1);
             // Slots are created here, in name order; the first loads run at once.
-            let start = builder.start_or_spawn();
+            let start = builder.launch();
             starting.spawn(async move { (name, files, start.await) });
         }
         while let Some(started) = starting.join_next().await {

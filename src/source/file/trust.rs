@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use super::{lock, spawn_settle, FileOptions, Fingerprint, Watched};
 use crate::mtls::{TrustError, TrustStore};
+use crate::read::OneAtATime;
 use crate::source::SourceError;
 
 /// A CA bundle file (PEM certificates, optionally CRLs) watched like a
@@ -47,6 +48,7 @@ struct Shared {
     /// The fingerprint of the last version taken up (used or refused).
     applied: Mutex<Fingerprint>,
     last_error: Mutex<Option<String>>,
+    reads: OneAtATime,
 }
 
 /// One reading of the bundle file.
@@ -62,7 +64,7 @@ impl TrustFile {
     pub fn open(path: impl Into<PathBuf>, options: FileOptions) -> Result<Self, SourceError> {
         let path = path.into();
         let from = describe(&path);
-        let first = read(&path);
+        let first = read(&path, &options);
         let pem = first.parsed?;
         let trust =
             TrustStore::from_pem(&pem).map_err(|error| SourceError::Trust { from, error })?;
@@ -72,6 +74,7 @@ impl TrustFile {
             trust,
             applied: Mutex::new(first.fingerprint),
             last_error: Mutex::default(),
+            reads: OneAtATime::default(),
         });
         let (alive, gone) = watch::channel(());
         spawn_settle(&shared, gone);
@@ -97,12 +100,8 @@ fn describe(path: &Path) -> String {
     format!("CA bundle {}", path.display())
 }
 
-fn read(path: &Path) -> Reading {
-    let parsed = std::fs::read(path).map_err(|source| SourceError::Read {
-        from: describe(path),
-        path: path.to_owned(),
-        source: Arc::new(source),
-    });
+fn read(path: &Path, options: &FileOptions) -> Reading {
+    let parsed = options.read(|| describe(path), path).map(|c| c.bytes);
     let mut hash = Sha256::new();
     match &parsed {
         Ok(bytes) => hash.update(bytes),
@@ -121,6 +120,10 @@ impl Watched for Shared {
         &self.options
     }
 
+    fn reads(&self) -> &OneAtATime {
+        &self.reads
+    }
+
     fn paths(&self) -> Vec<&Path> {
         vec![&self.path]
     }
@@ -130,7 +133,7 @@ impl Watched for Shared {
     }
 
     fn read(&self) -> Reading {
-        read(&self.path)
+        read(&self.path, &self.options)
     }
 
     fn fingerprint(reading: &Reading) -> Fingerprint {

@@ -1,0 +1,227 @@
+//! Reading files that come from outside: the one place every certificate,
+//! key, trust bundle, CRL, ACME state and CA file is read.
+//!
+//! A file is opened without blocking (a FIFO or a device cannot hang the
+//! open), must be a regular file (checked on the opened handle, after
+//! symlinks are followed, so Kubernetes' `..data` links keep working), and is
+//! read up to a size limit: a symlink to `/dev/zero` or a 64 GiB sparse file
+//! costs one `fstat`, not the process's memory.
+//!
+//! Reads that may block (a hung network file system) run on a blocking
+//! thread through [`OneAtATime`]: one thread per reader at most, however
+//! often the caller retries, and never longer than its caller waits.
+
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+#[cfg(feature = "file")]
+use std::path::PathBuf;
+#[cfg(feature = "file")]
+use std::sync::Arc;
+#[cfg(feature = "file")]
+use std::time::Duration;
+
+/// The default size limit of a file read from outside: far above any real
+/// certificate chain, key or trust bundle (a chain of ten 4096-bit
+/// certificates is under 20 KiB).
+pub(crate) const DEFAULT_LIMIT: u64 = 1 << 20;
+
+/// Why a file could not be read.
+#[derive(Debug)]
+pub(crate) enum ReadFailure {
+    /// Opening or reading failed.
+    Io(std::io::Error),
+    /// The path names something other than a regular file.
+    NotAFile(&'static str),
+    /// The file is larger than the limit.
+    TooLarge { size: u64, limit: u64 },
+}
+
+/// A file's content and the metadata of the handle it was read from.
+pub(crate) struct Contents {
+    pub(crate) bytes: Vec<u8>,
+    #[cfg_attr(not(feature = "file"), allow(dead_code))]
+    pub(crate) metadata: std::fs::Metadata,
+}
+
+/// Reads the regular file at `path` (following symlinks), up to `limit`
+/// bytes, without blocking on a FIFO or device.
+pub(crate) fn bounded(path: &Path, limit: u64) -> Result<Contents, ReadFailure> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(
+        &mut options,
+        libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
+    );
+    let file = options.open(path).map_err(ReadFailure::Io)?;
+    let metadata = file.metadata().map_err(ReadFailure::Io)?;
+    if !metadata.is_file() {
+        return Err(ReadFailure::NotAFile(kind(&metadata.file_type())));
+    }
+    if metadata.len() > limit {
+        return Err(ReadFailure::TooLarge {
+            size: metadata.len(),
+            limit,
+        });
+    }
+    // The file may grow between the fstat and the read: read one byte past
+    // the limit to tell.
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(ReadFailure::Io)?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadFailure::TooLarge {
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
+    Ok(Contents { bytes, metadata })
+}
+
+/// [`bounded`] with the default limit, for callers that only need the bytes
+/// and an `io::Error` (ACME storage, CA files, `CertBundle::from_pem_files`).
+pub(crate) fn small(path: &Path) -> std::io::Result<Vec<u8>> {
+    bounded(path, DEFAULT_LIMIT)
+        .map(|c| c.bytes)
+        .map_err(std::io::Error::from)
+}
+
+/// What a file type is, in words.
+fn kind(file_type: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_fifo() {
+            return "a FIFO";
+        }
+        if file_type.is_char_device() {
+            return "a character device";
+        }
+        if file_type.is_block_device() {
+            return "a block device";
+        }
+        if file_type.is_socket() {
+            return "a socket";
+        }
+    }
+    if file_type.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+impl fmt::Display for ReadFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io(error) => error.fmt(f),
+            Self::NotAFile(kind) => write!(f, "it is {kind}, not a regular file"),
+            Self::TooLarge { size, limit } => {
+                write!(f, "it is {size} bytes, over the {} limit", bytes(*limit))
+            }
+        }
+    }
+}
+
+impl From<ReadFailure> for std::io::Error {
+    fn from(failure: ReadFailure) -> Self {
+        match failure {
+            ReadFailure::Io(error) => error,
+            other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
+        }
+    }
+}
+
+#[cfg(feature = "file")]
+impl ReadFailure {
+    /// The source error for this failure of `from` reading `path`.
+    pub(crate) fn into_source_error(self, from: String, path: &Path) -> crate::SourceError {
+        let path = path.to_owned();
+        match self {
+            Self::Io(error) => crate::SourceError::Read {
+                from,
+                path,
+                source: Arc::new(error),
+            },
+            Self::NotAFile(found) => crate::SourceError::NotAFile { from, path, found },
+            Self::TooLarge { size, limit } => crate::SourceError::TooLarge {
+                from,
+                path,
+                size,
+                limit,
+            },
+        }
+    }
+}
+
+/// A size in words: `1 MiB`, `64 KiB`, `1500 bytes`.
+pub(crate) fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
+}
+
+/// Runs blocking reads on a blocking thread, one at a time: a read that
+/// hangs (a dead NFS server) holds one thread, and later calls wait for it
+/// (up to their timeout) instead of starting another.
+#[cfg(feature = "file")]
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OneAtATime {
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A blocking read did not finish in time.
+#[cfg(feature = "file")]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stuck {
+    pub(crate) waited: Duration,
+}
+
+#[cfg(feature = "file")]
+impl OneAtATime {
+    /// Runs `read` on a blocking thread once no earlier read is running,
+    /// waiting at most `timeout` in all.
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        timeout: Duration,
+        read: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Stuck> {
+        let turn = self.turn.clone();
+        let work = async move {
+            let held = turn.lock_owned().await;
+            tokio::task::spawn_blocking(move || {
+                let result = read();
+                drop(held);
+                result
+            })
+            .await
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(Ok(result)) => Ok(result),
+            // The read panicked: reported like a hang, the caller retries.
+            Ok(Err(_)) | Err(_) => Err(Stuck { waited: timeout }),
+        }
+    }
+}
+
+#[cfg(feature = "file")]
+impl Stuck {
+    /// The source error for a read of `path` by `from` that did not finish.
+    pub(crate) fn into_source_error(self, from: String, path: PathBuf) -> crate::SourceError {
+        crate::SourceError::Read {
+            from,
+            path,
+            source: Arc::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no answer within {} (the file system may be hung)",
+                    crate::clock::human(self.waited)
+                ),
+            )),
+        }
+    }
+}
