@@ -11,7 +11,7 @@ use certrotate::{
     AcmeSource, CertStore, FileStorage, Http01Responder, Policy, Rotator, ACME_TLS_ALPN,
 };
 use common::pebble::challtestsrv::ChallTestSrv;
-use common::pebble::{client, first_certificate, Config, Pebble};
+use common::pebble::{client, first_certificate, Config, Fault, Pebble};
 use common::TempDir;
 use rustls::pki_types::pem::PemObject;
 
@@ -47,9 +47,12 @@ async fn obtains_with_tls_alpn_01_and_reuses_it_after_a_restart() {
             .tls_alpn_01(&store)
             .build()
     };
+    // Nothing stored yet: nothing at hand, the first order is needed.
+    assert!(!certrotate::CertSource::at_hand(&source()).await);
     let rotator = Rotator::builder(source(), policy())
         .store(store.clone())
-        .spawn();
+        .launch()
+        .await;
     let server = tls_alpn_server(&pebble, &rotator).await;
     let cert = first_certificate(&rotator).await;
     let seen = common::serial_seen(&client(&pebble), server.addr, NAME)
@@ -74,6 +77,7 @@ async fn obtains_with_tls_alpn_01_and_reuses_it_after_a_restart() {
         .storage(FileStorage::new(storage.path()))
         .tls_alpn_01(&store)
         .build();
+    assert!(certrotate::CertSource::at_hand(&again).await);
     let rotator = Rotator::builder(again, policy())
         .store(store)
         .start()
@@ -161,17 +165,89 @@ async fn serving(pebble: &Pebble, timeout: Duration) -> (Rotator, common::Server
     (rotator, server)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_ca_rejecting_most_nonces_still_issues() {
+/// Which challenge a nonce-storm test answers.
+enum Answer {
+    TlsAlpn01,
+    Http01,
+    Dns01,
+}
+
+/// Pebble rejecting 60% of good nonces (`badNonce`): the certificate is in
+/// service within 30 s with each kind of challenge, from one order (a
+/// refused request is sent again with the fresh nonce; an interrupted order
+/// is resumed, not placed again). Prints the orders Pebble counted.
+async fn issues_under_a_nonce_storm(answer: Answer) {
     let pebble = Pebble::start(Config {
         nonce_reject: 60,
         ..Config::default()
     });
-    let (rotator, server) = serving(&pebble, Duration::from_secs(10)).await;
+    let store = CertStore::new();
+    let mut http = None;
+    let source = match answer {
+        Answer::TlsAlpn01 => builder(&pebble).tls_alpn_01(&store),
+        Answer::Http01 => {
+            let responder = Http01Responder::new();
+            let tcp = tokio::net::TcpListener::bind(("127.0.0.1", pebble.config.http_port))
+                .await
+                .unwrap();
+            let app: axum::Router = responder.router();
+            http = Some(tokio::spawn(async move { axum::serve(tcp, app).await }));
+            builder(&pebble).http_01(&responder)
+        }
+        Answer::Dns01 => builder(&pebble).dns_01(ChallTestSrv(pebble.dns_management)),
+    };
+    let started = tokio::time::Instant::now();
+    let rotator = Rotator::builder(source.timeout(Duration::from_secs(10)).build(), policy())
+        .store(store)
+        .retry_backoff(Duration::from_millis(500), Duration::from_secs(2))
+        .spawn();
+    let server = tls_alpn_server(&pebble, &rotator).await;
+    let within = Duration::from_secs(30);
+    let cert = loop {
+        if let Some(cert) = rotator.current() {
+            break cert;
+        }
+        assert!(
+            started.elapsed() < within,
+            "no certificate within {within:?} ({} orders): {:?}",
+            pebble.orders(),
+            rotator.health().last_error
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = started.elapsed();
     let seen = common::serial_seen(&client(&pebble), server.addr, NAME)
         .await
         .unwrap();
-    assert_eq!(seen, rotator.current().unwrap().serial);
+    assert_eq!(seen, cert.serial);
+    let (orders, posts) = (pebble.orders(), pebble.logged("POST /"));
+    println!(
+        "nonce storm: certificate in service after {took:?}, {orders} order(s), {posts} POST requests"
+    );
+    assert_eq!(
+        pebble.logged("Configured to reject 60% of good nonces"),
+        1,
+        "the storm is not on"
+    );
+    assert_eq!(orders, 1, "an order was placed again instead of finished");
+    if let Some(http) = http {
+        http.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nonce_storm_does_not_stop_tls_alpn_01() {
+    issues_under_a_nonce_storm(Answer::TlsAlpn01).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nonce_storm_does_not_stop_http_01() {
+    issues_under_a_nonce_storm(Answer::Http01).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nonce_storm_does_not_stop_dns_01() {
+    issues_under_a_nonce_storm(Answer::Dns01).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -442,4 +518,117 @@ async fn an_instance_orders_alone_when_storage_is_down_only_if_told_and_near_exp
         }
         rotator.shutdown().await;
     }
+}
+
+/// An order interrupted by a transient error (here the CA answering its
+/// finalization with 503 twice) is resumed from its URL on the next attempt:
+/// one order, and its authorization validated once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_interrupted_by_a_5xx_is_resumed_not_placed_again() {
+    let pebble = Pebble::start(Config::default());
+    let proxy =
+        common::pebble::FlakyProxy::start(&pebble, "finalize-order", Fault::Unavailable, 2).await;
+    let store = CertStore::new();
+    let source = AcmeSource::builder(&proxy.directory, [NAME])
+        .directory_root(&pebble.https_root)
+        .storage(pebble.storage())
+        .tls_alpn_01(&store)
+        .build();
+    let rotator = Rotator::builder(source, policy())
+        .store(store)
+        .retry_backoff(Duration::from_millis(200), Duration::from_secs(1))
+        .spawn();
+    let _server = tls_alpn_server(&pebble, &rotator).await;
+    first_certificate(&rotator).await;
+    assert_eq!(proxy.spoiled.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(pebble.orders(), 1, "the order was placed again");
+    assert_eq!(
+        pebble.logged("set VALID by completed challenge"),
+        1,
+        "the authorization was validated again"
+    );
+}
+
+/// Whether the server at `addr` hands out a TLS-ALPN-01 challenge
+/// certificate for NAME (asked as an ACME validator asks, with openssl).
+async fn challenge_served(addr: std::net::SocketAddr) -> bool {
+    let output = tokio::process::Command::new("openssl")
+        .args(["s_client", "-alpn", "acme-tls/1", "-servername", NAME])
+        .arg("-connect")
+        .arg(addr.to_string())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("openssl is installed");
+    String::from_utf8_lossy(&output.stdout).contains("BEGIN CERTIFICATE")
+}
+
+/// The rotator's fetch timeout firing mid-order (the CA hangs on the
+/// finalization) ends the attempt: its challenge answer is taken down and
+/// the renewal lock let go at once; the next attempt resumes the order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fetch_timeout_mid_order_cleans_up_and_the_order_resumes() {
+    let pebble = Pebble::start(Config::default());
+    let proxy = common::pebble::FlakyProxy::start(
+        &pebble,
+        "finalize-order",
+        Fault::Hang(Duration::from_secs(5)),
+        1,
+    )
+    .await;
+    let state = TempDir::new("acme-timeout");
+    let store = CertStore::new();
+    let source = AcmeSource::builder(&proxy.directory, [NAME])
+        .directory_root(&pebble.https_root)
+        .storage(FileStorage::new(state.path()))
+        .tls_alpn_01(&store)
+        .build();
+    let rotator = Rotator::builder(source, policy())
+        .store(store)
+        .fetch_timeout(Duration::from_secs(2))
+        .retry_backoff(Duration::from_secs(3), Duration::from_secs(3))
+        .spawn();
+    let mut events = rotator.subscribe();
+    let server = tls_alpn_server(&pebble, &rotator).await;
+    let error = loop {
+        match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
+            Ok(Ok(certrotate::RotationEvent::SourceFailed { error, .. })) => break error,
+            Ok(_) => continue,
+            Err(_) => panic!("the fetch timeout never fired"),
+        }
+    };
+    assert!(error.to_string().contains("no answer within"), "{error}");
+    // Within a moment (the cleanup runs in a task of its own): no challenge
+    // certificate served, no lease left in the storage.
+    let leases = || {
+        std::fs::read_dir(state.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".lease")
+            })
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while (challenge_served(server.addr).await || leases() > 0)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !challenge_served(server.addr).await,
+        "the challenge answer was left up"
+    );
+    assert_eq!(leases(), 0, "the renewal lock was left held");
+    assert!(rotator.current().is_none());
+
+    let cert = first_certificate(&rotator).await;
+    assert_eq!(pebble.orders(), 1, "the order was placed again");
+    let seen = common::serial_seen(&client(&pebble), server.addr, NAME)
+        .await
+        .unwrap();
+    assert_eq!(seen, cert.serial);
 }

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
-    ExternalAccountKey, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeStatus,
+    ChallengeType, ExternalAccountKey, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use sha2::{Digest, Sha256};
 
@@ -36,6 +36,31 @@ const DEFAULT_RENEW_FRACTION: f64 = 0.4;
 
 /// How often an instance waiting for another's renewal looks at the storage.
 const LOCK_POLL: Duration = Duration::from_secs(1);
+
+/// How many more times one request the CA refuses with `badNonce` is sent,
+/// on top of instant-acme's own three: RFC 8555 §6.5 says to retry with the
+/// fresh nonce the refusal carries, and a CA under load refuses several in a
+/// row (at 60% refused, 51 tries fail together once in 10¹¹).
+const BAD_NONCE_RETRIES: u32 = 16;
+
+/// Runs `$call` as one step of talking to the CA ([`AcmeSource::step`]),
+/// sending it again while the CA refuses it with `badNonce`. The expression
+/// is evaluated anew for each try, so it must be safe to repeat: a request
+/// refused for its nonce was not processed.
+macro_rules! step {
+    ($source:expr, $what:expr, $call:expr) => {{
+        let mut refused = 0;
+        loop {
+            match $source.step($what, $call).await {
+                Err(failure) if failure.bad_nonce() && refused < BAD_NONCE_RETRIES => {
+                    refused += 1;
+                    tracing::debug!(target: "certrotate", step = $what, refused, "the CA refused the nonce; sending again with a fresh one");
+                }
+                other => break other,
+            }
+        }
+    }};
+}
 
 /// What waiting for the renewal lock gave.
 enum Renewal {
@@ -392,6 +417,7 @@ impl AcmeBuilder {
                 storage_changes,
                 rate_limited: Arc::default(),
                 provided: Mutex::default(),
+                pending: Mutex::default(),
             }),
         }
     }
@@ -458,6 +484,8 @@ struct Inner {
     storage_changes: tokio::sync::Mutex<Option<tokio::sync::watch::Receiver<u64>>>,
     /// The certificate the last successful fetch returned.
     provided: Mutex<Option<CertBundle>>,
+    /// The order in progress, for the next attempt to resume.
+    pending: Mutex<Option<PendingOrder>>,
 }
 
 impl fmt::Debug for AcmeSource {
@@ -481,6 +509,25 @@ struct Advice {
 
 /// Why an ACME step failed, for messages.
 struct Failure(String);
+
+impl Failure {
+    /// Whether the CA refused the request for its nonce (RFC 8555 §6.5):
+    /// it was not processed, and may be sent again.
+    fn bad_nonce(&self) -> bool {
+        self.0.contains("urn:ietf:params:acme:error:badNonce")
+    }
+}
+
+/// An order placed with the CA and not finished yet: the next attempt
+/// resumes it from its URL instead of starting over, so that the
+/// authorizations it won are not validated again (nor the CA's rate limits
+/// spent) after a transient error.
+struct PendingOrder {
+    /// The order's URL, as the CA gave it.
+    url: String,
+    /// The key of the certificate request, once the order was finalized.
+    key_pem: Option<zeroize::Zeroizing<String>>,
+}
 
 impl<E: fmt::Display> From<E> for Failure {
     fn from(e: E) -> Self {
@@ -685,6 +732,7 @@ impl AcmeSource {
         let account = match stored {
             Some(json) => {
                 let credentials: AccountCredentials = serde_json::from_slice(&json)?;
+                // A GET of the directory: no nonce to refuse.
                 self.step(
                     "loading the ACME account",
                     builder()?.from_credentials(credentials),
@@ -710,12 +758,11 @@ impl AcmeSource {
                     .eab
                     .as_ref()
                     .map(|(kid, key)| ExternalAccountKey::new(kid.clone(), key));
-                let (account, credentials) = self
-                    .step(
-                        "creating the ACME account",
-                        builder()?.create(&new, self.inner.config.directory.clone(), eab.as_ref()),
-                    )
-                    .await?;
+                let (account, credentials) = step!(
+                    self,
+                    "creating the ACME account",
+                    builder()?.create(&new, self.inner.config.directory.clone(), eab.as_ref())
+                )?;
                 let json = serde_json::to_vec(&credentials)?;
                 self.save(&self.inner.account_key, &json, "ACME account")
                     .await;
@@ -738,8 +785,16 @@ impl AcmeSource {
             let advised = lock(&self.inner.advice)
                 .as_ref()
                 .is_some_and(|a| a.fingerprint == bundle.info().fingerprint_sha256);
-            if !advised {
+            // The CA's advice can only matter now if the certificate looks
+            // due without it; otherwise it is asked for in the background,
+            // so that a restart serves the stored certificate at once even
+            // when the CA is slow or down.
+            let due = self.due(bundle.info(), SystemTime::now());
+            if !advised && due {
                 self.advise(bundle).await;
+            } else if !advised {
+                let (source, bundle) = (self.clone(), bundle.clone());
+                tokio::spawn(async move { source.advise(&bundle).await });
             }
             if !self.due(bundle.info(), SystemTime::now()) {
                 return Ok(bundle.clone());
@@ -759,12 +814,9 @@ impl AcmeSource {
             Ok(newer) => newer.or(stored),
             Err(_) => stored,
         };
-        *lock(&self.inner.lease) = Some(lease.clone());
+        let holding = Holding::new(self, lease);
         let ordered = self.ordered(stored.as_ref()).await;
-        lock(&self.inner.lease).take();
-        if let Err(error) = self.inner.config.storage.unlock(&lease).await {
-            tracing::warn!(target: "certrotate", "could not release the renewal lock (it expires by itself): {error}");
-        }
+        holding.release().await;
         ordered.map_err(Trouble::Failed)
     }
 
@@ -818,6 +870,64 @@ impl AcmeSource {
         account: &Account,
         replacing: Option<&CertBundle>,
     ) -> Result<CertBundle, Failure> {
+        let mut order = match self.resume(account).await {
+            Some(order) => order,
+            None => self.new_order(account, replacing).await?,
+        };
+        // Whatever ends this attempt (an answer, an error, or the rotator's
+        // fetch timeout dropping it), the challenge answers are taken down.
+        let mut cleanup = Cleanup::default();
+        let result = match self.answer_challenges(&mut order, &mut cleanup).await {
+            Ok(()) => self.finish(&mut order).await,
+            Err(e) => Err(e),
+        };
+        cleanup.run().await;
+        match &result {
+            Ok(_) => *lock(&self.inner.pending) = None,
+            Err(Failure(reason)) => {
+                tracing::info!(target: "certrotate", order = %order.url(), %reason, "the ACME order did not finish; the next attempt resumes it");
+            }
+        }
+        result
+    }
+
+    /// The order an earlier attempt left unfinished, as the CA has it now,
+    /// if it can still be finished: not invalid, and if it was finalized
+    /// already, the key of its certificate request is known.
+    async fn resume(&self, account: &Account) -> Option<instant_acme::Order> {
+        let url = lock(&self.inner.pending).as_ref()?.url.clone();
+        let resumed = step!(self, "resuming the order", account.order(url.clone()));
+        let finalized = lock(&self.inner.pending)
+            .as_ref()
+            .is_some_and(|p| p.key_pem.is_some());
+        match resumed {
+            Ok(mut order) => {
+                let status = order.state().status;
+                let usable = match status {
+                    OrderStatus::Pending | OrderStatus::Ready => true,
+                    OrderStatus::Processing | OrderStatus::Valid => finalized,
+                    _ => false,
+                };
+                if usable {
+                    tracing::info!(target: "certrotate", order = %url, ?status, "resuming the ACME order");
+                    return Some(order);
+                }
+                tracing::info!(target: "certrotate", order = %url, ?status, "the unfinished ACME order cannot be finished; placing a new one");
+            }
+            Err(Failure(reason)) => {
+                tracing::info!(target: "certrotate", order = %url, %reason, "the unfinished ACME order cannot be resumed; placing a new one");
+            }
+        }
+        *lock(&self.inner.pending) = None;
+        None
+    }
+
+    /// Places a new order, and remembers it for the attempts after this one.
+    async fn new_order(
+        &self,
+        account: &Account,
+        replacing: Option<&CertBundle>,
+    ) -> Result<instant_acme::Order, Failure> {
         let identifiers: Vec<Identifier> = self
             .inner
             .config
@@ -838,101 +948,142 @@ impl AcmeSource {
         };
         // `replaces` only where the CA gave renewal advice (it has ARI).
         let ari = lock(&self.inner.advice).is_some();
-        let mut order = match self
-            .step("creating the order", account.new_order(&new_order(ari)))
-            .await
-        {
+        let order = match step!(
+            self,
+            "creating the order",
+            account.new_order(&new_order(ari))
+        ) {
             // The old certificate was replaced already (by another replica,
             // or an order lost in a crash): order without `replaces`.
-            Err(Failure(reason)) if reason.contains("alreadyReplaced") => {
-                self.step("creating the order", account.new_order(&new_order(false)))
-                    .await?
-            }
+            Err(Failure(reason)) if reason.contains("alreadyReplaced") => step!(
+                self,
+                "creating the order",
+                account.new_order(&new_order(false))
+            )?,
             other => other?,
         };
-
-        let mut cleanup = Vec::new();
-        let answered = self.answer_challenges(&mut order, &mut cleanup).await;
-        let result = match answered {
-            Ok(()) => self.finish(&mut order).await,
-            Err(e) => Err(e),
-        };
-        for undo in cleanup {
-            undo.run().await;
-        }
-        result
+        *lock(&self.inner.pending) = Some(PendingOrder {
+            url: order.url().to_owned(),
+            key_pem: None,
+        });
+        Ok(order)
     }
 
+    /// Answers the challenge of every authorization still pending, and
+    /// tells the CA to validate those it has not started on. An answer is
+    /// installed again on a resumed order (the attempt before took its own
+    /// down), but the CA is not asked twice.
     async fn answer_challenges(
         &self,
         order: &mut instant_acme::Order,
-        cleanup: &mut Vec<Undo>,
+        cleanup: &mut Cleanup,
     ) -> Result<(), Failure> {
-        let mut authorizations = order.authorizations();
-        while let Some(authorization) = authorizations.next().await {
-            let mut authorization = authorization?;
-            match authorization.status {
-                AuthorizationStatus::Valid => continue,
-                AuthorizationStatus::Pending => {}
-                other => return Err(Failure(format!("authorization is {other:?}"))),
+        let mut refused = 0;
+        // Fetching an authorization the CA refuses for its nonce starts the
+        // walk over (those fetched already are not fetched again).
+        'walk: loop {
+            let mut authorizations = order.authorizations();
+            loop {
+                let next = self
+                    .step("fetching an authorization", async {
+                        authorizations.next().await.transpose()
+                    })
+                    .await;
+                let mut authorization = match next {
+                    Ok(Some(authorization)) => authorization,
+                    Ok(None) => return Ok(()),
+                    Err(failure) if failure.bad_nonce() && refused < BAD_NONCE_RETRIES => {
+                        refused += 1;
+                        continue 'walk;
+                    }
+                    Err(failure) => return Err(failure),
+                };
+                match authorization.status {
+                    AuthorizationStatus::Valid => continue,
+                    AuthorizationStatus::Pending => {}
+                    other => return Err(Failure(format!("authorization is {other:?}"))),
+                }
+                let kind = match &self.inner.config.challenge {
+                    Challenge::TlsAlpn01(_) => ChallengeType::TlsAlpn01,
+                    Challenge::Http01(_) => ChallengeType::Http01,
+                    Challenge::Dns01(_) => ChallengeType::Dns01,
+                };
+                let mut challenge = authorization
+                    .challenge(kind.clone())
+                    .ok_or_else(|| Failure(format!("the CA offers no {kind:?} challenge")))?;
+                let domain = match challenge.identifier().identifier {
+                    Identifier::Dns(name) => name.clone(),
+                    other => {
+                        return Err(Failure(format!("cannot answer for identifier {other:?}")))
+                    }
+                };
+                if cleanup.answered(&challenge.url) {
+                    continue;
+                }
+                let key_authorization = challenge.key_authorization();
+                match &self.inner.config.challenge {
+                    Challenge::TlsAlpn01(store) => {
+                        let key = alpn_certificate(&domain, key_authorization.digest().as_ref())?;
+                        store.set_challenge(&domain, key);
+                        cleanup.push(&challenge.url, Undo::TlsAlpn01(store.clone(), domain));
+                    }
+                    Challenge::Http01(responder) => {
+                        responder.insert(&challenge.token, key_authorization.as_str());
+                        let undo = Undo::Http01(responder.clone(), challenge.token.clone());
+                        cleanup.push(&challenge.url, undo);
+                    }
+                    Challenge::Dns01(solver) => {
+                        let value = key_authorization.dns_value();
+                        self.step(
+                            "publishing the DNS-01 record",
+                            solver.present(&domain, &value),
+                        )
+                        .await?;
+                        cleanup.push(&challenge.url, Undo::Dns01(solver.clone(), domain, value));
+                    }
+                }
+                if challenge.status == ChallengeStatus::Pending {
+                    step!(self, "answering the challenge", challenge.set_ready())?;
+                }
             }
-            let kind = match &self.inner.config.challenge {
-                Challenge::TlsAlpn01(_) => ChallengeType::TlsAlpn01,
-                Challenge::Http01(_) => ChallengeType::Http01,
-                Challenge::Dns01(_) => ChallengeType::Dns01,
-            };
-            let mut challenge = authorization
-                .challenge(kind.clone())
-                .ok_or_else(|| Failure(format!("the CA offers no {kind:?} challenge")))?;
-            let domain = match challenge.identifier().identifier {
-                Identifier::Dns(name) => name.clone(),
-                other => return Err(Failure(format!("cannot answer for identifier {other:?}"))),
-            };
-            let key_authorization = challenge.key_authorization();
-            match &self.inner.config.challenge {
-                Challenge::TlsAlpn01(store) => {
-                    let key = alpn_certificate(&domain, key_authorization.digest().as_ref())?;
-                    store.set_challenge(&domain, key);
-                    cleanup.push(Undo::TlsAlpn01(store.clone(), domain.clone()));
-                }
-                Challenge::Http01(responder) => {
-                    responder.insert(&challenge.token, key_authorization.as_str());
-                    cleanup.push(Undo::Http01(responder.clone(), challenge.token.clone()));
-                }
-                Challenge::Dns01(solver) => {
-                    let value = key_authorization.dns_value();
-                    self.step(
-                        "publishing the DNS-01 record",
-                        solver.present(&domain, &value),
-                    )
-                    .await?;
-                    cleanup.push(Undo::Dns01(solver.clone(), domain.clone(), value));
-                }
-            }
-            self.step("answering the challenge", challenge.set_ready())
-                .await?;
         }
-        Ok(())
     }
 
+    /// Waits for the CA to validate, finalizes (unless a resumed order was
+    /// finalized already), and downloads the certificate.
     async fn finish(&self, order: &mut instant_acme::Order) -> Result<CertBundle, Failure> {
         let retries = RetryPolicy::default().timeout(self.inner.config.timeout);
-        let status = self
-            .step("validating the challenges", order.poll_ready(&retries))
-            .await?;
-        if status != OrderStatus::Ready {
-            return Err(Failure(format!(
-                "the order is {status:?}: validation failed"
-            )));
-        }
-        let key_pem = self.step("finalizing the order", order.finalize()).await?;
-        let chain_pem = self
-            .step(
-                "downloading the certificate",
-                order.poll_certificate(&retries),
-            )
-            .await?;
-        let combined = format!("{chain_pem}{key_pem}");
+        let known_key = lock(&self.inner.pending)
+            .as_ref()
+            .and_then(|p| p.key_pem.clone());
+        let key_pem = match (order.state().status, known_key) {
+            (OrderStatus::Processing | OrderStatus::Valid, Some(key_pem)) => key_pem,
+            _ => {
+                let status = step!(
+                    self,
+                    "validating the challenges",
+                    order.poll_ready(&retries)
+                )?;
+                if status != OrderStatus::Ready {
+                    *lock(&self.inner.pending) = None;
+                    return Err(Failure(format!(
+                        "the order is {status:?}: validation failed"
+                    )));
+                }
+                let key_pem =
+                    zeroize::Zeroizing::new(step!(self, "finalizing the order", order.finalize())?);
+                if let Some(pending) = lock(&self.inner.pending).as_mut() {
+                    pending.key_pem = Some(key_pem.clone());
+                }
+                key_pem
+            }
+        };
+        let chain_pem = step!(
+            self,
+            "downloading the certificate",
+            order.poll_certificate(&retries)
+        )?;
+        let combined = zeroize::Zeroizing::new(format!("{chain_pem}{}", *key_pem));
         let bundle = CertBundle::from_combined_pem(combined.as_bytes())?;
         self.save(
             &self.inner.cert_key,
@@ -1151,6 +1302,98 @@ fn forgotten_account(reason: &str) -> bool {
     reason.contains("accountdoesnotexist")
         || reason.contains("unauthorized") && reason.contains("account")
 }
+/// The renewal lock while this instance orders under it: its saves are
+/// fenced by it, and it is released however the order ends. Dropped without
+/// [`release`](Self::release) (the rotator's fetch timeout dropped the
+/// attempt), it lets go in a task of its own, so that neither a stale lease
+/// fences later saves nor the other instances wait for it to run out.
+struct Holding {
+    source: AcmeSource,
+    lease: Option<Lease>,
+}
+
+impl Holding {
+    fn new(source: &AcmeSource, lease: Lease) -> Self {
+        *lock(&source.inner.lease) = Some(lease.clone());
+        Self {
+            source: source.clone(),
+            lease: Some(lease),
+        }
+    }
+
+    async fn release(mut self) {
+        if let Some(lease) = self.lease.take() {
+            unlock(&self.source, &lease).await;
+        }
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        // Not held any more, whatever the storage says.
+        lock(&self.source.inner.lease).take();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let source = self.source.clone();
+            runtime.spawn(async move { unlock(&source, &lease).await });
+        }
+    }
+}
+
+/// Stops fencing saves with `lease` and releases it.
+async fn unlock(source: &AcmeSource, lease: &Lease) {
+    lock(&source.inner.lease).take();
+    if let Err(error) = source.inner.config.storage.unlock(lease).await {
+        tracing::warn!(target: "certrotate", "could not release the renewal lock (it expires by itself): {error}");
+    }
+}
+
+/// What an attempt must take down when it ends: the answers it installed,
+/// by challenge URL. Dropped without [`run`](Self::run) (the rotator's fetch
+/// timeout dropped the attempt), it takes them down in a task of its own.
+#[derive(Default)]
+struct Cleanup {
+    undos: Vec<(String, Undo)>,
+}
+
+impl Cleanup {
+    fn push(&mut self, challenge: &str, undo: Undo) {
+        self.undos.push((challenge.to_owned(), undo));
+    }
+
+    /// Whether this attempt answered the challenge at `url` already.
+    fn answered(&self, url: &str) -> bool {
+        self.undos.iter().any(|(answered, _)| answered == url)
+    }
+
+    async fn run(mut self) {
+        for (_, undo) in std::mem::take(&mut self.undos) {
+            undo.run().await;
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let undos = std::mem::take(&mut self.undos);
+        if undos.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime left: nothing can serve the answers either.
+            return;
+        };
+        tracing::debug!(target: "certrotate", "an ACME attempt was dropped mid-order; taking its challenge answers down");
+        runtime.spawn(async move {
+            for (_, undo) in undos {
+                undo.run().await;
+            }
+        });
+    }
+}
+
 enum Undo {
     TlsAlpn01(CertStore, String),
     Http01(Http01Responder, String),

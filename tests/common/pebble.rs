@@ -215,7 +215,8 @@ impl Pebble {
         self.logged("Added order")
     }
 
-    fn logged(&self, what: &str) -> usize {
+    /// How many lines of Pebble's log contain `what`.
+    pub fn logged(&self, what: &str) -> usize {
         std::fs::read_to_string(self.dir.join("pebble.log"))
             .unwrap()
             .matches(what)
@@ -305,5 +306,173 @@ pub async fn get(root: &Path, name: &str, port: u16, path: &str) -> Result<Strin
     match output.status.success() {
         true => Ok(String::from_utf8(output.stdout).unwrap()),
         false => Err(String::from_utf8_lossy(&output.stderr).into_owned()),
+    }
+}
+
+/// What [`FlakyProxy`] does to a request it is told to spoil.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Answers 503 with an ACME `serverInternal` problem, as a CA under
+    /// maintenance does.
+    Unavailable,
+    /// Holds the request this long, then closes the connection without
+    /// forwarding it: a CA that hangs.
+    Hang(Duration),
+}
+
+type Body = http_body_util::Full<hyper::body::Bytes>;
+type Upstream = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Body,
+>;
+
+/// An HTTPS proxy in front of Pebble (on 127.0.0.1, a free port) that
+/// spoils the first `times` requests whose path contains `path`, and passes
+/// everything else through. Pebble builds its URLs from the Host header, so
+/// a client that starts at [`directory`](Self::directory) keeps talking to
+/// the proxy.
+pub struct FlakyProxy {
+    /// The directory URL through the proxy.
+    pub directory: String,
+    /// How many requests were spoiled.
+    pub spoiled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FlakyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How the proxy treats requests.
+struct Rules {
+    upstream: String,
+    client: Upstream,
+    path: &'static str,
+    fault: Fault,
+    times: usize,
+    spoiled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FlakyProxy {
+    pub async fn start(pebble: &Pebble, path: &'static str, fault: Fault, times: usize) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use std::sync::Arc;
+
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(pebble.dir.join("cert.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_file(pebble.dir.join("key.pem")).unwrap();
+        let server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(&pebble.https_root).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let client_tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(client_tls)
+            .https_only()
+            .enable_http1()
+            .build();
+        let spoiled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let rules = Arc::new(Rules {
+            upstream: pebble.directory.trim_end_matches("/dir").to_owned(),
+            client: hyper_util::client::legacy::Client::builder(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .build(https),
+            path,
+            fault,
+            times,
+            spoiled: spoiled.clone(),
+        });
+
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = tcp.accept().await else {
+                    continue;
+                };
+                let (acceptor, rules) = (acceptor.clone(), rules.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |request| {
+                        let rules = rules.clone();
+                        async move { rules.handle(request).await }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            directory: format!("https://127.0.0.1:{port}/dir"),
+            spoiled,
+            task,
+        }
+    }
+}
+
+impl Rules {
+    async fn handle(
+        &self,
+        request: hyper::Request<hyper::body::Incoming>,
+    ) -> std::io::Result<hyper::Response<Body>> {
+        use http_body_util::BodyExt;
+        use std::io::Error;
+        use std::sync::atomic::Ordering;
+
+        let spoil = request.uri().path().contains(self.path)
+            && self
+                .spoiled
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < self.times).then_some(n + 1)
+                })
+                .is_ok();
+        if spoil {
+            match self.fault {
+                Fault::Unavailable => {
+                    let problem = r#"{"type":"urn:ietf:params:acme:error:serverInternal","detail":"down for maintenance","status":503}"#;
+                    return hyper::Response::builder()
+                        .status(503)
+                        .header("content-type", "application/problem+json")
+                        .body(Body::from(problem))
+                        .map_err(Error::other);
+                }
+                Fault::Hang(time) => {
+                    tokio::time::sleep(time).await;
+                    // An error closes the connection, unanswered.
+                    return Err(Error::other("hung up"));
+                }
+            }
+        }
+        let (mut parts, body) = request.into_parts();
+        let body = body.collect().await.map_err(Error::other)?.to_bytes();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = format!("{}{path}", self.upstream)
+            .parse()
+            .map_err(Error::other)?;
+        let response = self
+            .client
+            .request(hyper::Request::from_parts(parts, Body::new(body)))
+            .await
+            .map_err(Error::other)?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(Error::other)?.to_bytes();
+        Ok(hyper::Response::from_parts(parts, Body::new(body)))
     }
 }
