@@ -636,7 +636,11 @@ async fn silent_and_garbage_clients_neither_stall_accept_nor_grow_memory() {
         let mut clients = Vec::new();
         for i in 0..200u64 {
             clients.push(tokio::spawn(async move {
-                let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                // From another address than the real client's, as an
+                // attacker's would be (one address is held to its share).
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                let mut tcp = socket.connect(addr).await.unwrap();
                 if i % 2 == 0 {
                     let mut rng = fastrand::Rng::with_seed(wave * 1000 + i);
                     let junk: Vec<u8> = (0..4096).map(|_| rng.u8(..)).collect();

@@ -331,3 +331,66 @@ async fn start_fails_without_a_good_first_certificate() {
         .unwrap_err();
     assert_eq!(err.to_string(), "static source has no certificate yet");
 }
+
+/// A source that takes a while to answer, and says whether it has its
+/// certificate at hand (a stored one) or must order it first.
+#[derive(Clone)]
+struct Slow {
+    bundle: certrotate::CertBundle,
+    at_hand: bool,
+    delay: Duration,
+}
+
+impl certrotate::CertSource for Slow {
+    async fn fetch(&self) -> Result<certrotate::CertBundle, certrotate::SourceError> {
+        tokio::time::sleep(self.delay).await;
+        Ok(self.bundle.clone())
+    }
+
+    async fn at_hand(&self) -> bool {
+        self.at_hand
+    }
+
+    fn describe(&self) -> String {
+        "a slow source".into()
+    }
+}
+
+/// `launch` installs a certificate at hand before it returns, however long
+/// the fetch takes, so the listener started next serves it from its first
+/// connection; one that must be ordered does not hold the listener back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_serves_what_is_at_hand_from_the_first_connection() {
+    let ca = Ca::new();
+    let stored = Slow {
+        bundle: ca.nth(0),
+        at_hand: true,
+        delay: Duration::from_millis(300),
+    };
+    let rotator = Rotator::builder(stored.clone(), policy()).launch().await;
+    assert_eq!(
+        rotator.current().map(|c| c.serial.clone()),
+        Some(stored.bundle.info().serial.clone())
+    );
+    let server = common::serve(Arc::new(rotator.server_config().unwrap())).await;
+    let seen = common::serial_seen(&common::client_config(&ca), server.addr, HOST)
+        .await
+        .unwrap();
+    assert_eq!(seen, stored.bundle.info().serial);
+
+    // Nothing at hand: launch returns at once, the certificate follows.
+    let ordered = Slow {
+        at_hand: false,
+        delay: Duration::from_secs(1),
+        ..stored
+    };
+    let rotator = Rotator::builder(ordered, policy()).launch().await;
+    assert!(rotator.current().is_none(), "launch waited for the order");
+    let cert = common::rotation_from(
+        &mut rotator.subscribe(),
+        &ca.nth(1).info().clone(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(cert.serial, rotator.current().unwrap().serial);
+}
