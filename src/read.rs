@@ -225,3 +225,63 @@ impl Stuck {
         }
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_are_read_and_only_up_to_the_limit() {
+        let dir = std::env::temp_dir().join(format!("certrotate-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("f");
+        std::fs::write(&file, vec![b'x'; 100]).unwrap();
+        assert_eq!(bounded(&file, 100).unwrap().bytes.len(), 100);
+        assert!(matches!(
+            bounded(&file, 99),
+            Err(ReadFailure::TooLarge {
+                size: 100,
+                limit: 99
+            })
+        ));
+        assert!(matches!(
+            bounded(&dir, 100),
+            Err(ReadFailure::NotAFile("a directory"))
+        ));
+        assert!(matches!(
+            bounded(Path::new("/dev/zero"), 100),
+            Err(ReadFailure::NotAFile("a character device"))
+        ));
+        let message = bounded(&file, 99).err().unwrap().to_string();
+        assert_eq!(message, "it is 100 bytes, over the 99 bytes limit");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A read that hangs (a dead NFS server) holds one blocking thread:
+    /// later calls wait for their turn and give up, they do not start more.
+    #[cfg(feature = "file")]
+    #[tokio::test]
+    async fn a_hung_read_holds_one_thread_however_often_it_is_retried() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let reads = OneAtATime::default();
+        let started = Arc::new(AtomicUsize::new(0));
+        let (release, hung) = std::sync::mpsc::channel::<()>();
+        let hung = Arc::new(std::sync::Mutex::new(hung));
+        for _ in 0..5 {
+            let (started, hung) = (started.clone(), hung.clone());
+            let result = reads
+                .run(Duration::from_millis(20), move || {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    let _ = hung.lock().unwrap().recv();
+                })
+                .await;
+            assert!(result.is_err());
+        }
+        assert_eq!(started.load(Ordering::SeqCst), 1, "a thread per retry");
+        // The file system answers again: the hung read ends, then one
+        // of the waiting ones (they were given up) and the next call run.
+        drop(release);
+        let answered = reads.run(Duration::from_secs(10), || "read").await;
+        assert_eq!(answered.unwrap(), "read");
+    }
+}
