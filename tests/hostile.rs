@@ -314,6 +314,13 @@ async fn a_certificate_with_thousands_of_names_is_refused() {
         message.contains("5001 subject alternative names"),
         "{message}"
     );
+    let in_health = s.rotator.health().certificates[0].last_error.clone();
+    assert!(
+        in_health
+            .as_deref()
+            .is_some_and(|e| e.contains("over the limit of 1000")),
+        "health says {in_health:?}"
+    );
     s.still_serves_first().await;
     assert!(peak_rss().saturating_sub(before) < MAX_GROWTH);
     s.recovers().await;
