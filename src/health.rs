@@ -147,6 +147,10 @@ pub struct HealthSnapshot {
     /// Why the most recent candidate was refused or could not be fetched;
     /// `None` once a candidate is accepted.
     pub last_error: Option<String>,
+    /// The machine code of [`last_error`](Self::last_error): a
+    /// [`SourceError::code`](crate::SourceError::code) or a
+    /// [`Refusal::code`](crate::Refusal::code).
+    pub last_error_code: Option<&'static str>,
     /// The worst alert level over all certificates.
     pub alert: AlertLevel,
 }
@@ -176,6 +180,8 @@ pub struct CertHealth {
     pub fingerprint_sha256: String,
     /// Why the most recent candidate for this slot failed, if it did.
     pub last_error: Option<String>,
+    /// The machine code of [`last_error`](Self::last_error).
+    pub last_error_code: Option<&'static str>,
     /// What is unsafe about the slot's source (a private key file others can
     /// read), as of its last fetch.
     pub warnings: Vec<String>,
@@ -189,8 +195,18 @@ pub struct UnservedSlot {
     pub slot: String,
     /// Why its latest candidate failed, if one did.
     pub last_error: Option<String>,
+    /// The machine code of [`last_error`](Self::last_error).
+    pub last_error_code: Option<&'static str>,
     /// What is unsafe about the slot's source.
     pub warnings: Vec<String>,
+}
+
+/// Why a candidate failed: a machine code (for public health and metric
+/// labels) and the message an operator reads.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
 }
 
 impl CertHealth {
@@ -199,7 +215,7 @@ impl CertHealth {
         info: &CertInfo,
         now: SystemTime,
         renew_before_fraction: f64,
-        last_error: Option<String>,
+        last_error: Option<Failure>,
         warnings: Vec<String>,
     ) -> Self {
         Self {
@@ -216,7 +232,8 @@ impl CertHealth {
                 .as_secs(),
             alert: AlertLevel::at(info, now, renew_before_fraction),
             fingerprint_sha256: info.fingerprint_sha256.clone(),
-            last_error,
+            last_error_code: last_error.as_ref().map(|f| f.code),
+            last_error: last_error.map(|f| f.message),
             warnings,
         }
     }

@@ -101,6 +101,8 @@ mod health;
 mod metrics;
 mod mtls;
 mod policy;
+#[cfg(feature = "acme")]
+mod random;
 mod read;
 mod resolver;
 mod rotator;
@@ -115,7 +117,7 @@ pub use events::{RotationEvent, Trigger};
 #[cfg(feature = "health")]
 pub use health::HealthService;
 pub use health::{AlertLevel, CertHealth, HealthSnapshot, UnservedSlot};
-pub use mtls::{TrustError, TrustStore};
+pub use mtls::{RevocationPolicy, TrustError, TrustStore};
 pub use policy::{
     Policy, PolicyBuilder, PolicyConfigError, Refusal, Usage, ValidatedCert, ValidationError,
 };

@@ -61,11 +61,45 @@ struct Inner {
     provider: Arc<CryptoProvider>,
 }
 
+/// How the CRLs of a [`TrustStore`] apply to a peer's chain.
+///
+/// A CRL speaks for the CA that issued it, and only for the certificates
+/// that CA issued. The default, [`PerIssuer`](Self::PerIssuer), is what
+/// mutual TLS deployments with several CAs (or a root and an intermediate)
+/// expect: a certificate whose issuer has a CRL is checked against it, and
+/// one whose issuer publishes none is accepted. With no CRL at all, nothing
+/// is checked for revocation, whatever the policy.
+///
+/// ```
+/// # let ca = rcgen::generate_simple_self_signed(vec!["ca.internal".into()]).unwrap();
+/// use certrotate::{RevocationPolicy, TrustStore};
+///
+/// let trust = TrustStore::from_pem(ca.cert.pem().as_bytes())?;
+/// // Every CA in the chain must have published a CRL, or the peer is refused.
+/// trust.set_revocation_policy(RevocationPolicy::Strict)?;
+/// # Ok::<(), certrotate::TrustError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RevocationPolicy {
+    /// Every certificate of the chain is checked against its issuer's CRL
+    /// if there is one; a certificate whose issuer has no CRL is accepted.
+    #[default]
+    PerIssuer,
+    /// Only the peer's own certificate is checked against its issuer's CRL,
+    /// if there is one (intermediates are not checked).
+    EndEntityOnly,
+    /// Every certificate of the chain must be covered by a CRL of its
+    /// issuer: a certificate whose revocation status is unknown is refused.
+    Strict,
+}
+
 /// One generation of trust, with its verifiers built.
 struct Trust {
     generation: u64,
     roots: Vec<CertificateDer<'static>>,
     crls: Vec<CertificateRevocationListDer<'static>>,
+    revocation: RevocationPolicy,
     clients: Arc<dyn ClientCertVerifier>,
     servers: Arc<WebPkiServerVerifier>,
 }
@@ -126,7 +160,7 @@ impl TrustStore {
         roots: Vec<CertificateDer<'static>>,
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, TrustError> {
-        let trust = build(&provider, 1, roots, Vec::new())?;
+        let trust = build(&provider, 1, roots, Vec::new(), RevocationPolicy::default())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 current: ArcSwap::from_pointee(trust),
@@ -144,18 +178,41 @@ impl TrustStore {
         roots: Vec<CertificateDer<'static>>,
         crls: Vec<CertificateRevocationListDer<'static>>,
     ) -> Result<u64, TrustError> {
+        self.change(|current| (roots, crls, current.revocation))
+    }
+
+    /// Sets how the CRLs apply to a peer's chain (default
+    /// [`RevocationPolicy::PerIssuer`]). A new policy is a new generation:
+    /// sessions verified under the old one are not resumed.
+    pub fn set_revocation_policy(&self, policy: RevocationPolicy) -> Result<u64, TrustError> {
+        self.change(|current| (current.roots.clone(), current.crls.clone(), policy))
+    }
+
+    /// Builds the trust `next` makes of the one in force and puts it in
+    /// force, unless it is the same.
+    fn change(
+        &self,
+        next: impl FnOnce(
+            &Trust,
+        ) -> (
+            Vec<CertificateDer<'static>>,
+            Vec<CertificateRevocationListDer<'static>>,
+            RevocationPolicy,
+        ),
+    ) -> Result<u64, TrustError> {
         let _writer = self
             .inner
             .write
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let current = self.inner.current.load();
-        if current.roots == roots && current.crls == crls {
+        let (roots, crls, revocation) = next(&current);
+        if current.roots == roots && current.crls == crls && current.revocation == revocation {
             // The same trust: sessions made under it stay resumable.
             return Ok(current.generation);
         }
         let generation = current.generation + 1;
-        let trust = build(&self.inner.provider, generation, roots, crls)?;
+        let trust = build(&self.inner.provider, generation, roots, crls, revocation)?;
         tracing::info!(
             target: "certrotate",
             generation,
@@ -179,7 +236,7 @@ impl TrustStore {
         &self,
         crls: Vec<CertificateRevocationListDer<'static>>,
     ) -> Result<u64, TrustError> {
-        self.replace(self.roots(), crls)
+        self.change(|current| (current.roots.clone(), crls, current.revocation))
     }
 
     /// The trusted CA certificates.
@@ -299,6 +356,7 @@ fn build(
     generation: u64,
     roots: Vec<CertificateDer<'static>>,
     crls: Vec<CertificateRevocationListDer<'static>>,
+    revocation: RevocationPolicy,
 ) -> Result<Trust, TrustError> {
     if roots.is_empty() {
         return Err(TrustError::Empty);
@@ -312,18 +370,25 @@ fn build(
     }
     let store = Arc::new(store);
     let unusable = |e: rustls::server::VerifierBuilderError| TrustError::Unusable(e.to_string());
-    let clients = WebPkiClientVerifier::builder_with_provider(store.clone(), provider.clone())
-        .with_crls(crls.clone())
-        .build()
-        .map_err(unusable)?;
-    let servers = WebPkiServerVerifier::builder_with_provider(store, provider.clone())
-        .with_crls(crls.clone())
-        .build()
-        .map_err(unusable)?;
+    let mut clients = WebPkiClientVerifier::builder_with_provider(store.clone(), provider.clone())
+        .with_crls(crls.clone());
+    let mut servers = WebPkiServerVerifier::builder_with_provider(store, provider.clone())
+        .with_crls(crls.clone());
+    if revocation != RevocationPolicy::Strict {
+        clients = clients.allow_unknown_revocation_status();
+        servers = servers.allow_unknown_revocation_status();
+    }
+    if revocation == RevocationPolicy::EndEntityOnly {
+        clients = clients.only_check_end_entity_revocation();
+        servers = servers.only_check_end_entity_revocation();
+    }
+    let clients = clients.build().map_err(unusable)?;
+    let servers = servers.build().map_err(unusable)?;
     Ok(Trust {
         generation,
         roots,
         crls,
+        revocation,
         clients,
         servers,
     })

@@ -696,7 +696,8 @@ impl<S: CertSource> Task<S> {
                     });
                 self.note_warnings();
                 fetched.inspect_err(|error| {
-                    self.store.record_failure(&self.slot, error.to_string());
+                    self.store
+                        .record_failure(&self.slot, error.code(), error.to_string());
                     events.emit(RotationEvent::SourceFailed {
                         slot: self.slot.clone(),
                         error: error.clone(),
@@ -729,7 +730,8 @@ impl<S: CertSource> Task<S> {
                 Ok(Rotation::Rotated { old, new })
             }
             Err(error) => {
-                self.store.record_failure(&self.slot, error.to_string());
+                self.store
+                    .record_failure(&self.slot, error.reason().code(), error.to_string());
                 events.emit(RotationEvent::Refused {
                     slot: self.slot.clone(),
                     error: Arc::new(error.clone()),

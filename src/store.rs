@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, watch};
 use crate::bundle::CertInfo;
 use crate::clock::{Clock, SystemClock};
 use crate::events::{Events, RotationEvent};
-use crate::health::{AlertLevel, CertHealth, HealthSnapshot, UnservedSlot};
+use crate::health::{AlertLevel, CertHealth, Failure, HealthSnapshot, UnservedSlot};
 use crate::policy::ValidatedCert;
 use crate::resolver::RotatingResolver;
 
@@ -92,7 +92,7 @@ struct Slots {
     challenges: NameMap,
     rotations: u64,
     last_rotation: Option<SystemTime>,
-    last_error: Option<String>,
+    last_error: Option<Failure>,
 }
 
 #[derive(Debug)]
@@ -102,7 +102,7 @@ struct Slot {
     /// Older good certificates, most recent first.
     previous: VecDeque<ValidatedCert>,
     renew_before_fraction: f64,
-    last_error: Option<String>,
+    last_error: Option<Failure>,
     warnings: Vec<String>,
 }
 
@@ -303,7 +303,8 @@ impl CertStore {
                 )),
                 None => unserved.push(UnservedSlot {
                     slot: slot.name.to_string(),
-                    last_error: slot.last_error.clone(),
+                    last_error: slot.last_error.as_ref().map(|f| f.message.clone()),
+                    last_error_code: slot.last_error.as_ref().map(|f| f.code),
                     warnings: slot.warnings.clone(),
                 }),
             }
@@ -318,7 +319,8 @@ impl CertStore {
             unserved,
             last_rotation: slots.last_rotation,
             rotations: slots.rotations,
-            last_error: slots.last_error.clone(),
+            last_error: slots.last_error.as_ref().map(|f| f.message.clone()),
+            last_error_code: slots.last_error.as_ref().map(|f| f.code),
         }
     }
 
@@ -341,10 +343,11 @@ impl CertStore {
     }
 
     /// Records why the latest candidate for `slot` failed (health's `last_error`).
-    pub(crate) fn record_failure(&self, slot: &str, error: String) {
+    pub(crate) fn record_failure(&self, slot: &str, code: &'static str, message: String) {
+        let failure = Failure { code, message };
         let mut slots = self.lock();
-        slots.slot_mut(slot).last_error = Some(error.clone());
-        slots.last_error = Some(error);
+        slots.slot_mut(slot).last_error = Some(failure.clone());
+        slots.last_error = Some(failure);
     }
 
     /// Clears `slot`'s failure: its latest candidate was accepted (or was the

@@ -144,7 +144,7 @@ async fn metrics_and_health_follow_a_certificate_through_its_life() {
 
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/healthz", tcp.local_addr().unwrap());
-    let app = axum::Router::new().route_service("/healthz", HealthService::new(store.clone()));
+    let app = axum::Router::new().route_service("/healthz", HealthService::detailed(store.clone()));
     let server = tokio::spawn(async move { axum::serve(tcp, app).await });
 
     // 1. The first certificate.

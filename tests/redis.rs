@@ -144,7 +144,7 @@ async fn tls_with_a_private_ca_and_an_acl_user() {
     ] {
         let message = error.to_string();
         assert!(
-            message.starts_with(&format!("Redis at rediss://…@127.0.0.1:{}/0: ", redis.port)),
+            message.starts_with(&format!("Redis at rediss://127.0.0.1:{}/0: ", redis.port)),
             "{message}"
         );
         assert!(message.contains(says), "{message}");

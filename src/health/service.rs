@@ -10,6 +10,8 @@ use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 
+use serde::Serialize;
+
 use super::{AlertLevel, HealthSnapshot};
 use crate::clock::unix_seconds;
 use crate::store::CertStore;
@@ -33,6 +35,12 @@ const JSON: &str = "application/json";
 ///   Prometheus scrapers do), JSON otherwise (`?format=json` forces it).
 ///   `HEAD` answers the status alone; other methods get `405`.
 ///
+/// - **Detail**: [`new`](Self::new) answers for strangers (a public router,
+///   a load balancer): the status, the alert level, and per slot (numbered,
+///   not named) the expiry, the alert level and the error *code* — no file
+///   paths, hosts, OS errors, serials or names. [`detailed`](Self::detailed)
+///   answers the whole [`HealthSnapshot`], for an internal port.
+///
 /// The Prometheus text holds the per-certificate gauges of the
 /// [metrics table](crate#metrics) (expiry, remaining seconds, alert level,
 /// computed at the request)
@@ -49,26 +57,84 @@ const JSON: &str = "application/json";
 ///
 /// let app: axum::Router = axum::Router::new()
 ///     .route("/", axum::routing::get(|| async { "hello" }))
+///     // Public: status, alert levels, expiry, error codes.
 ///     .route_service("/healthz", HealthService::new(rotator.store().clone()))
 ///     // 503 as soon as a renewal is overdue, not only once it is critical:
 ///     .route_service(
 ///         "/readyz",
 ///         HealthService::new(rotator.store().clone()).unhealthy_at(AlertLevel::RenewOverdue),
 ///     );
+/// // Internal port: everything, names, serials, paths and messages included.
+/// let admin: axum::Router = axum::Router::new()
+///     .route_service("/health", HealthService::detailed(rotator.store().clone()));
 /// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct HealthService {
     store: CertStore,
     unhealthy_at: AlertLevel,
+    detailed: bool,
+}
+
+/// What [`HealthService::new`] tells anyone who asks.
+#[derive(Serialize)]
+struct PublicHealth {
+    healthy: bool,
+    alert: AlertLevel,
+    /// Serving slots, in order: no names.
+    certificates: Vec<PublicCert>,
+    /// Error codes of the slots with nothing to serve.
+    unserved: Vec<Option<&'static str>>,
+    last_error_code: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct PublicCert {
+    alert: AlertLevel,
+    #[serde(serialize_with = "crate::clock::ser_time")]
+    not_after: std::time::SystemTime,
+    remaining_seconds: u64,
+    last_error_code: Option<&'static str>,
+}
+
+impl PublicHealth {
+    fn of(health: &HealthSnapshot, healthy: bool) -> Self {
+        Self {
+            healthy,
+            alert: health.alert,
+            certificates: health
+                .certificates
+                .iter()
+                .map(|c| PublicCert {
+                    alert: c.alert,
+                    not_after: c.not_after,
+                    remaining_seconds: c.remaining_seconds,
+                    last_error_code: c.last_error_code,
+                })
+                .collect(),
+            unserved: health.unserved.iter().map(|u| u.last_error_code).collect(),
+            last_error_code: health.last_error_code,
+        }
+    }
 }
 
 impl HealthService {
-    /// Serves the health of `store`; unhealthy from [`AlertLevel::Critical`].
+    /// Serves the health of `store` as strangers may see it (no names,
+    /// paths, hosts or messages); unhealthy from [`AlertLevel::Critical`].
     pub fn new(store: CertStore) -> Self {
         Self {
             store,
             unhealthy_at: AlertLevel::Critical,
+            detailed: false,
+        }
+    }
+
+    /// Serves the whole [`HealthSnapshot`] of `store`, names, serials, file
+    /// paths and error messages included: for an internal port only.
+    pub fn detailed(store: CertStore) -> Self {
+        Self {
+            detailed: true,
+            ..Self::new(store)
         }
     }
 
@@ -93,12 +159,13 @@ impl HealthService {
         }
         let health = self.store.health();
         let healthy = self.healthy(&health);
+        let json = match self.detailed {
+            true => serde_json::to_string_pretty(&health),
+            false => serde_json::to_string_pretty(&PublicHealth::of(&health, healthy)),
+        };
         let (content_type, body) = match wants_prometheus(request) {
-            true => (PROMETHEUS, prometheus_text(&health, healthy)),
-            false => (
-                JSON,
-                serde_json::to_string_pretty(&health).unwrap_or_default() + "\n",
-            ),
+            true => (PROMETHEUS, prometheus_text(&health, healthy, self.detailed)),
+            false => (JSON, json.unwrap_or_default() + "\n"),
         };
         let body = match request.method() == Method::HEAD {
             true => Bytes::new(),
@@ -151,7 +218,8 @@ fn wants_prometheus<B>(request: &Request<B>) -> bool {
 type Gauge = (&'static str, &'static str, fn(&super::CertHealth) -> f64);
 
 /// The snapshot in the Prometheus text exposition format (version 0.0.4).
-fn prometheus_text(health: &HealthSnapshot, healthy: bool) -> String {
+/// Slots are labelled by name when `detailed`, else by number.
+fn prometheus_text(health: &HealthSnapshot, healthy: bool, detailed: bool) -> String {
     let mut out = String::new();
     let gauges: [Gauge; 3] = [
         (
@@ -172,13 +240,12 @@ fn prometheus_text(health: &HealthSnapshot, healthy: bool) -> String {
     ];
     for (name, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for cert in &health.certificates {
-            let _ = writeln!(
-                out,
-                "{name}{{slot=\"{}\"}} {}",
-                label(&cert.slot),
-                value(cert)
-            );
+        for (index, cert) in health.certificates.iter().enumerate() {
+            let slot = match detailed {
+                true => label(&cert.slot),
+                false => index.to_string(),
+            };
+            let _ = writeln!(out, "{name}{{slot=\"{slot}\"}} {}", value(cert));
         }
     }
     let _ = writeln!(

@@ -169,7 +169,9 @@ impl Lease {
     /// A fresh owner for a new lease: `<pid>-<16 random hex digits>`. The
     /// process id tells an operator looking at a lock which process on the
     /// host holds it; the random part keeps owners apart across hosts and
-    /// restarts.
+    /// restarts. It comes from the operating system's generator (should
+    /// that ever fail, from the time and a fast generator: an owner needs to
+    /// be unique, not secret).
     ///
     /// ```
     /// let owner = certrotate::Lease::new_owner();
@@ -177,7 +179,15 @@ impl Lease {
     /// assert_eq!(pid, std::process::id().to_string());
     /// ```
     pub fn new_owner() -> String {
-        format!("{}-{:016x}", std::process::id(), fastrand::u64(..))
+        let random = crate::random::secure()
+            .map(u64::from_ne_bytes)
+            .unwrap_or_else(|_| {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                fastrand::u64(..) ^ now.as_nanos() as u64
+            });
+        format!("{}-{random:016x}", std::process::id())
     }
 
     /// The lock's name.

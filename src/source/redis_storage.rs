@@ -232,7 +232,10 @@ impl RedisStorage {
 
     /// nonce ‖ AES-256-GCM(value), with the Redis key as associated data.
     fn seal(&self, redis_key: &str, value: &[u8]) -> io::Result<Vec<u8>> {
-        let nonce: [u8; 12] = std::array::from_fn(|_| fastrand::u8(..));
+        // A random 96-bit nonce from the OS generator: the fleet shares one
+        // key, and a repeated nonce would leak the XOR of two values.
+        let nonce: [u8; 12] = crate::random::secure()
+            .map_err(|_| io::Error::other("the system's random generator failed"))?;
         let sealed = self
             .cipher
             .encrypt(
@@ -417,12 +420,20 @@ fn to_io(server: &str, error: redis::RedisError) -> io::Error {
     io::Error::new(kind, format!("Redis at {server}: {error}"))
 }
 
-/// `url` without its password, for messages.
+/// `url` as messages may show it: the scheme, the host and port (or the
+/// socket path) and the database, read by the redis crate's own parser, so
+/// that no form of credentials it accepts (`user:password@`, `?pass=`,
+/// `?user=`) can appear in an error, a log line or health.
 fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
+    use redis::{ConnectionAddr, IntoConnectionInfo};
+    let Ok(info) = url.into_connection_info() else {
+        return "an unparsable Redis URL".to_owned();
+    };
+    let db = info.redis_settings().db();
+    match info.addr() {
+        ConnectionAddr::Tcp(host, port) => format!("redis://{host}:{port}/{db}"),
+        ConnectionAddr::TcpTls { host, port, .. } => format!("rediss://{host}:{port}/{db}"),
+        ConnectionAddr::Unix(path) => format!("redis+unix://{}?db={db}", path.display()),
+        _ => format!("a Redis server (db {db})"),
     }
 }

@@ -109,6 +109,23 @@ impl Ca {
         }
     }
 
+    /// An intermediate CA signed by this one.
+    pub fn intermediate(&self, name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.not_before = (SystemTime::now() - Duration::from_secs(30 * 86400)).into();
+        params.not_after = (SystemTime::now() + Duration::from_secs(300 * 86400)).into();
+        params.serial_number = Some(rand_serial().into());
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Self {
+            der: cert.der().clone(),
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
     pub fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         roots.add(self.der.clone()).unwrap();

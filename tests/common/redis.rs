@@ -121,6 +121,14 @@ impl Redis {
         self.cli(&["--no-raw", "GET", key])
     }
 
+    /// The bytes Redis holds under `key`, exactly.
+    pub fn bytes(&self, key: &str) -> Vec<u8> {
+        let mut value = self.cli(&["--raw", "GET", key]);
+        // redis-cli ends its output with a line feed of its own.
+        value.pop();
+        value
+    }
+
     /// The holder of the one renewal lock there is, if any: the value under
     /// `certrotate:lock:*` (`<pid>-<random>`).
     pub fn lock_holder(&self) -> Option<String> {
