@@ -46,15 +46,27 @@ struct Fixture {
     certs: Vec<ValidatedCert>,
     bundles: Vec<CertBundle>,
     client: Arc<ClientConfig>,
+    /// A client presenting a certificate of the CA, and the CA as trust.
+    mtls_client: Arc<ClientConfig>,
+    trust: certrotate::TrustStore,
 }
 
 impl Fixture {
     /// A client with a session store of its own.
     fn resuming_client(&self) -> Arc<ClientConfig> {
-        let mut client = (*self.client).clone();
-        client.resumption = Resumption::in_memory_sessions(64);
-        Arc::new(client)
+        resuming(&self.client)
     }
+
+    /// The mTLS client, with a session store of its own.
+    fn resuming_mtls_client(&self) -> Arc<ClientConfig> {
+        resuming(&self.mtls_client)
+    }
+}
+
+fn resuming(client: &ClientConfig) -> Arc<ClientConfig> {
+    let mut client = client.clone();
+    client.resumption = Resumption::in_memory_sessions(64);
+    Arc::new(client)
 }
 
 fn fixture(key: Key, count: usize) -> Fixture {
@@ -93,6 +105,18 @@ fn fixture(key: Key, count: usize) -> Fixture {
         certs.push(policy.validate(&bundle, SystemTime::now()).unwrap());
         bundles.push(bundle);
     }
+    let client_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut client_params = rcgen::CertificateParams::new(vec!["client.internal".into()]).unwrap();
+    client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = client_params.signed_by(&client_key, &issuer).unwrap();
+    let mut mtls_client = ClientConfig::builder()
+        .with_root_certificates(roots.clone())
+        .with_client_auth_cert(
+            vec![client_cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(client_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    mtls_client.resumption = Resumption::disabled();
     let mut client = ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -101,6 +125,8 @@ fn fixture(key: Key, count: usize) -> Fixture {
         certs,
         bundles,
         client: Arc::new(client),
+        mtls_client: Arc::new(mtls_client),
+        trust: certrotate::TrustStore::new(vec![ca_cert.der().clone()]).unwrap(),
     }
 }
 
@@ -208,6 +234,63 @@ fn full_handshakes(key: Key) {
     }
 }
 
+/// Full mutual-TLS handshakes (P-256): rustls's own `WebPkiClientVerifier`
+/// with its default session cache, against a `TrustStore` (the verifier
+/// that follows it, sessions partitioned by the generation each client was
+/// verified under). Same interleaved method as [`full_handshakes`].
+fn mtls_handshakes() {
+    let f = fixture(Key::P256, 1);
+    let store = CertStore::new();
+    store.install(DEFAULT_SLOT, f.certs[0].clone());
+    let roots = Arc::new({
+        let mut roots = RootCertStore::empty();
+        roots.add(f.trust.roots()[0].clone()).unwrap();
+        roots
+    });
+    let plain = Arc::new(
+        ServerConfig::builder()
+            .with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder(roots)
+                    .build()
+                    .unwrap(),
+            )
+            .with_cert_resolver(store.resolver()),
+    );
+    let mut partitioned = ServerConfig::builder()
+        .with_client_cert_verifier(f.trust.client_verifier())
+        .with_cert_resolver(store.resolver());
+    f.trust.partition_sessions(&mut partitioned);
+    let variants = [
+        ("rustls WebPkiClientVerifier", plain),
+        ("certrotate TrustStore (partitioned)", Arc::new(partitioned)),
+    ];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for round in 0..ROUNDS {
+        let mut order: Vec<usize> = (0..variants.len()).collect();
+        fastrand::Rng::with_seed(round as u64).shuffle(&mut order);
+        for i in order {
+            let start = Instant::now();
+            for _ in 0..PER_ROUND {
+                black_box(handshake(variants[i].1.clone(), &f.mtls_client));
+            }
+            rates[i].push(PER_ROUND as f64 / start.elapsed().as_secs_f64());
+        }
+    }
+    println!(
+        "\n### Full mutual-TLS 1.3 handshakes, P256 ({ROUNDS} interleaved rounds of {PER_ROUND})\n"
+    );
+    println!("| server verifier | median handshakes/s | median ratio vs rustls |");
+    println!("|---|---:|---:|");
+    for (i, (name, _)) in variants.iter().enumerate() {
+        let mut ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(a, b)| a / b).collect();
+        println!(
+            "| {name} | {:.0} | {:.3} |",
+            median(&mut rates[i].clone()),
+            median(&mut ratios)
+        );
+    }
+}
+
 /// Handshake rate while another thread rotates the store every `period`.
 fn rate_while_rotating(
     f: &Fixture,
@@ -290,8 +373,16 @@ fn resumption_across_rotations() {
     let rotating = rotating_config(&store);
     let swap = ArcSwap::new(static_config(&f.bundles[0]));
     const N: usize = 2000;
+    // Mutual TLS, sessions partitioned by trust generation (which
+    // certificate rotations do not change).
+    let mut mtls = ServerConfig::builder()
+        .with_client_cert_verifier(f.trust.client_verifier())
+        .with_cert_resolver(store.resolver());
+    f.trust.partition_sessions(&mut mtls);
+    let mtls = Arc::new(mtls);
     let (ours_client, theirs_client) = (f.resuming_client(), f.resuming_client());
-    let (mut ours, mut theirs) = (0, 0);
+    let mtls_client = f.resuming_mtls_client();
+    let (mut ours, mut theirs, mut partitioned) = (0, 0, 0);
     for n in 0..N {
         if n % 10 == 9 {
             store.install(DEFAULT_SLOT, f.certs[n % f.certs.len()].clone());
@@ -299,6 +390,7 @@ fn resumption_across_rotations() {
         }
         ours += (handshake(rotating.clone(), &ours_client) == HandshakeKind::Resumed) as usize;
         theirs += (handshake(swap.load_full(), &theirs_client) == HandshakeKind::Resumed) as usize;
+        partitioned += (handshake(mtls.clone(), &mtls_client) == HandshakeKind::Resumed) as usize;
     }
     println!("\n### Resumption across rotations ({N} handshakes each, a rotation every 10)\n");
     println!("| variant | resumed |");
@@ -310,6 +402,10 @@ fn resumption_across_rotations() {
     println!(
         "| config-swap (new ServerConfig) | {:.1}% |",
         100.0 * theirs as f64 / N as f64
+    );
+    println!(
+        "| certrotate, mTLS with sessions partitioned by trust | {:.1}% |",
+        100.0 * partitioned as f64 / N as f64
     );
 }
 
@@ -347,5 +443,6 @@ fn main() {
     full_handshakes(Key::P256);
     full_handshakes(Key::Rsa2048);
     rotation_rates();
+    mtls_handshakes();
     resumption_across_rotations();
 }

@@ -55,6 +55,9 @@ pub struct TrustStore {
 
 struct Inner {
     current: ArcSwap<Trust>,
+    /// The generation each recently verified client certificate was
+    /// verified under, for the session partition.
+    verified: Mutex<Verified>,
     /// Serializes writers, so generations never go backwards.
     write: Mutex<()>,
     changes: watch::Sender<u64>,
@@ -164,6 +167,7 @@ impl TrustStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 current: ArcSwap::from_pointee(trust),
+                verified: Mutex::default(),
                 write: Mutex::new(()),
                 changes: watch::channel(1).0,
                 provider,
@@ -330,6 +334,93 @@ impl TrustStore {
     fn trust(&self) -> arc_swap::Guard<Arc<Trust>> {
         self.inner.current.load()
     }
+
+    fn verified(&self) -> std::sync::MutexGuard<'_, Verified> {
+        self.inner
+            .verified
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The partition a session belongs to: the generation its client
+    /// certificate was verified under (the one in force for a session
+    /// without one). `None` for a session that must not be kept: its
+    /// certificate's verification is not on record (it was verified under
+    /// a trust since replaced, or too long ago).
+    ///
+    /// rustls stores a session and encrypts its ticket after the client's
+    /// Finished, and verifies the certificate earlier, at its Certificate
+    /// message: a client that holds Finished back across a trust change
+    /// must not get a session of the new generation.
+    fn partition_of(&self, session: &[u8]) -> Option<[u8; 8]> {
+        let generation = match first_certificate(session) {
+            Some(cert) => {
+                let verified = self.verified().generation_of(cert)?;
+                (verified == self.generation()).then_some(verified)?
+            }
+            None => self.generation(),
+        };
+        Some(generation.to_be_bytes())
+    }
+}
+
+/// How many client certificate verifications are remembered: far more than
+/// there are handshakes between a verification and its session being stored
+/// (a session whose verification was forgotten is not stored: the client
+/// makes a full handshake next time).
+const VERIFIED_REMEMBERED: usize = 4096;
+
+/// Client certificates verified lately, by SHA-256 of their DER, with the
+/// generation each was verified under.
+#[derive(Default)]
+struct Verified {
+    generations: std::collections::HashMap<[u8; 32], u64>,
+    order: std::collections::VecDeque<[u8; 32]>,
+}
+
+impl Verified {
+    fn note(&mut self, cert: &[u8], generation: u64) {
+        let id = fingerprint(cert);
+        if self.generations.insert(id, generation).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > VERIFIED_REMEMBERED {
+            if let Some(oldest) = self.order.pop_front() {
+                self.generations.remove(&oldest);
+            }
+        }
+    }
+
+    fn generation_of(&self, cert: &[u8]) -> Option<u64> {
+        self.generations.get(&fingerprint(cert)).copied()
+    }
+}
+
+fn fingerprint(der: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(der).into()
+}
+
+/// The first X.509 certificate inside an encoded rustls session: the
+/// client's end-entity certificate, which rustls keeps in the session (the
+/// chain comes before the application data; what precedes it, the SNI and
+/// the secret, is no certificate). `None` for a session without a client
+/// certificate.
+fn first_certificate(session: &[u8]) -> Option<&[u8]> {
+    (0..session.len()).find_map(|start| {
+        let rest = &session[start..];
+        // A DER SEQUENCE long enough for a certificate: 0x30, then a long
+        // form length of one or two bytes.
+        let (header, len) = match rest {
+            [0x30, 0x81, len, ..] => (3, usize::from(*len)),
+            [0x30, 0x82, high, low, ..] => (4, usize::from(*high) << 8 | usize::from(*low)),
+            _ => return None,
+        };
+        let candidate = rest.get(..header + len)?;
+        x509_parser::parse_x509_certificate(candidate)
+            .ok()
+            .map(|_| candidate)
+    })
 }
 
 /// Reads CA certificates and CRLs from PEM.
@@ -412,16 +503,22 @@ impl ClientCertVerifier for FollowingClientVerifier {
         &[]
     }
 
+    /// Verifies against the trust in force, and remembers under which
+    /// generation, so that the session can only carry that one.
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0
-            .trust()
+        let trust = self.0.trust();
+        let verified = trust
             .clients
-            .verify_client_cert(end_entity, intermediates, now)
+            .verify_client_cert(end_entity, intermediates, now)?;
+        self.0
+            .verified()
+            .note(end_entity.as_ref(), trust.generation);
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -511,14 +608,14 @@ impl ServerCertVerifier for FollowingServerVerifier {
     }
 }
 
-/// The generation as a key prefix.
+/// The generation in force as a key prefix.
 fn tag(trust: &TrustStore) -> [u8; 8] {
     trust.generation().to_be_bytes()
 }
 
-fn tagged(trust: &TrustStore, key: &[u8]) -> Vec<u8> {
+fn tagged(tag: [u8; 8], key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + key.len());
-    out.extend_from_slice(&tag(trust));
+    out.extend_from_slice(&tag);
     out.extend_from_slice(key);
     out
 }
@@ -531,16 +628,21 @@ struct PartitionedSessions {
 }
 
 impl StoresServerSessions for PartitionedSessions {
+    /// Kept in the partition of the generation its client was verified
+    /// under; not kept if that is not the one in force.
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        self.inner.put(tagged(&self.trust, &key), value)
+        match self.trust.partition_of(&value) {
+            Some(partition) => self.inner.put(tagged(partition, &key), value),
+            None => false,
+        }
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.inner.get(&tagged(&self.trust, key))
+        self.inner.get(&tagged(tag(&self.trust), key))
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.inner.take(&tagged(&self.trust, key))
+        self.inner.take(&tagged(tag(&self.trust), key))
     }
 
     fn can_cache(&self) -> bool {
@@ -565,8 +667,11 @@ impl ProducesTickets for PartitionedTickets {
         self.inner.lifetime()
     }
 
+    /// Tagged with the generation its client was verified under; no ticket
+    /// if that is not the one in force.
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        self.inner.encrypt(&tagged(&self.trust, plain))
+        let partition = self.trust.partition_of(plain)?;
+        self.inner.encrypt(&tagged(partition, plain))
     }
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
