@@ -14,12 +14,14 @@
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
+
 #[cfg(feature = "file")]
 use std::path::PathBuf;
 #[cfg(feature = "file")]
 use std::sync::Arc;
 #[cfg(feature = "file")]
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 /// The default size limit of a file read from outside: far above any real
 /// certificate chain, key or trust bundle (a chain of ten 4096-bit
@@ -37,9 +39,10 @@ pub(crate) enum ReadFailure {
     TooLarge { size: u64, limit: u64 },
 }
 
-/// A file's content and the metadata of the handle it was read from.
+/// A file's content and the metadata of the handle it was read from. The
+/// bytes may be a private key: they are zeroized when dropped.
 pub(crate) struct Contents {
-    pub(crate) bytes: Vec<u8>,
+    pub(crate) bytes: Zeroizing<Vec<u8>>,
     #[cfg_attr(not(feature = "file"), allow(dead_code))]
     pub(crate) metadata: std::fs::Metadata,
 }
@@ -67,7 +70,8 @@ pub(crate) fn bounded(path: &Path, limit: u64) -> Result<Contents, ReadFailure> 
     }
     // The file may grow between the fstat and the read: read one byte past
     // the limit to tell.
-    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    // Sized up front, so that no reallocation leaves a copy behind.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(metadata.len() as usize + 1));
     file.take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(ReadFailure::Io)?;
@@ -82,7 +86,7 @@ pub(crate) fn bounded(path: &Path, limit: u64) -> Result<Contents, ReadFailure> 
 
 /// [`bounded`] with the default limit, for callers that only need the bytes
 /// and an `io::Error` (ACME storage, CA files, `CertBundle::from_pem_files`).
-pub(crate) fn small(path: &Path) -> std::io::Result<Vec<u8>> {
+pub(crate) fn small(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
     bounded(path, DEFAULT_LIMIT)
         .map(|c| c.bytes)
         .map_err(std::io::Error::from)

@@ -111,3 +111,86 @@ async fn no_key_material_in_logs_events_health_or_debug_output() {
     }
     rotator.shutdown().await;
 }
+
+/// The paths that hold key bytes in plain buffers (a combined PEM file, the
+/// ACME storage's certificate and account) put none of them in a message:
+/// a combined file with a wrong key, and a stored ACME certificate whose key
+/// is cut short, traced at TRACE level.
+#[cfg(all(unix, feature = "file", feature = "acme"))]
+#[tokio::test(flavor = "current_thread")]
+async fn no_key_material_from_combined_files_or_acme_storage() {
+    use certrotate::{AcmeSource, CertSource, FileSource, FileStorage, Storage};
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let ca = Ca::new();
+    let (good, other) = (ca.issue(Leaf::default()), ca.issue(Leaf::default()));
+    let dir = common::TempDir::new("secrets-combined");
+    let combined = dir.join("both.pem");
+    std::fs::write(&combined, format!("{}{}", good.cert_pem, good.key_pem)).unwrap();
+    let source = FileSource::combined(&combined).options(common::file_options());
+    let rotator = Rotator::builder(source, Policy::builder().server_name(HOST).build().unwrap())
+        .start()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    // The certificate with someone else's key, in one file.
+    std::fs::write(&combined, format!("{}{}", good.cert_pem, other.key_pem)).unwrap();
+    seen += &format!("{:?}\n", rotator.rotate_now().await);
+    seen += &serde_json::to_string(&rotator.health()).unwrap();
+
+    // ACME storage holding a certificate whose key is cut short, and the CA
+    // out of reach: the stored value is read, parsed and refused.
+    let storage = FileStorage::new(dir.join("acme"));
+    let cut = &other.key_pem[..other.key_pem.len() / 2];
+    let directory = "https://127.0.0.1:9/directory";
+    let acme = AcmeSource::builder(directory, ["a.example"])
+        .storage(storage.clone())
+        .timeout(std::time::Duration::from_secs(1))
+        .build();
+    // The names the source keeps them under (see `AcmeBuilder::build`).
+    let hex = |text: &str| {
+        use sha2::Digest;
+        sha2::Sha256::digest(text)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let cert_key = format!("cert-{}.pem", &hex(&format!("{directory}|a.example"))[..16]);
+    let account_key = format!("account-{}.json", &hex(directory)[..16]);
+    let corrupt = format!("{}{cut}", good.cert_pem);
+    storage.store(&cert_key, corrupt.as_bytes()).await.unwrap();
+    storage
+        .store(&account_key, corrupt.as_bytes())
+        .await
+        .unwrap();
+    let fetched = acme.fetch().await;
+    assert!(fetched.is_err());
+    seen += &format!("{fetched:?}\n");
+    seen += &format!("{:?} {:?}\n", acme, storage);
+    seen += &String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+
+    assert!(
+        seen.contains("does not match"),
+        "the refusal was logged:\n{seen}"
+    );
+    assert!(
+        seen.contains("stored ACME certificate is unusable"),
+        "the stored certificate was read:\n{seen}"
+    );
+    for bundle in [&good.bundle, &other.bundle] {
+        for fragment in fragments(bundle) {
+            assert!(
+                !seen.contains(&fragment),
+                "key material {fragment:?} leaked:\n{seen}"
+            );
+        }
+    }
+    rotator.shutdown().await;
+}

@@ -143,3 +143,21 @@ async fn redis_credentials_never_reach_a_message() {
         );
     }
 }
+
+/// ACME state lives in a directory only its owner can enter: `FileStorage`
+/// creates it (and any missing parent) with mode 0700, and its files 0600.
+#[cfg(all(unix, feature = "acme"))]
+#[tokio::test]
+async fn acme_state_directories_are_created_0700_and_files_0600() {
+    use certrotate::{FileStorage, Storage};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::TempDir::new("security-state");
+    let state = dir.join("var/lib/acme");
+    let storage = FileStorage::new(&state);
+    storage.store("account.json", b"{}").await.unwrap();
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700, "the state directory");
+    assert_eq!(mode(&dir.join("var/lib")), 0o700, "a parent it created");
+    assert_eq!(mode(&state.join("account.json")), 0o600);
+}

@@ -605,6 +605,8 @@ impl AcmeSource {
         else {
             return Ok(None);
         };
+        // The certificate's private key is in it.
+        let pem = zeroize::Zeroizing::new(pem);
         match CertBundle::from_combined_pem(&pem) {
             Ok(bundle) => Ok(Some(bundle.with_origin(self.describe()))),
             Err(error) => {
@@ -741,6 +743,8 @@ impl AcmeSource {
         };
         let account = match stored {
             Some(json) => {
+                // The account's private key is in it.
+                let json = zeroize::Zeroizing::new(json);
                 let credentials: AccountCredentials = serde_json::from_slice(&json)?;
                 // A GET of the directory: no nonce to refuse.
                 self.step(
@@ -773,7 +777,7 @@ impl AcmeSource {
                     "creating the ACME account",
                     builder()?.create(&new, self.inner.config.directory.clone(), eab.as_ref())
                 )?;
-                let json = serde_json::to_vec(&credentials)?;
+                let json = zeroize::Zeroizing::new(serde_json::to_vec(&credentials)?);
                 self.save(&self.inner.account_key, &json, "ACME account")
                     .await;
                 tracing::info!(target: "certrotate", directory = %self.inner.config.directory, "ACME account created");

@@ -492,12 +492,18 @@ impl Authority {
     }
 
     fn load(cert: &Path, key: &Path) -> Result<Self, CaError> {
-        let read = |path: &Path| {
-            let bytes = crate::read::small(path).map_err(|e| io("read", path, e))?;
-            String::from_utf8(bytes)
-                .map_err(|_| CaError::Unusable(format!("{} is not PEM text", path.display())))
+        let read = |path: &Path| -> Result<Zeroizing<String>, CaError> {
+            let mut bytes = crate::read::small(path).map_err(|e| io("read", path, e))?;
+            match String::from_utf8(std::mem::take(&mut *bytes)) {
+                Ok(text) => Ok(Zeroizing::new(text)),
+                Err(error) => {
+                    drop(Zeroizing::new(error.into_bytes()));
+                    let what = format!("{} is not PEM text", path.display());
+                    Err(CaError::Unusable(what))
+                }
+            }
         };
-        let key_pem = Zeroizing::new(read(key)?);
+        let key_pem = read(key)?;
         Self::from_pem(&read(cert)?, &key_pem)
     }
 

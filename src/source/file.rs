@@ -242,7 +242,8 @@ type Fingerprint = [u8; 32];
 
 /// The bytes of the files, as read at one moment.
 struct Contents {
-    cert: Vec<u8>,
+    /// Zeroized too: in a combined file it holds the key.
+    cert: Zeroizing<Vec<u8>>,
     key: Zeroizing<Vec<u8>>,
     /// The key file's permission bits (unix only).
     key_mode: Option<u32>,
@@ -408,11 +409,11 @@ impl Shared {
             Files::Pair { cert, key } => {
                 let (cert, _) = read(cert)?;
                 let (key, metadata) = read(key)?;
-                (cert, Zeroizing::new(key), metadata)
+                (cert, key, metadata)
             }
             Files::Combined(path) => {
                 let (both, metadata) = read(path)?;
-                (both.clone(), Zeroizing::new(both), metadata)
+                (both.clone(), both, metadata)
             }
         };
         Ok(Contents {

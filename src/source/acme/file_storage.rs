@@ -29,9 +29,13 @@ impl Storage for FileStorage {
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, std::io::Result<Option<Vec<u8>>>> {
         let path = self.dir.join(key);
         Box::pin(async move {
-            let read = tokio::task::spawn_blocking(move || crate::read::small(&path))
-                .await
-                .map_err(std::io::Error::other)?;
+            // Moved out of its zeroizing buffer, not copied: the caller
+            // keeps it zeroizing.
+            let read = tokio::task::spawn_blocking(move || {
+                crate::read::small(&path).map(|mut bytes| std::mem::take(&mut *bytes))
+            })
+            .await
+            .map_err(std::io::Error::other)?;
             match read {
                 Ok(bytes) => Ok(Some(bytes)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -41,7 +45,7 @@ impl Storage for FileStorage {
     }
 
     fn store<'a>(&'a self, key: &'a str, value: &'a [u8]) -> BoxFuture<'a, std::io::Result<()>> {
-        let (dir, value) = (self.dir.clone(), value.to_vec());
+        let (dir, value) = (self.dir.clone(), zeroize::Zeroizing::new(value.to_vec()));
         let path = self.dir.join(key);
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
@@ -206,7 +210,7 @@ fn fence(dir: &Path, name: &str) -> io::Result<u64> {
 /// there and readable.
 fn holder(dir: &Path, name: &str) -> Option<(String, SystemTime)> {
     let text = crate::read::small(&dir.join(format!("{name}.lease"))).ok()?;
-    let text = String::from_utf8(text).ok()?;
+    let text = String::from_utf8(text.to_vec()).ok()?;
     let (owner, until) = text.trim().split_once(' ')?;
     let until = SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(until.parse().ok()?))?;
     Some((owner.to_owned(), until))

@@ -101,7 +101,10 @@ fn describe(path: &Path) -> String {
 }
 
 fn read(path: &Path, options: &FileOptions) -> Reading {
-    let parsed = options.read(|| describe(path), path).map(|c| c.bytes);
+    // CA certificates and CRLs: nothing secret to zeroize.
+    let parsed = options
+        .read(|| describe(path), path)
+        .map(|c| c.bytes.to_vec());
     let mut hash = Sha256::new();
     match &parsed {
         Ok(bytes) => hash.update(bytes),
