@@ -134,7 +134,7 @@ pub use source::{CaError, CaSource, InternalCa, LeafSpec};
 pub use source::{
     CertDirectory, CertDirectoryBuilder, FileOptions, FileSource, TrustFile, WatchMode,
 };
-pub use source::{CertSource, SourceError, SourceWarning, StaticSource};
+pub use source::{CertSource, HighWaterMark, SourceError, SourceWarning, StaticSource};
 #[cfg(feature = "redis")]
 pub use source::{RedisBuilder, RedisStorage};
 pub use store::{CertStore, CertStoreBuilder, RollbackError, DEFAULT_SLOT};

@@ -27,6 +27,7 @@ use rustls::{
 
 use crate::bundle::{parse_cert, CertBundle, CertInfo, KeyAlgorithm};
 use crate::clock::{self, human};
+use crate::source::HighWaterMark;
 
 /// The checks a candidate certificate must pass before it can be served.
 ///
@@ -403,6 +404,21 @@ impl Policy {
         serving: Option<&CertInfo>,
         now: SystemTime,
     ) -> Result<ValidatedCert, ValidationError> {
+        let newest = serving.map(|s| HighWaterMark {
+            not_before: s.not_before,
+            serial: s.serial.clone(),
+        });
+        self.validate_newer_than(candidate, newest.as_ref(), now)
+    }
+
+    /// [`validate_replacing`](Self::validate_replacing) against the newest
+    /// certificate served so far, whether it serves now or is only on record.
+    pub(crate) fn validate_newer_than(
+        &self,
+        candidate: &CertBundle,
+        newest: Option<&HighWaterMark>,
+        now: SystemTime,
+    ) -> Result<ValidatedCert, ValidationError> {
         let info = candidate.info_arc();
         let refuse = |reason| ValidationError {
             cert: info.clone(),
@@ -516,11 +532,11 @@ impl Policy {
         }
 
         // Replay.
-        if let Some(serving) = serving {
-            if info.not_before < serving.not_before {
+        if let Some(newest) = newest {
+            if info.not_before < newest.not_before {
                 return Err(refuse(Refusal::OlderThanServing {
-                    serving_serial: serving.serial.clone(),
-                    serving_not_before: serving.not_before,
+                    serving_serial: newest.serial.clone(),
+                    serving_not_before: newest.not_before,
                 }));
             }
         }

@@ -20,11 +20,14 @@ use crate::events::{RotationEvent, Trigger};
 use crate::health::{AlertLevel, HealthSnapshot};
 use crate::policy::{Policy, ValidationError};
 use crate::resolver::RotatingResolver;
-use crate::source::{CertSource, SourceError, SourceWarning};
+use crate::source::{CertSource, HighWaterMark, SourceError, SourceWarning};
 use crate::store::{CertStore, RollbackError, DEFAULT_SLOT};
 
 /// Renew when a third of the certificate's lifetime is left.
 pub(crate) const DEFAULT_RENEW_BEFORE_FRACTION: f64 = 1.0 / 3.0;
+
+/// How long a source may take to read or record its high-water mark.
+const MARK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The longest the task sleeps before looking at the wall clock again, so a
 /// clock step (NTP, suspend) delays a renewal by at most this much.
@@ -102,6 +105,7 @@ pub struct RotatorBuilder<S> {
     retry_max: Duration,
     alert_repeat: Duration,
     fetch_timeout: Duration,
+    allow_older: bool,
 }
 
 impl<S: CertSource> RotatorBuilder<S> {
@@ -161,6 +165,20 @@ impl<S: CertSource> RotatorBuilder<S> {
     /// above the slowest legitimate fetch.
     pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
         self.fetch_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Accepts a certificate older than the newest one served so far, as
+    /// the source recorded it (default: refused as a replay, with
+    /// [`Refusal::OlderThanServing`](crate::Refusal::OlderThanServing)).
+    /// For going back to an older certificate on purpose after a restart;
+    /// logged as a warning. While running, prefer
+    /// [`Rotator::install_allowing_older`].
+    pub fn allow_older(mut self, allow: bool) -> Self {
+        if allow {
+            tracing::warn!(target: "certrotate", slot = %self.slot, "replay protection is off: certificates older than the newest served are accepted");
+        }
+        self.allow_older = allow;
         self
     }
 
@@ -246,6 +264,8 @@ impl<S: CertSource> RotatorBuilder<S> {
             last_alert: None,
             fetch_timeout: self.fetch_timeout,
             warnings: Vec::new(),
+            mark: None,
+            allow_older: self.allow_older,
             inbox: Some(inbox),
             stopped,
         };
@@ -298,6 +318,7 @@ impl Rotator {
             retry_max: Duration::from_secs(300),
             alert_repeat: Duration::from_secs(3600),
             fetch_timeout: Duration::from_secs(600),
+            allow_older: false,
         }
     }
 
@@ -479,6 +500,11 @@ struct Task<S> {
     fetch_timeout: Duration,
     /// The source's warnings as of its last fetch.
     warnings: Vec<SourceWarning>,
+    /// The newest certificate served, as the source recorded it (`None`
+    /// until it was asked).
+    mark: Option<Option<HighWaterMark>>,
+    /// Older certificates than the mark are accepted (logged at start).
+    allow_older: bool,
     inbox: Option<mpsc::Receiver<Command>>,
     stopped: watch::Receiver<bool>,
 }
@@ -669,6 +695,43 @@ impl<S: CertSource> Task<S> {
         self.warnings = warnings;
     }
 
+    /// The newest certificate served: the serving one, or the source's
+    /// record of one newer (read once, at the first attempt).
+    async fn newest_served(&mut self, serving: Option<&CertInfo>) -> Option<HighWaterMark> {
+        if self.mark.is_none() {
+            let recorded = tokio::time::timeout(MARK_TIMEOUT, self.source.high_water_mark())
+                .await
+                .unwrap_or_default();
+            self.mark = Some(recorded);
+        }
+        let recorded = self.mark.clone().flatten();
+        let serving = serving.map(|s| HighWaterMark {
+            not_before: s.not_before,
+            serial: s.serial.clone(),
+        });
+        [recorded, serving]
+            .into_iter()
+            .flatten()
+            .max_by_key(|m| m.not_before)
+    }
+
+    /// Has the source record `new` if it is the newest certificate served.
+    async fn raise_mark(&mut self, new: &CertInfo) {
+        let recorded = self.mark.clone().flatten();
+        if recorded.is_some_and(|m| m.not_before >= new.not_before) {
+            return;
+        }
+        let mark = HighWaterMark {
+            not_before: new.not_before,
+            serial: new.serial.clone(),
+        };
+        self.mark = Some(Some(mark.clone()));
+        let recorded = self.source.record_high_water_mark(mark);
+        if tokio::time::timeout(MARK_TIMEOUT, recorded).await.is_err() {
+            tracing::warn!(target: "certrotate", slot = %self.slot, "the source did not record the newest certificate in time; replay protection is per process until it does");
+        }
+    }
+
     async fn try_rotate(
         &mut self,
         trigger: Trigger,
@@ -717,9 +780,12 @@ impl<S: CertSource> Task<S> {
         }
         let policy = self.policy.clone();
         let now = self.store.clock().now();
-        let replacing = serving.filter(|_| !allow_older);
+        let newest = match allow_older || self.allow_older {
+            true => None,
+            false => self.newest_served(serving.as_deref()).await,
+        };
         let verdict = tokio::task::spawn_blocking(move || {
-            policy.validate_replacing(&candidate, replacing.as_deref(), now)
+            policy.validate_newer_than(&candidate, newest.as_ref(), now)
         })
         .await
         .expect("certificate validation does not panic");
@@ -727,6 +793,7 @@ impl<S: CertSource> Task<S> {
             Ok(valid) => {
                 let new = valid.info.clone();
                 let old = self.store.install(&self.slot, valid);
+                self.raise_mark(&new).await;
                 Ok(Rotation::Rotated { old, new })
             }
             Err(error) => {

@@ -154,16 +154,7 @@ async fn no_key_material_from_combined_files_or_acme_storage() {
         .storage(storage.clone())
         .timeout(std::time::Duration::from_secs(1))
         .build();
-    // The names the source keeps them under (see `AcmeBuilder::build`).
-    let hex = |text: &str| {
-        use sha2::Digest;
-        sha2::Sha256::digest(text)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
-    let cert_key = format!("cert-{}.pem", &hex(&format!("{directory}|a.example"))[..16]);
-    let account_key = format!("account-{}.json", &hex(directory)[..16]);
+    let (cert_key, account_key, _) = common::acme_keys(directory, "a.example");
     let corrupt = format!("{}{cut}", good.cert_pem);
     storage.store(&cert_key, corrupt.as_bytes()).await.unwrap();
     storage

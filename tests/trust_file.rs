@@ -145,7 +145,7 @@ async fn bad_bundles_are_refused_and_the_last_good_trust_stays() {
     let generation = s.client_ca.trust().generation();
 
     type Spoil<'a> = &'a dyn Fn(&Path);
-    let cases: [(&str, Spoil, &str); 4] = [
+    let cases: [(&str, Spoil, &str); 5] = [
         ("empty", &|p| write_atomic(p, ""), "no CA certificate"),
         (
             "not PEM",
@@ -163,12 +163,21 @@ async fn bad_bundles_are_refused_and_the_last_good_trust_stays() {
             "cannot be used",
         ),
         (
-            "unreadable",
+            "a directory",
             &|p| {
                 std::fs::remove_file(p).unwrap();
                 std::fs::create_dir(p).unwrap();
             },
-            "cannot read",
+            "is a directory, not a regular file",
+        ),
+        (
+            "over the size limit",
+            &|p| {
+                let big = std::fs::File::create(p.with_extension("big")).unwrap();
+                big.set_len(2 << 20).unwrap();
+                std::fs::rename(p.with_extension("big"), p).unwrap();
+            },
+            "over the 1 MiB limit",
         ),
     ];
     for (what, spoil, expected) in cases {

@@ -15,7 +15,7 @@ use instant_acme::{
 };
 use sha2::{Digest, Sha256};
 
-use super::{CertSource, SourceError, SourceWarning};
+use super::{CertSource, HighWaterMark, SourceError, SourceWarning};
 
 mod file_storage;
 use crate::bundle::{CertBundle, CertInfo};
@@ -419,6 +419,7 @@ impl AcmeBuilder {
                 account_key: format!("account-{}.json", &directory[..16]),
                 cert_key: format!("cert-{}.pem", &id[..16]),
                 renewal_key: format!("renewal-{}.txt", &id[..16]),
+                served_key: format!("served-{}.txt", &id[..16]),
                 config: self,
                 account: tokio::sync::Mutex::new(None),
                 advice: Mutex::new(None),
@@ -479,6 +480,8 @@ struct Inner {
     cert_key: String,
     /// Where the renewal time is shared: `<fingerprint> <unix seconds>`.
     renewal_key: String,
+    /// Where the newest certificate served is recorded (replay protection).
+    served_key: String,
     account: tokio::sync::Mutex<Option<Account>>,
     /// When to renew the stored certificate, from the CA's renewal
     /// information (RFC 9773).
@@ -1479,6 +1482,24 @@ impl CertSource for AcmeSource {
             () = self.advised_time() => {}
             () = self.storage_changed() => {}
         }
+    }
+
+    /// The mark kept in the storage (`served-<id>.txt`), if any.
+    async fn high_water_mark(&self) -> Option<HighWaterMark> {
+        let stored = self
+            .inner
+            .config
+            .storage
+            .load(&self.inner.served_key)
+            .await
+            .ok()??;
+        String::from_utf8_lossy(&stored).parse().ok()
+    }
+
+    async fn record_high_water_mark(&self, mark: HighWaterMark) {
+        let text = format!("{mark}\n");
+        self.save(&self.inner.served_key, text.as_bytes(), "high-water mark")
+            .await;
     }
 
     /// A stored certificate that has not expired is at hand.

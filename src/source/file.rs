@@ -28,7 +28,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use super::{CertSource, SourceError, SourceWarning};
+use super::{CertSource, HighWaterMark, SourceError, SourceWarning};
 use crate::bundle::CertBundle;
 use crate::read::{self, OneAtATime};
 
@@ -102,6 +102,7 @@ pub struct FileOptions {
     grace: Duration,
     strict_permissions: bool,
     max_file_size: u64,
+    state_file: Option<PathBuf>,
 }
 
 impl Default for FileOptions {
@@ -117,6 +118,7 @@ impl Default for FileOptions {
             grace: Duration::from_secs(10),
             strict_permissions: false,
             max_file_size: read::DEFAULT_LIMIT,
+            state_file: None,
         }
     }
 }
@@ -166,6 +168,25 @@ impl FileOptions {
     /// ```
     pub fn max_file_size(mut self, bytes: u64) -> Self {
         self.max_file_size = bytes;
+        self
+    }
+
+    /// Where the source records the newest certificate it had served (its
+    /// [`HighWaterMark`](crate::HighWaterMark), one line, written 0600 and
+    /// atomically), so that after a restart an older pair put back in the
+    /// files is refused as a replay, as a running rotator refuses it
+    /// (default: none, and replay protection is per process). Keep it where
+    /// whoever writes the certificates cannot write (the service's own state
+    /// directory), or it protects nothing. To go back to an older pair on
+    /// purpose, use [`RotatorBuilder::allow_older`](crate::RotatorBuilder::allow_older)
+    /// or remove the file.
+    ///
+    /// ```
+    /// let options = certrotate::FileOptions::default()
+    ///     .state_file("/var/lib/api/tls-served.txt");
+    /// ```
+    pub fn state_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.state_file = Some(path.into());
         self
     }
 
@@ -364,6 +385,40 @@ impl CertSource for FileSource {
 
     fn warnings(&self) -> Vec<SourceWarning> {
         lock(&self.shared.warnings).clone()
+    }
+
+    /// The mark in the [state file](FileOptions::state_file), if there is
+    /// one. A state file that cannot be read or parsed is reported and
+    /// taken as no mark.
+    async fn high_water_mark(&self) -> Option<HighWaterMark> {
+        let path = self.shared.options.state_file.clone()?;
+        let read = tokio::task::spawn_blocking(move || {
+            let text = read::small(&path)?;
+            String::from_utf8_lossy(&text)
+                .parse::<HighWaterMark>()
+                .map_err(std::io::Error::other)
+        });
+        match read.await {
+            Ok(Ok(mark)) => Some(mark),
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Ok(Err(error)) => {
+                tracing::warn!(target: "certrotate", source = %self.describe(), %error, "the state file cannot be read: replay protection starts anew");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    async fn record_high_water_mark(&self, mark: HighWaterMark) {
+        let Some(path) = self.shared.options.state_file.clone() else {
+            return;
+        };
+        let written = tokio::task::spawn_blocking(move || {
+            crate::atomic::write(&path, format!("{mark}\n").as_bytes(), 0o600)
+        });
+        if let Ok(Err(error)) = written.await {
+            tracing::warn!(target: "certrotate", source = %self.describe(), %error, "cannot write the state file: replay protection is per process until it can");
+        }
     }
 }
 

@@ -91,6 +91,22 @@ pub trait CertSource: Send + Sync + 'static {
         std::future::ready(true)
     }
 
+    /// The newest certificate this source ever had served, as it recorded
+    /// it ([`record_high_water_mark`](Self::record_high_water_mark)) where it
+    /// keeps state, so that a restart refuses a replayed older certificate
+    /// as a running rotator does. The default keeps none: replay protection
+    /// is then per process.
+    fn high_water_mark(&self) -> impl Future<Output = Option<HighWaterMark>> + Send {
+        std::future::ready(None)
+    }
+
+    /// Records the newest certificate served (called after each install
+    /// that raises the mark). The default records nothing.
+    fn record_high_water_mark(&self, mark: HighWaterMark) -> impl Future<Output = ()> + Send {
+        let _ = mark;
+        std::future::ready(())
+    }
+
     /// Names the source in messages: `"file /etc/tls/tls.crt"`.
     fn describe(&self) -> String;
 
@@ -123,6 +139,14 @@ impl<S: CertSource> CertSource for Arc<S> {
 
     fn at_hand(&self) -> impl Future<Output = bool> + Send {
         S::at_hand(self)
+    }
+
+    fn high_water_mark(&self) -> impl Future<Output = Option<HighWaterMark>> + Send {
+        S::high_water_mark(self)
+    }
+
+    fn record_high_water_mark(&self, mark: HighWaterMark) -> impl Future<Output = ()> + Send {
+        S::record_high_water_mark(self, mark)
     }
 
     fn describe(&self) -> String {
@@ -159,6 +183,59 @@ pub enum SourceWarning {
         /// Why.
         reason: String,
     },
+}
+
+/// The newest certificate a slot ever served: when it became valid, and
+/// its serial. A candidate that became valid earlier is a replay, refused
+/// unless installing an older certificate is asked for explicitly.
+///
+/// Sources keep it where they keep state, in this text form:
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use certrotate::HighWaterMark;
+///
+/// let mark = HighWaterMark {
+///     not_before: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+///     serial: "01:ab".into(),
+/// };
+/// assert_eq!(mark.to_string(), "1800000000 01:ab");
+/// assert_eq!("1800000000 01:ab".parse::<HighWaterMark>(), Ok(mark));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HighWaterMark {
+    /// When the certificate became valid.
+    pub not_before: std::time::SystemTime,
+    /// Its serial number, as [`CertInfo::serial`](crate::CertInfo::serial) writes it.
+    pub serial: String,
+}
+
+impl fmt::Display for HighWaterMark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = crate::clock::unix_seconds(self.not_before);
+        write!(f, "{secs} {}", self.serial)
+    }
+}
+
+impl std::str::FromStr for HighWaterMark {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (secs, serial) = text
+            .trim()
+            .split_once(' ')
+            .ok_or("expected `<unix seconds> <serial>`")?;
+        let secs: u64 = secs
+            .parse()
+            .map_err(|_| format!("{secs:?} is not a time"))?;
+        let not_before = std::time::UNIX_EPOCH
+            .checked_add(std::time::Duration::from_secs(secs))
+            .ok_or("the time is out of range")?;
+        Ok(Self {
+            not_before,
+            serial: serial.to_owned(),
+        })
+    }
 }
 
 impl fmt::Display for SourceWarning {

@@ -708,3 +708,22 @@ pub fn write_atomic(path: &Path, contents: &str) {
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
+
+/// The storage keys an `AcmeSource` for `domain` at `directory` uses, as
+/// `AcmeBuilder::build` names them: (certificate, account, high-water mark).
+#[cfg(feature = "acme")]
+pub fn acme_keys(directory: &str, domain: &str) -> (String, String, String) {
+    let hex = |text: &str| {
+        use sha2::Digest;
+        sha2::Sha256::digest(text)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let id = hex(&format!("{directory}|{domain}"));
+    (
+        format!("cert-{}.pem", &id[..16]),
+        format!("account-{}.json", &hex(directory)[..16]),
+        format!("served-{}.txt", &id[..16]),
+    )
+}

@@ -1,0 +1,132 @@
+//! Replay protection survives a restart: a source that keeps state records
+//! the newest certificate it had served, and a rotator started later refuses
+//! an older one put back in its place (unless told to allow it). Without a
+//! state location, protection is per process, as SECURITY.md says.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use certrotate::{Policy, Refusal, RotateError, Rotator};
+use common::{Ca, Issued, Leaf};
+
+/// An older and a newer certificate of `ca` for `name`.
+fn older_and_newer(ca: &Ca, name: &str) -> (Issued, Issued) {
+    let now = SystemTime::now();
+    let leaf = |age: u64| {
+        ca.issue(
+            Leaf::default()
+                .names(&[name])
+                .valid_from(now - Duration::from_secs(age)),
+        )
+    };
+    (leaf(7200), leaf(600))
+}
+
+fn is_replay(started: &Result<Rotator, RotateError>, newest: &Issued) -> bool {
+    match started {
+        Err(RotateError::Refused(error)) => matches!(
+            error.reason(),
+            Refusal::OlderThanServing { serving_serial, .. }
+                if *serving_serial == newest.bundle.info().serial
+        ),
+        _ => false,
+    }
+}
+
+#[cfg(all(unix, feature = "file"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_source_with_a_state_file_refuses_an_older_pair_after_a_restart() {
+    use certrotate::FileSource;
+    let dir = common::TempDir::new("replay-files");
+    let (cert, key, state) = (
+        dir.join("tls.crt"),
+        dir.join("tls.key"),
+        dir.join("served.txt"),
+    );
+    let ca = Ca::new();
+    let (older, newer) = older_and_newer(&ca, common::HOST);
+    let policy = || Policy::builder().server_name(common::HOST).build().unwrap();
+    let source = |state_file: bool| {
+        let options = common::file_options();
+        let options = match state_file {
+            true => options.state_file(&state),
+            false => options,
+        };
+        FileSource::pair(&cert, &key).options(options)
+    };
+    let put = |issued: &Issued| {
+        common::write_atomic(&key, &issued.key_pem);
+        common::write_atomic(&cert, &issued.cert_pem);
+    };
+
+    put(&newer);
+    let first = Rotator::builder(source(true), policy())
+        .start()
+        .await
+        .unwrap();
+    first.shutdown().await;
+    let recorded = std::fs::read_to_string(&state).unwrap();
+    assert!(recorded.contains(&newer.bundle.info().serial), "{recorded}");
+
+    // Someone puts the older (say, compromised) pair back, and the server
+    // restarts: refused, naming the newest served.
+    put(&older);
+    let replayed = Rotator::builder(source(true), policy()).start().await;
+    assert!(is_replay(&replayed, &newer), "{replayed:?}");
+
+    // Going back on purpose is explicit.
+    let allowed = Rotator::builder(source(true), policy())
+        .allow_older(true)
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed.current().unwrap().serial,
+        older.bundle.info().serial
+    );
+    allowed.shutdown().await;
+
+    // Without a state file, protection is per process: a restart accepts it.
+    let per_process = Rotator::builder(source(false), policy()).start().await;
+    assert!(per_process.is_ok(), "{per_process:?}");
+}
+
+#[cfg(feature = "acme")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acme_source_refuses_a_restored_older_certificate_after_a_restart() {
+    use certrotate::{AcmeSource, FileStorage, Storage};
+    let dir = common::TempDir::new("replay-acme");
+    let storage = FileStorage::new(dir.join("state"));
+    // The CA is out of reach: whatever is served comes from the storage.
+    let directory = "https://127.0.0.1:9/directory";
+    let name = "a.example";
+    let (cert_key, _, served_key) = common::acme_keys(directory, name);
+    let ca = Ca::new();
+    let (older, newer) = older_and_newer(&ca, name);
+    let source = || {
+        AcmeSource::builder(directory, [name])
+            .storage(storage.clone())
+            .timeout(Duration::from_secs(1))
+            .build()
+    };
+    let policy = || Policy::builder().server_name(name).build().unwrap();
+    let store = |issued: &Issued| {
+        let combined = format!("{}{}", issued.cert_pem, issued.key_pem);
+        let storage = storage.clone();
+        let key = cert_key.clone();
+        async move { storage.store(&key, combined.as_bytes()).await.unwrap() }
+    };
+
+    store(&newer).await;
+    let first = Rotator::builder(source(), policy()).start().await.unwrap();
+    assert_eq!(first.current().unwrap().serial, newer.bundle.info().serial);
+    first.shutdown().await;
+    let recorded = storage.load(&served_key).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&recorded).contains(&newer.bundle.info().serial));
+
+    // The older certificate restored into the storage (a backup, a replay).
+    store(&older).await;
+    let replayed = Rotator::builder(source(), policy()).start().await;
+    assert!(is_replay(&replayed, &newer), "{replayed:?}");
+}
