@@ -129,4 +129,48 @@ async fn an_acme_source_refuses_a_restored_older_certificate_after_a_restart() {
     store(&older).await;
     let replayed = Rotator::builder(source(), policy()).start().await;
     assert!(is_replay(&replayed, &newer), "{replayed:?}");
+
+    // The whole storage put back, mark included: the storage alone cannot
+    // tell (protection per process, as SECURITY.md says), a state file of
+    // the instance's own can.
+    let local = dir.join("local-served.txt");
+    let with_local = || {
+        AcmeSource::builder(directory, [name])
+            .storage(storage.clone())
+            .timeout(Duration::from_secs(1))
+            .state_file(&local)
+            .build()
+    };
+    store(&newer).await;
+    let running = Rotator::builder(with_local(), policy())
+        .allow_older(true)
+        .start()
+        .await
+        .unwrap();
+    running.shutdown().await;
+    store(&older).await;
+    let old_mark = format!(
+        "{} {}\n",
+        older
+            .bundle
+            .info()
+            .not_before
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+        older.bundle.info().serial
+    );
+    storage
+        .store(&served_key, old_mark.as_bytes())
+        .await
+        .unwrap();
+    let storage_only = Rotator::builder(source(), policy()).start().await;
+    assert!(storage_only.is_ok(), "{storage_only:?}");
+    storage_only.unwrap().shutdown().await;
+    storage
+        .store(&served_key, old_mark.as_bytes())
+        .await
+        .unwrap();
+    let replayed = Rotator::builder(with_local(), policy()).start().await;
+    assert!(is_replay(&replayed, &newer), "{replayed:?}");
 }

@@ -290,6 +290,7 @@ pub struct AcmeBuilder {
     timeout: Duration,
     lock_lease: Duration,
     order_alone_within: Option<Duration>,
+    state_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for AcmeBuilder {
@@ -374,6 +375,22 @@ impl AcmeBuilder {
     /// takes (a few [`timeout`](Self::timeout)s).
     pub fn lock_lease(mut self, lease: Duration) -> Self {
         self.lock_lease = lease.max(Duration::from_secs(1));
+        self
+    }
+
+    /// A file of this instance's own where it also records the newest
+    /// certificate it served (default: none). The mark in the storage
+    /// stops a certificate restored there on its own; one on the instance's
+    /// own disk also stops a whole shared storage put back to an older
+    /// state (a Redis writer restoring a certificate with its old mark)
+    /// from being served after this instance restarts.
+    ///
+    /// ```
+    /// # let acme = certrotate::AcmeSource::builder("https://ca.example/dir", ["a.example"]);
+    /// let acme = acme.state_file("/var/lib/api/acme-served.txt");
+    /// ```
+    pub fn state_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.state_file = Some(path.into());
         self
     }
 
@@ -590,6 +607,7 @@ impl AcmeSource {
             timeout: STEP_TIMEOUT,
             lock_lease: Duration::from_secs(300),
             order_alone_within: None,
+            state_file: None,
         }
     }
 
@@ -1484,19 +1502,27 @@ impl CertSource for AcmeSource {
         }
     }
 
-    /// The mark kept in the storage (`served-<id>.txt`), if any.
+    /// The newer of the mark kept in the storage (`served-<id>.txt`) and
+    /// the one in the [state file](AcmeBuilder::state_file), if any.
     async fn high_water_mark(&self) -> Option<HighWaterMark> {
-        let stored = self
-            .inner
-            .config
-            .storage
-            .load(&self.inner.served_key)
-            .await
-            .ok()??;
-        String::from_utf8_lossy(&stored).parse().ok()
+        let stored = match self.inner.config.storage.load(&self.inner.served_key).await {
+            Ok(Some(text)) => String::from_utf8_lossy(&text).parse().ok(),
+            _ => None,
+        };
+        let local = match &self.inner.config.state_file {
+            Some(path) => HighWaterMark::load_file(path, &self.describe()).await,
+            None => None,
+        };
+        [stored, local]
+            .into_iter()
+            .flatten()
+            .max_by_key(|m| m.not_before)
     }
 
     async fn record_high_water_mark(&self, mark: HighWaterMark) {
+        if let Some(path) = &self.inner.config.state_file {
+            mark.save_file(path, &self.describe()).await;
+        }
         let text = format!("{mark}\n");
         self.save(&self.inner.served_key, text.as_bytes(), "high-water mark")
             .await;

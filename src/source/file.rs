@@ -391,33 +391,13 @@ impl CertSource for FileSource {
     /// one. A state file that cannot be read or parsed is reported and
     /// taken as no mark.
     async fn high_water_mark(&self) -> Option<HighWaterMark> {
-        let path = self.shared.options.state_file.clone()?;
-        let read = tokio::task::spawn_blocking(move || {
-            let text = read::small(&path)?;
-            String::from_utf8_lossy(&text)
-                .parse::<HighWaterMark>()
-                .map_err(std::io::Error::other)
-        });
-        match read.await {
-            Ok(Ok(mark)) => Some(mark),
-            Ok(Err(error)) if error.kind() == std::io::ErrorKind::NotFound => None,
-            Ok(Err(error)) => {
-                tracing::warn!(target: "certrotate", source = %self.describe(), %error, "the state file cannot be read: replay protection starts anew");
-                None
-            }
-            Err(_) => None,
-        }
+        let path = self.shared.options.state_file.as_ref()?;
+        HighWaterMark::load_file(path, &self.describe()).await
     }
 
     async fn record_high_water_mark(&self, mark: HighWaterMark) {
-        let Some(path) = self.shared.options.state_file.clone() else {
-            return;
-        };
-        let written = tokio::task::spawn_blocking(move || {
-            crate::atomic::write(&path, format!("{mark}\n").as_bytes(), 0o600)
-        });
-        if let Ok(Err(error)) = written.await {
-            tracing::warn!(target: "certrotate", source = %self.describe(), %error, "cannot write the state file: replay protection is per process until it can");
+        if let Some(path) = &self.shared.options.state_file {
+            mark.save_file(path, &self.describe()).await;
         }
     }
 }

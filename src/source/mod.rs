@@ -13,6 +13,7 @@ mod acme;
 mod ca;
 #[cfg(feature = "file")]
 mod file;
+mod mark;
 #[cfg(feature = "redis")]
 mod redis_storage;
 mod r#static;
@@ -29,6 +30,7 @@ pub use ca::{CaError, CaSource, InternalCa, LeafSpec};
 pub use file::{
     CertDirectory, CertDirectoryBuilder, FileOptions, FileSource, TrustFile, WatchMode,
 };
+pub use mark::HighWaterMark;
 pub use r#static::StaticSource;
 #[cfg(feature = "redis")]
 pub use redis_storage::{RedisBuilder, RedisStorage};
@@ -183,59 +185,6 @@ pub enum SourceWarning {
         /// Why.
         reason: String,
     },
-}
-
-/// The newest certificate a slot ever served: when it became valid, and
-/// its serial. A candidate that became valid earlier is a replay, refused
-/// unless installing an older certificate is asked for explicitly.
-///
-/// Sources keep it where they keep state, in this text form:
-///
-/// ```
-/// use std::time::{Duration, UNIX_EPOCH};
-/// use certrotate::HighWaterMark;
-///
-/// let mark = HighWaterMark {
-///     not_before: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-///     serial: "01:ab".into(),
-/// };
-/// assert_eq!(mark.to_string(), "1800000000 01:ab");
-/// assert_eq!("1800000000 01:ab".parse::<HighWaterMark>(), Ok(mark));
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HighWaterMark {
-    /// When the certificate became valid.
-    pub not_before: std::time::SystemTime,
-    /// Its serial number, as [`CertInfo::serial`](crate::CertInfo::serial) writes it.
-    pub serial: String,
-}
-
-impl fmt::Display for HighWaterMark {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = crate::clock::unix_seconds(self.not_before);
-        write!(f, "{secs} {}", self.serial)
-    }
-}
-
-impl std::str::FromStr for HighWaterMark {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (secs, serial) = text
-            .trim()
-            .split_once(' ')
-            .ok_or("expected `<unix seconds> <serial>`")?;
-        let secs: u64 = secs
-            .parse()
-            .map_err(|_| format!("{secs:?} is not a time"))?;
-        let not_before = std::time::UNIX_EPOCH
-            .checked_add(std::time::Duration::from_secs(secs))
-            .ok_or("the time is out of range")?;
-        Ok(Self {
-            not_before,
-            serial: serial.to_owned(),
-        })
-    }
 }
 
 impl fmt::Display for SourceWarning {
