@@ -2,6 +2,7 @@
 //! sources that keep state so that replay protection survives a restart.
 
 use std::fmt;
+#[cfg(any(feature = "file", feature = "acme"))]
 use std::path::Path;
 
 /// The newest certificate a slot ever served: when it became valid, and
