@@ -353,14 +353,18 @@ impl TrustStore {
     /// message: a client that holds Finished back across a trust change
     /// must not get a session of the new generation.
     fn partition_of(&self, session: &[u8]) -> Option<[u8; 8]> {
-        let generation = match first_certificate(session) {
-            Some(cert) => {
-                let verified = self.verified().generation_of(cert)?;
-                (verified == self.generation()).then_some(verified)?
-            }
-            None => self.generation(),
-        };
-        Some(generation.to_be_bytes())
+        // The usual case, cheaply: a certificate verified lately is in it.
+        let verified = self.verified();
+        let recorded = der_sequences(session).find_map(|der| verified.generation_of(der));
+        drop(verified);
+        let current = self.generation();
+        match recorded {
+            Some(generation) => (generation == current).then_some(generation.to_be_bytes()),
+            // A certificate whose verification is not on record: not kept.
+            None if der_sequences(session).any(is_certificate) => None,
+            // No client certificate at all.
+            None => Some(current.to_be_bytes()),
+        }
     }
 }
 
@@ -401,26 +405,25 @@ fn fingerprint(der: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(der).into()
 }
 
-/// The first X.509 certificate inside an encoded rustls session: the
-/// client's end-entity certificate, which rustls keeps in the session (the
-/// chain comes before the application data; what precedes it, the SNI and
-/// the secret, is no certificate). `None` for a session without a client
-/// certificate.
-fn first_certificate(session: &[u8]) -> Option<&[u8]> {
-    (0..session.len()).find_map(|start| {
+/// Every stretch of an encoded rustls session that is framed like a DER
+/// SEQUENCE long enough to be a certificate (0x30, then a long-form length
+/// of one or two bytes, within the session). rustls keeps the client's
+/// certificate chain in the session verbatim, so the end-entity certificate
+/// is one of them.
+fn der_sequences(session: &[u8]) -> impl Iterator<Item = &[u8]> {
+    (0..session.len()).filter_map(move |start| {
         let rest = &session[start..];
-        // A DER SEQUENCE long enough for a certificate: 0x30, then a long
-        // form length of one or two bytes.
         let (header, len) = match rest {
             [0x30, 0x81, len, ..] => (3, usize::from(*len)),
             [0x30, 0x82, high, low, ..] => (4, usize::from(*high) << 8 | usize::from(*low)),
             _ => return None,
         };
-        let candidate = rest.get(..header + len)?;
-        x509_parser::parse_x509_certificate(candidate)
-            .ok()
-            .map(|_| candidate)
+        rest.get(..header + len)
     })
+}
+
+fn is_certificate(der: &[u8]) -> bool {
+    x509_parser::parse_x509_certificate(der).is_ok()
 }
 
 /// Reads CA certificates and CRLs from PEM.
