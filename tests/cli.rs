@@ -500,3 +500,41 @@ fn ca_init_and_issue_make_a_pair_that_check_accepts() {
         stderr(&no_ca)
     );
 }
+
+/// Files named on the command line are read like every file the library
+/// reads: a FIFO or a device is refused at once (no hang), a file over
+/// 1 MiB is not read.
+#[cfg(unix)]
+#[test]
+fn hostile_files_on_the_command_line_are_refused_without_reading_them() {
+    let dir = TempDir::new("cli-hostile");
+    let fifo = dir.join("fifo.pem");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let big = dir.join("big.pem");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    for (file, says) in [
+        (fifo.to_str().unwrap(), "not a regular file"),
+        ("/dev/zero", "not a regular file"),
+        (big.to_str().unwrap(), "over the 1 MiB limit"),
+    ] {
+        // Under a 4 GiB address-space limit and a 10 s timeout, so that a
+        // regression fails here instead of hurting the machine.
+        let output = Command::new("sh")
+            .args(["-c", "ulimit -v 4194304; exec timeout 10 \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_certrotate"))
+            .args(["inspect", file])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{file}");
+        assert!(stderr.contains(says), "{file}: {stderr}");
+    }
+}

@@ -338,8 +338,32 @@ fn inspect(files: &[PathBuf], json: bool) -> u8 {
     }
 }
 
+/// Reads a PEM file given on the command line as the library reads every
+/// file (see `src/read.rs`): without blocking on a FIFO or device, a
+/// regular file only, at most 1 MiB.
+fn read_pem(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    const LIMIT: u64 = 1 << 20;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path)?;
+    let metadata = file.metadata()?;
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+    if !metadata.is_file() {
+        return Err(invalid("not a regular file".into()));
+    }
+    let mut pem = Vec::new();
+    file.take(LIMIT + 1).read_to_end(&mut pem)?;
+    if pem.len() as u64 > LIMIT {
+        return Err(invalid("over the 1 MiB limit".into()));
+    }
+    Ok(pem)
+}
+
 fn certificates_in(file: &Path) -> Result<Vec<CertInfo>, String> {
-    let pem = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let pem = read_pem(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let mut infos = Vec::new();
     for (index, der) in CertificateDer::pem_slice_iter(&pem).enumerate() {
         let der = der.map_err(|e| format!("{} is not valid PEM: {e}", file.display()))?;
@@ -614,7 +638,7 @@ fn ca(command: CaCommand) -> Result<u8, UsageError> {
 
 fn read_roots(path: &Path) -> Result<RootCertStore, UsageError> {
     let fail = |reason: String| UsageError(format!("trust roots {}: {reason}", path.display()));
-    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let pem = read_pem(path).map_err(|e| fail(e.to_string()))?;
     let mut roots = RootCertStore::empty();
     for der in CertificateDer::pem_slice_iter(&pem) {
         roots
