@@ -133,12 +133,15 @@ async fn http2_clients_move_to_the_new_certificate_after_the_maximum_age() {
     // The client: one pooled HTTP/2 connection, reused for every request.
     let seen = Arc::new(Mutex::new(Vec::new()));
     let verifier = Recording {
-        inner: WebPkiServerVerifier::builder(Arc::new(ca.roots()))
-            .build()
-            .unwrap(),
+        inner: WebPkiServerVerifier::builder_with_provider(
+            Arc::new(ca.roots()),
+            common::provider(),
+        )
+        .build()
+        .unwrap(),
         seen: seen.clone(),
     };
-    let mut config = rustls::ClientConfig::builder()
+    let mut config = common::client_builder()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();

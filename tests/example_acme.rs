@@ -39,7 +39,7 @@ async fn handshake(root_pem: &str, port: u16) -> Result<String, String> {
     for cert in rustls::pki_types::CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let config = rustls::ClientConfig::builder()
+    let config = common::client_builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))

@@ -149,7 +149,7 @@ fn client_config_with(trust: &TrustStore, ca: &Ca) -> Arc<rustls::ClientConfig> 
         ..Leaf::default()
     });
     let (chain, key) = common::der_pair(&leaf);
-    let mut config = rustls::ClientConfig::builder()
+    let mut config = common::client_builder()
         .dangerous()
         .with_custom_certificate_verifier(trust.server_verifier())
         .with_client_auth_cert(chain, key)

@@ -103,6 +103,9 @@ async fn redis_down_is_an_error_and_coming_back_is_picked_up() {
 
 #[tokio::test]
 async fn tls_with_a_private_ca_and_an_acl_user() {
+    // An application with both provider features on installs one; the
+    // redis crate's TLS needs it.
+    let _ = rustls::crypto::CryptoProvider::install_default((*common::provider()).clone());
     let ca = common::Ca::new();
     let leaf = ca.issue(common::Leaf::default().names(&["127.0.0.1"]));
     let redis = Redis::start_tls(&ca.pem, &leaf.cert_pem, &leaf.key_pem, "fleet", "s3cret");

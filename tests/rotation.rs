@@ -181,7 +181,7 @@ async fn tls13_resumption_survives_a_rotation() {
         .unwrap();
     let server = common::serve(Arc::new(rotator.server_config().unwrap())).await;
     let client = Arc::new(
-        rustls::ClientConfig::builder()
+        common::client_builder()
             .with_root_certificates(ca.roots())
             .with_no_client_auth(),
     );

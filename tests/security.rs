@@ -123,6 +123,7 @@ async fn redis_nonces_never_repeat_even_when_fastrand_is_reseeded() {
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_credentials_never_reach_a_message() {
+    let _ = rustls::crypto::CryptoProvider::install_default((*common::provider()).clone());
     let port = common::pebble::free_port();
     for url in [
         format!("redis://admin:hunter2-secret@127.0.0.1:{port}/3"),

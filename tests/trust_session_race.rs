@@ -95,7 +95,7 @@ async fn a_session_verified_across_a_trust_change_does_not_resume(tickets: bool)
         new_roots: vec![clients.der.clone(), other.der.clone()],
         fired: AtomicBool::new(false),
     });
-    let mut config = rustls::ServerConfig::builder()
+    let mut config = common::server_builder()
         .with_client_cert_verifier(hook)
         .with_cert_resolver(rotator.resolver());
     if tickets {

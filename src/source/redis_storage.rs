@@ -154,8 +154,21 @@ impl RedisBuilder {
     }
 
     /// Connects (within 10 s), and follows the change channel from then on.
+    ///
+    /// Over TLS (`rediss://`), the redis crate builds its rustls config with
+    /// the process-wide crypto provider. When both of this crate's provider
+    /// features are on, rustls cannot pick one by itself: install one first
+    /// (`rustls::crypto::CryptoProvider::install_default`), or this fails
+    /// with [`io::ErrorKind::InvalidInput`] (rather than panicking in the
+    /// redis crate).
     pub async fn connect(self) -> io::Result<RedisStorage> {
         let server: Arc<str> = redacted(&self.url).into();
+        if needs_provider(&self.url) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("Redis at {server}: TLS needs a process-wide rustls crypto provider when both the aws-lc-rs and ring features are on; install one with rustls::crypto::CryptoProvider::install_default"),
+            ));
+        }
         let failed = |error| to_io(&server, error);
         let client = match self.tls {
             Some(tls) => redis::Client::build_with_tls(self.url.as_str(), tls),
@@ -418,6 +431,18 @@ fn to_io(server: &str, error: redis::RedisError) -> io::Error {
         io::ErrorKind::Other
     };
     io::Error::new(kind, format!("Redis at {server}: {error}"))
+}
+
+/// Whether connecting to `url` would need rustls to pick a process-wide
+/// crypto provider it cannot pick (both provider features on, none
+/// installed).
+fn needs_provider(url: &str) -> bool {
+    use redis::{ConnectionAddr, IntoConnectionInfo};
+    let tls = url
+        .into_connection_info()
+        .is_ok_and(|info| matches!(info.addr(), ConnectionAddr::TcpTls { .. }));
+    tls && cfg!(all(feature = "aws-lc-rs", feature = "ring"))
+        && rustls::crypto::CryptoProvider::get_default().is_none()
 }
 
 /// `url` as messages may show it: the scheme, the host and port (or the

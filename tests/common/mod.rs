@@ -247,7 +247,7 @@ pub async fn serve_at(port: u16, config: Arc<rustls::ServerConfig>) -> Server {
 /// session carries no certificate, and these clients report the certificate
 /// each handshake was served.
 pub fn client_config(ca: &Ca) -> Arc<rustls::ClientConfig> {
-    let mut config = rustls::ClientConfig::builder()
+    let mut config = client_builder()
         .with_root_certificates(ca.roots())
         .with_no_client_auth();
     config.resumption = rustls::client::Resumption::disabled();
@@ -598,7 +598,7 @@ pub fn der_pair(
 pub fn resuming_client(server_ca: &Ca, client: &Issued) -> Arc<rustls::ClientConfig> {
     let (chain, key) = der_pair(client);
     Arc::new(
-        rustls::ClientConfig::builder()
+        client_builder()
             .with_root_certificates(server_ca.roots())
             .with_client_auth_cert(chain, key)
             .unwrap(),
@@ -726,4 +726,33 @@ pub fn acme_keys(directory: &str, domain: &str) -> (String, String, String) {
         format!("account-{}.json", &hex(directory)[..16]),
         format!("served-{}.txt", &id[..16]),
     )
+}
+
+/// The crypto provider the tests build rustls configs with: the process
+/// default if one is installed, else the crate's (aws-lc-rs unless only ring
+/// is on). rustls cannot pick one itself when both provider features are on
+/// (`--all-features`).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    if let Some(provider) = rustls::crypto::CryptoProvider::get_default() {
+        return provider.clone();
+    }
+    #[cfg(feature = "aws-lc-rs")]
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    #[cfg(not(feature = "aws-lc-rs"))]
+    let provider = rustls::crypto::ring::default_provider();
+    Arc::new(provider)
+}
+
+/// `rustls::ClientConfig::builder()` with [`provider`].
+pub fn client_builder() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier> {
+    rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+}
+
+/// `rustls::ServerConfig::builder()` with [`provider`].
+pub fn server_builder() -> rustls::ConfigBuilder<rustls::ServerConfig, rustls::WantsVerifier> {
+    rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
 }

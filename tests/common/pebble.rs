@@ -268,7 +268,7 @@ pub fn client(pebble: &Pebble) -> std::sync::Arc<rustls::ClientConfig> {
     for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let mut config = rustls::ClientConfig::builder()
+    let mut config = super::client_builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.resumption = rustls::client::Resumption::disabled();
@@ -366,7 +366,7 @@ impl FlakyProxy {
             .unwrap();
         let key =
             rustls::pki_types::PrivateKeyDer::from_pem_file(pebble.dir.join("key.pem")).unwrap();
-        let server = rustls::ServerConfig::builder()
+        let server = super::server_builder()
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .unwrap();
@@ -375,7 +375,7 @@ impl FlakyProxy {
         for cert in rustls::pki_types::CertificateDer::pem_file_iter(&pebble.https_root).unwrap() {
             roots.add(cert.unwrap()).unwrap();
         }
-        let client_tls = rustls::ClientConfig::builder()
+        let client_tls = super::client_builder()
             .with_root_certificates(roots)
             .with_no_client_auth();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
