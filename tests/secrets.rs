@@ -185,3 +185,70 @@ async fn no_key_material_from_combined_files_or_acme_storage() {
     }
     rotator.shutdown().await;
 }
+
+/// A whole ACME order against Pebble (the CSR key made, finalized, the
+/// certificate and its key saved), and a key stored in and loaded from
+/// Redis, traced at TRACE level: no fragment of either key in any message.
+#[cfg(all(unix, feature = "redis"))]
+#[tokio::test(flavor = "current_thread")]
+async fn no_key_material_from_an_acme_order_or_redis() {
+    use certrotate::{AcmeSource, CertStore, FileStorage, RedisStorage, Storage};
+    use common::pebble::{Config, Pebble};
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let pebble = Pebble::start(Config::default());
+    let state = common::TempDir::new("secrets-acme");
+    let storage = FileStorage::new(state.path());
+    let store = CertStore::new();
+    let name = "secrets.certrotate.test";
+    let source = AcmeSource::builder(&pebble.directory, [name])
+        .directory_root(&pebble.https_root)
+        .storage(storage.clone())
+        .dns_01(common::pebble::challtestsrv::ChallTestSrv(
+            pebble.dns_management,
+        ))
+        .build();
+    let policy = Policy::builder().server_name(name).build().unwrap();
+    let rotator = Rotator::builder(source, policy).store(store).spawn();
+    let served = common::pebble::first_certificate(&rotator).await;
+    let (cert_key, account_key, _) = common::acme_keys(&pebble.directory, name);
+    let stored = storage.load(&cert_key).await.unwrap().unwrap();
+    let issued = CertBundle::from_combined_pem(&stored).unwrap();
+    assert_eq!(issued.info().serial, served.serial);
+    let account = storage.load(&account_key).await.unwrap().unwrap();
+    let account: serde_json::Value = serde_json::from_slice(&account).unwrap();
+    let account_secret = account["key_pkcs8"]
+        .as_str()
+        .map(|key| key[key.len() / 2..key.len() / 2 + 24].to_owned())
+        .expect("the account's key in its JSON");
+
+    let redis = common::redis::Redis::start();
+    let redis_storage = RedisStorage::connect(&redis.url(), common::redis::KEY)
+        .await
+        .unwrap();
+    redis_storage.store("cert", &stored).await.unwrap();
+    assert_eq!(redis_storage.load("cert").await.unwrap().unwrap(), stored);
+
+    let mut seen = format!("{rotator:?} {redis_storage:?}\n");
+    seen += &serde_json::to_string(&rotator.health()).unwrap();
+    seen += &String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        seen.contains("ACME certificate issued"),
+        "the order was traced"
+    );
+    for fragment in fragments(&issued) {
+        assert!(
+            !seen.contains(&fragment),
+            "key material {fragment:?} leaked"
+        );
+    }
+    assert!(!seen.contains(&account_secret), "the account key leaked");
+    rotator.shutdown().await;
+}
