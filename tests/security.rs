@@ -110,8 +110,9 @@ async fn redis_nonces_never_repeat_even_when_fastrand_is_reseeded() {
     for (key, value) in [("a", &b"first value"[..]), ("b", b"other value")] {
         fastrand::seed(7);
         storage.store(key, value).await.unwrap();
+        // `cr1`, 20 digits of version, then the nonce.
         let sealed = redis.bytes(&format!("certrotate:{key}"));
-        nonces.push(sealed[..12].to_vec());
+        nonces.push(sealed[23..35].to_vec());
     }
     assert_ne!(nonces[0], nonces[1], "a nonce was reused");
     assert_eq!(storage.load("a").await.unwrap().unwrap(), b"first value");
@@ -161,4 +162,41 @@ async fn acme_state_directories_are_created_0700_and_files_0600() {
     assert_eq!(mode(&state), 0o700, "the state directory");
     assert_eq!(mode(&dir.join("var/lib")), 0o700, "a parent it created");
     assert_eq!(mode(&state.join("account.json")), 0o600);
+}
+
+/// A value put back into Redis by someone without the encryption key (a
+/// restored backup, a replay) is refused by a storage that has read or
+/// written a newer one, and its version cannot be forged: it is bound into
+/// the AEAD's associated data. A storage that starts cold cannot tell (see
+/// SECURITY.md: `AcmeBuilder::state_file` covers restarts).
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_redis_value_put_back_is_refused_and_its_version_cannot_be_forged() {
+    use certrotate::{RedisStorage, Storage};
+    let redis = common::redis::Redis::start();
+    let storage = RedisStorage::connect(&redis.url(), common::redis::KEY)
+        .await
+        .unwrap();
+    storage.store("cert", b"first").await.unwrap();
+    let old = redis.bytes("certrotate:cert");
+    storage.store("cert", b"second").await.unwrap();
+    assert_eq!(storage.load("cert").await.unwrap().unwrap(), b"second");
+
+    redis.set_bytes("certrotate:cert", &old);
+    let error = storage.load("cert").await.unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+    assert!(error.to_string().contains("was put back"), "{error}");
+
+    // Raising the old value's version to pass does not decrypt.
+    let mut forged = old.clone();
+    forged[3..23].copy_from_slice(b"00000000000000000099");
+    redis.set_bytes("certrotate:cert", &forged);
+    let cold = RedisStorage::connect(&redis.url(), common::redis::KEY)
+        .await
+        .unwrap();
+    let error = cold.load("cert").await.unwrap_err();
+    assert!(error.to_string().contains("cannot be decrypted"), "{error}");
+    // The untouched old value, to a storage that starts cold: accepted.
+    redis.set_bytes("certrotate:cert", &old);
+    assert_eq!(cold.load("cert").await.unwrap().unwrap(), b"first");
 }

@@ -28,15 +28,29 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 return 0";
 
-/// Writes only while the caller's token is the newest one, then announces
-/// the change.
-const STORE_FENCED: &str = r"
-if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[2]) then
+/// Writes a versioned value unless the one in place has a higher version
+/// (a write that lost a race to a newer one is dropped, so the version of a
+/// key never goes down), and, when a fence is given (KEYS[2] not empty),
+/// only while the caller's token is the newest one; then announces the
+/// change. Returns 1 written, 0 fenced out, 2 superseded.
+const STORE_VERSIONED: &str = r"
+if KEYS[2] ~= '' and tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[2]) then
   return 0
+end
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, 3) == 'cr1' then
+  local version = tonumber(string.sub(current, 4, 23))
+  if version and version > tonumber(ARGV[4]) then
+    return 2
+  end
 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('PUBLISH', KEYS[3], ARGV[3])
 return 1";
+
+/// The format mark of versioned values: `cr1`, the version in 20 ASCII
+/// digits, the nonce, the ciphertext.
+const VERSIONED: &[u8] = b"cr1";
 
 /// Releases the lock only if the caller still holds it.
 const UNLOCK: &str = r"
@@ -85,6 +99,9 @@ pub struct RedisStorage {
     changes: Arc<watch::Sender<u64>>,
     /// The server, without credentials, for messages.
     server: Arc<str>,
+    /// The highest version read or written of each key: a lower one read
+    /// later is a value put back (a replay).
+    versions: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 impl fmt::Debug for RedisStorage {
@@ -200,6 +217,7 @@ impl RedisBuilder {
             prefix: self.prefix,
             changes,
             server,
+            versions: Arc::default(),
         })
     }
 }
@@ -243,45 +261,130 @@ impl RedisStorage {
         format!("{}changed", self.prefix)
     }
 
-    /// nonce ‖ AES-256-GCM(value), with the Redis key as associated data.
-    fn seal(&self, redis_key: &str, value: &[u8]) -> io::Result<Vec<u8>> {
+    /// `cr1` ‖ version ‖ nonce ‖ AES-256-GCM(value), with the Redis key
+    /// and the version as associated data: neither can be changed without
+    /// the key.
+    fn seal(&self, redis_key: &str, version: u64, value: &[u8]) -> io::Result<Vec<u8>> {
         // A random 96-bit nonce from the OS generator: the fleet shares one
         // key, and a repeated nonce would leak the XOR of two values.
         let nonce: [u8; 12] = crate::random::secure()
             .map_err(|_| io::Error::other("the system's random generator failed"))?;
+        let version = format!("{version:020}");
         let sealed = self
             .cipher
             .encrypt(
                 Nonce::from_slice(&nonce),
                 Payload {
                     msg: value,
-                    aad: redis_key.as_bytes(),
+                    aad: &associated(redis_key, Some(&version)),
                 },
             )
             .map_err(|_| io::Error::other("encryption failed"))?;
-        Ok([&nonce[..], &sealed].concat())
+        Ok([VERSIONED, version.as_bytes(), &nonce[..], &sealed].concat())
     }
 
-    fn open(&self, redis_key: &str, sealed: &[u8]) -> io::Result<Vec<u8>> {
+    /// The value and its version (0 for a value written before versions).
+    fn open(&self, redis_key: &str, sealed: &[u8]) -> io::Result<(Vec<u8>, u64)> {
         let undecryptable = || {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("the value of {redis_key} cannot be decrypted with this key (wrong key, or not written by certrotate)"),
             )
         };
+        let decrypt = |nonce: &[u8], ciphertext: &[u8], version: Option<&str>| {
+            self.cipher
+                .decrypt(
+                    Nonce::from_slice(nonce),
+                    Payload {
+                        msg: ciphertext,
+                        aad: &associated(redis_key, version),
+                    },
+                )
+                .ok()
+        };
+        if let Some(rest) = sealed.strip_prefix(VERSIONED).filter(|r| r.len() >= 32) {
+            let (version, rest) = rest.split_at(20);
+            let (nonce, ciphertext) = rest.split_at(12);
+            let text = std::str::from_utf8(version).ok();
+            let opened = text.and_then(|v| Some((decrypt(nonce, ciphertext, Some(v))?, v)));
+            if let Some((value, version)) = opened {
+                return Ok((value, version.parse().map_err(|_| undecryptable())?));
+            }
+        }
+        // Written before versions: the Redis key alone as associated data.
         if sealed.len() < 12 {
             return Err(undecryptable());
         }
         let (nonce, ciphertext) = sealed.split_at(12);
-        self.cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: redis_key.as_bytes(),
-                },
-            )
-            .map_err(|_| undecryptable())
+        let value = decrypt(nonce, ciphertext, None).ok_or_else(undecryptable)?;
+        Ok((value, 0))
+    }
+
+    /// Refuses a value older than one this storage read or wrote before
+    /// under the same key, and remembers the newest.
+    fn check_version(&self, redis_key: &str, version: u64) -> io::Result<()> {
+        let mut versions = self
+            .versions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let newest = versions.entry(redis_key.to_owned()).or_default();
+        if version < *newest {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the value of {redis_key} was put back: version {version}, but version {newest} was seen before (a restored backup, or a replay)"),
+            ));
+        }
+        *newest = version;
+        Ok(())
+    }
+
+    /// Writes `value` under `key` with the next version, fenced by `lease`
+    /// if given.
+    async fn store_versioned(
+        &self,
+        key: &str,
+        value: &[u8],
+        lease: Option<&Lease>,
+    ) -> io::Result<()> {
+        let redis_key = self.key(key);
+        let mut redis = self.redis.clone();
+        let version: u64 = redis
+            .incr(self.key(&format!("version:{key}")), 1)
+            .await
+            .map_err(|e| to_io(&self.server, e))?;
+        let sealed = self.seal(&redis_key, version, value)?;
+        let fence = lease.map_or_else(String::new, |l| self.key(&format!("fence:{}", l.name())));
+        let stored: u8 = Script::new(STORE_VERSIONED)
+            .key(&redis_key)
+            .key(fence)
+            .key(self.channel())
+            .arg(sealed)
+            .arg(lease.map_or(0, Lease::token))
+            .arg(key)
+            .arg(version)
+            .invoke_async(&mut redis)
+            .await
+            .map_err(|e| to_io(&self.server, e))?;
+        match (stored, lease) {
+            (0, Some(lease)) => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "not written: the lease on {:?} (token {}) was taken over by a newer holder",
+                    lease.name(),
+                    lease.token()
+                ),
+            )),
+            // Superseded by a newer write: that one stays.
+            _ => self.check_version(&redis_key, version).or(Ok(())),
+        }
+    }
+}
+
+/// The associated data of a value: its Redis key, and its version.
+fn associated(redis_key: &str, version: Option<&str>) -> Vec<u8> {
+    match version {
+        Some(version) => [redis_key.as_bytes(), b"#", version.as_bytes()].concat(),
+        None => redis_key.as_bytes().to_vec(),
     }
 }
 
@@ -295,27 +398,17 @@ impl Storage for RedisStorage {
                 .get(&redis_key)
                 .await
                 .map_err(|e| to_io(&self.server, e))?;
-            sealed
-                .map(|sealed| self.open(&redis_key, &sealed))
-                .transpose()
+            let Some(sealed) = sealed else {
+                return Ok(None);
+            };
+            let (value, version) = self.open(&redis_key, &sealed)?;
+            self.check_version(&redis_key, version)?;
+            Ok(Some(value))
         })
     }
 
     fn store<'a>(&'a self, key: &'a str, value: &'a [u8]) -> BoxFuture<'a, io::Result<()>> {
-        Box::pin(async move {
-            let redis_key = self.key(key);
-            let sealed = self.seal(&redis_key, value)?;
-            let mut redis = self.redis.clone();
-            redis::pipe()
-                .atomic()
-                .set(&redis_key, sealed)
-                .ignore()
-                .publish(self.channel(), key)
-                .ignore()
-                .query_async::<()>(&mut redis)
-                .await
-                .map_err(|e| to_io(&self.server, e))
-        })
+        Box::pin(self.store_versioned(key, value, None))
     }
 
     fn try_lock<'a>(
@@ -343,31 +436,7 @@ impl Storage for RedisStorage {
         value: &'a [u8],
         lease: &'a Lease,
     ) -> BoxFuture<'a, io::Result<()>> {
-        Box::pin(async move {
-            let redis_key = self.key(key);
-            let sealed = self.seal(&redis_key, value)?;
-            let stored: u8 = Script::new(STORE_FENCED)
-                .key(&redis_key)
-                .key(self.key(&format!("fence:{}", lease.name())))
-                .key(self.channel())
-                .arg(sealed)
-                .arg(lease.token())
-                .arg(key)
-                .invoke_async(&mut self.redis.clone())
-                .await
-                .map_err(|e| to_io(&self.server, e))?;
-            match stored {
-                1 => Ok(()),
-                _ => Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!(
-                        "not written: the lease on {:?} (token {}) was taken over by a newer holder",
-                        lease.name(),
-                        lease.token()
-                    ),
-                )),
-            }
-        })
+        Box::pin(self.store_versioned(key, value, Some(lease)))
     }
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {

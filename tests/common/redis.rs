@@ -129,6 +129,20 @@ impl Redis {
         value
     }
 
+    /// Puts `value` under `key` as raw bytes, as someone with write access
+    /// to Redis (but not the encryption key) could.
+    pub fn set_bytes(&self, key: &str, value: &[u8]) {
+        use std::io::Write;
+        let mut cli = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "-x", "SET", key])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        cli.stdin.take().unwrap().write_all(value).unwrap();
+        assert!(cli.wait().unwrap().success());
+    }
+
     /// The holder of the one renewal lock there is, if any: the value under
     /// `certrotate:lock:*` (`<pid>-<random>`).
     pub fn lock_holder(&self) -> Option<String> {
