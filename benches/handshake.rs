@@ -203,10 +203,9 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Interleaved rounds of full handshakes; prints a markdown table.
-fn full_handshakes(key: Key) {
-    let f = fixture(key, 1);
-    let variants = variants(&f);
+/// Handshakes per second of each variant with `client`: `ROUNDS` rounds of
+/// `PER_ROUND` handshakes each, the variants in a shuffled order per round.
+fn interleaved(variants: &[Variant], client: &Arc<ClientConfig>) -> Vec<Vec<f64>> {
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for round in 0..ROUNDS {
         let mut order: Vec<usize> = (0..variants.len()).collect();
@@ -214,15 +213,22 @@ fn full_handshakes(key: Key) {
         for i in order {
             let start = Instant::now();
             for _ in 0..PER_ROUND {
-                black_box(handshake(variants[i].1(), &f.client));
+                black_box(handshake(variants[i].1(), client));
             }
             rates[i].push(PER_ROUND as f64 / start.elapsed().as_secs_f64());
         }
     }
+    rates
+}
+
+/// A markdown table of each variant's median rate and median per-round
+/// ratio against the first variant.
+fn ratio_table(title: &str, first_column: &str, variants: &[Variant], rates: &[Vec<f64>]) {
+    println!("\n### {title} ({ROUNDS} interleaved rounds of {PER_ROUND})\n");
     println!(
-        "\n### Full TLS 1.3 handshakes, {key:?} ({ROUNDS} interleaved rounds of {PER_ROUND})\n"
+        "| {first_column} | median handshakes/s | median ratio vs {} |",
+        variants[0].0
     );
-    println!("| variant | median handshakes/s | median ratio vs static |");
     println!("|---|---:|---:|");
     for (i, (name, _)) in variants.iter().enumerate() {
         let mut ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(a, b)| a / b).collect();
@@ -232,6 +238,15 @@ fn full_handshakes(key: Key) {
             median(&mut ratios)
         );
     }
+}
+
+/// Interleaved rounds of full handshakes; prints a markdown table.
+fn full_handshakes(key: Key) {
+    let f = fixture(key, 1);
+    let variants = variants(&f);
+    let rates = interleaved(&variants, &f.client);
+    let title = format!("Full TLS 1.3 handshakes, {key:?}");
+    ratio_table(&title, "variant", &variants, &rates);
 }
 
 /// Full mutual-TLS handshakes (P-256): rustls's own `WebPkiClientVerifier`
@@ -260,35 +275,20 @@ fn mtls_handshakes() {
         .with_client_cert_verifier(f.trust.client_verifier())
         .with_cert_resolver(store.resolver());
     f.trust.partition_sessions(&mut partitioned);
-    let variants = [
-        ("rustls WebPkiClientVerifier", plain),
-        ("certrotate TrustStore (partitioned)", Arc::new(partitioned)),
+    let partitioned = Arc::new(partitioned);
+    let variants: Vec<Variant> = vec![
+        (
+            "rustls WebPkiClientVerifier",
+            Box::new(move || plain.clone()),
+        ),
+        (
+            "certrotate TrustStore (partitioned)",
+            Box::new(move || partitioned.clone()),
+        ),
     ];
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-    for round in 0..ROUNDS {
-        let mut order: Vec<usize> = (0..variants.len()).collect();
-        fastrand::Rng::with_seed(round as u64).shuffle(&mut order);
-        for i in order {
-            let start = Instant::now();
-            for _ in 0..PER_ROUND {
-                black_box(handshake(variants[i].1.clone(), &f.mtls_client));
-            }
-            rates[i].push(PER_ROUND as f64 / start.elapsed().as_secs_f64());
-        }
-    }
-    println!(
-        "\n### Full mutual-TLS 1.3 handshakes, P256 ({ROUNDS} interleaved rounds of {PER_ROUND})\n"
-    );
-    println!("| server verifier | median handshakes/s | median ratio vs rustls |");
-    println!("|---|---:|---:|");
-    for (i, (name, _)) in variants.iter().enumerate() {
-        let mut ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(a, b)| a / b).collect();
-        println!(
-            "| {name} | {:.0} | {:.3} |",
-            median(&mut rates[i].clone()),
-            median(&mut ratios)
-        );
-    }
+    let rates = interleaved(&variants, &f.mtls_client);
+    let title = "Full mutual-TLS 1.3 handshakes, P256";
+    ratio_table(title, "server verifier", &variants, &rates);
 }
 
 /// Handshake rate while another thread rotates the store every `period`.

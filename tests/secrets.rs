@@ -25,6 +25,20 @@ impl Write for Captured {
     }
 }
 
+impl Captured {
+    /// Captures everything traced on this thread, at TRACE level, while
+    /// the guard lives.
+    fn start() -> (Self, tracing::subscriber::DefaultGuard) {
+        let captured = Self::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+}
+
 /// Recognizable pieces of a key: its PEM lines, and its DER in hex.
 fn fragments(bundle: &CertBundle) -> Vec<String> {
     let (_, key_pem) = bundle.to_pem();
@@ -54,13 +68,7 @@ fn fragments(bundle: &CertBundle) -> Vec<String> {
 
 #[tokio::test(flavor = "current_thread")]
 async fn no_key_material_in_logs_events_health_or_debug_output() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::start();
 
     let ca = Ca::new();
     let first = ca.nth(0);
@@ -121,13 +129,7 @@ async fn no_key_material_in_logs_events_health_or_debug_output() {
 async fn no_key_material_from_combined_files_or_acme_storage() {
     use certrotate::{AcmeSource, CertSource, FileSource, FileStorage, Storage};
 
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::start();
 
     let ca = Ca::new();
     let (good, other) = (ca.issue(Leaf::default()), ca.issue(Leaf::default()));
@@ -195,13 +197,7 @@ async fn no_key_material_from_an_acme_order_or_redis() {
     use certrotate::{AcmeSource, CertStore, FileStorage, RedisStorage, Storage};
     use common::pebble::{Config, Pebble};
 
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::start();
 
     let pebble = Pebble::start(Config::default());
     let state = common::TempDir::new("secrets-acme");
