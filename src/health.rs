@@ -144,8 +144,9 @@ pub struct HealthSnapshot {
     pub last_rotation: Option<SystemTime>,
     /// Certificates installed since the store was made (initial loads included).
     pub rotations: u64,
-    /// Why the most recent candidate was refused or could not be fetched;
-    /// `None` once a candidate is accepted.
+    /// The most recent failure of a slot whose latest candidate was refused
+    /// or could not be fetched; `None` once every slot's latest candidate
+    /// was accepted (one slot's success does not hide another's failure).
     pub last_error: Option<String>,
     /// The machine code of [`last_error`](Self::last_error): a
     /// [`SourceError::code`](crate::SourceError::code) or a

@@ -92,7 +92,8 @@ struct Slots {
     challenges: NameMap,
     rotations: u64,
     last_rotation: Option<SystemTime>,
-    last_error: Option<Failure>,
+    /// Failures recorded so far: orders them across slots.
+    failures: u64,
 }
 
 #[derive(Debug)]
@@ -102,7 +103,8 @@ struct Slot {
     /// Older good certificates, most recent first.
     previous: VecDeque<ValidatedCert>,
     renew_before_fraction: f64,
-    last_error: Option<Failure>,
+    /// Why its latest candidate failed, and when (the store's failure count).
+    last_error: Option<(u64, Failure)>,
     warnings: Vec<String>,
 }
 
@@ -201,7 +203,6 @@ impl CertStore {
         let name = entry.name.clone();
         slots.rotations += 1;
         slots.last_rotation = Some(now);
-        slots.last_error = None;
         self.publish(&slots);
         drop(slots);
         self.inner.changes.send_modify(|n| *n += 1);
@@ -298,17 +299,25 @@ impl CertStore {
                     &current.info,
                     now,
                     slot.renew_before_fraction,
-                    slot.last_error.clone(),
+                    slot.last_error.clone().map(|(_, f)| f),
                     slot.warnings.clone(),
                 )),
                 None => unserved.push(UnservedSlot {
                     slot: slot.name.to_string(),
-                    last_error: slot.last_error.as_ref().map(|f| f.message.clone()),
-                    last_error_code: slot.last_error.as_ref().map(|f| f.code),
+                    last_error: slot.last_error.as_ref().map(|(_, f)| f.message.clone()),
+                    last_error_code: slot.last_error.as_ref().map(|(_, f)| f.code),
                     warnings: slot.warnings.clone(),
                 }),
             }
         }
+        // The latest failure of a slot still failing: one slot's success
+        // does not hide another's failure.
+        let latest = slots
+            .by_name
+            .iter()
+            .filter_map(|s| s.last_error.as_ref())
+            .max_by_key(|(seq, _)| *seq)
+            .map(|(_, f)| f);
         HealthSnapshot {
             alert: certificates
                 .iter()
@@ -319,8 +328,8 @@ impl CertStore {
             unserved,
             last_rotation: slots.last_rotation,
             rotations: slots.rotations,
-            last_error: slots.last_error.as_ref().map(|f| f.message.clone()),
-            last_error_code: slots.last_error.as_ref().map(|f| f.code),
+            last_error: latest.map(|f| f.message.clone()),
+            last_error_code: latest.map(|f| f.code),
         }
     }
 
@@ -346,8 +355,9 @@ impl CertStore {
     pub(crate) fn record_failure(&self, slot: &str, code: &'static str, message: String) {
         let failure = Failure { code, message };
         let mut slots = self.lock();
-        slots.slot_mut(slot).last_error = Some(failure.clone());
-        slots.last_error = Some(failure);
+        slots.failures += 1;
+        let seq = slots.failures;
+        slots.slot_mut(slot).last_error = Some((seq, failure));
     }
 
     /// Clears `slot`'s failure: its latest candidate was accepted (or was the
@@ -355,7 +365,6 @@ impl CertStore {
     pub(crate) fn record_success(&self, slot: &str) {
         let mut slots = self.lock();
         slots.slot_mut(slot).last_error = None;
-        slots.last_error = None;
     }
 
     /// Answers TLS-ALPN-01 validation for `name` with `key` (RFC 8737) until

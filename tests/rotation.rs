@@ -394,3 +394,42 @@ async fn launch_serves_what_is_at_hand_from_the_first_connection() {
     .await;
     assert_eq!(cert.serial, rotator.current().unwrap().serial);
 }
+
+/// In a store of several slots, one slot's success does not hide another's
+/// failure: health's `last_error` stays until the failing slot is fixed.
+#[tokio::test]
+async fn one_slots_success_does_not_hide_anothers_failure() {
+    let ca = Ca::new();
+    let store = CertStore::new();
+    let (a, b) = (StaticSource::new(ca.nth(0)), StaticSource::new(ca.nth(1)));
+    let start = |source: &StaticSource, slot: &str| {
+        Rotator::builder(source.clone(), policy())
+            .store(store.clone())
+            .slot(slot)
+            .start()
+    };
+    let (rotator_a, rotator_b) = (start(&a, "a").await.unwrap(), start(&b, "b").await.unwrap());
+
+    // Slot a gets a certificate for another name: refused.
+    a.push(
+        ca.issue(Leaf::default().names(&["elsewhere.example"]))
+            .bundle,
+    );
+    rotator_a.rotate_now().await.unwrap_err();
+    assert!(store.health().last_error.is_some());
+    // Slot b rotates fine afterwards: a's failure is still reported.
+    common::push_and_rotate(&rotator_b, &b, ca.nth(2)).await;
+    let health = store.health();
+    assert!(
+        health
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("does not cover")),
+        "{:?}",
+        health.last_error
+    );
+    assert_eq!(health.last_error_code, Some("name_not_covered"));
+    // Fixed: nothing left to report.
+    common::push_and_rotate(&rotator_a, &a, ca.nth(3)).await;
+    assert_eq!(store.health().last_error, None);
+}
