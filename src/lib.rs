@@ -109,6 +109,7 @@ mod rotator;
 mod serve;
 mod source;
 mod store;
+mod sync;
 
 pub use bundle::{BundleError, CertBundle, CertInfo, ChainLink, KeyAlgorithm};
 pub use clock::{Clock, SystemClock};

@@ -204,11 +204,7 @@ impl TrustStore {
             RevocationPolicy,
         ),
     ) -> Result<u64, TrustError> {
-        let _writer = self
-            .inner
-            .write
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _writer = crate::sync::lock(&self.inner.write);
         let current = self.inner.current.load();
         let (roots, crls, revocation) = next(&current);
         if current.roots == roots && current.crls == crls && current.revocation == revocation {
@@ -336,10 +332,7 @@ impl TrustStore {
     }
 
     fn verified(&self) -> std::sync::MutexGuard<'_, Verified> {
-        self.inner
-            .verified
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.inner.verified)
     }
 
     /// The partition a session belongs to: the generation its client

@@ -411,10 +411,7 @@ impl CertStore {
     fn lock(&self) -> MutexGuard<'_, Slots> {
         // A panic while holding the lock cannot leave `Slots` half-changed in a
         // way that matters more than stopping rotation would.
-        self.inner
-            .slots
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.inner.slots)
     }
 
     /// Builds the handshake view from the slots and swaps it in.

@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use instant_acme::{
@@ -20,6 +20,7 @@ use super::{CertSource, HighWaterMark, SourceError, SourceWarning};
 mod file_storage;
 use crate::bundle::{CertBundle, CertInfo};
 use crate::store::CertStore;
+use crate::sync::lock;
 pub use file_storage::FileStorage;
 
 /// How long one ACME step (a request, or polling an order) may take, by default.
@@ -1552,12 +1553,6 @@ impl CertSource for AcmeSource {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The parsers of what an ACME CA (or the storage) sends, for the fuzz

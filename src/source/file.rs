@@ -20,7 +20,7 @@
 //! whole, so a new certificate with the old key is refused, never served.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -36,6 +36,7 @@ mod directory;
 mod notice;
 mod trust;
 
+use crate::sync::lock;
 pub use directory::{CertDirectory, CertDirectoryBuilder};
 use notice::{Hub, Subscription};
 pub use trust::TrustFile;
@@ -827,10 +828,4 @@ async fn settle_loop<W: Watched>(watched: Weak<W>, mut wakeups: Wakeups) {
             None => return,
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -323,10 +323,7 @@ impl RedisStorage {
     /// Refuses a value older than one this storage read or wrote before
     /// under the same key, and remembers the newest.
     fn check_version(&self, redis_key: &str, version: u64) -> io::Result<()> {
-        let mut versions = self
-            .versions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut versions = crate::sync::lock(&self.versions);
         let newest = versions.entry(redis_key.to_owned()).or_default();
         if version < *newest {
             return Err(io::Error::new(

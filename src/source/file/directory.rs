@@ -10,7 +10,7 @@ use rustls::ServerConfig;
 use tokio::sync::{broadcast, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::{lock, FileOptions, FileSource, Files, Wakeups, MAX_BUSY_WINDOWS};
+use super::{FileOptions, FileSource, Files, Wakeups, MAX_BUSY_WINDOWS};
 use crate::events::RotationEvent;
 use crate::health::HealthSnapshot;
 use crate::policy::Policy;
@@ -18,6 +18,7 @@ use crate::resolver::RotatingResolver;
 use crate::rotator::Rotator;
 use crate::source::SourceError;
 use crate::store::CertStore;
+use crate::sync::lock;
 
 /// A directory of certificate pairs for a server with many domains.
 ///

@@ -19,8 +19,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
+use crate::sync::lock;
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::watch;
@@ -302,12 +303,6 @@ fn existing(dir: &Path) -> PathBuf {
     dir.ancestors()
         .find_map(|d| std::fs::canonicalize(d).ok())
         .unwrap_or_else(|| PathBuf::from("/"))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(all(test, unix))]

@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use super::{lock, spawn_settle, FileOptions, Fingerprint, Watched};
+use super::{spawn_settle, FileOptions, Fingerprint, Watched};
 use crate::mtls::{TrustError, TrustStore};
 use crate::read::OneAtATime;
 use crate::source::SourceError;
+use crate::sync::lock;
 
 /// A CA bundle file (PEM certificates, optionally CRLs) watched like a
 /// [`FileSource`](super::FileSource) — directory events, symlinks and the
