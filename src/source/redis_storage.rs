@@ -335,6 +335,14 @@ impl RedisStorage {
         Ok(())
     }
 
+    /// Remembers that `version` of `redis_key` exists (if it is the newest
+    /// seen).
+    fn remember_version(&self, redis_key: &str, version: u64) {
+        let mut versions = crate::sync::lock(&self.versions);
+        let newest = versions.entry(redis_key.to_owned()).or_default();
+        *newest = (*newest).max(version);
+    }
+
     /// Writes `value` under `key` with the next version, fenced by `lease`
     /// if given.
     async fn store_versioned(
@@ -371,8 +379,12 @@ impl RedisStorage {
                     lease.token()
                 ),
             )),
-            // Superseded by a newer write: that one stays.
-            _ => self.check_version(&redis_key, version).or(Ok(())),
+            // Written, or superseded by a newer write (which stays): either
+            // way nothing older than this version may be read back.
+            _ => {
+                self.remember_version(&redis_key, version);
+                Ok(())
+            }
         }
     }
 }
