@@ -41,8 +41,7 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::{Json, Router};
 use certrotate::{
-    AcmeBuilder, AcmeSource, CertStore, FileStorage, Http01Responder, Policy, Rotator, TlsListener,
-    ACME_TLS_ALPN,
+    AcmeBuilder, AcmeSource, FileStorage, Http01Responder, Policy, Rotator, TlsListener,
 };
 use tokio::sync::broadcast::error::RecvError;
 
@@ -206,7 +205,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
-    let store = CertStore::new();
     let mut acme = AcmeSource::builder(&args.directory, args.domains.clone());
     acme = match with_storage(acme, &args.storage).await {
         Ok(acme) => acme,
@@ -222,7 +220,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         acme = acme.lock_lease(lease);
     }
     acme = match args.challenge {
-        Challenge::TlsAlpn01 => acme.tls_alpn_01(&store),
+        Challenge::TlsAlpn01 => acme.tls_alpn_01(),
         // Port 80: HTTP-01 answers (and nothing else).
         Challenge::Http01(http_listen) => {
             let http01 = Http01Responder::new();
@@ -240,16 +238,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Launched, not started: a stored certificate (a restart) is served
     // from the first connection, but a first order must not hold the
     // listener back (the TLS-ALPN-01 challenge needs the server up).
-    let rotator = Arc::new(
-        Rotator::builder(acme.build(), policy.build()?)
-            .store(store)
-            .launch()
-            .await,
-    );
+    let rotator = Rotator::builder(acme.build(), policy.build()?)
+        .launch()
+        .await;
     let tcp = tokio::net::TcpListener::bind(args.listen).await?;
     let bound = tcp.local_addr()?;
-    let mut tls = rotator.server_config()?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+    // ALPN: h2, http/1.1, and acme-tls/1 for TLS-ALPN-01.
+    let tls = rotator.server_config()?;
     let health = rotator.clone();
     let app = Router::new()
         .route("/", get(|| async { "ok\n" }))

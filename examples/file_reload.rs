@@ -101,7 +101,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let source = FileSource::pair(&args.cert, &args.key).options(options.clone());
     // Refuses to start without a good certificate: better than serving a bad one.
-    let rotator = Arc::new(Rotator::builder(source, policy.build()?).start().await?);
+    let rotator = Rotator::builder(source, policy.build()?).start().await?;
 
     let mut events = rotator.subscribe();
     tokio::spawn(async move {

@@ -103,7 +103,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .server_name("localhost")
         .server_name("127.0.0.1")
         .build()?;
-    let rotator = Arc::new(Rotator::builder(ca, policy).start().await?);
+    let rotator = Rotator::builder(ca, policy).start().await?;
 
     let mut events = rotator.subscribe();
     tokio::spawn(async move {

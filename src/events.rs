@@ -7,10 +7,13 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use crate::bundle::CertInfo;
-use crate::clock::{human, rfc3339};
+use crate::clock::{human, rfc3339, Clock};
 use crate::health::AlertLevel;
+#[cfg(feature = "metrics")]
+use crate::metrics;
+use crate::metrics::Outcome;
 use crate::policy::ValidationError;
-use crate::source::{SourceError, SourceWarning};
+use crate::source::error::{SourceError, SourceWarning};
 
 /// Something the rotation machinery did or saw.
 ///
@@ -136,22 +139,53 @@ impl fmt::Display for Trigger {
 }
 
 /// The sending side: logs each event, then broadcasts it.
+/// The one place where what happens is told: to subscribers, to `tracing`
+/// and to metrics.
 #[derive(Debug, Clone)]
-pub(crate) struct Events(broadcast::Sender<RotationEvent>);
+pub(crate) struct Events {
+    sender: broadcast::Sender<RotationEvent>,
+    clock: Arc<dyn Clock>,
+}
 
 impl Events {
-    pub(crate) fn new(capacity: usize) -> Self {
-        Self(broadcast::channel(capacity).0)
+    pub(crate) fn new(capacity: usize, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            sender: broadcast::channel(capacity).0,
+            clock,
+        }
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<RotationEvent> {
-        self.0.subscribe()
+        self.sender.subscribe()
     }
 
     pub(crate) fn emit(&self, event: RotationEvent) {
         log(&event);
+        #[cfg(feature = "metrics")]
+        match &event {
+            RotationEvent::Rotated { slot, .. } => metrics::installed(slot, self.clock.now()),
+            RotationEvent::RolledBack { slot, .. } => metrics::rolled_back(slot),
+            _ => {}
+        }
         // No subscriber is fine: events are also in the logs.
-        let _ = self.0.send(event);
+        let _ = self.sender.send(event);
+    }
+
+    /// `cert` serves in `slot`, at `level`: refreshes its gauges.
+    pub(crate) fn serving(&self, slot: &str, cert: &CertInfo, level: AlertLevel) {
+        #[cfg(feature = "metrics")]
+        metrics::serving(slot, cert, level.as_number(), self.clock.now());
+        #[cfg(not(feature = "metrics"))]
+        let _ = (slot, cert, level, &self.clock);
+    }
+
+    /// A rotation attempt on `slot`, from a source of kind `source`, ended
+    /// with `outcome` (its events were emitted already).
+    pub(crate) fn attempted(&self, slot: &str, source: &'static str, outcome: Outcome) {
+        #[cfg(feature = "metrics")]
+        metrics::attempted(slot, source, outcome, self.clock.now());
+        #[cfg(not(feature = "metrics"))]
+        let _ = (slot, source, outcome);
     }
 }
 

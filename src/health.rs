@@ -13,10 +13,8 @@ mod service;
 #[cfg(feature = "health")]
 pub use service::HealthService;
 
-/// How close a serving certificate is to expiry, given its renewal schedule.
-///
-/// The rule, for a certificate renewed when `renew_before_fraction` of its
-/// lifetime is left:
+/// How close a serving certificate is to expiry, given when it should have
+/// been renewed (its renewal time: see [`CertSource::renew_at`](crate::CertSource::renew_at)).
 ///
 /// | level | from |
 /// |---|---|
@@ -25,7 +23,7 @@ pub use service::HealthService;
 /// | `critical` | less than 10% of the lifetime **or** less than 24 h is left (but never before `renew-overdue`) |
 /// | `expired` | `not_after` |
 ///
-/// So a 90-day certificate renewed 30 days before expiry is overdue with
+/// So a 90-day certificate due for renewal 30 days before expiry is overdue with
 /// 30 days left and critical with 9 days left; a 3-second service
 /// certificate whose renewal failed is critical at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -45,27 +43,28 @@ pub enum AlertLevel {
 const CRITICAL_BELOW: Duration = Duration::from_secs(24 * 3600);
 
 impl AlertLevel {
-    /// The level of `cert` at `now`, when renewal is due with
-    /// `renew_before_fraction` of its lifetime left.
+    /// The level of `cert` at `now`, when it is due for renewal at `renew_at`.
     ///
     /// ```
     /// use certrotate::AlertLevel;
     /// # let ck = rcgen::generate_simple_self_signed(vec!["a.example".into()]).unwrap();
     /// # let bundle = certrotate::CertBundle::from_pem(ck.cert.pem().as_bytes(), ck.signing_key.serialize_pem().as_bytes()).unwrap();
     /// let info = bundle.info();
-    /// assert_eq!(AlertLevel::at(info, info.not_before, 1.0 / 3.0), AlertLevel::Ok);
-    /// assert_eq!(AlertLevel::at(info, info.not_after, 1.0 / 3.0), AlertLevel::Expired);
+    /// let renew_at = info.not_after - info.lifetime() / 3;
+    /// assert_eq!(AlertLevel::at(info, info.not_before, renew_at), AlertLevel::Ok);
+    /// assert_eq!(AlertLevel::at(info, renew_at, renew_at), AlertLevel::RenewOverdue);
+    /// assert_eq!(AlertLevel::at(info, info.not_after, renew_at), AlertLevel::Expired);
     /// ```
-    pub fn at(cert: &CertInfo, now: SystemTime, renew_before_fraction: f64) -> Self {
+    pub fn at(cert: &CertInfo, now: SystemTime, renew_at: SystemTime) -> Self {
         let Ok(remaining) = cert.not_after.duration_since(now) else {
             return Self::Expired;
         };
-        let (overdue, critical) = Self::thresholds(cert, renew_before_fraction);
+        let (overdue, critical) = Self::thresholds(cert, renew_at);
         if remaining.is_zero() {
             Self::Expired
         } else if remaining < critical {
             Self::Critical
-        } else if remaining < overdue {
+        } else if remaining <= overdue {
             Self::RenewOverdue
         } else {
             Self::Ok
@@ -83,20 +82,19 @@ impl AlertLevel {
     }
 
     /// Time left at which the certificate becomes overdue, and critical.
-    fn thresholds(cert: &CertInfo, renew_before_fraction: f64) -> (Duration, Duration) {
-        let lifetime = cert.lifetime();
-        let overdue = lifetime.mul_f64(renew_before_fraction.clamp(0.0, 1.0));
-        let critical = (lifetime / 10).max(CRITICAL_BELOW).min(overdue);
+    fn thresholds(cert: &CertInfo, renew_at: SystemTime) -> (Duration, Duration) {
+        let overdue = cert.not_after.duration_since(renew_at).unwrap_or_default();
+        let critical = (cert.lifetime() / 10).max(CRITICAL_BELOW).min(overdue);
         (overdue, critical)
     }
 
     /// When the level next gets worse, if it can.
     pub(crate) fn next_change(
         cert: &CertInfo,
-        renew_before_fraction: f64,
+        renew_at: SystemTime,
         now: SystemTime,
     ) -> Option<SystemTime> {
-        let (overdue, critical) = Self::thresholds(cert, renew_before_fraction);
+        let (overdue, critical) = Self::thresholds(cert, renew_at);
         [
             cert.not_after - overdue,
             cert.not_after - critical,
@@ -175,6 +173,10 @@ pub struct CertHealth {
     pub not_after: SystemTime,
     /// Seconds left before expiry (0 once expired).
     pub remaining_seconds: u64,
+    /// When the certificate is due for renewal: the rotator renews it then,
+    /// and it is `renew-overdue` from then on while it still serves.
+    #[serde(serialize_with = "crate::clock::ser_time")]
+    pub renew_at: SystemTime,
     /// The expiry alert level.
     pub alert: AlertLevel,
     /// SHA-256 fingerprint of the serving leaf.
@@ -215,7 +217,7 @@ impl CertHealth {
         slot: &str,
         info: &CertInfo,
         now: SystemTime,
-        renew_before_fraction: f64,
+        renew_at: SystemTime,
         last_error: Option<Failure>,
         warnings: Vec<String>,
     ) -> Self {
@@ -231,7 +233,8 @@ impl CertHealth {
                 .duration_since(now)
                 .unwrap_or(Duration::ZERO)
                 .as_secs(),
-            alert: AlertLevel::at(info, now, renew_before_fraction),
+            renew_at,
+            alert: AlertLevel::at(info, now, renew_at),
             fingerprint_sha256: info.fingerprint_sha256.clone(),
             last_error_code: last_error.as_ref().map(|f| f.code),
             last_error: last_error.map(|f| f.message),

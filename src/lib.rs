@@ -97,13 +97,14 @@ mod clock;
 mod drain;
 mod events;
 mod health;
-#[cfg(feature = "metrics")]
+mod mark;
 mod metrics;
 mod mtls;
 mod policy;
 #[cfg(feature = "acme")]
 mod random;
 mod read;
+mod renewal;
 mod resolver;
 mod rotator;
 mod serve;
@@ -118,6 +119,7 @@ pub use events::{RotationEvent, Trigger};
 #[cfg(feature = "health")]
 pub use health::HealthService;
 pub use health::{AlertLevel, CertHealth, HealthSnapshot, UnservedSlot};
+pub use mark::HighWaterMark;
 pub use mtls::{RevocationPolicy, TrustError, TrustStore};
 pub use policy::{
     Policy, PolicyBuilder, PolicyConfigError, Refusal, Usage, ValidatedCert, ValidationError,
@@ -127,7 +129,8 @@ pub use rotator::{RotateError, Rotation, Rotator, RotatorBuilder};
 pub use serve::TlsListener;
 #[cfg(feature = "acme")]
 pub use source::{
-    AcmeBuilder, AcmeSource, BoxFuture, Dns01Solver, FileStorage, Http01Responder, Lease, Storage,
+    AcmeBuilder, AcmeSource, BoxError, BoxFuture, Dns01Solver, FileStorage, Http01Responder, Lease,
+    Storage,
 };
 #[cfg(feature = "ca")]
 pub use source::{CaError, CaSource, InternalCa, LeafSpec};
@@ -135,7 +138,7 @@ pub use source::{CaError, CaSource, InternalCa, LeafSpec};
 pub use source::{
     CertDirectory, CertDirectoryBuilder, FileOptions, FileSource, TrustFile, WatchMode,
 };
-pub use source::{CertSource, HighWaterMark, SourceError, SourceWarning, StaticSource};
+pub use source::{CertSource, SourceError, SourceWarning, StaticSource};
 #[cfg(feature = "redis")]
 pub use source::{RedisBuilder, RedisStorage};
 pub use store::{CertStore, CertStoreBuilder, RollbackError, DEFAULT_SLOT};

@@ -438,13 +438,14 @@ fn parse_pem(
     Ok((roots, crls))
 }
 
-fn build(
-    provider: &Arc<CryptoProvider>,
-    generation: u64,
-    roots: Vec<CertificateDer<'static>>,
-    crls: Vec<CertificateRevocationListDer<'static>>,
-    revocation: RevocationPolicy,
-) -> Result<Trust, TrustError> {
+/// The trust anchors of a PEM bundle (its CRLs are not read).
+#[cfg(feature = "acme")]
+pub(crate) fn root_store_from_pem(pem: &[u8]) -> Result<RootCertStore, TrustError> {
+    root_store(&parse_pem(pem)?.0)
+}
+
+/// `roots` as trust anchors; at least one.
+fn root_store(roots: &[CertificateDer<'static>]) -> Result<RootCertStore, TrustError> {
     if roots.is_empty() {
         return Err(TrustError::Empty);
     }
@@ -455,7 +456,20 @@ fn build(
             reason: e.to_string(),
         })?;
     }
-    let store = Arc::new(store);
+    Ok(store)
+}
+
+fn build(
+    provider: &Arc<CryptoProvider>,
+    generation: u64,
+    roots: Vec<CertificateDer<'static>>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    revocation: RevocationPolicy,
+) -> Result<Trust, TrustError> {
+    if roots.is_empty() {
+        return Err(TrustError::Empty);
+    }
+    let store = Arc::new(root_store(&roots)?);
     let unusable = |e: rustls::server::VerifierBuilderError| TrustError::Unusable(e.to_string());
     let mut clients = WebPkiClientVerifier::builder_with_provider(store.clone(), provider.clone())
         .with_crls(crls.clone());

@@ -27,7 +27,7 @@ use rustls::{
 
 use crate::bundle::{parse_cert, CertBundle, CertInfo, KeyAlgorithm};
 use crate::clock::{self, human};
-use crate::source::HighWaterMark;
+use crate::mark::HighWaterMark;
 
 /// The checks a candidate certificate must pass before it can be served.
 ///

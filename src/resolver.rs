@@ -1,5 +1,6 @@
 //! [`RotatingResolver`]: the handshake path.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -9,7 +10,22 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::SignatureScheme;
 
-use crate::store::Snapshot;
+/// Server name to certificate. foldhash rather than SipHash: the keys are
+/// the certificates' own names, never chosen by clients, so flooding is not
+/// a concern, and a lookup costs a third as much (see BENCHMARKS.md).
+pub(crate) type NameMap = HashMap<Box<str>, Arc<CertifiedKey>, foldhash::fast::RandomState>;
+
+/// What a handshake reads: immutable, replaced whole on every change.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    pub(crate) default: Option<Arc<CertifiedKey>>,
+    pub(crate) exact: NameMap,
+    /// Keyed by the parent domain: `*.example.com` is stored as `example.com`.
+    pub(crate) wildcard: NameMap,
+    /// ACME TLS-ALPN-01 challenge certificates, by the name being validated:
+    /// served only to clients that offer the `acme-tls/1` protocol.
+    pub(crate) challenges: NameMap,
+}
 
 /// A rustls certificate resolver that always serves the current certificates
 /// of a [`CertStore`](crate::CertStore).

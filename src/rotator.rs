@@ -18,13 +18,13 @@ use tokio::time::Instant;
 use crate::bundle::{CertBundle, CertInfo};
 use crate::events::{RotationEvent, Trigger};
 use crate::health::{AlertLevel, HealthSnapshot};
+use crate::mark::HighWaterMark;
+use crate::metrics::Outcome;
 use crate::policy::{Policy, ValidationError};
-use crate::resolver::RotatingResolver;
-use crate::source::{CertSource, HighWaterMark, SourceError, SourceWarning};
+use crate::renewal;
+use crate::resolver::{RotatingResolver, ACME_TLS_ALPN};
+use crate::source::{CertSource, SourceError, SourceWarning};
 use crate::store::{CertStore, RollbackError, DEFAULT_SLOT};
-
-/// Renew when a third of the certificate's lifetime is left.
-pub(crate) const DEFAULT_RENEW_BEFORE_FRACTION: f64 = 1.0 / 3.0;
 
 /// How long a source may take to read or record its high-water mark.
 const MARK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,7 +36,9 @@ const MAX_SLEEP: Duration = Duration::from_secs(300);
 /// Keeps one [`CertStore`] slot fresh from one [`CertSource`].
 ///
 /// The rotation runs as a tokio task until [`shutdown`](Self::shutdown) or
-/// until the runtime stops; dropping the handle does not stop it.
+/// until the runtime stops; dropping the handle does not stop it. A
+/// `Rotator` is a handle: cloning it is cheap, and every clone steers the
+/// same task (hand one to a health endpoint, keep one for shutdown).
 ///
 /// # Example
 ///
@@ -51,14 +53,22 @@ const MAX_SLEEP: Duration = Duration::from_secs(300);
 /// rotator.shutdown().await;
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Rotator {
+    inner: Arc<Handle>,
+}
+
+#[derive(Debug)]
+struct Handle {
     store: CertStore,
     slot: Arc<str>,
     policy: Policy,
+    /// Whether handshakes must offer ACME's TLS-ALPN-01 protocol.
+    tls_alpn_01: bool,
     commands: mpsc::Sender<Command>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    /// The task, until a shutdown has waited for it.
+    task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 /// What a successful rotation attempt did.
@@ -124,7 +134,8 @@ impl<S: CertSource> RotatorBuilder<S> {
 
     /// Renews when this fraction of the certificate's lifetime is left
     /// (default 1/3, as for 90-day certificates renewed 30 days before
-    /// expiry). Clamped to `0.01..=0.99`.
+    /// expiry), unless the source decides itself
+    /// ([`CertSource::renew_at`]). Clamped to `0.01..=0.99`.
     pub fn renew_before_fraction(mut self, fraction: f64) -> Self {
         self.renew_before_fraction = fraction.clamp(0.01, 0.99);
         self
@@ -132,7 +143,7 @@ impl<S: CertSource> RotatorBuilder<S> {
 
     /// Renews up to this fraction of the renewal window earlier, at random,
     /// so that a fleet does not renew all at once (default 0.1). Clamped to
-    /// `0.0..=0.5`.
+    /// `0.0..=0.5`. Not applied to a time the source decides.
     pub fn renewal_jitter(mut self, fraction: f64) -> Self {
         self.jitter = fraction.clamp(0.0, 0.5);
         self
@@ -238,13 +249,15 @@ impl<S: CertSource> RotatorBuilder<S> {
     fn prepare(self) -> (Unstarted, Task<S>) {
         let store = self.store.unwrap_or_default();
         let slot: Arc<str> = self.slot.into();
-        store.set_renew_before_fraction(&slot, self.renew_before_fraction);
+        store.add_slot(&slot);
+        self.source.attach(&store);
         let (commands, inbox) = mpsc::channel(16);
         let (stop, stopped) = watch::channel(false);
         let unstarted = Unstarted {
             store: store.clone(),
             slot: slot.clone(),
             policy: self.policy.clone(),
+            tls_alpn_01: self.source.answers_tls_alpn_01(),
             commands,
             stop,
         };
@@ -253,6 +266,7 @@ impl<S: CertSource> RotatorBuilder<S> {
             policy: self.policy,
             store,
             slot,
+            renew_before_fraction: self.renew_before_fraction,
             jitter: self.jitter,
             retry_min: self.retry_min,
             retry_max: self.retry_max,
@@ -278,6 +292,7 @@ struct Unstarted {
     store: CertStore,
     slot: Arc<str>,
     policy: Policy,
+    tls_alpn_01: bool,
     commands: mpsc::Sender<Command>,
     stop: watch::Sender<bool>,
 }
@@ -285,12 +300,15 @@ struct Unstarted {
 impl Unstarted {
     fn run<S: CertSource>(self, task: Task<S>) -> Rotator {
         Rotator {
-            store: self.store,
-            slot: self.slot,
-            policy: self.policy,
-            commands: self.commands,
-            stop: self.stop,
-            task: tokio::spawn(task.run()),
+            inner: Arc::new(Handle {
+                store: self.store,
+                slot: self.slot,
+                policy: self.policy,
+                tls_alpn_01: self.tls_alpn_01,
+                commands: self.commands,
+                stop: self.stop,
+                task: tokio::sync::Mutex::new(Some(tokio::spawn(task.run()))),
+            }),
         }
     }
 }
@@ -312,7 +330,7 @@ impl Rotator {
             policy,
             store: None,
             slot: DEFAULT_SLOT.into(),
-            renew_before_fraction: DEFAULT_RENEW_BEFORE_FRACTION,
+            renew_before_fraction: renewal::DEFAULT_FRACTION,
             jitter: 0.1,
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
@@ -324,14 +342,28 @@ impl Rotator {
 
     /// The rustls resolver serving the store this rotator fills.
     pub fn resolver(&self) -> Arc<RotatingResolver> {
-        self.store.resolver()
+        self.inner.store.resolver()
     }
 
     /// A rustls `ServerConfig` (safe default protocol versions, no client
     /// auth, this rotator's crypto provider) whose certificates follow the
-    /// store. Set ALPN and other options on it before wrapping it in an `Arc`.
+    /// store. ALPN offers `h2` and `http/1.1`, and ACME's `acme-tls/1`
+    /// when the source answers TLS-ALPN-01 challenges; change
+    /// `alpn_protocols` and other options before wrapping it in an `Arc`.
     pub fn server_config(&self) -> Result<ServerConfig, rustls::Error> {
-        self.policy.server_config(self.resolver(), None)
+        self.with_alpn(self.inner.policy.server_config(self.resolver(), None))
+    }
+
+    fn with_alpn(
+        &self,
+        config: Result<ServerConfig, rustls::Error>,
+    ) -> Result<ServerConfig, rustls::Error> {
+        let mut config = config?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        if self.inner.tls_alpn_01 {
+            config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
+        Ok(config)
     }
 
     /// Like [`server_config`](Self::server_config), but clients must present
@@ -351,32 +383,36 @@ impl Rotator {
         &self,
         clients: &crate::TrustStore,
     ) -> Result<ServerConfig, rustls::Error> {
-        self.policy.server_config(self.resolver(), Some(clients))
+        let config = self
+            .inner
+            .policy
+            .server_config(self.resolver(), Some(clients));
+        self.with_alpn(config)
     }
 
     /// The store this rotator fills.
     pub fn store(&self) -> &CertStore {
-        &self.store
+        &self.inner.store
     }
 
     /// The store slot this rotator fills.
     pub fn slot(&self) -> &str {
-        &self.slot
+        &self.inner.slot
     }
 
     /// The store's health snapshot.
     pub fn health(&self) -> HealthSnapshot {
-        self.store.health()
+        self.inner.store.health()
     }
 
     /// The certificate serving in this rotator's slot.
     pub fn current(&self) -> Option<Arc<CertInfo>> {
-        self.store.current(&self.slot)
+        self.inner.store.current(&self.inner.slot)
     }
 
     /// Receives every [`RotationEvent`] of the store from now on.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RotationEvent> {
-        self.store.subscribe()
+        self.inner.store.subscribe()
     }
 
     /// Fetches, validates and (if it passes) installs a candidate now, and
@@ -413,9 +449,9 @@ impl Rotator {
         use tokio::signal::unix::{signal, SignalKind};
 
         let mut hangups = signal(SignalKind::hangup())?;
-        let commands = self.commands.clone();
-        let slot = self.slot.clone();
-        let mut stopped = self.stop.subscribe();
+        let commands = self.inner.commands.clone();
+        let slot = self.inner.slot.clone();
+        let mut stopped = self.inner.stop.subscribe();
         Ok(tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -450,21 +486,24 @@ impl Rotator {
     /// # }
     /// ```
     pub fn rollback(&self) -> Result<Arc<CertInfo>, RollbackError> {
-        self.store.rollback(&self.slot)
+        self.inner.store.rollback(&self.inner.slot)
     }
 
-    /// Stops the rotation task and waits for it. The store keeps serving its
-    /// last certificate.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
+    /// Stops the rotation task and waits for it, from any clone (again
+    /// later: at once). The store keeps serving its last certificate.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.stop.send(true);
+        let mut task = self.inner.task.lock().await;
+        if let Some(task) = task.take() {
+            let _ = task.await;
+        }
     }
 
     async fn ask(
         &self,
         command: impl FnOnce(oneshot::Sender<Result<Rotation, RotateError>>) -> Command,
     ) -> Result<Rotation, RotateError> {
-        ask(&self.commands, command).await
+        ask(&self.inner.commands, command).await
     }
 }
 
@@ -486,6 +525,7 @@ struct Task<S> {
     policy: Policy,
     store: CertStore,
     slot: Arc<str>,
+    renew_before_fraction: f64,
     jitter: f64,
     retry_min: Duration,
     retry_max: Duration,
@@ -555,11 +595,13 @@ impl<S: CertSource> Task<S> {
             |t: SystemTime| crate::clock::instant_in(t.duration_since(now).unwrap_or_default());
         let cap = crate::clock::instant_in(MAX_SLEEP);
         let repeat = self.last_alert.map(|t| t + self.alert_repeat);
-        let alert = self.current().and_then(|c| {
-            let change =
-                AlertLevel::next_change(&c, self.store.renew_before_fraction(&self.slot), now);
-            change.map(at).into_iter().chain(repeat).min()
-        });
+        let alert = self
+            .current()
+            .zip(self.renewal_time())
+            .and_then(|(c, renew_at)| {
+                let change = AlertLevel::next_change(&c, renew_at, now);
+                change.map(at).into_iter().chain(repeat).min()
+            });
         let (attempt, trigger) = match self.retry_at {
             Some(retry) => (Some(retry), Trigger::Retry),
             None => (self.renewal_time().map(at), Trigger::Schedule),
@@ -574,31 +616,35 @@ impl<S: CertSource> Task<S> {
         self.store.current(&self.slot)
     }
 
-    /// The serving certificate's renewal time: when `renew_before_fraction`
-    /// of its lifetime is left, minus a random part of the window.
+    /// The serving certificate's renewal time, as the source decides it,
+    /// else when `renew_before_fraction` of its lifetime is left, minus a
+    /// random part of the window (drawn once per certificate). Health's
+    /// alert levels are measured against the same time.
     fn renewal_time(&mut self) -> Option<SystemTime> {
         let cert = self.current()?;
-        match &self.renew_at {
-            Some((fingerprint, at)) if *fingerprint == cert.fingerprint_sha256 => Some(*at),
-            _ => {
-                let window = cert
-                    .lifetime()
-                    .mul_f64(self.store.renew_before_fraction(&self.slot));
-                let early = window + window.mul_f64(self.jitter * fastrand::f64());
-                let at = cert.not_after.checked_sub(early).unwrap_or(cert.not_before);
-                self.renew_at = Some((cert.fingerprint_sha256.clone(), at));
-                Some(at)
+        let at = match (self.source.renew_at(&cert), &self.renew_at) {
+            (Some(at), _) => at,
+            (None, Some((fingerprint, at))) if *fingerprint == cert.fingerprint_sha256 => *at,
+            (None, _) => {
+                let (fraction, jitter) = (self.renew_before_fraction, self.jitter);
+                renewal::at_fraction(&cert, fraction, jitter, fastrand::f64())
             }
+        };
+        if self.renew_at.as_ref() != Some(&(cert.fingerprint_sha256.clone(), at)) {
+            self.renew_at = Some((cert.fingerprint_sha256.clone(), at));
         }
+        self.store.set_renew_at(&self.slot, at);
+        Some(at)
     }
 
     /// Emits an expiry warning when the level got worse, and again every
     /// `alert_repeat` while it is not `Ok`.
     fn check_expiry(&mut self, now: SystemTime) {
-        let Some(cert) = self.current() else { return };
-        let level = AlertLevel::at(&cert, now, self.store.renew_before_fraction(&self.slot));
-        #[cfg(feature = "metrics")]
-        crate::metrics::serving(&self.slot, &cert, level, now);
+        let (Some(cert), Some(renew_at)) = (self.current(), self.renewal_time()) else {
+            return;
+        };
+        let level = AlertLevel::at(&cert, now, renew_at);
+        self.store.events().serving(&self.slot, &cert, level);
         let repeat_due = self
             .last_alert
             .is_some_and(|t| t + self.alert_repeat <= Instant::now());
@@ -623,17 +669,22 @@ impl<S: CertSource> Task<S> {
         bundle: Option<CertBundle>,
         allow_older: bool,
     ) -> Result<Rotation, RotateError> {
+        let result = self.try_rotate(trigger, bundle, allow_older).await;
+        let outcome = match &result {
+            Ok(Rotation::Rotated { .. }) => Some(Outcome::Rotated),
+            Ok(Rotation::Unchanged(_)) => Some(Outcome::Unchanged),
+            Err(RotateError::Refused(error)) => Some(Outcome::Refused(error.reason().code())),
+            Err(RotateError::Source(error)) => Some(Outcome::Failed(error.code())),
+            Err(RotateError::Stopped) => None,
+        };
+        if let Some(outcome) = outcome {
+            let events = self.store.events();
+            events.attempted(&self.slot, self.source.kind(), outcome);
+        }
+        // Asked after the fetch: the source may have learnt a new time.
         let renewal_due = self
             .renewal_time()
             .is_some_and(|t| t <= self.store.clock().now());
-        let result = self.try_rotate(trigger, bundle, allow_older).await;
-        #[cfg(feature = "metrics")]
-        crate::metrics::attempted(
-            &self.slot,
-            self.source.kind(),
-            &result,
-            self.store.clock().now(),
-        );
         match &result {
             Ok(Rotation::Rotated { .. }) => self.succeeded(),
             // Nothing newer while renewal is due: look again later, not in a hot loop.
@@ -784,11 +835,12 @@ impl<S: CertSource> Task<S> {
             true => None,
             false => self.newest_served(serving.as_deref()).await,
         };
-        let verdict = tokio::task::spawn_blocking(move || {
+        let verdict = crate::sync::blocking(move || {
             policy.validate_newer_than(&candidate, newest.as_ref(), now)
         })
         .await
-        .expect("certificate validation does not panic");
+        // The runtime is shutting down.
+        .map_err(|_| RotateError::Stopped)?;
         match verdict {
             Ok(valid) => {
                 let new = valid.info.clone();

@@ -4,11 +4,12 @@
 //! they own, and publish a new immutable [`Snapshot`] with one `arc-swap`
 //! store. Handshakes only ever load that snapshot: no lock, no allocation.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+#[cfg(feature = "acme")]
 use rustls::sign::CertifiedKey;
 use tokio::sync::{broadcast, watch};
 
@@ -17,7 +18,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::events::{Events, RotationEvent};
 use crate::health::{AlertLevel, CertHealth, Failure, HealthSnapshot, UnservedSlot};
 use crate::policy::ValidatedCert;
-use crate::resolver::RotatingResolver;
+use crate::renewal;
+use crate::resolver::{NameMap, RotatingResolver, Snapshot};
 
 /// The slot a [`Rotator`](crate::Rotator) fills unless told otherwise, and the
 /// one served to clients whose SNI matches no certificate.
@@ -69,23 +71,6 @@ struct Inner {
     changes: watch::Sender<u64>,
 }
 
-/// Server name to certificate. foldhash rather than SipHash: the keys are
-/// the certificates' own names, never chosen by clients, so flooding is not
-/// a concern, and a lookup costs a third as much (see BENCHMARKS.md).
-pub(crate) type NameMap = HashMap<Box<str>, Arc<CertifiedKey>, foldhash::fast::RandomState>;
-
-/// What a handshake reads: immutable, replaced whole on every change.
-#[derive(Debug, Default)]
-pub(crate) struct Snapshot {
-    pub(crate) default: Option<Arc<CertifiedKey>>,
-    pub(crate) exact: NameMap,
-    /// Keyed by the parent domain: `*.example.com` is stored as `example.com`.
-    pub(crate) wildcard: NameMap,
-    /// ACME TLS-ALPN-01 challenge certificates, by the name being validated:
-    /// served only to clients that offer the `acme-tls/1` protocol.
-    pub(crate) challenges: NameMap,
-}
-
 #[derive(Debug, Default)]
 struct Slots {
     by_name: Vec<Slot>,
@@ -102,7 +87,9 @@ struct Slot {
     current: Option<ValidatedCert>,
     /// Older good certificates, most recent first.
     previous: VecDeque<ValidatedCert>,
-    renew_before_fraction: f64,
+    /// When its serving certificate is due for renewal, as its rotator
+    /// decided (`None`: the default rule).
+    renew_at: Option<SystemTime>,
     /// Why its latest candidate failed, and when (the store's failure count).
     last_error: Option<(u64, Failure)>,
     warnings: Vec<String>,
@@ -149,7 +136,7 @@ impl CertStoreBuilder {
                 snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
                 slots: Mutex::default(),
                 history: self.history,
-                events: Events::new(self.event_capacity),
+                events: Events::new(self.event_capacity, self.clock.clone()),
                 clock: self.clock,
                 changes: watch::Sender::new(0),
             }),
@@ -195,23 +182,21 @@ impl CertStore {
         let history = self.inner.history;
         let entry = slots.slot_mut(slot);
         let old = entry.current.replace(cert.clone());
+        entry.renew_at = None;
         if let Some(old) = &old {
             entry.previous.push_front(old.clone());
             entry.previous.truncate(history - 1);
         }
         entry.last_error = None;
         let name = entry.name.clone();
+        let level = AlertLevel::at(&cert.info, now, entry.renew_at(&cert.info));
         slots.rotations += 1;
         slots.last_rotation = Some(now);
         self.publish(&slots);
         drop(slots);
         self.inner.changes.send_modify(|n| *n += 1);
-        #[cfg(feature = "metrics")]
-        {
-            crate::metrics::installed(&name, now);
-            self.record_serving(&name, &cert.info, now);
-        }
         let old = old.map(|o| o.info);
+        self.inner.events.serving(&name, &cert.info, level);
         self.inner.events.emit(RotationEvent::Rotated {
             slot: name,
             old: old.clone(),
@@ -239,15 +224,13 @@ impl CertStore {
             .pop_front()
             .ok_or_else(|| RollbackError::NoPrevious(slot.to_owned()))?;
         entry.current = Some(to.clone());
+        entry.renew_at = None;
         let name = entry.name.clone();
+        let level = AlertLevel::at(&to.info, now, entry.renew_at(&to.info));
         self.publish(&slots);
         drop(slots);
         self.inner.changes.send_modify(|n| *n += 1);
-        #[cfg(feature = "metrics")]
-        {
-            crate::metrics::rolled_back(&name);
-            self.record_serving(&name, &to.info, now);
-        }
+        self.inner.events.serving(&name, &to.info, level);
         self.inner.events.emit(RotationEvent::RolledBack {
             slot: name,
             from: from.info,
@@ -298,7 +281,7 @@ impl CertStore {
                     &slot.name,
                     &current.info,
                     now,
-                    slot.renew_before_fraction,
+                    slot.renew_at(&current.info),
                     slot.last_error.clone().map(|(_, f)| f),
                     slot.warnings.clone(),
                 )),
@@ -389,23 +372,15 @@ impl CertStore {
         self.lock().slot_mut(slot).warnings = warnings;
     }
 
-    /// Sets the renewal point that `slot`'s alert levels are measured against.
-    pub(crate) fn set_renew_before_fraction(&self, slot: &str, fraction: f64) {
-        self.lock().slot_mut(slot).renew_before_fraction = fraction;
+    /// Creates `slot` (empty, unserved) unless it exists: slots are listed
+    /// in the order they were created.
+    pub(crate) fn add_slot(&self, slot: &str) {
+        self.lock().slot_mut(slot);
     }
 
-    pub(crate) fn renew_before_fraction(&self, slot: &str) -> f64 {
-        let slots = self.lock();
-        let found = slots.by_name.iter().find(|s| &*s.name == slot);
-        found.map_or(crate::rotator::DEFAULT_RENEW_BEFORE_FRACTION, |s| {
-            s.renew_before_fraction
-        })
-    }
-
-    #[cfg(feature = "metrics")]
-    fn record_serving(&self, slot: &str, cert: &CertInfo, now: SystemTime) {
-        let level = AlertLevel::at(cert, now, self.renew_before_fraction(slot));
-        crate::metrics::serving(slot, cert, level, now);
+    /// Sets when `slot`'s serving certificate is due for renewal.
+    pub(crate) fn set_renew_at(&self, slot: &str, at: SystemTime) {
+        self.lock().slot_mut(slot).renew_at = Some(at);
     }
 
     fn lock(&self) -> MutexGuard<'_, Slots> {
@@ -444,6 +419,14 @@ impl CertStore {
     }
 }
 
+impl Slot {
+    /// When `cert`, serving here, is due for renewal.
+    fn renew_at(&self, cert: &CertInfo) -> SystemTime {
+        self.renew_at
+            .unwrap_or_else(|| renewal::at_fraction(cert, renewal::DEFAULT_FRACTION, 0.0, 0.0))
+    }
+}
+
 impl Slots {
     fn find_mut(&mut self, name: &str) -> Option<&mut Slot> {
         self.by_name.iter_mut().find(|s| &*s.name == name)
@@ -457,7 +440,7 @@ impl Slots {
                     name: name.into(),
                     current: None,
                     previous: VecDeque::new(),
-                    renew_before_fraction: crate::rotator::DEFAULT_RENEW_BEFORE_FRACTION,
+                    renew_at: None,
                     last_error: None,
                     warnings: Vec::new(),
                 });

@@ -44,7 +44,7 @@ async fn obtains_with_tls_alpn_01_and_reuses_it_after_a_restart() {
         AcmeSource::builder(&pebble.directory, [NAME])
             .directory_root(&pebble.https_root)
             .storage(FileStorage::new(storage.path()))
-            .tls_alpn_01(&store)
+            .tls_alpn_01()
             .build()
     };
     // Nothing stored yet: nothing at hand, the first order is needed.
@@ -75,7 +75,7 @@ async fn obtains_with_tls_alpn_01_and_reuses_it_after_a_restart() {
     let again = AcmeSource::builder(&pebble.directory, [NAME])
         .directory_root(&pebble.https_root)
         .storage(FileStorage::new(storage.path()))
-        .tls_alpn_01(&store)
+        .tls_alpn_01()
         .build();
     assert!(certrotate::CertSource::at_hand(&again).await);
     let rotator = Rotator::builder(again, policy())
@@ -128,7 +128,7 @@ async fn renews_again_and_again_under_load() {
         ..Config::default()
     });
     let store = CertStore::new();
-    let source = builder(&pebble).tls_alpn_01(&store).build();
+    let source = builder(&pebble).tls_alpn_01().build();
     let rotator = Rotator::builder(source, policy())
         .store(store.clone())
         .spawn();
@@ -155,7 +155,7 @@ async fn renews_again_and_again_under_load() {
 /// A TLS-ALPN-01 setup on `pebble`: the rotator (retrying fast) and its server.
 async fn serving(pebble: &Pebble, timeout: Duration) -> (Rotator, common::Server) {
     let store = CertStore::new();
-    let source = builder(pebble).tls_alpn_01(&store).timeout(timeout).build();
+    let source = builder(pebble).tls_alpn_01().timeout(timeout).build();
     let rotator = Rotator::builder(source, policy())
         .store(store)
         .retry_backoff(Duration::from_millis(500), Duration::from_secs(2))
@@ -184,7 +184,7 @@ async fn issues_under_a_nonce_storm(answer: Answer) {
     let store = CertStore::new();
     let mut http = None;
     let source = match answer {
-        Answer::TlsAlpn01 => builder(&pebble).tls_alpn_01(&store),
+        Answer::TlsAlpn01 => builder(&pebble).tls_alpn_01(),
         Answer::Http01 => {
             let responder = Http01Responder::new();
             let tcp = tokio::net::TcpListener::bind(("127.0.0.1", pebble.config.http_port))
@@ -373,7 +373,7 @@ async fn external_account_binding_is_required_and_works() {
     });
     let store = CertStore::new();
     // Without the binding, the CA refuses the account.
-    let unbound = builder(&pebble).tls_alpn_01(&store).build();
+    let unbound = builder(&pebble).tls_alpn_01().build();
     let error = Rotator::builder(unbound, policy())
         .store(store.clone())
         .start()
@@ -383,7 +383,7 @@ async fn external_account_binding_is_required_and_works() {
 
     let bound = builder(&pebble)
         .external_account("kid-1", &key)
-        .tls_alpn_01(&store)
+        .tls_alpn_01()
         .build();
     let rotator = Rotator::builder(bound, policy()).store(store).spawn();
     let server = tls_alpn_server(&pebble, &rotator).await;
@@ -431,7 +431,7 @@ async fn state_that_cannot_be_saved_is_reported_and_the_certificate_served() {
     let storage = Faulty::default();
     let source = builder(&pebble)
         .storage(storage.clone())
-        .tls_alpn_01(&store)
+        .tls_alpn_01()
         .build();
     let rotator = Rotator::builder(source, policy()).store(store).spawn();
     let mut events = rotator.subscribe();
@@ -532,7 +532,7 @@ async fn an_order_interrupted_by_a_5xx_is_resumed_not_placed_again() {
     let source = AcmeSource::builder(&proxy.directory, [NAME])
         .directory_root(&pebble.https_root)
         .storage(pebble.storage())
-        .tls_alpn_01(&store)
+        .tls_alpn_01()
         .build();
     let rotator = Rotator::builder(source, policy())
         .store(store)
@@ -581,7 +581,7 @@ async fn a_fetch_timeout_mid_order_cleans_up_and_the_order_resumes() {
     let source = AcmeSource::builder(&proxy.directory, [NAME])
         .directory_root(&pebble.https_root)
         .storage(FileStorage::new(state.path()))
-        .tls_alpn_01(&store)
+        .tls_alpn_01()
         .build();
     let rotator = Rotator::builder(source, policy())
         .store(store)

@@ -242,7 +242,9 @@ fn alert_levels_follow_the_renewal_window() {
         .bundle
         .info()
         .clone();
-    let at = |days: u32| AlertLevel::at(&info, start + days * DAY, 1.0 / 3.0);
+    // Due for renewal with a third of the lifetime left.
+    let renew_at = info.not_after - info.lifetime() / 3;
+    let at = |days: u32| AlertLevel::at(&info, start + days * DAY, renew_at);
     assert_eq!(at(0), AlertLevel::Ok);
     assert_eq!(at(59), AlertLevel::Ok);
     assert_eq!(at(61), AlertLevel::RenewOverdue);
@@ -259,7 +261,8 @@ fn alert_levels_follow_the_renewal_window() {
         .bundle
         .info()
         .clone();
-    let hours = |h: u32| AlertLevel::at(&info, start + h * Duration::from_secs(3600), 1.0 / 3.0);
+    let renew_at = info.not_after - info.lifetime() / 3;
+    let hours = |h: u32| AlertLevel::at(&info, start + h * Duration::from_secs(3600), renew_at);
     assert_eq!(hours(15), AlertLevel::Ok);
     assert_eq!(hours(17), AlertLevel::Critical);
 }
@@ -359,4 +362,104 @@ async fn rate_limits_are_respected_until_the_lifetime_cannot_afford_them() {
         respected > 10 && shortened > 3,
         "{respected} respected, {shortened} shortened"
     );
+}
+
+/// Gives the same certificate until its own renewal time, 20% of the
+/// lifetime before expiry (later than the rotator's third), as an ACME
+/// source following a CA's renewal window does.
+struct DecidingSource {
+    issuing: Arc<IssuingSource>,
+    issued: Mutex<Option<CertBundle>>,
+}
+
+impl DecidingSource {
+    fn renewal(cert: &certrotate::CertInfo) -> SystemTime {
+        cert.not_after - cert.lifetime() / 5
+    }
+}
+
+impl CertSource for DecidingSource {
+    async fn fetch(&self) -> Result<CertBundle, SourceError> {
+        let now = self.issuing.clock.now();
+        let kept = self.issued.lock().unwrap().clone();
+        if let Some(kept) = kept.filter(|b| now < Self::renewal(b.info())) {
+            self.issuing.fetches.lock().unwrap().push(Instant::now());
+            return Ok(kept);
+        }
+        let new = self.issuing.fetch().await?;
+        *self.issued.lock().unwrap() = Some(new.clone());
+        Ok(new)
+    }
+
+    fn renew_at(&self, cert: &certrotate::CertInfo) -> Option<SystemTime> {
+        Some(Self::renewal(cert))
+    }
+
+    fn describe(&self) -> String {
+        "deciding CA".into()
+    }
+}
+
+/// One renewal rule: a source's own renewal time, later than the rotator's
+/// third (even with the widest jitter), is not "overdue": no warning, no
+/// failure, no backoff retries; renewal comes at the source's time.
+#[tokio::test(start_paused = true)]
+async fn a_sources_later_renewal_time_is_not_overdue() {
+    let (issuing, clock, store) = setup();
+    let source = Arc::new(DecidingSource {
+        issuing: issuing.clone(),
+        issued: Mutex::new(None),
+    });
+    let rotator = Rotator::builder(source.clone(), Policy::default())
+        .store(store.clone())
+        .renewal_jitter(0.5)
+        .retry_backoff(Duration::from_secs(60), Duration::from_secs(3600))
+        .start()
+        .await
+        .unwrap();
+    let first = rotator.current().unwrap();
+    let mut events = rotator.subscribe();
+    // Past the rotator's own schedule (a third left, up to half of that
+    // window earlier: from day 45 on), before the source's (day 72).
+    let day = |n: u32| first.not_before + n * DAY;
+    tokio::time::sleep(day(65).duration_since(clock.now()).unwrap()).await;
+    let health = rotator.health();
+    assert_eq!(health.alert, AlertLevel::Ok);
+    assert_eq!(
+        health.certificates[0].renew_at,
+        DecidingSource::renewal(&first)
+    );
+    // Asked early, the source gives what serves: no failure.
+    assert!(matches!(
+        rotator.rotate_now().await.unwrap(),
+        certrotate::Rotation::Unchanged(_)
+    ));
+    assert_eq!(rotator.health().last_error, None);
+    tokio::time::sleep(day(71).duration_since(clock.now()).unwrap()).await;
+    assert_eq!(
+        issuing.fetches.lock().unwrap().len(),
+        2,
+        "the first fetch and the manual one: no retries"
+    );
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event, RotationEvent::ExpiryWarning { .. }),
+            "{event:?}"
+        );
+    }
+    // At the source's time, it renews.
+    let renewed = loop {
+        match events.recv().await.unwrap() {
+            RotationEvent::Rotated { new, .. } => break new,
+            RotationEvent::ExpiryWarning { .. } => panic!("warned before renewing"),
+            _ => {}
+        }
+    };
+    assert_ne!(renewed.serial, first.serial);
+    let at = clock.now();
+    assert!(
+        at >= DecidingSource::renewal(&first) && at < day(73),
+        "{at:?}"
+    );
+    assert_eq!(rotator.health().alert, AlertLevel::Ok);
 }

@@ -11,29 +11,24 @@ use std::net::SocketAddr;
 pub struct ChallTestSrv(pub SocketAddr);
 
 impl ChallTestSrv {
-    async fn post(&self, path: &str, body: String) -> Result<(), String> {
+    async fn post(&self, path: &str, body: String) -> Result<(), certrotate::BoxError> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = tokio::net::TcpStream::connect(self.0)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut tcp = tokio::net::TcpStream::connect(self.0).await?;
         let request = format!(
             "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.0,
             body.len()
         );
-        tcp.write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
+        tcp.write_all(request.as_bytes()).await?;
         let mut response = String::new();
-        tcp.read_to_string(&mut response)
-            .await
-            .map_err(|e| e.to_string())?;
+        tcp.read_to_string(&mut response).await?;
         match response.starts_with("HTTP/1.1 200") {
             true => Ok(()),
             false => Err(format!(
                 "challtestsrv said: {}",
                 response.lines().next().unwrap_or("")
-            )),
+            )
+            .into()),
         }
     }
 }
@@ -43,7 +38,7 @@ impl certrotate::Dns01Solver for ChallTestSrv {
         &'a self,
         domain: &'a str,
         value: &'a str,
-    ) -> certrotate::BoxFuture<'a, Result<(), String>> {
+    ) -> certrotate::BoxFuture<'a, Result<(), certrotate::BoxError>> {
         Box::pin(self.post(
             "/set-txt",
             format!(r#"{{"host": "_acme-challenge.{domain}.", "value": "{value}"}}"#),
@@ -54,7 +49,7 @@ impl certrotate::Dns01Solver for ChallTestSrv {
         &'a self,
         domain: &'a str,
         _value: &'a str,
-    ) -> certrotate::BoxFuture<'a, Result<(), String>> {
+    ) -> certrotate::BoxFuture<'a, Result<(), certrotate::BoxError>> {
         Box::pin(self.post(
             "/clear-txt",
             format!(r#"{{"host": "_acme-challenge.{domain}."}}"#),

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::{AlertLevel, HealthSnapshot};
 use crate::clock::unix_seconds;
+use crate::metrics::{self, Metric};
 use crate::store::CertStore;
 
 const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -214,51 +215,35 @@ fn wants_prometheus<B>(request: &Request<B>) -> bool {
         .any(|v| v.contains("text/plain") || v.contains("application/openmetrics-text"))
 }
 
-/// A per-certificate gauge: name, help, value.
-type Gauge = (&'static str, &'static str, fn(&super::CertHealth) -> f64);
+/// A per-certificate gauge and its value.
+type Gauge = (Metric, fn(&super::CertHealth) -> f64);
 
 /// The snapshot in the Prometheus text exposition format (version 0.0.4).
 /// Slots are labelled by name when `detailed`, else by number.
 fn prometheus_text(health: &HealthSnapshot, healthy: bool, detailed: bool) -> String {
     let mut out = String::new();
     let gauges: [Gauge; 3] = [
-        (
-            "certrotate_certificate_expiry_timestamp_seconds",
-            "Expiry (not_after) of the serving certificate, as Unix time.",
-            |c| unix_seconds(c.not_after) as f64,
-        ),
-        (
-            "certrotate_certificate_remaining_seconds",
-            "Seconds left before the serving certificate expires.",
-            |c| c.remaining_seconds as f64,
-        ),
-        (
-            "certrotate_certificate_alert_level",
-            "Expiry alert level: 0 ok, 1 renew-overdue, 2 critical, 3 expired.",
-            |c| f64::from(c.alert.as_number()),
-        ),
+        (metrics::EXPIRY, |c| unix_seconds(c.not_after) as f64),
+        (metrics::REMAINING, |c| c.remaining_seconds as f64),
+        (metrics::ALERT_LEVEL, |c| f64::from(c.alert.as_number())),
     ];
-    for (name, help, value) in gauges {
+    let header = |out: &mut String, Metric { name, help }: Metric| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    };
+    for (metric, value) in gauges {
+        header(&mut out, metric);
         for (index, cert) in health.certificates.iter().enumerate() {
             let slot = match detailed {
                 true => label(&cert.slot),
                 false => index.to_string(),
             };
-            let _ = writeln!(out, "{name}{{slot=\"{slot}\"}} {}", value(cert));
+            let _ = writeln!(out, "{}{{slot=\"{slot}\"}} {}", metric.name, value(cert));
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP certrotate_unserved_slots Slots with no certificate to serve.\n\
-         # TYPE certrotate_unserved_slots gauge\n\
-         certrotate_unserved_slots {}\n\
-         # HELP certrotate_healthy 1 while the health check passes, else 0.\n\
-         # TYPE certrotate_healthy gauge\n\
-         certrotate_healthy {}",
-        health.unserved.len(),
-        u8::from(healthy)
-    );
+    header(&mut out, metrics::UNSERVED);
+    let _ = writeln!(out, "{} {}", metrics::UNSERVED.name, health.unserved.len());
+    header(&mut out, metrics::HEALTHY);
+    let _ = writeln!(out, "{} {}", metrics::HEALTHY.name, u8::from(healthy));
     out
 }
 

@@ -1,6 +1,7 @@
 //! [`AcmeSource`]: certificates from Let's Encrypt or any RFC 8555 CA, through
 //! `instant-acme`, kept in a [`Storage`] and renewed on the CA's schedule.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -15,7 +16,10 @@ use instant_acme::{
 };
 use sha2::{Digest, Sha256};
 
-use super::{CertSource, HighWaterMark, SourceError, SourceWarning};
+use super::{CertSource, SourceError, SourceWarning};
+use crate::clock::Clock;
+use crate::mark::HighWaterMark;
+use crate::renewal;
 
 mod file_storage;
 use crate::bundle::{CertBundle, CertInfo};
@@ -183,10 +187,8 @@ impl Lease {
         let random = crate::random::secure()
             .map(u64::from_ne_bytes)
             .unwrap_or_else(|_| {
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default();
-                fastrand::u64(..) ^ now.as_nanos() as u64
+                let now = SystemTime::now().duration_since(UNIX_EPOCH);
+                fastrand::u64(..) ^ now.unwrap_or_default().as_nanos() as u64
             });
         format!("{}-{random:016x}", std::process::id())
     }
@@ -214,9 +216,17 @@ impl Lease {
 /// removes it.
 pub trait Dns01Solver: Send + Sync + 'static {
     /// Publishes the TXT record.
-    fn present<'a>(&'a self, domain: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    fn present<'a>(
+        &'a self,
+        domain: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<(), BoxError>>;
     /// Removes it.
-    fn cleanup<'a>(&'a self, domain: &'a str, value: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    fn cleanup<'a>(
+        &'a self,
+        domain: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<(), BoxError>>;
 }
 
 /// Answers HTTP-01 challenges: serve [`router`](Self::router) (or the
@@ -271,8 +281,8 @@ impl Http01Responder {
 /// How the CA checks that we control the names.
 #[derive(Clone)]
 enum Challenge {
-    /// Answered by the store's resolver (give the server `acme-tls/1` ALPN).
-    TlsAlpn01(CertStore),
+    /// Answered by the resolver of the store the source is attached to.
+    TlsAlpn01,
     Http01(Http01Responder),
     Dns01(Arc<dyn Dns01Solver>),
 }
@@ -304,12 +314,13 @@ impl fmt::Debug for AcmeBuilder {
 }
 
 impl AcmeBuilder {
-    /// Answers TLS-ALPN-01 challenges from `store`'s resolver: use the same
-    /// store for the rotator, and list [`ACME_TLS_ALPN`](crate::ACME_TLS_ALPN)
-    /// in the server's ALPN protocols. The server must be reachable on port
-    /// 443 of the names.
-    pub fn tls_alpn_01(mut self, store: &CertStore) -> Self {
-        self.challenge = Challenge::TlsAlpn01(store.clone());
+    /// Answers TLS-ALPN-01 challenges (the default) from the resolver of
+    /// the store the [`Rotator`](crate::Rotator) running this source fills;
+    /// [`Rotator::server_config`](crate::Rotator::server_config) then offers
+    /// [`ACME_TLS_ALPN`](crate::ACME_TLS_ALPN). The server must be reachable
+    /// on port 443 of the names.
+    pub fn tls_alpn_01(mut self) -> Self {
+        self.challenge = Challenge::TlsAlpn01;
         self
     }
 
@@ -447,6 +458,7 @@ impl AcmeBuilder {
                 rate_limited: Arc::default(),
                 provided: Mutex::default(),
                 pending: Mutex::default(),
+                attached: Mutex::default(),
             }),
         }
     }
@@ -472,18 +484,16 @@ impl AcmeBuilder {
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
-/// use certrotate::{AcmeSource, CertStore, FileStorage, Policy, Rotator, ACME_TLS_ALPN};
+/// use certrotate::{AcmeSource, FileStorage, Policy, Rotator};
 ///
-/// let store = CertStore::new();
 /// let acme = AcmeSource::builder("https://acme-staging-v02.api.letsencrypt.org/directory", ["api.example.com"])
 ///     .contact("mailto:ops@example.com")
 ///     .storage(FileStorage::new("/var/lib/myapp/acme"))
-///     .tls_alpn_01(&store)
 ///     .build();
 /// let policy = Policy::builder().server_name("api.example.com").build()?;
-/// let rotator = Rotator::builder(acme, policy).store(store).spawn();
-/// let mut tls = rotator.server_config()?;
-/// tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+/// let rotator = Rotator::builder(acme, policy).spawn();
+/// // Serves TLS-ALPN-01 answers; ALPN includes `acme-tls/1`.
+/// let tls = std::sync::Arc::new(rotator.server_config()?);
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -517,6 +527,9 @@ struct Inner {
     provided: Mutex<Option<CertBundle>>,
     /// The order in progress, for the next attempt to resume.
     pending: Mutex<Option<PendingOrder>>,
+    /// The store of the rotator running this source: TLS-ALPN-01 answers
+    /// are served from it, and its clock tells the time.
+    attached: Mutex<Option<CertStore>>,
 }
 
 impl fmt::Debug for AcmeSource {
@@ -538,16 +551,120 @@ struct Advice {
     fired: bool,
 }
 
-/// Why an ACME step failed, for messages.
-struct Failure(String);
+/// Why an ACME step failed: what was being done, and the typed cause.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{what}: {cause}")]
+struct Failure {
+    what: Cow<'static, str>,
+    #[source]
+    cause: Cause,
+}
+
+/// The cause of a [`Failure`], kept typed (and `Clone` through `Arc`).
+#[derive(Debug, Clone, thiserror::Error)]
+enum Cause {
+    /// What instant-acme reported: the CA's problem document, or what
+    /// went wrong on the way to it.
+    #[error(transparent)]
+    Acme(Arc<instant_acme::Error>),
+    /// No answer within the step's timeout.
+    #[error("no answer within {}", crate::clock::human(*.0))]
+    Timeout(Duration),
+    /// Anything else: storage, keys, a DNS provider, a certificate.
+    #[error(transparent)]
+    Other(Arc<dyn std::error::Error + Send + Sync>),
+    /// The CA answered, but not so that the order can go on.
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+/// The step whose `unauthorized` means the CA no longer accepts the
+/// account: the first request an order signs with it.
+const CREATING_ORDER: &str = "creating the order";
 
 impl Failure {
+    fn new(what: impl Into<Cow<'static, str>>, cause: impl Into<Cause>) -> Self {
+        Self {
+            what: what.into(),
+            cause: cause.into(),
+        }
+    }
+
+    /// The CA's answer does not let the order go on.
+    fn unexpected(what: impl Into<Cow<'static, str>>, why: impl Into<String>) -> Self {
+        Self::new(what, Cause::Unexpected(why.into()))
+    }
+
+    /// The type of the CA's problem document, without the
+    /// `urn:ietf:params:acme:error:` prefix (RFC 8555 §6.7).
+    fn problem(&self) -> Option<&str> {
+        let Cause::Acme(error) = &self.cause else {
+            return None;
+        };
+        let instant_acme::Error::Api(problem) = &**error else {
+            return None;
+        };
+        problem
+            .r#type
+            .as_deref()?
+            .strip_prefix("urn:ietf:params:acme:error:")
+    }
+
     /// Whether the CA refused the request for its nonce (RFC 8555 §6.5):
     /// it was not processed, and may be sent again.
     fn bad_nonce(&self) -> bool {
-        self.0.contains("urn:ietf:params:acme:error:badNonce")
+        self.problem() == Some("badNonce")
+    }
+
+    /// Whether the certificate an order `replaces` was replaced already
+    /// (RFC 9773 §5).
+    fn already_replaced(&self) -> bool {
+        self.problem() == Some("alreadyReplaced")
+    }
+
+    /// Whether the CA no longer knows the account (a reset CA) or no
+    /// longer accepts it (deactivated): `accountDoesNotExist`, or
+    /// `unauthorized` for the order it signs.
+    fn forgotten_account(&self) -> bool {
+        match self.problem() {
+            Some("accountDoesNotExist") => true,
+            Some("unauthorized") => self.what == CREATING_ORDER,
+            _ => false,
+        }
     }
 }
+
+impl From<instant_acme::Error> for Cause {
+    fn from(error: instant_acme::Error) -> Self {
+        Self::Acme(Arc::new(error))
+    }
+}
+
+impl From<BoxError> for Cause {
+    fn from(error: BoxError) -> Self {
+        Self::Other(Arc::from(error))
+    }
+}
+
+impl From<std::io::Error> for Cause {
+    fn from(error: std::io::Error) -> Self {
+        Self::Other(Arc::new(error))
+    }
+}
+
+/// Adds what was being done to an error.
+trait Context<T> {
+    fn context(self, what: impl Into<Cow<'static, str>>) -> Result<T, Failure>;
+}
+
+impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for Result<T, E> {
+    fn context(self, what: impl Into<Cow<'static, str>>) -> Result<T, Failure> {
+        self.map_err(|e| Failure::new(what, Cause::Other(Arc::new(e))))
+    }
+}
+
+/// A boxed error, as a [`Dns01Solver`] returns.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// An order placed with the CA and not finished yet: the next attempt
 /// resumes it from its URL instead of starting over, so that the
@@ -560,37 +677,31 @@ struct PendingOrder {
     key_pem: Option<zeroize::Zeroizing<String>>,
 }
 
-impl<E: fmt::Display> From<E> for Failure {
-    fn from(e: E) -> Self {
-        Self(e.to_string())
-    }
-}
-
 impl AcmeSource {
     /// Runs one step of talking to the CA under the timeout, and remembers
     /// a rate limit's wait for the rotator.
-    async fn step<T, E: fmt::Display + 'static>(
+    async fn step<T, E: Into<Cause>>(
         &self,
-        what: &str,
+        what: &'static str,
         future: impl Future<Output = Result<T, E>>,
     ) -> Result<T, Failure> {
         let timeout = self.inner.config.timeout;
         match tokio::time::timeout(timeout, future).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
-                let acme = (&e as &dyn std::any::Any).downcast_ref::<instant_acme::Error>();
-                if let Some(wait) = acme.and_then(rate_limit_wait) {
+                let failure = Failure::new(what, e);
+                if let Some(wait) = rate_limit_wait(&failure, self.now()) {
                     *lock(&self.inner.rate_limited) = Some(wait);
                 }
-                Err(Failure(format!("{what}: {e}")))
+                Err(failure)
             }
-            Err(_) => Err(Failure(format!("{what}: no answer within {timeout:?}"))),
+            Err(_) => Err(Failure::new(what, Cause::Timeout(timeout))),
         }
     }
 
     /// Certificates for `domains` (the first is the common name) from the
     /// ACME directory at `directory`, answering TLS-ALPN-01 challenges by
-    /// default (set the store with [`AcmeBuilder::tls_alpn_01`]).
+    /// default ([`AcmeBuilder::tls_alpn_01`]).
     pub fn builder<I, S>(directory: impl Into<String>, domains: I) -> AcmeBuilder
     where
         I: IntoIterator<Item = S>,
@@ -599,7 +710,7 @@ impl AcmeSource {
         AcmeBuilder {
             directory: directory.into(),
             domains: domains.into_iter().map(Into::into).collect(),
-            challenge: Challenge::TlsAlpn01(CertStore::new()),
+            challenge: Challenge::TlsAlpn01,
             storage: Arc::new(FileStorage::new(default_storage_dir())),
             contact: Vec::new(),
             root: None,
@@ -623,7 +734,7 @@ impl AcmeSource {
             .storage
             .load(&self.inner.cert_key)
             .await
-            .map_err(|e| Failure(format!("cannot read the stored certificate: {e}")))?
+            .context("cannot read the stored certificate")?
         else {
             return Ok(None);
         };
@@ -685,8 +796,8 @@ impl AcmeSource {
             let stored = self
                 .stored()
                 .await
-                .map_err(|Failure(reason)| Trouble::StorageDown(reason))?;
-            if let Some(bundle) = stored.filter(|b| !self.due(b.info(), SystemTime::now())) {
+                .map_err(|failure| Trouble::StorageDown(failure.to_string()))?;
+            if let Some(bundle) = stored.filter(|b| !self.due(b.info(), self.now())) {
                 return Ok(Renewal::Done(bundle));
             }
         }
@@ -704,7 +815,7 @@ impl AcmeSource {
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 continue;
             };
-            tokio::time::sleep(at.duration_since(SystemTime::now()).unwrap_or_default()).await;
+            tokio::time::sleep(at.duration_since(self.now()).unwrap_or_default()).await;
             let mut advice = lock(&self.inner.advice);
             if let Some(advice) = advice.as_mut().filter(|a| a.at == at && !a.fired) {
                 advice.fired = true;
@@ -727,17 +838,33 @@ impl AcmeSource {
         }
     }
 
+    /// The time, as the clock of the store this source is attached to
+    /// tells it.
+    fn now(&self) -> SystemTime {
+        self.clock().now()
+    }
+
+    fn clock(&self) -> Arc<dyn Clock> {
+        match &*lock(&self.inner.attached) {
+            Some(store) => store.clock().clone(),
+            None => Arc::new(crate::clock::SystemClock),
+        }
+    }
+
+    /// When `cert` should be replaced: at the time the CA advised, else
+    /// with 40% of its lifetime left; with 10% left whatever the advice.
+    fn renewal_time(&self, cert: &CertInfo) -> SystemTime {
+        let left = |fraction| renewal::at_fraction(cert, fraction, 0.0, 0.0);
+        let planned = match &*lock(&self.inner.advice) {
+            Some(advice) if advice.fingerprint == cert.fingerprint_sha256 => advice.at,
+            _ => left(DEFAULT_RENEW_FRACTION),
+        };
+        planned.min(left(EMERGENCY_FRACTION))
+    }
+
     /// Whether `cert` should be replaced now.
     fn due(&self, cert: &CertInfo, now: SystemTime) -> bool {
-        let remaining = cert.not_after.duration_since(now).unwrap_or_default();
-        let lifetime = cert.lifetime();
-        if remaining < lifetime.mul_f64(EMERGENCY_FRACTION) {
-            return true;
-        }
-        match &*lock(&self.inner.advice) {
-            Some(advice) if advice.fingerprint == cert.fingerprint_sha256 => now >= advice.at,
-            _ => remaining < lifetime.mul_f64(DEFAULT_RENEW_FRACTION),
-        }
+        now >= self.renewal_time(cert)
     }
 
     /// The account: loaded from storage, or made (and stored).
@@ -746,32 +873,33 @@ impl AcmeSource {
         if let (Some(account), false) = (&*cached, fresh) {
             return Ok(account.clone());
         }
-        let builder = || -> Result<_, Failure> {
-            let http = NotingClient::new(
-                self.inner.config.root.as_deref(),
-                self.inner.rate_limited.clone(),
-            )?;
-            Ok(Account::builder_with_http(Box::new(http)))
-        };
+        let http = NotingClient::new(
+            self.inner.config.root.as_deref(),
+            self.inner.rate_limited.clone(),
+            self.clock(),
+        )
+        .await?;
+        let builder = || Account::builder_with_http(Box::new(http.clone()));
         let stored = match fresh {
             true => None,
-            false => {
-                self.inner
-                    .config
-                    .storage
-                    .load(&self.inner.account_key)
-                    .await?
-            }
+            false => self
+                .inner
+                .config
+                .storage
+                .load(&self.inner.account_key)
+                .await
+                .context("reading the stored ACME account")?,
         };
         let account = match stored {
             Some(json) => {
                 // The account's private key is in it.
                 let json = zeroize::Zeroizing::new(json);
-                let credentials: AccountCredentials = serde_json::from_slice(&json)?;
+                let credentials: AccountCredentials =
+                    serde_json::from_slice(&json).context("reading the stored ACME account")?;
                 // A GET of the directory: no nonce to refuse.
                 self.step(
                     "loading the ACME account",
-                    builder()?.from_credentials(credentials),
+                    builder().from_credentials(credentials),
                 )
                 .await?
             }
@@ -797,9 +925,10 @@ impl AcmeSource {
                 let (account, credentials) = step!(
                     self,
                     "creating the ACME account",
-                    builder()?.create(&new, self.inner.config.directory.clone(), eab.as_ref())
+                    builder().create(&new, self.inner.config.directory.clone(), eab.as_ref())
                 )?;
-                let json = zeroize::Zeroizing::new(serde_json::to_vec(&credentials)?);
+                let json = serde_json::to_vec(&credentials).context("saving the ACME account")?;
+                let json = zeroize::Zeroizing::new(json);
                 self.save(&self.inner.account_key, &json, "ACME account")
                     .await;
                 tracing::info!(target: "certrotate", directory = %self.inner.config.directory, "ACME account created");
@@ -816,7 +945,7 @@ impl AcmeSource {
         let stored = self
             .stored()
             .await
-            .map_err(|Failure(reason)| Trouble::StorageDown(reason))?;
+            .map_err(|failure| Trouble::StorageDown(failure.to_string()))?;
         if let Some(bundle) = &stored {
             let advised = lock(&self.inner.advice)
                 .as_ref()
@@ -825,14 +954,14 @@ impl AcmeSource {
             // due without it; otherwise it is asked for in the background,
             // so that a restart serves the stored certificate at once even
             // when the CA is slow or down.
-            let due = self.due(bundle.info(), SystemTime::now());
+            let due = self.due(bundle.info(), self.now());
             if !advised && due {
                 self.advise(bundle).await;
             } else if !advised {
                 let (source, bundle) = (self.clone(), bundle.clone());
                 tokio::spawn(async move { source.advise(&bundle).await });
             }
-            if !self.due(bundle.info(), SystemTime::now()) {
+            if !self.due(bundle.info(), self.now()) {
                 return Ok(bundle.clone());
             }
         }
@@ -843,7 +972,7 @@ impl AcmeSource {
         };
         // Another instance may have finished just before the lock was ours.
         let stored = match self.stored().await {
-            Ok(Some(bundle)) if !self.due(bundle.info(), SystemTime::now()) => {
+            Ok(Some(bundle)) if !self.due(bundle.info(), self.now()) => {
                 let _ = self.inner.config.storage.unlock(&lease).await;
                 return Ok(bundle);
             }
@@ -862,9 +991,9 @@ impl AcmeSource {
         let Some(window) = self.inner.config.order_alone_within else {
             return false;
         };
-        lock(&self.inner.provided).as_ref().is_none_or(|b| {
-            b.info().not_after < crate::clock::saturating_add(SystemTime::now(), window)
-        })
+        lock(&self.inner.provided)
+            .as_ref()
+            .is_none_or(|b| b.info().not_after < crate::clock::saturating_add(self.now(), window))
     }
 
     /// Orders a new certificate, with what the CA said about rate limits in
@@ -874,13 +1003,13 @@ impl AcmeSource {
         lock(&self.inner.rate_limited).take();
         let ordered = self.order(replacing).await;
         let rate_limited = lock(&self.inner.rate_limited).take();
-        let bundle = ordered.map_err(|Failure(reason)| match rate_limited {
+        let bundle = ordered.map_err(|failure| match rate_limited {
             Some(retry_after) => SourceError::RateLimited {
                 from: self.describe(),
-                reason,
+                reason: failure.to_string(),
                 retry_after,
             },
-            None => SourceError::unavailable(self.describe(), reason),
+            None => SourceError::unavailable(self.describe(), failure),
         })?;
         self.advise(&bundle).await;
         Ok(bundle)
@@ -892,8 +1021,8 @@ impl AcmeSource {
         match self.order_with(&account, replacing).await {
             // The CA forgot the account (a reset CA, a deactivated account):
             // make a new one and try once more.
-            Err(Failure(reason)) if forgotten_account(&reason) => {
-                tracing::warn!(target: "certrotate", %reason, "the ACME CA no longer knows the account; creating a new one");
+            Err(failure) if failure.forgotten_account() => {
+                tracing::warn!(target: "certrotate", reason = %failure, "the ACME CA no longer knows the account; creating a new one");
                 let account = self.account(true).await?;
                 self.order_with(&account, None).await
             }
@@ -920,7 +1049,7 @@ impl AcmeSource {
         cleanup.run().await;
         match &result {
             Ok(_) => *lock(&self.inner.pending) = None,
-            Err(Failure(reason)) => {
+            Err(reason) => {
                 tracing::info!(target: "certrotate", order = %order.url(), %reason, "the ACME order did not finish; the next attempt resumes it");
             }
         }
@@ -950,7 +1079,7 @@ impl AcmeSource {
                 }
                 tracing::info!(target: "certrotate", order = %url, ?status, "the unfinished ACME order cannot be finished; placing a new one");
             }
-            Err(Failure(reason)) => {
+            Err(reason) => {
                 tracing::info!(target: "certrotate", order = %url, %reason, "the unfinished ACME order cannot be resumed; placing a new one");
             }
         }
@@ -984,18 +1113,12 @@ impl AcmeSource {
         };
         // `replaces` only where the CA gave renewal advice (it has ARI).
         let ari = lock(&self.inner.advice).is_some();
-        let order = match step!(
-            self,
-            "creating the order",
-            account.new_order(&new_order(ari))
-        ) {
+        let order = match step!(self, CREATING_ORDER, account.new_order(&new_order(ari))) {
             // The old certificate was replaced already (by another replica,
             // or an order lost in a crash): order without `replaces`.
-            Err(Failure(reason)) if reason.contains("alreadyReplaced") => step!(
-                self,
-                "creating the order",
-                account.new_order(&new_order(false))
-            )?,
+            Err(failure) if failure.already_replaced() => {
+                step!(self, CREATING_ORDER, account.new_order(&new_order(false)))?
+            }
             other => other?,
         };
         *lock(&self.inner.pending) = Some(PendingOrder {
@@ -1037,20 +1160,25 @@ impl AcmeSource {
                 match authorization.status {
                     AuthorizationStatus::Valid => continue,
                     AuthorizationStatus::Pending => {}
-                    other => return Err(Failure(format!("authorization is {other:?}"))),
+                    other => {
+                        let why = format!("the authorization is {other:?}");
+                        return Err(Failure::unexpected("validating the names", why));
+                    }
                 }
                 let kind = match &self.inner.config.challenge {
-                    Challenge::TlsAlpn01(_) => ChallengeType::TlsAlpn01,
+                    Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
                     Challenge::Http01(_) => ChallengeType::Http01,
                     Challenge::Dns01(_) => ChallengeType::Dns01,
                 };
-                let mut challenge = authorization
-                    .challenge(kind.clone())
-                    .ok_or_else(|| Failure(format!("the CA offers no {kind:?} challenge")))?;
+                let mut challenge = authorization.challenge(kind.clone()).ok_or_else(|| {
+                    let why = format!("the CA offers no {kind:?} challenge");
+                    Failure::unexpected("validating the names", why)
+                })?;
                 let domain = match challenge.identifier().identifier {
                     Identifier::Dns(name) => name.clone(),
                     other => {
-                        return Err(Failure(format!("cannot answer for identifier {other:?}")))
+                        let why = format!("cannot answer for identifier {other:?}");
+                        return Err(Failure::unexpected("validating the names", why));
                     }
                 };
                 if cleanup.answered(&challenge.url) {
@@ -1058,7 +1186,10 @@ impl AcmeSource {
                 }
                 let key_authorization = challenge.key_authorization();
                 match &self.inner.config.challenge {
-                    Challenge::TlsAlpn01(store) => {
+                    Challenge::TlsAlpn01 => {
+                        let store = lock(&self.inner.attached).clone().ok_or_else(|| {
+                            Failure::unexpected("answering TLS-ALPN-01", "its answers are served by the store of the rotator running this source, and none runs it")
+                        })?;
                         let key = alpn_certificate(&domain, key_authorization.digest().as_ref())?;
                         store.set_challenge(&domain, key);
                         cleanup.push(&challenge.url, Undo::TlsAlpn01(store.clone(), domain));
@@ -1102,9 +1233,8 @@ impl AcmeSource {
                 )?;
                 if status != OrderStatus::Ready {
                     *lock(&self.inner.pending) = None;
-                    return Err(Failure(format!(
-                        "the order is {status:?}: validation failed"
-                    )));
+                    let why = format!("the order is {status:?}");
+                    return Err(Failure::unexpected("validating the challenges", why));
                 }
                 let key_pem =
                     zeroize::Zeroizing::new(step!(self, "finalizing the order", order.finalize())?);
@@ -1120,7 +1250,8 @@ impl AcmeSource {
             order.poll_certificate(&retries)
         )?;
         let combined = zeroize::Zeroizing::new(format!("{chain_pem}{}", *key_pem));
-        let bundle = CertBundle::from_combined_pem(combined.as_bytes())?;
+        let bundle = CertBundle::from_combined_pem(combined.as_bytes())
+            .context("reading the certificate the CA issued")?;
         self.save(
             &self.inner.cert_key,
             combined.as_bytes(),
@@ -1205,31 +1336,41 @@ impl AcmeSource {
 /// instant-acme's HTTP client (hyper + rustls, the platform's roots or the
 /// configured one), noting the `Retry-After` of error responses, which
 /// instant-acme's errors do not carry, so that the rotator can honour it.
+#[derive(Clone)]
 struct NotingClient {
     inner: hyper_util::client::legacy::Client<
         hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
         instant_acme::BodyWrapper<bytes::Bytes>,
     >,
     retry_after: Arc<Mutex<Option<Duration>>>,
+    clock: Arc<dyn Clock>,
 }
 
 impl NotingClient {
-    fn new(
+    /// A client trusting the CA certificates of the PEM file `root` (read
+    /// off the runtime), else the platform's.
+    async fn new(
         root: Option<&std::path::Path>,
         retry_after: Arc<Mutex<Option<Duration>>>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, Failure> {
-        use rustls::pki_types::pem::PemObject;
+        const WHAT: &str = "setting up the connection to the CA";
         let builder = rustls::ClientConfig::builder_with_provider(crate::default_provider())
-            .with_safe_default_protocol_versions()?;
+            .with_safe_default_protocol_versions()
+            .context(WHAT)?;
         let tls = match root {
-            Some(pem) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in rustls::pki_types::CertificateDer::pem_file_iter(pem)? {
-                    roots.add(cert?)?;
-                }
+            Some(path) => {
+                let what = format!("reading the CA's root certificates {}", path.display());
+                let path = path.to_owned();
+                let pem = crate::sync::blocking(move || crate::read::small(&path))
+                    .await
+                    .and_then(|read| read)
+                    .context(what.clone())?;
+                let roots = crate::mtls::root_store_from_pem(&pem).context(what)?;
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
-            None => rustls_platform_verifier::BuilderVerifierExt::with_platform_verifier(builder)?
+            None => rustls_platform_verifier::BuilderVerifierExt::with_platform_verifier(builder)
+                .context(WHAT)?
                 .with_no_client_auth(),
         };
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -1241,7 +1382,11 @@ impl NotingClient {
         let inner =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build(https);
-        Ok(Self { inner, retry_after })
+        Ok(Self {
+            inner,
+            retry_after,
+            clock,
+        })
     }
 }
 
@@ -1252,10 +1397,11 @@ impl instant_acme::HttpClient for NotingClient {
     ) -> BoxFuture<'static, Result<instant_acme::BytesResponse, instant_acme::Error>> {
         let response = instant_acme::HttpClient::request(&self.inner, request);
         let noted = self.retry_after.clone();
+        let now = self.clock.now();
         Box::pin(async move {
             let response = response.await?;
             if response.parts.status.is_client_error() || response.parts.status.is_server_error() {
-                if let Some(wait) = retry_after(&response.parts.headers) {
+                if let Some(wait) = retry_after(&response.parts.headers, now) {
                     *lock(&noted) = Some(wait);
                 }
             }
@@ -1265,7 +1411,7 @@ impl instant_acme::HttpClient for NotingClient {
 }
 
 /// A `Retry-After` header's wait: seconds, or an HTTP date.
-fn retry_after(headers: &axum::http::HeaderMap) -> Option<Duration> {
+fn retry_after(headers: &axum::http::HeaderMap, now: SystemTime) -> Option<Duration> {
     let value = headers
         .get(axum::http::header::RETRY_AFTER)?
         .to_str()
@@ -1275,7 +1421,7 @@ fn retry_after(headers: &axum::http::HeaderMap) -> Option<Duration> {
         return Some(Duration::from_secs(seconds));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+    Some(at.duration_since(now).unwrap_or_default())
 }
 
 /// Where ACME state goes unless the builder says otherwise.
@@ -1297,47 +1443,31 @@ fn default_storage_dir() -> PathBuf {
 /// How long a `rateLimited` problem asks to wait: the time in its detail
 /// (Let's Encrypt writes "retry after 2026-01-02 03:04:05 UTC"), else a
 /// minute.
-fn rate_limit_wait(error: &instant_acme::Error) -> Option<Duration> {
-    let instant_acme::Error::Api(problem) = error else {
-        return None;
-    };
-    if problem.r#type.as_deref() != Some("urn:ietf:params:acme:error:rateLimited") {
+fn rate_limit_wait(failure: &Failure, now: SystemTime) -> Option<Duration> {
+    if failure.problem() != Some("rateLimited") {
         return None;
     }
+    let Cause::Acme(error) = &failure.cause else {
+        return None;
+    };
+    let instant_acme::Error::Api(problem) = &**error else {
+        return None;
+    };
     let until = problem.detail.as_deref().and_then(|detail| {
         let at = detail.to_ascii_lowercase().find("retry after ")? + "retry after ".len();
         utc_stamp(detail.get(at..at + 19)?)
     });
-    let wait = until.and_then(|until| until.duration_since(SystemTime::now()).ok());
+    let wait = until.and_then(|until| until.duration_since(now).ok());
     Some(wait.unwrap_or(Duration::from_secs(60)))
 }
 
 /// Parses `YYYY-MM-DD HH:MM:SS` as UTC.
 fn utc_stamp(stamp: &str) -> Option<SystemTime> {
-    let number = |range: std::ops::Range<usize>| stamp.get(range)?.parse::<u16>().ok();
-    let month = time::Month::try_from(number(5..7)? as u8).ok()?;
-    let date =
-        time::Date::from_calendar_date(i32::from(number(0..4)?), month, number(8..10)? as u8)
-            .ok()?;
-    let clock = time::Time::from_hms(
-        number(11..13)? as u8,
-        number(14..16)? as u8,
-        number(17..19)? as u8,
-    )
-    .ok()?;
-    Some(
-        time::PrimitiveDateTime::new(date, clock)
-            .assume_utc()
-            .into(),
-    )
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    let at = time::PrimitiveDateTime::parse(stamp, format).ok()?;
+    Some(at.assume_utc().into())
 }
 
-/// Whether an ACME problem says the account is unknown or unusable.
-fn forgotten_account(reason: &str) -> bool {
-    let reason = reason.to_ascii_lowercase();
-    reason.contains("accountdoesnotexist")
-        || reason.contains("unauthorized") && reason.contains("account")
-}
 /// The renewal lock while this instance orders under it: its saves are
 /// fenced by it, and it is released however the order ends. Dropped without
 /// [`release`](Self::release) (the rotator's fetch timeout dropped the
@@ -1457,15 +1587,17 @@ fn alpn_certificate(
     domain: &str,
     digest: &[u8],
 ) -> Result<Arc<rustls::sign::CertifiedKey>, Failure> {
-    let mut params = rcgen::CertificateParams::new(vec![domain.to_owned()])?;
+    const WHAT: &str = "making the TLS-ALPN-01 certificate";
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_owned()]).context(WHAT)?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
-    let key = rcgen::KeyPair::generate()?;
-    let cert = params.self_signed(&key)?;
+    let key = rcgen::KeyPair::generate().context(WHAT)?;
+    let cert = params.self_signed(&key).context(WHAT)?;
     let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
-        .map_err(|e| Failure(e.to_owned()))?;
+        .map_err(|e| Failure::unexpected(WHAT, e))?;
     let signing = crate::default_provider()
         .key_provider
-        .load_private_key(der)?;
+        .load_private_key(der)
+        .context(WHAT)?;
     Ok(Arc::new(rustls::sign::CertifiedKey::new(
         vec![cert.der().clone()],
         signing,
@@ -1473,6 +1605,18 @@ fn alpn_certificate(
 }
 
 impl CertSource for AcmeSource {
+    fn renew_at(&self, cert: &CertInfo) -> Option<SystemTime> {
+        Some(self.renewal_time(cert))
+    }
+
+    fn attach(&self, store: &CertStore) {
+        *lock(&self.inner.attached) = Some(store.clone());
+    }
+
+    fn answers_tls_alpn_01(&self) -> bool {
+        matches!(self.inner.config.challenge, Challenge::TlsAlpn01)
+    }
+
     async fn fetch(&self) -> Result<CertBundle, SourceError> {
         let fetched = match self.obtain().await {
             Ok(bundle) => Ok(bundle),
@@ -1531,7 +1675,7 @@ impl CertSource for AcmeSource {
 
     /// A stored certificate that has not expired is at hand.
     async fn at_hand(&self) -> bool {
-        matches!(self.stored().await, Ok(Some(bundle)) if bundle.info().not_after > SystemTime::now())
+        matches!(self.stored().await, Ok(Some(bundle)) if bundle.info().not_after > self.now())
     }
 
     fn describe(&self) -> String {
@@ -1566,17 +1710,16 @@ pub mod fuzzing {
         let value = axum::http::HeaderValue::from_bytes(value).ok()?;
         let mut headers = axum::http::HeaderMap::new();
         headers.insert(axum::http::header::RETRY_AFTER, value);
-        super::retry_after(&headers)
+        super::retry_after(&headers, std::time::SystemTime::now())
     }
 
     /// An ACME problem document (JSON) as the rate-limit and account
     /// recognizers read it.
     pub fn problem(json: &[u8]) -> Option<Duration> {
         let problem: instant_acme::Problem = serde_json::from_slice(json).ok()?;
-        if let Some(detail) = &problem.detail {
-            let _ = super::forgotten_account(detail);
-        }
-        super::rate_limit_wait(&instant_acme::Error::Api(problem))
+        let failure = super::Failure::new(super::CREATING_ORDER, instant_acme::Error::Api(problem));
+        let _ = (failure.forgotten_account(), failure.bad_nonce());
+        super::rate_limit_wait(&failure, std::time::SystemTime::now())
     }
 
     /// Stored account credentials, as read back from a `Storage`.
@@ -1638,14 +1781,17 @@ mod tests {
         assert!(source.due(dying.info(), now));
     }
 
+    /// A failure of `step` with the CA's problem document.
+    fn problem(step: &'static str, r#type: &str, detail: &str) -> Failure {
+        let problem = serde_json::json!({"type": r#type, "detail": detail});
+        let error = instant_acme::Error::Api(serde_json::from_value(problem).unwrap());
+        Failure::new(step, error)
+    }
+
     #[test]
     fn rate_limits_say_how_long_to_wait() {
-        let problem = |r#type: &str, detail: &str| {
-            instant_acme::Error::Api(
-                serde_json::from_value(serde_json::json!({"type": r#type, "detail": detail}))
-                    .unwrap(),
-            )
-        };
+        let problem = |r#type: &str, detail: &str| problem(CREATING_ORDER, r#type, detail);
+        let now = SystemTime::now();
         let in_an_hour = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
         let stamp = format!(
             "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
@@ -1660,28 +1806,77 @@ mod tests {
             "urn:ietf:params:acme:error:rateLimited",
             &format!("too many certificates (5) already issued for this exact set of identifiers in the last 168h0m0s, retry after {stamp} UTC: see https://letsencrypt.org/docs/rate-limits/"),
         );
-        let wait = rate_limit_wait(&limited).unwrap();
+        let wait = rate_limit_wait(&limited, now).unwrap();
         assert!(
             wait > Duration::from_secs(3500) && wait <= Duration::from_secs(3600),
             "{wait:?}"
         );
         let vague = problem("urn:ietf:params:acme:error:rateLimited", "slow down");
-        assert_eq!(rate_limit_wait(&vague), Some(Duration::from_secs(60)));
+        assert_eq!(rate_limit_wait(&vague, now), Some(Duration::from_secs(60)));
         let other = problem("urn:ietf:params:acme:error:badNonce", "bad nonce");
-        assert_eq!(rate_limit_wait(&other), None);
+        assert_eq!(rate_limit_wait(&other, now), None);
+    }
+
+    /// Problems are told apart by their type, whatever the CA's wording
+    /// (here German, with none of the English words the type names).
+    #[test]
+    fn a_forgotten_or_deactivated_account_is_recognised() {
+        let error = |r#type: &str| format!("urn:ietf:params:acme:error:{type}");
+        let unknown = problem(
+            CREATING_ORDER,
+            &error("accountDoesNotExist"),
+            "Zu diesem Schlüssel gibt es kein Konto",
+        );
+        assert!(unknown.forgotten_account());
+        let deactivated = problem(
+            CREATING_ORDER,
+            &error("unauthorized"),
+            "Das Konto ist deaktiviert",
+        );
+        assert!(deactivated.forgotten_account());
+        // `unauthorized` elsewhere (a name the CA will not validate) is not
+        // about the account.
+        let validating = problem("validating the names", &error("unauthorized"), "Nein");
+        assert!(!validating.forgotten_account());
+        let limited = problem(
+            CREATING_ORDER,
+            &error("rateLimited"),
+            "Zu viele Konten (account) nicht autorisiert (unauthorized)",
+        );
+        assert!(!limited.forgotten_account());
+        assert!(!limited.bad_nonce() && !limited.already_replaced());
     }
 
     #[test]
-    fn a_forgotten_or_deactivated_account_is_recognised() {
-        assert!(forgotten_account(
-            "creating the order: API error: No account exists with the provided key (urn:ietf:params:acme:error:accountDoesNotExist)"
-        ));
-        assert!(forgotten_account(
-            "creating the order: API error: Account is not valid, has status \"deactivated\" (urn:ietf:params:acme:error:unauthorized)"
-        ));
-        assert!(!forgotten_account(
-            "creating the order: API error: too many (urn:ietf:params:acme:error:rateLimited)"
-        ));
+    fn nonce_and_replacement_problems_are_recognised_by_type() {
+        let error = |r#type: &str| format!("urn:ietf:params:acme:error:{type}");
+        let nonce = problem(CREATING_ORDER, &error("badNonce"), "Ungültige Einmalnummer");
+        assert!(nonce.bad_nonce() && !nonce.already_replaced());
+        let replaced = problem(CREATING_ORDER, &error("alreadyReplaced"), "Schon ersetzt");
+        assert!(replaced.already_replaced() && !replaced.bad_nonce());
+        // The English words in the text alone mean nothing.
+        let worded = problem(
+            CREATING_ORDER,
+            &error("malformed"),
+            "badNonce alreadyReplaced accountDoesNotExist rateLimited",
+        );
+        assert!(!worded.bad_nonce() && !worded.already_replaced());
+        assert!(!worded.forgotten_account());
+        assert_eq!(rate_limit_wait(&worded, SystemTime::now()), None);
+        // The cause is kept, typed, as the error's source.
+        let source = std::error::Error::source(&worded).unwrap();
+        assert!(source.to_string().contains("badNonce alreadyReplaced"));
+    }
+
+    #[test]
+    fn a_rate_limit_in_another_language_waits_a_minute() {
+        let limited = problem(
+            CREATING_ORDER,
+            "urn:ietf:params:acme:error:rateLimited",
+            "Zu viele Zertifikate, bitte später erneut versuchen",
+        );
+        let wait = rate_limit_wait(&limited, SystemTime::now());
+        assert_eq!(wait, Some(Duration::from_secs(60)));
     }
 
     #[test]
@@ -1691,15 +1886,21 @@ mod tests {
             headers.insert(axum::http::header::RETRY_AFTER, value.parse().unwrap());
             headers
         };
-        assert_eq!(retry_after(&headers("120")), Some(Duration::from_secs(120)));
+        assert_eq!(
+            retry_after(&headers("120"), SystemTime::now()),
+            Some(Duration::from_secs(120))
+        );
         let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(600));
-        let wait = retry_after(&headers(&later)).unwrap();
+        let wait = retry_after(&headers(&later), SystemTime::now()).unwrap();
         assert!(
             wait > Duration::from_secs(590) && wait <= Duration::from_secs(600),
             "{wait:?}"
         );
-        assert_eq!(retry_after(&headers("soon")), None);
-        assert_eq!(retry_after(&axum::http::HeaderMap::new()), None);
+        assert_eq!(retry_after(&headers("soon"), SystemTime::now()), None);
+        assert_eq!(
+            retry_after(&axum::http::HeaderMap::new(), SystemTime::now()),
+            None
+        );
     }
 
     #[tokio::test]

@@ -28,8 +28,9 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use super::{CertSource, HighWaterMark, SourceError, SourceWarning};
+use super::{CertSource, SourceError, SourceWarning};
 use crate::bundle::CertBundle;
+use crate::mark::HighWaterMark;
 use crate::read::{self, OneAtATime};
 
 mod directory;

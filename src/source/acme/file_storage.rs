@@ -31,11 +31,10 @@ impl Storage for FileStorage {
         Box::pin(async move {
             // Moved out of its zeroizing buffer, not copied: the caller
             // keeps it zeroizing.
-            let read = tokio::task::spawn_blocking(move || {
+            let read = crate::sync::blocking(move || {
                 crate::read::small(&path).map(|mut bytes| std::mem::take(&mut *bytes))
             })
-            .await
-            .map_err(std::io::Error::other)?;
+            .await?;
             match read {
                 Ok(bytes) => Ok(Some(bytes)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -48,12 +47,11 @@ impl Storage for FileStorage {
         let (dir, value) = (self.dir.clone(), zeroize::Zeroizing::new(value.to_vec()));
         let path = self.dir.join(key);
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
+            crate::sync::blocking(move || {
                 create_dir(&dir)?;
                 crate::atomic::write(&path, &value, 0o600)
             })
-            .await
-            .map_err(std::io::Error::other)?
+            .await?
         })
     }
 
@@ -147,7 +145,7 @@ impl FileStorage {
         f: impl FnOnce(&Path) -> io::Result<T> + Send + 'static,
     ) -> io::Result<T> {
         let (dir, mutex) = (self.dir.clone(), self.dir.join(format!(".{name}.mutex")));
-        tokio::task::spawn_blocking(move || {
+        crate::sync::blocking(move || {
             create_dir(&dir)?;
             let mut options = std::fs::OpenOptions::new();
             options.read(true).write(true).create(true).truncate(false);
@@ -179,8 +177,7 @@ impl FileStorage {
             drop(file);
             result
         })
-        .await
-        .map_err(io::Error::other)?
+        .await?
     }
 }
 

@@ -217,7 +217,7 @@ impl DirTask {
     async fn sync(&mut self) -> Result<(), SourceError> {
         // Listing and watching block (a hung NFS mount): a blocking thread.
         let (dir, subscription) = (self.dir.clone(), self.wakeups.subscription());
-        let found = tokio::task::spawn_blocking(move || {
+        let found = crate::sync::blocking(move || {
             let (found, mut watched) = scan(&dir)?;
             if let Some(subscription) = subscription {
                 // The directory, and the directories in it, where pairs may
@@ -228,7 +228,7 @@ impl DirTask {
             Ok(found)
         })
         .await
-        .expect("listing a directory does not panic")
+        .and_then(|found| found)
         .map_err(|source| SourceError::Read {
             from: self.describe.clone(),
             path: self.dir.clone(),
@@ -261,8 +261,9 @@ impl DirTask {
             let start = builder.launch();
             starting.spawn(async move { (name, files, start.await) });
         }
-        while let Some(started) = starting.join_next().await {
-            let (name, files, rotator) = started.expect("starting a rotator does not panic");
+        // A launch that did not finish (the runtime is shutting down) is
+        // tried again at the next scan.
+        while let Some(Ok((name, files, rotator))) = starting.join_next().await {
             self.pairs.insert(name, Pair { files, rotator });
         }
         *lock(&self.names) = self.pairs.keys().cloned().collect();

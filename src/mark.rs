@@ -65,20 +65,19 @@ impl HighWaterMark {
     /// as no mark.
     pub(crate) async fn load_file(path: &Path, from: &str) -> Option<Self> {
         let path = path.to_owned();
-        let read = tokio::task::spawn_blocking(move || {
+        let read = crate::sync::blocking(move || {
             let text = crate::read::small(&path)?;
             String::from_utf8_lossy(&text)
                 .parse::<Self>()
                 .map_err(std::io::Error::other)
         });
-        match read.await {
-            Ok(Ok(mark)) => Some(mark),
-            Ok(Err(error)) if error.kind() == std::io::ErrorKind::NotFound => None,
-            Ok(Err(error)) => {
+        match read.await.and_then(|read| read) {
+            Ok(mark) => Some(mark),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => {
                 tracing::warn!(target: "certrotate", source = %from, %error, "the state file cannot be read: replay protection starts anew");
                 None
             }
-            Err(_) => None,
         }
     }
 
@@ -86,10 +85,9 @@ impl HighWaterMark {
     /// reported, naming `from`.
     pub(crate) async fn save_file(&self, path: &Path, from: &str) {
         let (path, text) = (path.to_owned(), format!("{self}\n"));
-        let written = tokio::task::spawn_blocking(move || {
-            crate::atomic::write(&path, text.as_bytes(), 0o600)
-        });
-        if let Ok(Err(error)) = written.await {
+        let written =
+            crate::sync::blocking(move || crate::atomic::write(&path, text.as_bytes(), 0o600));
+        if let Err(error) = written.await.and_then(|written| written) {
             tracing::warn!(target: "certrotate", source = %from, %error, "cannot write the state file: replay protection is per process until it can");
         }
     }

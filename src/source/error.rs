@@ -1,0 +1,178 @@
+//! [`SourceError`] and [`SourceWarning`]: what goes wrong with a source.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::bundle::BundleError;
+
+/// Something about a source that is unsafe but does not stop it from working.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SourceWarning {
+    /// The private key file can be read or written by users other than its
+    /// owner.
+    KeyFileExposed {
+        /// The key file, as configured.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// State the source keeps (an ACME account or certificate) could not be
+    /// saved: it works now, but after a restart it will have to be obtained
+    /// again.
+    StateNotSaved {
+        /// What could not be saved.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl fmt::Display for SourceWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::KeyFileExposed { path, mode } => write!(
+                f,
+                "private key file {} has mode {mode:04o}: users other than its owner can access it (chmod 600 it)",
+                path.display()
+            ),
+            Self::StateNotSaved { what, reason } => write!(
+                f,
+                "could not save the {what} ({reason}): it is used now, but after a restart it must be obtained again"
+            ),
+        }
+    }
+}
+
+/// A [`CertSource`] could not produce a bundle.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// The source produced bytes that are not a usable bundle.
+    #[error("{from} gave an unusable certificate: {error}")]
+    Bundle {
+        /// The source, as it describes itself.
+        from: String,
+        /// What is wrong with the bytes.
+        error: BundleError,
+    },
+    /// The source could not be reached or read.
+    #[error("{from} is unavailable: {reason}")]
+    Unavailable {
+        /// The source, as it describes itself.
+        from: String,
+        /// Why.
+        reason: String,
+    },
+    /// The source has no certificate to give yet.
+    #[error("{from} has no certificate yet")]
+    Empty {
+        /// The source, as it describes itself.
+        from: String,
+    },
+    /// The source asked to be called again no sooner than `retry_after`
+    /// (an ACME CA's rate limit, or its `Retry-After` on an error). The
+    /// rotator waits that long, unless the serving certificate's remaining
+    /// validity cannot afford it.
+    #[error("{from} is rate-limited (retry in {}): {reason}", crate::clock::human(*retry_after))]
+    RateLimited {
+        /// The source, as it describes itself.
+        from: String,
+        /// What the source said.
+        reason: String,
+        /// How long it asked to wait.
+        retry_after: std::time::Duration,
+    },
+    /// A file could not be read: missing, unreadable, or a read that hung.
+    #[error("{from}: cannot read {}: {source}", path.display())]
+    Read {
+        /// The source, as it describes itself.
+        from: String,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: Arc<std::io::Error>,
+    },
+    /// The path names a FIFO, a device, a directory or a socket instead of
+    /// a regular file (after following symlinks). Nothing was read from it.
+    #[error("{from}: {} is {found}, not a regular file", path.display())]
+    NotAFile {
+        /// The source, as [`CertSource::describe`] says.
+        from: String,
+        /// The path as configured.
+        path: PathBuf,
+        /// What it is instead, in words: "a FIFO", "a character device"...
+        found: &'static str,
+    },
+    /// The file is larger than the source's size limit
+    /// ([`FileOptions::max_file_size`](crate::FileOptions::max_file_size)).
+    /// Nothing past the limit was read.
+    #[error("{from}: {} is {size} bytes, over the {} limit", path.display(), crate::read::bytes(*limit))]
+    TooLarge {
+        /// The source, as [`CertSource::describe`] says.
+        from: String,
+        /// The path as configured.
+        path: PathBuf,
+        /// The file's size (or as much as was read, if it grew).
+        size: u64,
+        /// The limit in force.
+        limit: u64,
+    },
+    /// A trust bundle (CA certificates) could not be used.
+    #[error("{from}: {error}")]
+    Trust {
+        /// The source, as it describes itself.
+        from: String,
+        /// What is wrong with the bundle.
+        error: crate::mtls::TrustError,
+    },
+    /// The source works but is unsafe, and the configuration says to refuse it.
+    #[error("{from} is refused: {warning}")]
+    Insecure {
+        /// The source, as it describes itself.
+        from: String,
+        /// What is unsafe.
+        warning: SourceWarning,
+    },
+}
+
+impl SourceError {
+    /// A short constant naming the kind of failure, for metric labels and
+    /// machine-readable output: `"bundle"`, `"unavailable"`, `"empty"`,
+    /// `"rate_limited"`, `"read"`, `"trust"`, `"insecure"`.
+    ///
+    /// ```
+    /// let error = certrotate::SourceError::unavailable("ACME", "connection refused");
+    /// assert_eq!(error.code(), "unavailable");
+    /// ```
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Bundle { .. } => "bundle",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Empty { .. } => "empty",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Read { .. } => "read",
+            Self::NotAFile { .. } => "not_a_file",
+            Self::TooLarge { .. } => "too_large",
+            Self::Trust { .. } => "trust",
+            Self::Insecure { .. } => "insecure",
+        }
+    }
+
+    /// The source's bytes did not parse into a bundle.
+    pub fn bundle(from: impl Into<String>, error: BundleError) -> Self {
+        Self::Bundle {
+            from: from.into(),
+            error,
+        }
+    }
+
+    /// The source could not be reached or read.
+    pub fn unavailable(from: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Self::Unavailable {
+            from: from.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
