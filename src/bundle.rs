@@ -401,7 +401,7 @@ impl CertInfo {
             ip_addresses,
             not_before: clock::from_unix_seconds(leaf.validity().not_before.timestamp()),
             not_after: clock::from_unix_seconds(leaf.validity().not_after.timestamp()),
-            fingerprint_sha256: hex(&Sha256::digest(leaf_der.as_ref())),
+            fingerprint_sha256: crate::util::hex(&Sha256::digest(leaf_der.as_ref())),
             key: key_algorithm(leaf),
             is_ca: leaf.is_ca(),
             server_auth,
@@ -493,10 +493,6 @@ fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
         16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
         _ => None,
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The PEM sections of one input, sorted into certificates and keys.

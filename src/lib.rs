@@ -90,6 +90,8 @@
 #[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
 compile_error!("certrotate needs a crypto provider: enable the `aws-lc-rs` or the `ring` feature");
 
+#[cfg(feature = "acme")]
+mod acme;
 #[cfg(feature = "ca")]
 mod atomic;
 mod bundle;
@@ -111,7 +113,15 @@ mod serve;
 mod source;
 mod store;
 mod sync;
+mod util;
 
+#[cfg(feature = "acme")]
+pub use acme::{
+    AcmeBuilder, AcmeSource, BoxError, BoxFuture, Dns01Solver, FileStorage, Http01Responder, Lease,
+    Storage,
+};
+#[cfg(feature = "redis")]
+pub use acme::{RedisBuilder, RedisStorage};
 pub use bundle::{BundleError, CertBundle, CertInfo, ChainLink, KeyAlgorithm};
 pub use clock::{Clock, SystemClock};
 pub use drain::{MaxConnectionAge, StaleConnection};
@@ -127,11 +137,6 @@ pub use policy::{
 pub use resolver::{RotatingResolver, ACME_TLS_ALPN};
 pub use rotator::{RotateError, Rotation, Rotator, RotatorBuilder};
 pub use serve::TlsListener;
-#[cfg(feature = "acme")]
-pub use source::{
-    AcmeBuilder, AcmeSource, BoxError, BoxFuture, Dns01Solver, FileStorage, Http01Responder, Lease,
-    Storage,
-};
 #[cfg(feature = "ca")]
 pub use source::{CaError, CaSource, InternalCa, LeafSpec};
 #[cfg(feature = "file")]
@@ -139,8 +144,6 @@ pub use source::{
     CertDirectory, CertDirectoryBuilder, FileOptions, FileSource, TrustFile, WatchMode,
 };
 pub use source::{CertSource, SourceError, SourceWarning, StaticSource};
-#[cfg(feature = "redis")]
-pub use source::{RedisBuilder, RedisStorage};
 pub use store::{CertStore, CertStoreBuilder, RollbackError, DEFAULT_SLOT};
 
 use std::sync::Arc;
@@ -158,7 +161,7 @@ pub mod fuzzing {
     }
 
     #[cfg(feature = "acme")]
-    pub use crate::source::acme_fuzzing as acme;
+    pub use crate::acme::fuzzing as acme;
 }
 
 /// The README's code compiles: it is tested as a doc test.

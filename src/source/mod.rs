@@ -8,24 +8,13 @@ use crate::bundle::{CertBundle, CertInfo};
 use crate::mark::HighWaterMark;
 use crate::store::CertStore;
 
-#[cfg(feature = "acme")]
-mod acme;
 #[cfg(feature = "ca")]
 mod ca;
 pub(crate) mod error;
 #[cfg(feature = "file")]
 mod file;
-#[cfg(feature = "redis")]
-mod redis_storage;
 mod r#static;
 
-#[cfg(all(fuzzing, feature = "acme"))]
-pub use acme::fuzzing as acme_fuzzing;
-#[cfg(feature = "acme")]
-pub use acme::{
-    AcmeBuilder, AcmeSource, BoxError, BoxFuture, Dns01Solver, FileStorage, Http01Responder, Lease,
-    Storage,
-};
 #[cfg(feature = "ca")]
 pub use ca::{CaError, CaSource, InternalCa, LeafSpec};
 pub use error::{SourceError, SourceWarning};
@@ -34,8 +23,6 @@ pub use file::{
     CertDirectory, CertDirectoryBuilder, FileOptions, FileSource, TrustFile, WatchMode,
 };
 pub use r#static::StaticSource;
-#[cfg(feature = "redis")]
-pub use redis_storage::{RedisBuilder, RedisStorage};
 
 /// Something that produces certificate bundles: files on disk, an ACME CA,
 /// an internal CA, or certificates pushed by hand.

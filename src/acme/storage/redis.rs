@@ -15,7 +15,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use zeroize::Zeroizing;
 
-use super::acme::{BoxFuture, Lease, Storage};
+use super::{BoxFuture, Lease, Storage};
 
 /// How long one Redis command may take before it fails (Redis down, or a
 /// network partition): the rotator then retries, serving what it has.

@@ -1,0 +1,198 @@
+//! [`AcmeBuilder`]: how an [`AcmeSource`] is configured.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::challenge::{Dns01Solver, Http01Responder};
+use super::storage::Storage;
+use super::{AcmeSource, Inner};
+
+/// How the CA checks that we control the names.
+#[derive(Clone)]
+pub(super) enum Challenge {
+    /// Answered by the resolver of the store the source is attached to.
+    TlsAlpn01,
+    Http01(Http01Responder),
+    Dns01(Arc<dyn Dns01Solver>),
+}
+
+/// Configures an [`AcmeSource`].
+#[must_use]
+pub struct AcmeBuilder {
+    pub(super) directory: String,
+    pub(super) domains: Vec<String>,
+    pub(super) challenge: Challenge,
+    pub(super) storage: Arc<dyn Storage>,
+    pub(super) contact: Vec<String>,
+    pub(super) root: Option<PathBuf>,
+    pub(super) eab: Option<(String, Vec<u8>)>,
+    pub(super) profile: Option<String>,
+    pub(super) timeout: Duration,
+    pub(super) lock_lease: Duration,
+    pub(super) order_alone_within: Option<Duration>,
+    pub(super) state_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for AcmeBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcmeBuilder")
+            .field("directory", &self.directory)
+            .field("domains", &self.domains)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AcmeBuilder {
+    /// Answers TLS-ALPN-01 challenges (the default) from the resolver of
+    /// the store the [`Rotator`](crate::Rotator) running this source fills;
+    /// [`Rotator::server_config`](crate::Rotator::server_config) then offers
+    /// [`ACME_TLS_ALPN`](crate::ACME_TLS_ALPN). The server must be reachable
+    /// on port 443 of the names.
+    pub fn tls_alpn_01(mut self) -> Self {
+        self.challenge = Challenge::TlsAlpn01;
+        self
+    }
+
+    /// Answers HTTP-01 challenges through `responder` (served on port 80).
+    pub fn http_01(mut self, responder: &Http01Responder) -> Self {
+        self.challenge = Challenge::Http01(responder.clone());
+        self
+    }
+
+    /// Answers DNS-01 challenges through your DNS provider (the only way to
+    /// get wildcard certificates).
+    pub fn dns_01(mut self, solver: impl Dns01Solver) -> Self {
+        self.challenge = Challenge::Dns01(Arc::new(solver));
+        self
+    }
+
+    /// Where the account and certificates are kept (default: a
+    /// [`FileStorage`] in `$STATE_DIRECTORY/acme` under systemd, else
+    /// `$XDG_STATE_HOME/certrotate/acme`, else
+    /// `~/.local/state/certrotate/acme`, else `./certrotate-acme`).
+    pub fn storage(mut self, storage: impl Storage) -> Self {
+        self.storage = Arc::new(storage);
+        self
+    }
+
+    /// Contact URLs for the account (`mailto:ops@example.com`).
+    pub fn contact(mut self, contact: impl Into<String>) -> Self {
+        self.contact.push(contact.into());
+        self
+    }
+
+    /// Trusts this PEM root for the ACME server's own HTTPS (Pebble, a
+    /// private CA).
+    pub fn directory_root(mut self, pem: impl Into<PathBuf>) -> Self {
+        self.root = Some(pem.into());
+        self
+    }
+
+    /// External account binding (ZeroSSL, Google, some private CAs): the key
+    /// id and the HMAC key the CA gave you.
+    pub fn external_account(mut self, key_id: impl Into<String>, hmac_key: &[u8]) -> Self {
+        self.eab = Some((key_id.into(), hmac_key.to_vec()));
+        self
+    }
+
+    /// Asks for this certificate profile (`"shortlived"`, `"tlsserver"`),
+    /// where the CA offers profiles.
+    pub fn profile(mut self, profile: impl Into<String>) -> Self {
+        self.profile = Some(profile.into());
+        self
+    }
+
+    /// How long each step of talking to the CA (a request, validation,
+    /// issuance) may take before it counts as a failure (default 30 s): a
+    /// CA that hangs is reported and retried like one that is down.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long an instance may hold the renewal lock of a shared
+    /// [`Storage`] (default 5 min) before another takes over, for instance
+    /// when the holder was killed mid-order. Keep it above the time an order
+    /// takes (a few [`timeout`](Self::timeout)s).
+    pub fn lock_lease(mut self, lease: Duration) -> Self {
+        self.lock_lease = lease.max(Duration::from_secs(1));
+        self
+    }
+
+    /// A file of this instance's own where it also records the newest
+    /// certificate it served (default: none). The mark in the storage
+    /// stops a certificate restored there on its own; one on the instance's
+    /// own disk also stops a whole shared storage put back to an older
+    /// state (a Redis writer restoring a certificate with its old mark)
+    /// from being served after this instance restarts.
+    ///
+    /// ```
+    /// # let acme = certrotate::AcmeSource::builder("https://ca.example/dir", ["a.example"]);
+    /// let acme = acme.state_file("/var/lib/api/acme-served.txt");
+    /// ```
+    pub fn state_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.state_file = Some(path.into());
+        self
+    }
+
+    /// Lets this instance order on its own, without the renewal lock, when
+    /// the [`Storage`] cannot be read or locked and the certificate it last
+    /// provided expires within `window` (or it has none).
+    ///
+    /// Off by default: the instances of a fleet whose storage is down keep
+    /// serving, report the error and retry, because instances ordering each
+    /// on their own spend the CA's rate limits and serve different
+    /// certificates. Turn it on where an expired certificate costs more.
+    /// What is ordered this way is served at once; saving it is attempted,
+    /// and reported as [`SourceWarning::StateNotSaved`] when it fails. The
+    /// account must be known already (this instance loaded or made it
+    /// earlier).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use certrotate::AcmeSource;
+    /// let source = AcmeSource::builder("https://acme.example/dir", ["api.example.com"])
+    ///     // Alone only in the last two days of a 90-day certificate.
+    ///     .order_alone_when_storage_is_down(Duration::from_secs(2 * 86_400))
+    ///     .build();
+    /// ```
+    pub fn order_alone_when_storage_is_down(mut self, window: Duration) -> Self {
+        self.order_alone_within = Some(window);
+        self
+    }
+
+    /// Builds the source.
+    pub fn build(self) -> AcmeSource {
+        let mut names = self.domains.clone();
+        names.sort();
+        let directory = crate::util::hex(&Sha256::digest(&self.directory));
+        let id = crate::util::hex(&Sha256::digest(format!(
+            "{}|{}",
+            self.directory,
+            names.join(",")
+        )));
+        let storage_changes = tokio::sync::Mutex::new(self.storage.changes());
+        AcmeSource {
+            inner: Arc::new(Inner {
+                account_key: format!("account-{}.json", &directory[..16]),
+                cert_key: format!("cert-{}.pem", &id[..16]),
+                renewal_key: format!("renewal-{}.txt", &id[..16]),
+                served_key: format!("served-{}.txt", &id[..16]),
+                config: self,
+                account: tokio::sync::Mutex::new(None),
+                advice: Mutex::new(None),
+                unsaved: Mutex::default(),
+                lease: Mutex::default(),
+                storage_changes,
+                rate_limited: Arc::default(),
+                provided: Mutex::default(),
+                pending: Mutex::default(),
+                attached: Mutex::default(),
+            }),
+        }
+    }
+}

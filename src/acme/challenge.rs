@@ -1,0 +1,260 @@
+//! Proving control of the names: TLS-ALPN-01 answered by the rotator's own
+//! resolver, HTTP-01 through [`Http01Responder`], DNS-01 through a
+//! [`Dns01Solver`]; and taking every answer down however an attempt ends.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use instant_acme::{AuthorizationStatus, ChallengeStatus, ChallengeType, Identifier};
+
+use super::failure::{BoxError, Context, Failure};
+use super::{AcmeSource, BoxFuture, Challenge};
+use crate::store::CertStore;
+use crate::sync::lock;
+
+/// Publishes DNS-01 challenge records with your DNS provider.
+///
+/// `present` must return once the TXT record `_acme-challenge.<domain>` with
+/// `value` is visible to the CA (wait for propagation there); `cleanup`
+/// removes it.
+pub trait Dns01Solver: Send + Sync + 'static {
+    /// Publishes the TXT record.
+    fn present<'a>(
+        &'a self,
+        domain: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<(), BoxError>>;
+    /// Removes it.
+    fn cleanup<'a>(
+        &'a self,
+        domain: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<(), BoxError>>;
+}
+
+/// Answers HTTP-01 challenges: serve [`router`](Self::router) (or the
+/// responder itself, a tower `Service` through axum) on port 80.
+///
+/// ```no_run
+/// # async fn demo(http01: certrotate::Http01Responder) -> std::io::Result<()> {
+/// let tcp = tokio::net::TcpListener::bind("0.0.0.0:80").await?;
+/// axum::serve(tcp, http01.router()).await
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Http01Responder {
+    tokens: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl Http01Responder {
+    /// A responder with no challenge pending.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An axum router answering `GET /.well-known/acme-challenge/{token}`
+    /// (404 for unknown tokens). Merge it into your HTTP app.
+    pub fn router<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
+        let tokens = self.tokens.clone();
+        axum::Router::new().route(
+            "/.well-known/acme-challenge/{token}",
+            axum::routing::get(
+                move |axum::extract::Path(token): axum::extract::Path<String>| {
+                    let answer = lock(&tokens).get(&token).cloned();
+                    async move {
+                        match answer {
+                            Some(key_authorization) => Ok(key_authorization),
+                            None => Err(axum::http::StatusCode::NOT_FOUND),
+                        }
+                    }
+                },
+            ),
+        )
+    }
+
+    fn insert(&self, token: &str, key_authorization: &str) {
+        lock(&self.tokens).insert(token.to_owned(), key_authorization.to_owned());
+    }
+
+    fn remove(&self, token: &str) {
+        lock(&self.tokens).remove(token);
+    }
+}
+
+impl AcmeSource {
+    /// Answers the challenge of every authorization still pending, and
+    /// tells the CA to validate those it has not started on. An answer is
+    /// installed again on a resumed order (the attempt before took its own
+    /// down), but the CA is not asked twice.
+    pub(super) async fn answer_challenges(
+        &self,
+        order: &mut instant_acme::Order,
+        cleanup: &mut Cleanup,
+    ) -> Result<(), Failure> {
+        let mut refused = 0;
+        // Fetching an authorization the CA refuses for its nonce starts the
+        // walk over (those fetched already are not fetched again).
+        'walk: loop {
+            let mut authorizations = order.authorizations();
+            loop {
+                let next = self
+                    .step("fetching an authorization", async {
+                        authorizations.next().await.transpose()
+                    })
+                    .await;
+                let mut authorization = match next {
+                    Ok(Some(authorization)) => authorization,
+                    Ok(None) => return Ok(()),
+                    Err(failure) if failure.bad_nonce() && refused < super::BAD_NONCE_RETRIES => {
+                        refused += 1;
+                        continue 'walk;
+                    }
+                    Err(failure) => return Err(failure),
+                };
+                match authorization.status {
+                    AuthorizationStatus::Valid => continue,
+                    AuthorizationStatus::Pending => {}
+                    other => {
+                        let why = format!("the authorization is {other:?}");
+                        return Err(Failure::unexpected("validating the names", why));
+                    }
+                }
+                let kind = match &self.inner.config.challenge {
+                    Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+                    Challenge::Http01(_) => ChallengeType::Http01,
+                    Challenge::Dns01(_) => ChallengeType::Dns01,
+                };
+                let mut challenge = authorization.challenge(kind.clone()).ok_or_else(|| {
+                    let why = format!("the CA offers no {kind:?} challenge");
+                    Failure::unexpected("validating the names", why)
+                })?;
+                let domain = match challenge.identifier().identifier {
+                    Identifier::Dns(name) => name.clone(),
+                    other => {
+                        let why = format!("cannot answer for identifier {other:?}");
+                        return Err(Failure::unexpected("validating the names", why));
+                    }
+                };
+                if cleanup.answered(&challenge.url) {
+                    continue;
+                }
+                let key_authorization = challenge.key_authorization();
+                match &self.inner.config.challenge {
+                    Challenge::TlsAlpn01 => {
+                        let store = lock(&self.inner.attached).clone().ok_or_else(|| {
+                            Failure::unexpected("answering TLS-ALPN-01", "its answers are served by the store of the rotator running this source, and none runs it")
+                        })?;
+                        let key = alpn_certificate(&domain, key_authorization.digest().as_ref())?;
+                        store.set_challenge(&domain, key);
+                        cleanup.push(&challenge.url, Undo::TlsAlpn01(store.clone(), domain));
+                    }
+                    Challenge::Http01(responder) => {
+                        responder.insert(&challenge.token, key_authorization.as_str());
+                        let undo = Undo::Http01(responder.clone(), challenge.token.clone());
+                        cleanup.push(&challenge.url, undo);
+                    }
+                    Challenge::Dns01(solver) => {
+                        let value = key_authorization.dns_value();
+                        self.step(
+                            "publishing the DNS-01 record",
+                            solver.present(&domain, &value),
+                        )
+                        .await?;
+                        cleanup.push(&challenge.url, Undo::Dns01(solver.clone(), domain, value));
+                    }
+                }
+                if challenge.status == ChallengeStatus::Pending {
+                    step!(self, "answering the challenge", challenge.set_ready())?;
+                }
+            }
+        }
+    }
+}
+
+/// What an attempt must take down when it ends: the answers it installed,
+/// by challenge URL. Dropped without [`run`](Self::run) (the rotator's fetch
+/// timeout dropped the attempt), it takes them down in a task of its own.
+#[derive(Default)]
+pub(super) struct Cleanup {
+    pub(super) undos: Vec<(String, Undo)>,
+}
+
+impl Cleanup {
+    pub(super) fn push(&mut self, challenge: &str, undo: Undo) {
+        self.undos.push((challenge.to_owned(), undo));
+    }
+
+    /// Whether this attempt answered the challenge at `url` already.
+    pub(super) fn answered(&self, url: &str) -> bool {
+        self.undos.iter().any(|(answered, _)| answered == url)
+    }
+
+    pub(super) async fn run(mut self) {
+        for (_, undo) in std::mem::take(&mut self.undos) {
+            undo.run().await;
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let undos = std::mem::take(&mut self.undos);
+        if undos.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime left: nothing can serve the answers either.
+            return;
+        };
+        tracing::debug!(target: "certrotate", "an ACME attempt was dropped mid-order; taking its challenge answers down");
+        runtime.spawn(async move {
+            for (_, undo) in undos {
+                undo.run().await;
+            }
+        });
+    }
+}
+
+pub(super) enum Undo {
+    TlsAlpn01(CertStore, String),
+    Http01(Http01Responder, String),
+    Dns01(Arc<dyn Dns01Solver>, String, String),
+}
+
+impl Undo {
+    pub(super) async fn run(self) {
+        match self {
+            Self::TlsAlpn01(store, domain) => store.remove_challenge(&domain),
+            Self::Http01(responder, token) => responder.remove(&token),
+            Self::Dns01(solver, domain, value) => {
+                if let Err(e) = solver.cleanup(&domain, &value).await {
+                    tracing::warn!(target: "certrotate", %domain, "DNS-01 cleanup failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// The self-signed certificate that answers a TLS-ALPN-01 challenge: the
+/// name being validated, and the key authorization's digest in the
+/// `acmeIdentifier` extension (RFC 8737).
+pub(super) fn alpn_certificate(
+    domain: &str,
+    digest: &[u8],
+) -> Result<Arc<rustls::sign::CertifiedKey>, Failure> {
+    const WHAT: &str = "making the TLS-ALPN-01 certificate";
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_owned()]).context(WHAT)?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let key = rcgen::KeyPair::generate().context(WHAT)?;
+    let cert = params.self_signed(&key).context(WHAT)?;
+    let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|e| Failure::unexpected(WHAT, e))?;
+    let signing = crate::default_provider()
+        .key_provider
+        .load_private_key(der)
+        .context(WHAT)?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
+}

@@ -1,0 +1,682 @@
+//! [`AcmeSource`]: certificates from Let's Encrypt or any RFC 8555 CA, through
+//! `instant-acme`, kept in a [`Storage`] and renewed on the CA's schedule.
+//!
+//! The flow of a fetch: `order` (take the renewal lock in `storage`, place or
+//! resume the order), `challenge` (answer and clean up), `renewal` (when the
+//! next one is due, from ARI), over `http` (the client that notes
+//! `Retry-After`); `failure` keeps each step's error typed.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use instant_acme::{Account, AccountCredentials, ExternalAccountKey, NewAccount};
+
+/// How many more times one request the CA refuses with `badNonce` is sent,
+/// on top of instant-acme's own three: RFC 8555 §6.5 says to retry with the
+/// fresh nonce the refusal carries, and a CA under load refuses several in a
+/// row (at 60% refused, 51 tries fail together once in 10¹¹).
+const BAD_NONCE_RETRIES: u32 = 16;
+
+/// Runs `$call` as one step of talking to the CA ([`AcmeSource::step`]),
+/// sending it again while the CA refuses it with `badNonce`. The expression
+/// is evaluated anew for each try, so it must be safe to repeat: a request
+/// refused for its nonce was not processed.
+macro_rules! step {
+    ($source:expr, $what:expr, $call:expr) => {{
+        let mut refused = 0;
+        loop {
+            match $source.step($what, $call).await {
+                Err(failure) if failure.bad_nonce() && refused < $crate::acme::BAD_NONCE_RETRIES => {
+                    refused += 1;
+                    tracing::debug!(target: "certrotate", step = $what, refused, "the CA refused the nonce; sending again with a fresh one");
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+mod builder;
+mod challenge;
+mod failure;
+mod http;
+mod order;
+mod renewal;
+mod storage;
+
+pub use builder::AcmeBuilder;
+use builder::Challenge;
+pub use challenge::{Dns01Solver, Http01Responder};
+pub use failure::BoxError;
+use failure::{Context, Failure};
+use http::NotingClient;
+use order::PendingOrder;
+use renewal::Advice;
+use storage::default_storage_dir;
+use storage::Trouble;
+pub use storage::{BoxFuture, FileStorage, Lease, Storage};
+#[cfg(feature = "redis")]
+pub use storage::{RedisBuilder, RedisStorage};
+
+use crate::bundle::{CertBundle, CertInfo};
+use crate::clock::Clock;
+use crate::mark::HighWaterMark;
+use crate::source::{CertSource, SourceError, SourceWarning};
+use crate::store::CertStore;
+use crate::sync::lock;
+
+/// How long one ACME step (a request, or polling an order) may take, by default.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Certificates from an ACME CA (Let's Encrypt, ZeroSSL, Pebble, a private
+/// RFC 8555 CA).
+///
+/// A fetch serves the stored certificate while it is not due for renewal,
+/// else orders a new one (a fresh key each time), stores it and returns it;
+/// the rotator's policy checks it before it is served. The account is made
+/// once and kept in the [`Storage`]; if the CA no longer knows it (a reset
+/// staging CA), a new one is made.
+///
+/// **Renewal** follows ACME Renewal Information (RFC 9773) when the CA
+/// offers it (a random time in the suggested window; the new order says
+/// which certificate it `replaces`), else comes when 40% of the lifetime is
+/// left, and regardless of advice when 10% is left. Failures are retried by
+/// the rotator with a backoff that shrinks as expiry nears.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use certrotate::{AcmeSource, FileStorage, Policy, Rotator};
+///
+/// let acme = AcmeSource::builder("https://acme-staging-v02.api.letsencrypt.org/directory", ["api.example.com"])
+///     .contact("mailto:ops@example.com")
+///     .storage(FileStorage::new("/var/lib/myapp/acme"))
+///     .build();
+/// let policy = Policy::builder().server_name("api.example.com").build()?;
+/// let rotator = Rotator::builder(acme, policy).spawn();
+/// // Serves TLS-ALPN-01 answers; ALPN includes `acme-tls/1`.
+/// let tls = std::sync::Arc::new(rotator.server_config()?);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct AcmeSource {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// What the builder was told.
+    config: AcmeBuilder,
+    account_key: String,
+    cert_key: String,
+    /// Where the renewal time is shared: `<fingerprint> <unix seconds>`.
+    renewal_key: String,
+    /// Where the newest certificate served is recorded (replay protection).
+    served_key: String,
+    account: tokio::sync::Mutex<Option<Account>>,
+    /// When to renew the stored certificate, from the CA's renewal
+    /// information (RFC 9773).
+    advice: Mutex<Option<Advice>>,
+    /// How long the CA last asked to wait (a rate limit, or Retry-After on
+    /// an error response).
+    rate_limited: Arc<Mutex<Option<Duration>>>,
+    /// State that could not be saved, as of the last attempt to save it.
+    unsaved: Mutex<Vec<SourceWarning>>,
+    /// The renewal lock, while this instance holds it: saves are fenced by it.
+    lease: Mutex<Option<Lease>>,
+    /// Changes other instances made to the storage, if it is shared.
+    storage_changes: tokio::sync::Mutex<Option<tokio::sync::watch::Receiver<u64>>>,
+    /// The certificate the last successful fetch returned.
+    provided: Mutex<Option<CertBundle>>,
+    /// The order in progress, for the next attempt to resume.
+    pending: Mutex<Option<PendingOrder>>,
+    /// The store of the rotator running this source: TLS-ALPN-01 answers
+    /// are served from it, and its clock tells the time.
+    attached: Mutex<Option<CertStore>>,
+}
+
+impl fmt::Debug for AcmeSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcmeSource")
+            .field("directory", &self.inner.config.directory)
+            .field("domains", &self.inner.config.domains)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AcmeSource {
+    /// Certificates for `domains` (the first is the common name) from the
+    /// ACME directory at `directory`, answering TLS-ALPN-01 challenges by
+    /// default ([`AcmeBuilder::tls_alpn_01`]).
+    pub fn builder<I, S>(directory: impl Into<String>, domains: I) -> AcmeBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        AcmeBuilder {
+            directory: directory.into(),
+            domains: domains.into_iter().map(Into::into).collect(),
+            challenge: Challenge::TlsAlpn01,
+            storage: Arc::new(FileStorage::new(default_storage_dir())),
+            contact: Vec::new(),
+            root: None,
+            eab: None,
+            profile: None,
+            timeout: STEP_TIMEOUT,
+            lock_lease: Duration::from_secs(300),
+            order_alone_within: None,
+            state_file: None,
+        }
+    }
+
+    /// The certificate kept in storage. A storage that cannot be read fails
+    /// the attempt (ordering anyway would spend the CA's rate limits on what
+    /// may well be stored); a stored certificate that does not parse is
+    /// ignored, with a warning, and replaced.
+    async fn stored(&self) -> Result<Option<CertBundle>, Failure> {
+        let Some(pem) = self
+            .inner
+            .config
+            .storage
+            .load(&self.inner.cert_key)
+            .await
+            .context("cannot read the stored certificate")?
+        else {
+            return Ok(None);
+        };
+        // The certificate's private key is in it.
+        let pem = zeroize::Zeroizing::new(pem);
+        match CertBundle::from_combined_pem(&pem) {
+            Ok(bundle) => Ok(Some(bundle.with_origin(self.describe()))),
+            Err(error) => {
+                tracing::warn!(target: "certrotate", key = %self.inner.cert_key, "the stored ACME certificate is unusable, ordering a new one: {error}");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Saves `value` under `key`. A failure does not fail the attempt (what
+    /// was obtained is served; throwing it away would spend the CA's rate
+    /// limits again): it is logged and reported as a source warning until a
+    /// later save of the same state succeeds.
+    async fn save(&self, key: &str, value: &[u8], what: &str) {
+        let storage = &self.inner.config.storage;
+        let lease = lock(&self.inner.lease).clone();
+        let saved = match &lease {
+            Some(lease) => storage.store_fenced(key, value, lease).await,
+            None => storage.store(key, value).await,
+        };
+        let mut unsaved = lock(&self.inner.unsaved);
+        unsaved.retain(|w| !matches!(w, SourceWarning::StateNotSaved { what: w, .. } if w == what));
+        if let Err(error) = saved {
+            tracing::error!(target: "certrotate", %key, "could not save the {what}: {error}");
+            unsaved.push(SourceWarning::StateNotSaved {
+                what: what.to_owned(),
+                reason: error.to_string(),
+            });
+        }
+    }
+
+    /// The time, as the clock of the store this source is attached to
+    /// tells it.
+    fn now(&self) -> SystemTime {
+        self.clock().now()
+    }
+
+    fn clock(&self) -> Arc<dyn Clock> {
+        match &*lock(&self.inner.attached) {
+            Some(store) => store.clock().clone(),
+            None => Arc::new(crate::clock::SystemClock),
+        }
+    }
+
+    /// The account: loaded from storage, or made (and stored).
+    async fn account(&self, fresh: bool) -> Result<Account, Failure> {
+        let mut cached = self.inner.account.lock().await;
+        if let (Some(account), false) = (&*cached, fresh) {
+            return Ok(account.clone());
+        }
+        let http = NotingClient::new(
+            self.inner.config.root.as_deref(),
+            self.inner.rate_limited.clone(),
+            self.clock(),
+        )
+        .await?;
+        let builder = || Account::builder_with_http(Box::new(http.clone()));
+        let stored = match fresh {
+            true => None,
+            false => self
+                .inner
+                .config
+                .storage
+                .load(&self.inner.account_key)
+                .await
+                .context("reading the stored ACME account")?,
+        };
+        let account = match stored {
+            Some(json) => {
+                // The account's private key is in it.
+                let json = zeroize::Zeroizing::new(json);
+                let credentials: AccountCredentials =
+                    serde_json::from_slice(&json).context("reading the stored ACME account")?;
+                // A GET of the directory: no nonce to refuse.
+                self.step(
+                    "loading the ACME account",
+                    builder().from_credentials(credentials),
+                )
+                .await?
+            }
+            None => {
+                let contact: Vec<&str> = self
+                    .inner
+                    .config
+                    .contact
+                    .iter()
+                    .map(String::as_str)
+                    .collect();
+                let new = NewAccount {
+                    contact: &contact,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                };
+                let eab = self
+                    .inner
+                    .config
+                    .eab
+                    .as_ref()
+                    .map(|(kid, key)| ExternalAccountKey::new(kid.clone(), key));
+                let (account, credentials) = step!(
+                    self,
+                    "creating the ACME account",
+                    builder().create(&new, self.inner.config.directory.clone(), eab.as_ref())
+                )?;
+                let json = serde_json::to_vec(&credentials).context("saving the ACME account")?;
+                let json = zeroize::Zeroizing::new(json);
+                self.save(&self.inner.account_key, &json, "ACME account")
+                    .await;
+                tracing::info!(target: "certrotate", directory = %self.inner.config.directory, "ACME account created");
+                account
+            }
+        };
+        *cached = Some(account.clone());
+        Ok(account)
+    }
+}
+
+impl CertSource for AcmeSource {
+    fn renew_at(&self, cert: &CertInfo) -> Option<SystemTime> {
+        Some(self.renewal_time(cert))
+    }
+
+    fn attach(&self, store: &CertStore) {
+        *lock(&self.inner.attached) = Some(store.clone());
+    }
+
+    fn answers_tls_alpn_01(&self) -> bool {
+        matches!(self.inner.config.challenge, Challenge::TlsAlpn01)
+    }
+
+    async fn fetch(&self) -> Result<CertBundle, SourceError> {
+        let fetched = match self.obtain().await {
+            Ok(bundle) => Ok(bundle),
+            Err(Trouble::Failed(error)) => Err(error),
+            Err(Trouble::StorageDown(reason)) if self.may_order_alone() => {
+                tracing::warn!(target: "certrotate", %reason, "the storage cannot be reached and the certificate expires soon: ordering without the renewal lock");
+                let provided = lock(&self.inner.provided).clone();
+                self.ordered(provided.as_ref()).await
+            }
+            Err(Trouble::StorageDown(reason)) => {
+                Err(SourceError::unavailable(self.describe(), reason))
+            }
+        };
+        if let Ok(bundle) = &fetched {
+            *lock(&self.inner.provided) = Some(bundle.clone());
+        }
+        fetched
+    }
+
+    /// Completes at the renewal time the CA advised (once per advice), so
+    /// that renewal follows ARI even when it comes before the rotator's own
+    /// schedule; and when another instance sharing the storage stored a
+    /// certificate, so that it is picked up at once.
+    async fn changed(&self) {
+        tokio::select! {
+            () = self.advised_time() => {}
+            () = self.storage_changed() => {}
+        }
+    }
+
+    /// The newer of the mark kept in the storage (`served-<id>.txt`) and
+    /// the one in the [state file](AcmeBuilder::state_file), if any.
+    async fn high_water_mark(&self) -> Option<HighWaterMark> {
+        let stored = match self.inner.config.storage.load(&self.inner.served_key).await {
+            Ok(Some(text)) => String::from_utf8_lossy(&text).parse().ok(),
+            _ => None,
+        };
+        let local = match &self.inner.config.state_file {
+            Some(path) => HighWaterMark::load_file(path, &self.describe()).await,
+            None => None,
+        };
+        [stored, local]
+            .into_iter()
+            .flatten()
+            .max_by_key(|m| m.not_before)
+    }
+
+    async fn record_high_water_mark(&self, mark: HighWaterMark) {
+        if let Some(path) = &self.inner.config.state_file {
+            mark.save_file(path, &self.describe()).await;
+        }
+        let text = format!("{mark}\n");
+        self.save(&self.inner.served_key, text.as_bytes(), "high-water mark")
+            .await;
+    }
+
+    /// A stored certificate that has not expired is at hand.
+    async fn at_hand(&self) -> bool {
+        matches!(self.stored().await, Ok(Some(bundle)) if bundle.info().not_after > self.now())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "ACME {} for {}",
+            self.inner.config.directory,
+            self.inner.config.domains.join(", ")
+        )
+    }
+
+    fn kind(&self) -> &'static str {
+        "acme"
+    }
+
+    fn warnings(&self) -> Vec<SourceWarning> {
+        lock(&self.inner.unsaved).clone()
+    }
+}
+
+/// The parsers of what an ACME CA (or the storage) sends, for the fuzz
+/// targets (`--cfg fuzzing`, set by cargo-fuzz).
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use std::time::Duration;
+
+    /// A `Retry-After` header value.
+    pub fn retry_after(value: &[u8]) -> Option<Duration> {
+        let value = axum::http::HeaderValue::from_bytes(value).ok()?;
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(axum::http::header::RETRY_AFTER, value);
+        super::http::retry_after(&headers, std::time::SystemTime::now())
+    }
+
+    /// An ACME problem document (JSON) as the rate-limit and account
+    /// recognizers read it.
+    pub fn problem(json: &[u8]) -> Option<Duration> {
+        let problem: instant_acme::Problem = serde_json::from_slice(json).ok()?;
+        let failure = super::Failure::new(
+            super::failure::CREATING_ORDER,
+            instant_acme::Error::Api(problem),
+        );
+        let _ = (failure.forgotten_account(), failure.bad_nonce());
+        super::failure::rate_limit_wait(&failure, std::time::SystemTime::now())
+    }
+
+    /// Stored account credentials, as read back from a `Storage`.
+    pub fn account(json: &[u8]) -> bool {
+        serde_json::from_slice::<instant_acme::AccountCredentials>(json).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failure::{rate_limit_wait, CREATING_ORDER};
+    use super::http::retry_after;
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn source() -> AcmeSource {
+        AcmeSource::builder("https://acme.invalid/directory", ["a.example"]).build()
+    }
+
+    fn cert(lifetime: Duration, age: Duration) -> CertBundle {
+        let mut params = rcgen::CertificateParams::new(vec!["a.example".to_owned()]).unwrap();
+        let start = SystemTime::now() - age;
+        params.not_before = start.into();
+        params.not_after = (start + lifetime).into();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        CertBundle::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap()
+    }
+
+    fn advise(source: &AcmeSource, cert: &CertBundle, at: SystemTime) {
+        *lock(&source.inner.advice) = Some(Advice {
+            fingerprint: cert.info().fingerprint_sha256.clone(),
+            at,
+            fired: false,
+        });
+    }
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn without_advice_renewal_is_due_with_forty_percent_left() {
+        let source = source();
+        let now = SystemTime::now();
+        assert!(!source.due(cert(90 * DAY, 50 * DAY).info(), now));
+        assert!(source.due(cert(90 * DAY, 56 * DAY).info(), now));
+    }
+
+    #[test]
+    fn advice_decides_but_not_past_the_emergency_point() {
+        let source = source();
+        let now = SystemTime::now();
+        let young = cert(90 * DAY, 10 * DAY);
+        advise(&source, &young, now - DAY); // an early renewal (say, before a revocation)
+        assert!(source.due(young.info(), now));
+        advise(&source, &young, now + DAY);
+        assert!(!source.due(young.info(), now));
+        // Advice for another certificate does not count.
+        assert!(source.due(cert(90 * DAY, 60 * DAY).info(), now));
+        // Advice far in the future cannot hold back an emergency.
+        let dying = cert(90 * DAY, 85 * DAY);
+        advise(&source, &dying, now + 30 * DAY);
+        assert!(source.due(dying.info(), now));
+    }
+
+    /// A failure of `step` with the CA's problem document.
+    fn problem(step: &'static str, r#type: &str, detail: &str) -> Failure {
+        let problem = serde_json::json!({"type": r#type, "detail": detail});
+        let error = instant_acme::Error::Api(serde_json::from_value(problem).unwrap());
+        Failure::new(step, error)
+    }
+
+    #[test]
+    fn rate_limits_say_how_long_to_wait() {
+        let problem = |r#type: &str, detail: &str| problem(CREATING_ORDER, r#type, detail);
+        let now = SystemTime::now();
+        let in_an_hour = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        let stamp = format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+            in_an_hour.year(),
+            u8::from(in_an_hour.month()),
+            in_an_hour.day(),
+            in_an_hour.hour(),
+            in_an_hour.minute(),
+            in_an_hour.second()
+        );
+        let limited = problem(
+            "urn:ietf:params:acme:error:rateLimited",
+            &format!("too many certificates (5) already issued for this exact set of identifiers in the last 168h0m0s, retry after {stamp} UTC: see https://letsencrypt.org/docs/rate-limits/"),
+        );
+        let wait = rate_limit_wait(&limited, now).unwrap();
+        assert!(
+            wait > Duration::from_secs(3500) && wait <= Duration::from_secs(3600),
+            "{wait:?}"
+        );
+        let vague = problem("urn:ietf:params:acme:error:rateLimited", "slow down");
+        assert_eq!(rate_limit_wait(&vague, now), Some(Duration::from_secs(60)));
+        let other = problem("urn:ietf:params:acme:error:badNonce", "bad nonce");
+        assert_eq!(rate_limit_wait(&other, now), None);
+    }
+
+    /// Problems are told apart by their type, whatever the CA's wording
+    /// (here German, with none of the English words the type names).
+    #[test]
+    fn a_forgotten_or_deactivated_account_is_recognised() {
+        let error = |r#type: &str| format!("urn:ietf:params:acme:error:{type}");
+        let unknown = problem(
+            CREATING_ORDER,
+            &error("accountDoesNotExist"),
+            "Zu diesem Schlüssel gibt es kein Konto",
+        );
+        assert!(unknown.forgotten_account());
+        let deactivated = problem(
+            CREATING_ORDER,
+            &error("unauthorized"),
+            "Das Konto ist deaktiviert",
+        );
+        assert!(deactivated.forgotten_account());
+        // `unauthorized` elsewhere (a name the CA will not validate) is not
+        // about the account.
+        let validating = problem("validating the names", &error("unauthorized"), "Nein");
+        assert!(!validating.forgotten_account());
+        let limited = problem(
+            CREATING_ORDER,
+            &error("rateLimited"),
+            "Zu viele Konten (account) nicht autorisiert (unauthorized)",
+        );
+        assert!(!limited.forgotten_account());
+        assert!(!limited.bad_nonce() && !limited.already_replaced());
+    }
+
+    #[test]
+    fn nonce_and_replacement_problems_are_recognised_by_type() {
+        let error = |r#type: &str| format!("urn:ietf:params:acme:error:{type}");
+        let nonce = problem(CREATING_ORDER, &error("badNonce"), "Ungültige Einmalnummer");
+        assert!(nonce.bad_nonce() && !nonce.already_replaced());
+        let replaced = problem(CREATING_ORDER, &error("alreadyReplaced"), "Schon ersetzt");
+        assert!(replaced.already_replaced() && !replaced.bad_nonce());
+        // The English words in the text alone mean nothing.
+        let worded = problem(
+            CREATING_ORDER,
+            &error("malformed"),
+            "badNonce alreadyReplaced accountDoesNotExist rateLimited",
+        );
+        assert!(!worded.bad_nonce() && !worded.already_replaced());
+        assert!(!worded.forgotten_account());
+        assert_eq!(rate_limit_wait(&worded, SystemTime::now()), None);
+        // The cause is kept, typed, as the error's source.
+        let source = std::error::Error::source(&worded).unwrap();
+        assert!(source.to_string().contains("badNonce alreadyReplaced"));
+    }
+
+    #[test]
+    fn a_rate_limit_in_another_language_waits_a_minute() {
+        let limited = problem(
+            CREATING_ORDER,
+            "urn:ietf:params:acme:error:rateLimited",
+            "Zu viele Zertifikate, bitte später erneut versuchen",
+        );
+        let wait = rate_limit_wait(&limited, SystemTime::now());
+        assert_eq!(wait, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn retry_after_headers_are_read_as_seconds_or_dates() {
+        let headers = |value: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert(axum::http::header::RETRY_AFTER, value.parse().unwrap());
+            headers
+        };
+        assert_eq!(
+            retry_after(&headers("120"), SystemTime::now()),
+            Some(Duration::from_secs(120))
+        );
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(600));
+        let wait = retry_after(&headers(&later), SystemTime::now()).unwrap();
+        assert!(
+            wait > Duration::from_secs(590) && wait <= Duration::from_secs(600),
+            "{wait:?}"
+        );
+        assert_eq!(retry_after(&headers("soon"), SystemTime::now()), None);
+        assert_eq!(
+            retry_after(&axum::http::HeaderMap::new(), SystemTime::now()),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_renewal_time_in_storage_is_taken_for_its_certificate_only() {
+        let dir = std::env::temp_dir().join(format!("certrotate-renewal-{}", fastrand::u64(..)));
+        let storage = FileStorage::new(&dir);
+        // The CA cannot be reached: whatever advice there is comes from storage.
+        let source = AcmeSource::builder("https://acme.invalid/directory", ["a.example"])
+            .storage(storage.clone())
+            .build();
+        let (shared, other) = (cert(DAY, Duration::ZERO), cert(DAY, Duration::ZERO));
+        let at = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let stored = format!("{} 2000000000", shared.info().fingerprint_sha256);
+        storage
+            .store(&source.inner.renewal_key, stored.as_bytes())
+            .await
+            .unwrap();
+
+        source.advise(&other).await;
+        assert!(
+            lock(&source.inner.advice).is_none(),
+            "another certificate's time"
+        );
+        source.advise(&shared).await;
+        let advice = lock(&source.inner.advice).as_ref().map(|a| a.at);
+        assert_eq!(advice, Some(at));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A hostile or corrupt renewal time in storage (u64::MAX seconds)
+    /// neither panics nor fires: it is far in the future, and the
+    /// emergency point still renews the certificate.
+    #[tokio::test]
+    async fn a_huge_renewal_time_in_storage_does_not_panic() {
+        let dir = std::env::temp_dir().join(format!("certrotate-renewal-{}", fastrand::u64(..)));
+        let storage = FileStorage::new(&dir);
+        let source = AcmeSource::builder("https://acme.invalid/directory", ["a.example"])
+            .storage(storage.clone())
+            .build();
+        let bundle = cert(DAY, Duration::ZERO);
+        let stored = format!("{} {}", bundle.info().fingerprint_sha256, u64::MAX);
+        storage
+            .store(&source.inner.renewal_key, stored.as_bytes())
+            .await
+            .unwrap();
+        source.advise(&bundle).await;
+        let at = lock(&source.inner.advice).as_ref().map(|a| a.at).unwrap();
+        assert!(at > SystemTime::now() + Duration::from_secs(10 * 365 * 86400));
+        assert!(!source.due(bundle.info(), SystemTime::now()));
+        let late = bundle.info().not_after - Duration::from_secs(60);
+        assert!(
+            source.due(bundle.info(), late),
+            "the emergency point still holds"
+        );
+        // Its wait for the advised time does not overflow either.
+        let waited = tokio::time::timeout(Duration::from_millis(50), source.changed()).await;
+        assert!(waited.is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changed_fires_once_at_the_advised_time() {
+        let source = source();
+        advise(
+            &source,
+            &cert(DAY, Duration::ZERO),
+            SystemTime::now() + Duration::from_secs(3600),
+        );
+        let started = tokio::time::Instant::now();
+        source.changed().await;
+        assert!(started.elapsed() >= Duration::from_secs(3599));
+        // Once: the next call waits for new advice.
+        let again = tokio::time::timeout(Duration::from_secs(7200), source.changed()).await;
+        assert!(again.is_err());
+    }
+}

@@ -1,0 +1,294 @@
+//! Ordering: taking turns through the storage, placing (or resuming) an
+//! order, answering its challenges, finalizing and downloading.
+
+use std::future::Future;
+
+use instant_acme::{
+    Account, CertificateIdentifier, Identifier, NewOrder, OrderStatus, RetryPolicy,
+};
+
+use super::challenge::Cleanup;
+use super::failure::{rate_limit_wait, Cause, Context, Failure, CREATING_ORDER};
+use super::storage::{Holding, Renewal, Trouble};
+use super::AcmeSource;
+use crate::bundle::CertBundle;
+use crate::source::{CertSource, SourceError};
+use crate::sync::lock;
+
+/// An order placed with the CA and not finished yet: the next attempt
+/// resumes it from its URL instead of starting over, so that the
+/// authorizations it won are not validated again (nor the CA's rate limits
+/// spent) after a transient error.
+pub(super) struct PendingOrder {
+    /// The order's URL, as the CA gave it.
+    pub(super) url: String,
+    /// The key of the certificate request, once the order was finalized.
+    pub(super) key_pem: Option<zeroize::Zeroizing<String>>,
+}
+
+impl AcmeSource {
+    /// Runs one step of talking to the CA under the timeout, and remembers
+    /// a rate limit's wait for the rotator.
+    pub(super) async fn step<T, E: Into<Cause>>(
+        &self,
+        what: &'static str,
+        future: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, Failure> {
+        let timeout = self.inner.config.timeout;
+        match tokio::time::timeout(timeout, future).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                let failure = Failure::new(what, e);
+                if let Some(wait) = rate_limit_wait(&failure, self.now()) {
+                    *lock(&self.inner.rate_limited) = Some(wait);
+                }
+                Err(failure)
+            }
+            Err(_) => Err(Failure::new(what, Cause::Timeout(timeout))),
+        }
+    }
+
+    /// The stored certificate if it is not due; otherwise the renewal lock,
+    /// and an order (or the certificate of the instance that held the lock).
+    pub(super) async fn obtain(&self) -> Result<CertBundle, Trouble> {
+        let stored = self
+            .stored()
+            .await
+            .map_err(|failure| Trouble::StorageDown(failure.to_string()))?;
+        if let Some(bundle) = &stored {
+            let advised = lock(&self.inner.advice)
+                .as_ref()
+                .is_some_and(|a| a.fingerprint == bundle.info().fingerprint_sha256);
+            // The CA's advice can only matter now if the certificate looks
+            // due without it; otherwise it is asked for in the background,
+            // so that a restart serves the stored certificate at once even
+            // when the CA is slow or down.
+            let due = self.due(bundle.info(), self.now());
+            if !advised && due {
+                self.advise(bundle).await;
+            } else if !advised {
+                let (source, bundle) = (self.clone(), bundle.clone());
+                tokio::spawn(async move { source.advise(&bundle).await });
+            }
+            if !self.due(bundle.info(), self.now()) {
+                return Ok(bundle.clone());
+            }
+        }
+        // One instance of a fleet orders; the others wait for its result.
+        let lease = match self.renewal_lock().await? {
+            Renewal::Done(bundle) => return Ok(bundle),
+            Renewal::Ours(lease) => lease,
+        };
+        // Another instance may have finished just before the lock was ours.
+        let stored = match self.stored().await {
+            Ok(Some(bundle)) if !self.due(bundle.info(), self.now()) => {
+                let _ = self.inner.config.storage.unlock(&lease).await;
+                return Ok(bundle);
+            }
+            Ok(newer) => newer.or(stored),
+            Err(_) => stored,
+        };
+        let holding = Holding::new(self, lease);
+        let ordered = self.ordered(stored.as_ref()).await;
+        holding.release().await;
+        ordered.map_err(Trouble::Failed)
+    }
+
+    /// Whether the storage being down lets this instance order on its own
+    /// ([`AcmeBuilder::order_alone_when_storage_is_down`]).
+    pub(super) fn may_order_alone(&self) -> bool {
+        let Some(window) = self.inner.config.order_alone_within else {
+            return false;
+        };
+        lock(&self.inner.provided)
+            .as_ref()
+            .is_none_or(|b| b.info().not_after < crate::clock::saturating_add(self.now(), window))
+    }
+
+    /// Orders a new certificate, with what the CA said about rate limits in
+    /// the error, and takes the CA's renewal advice for it.
+    pub(super) async fn ordered(
+        &self,
+        replacing: Option<&CertBundle>,
+    ) -> Result<CertBundle, SourceError> {
+        // Only what the CA says during this attempt counts.
+        lock(&self.inner.rate_limited).take();
+        let ordered = self.order(replacing).await;
+        let rate_limited = lock(&self.inner.rate_limited).take();
+        let bundle = ordered.map_err(|failure| match rate_limited {
+            Some(retry_after) => SourceError::RateLimited {
+                from: self.describe(),
+                reason: failure.to_string(),
+                retry_after,
+            },
+            None => SourceError::unavailable(self.describe(), failure),
+        })?;
+        self.advise(&bundle).await;
+        Ok(bundle)
+    }
+
+    /// Orders, validates, finalizes and downloads a new certificate.
+    pub(super) async fn order(
+        &self,
+        replacing: Option<&CertBundle>,
+    ) -> Result<CertBundle, Failure> {
+        let account = self.account(false).await?;
+        match self.order_with(&account, replacing).await {
+            // The CA forgot the account (a reset CA, a deactivated account):
+            // make a new one and try once more.
+            Err(failure) if failure.forgotten_account() => {
+                tracing::warn!(target: "certrotate", reason = %failure, "the ACME CA no longer knows the account; creating a new one");
+                let account = self.account(true).await?;
+                self.order_with(&account, None).await
+            }
+            other => other,
+        }
+    }
+
+    pub(super) async fn order_with(
+        &self,
+        account: &Account,
+        replacing: Option<&CertBundle>,
+    ) -> Result<CertBundle, Failure> {
+        let mut order = match self.resume(account).await {
+            Some(order) => order,
+            None => self.new_order(account, replacing).await?,
+        };
+        // Whatever ends this attempt (an answer, an error, or the rotator's
+        // fetch timeout dropping it), the challenge answers are taken down.
+        let mut cleanup = Cleanup::default();
+        let result = match self.answer_challenges(&mut order, &mut cleanup).await {
+            Ok(()) => self.finish(&mut order).await,
+            Err(e) => Err(e),
+        };
+        cleanup.run().await;
+        match &result {
+            Ok(_) => *lock(&self.inner.pending) = None,
+            Err(reason) => {
+                tracing::info!(target: "certrotate", order = %order.url(), %reason, "the ACME order did not finish; the next attempt resumes it");
+            }
+        }
+        result
+    }
+
+    /// The order an earlier attempt left unfinished, as the CA has it now,
+    /// if it can still be finished: not invalid, and if it was finalized
+    /// already, the key of its certificate request is known.
+    pub(super) async fn resume(&self, account: &Account) -> Option<instant_acme::Order> {
+        let url = lock(&self.inner.pending).as_ref()?.url.clone();
+        let resumed = step!(self, "resuming the order", account.order(url.clone()));
+        let finalized = lock(&self.inner.pending)
+            .as_ref()
+            .is_some_and(|p| p.key_pem.is_some());
+        match resumed {
+            Ok(mut order) => {
+                let status = order.state().status;
+                let usable = match status {
+                    OrderStatus::Pending | OrderStatus::Ready => true,
+                    OrderStatus::Processing | OrderStatus::Valid => finalized,
+                    _ => false,
+                };
+                if usable {
+                    tracing::info!(target: "certrotate", order = %url, ?status, "resuming the ACME order");
+                    return Some(order);
+                }
+                tracing::info!(target: "certrotate", order = %url, ?status, "the unfinished ACME order cannot be finished; placing a new one");
+            }
+            Err(reason) => {
+                tracing::info!(target: "certrotate", order = %url, %reason, "the unfinished ACME order cannot be resumed; placing a new one");
+            }
+        }
+        *lock(&self.inner.pending) = None;
+        None
+    }
+
+    /// Places a new order, and remembers it for the attempts after this one.
+    pub(super) async fn new_order(
+        &self,
+        account: &Account,
+        replacing: Option<&CertBundle>,
+    ) -> Result<instant_acme::Order, Failure> {
+        let identifiers: Vec<Identifier> = self
+            .inner
+            .config
+            .domains
+            .iter()
+            .map(|d| Identifier::Dns(d.clone()))
+            .collect();
+        let replaces = replacing.and_then(|b| CertificateIdentifier::try_from(&b.chain()[0]).ok());
+        let new_order = |replacing: bool| {
+            let mut new = NewOrder::new(&identifiers);
+            if let Some(profile) = &self.inner.config.profile {
+                new = new.profile(profile);
+            }
+            match (&replaces, replacing) {
+                (Some(id), true) => new.replaces(id.clone()),
+                _ => new,
+            }
+        };
+        // `replaces` only where the CA gave renewal advice (it has ARI).
+        let ari = lock(&self.inner.advice).is_some();
+        let order = match step!(self, CREATING_ORDER, account.new_order(&new_order(ari))) {
+            // The old certificate was replaced already (by another replica,
+            // or an order lost in a crash): order without `replaces`.
+            Err(failure) if failure.already_replaced() => {
+                step!(self, CREATING_ORDER, account.new_order(&new_order(false)))?
+            }
+            other => other?,
+        };
+        *lock(&self.inner.pending) = Some(PendingOrder {
+            url: order.url().to_owned(),
+            key_pem: None,
+        });
+        Ok(order)
+    }
+
+    /// Waits for the CA to validate, finalizes (unless a resumed order was
+    /// finalized already), and downloads the certificate.
+    pub(super) async fn finish(
+        &self,
+        order: &mut instant_acme::Order,
+    ) -> Result<CertBundle, Failure> {
+        let retries = RetryPolicy::default().timeout(self.inner.config.timeout);
+        let known_key = lock(&self.inner.pending)
+            .as_ref()
+            .and_then(|p| p.key_pem.clone());
+        let key_pem = match (order.state().status, known_key) {
+            (OrderStatus::Processing | OrderStatus::Valid, Some(key_pem)) => key_pem,
+            _ => {
+                let status = step!(
+                    self,
+                    "validating the challenges",
+                    order.poll_ready(&retries)
+                )?;
+                if status != OrderStatus::Ready {
+                    *lock(&self.inner.pending) = None;
+                    let why = format!("the order is {status:?}");
+                    return Err(Failure::unexpected("validating the challenges", why));
+                }
+                let key_pem =
+                    zeroize::Zeroizing::new(step!(self, "finalizing the order", order.finalize())?);
+                if let Some(pending) = lock(&self.inner.pending).as_mut() {
+                    pending.key_pem = Some(key_pem.clone());
+                }
+                key_pem
+            }
+        };
+        let chain_pem = step!(
+            self,
+            "downloading the certificate",
+            order.poll_certificate(&retries)
+        )?;
+        let combined = zeroize::Zeroizing::new(format!("{chain_pem}{}", *key_pem));
+        let bundle = CertBundle::from_combined_pem(combined.as_bytes())
+            .context("reading the certificate the CA issued")?;
+        self.save(
+            &self.inner.cert_key,
+            combined.as_bytes(),
+            "ACME certificate",
+        )
+        .await;
+        tracing::info!(target: "certrotate", serial = %bundle.info().serial, "ACME certificate issued");
+        Ok(bundle.with_origin(self.describe()))
+    }
+}

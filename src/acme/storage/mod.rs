@@ -1,0 +1,277 @@
+//! Where ACME state lives ([`Storage`]), and how instances sharing it take
+//! turns: the renewal lease ([`Lease`]), held while ordering.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::AcmeSource;
+use crate::bundle::CertBundle;
+use crate::source::SourceError;
+use crate::sync::lock;
+
+mod file;
+#[cfg(feature = "redis")]
+mod redis;
+
+pub use file::FileStorage;
+#[cfg(feature = "redis")]
+pub use redis::{RedisBuilder, RedisStorage};
+
+/// How often an instance waiting for another's renewal looks at the storage.
+const LOCK_POLL: Duration = Duration::from_secs(1);
+
+/// What waiting for the renewal lock gave.
+pub(crate) enum Renewal {
+    /// The lock: this instance orders.
+    Ours(Lease),
+    /// Another instance's new certificate.
+    Done(CertBundle),
+}
+
+/// Why an attempt failed.
+pub(crate) enum Trouble {
+    /// The storage could not be read or locked, so the instances sharing it
+    /// cannot take turns: the reason.
+    StorageDown(String),
+    /// Anything else.
+    Failed(SourceError),
+}
+
+/// A boxed future, for the object-safe traits of this module.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where ACME state lives: the account, certificates and their keys.
+///
+/// Values must be stored atomically (a reader sees the old value or the new
+/// one, never a mix) and readable by this process only.
+///
+/// A storage shared by several server instances also coordinates them with
+/// a lease lock ([`try_lock`](Self::try_lock)) whose fencing token guards
+/// writes ([`store_fenced`](Self::store_fenced)). The defaults do no
+/// coordination, which is right for a storage only one process uses.
+pub trait Storage: Send + Sync + 'static {
+    /// The value stored under `key`, if any.
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, std::io::Result<Option<Vec<u8>>>>;
+    /// Stores `value` under `key`, replacing any older value.
+    fn store<'a>(&'a self, key: &'a str, value: &'a [u8]) -> BoxFuture<'a, std::io::Result<()>>;
+
+    /// Takes the lock `name` for `lease`, if nobody holds it or its holder's
+    /// lease has run out. The [`Lease`]'s fencing token is larger than any
+    /// given out before for `name`. `None` while another holder has it.
+    ///
+    /// The default always succeeds, with token 0: no coordination.
+    fn try_lock<'a>(
+        &'a self,
+        name: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, std::io::Result<Option<Lease>>> {
+        let _ = lease;
+        Box::pin(async move { Ok(Some(Lease::new(name, String::new(), 0))) })
+    }
+
+    /// Stores `value` under `key` only while `lease` holds the newest token
+    /// of its lock: a holder whose lease ran out and was taken over cannot
+    /// overwrite what the new holder wrote (it gets an error of kind
+    /// [`PermissionDenied`](std::io::ErrorKind::PermissionDenied)).
+    ///
+    /// The default stores unconditionally.
+    fn store_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        lease: &'a Lease,
+    ) -> BoxFuture<'a, std::io::Result<()>> {
+        let _ = lease;
+        self.store(key, value)
+    }
+
+    /// Counts the changes other instances make to the stored values, for a
+    /// storage shared by several: an [`AcmeSource`] fetches when it moves,
+    /// and so picks up a certificate another instance obtained at once.
+    ///
+    /// The default is `None`: nobody else writes.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
+    /// Releases `lease` early (it also ends by itself). Releasing a lease
+    /// that was taken over does nothing.
+    ///
+    /// The default does nothing.
+    fn unlock<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, std::io::Result<()>> {
+        let _ = lease;
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A lease on a named [`Storage`] lock, with its fencing token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    name: String,
+    owner: String,
+    token: u64,
+}
+
+impl Lease {
+    /// A lease on `name` held by `owner` (a value unique to this holder,
+    /// such as [`new_owner`](Self::new_owner) makes), with fencing token
+    /// `token`: for [`Storage`] implementations.
+    pub fn new(name: impl Into<String>, owner: impl Into<String>, token: u64) -> Self {
+        Self {
+            name: name.into(),
+            owner: owner.into(),
+            token,
+        }
+    }
+
+    /// A fresh owner for a new lease: `<pid>-<16 random hex digits>`. The
+    /// process id tells an operator looking at a lock which process on the
+    /// host holds it; the random part keeps owners apart across hosts and
+    /// restarts. It comes from the operating system's generator (should
+    /// that ever fail, from the time and a fast generator: an owner needs to
+    /// be unique, not secret).
+    ///
+    /// ```
+    /// let owner = certrotate::Lease::new_owner();
+    /// let pid = owner.split('-').next().unwrap();
+    /// assert_eq!(pid, std::process::id().to_string());
+    /// ```
+    pub fn new_owner() -> String {
+        let random = crate::random::secure()
+            .map(u64::from_ne_bytes)
+            .unwrap_or_else(|_| {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH);
+                fastrand::u64(..) ^ now.unwrap_or_default().as_nanos() as u64
+            });
+        format!("{}-{random:016x}", std::process::id())
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Who holds it.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The fencing token: larger for each new holder of the lock.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+}
+
+/// Where ACME state goes unless the builder says otherwise.
+pub(crate) fn default_storage_dir() -> PathBuf {
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(state) = var("STATE_DIRECTORY") {
+        return state.join("acme");
+    }
+    var("XDG_STATE_HOME")
+        .or_else(|| var("HOME").map(|home| home.join(".local/state")))
+        .map(|state| state.join("certrotate/acme"))
+        .unwrap_or_else(|| PathBuf::from("certrotate-acme"))
+}
+
+/// The renewal lock while this instance orders under it: its saves are
+/// fenced by it, and it is released however the order ends. Dropped without
+/// [`release`](Self::release) (the rotator's fetch timeout dropped the
+/// attempt), it lets go in a task of its own, so that neither a stale lease
+/// fences later saves nor the other instances wait for it to run out.
+pub(crate) struct Holding {
+    pub(crate) source: AcmeSource,
+    pub(crate) lease: Option<Lease>,
+}
+
+impl Holding {
+    pub(crate) fn new(source: &AcmeSource, lease: Lease) -> Self {
+        *lock(&source.inner.lease) = Some(lease.clone());
+        Self {
+            source: source.clone(),
+            lease: Some(lease),
+        }
+    }
+
+    pub(crate) async fn release(mut self) {
+        if let Some(lease) = self.lease.take() {
+            unlock(&self.source, &lease).await;
+        }
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        // Not held any more, whatever the storage says.
+        lock(&self.source.inner.lease).take();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let source = self.source.clone();
+            runtime.spawn(async move { unlock(&source, &lease).await });
+        }
+    }
+}
+
+/// Stops fencing saves with `lease` and releases it.
+pub(crate) async fn unlock(source: &AcmeSource, lease: &Lease) {
+    lock(&source.inner.lease).take();
+    if let Err(error) = source.inner.config.storage.unlock(lease).await {
+        tracing::warn!(target: "certrotate", "could not release the renewal lock (it expires by itself): {error}");
+    }
+}
+
+impl AcmeSource {
+    /// Takes the storage's renewal lock, or waits until the instance holding
+    /// it has stored a certificate that is not due (or its lease has run
+    /// out, and the lock is ours). Fails when the storage cannot be reached.
+    pub(crate) async fn renewal_lock(&self) -> Result<Renewal, Trouble> {
+        let storage = &self.inner.config.storage;
+        let name = format!("renew-{}", self.inner.cert_key);
+        let mut waiting = false;
+        loop {
+            match storage.try_lock(&name, self.inner.config.lock_lease).await {
+                Err(error) => {
+                    return Err(Trouble::StorageDown(format!(
+                        "cannot take the renewal lock: {error}"
+                    )))
+                }
+                Ok(Some(lease)) => return Ok(Renewal::Ours(lease)),
+                Ok(None) if !waiting => {
+                    tracing::info!(target: "certrotate", lock = %name, "another instance is renewing; waiting for its certificate");
+                    waiting = true;
+                }
+                Ok(None) => {}
+            }
+            tokio::time::sleep(LOCK_POLL).await;
+            let stored = self
+                .stored()
+                .await
+                .map_err(|failure| Trouble::StorageDown(failure.to_string()))?;
+            if let Some(bundle) = stored.filter(|b| !self.due(b.info(), self.now())) {
+                return Ok(Renewal::Done(bundle));
+            }
+        }
+    }
+
+    /// Completes when another instance changed the shared storage; never
+    /// for a storage nobody else writes.
+    pub(crate) async fn storage_changed(&self) {
+        let mut changes = self.inner.storage_changes.lock().await;
+        let changed = match changes.as_mut() {
+            Some(changes) => changes.changed().await.is_ok(),
+            None => false,
+        };
+        if !changed {
+            drop(changes);
+            std::future::pending::<()>().await;
+        }
+    }
+}
