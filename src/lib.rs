@@ -146,6 +146,13 @@ pub use source::{
 pub use source::{CertSource, SourceError, SourceWarning, StaticSource};
 pub use store::{CertStore, CertStoreBuilder, RollbackError, DEFAULT_SLOT};
 
+/// The rustls this crate is built against: its `ServerConfig`,
+/// `ClientConfig` and key types are what the API takes and gives.
+pub use rustls;
+/// The tokio-rustls this crate is built against (`TlsAcceptor`,
+/// `LazyConfigAcceptor`), for serving with its configs directly.
+pub use tokio_rustls;
+
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;

@@ -71,7 +71,7 @@ impl AcmeBuilder {
     }
 
     /// Where the account and certificates are kept (default: a
-    /// [`FileStorage`] in `$STATE_DIRECTORY/acme` under systemd, else
+    /// [`FileStorage`](crate::FileStorage) in `$STATE_DIRECTORY/acme` under systemd, else
     /// `$XDG_STATE_HOME/certrotate/acme`, else
     /// `~/.local/state/certrotate/acme`, else `./certrotate-acme`).
     pub fn storage(mut self, storage: impl Storage) -> Self {
@@ -148,7 +148,7 @@ impl AcmeBuilder {
     /// on their own spend the CA's rate limits and serve different
     /// certificates. Turn it on where an expired certificate costs more.
     /// What is ordered this way is served at once; saving it is attempted,
-    /// and reported as [`SourceWarning::StateNotSaved`] when it fails. The
+    /// and reported as [`SourceWarning::StateNotSaved`](crate::SourceWarning::StateNotSaved) when it fails. The
     /// account must be known already (this instance loaded or made it
     /// earlier).
     ///

@@ -117,7 +117,7 @@ impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for Result<T, E
     }
 }
 
-/// A boxed error, as a [`Dns01Solver`] returns.
+/// A boxed error, as a [`Dns01Solver`](crate::Dns01Solver) returns.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long a `rateLimited` problem asks to wait: the time in its detail

@@ -45,7 +45,7 @@ impl fmt::Display for SourceWarning {
     }
 }
 
-/// A [`CertSource`] could not produce a bundle.
+/// A [`CertSource`](crate::CertSource) could not produce a bundle.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum SourceError {
@@ -98,7 +98,7 @@ pub enum SourceError {
     /// a regular file (after following symlinks). Nothing was read from it.
     #[error("{from}: {} is {found}, not a regular file", path.display())]
     NotAFile {
-        /// The source, as [`CertSource::describe`] says.
+        /// The source, as [`CertSource::describe`](crate::CertSource::describe) says.
         from: String,
         /// The path as configured.
         path: PathBuf,
@@ -110,7 +110,7 @@ pub enum SourceError {
     /// Nothing past the limit was read.
     #[error("{from}: {} is {size} bytes, over the {} limit", path.display(), crate::read::bytes(*limit))]
     TooLarge {
-        /// The source, as [`CertSource::describe`] says.
+        /// The source, as [`CertSource::describe`](crate::CertSource::describe) says.
         from: String,
         /// The path as configured.
         path: PathBuf,
