@@ -117,8 +117,7 @@ mod util;
 
 #[cfg(feature = "acme")]
 pub use acme::{
-    AcmeBuilder, AcmeSource, BoxError, BoxFuture, Dns01Solver, FileStorage, Http01Responder, Lease,
-    Storage,
+    AcmeBuilder, AcmeSource, BoxFuture, Dns01Solver, FileStorage, Http01Responder, Lease, Storage,
 };
 #[cfg(feature = "redis")]
 pub use acme::{RedisBuilder, RedisStorage};
@@ -137,13 +136,13 @@ pub use policy::{
 pub use resolver::{RotatingResolver, ACME_TLS_ALPN};
 pub use rotator::{RotateError, Rotation, Rotator, RotatorBuilder};
 pub use serve::TlsListener;
+pub use source::{BoxError, CertSource, SourceError, SourceWarning, StaticSource};
 #[cfg(feature = "ca")]
 pub use source::{CaError, CaSource, InternalCa, LeafSpec};
 #[cfg(feature = "file")]
 pub use source::{
     CertDirectory, CertDirectoryBuilder, FileOptions, FileSource, TrustFile, WatchMode,
 };
-pub use source::{CertSource, SourceError, SourceWarning, StaticSource};
 pub use store::{CertStore, CertStoreBuilder, RollbackError, DEFAULT_SLOT};
 
 /// The rustls this crate is built against: its `ServerConfig`,

@@ -442,7 +442,7 @@ impl Policy {
             .provider
             .key_provider
             .load_private_key(candidate.key().clone_key())
-            .map_err(|e| refuse(Refusal::KeyUnusable(e.to_string())))?;
+            .map_err(|e| refuse(Refusal::KeyUnusable(e)))?;
         let key = CertifiedKey::new(candidate.chain().to_vec(), signing_key);
         match key.keys_match() {
             Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
@@ -509,7 +509,7 @@ impl Policy {
                 .map_err(|e| {
                     refuse(Refusal::Untrusted {
                         name: "client authentication".into(),
-                        reason: e.to_string(),
+                        error: e,
                     })
                 })?;
         }
@@ -525,7 +525,7 @@ impl Policy {
                     .map_err(|e| {
                         refuse(Refusal::Untrusted {
                             name: label.clone(),
-                            reason: e.to_string(),
+                            error: e,
                         })
                     })?;
             }
@@ -810,7 +810,7 @@ impl ValidationError {
 pub enum Refusal {
     /// The private key could not be loaded by the crypto provider.
     #[error("its private key cannot be used: {0}")]
-    KeyUnusable(String),
+    KeyUnusable(#[source] rustls::Error),
     /// The leaf parses as X.509 but rustls's verifier (webpki) cannot read
     /// it, for example a subject alternative name extension over 64 KiB.
     #[error("rustls cannot read the certificate: {0}")]
@@ -883,12 +883,13 @@ pub enum Refusal {
         reason: String,
     },
     /// The chain does not verify to the configured trust roots.
-    #[error("it does not verify to the configured trust roots for {name:?}: {reason}")]
+    #[error("it does not verify to the configured trust roots for {name:?}: {error}")]
     Untrusted {
         /// The server name verified.
         name: String,
-        /// What the verifier said.
-        reason: String,
+        /// What the verifier (webpki, through rustls) said.
+        #[source]
+        error: rustls::Error,
     },
     /// The candidate is older than the certificate serving (a replay).
     #[error(

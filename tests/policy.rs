@@ -272,6 +272,27 @@ async fn untrusted_chain_is_refused() {
     ));
 }
 
+/// The verifier's verdict is kept typed, not flattened to text.
+#[tokio::test]
+async fn an_untrusted_chain_keeps_the_verifiers_error() {
+    let ca = Ca::new();
+    let policy = Policy::builder()
+        .server_name(HOST)
+        .trust_roots(ca.roots())
+        .build()
+        .unwrap();
+    let refusal = refused(&ca, policy, Ca::new().issue(Leaf::default()).bundle).await;
+    let Refusal::Untrusted { error, .. } = &refusal else {
+        panic!("{refusal}");
+    };
+    assert!(
+        matches!(error, rustls::Error::InvalidCertificate(_)),
+        "{error:?}"
+    );
+    let source = std::error::Error::source(&refusal).unwrap();
+    assert!(source.downcast_ref::<rustls::Error>().is_some());
+}
+
 #[tokio::test]
 async fn older_certificate_is_refused_unless_asked_for() {
     let ca = Ca::new();

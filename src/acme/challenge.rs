@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use instant_acme::{AuthorizationStatus, ChallengeStatus, ChallengeType, Identifier};
 
-use super::failure::{BoxError, Context, Failure};
+use super::failure::{Context, Failure};
 use super::{AcmeSource, BoxFuture, Challenge};
+use crate::source::BoxError;
 use crate::store::CertStore;
 use crate::sync::lock;
 

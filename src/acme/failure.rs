@@ -117,8 +117,7 @@ impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for Result<T, E
     }
 }
 
-/// A boxed error, as a [`Dns01Solver`](crate::Dns01Solver) returns.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::source::error::BoxError;
 
 /// How long a `rateLimited` problem asks to wait: the time in its detail
 /// (Let's Encrypt writes "retry after 2026-01-02 03:04:05 UTC"), else a

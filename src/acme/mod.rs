@@ -48,7 +48,6 @@ mod storage;
 pub use builder::AcmeBuilder;
 use builder::Challenge;
 pub use challenge::{Dns01Solver, Http01Responder};
-pub use failure::BoxError;
 use failure::{Context, Failure};
 use http::NotingClient;
 use order::PendingOrder;

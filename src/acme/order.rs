@@ -51,10 +51,7 @@ impl AcmeSource {
     /// The stored certificate if it is not due; otherwise the renewal lock,
     /// and an order (or the certificate of the instance that held the lock).
     pub(super) async fn obtain(&self) -> Result<CertBundle, Trouble> {
-        let stored = self
-            .stored()
-            .await
-            .map_err(|failure| Trouble::StorageDown(failure.to_string()))?;
+        let stored = self.stored().await.map_err(Trouble::StorageDown)?;
         if let Some(bundle) = &stored {
             let advised = lock(&self.inner.advice)
                 .as_ref()

@@ -102,7 +102,7 @@ pub enum CaError {
     Unusable(String),
     /// A leaf could not be issued.
     #[error("cannot issue a certificate: {0}")]
-    Issue(String),
+    Issue(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// The trust bundle refused the CA certificates.
     #[error(transparent)]
     Trust(#[from] crate::mtls::TrustError),
@@ -448,7 +448,7 @@ fn io(action: &'static str, path: &Path, source: std::io::Error) -> CaError {
 }
 
 fn rcgen_error(e: rcgen::Error) -> CaError {
-    CaError::Issue(e.to_string())
+    CaError::Issue(Arc::new(e))
 }
 
 impl State {
@@ -569,7 +569,7 @@ impl Authority {
         let cert = params.signed_by(&key, &self.issuer).map_err(rcgen_error)?;
         let key_pem = Zeroizing::new(key.serialize_pem());
         CertBundle::from_pem(cert.pem().as_bytes(), key_pem.as_bytes())
-            .map_err(|e| CaError::Issue(e.to_string()))
+            .map_err(|e| CaError::Issue(Arc::new(e)))
     }
 }
 

@@ -58,12 +58,14 @@ pub enum SourceError {
         error: BundleError,
     },
     /// The source could not be reached or read.
-    #[error("{from} is unavailable: {reason}")]
+    #[error("{from} is unavailable: {source}")]
     Unavailable {
         /// The source, as it describes itself.
         from: String,
-        /// Why.
-        reason: String,
+        /// Why: the error itself (an I/O error, an ACME failure with the
+        /// CA's problem document...), kept for
+        /// [`Error::source`](std::error::Error::source).
+        source: Arc<dyn std::error::Error + Send + Sync>,
     },
     /// The source has no certificate to give yet.
     #[error("{from} has no certificate yet")]
@@ -137,6 +139,10 @@ pub enum SourceError {
     },
 }
 
+/// A boxed error: what [`SourceError::unavailable`] and a
+/// [`Dns01Solver`](crate::Dns01Solver) take.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl SourceError {
     /// A short constant naming the kind of failure, for metric labels and
     /// machine-readable output: `"bundle"`, `"unavailable"`, `"empty"`,
@@ -168,11 +174,20 @@ impl SourceError {
         }
     }
 
-    /// The source could not be reached or read.
-    pub fn unavailable(from: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+    /// The source could not be reached or read, because of `reason`: an
+    /// error (kept as this error's source) or a message.
+    ///
+    /// ```
+    /// use std::error::Error;
+    /// let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    /// let error = certrotate::SourceError::unavailable("ACME", io);
+    /// let cause = error.source().unwrap().downcast_ref::<std::io::Error>().unwrap();
+    /// assert_eq!(cause.kind(), std::io::ErrorKind::ConnectionRefused);
+    /// ```
+    pub fn unavailable(from: impl Into<String>, reason: impl Into<BoxError>) -> Self {
         Self::Unavailable {
             from: from.into(),
-            reason: reason.to_string(),
+            source: Arc::from(reason.into()),
         }
     }
 }

@@ -17,7 +17,7 @@ mod r#static;
 
 #[cfg(feature = "ca")]
 pub use ca::{CaError, CaSource, InternalCa, LeafSpec};
-pub use error::{SourceError, SourceWarning};
+pub use error::{BoxError, SourceError, SourceWarning};
 #[cfg(feature = "file")]
 pub use file::{
     CertDirectory, CertDirectoryBuilder, FileOptions, FileSource, TrustFile, WatchMode,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::failure::Failure;
 use super::AcmeSource;
 use crate::bundle::CertBundle;
 use crate::source::SourceError;
@@ -23,7 +24,7 @@ pub use redis::{RedisBuilder, RedisStorage};
 const LOCK_POLL: Duration = Duration::from_secs(1);
 
 /// What waiting for the renewal lock gave.
-pub(crate) enum Renewal {
+pub(in crate::acme) enum Renewal {
     /// The lock: this instance orders.
     Ours(Lease),
     /// Another instance's new certificate.
@@ -31,10 +32,10 @@ pub(crate) enum Renewal {
 }
 
 /// Why an attempt failed.
-pub(crate) enum Trouble {
+pub(in crate::acme) enum Trouble {
     /// The storage could not be read or locked, so the instances sharing it
     /// cannot take turns: the reason.
-    StorageDown(String),
+    StorageDown(Failure),
     /// Anything else.
     Failed(SourceError),
 }
@@ -165,7 +166,7 @@ impl Lease {
 }
 
 /// Where ACME state goes unless the builder says otherwise.
-pub(crate) fn default_storage_dir() -> PathBuf {
+pub(in crate::acme) fn default_storage_dir() -> PathBuf {
     let var = |name| {
         std::env::var_os(name)
             .filter(|v| !v.is_empty())
@@ -185,13 +186,13 @@ pub(crate) fn default_storage_dir() -> PathBuf {
 /// [`release`](Self::release) (the rotator's fetch timeout dropped the
 /// attempt), it lets go in a task of its own, so that neither a stale lease
 /// fences later saves nor the other instances wait for it to run out.
-pub(crate) struct Holding {
-    pub(crate) source: AcmeSource,
-    pub(crate) lease: Option<Lease>,
+pub(in crate::acme) struct Holding {
+    pub(in crate::acme) source: AcmeSource,
+    pub(in crate::acme) lease: Option<Lease>,
 }
 
 impl Holding {
-    pub(crate) fn new(source: &AcmeSource, lease: Lease) -> Self {
+    pub(in crate::acme) fn new(source: &AcmeSource, lease: Lease) -> Self {
         *lock(&source.inner.lease) = Some(lease.clone());
         Self {
             source: source.clone(),
@@ -199,7 +200,7 @@ impl Holding {
         }
     }
 
-    pub(crate) async fn release(mut self) {
+    pub(in crate::acme) async fn release(mut self) {
         if let Some(lease) = self.lease.take() {
             unlock(&self.source, &lease).await;
         }
@@ -221,7 +222,7 @@ impl Drop for Holding {
 }
 
 /// Stops fencing saves with `lease` and releases it.
-pub(crate) async fn unlock(source: &AcmeSource, lease: &Lease) {
+pub(in crate::acme) async fn unlock(source: &AcmeSource, lease: &Lease) {
     lock(&source.inner.lease).take();
     if let Err(error) = source.inner.config.storage.unlock(lease).await {
         tracing::warn!(target: "certrotate", "could not release the renewal lock (it expires by itself): {error}");
@@ -232,16 +233,15 @@ impl AcmeSource {
     /// Takes the storage's renewal lock, or waits until the instance holding
     /// it has stored a certificate that is not due (or its lease has run
     /// out, and the lock is ours). Fails when the storage cannot be reached.
-    pub(crate) async fn renewal_lock(&self) -> Result<Renewal, Trouble> {
+    pub(in crate::acme) async fn renewal_lock(&self) -> Result<Renewal, Trouble> {
         let storage = &self.inner.config.storage;
         let name = format!("renew-{}", self.inner.cert_key);
         let mut waiting = false;
         loop {
             match storage.try_lock(&name, self.inner.config.lock_lease).await {
                 Err(error) => {
-                    return Err(Trouble::StorageDown(format!(
-                        "cannot take the renewal lock: {error}"
-                    )))
+                    let failure = Failure::new("cannot take the renewal lock", error);
+                    return Err(Trouble::StorageDown(failure));
                 }
                 Ok(Some(lease)) => return Ok(Renewal::Ours(lease)),
                 Ok(None) if !waiting => {
@@ -251,10 +251,7 @@ impl AcmeSource {
                 Ok(None) => {}
             }
             tokio::time::sleep(LOCK_POLL).await;
-            let stored = self
-                .stored()
-                .await
-                .map_err(|failure| Trouble::StorageDown(failure.to_string()))?;
+            let stored = self.stored().await.map_err(Trouble::StorageDown)?;
             if let Some(bundle) = stored.filter(|b| !self.due(b.info(), self.now())) {
                 return Ok(Renewal::Done(bundle));
             }
@@ -263,7 +260,7 @@ impl AcmeSource {
 
     /// Completes when another instance changed the shared storage; never
     /// for a storage nobody else writes.
-    pub(crate) async fn storage_changed(&self) {
+    pub(in crate::acme) async fn storage_changed(&self) {
         let mut changes = self.inner.storage_changes.lock().await;
         let changed = match changes.as_mut() {
             Some(changes) => changes.changed().await.is_ok(),
