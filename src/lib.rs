@@ -43,7 +43,8 @@
 //! - `ca` (default): [`InternalCa`], short-lived certificates from a CA in
 //!   the process, with CA rollover (adds `rcgen`).
 //! - `acme` (default): [`AcmeSource`], certificates from Let's Encrypt or any
-//!   RFC 8555 CA (adds `instant-acme`).
+//!   RFC 8555 CA (adds `instant-acme`); needs neither `axum` nor `ca`
+//!   ([`Http01Responder`] is a tower `Service`; with `axum`, also a `Router`).
 //! - `health` (default): [`HealthService`], the health snapshot over HTTP as
 //!   a tower `Service`.
 //! - `metrics`: the metrics below, through the `metrics` facade.
@@ -92,7 +93,7 @@ compile_error!("certrotate needs a crypto provider: enable the `aws-lc-rs` or th
 
 #[cfg(feature = "acme")]
 mod acme;
-#[cfg(feature = "ca")]
+#[cfg(any(feature = "ca", feature = "acme", feature = "file"))]
 mod atomic;
 mod bundle;
 mod clock;

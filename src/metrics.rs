@@ -61,11 +61,13 @@ const LAST_ATTEMPT: Metric = Metric {
     help: "When a rotation was last attempted, as Unix time.",
 };
 /// Only in `HealthService`'s text.
+#[cfg_attr(not(feature = "health"), allow(dead_code))]
 pub(crate) const UNSERVED: Metric = Metric {
     name: "certrotate_unserved_slots",
     help: "Slots with no certificate to serve.",
 };
 /// Only in `HealthService`'s text.
+#[cfg_attr(not(feature = "health"), allow(dead_code))]
 pub(crate) const HEALTHY: Metric = Metric {
     name: "certrotate_healthy",
     help: "1 while the health check passes, else 0.",

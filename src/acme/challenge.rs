@@ -3,7 +3,14 @@
 //! [`Dns01Solver`]; and taking every answer down however an attempt ends.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::{ready, Ready};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
 
 use instant_acme::{AuthorizationStatus, ChallengeStatus, ChallengeType, Identifier};
 
@@ -33,8 +40,16 @@ pub trait Dns01Solver: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), BoxError>>;
 }
 
-/// Answers HTTP-01 challenges: serve [`router`](Self::router) (or the
-/// responder itself, a tower `Service` through axum) on port 80.
+/// Where HTTP-01 answers are asked for (RFC 8555 §8.3).
+const CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+#[cfg(feature = "axum")]
+const CHALLENGE_PATH_ROUTE: &str = "/.well-known/acme-challenge/{token}";
+
+/// Answers HTTP-01 challenges on port 80: `GET
+/// /.well-known/acme-challenge/{token}` gets the key authorization, anything
+/// else a 404. It is a tower `Service` over `http` requests, for any server
+/// (hyper, tonic, axum...); with the `axum` feature,
+/// [`router`](Self::router) gives it as an axum `Router` to merge.
 ///
 /// ```no_run
 /// # async fn demo(http01: certrotate::Http01Responder) -> std::io::Result<()> {
@@ -55,22 +70,30 @@ impl Http01Responder {
 
     /// An axum router answering `GET /.well-known/acme-challenge/{token}`
     /// (404 for unknown tokens). Merge it into your HTTP app.
+    #[cfg(feature = "axum")]
     pub fn router<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
-        let tokens = self.tokens.clone();
-        axum::Router::new().route(
-            "/.well-known/acme-challenge/{token}",
-            axum::routing::get(
-                move |axum::extract::Path(token): axum::extract::Path<String>| {
-                    let answer = lock(&tokens).get(&token).cloned();
-                    async move {
-                        match answer {
-                            Some(key_authorization) => Ok(key_authorization),
-                            None => Err(axum::http::StatusCode::NOT_FOUND),
-                        }
-                    }
-                },
-            ),
-        )
+        axum::Router::new().route_service(CHALLENGE_PATH_ROUTE, self.clone())
+    }
+
+    /// The answer to a request for `path` with `method`.
+    fn respond(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+        let token = path
+            .strip_prefix(CHALLENGE_PATH)
+            .filter(|token| !token.is_empty() && !token.contains('/'));
+        let answer = token.and_then(|token| lock(&self.tokens).get(token).cloned());
+        let mut response = match (method, answer) {
+            (&Method::GET | &Method::HEAD, Some(answer)) => Response::new(Full::from(answer)),
+            _ => {
+                let mut response = Response::new(Full::default());
+                *response.status_mut() = StatusCode::NOT_FOUND;
+                response
+            }
+        };
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+        response
     }
 
     fn insert(&self, token: &str, key_authorization: &str) {
@@ -79,6 +102,20 @@ impl Http01Responder {
 
     fn remove(&self, token: &str) {
         lock(&self.tokens).remove(token);
+    }
+}
+
+impl<B> tower_service::Service<Request<B>> for Http01Responder {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        ready(Ok(self.respond(request.method(), request.uri().path())))
     }
 }
 
@@ -258,4 +295,47 @@ pub(super) fn alpn_certificate(
         vec![cert.der().clone()],
         signing,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use tower_service::Service;
+
+    use super::*;
+
+    async fn get(responder: &mut Http01Responder, method: Method, path: &str) -> (u16, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap();
+        let response = responder.call(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// A tower service over `http`, without axum: the token's answer, and
+    /// 404 for anything else.
+    #[tokio::test]
+    async fn the_responder_answers_its_tokens_only() {
+        let mut responder = Http01Responder::new();
+        responder.insert("tok3n", "tok3n.thumbprint");
+        let path = "/.well-known/acme-challenge/tok3n";
+        let answer = get(&mut responder, Method::GET, path).await;
+        assert_eq!(answer, (200, "tok3n.thumbprint".to_owned()));
+        for (method, path) in [
+            (Method::GET, "/.well-known/acme-challenge/other"),
+            (Method::GET, "/.well-known/acme-challenge/"),
+            (Method::GET, "/.well-known/acme-challenge/tok3n/more"),
+            (Method::GET, "/tok3n"),
+            (Method::POST, path),
+        ] {
+            let (status, _) = get(&mut responder, method.clone(), path).await;
+            assert_eq!(status, 404, "{method} {path}");
+        }
+        responder.remove("tok3n");
+        assert_eq!(get(&mut responder, Method::GET, path).await.0, 404);
+    }
 }

@@ -68,7 +68,7 @@ impl NotingClient {
 impl instant_acme::HttpClient for NotingClient {
     fn request(
         &self,
-        request: axum::http::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
+        request: http::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
     ) -> BoxFuture<'static, Result<instant_acme::BytesResponse, instant_acme::Error>> {
         let response = instant_acme::HttpClient::request(&self.inner, request);
         let noted = self.retry_after.clone();
@@ -86,9 +86,9 @@ impl instant_acme::HttpClient for NotingClient {
 }
 
 /// A `Retry-After` header's wait: seconds, or an HTTP date.
-pub(super) fn retry_after(headers: &axum::http::HeaderMap, now: SystemTime) -> Option<Duration> {
+pub(super) fn retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<Duration> {
     let value = headers
-        .get(axum::http::header::RETRY_AFTER)?
+        .get(http::header::RETRY_AFTER)?
         .to_str()
         .ok()?
         .trim();
