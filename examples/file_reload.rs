@@ -117,7 +117,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // With --client-ca: the trust clients are checked against, kept fresh
     // from the file for as long as `client_ca` lives.
     let client_ca = match &args.client_ca {
-        Some(path) => Some(Arc::new(TrustFile::open(path, options)?)),
+        Some(path) => Some(Arc::new(TrustFile::open(path, options).await?)),
         None => None,
     };
     let mut tls = match &client_ca {

@@ -45,7 +45,7 @@ async fn setup(dir: TempDir, ca_path: &Path) -> Setup {
     let source = FileSource::pair(dir.join("tls.crt"), dir.join("tls.key")).options(file_options());
     let policy = Policy::builder().server_name(HOST).build().unwrap();
     let rotator = Rotator::builder(source, policy).start().await.unwrap();
-    let client_ca = TrustFile::open(ca_path, file_options()).unwrap();
+    let client_ca = TrustFile::open(ca_path, file_options()).await.unwrap();
     let config = rotator
         .server_config_with_client_auth(&client_ca.trust())
         .unwrap();
@@ -112,7 +112,9 @@ async fn client_ca_swapped_by_rename_then_kubernetes_layout() {
     };
     swap(0, &one.pem);
     std::os::unix::fs::symlink("..data/ca.crt", mount.join("ca.crt")).unwrap();
-    let k8s = TrustFile::open(mount.join("ca.crt"), file_options()).unwrap();
+    let k8s = TrustFile::open(mount.join("ca.crt"), file_options())
+        .await
+        .unwrap();
     let config = s
         .rotator
         .server_config_with_client_auth(&k8s.trust())

@@ -128,7 +128,9 @@ async fn trust_file_reloads_apply_crls_per_issuer() {
         format!("{}{}{crl_pem}", ca1.pem, ca2.pem)
     };
     common::write_atomic(&path, &bundle(&[1001]));
-    let file = certrotate::TrustFile::open(&path, common::file_options()).unwrap();
+    let file = certrotate::TrustFile::open(&path, common::file_options())
+        .await
+        .unwrap();
     let trust = file.trust();
     accepts(&trust, &leaf(&client_leaf(&ca2, 2000))).expect("CA two's client");
     assert!(accepts(&trust, &leaf(&client_leaf(&ca1, 1001))).is_err());

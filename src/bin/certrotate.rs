@@ -10,7 +10,6 @@
 //! | `probe` | served chain verified, outside the warning window | within the warning window | usage error | cannot connect, handshake or verification failed, expired |
 //! | `ca` | done | the CA or files could not be written | usage error | |
 
-use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -477,12 +476,14 @@ fn probe(
         .build()
         .map_err(|e| UsageError(e.to_string()))?;
     let handshake = runtime.block_on(async {
-        let addr = address
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {address}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{address} resolves to no address"))?;
+        // Resolving is part of the attempt: a DNS server that does not
+        // answer is bounded by the timeout too.
         let connect = async {
+            let addr = tokio::net::lookup_host(address)
+                .await
+                .map_err(|e| format!("cannot resolve {address}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("{address} resolves to no address"))?;
             let tcp = tokio::net::TcpStream::connect(addr)
                 .await
                 .map_err(|e| format!("cannot connect to {address}: {e}"))?;

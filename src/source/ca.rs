@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 
 use super::{CertSource, SourceError};
 use crate::bundle::CertBundle;
+use crate::clock::{Clock, SystemClock};
 use crate::mtls::TrustStore;
 use crate::policy::Usage;
 
@@ -61,6 +62,8 @@ struct Inner {
     name: String,
     dir: Option<PathBuf>,
     state: Mutex<State>,
+    /// What tells the time of issuance, rollover and retirement.
+    clock: Mutex<Arc<dyn Clock>>,
     trust: TrustStore,
     /// Bumped at each activation: sources issue from the new CA at once.
     activations: watch::Sender<u64>,
@@ -106,6 +109,10 @@ pub enum CaError {
     /// The trust bundle refused the CA certificates.
     #[error(transparent)]
     Trust(#[from] crate::mtls::TrustError),
+    /// Work run off the runtime did not finish (the runtime is shutting
+    /// down, or it panicked).
+    #[error("the CA's work was interrupted: {0}")]
+    Interrupted(#[source] Arc<std::io::Error>),
     /// [`InternalCa::activate`] without a prepared next CA.
     #[error("there is no next CA to activate: call prepare_rollover first")]
     NoNextCa,
@@ -167,7 +174,13 @@ impl InternalCa {
     /// A new CA that lives in memory only (tests, demos, or a CA that may be
     /// lost with the process).
     pub fn generate(name: &str) -> Result<Self, CaError> {
-        Ok(Self::with(name, None, Authority::generate(name)?, None))
+        let now = SystemClock.now();
+        Ok(Self::with(
+            name,
+            None,
+            Authority::generate(name, now)?,
+            None,
+        ))
     }
 
     /// The CA kept in `dir` (`ca.crt`, `ca.key`, and `next.crt`/`next.key`
@@ -184,7 +197,7 @@ impl InternalCa {
         let active = if cert.exists() {
             Authority::load(&cert, &key)?
         } else {
-            let fresh = Authority::generate(name)?;
+            let fresh = Authority::generate(name, SystemClock.now())?;
             fresh.save(&dir, "ca")?;
             fresh
         };
@@ -223,6 +236,7 @@ impl InternalCa {
                 name: name.to_owned(),
                 dir,
                 state: Mutex::new(state),
+                clock: Mutex::new(Arc::new(SystemClock)),
                 trust,
                 activations: watch::channel(0).0,
             }),
@@ -242,10 +256,24 @@ impl InternalCa {
         self.state().bundle_pem()
     }
 
+    /// Tells the time of issuance, rollover and retirement with `clock`
+    /// (default [`SystemClock`]; a [`Rotator`](crate::Rotator) running one
+    /// of its sources sets its store's). A new CA's own validity starts from
+    /// the system clock.
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        *crate::sync::lock(&self.inner.clock) = clock;
+        self
+    }
+
+    fn now(&self) -> SystemTime {
+        crate::sync::lock(&self.inner.clock).now()
+    }
+
     /// Issues a leaf now, with a fresh key, signed by the active CA.
     pub fn issue(&self, spec: &LeafSpec) -> Result<CertBundle, CaError> {
+        let now = self.now();
         let mut state = self.state();
-        let bundle = state.active.sign(spec)?;
+        let bundle = state.active.sign(spec, now)?;
         let expiry = bundle.info().not_after;
         let last = &mut state.active.last_leaf_expiry;
         *last = Some(last.map_or(expiry, |l| l.max(expiry)));
@@ -269,7 +297,7 @@ impl InternalCa {
         if state.next.is_some() {
             return Ok(());
         }
-        let next = Authority::generate(&self.inner.name)?;
+        let next = Authority::generate(&self.inner.name, self.now())?;
         if let Some(dir) = &self.inner.dir {
             next.save(dir, "next")?;
         }
@@ -301,8 +329,8 @@ impl InternalCa {
     /// Drops from the trust bundle the former CAs whose leaves have all
     /// expired. Returns how many were dropped.
     pub fn retire_expired(&self) -> Result<usize, CaError> {
+        let now = self.now();
         let mut state = self.state();
-        let now = SystemTime::now();
         let before = state.retiring.len();
         state
             .retiring
@@ -329,15 +357,17 @@ impl InternalCa {
                 let retire_at = ca.next_retirement();
                 tokio::select! {
                     () = tokio::time::sleep_until(prepare_at), if activate_at.is_none() => {
-                        report(ca.prepare_rollover());
+                        report(ca.off_runtime(InternalCa::prepare_rollover).await);
                         activate_at = Some(crate::clock::instant_in(overlap));
                     }
                     () = sleep_until_some(activate_at) => {
-                        report(ca.activate());
+                        report(ca.off_runtime(InternalCa::activate).await);
                         activate_at = None;
                         prepare_at = crate::clock::instant_in(every.saturating_sub(overlap));
                     }
-                    () = sleep_until_some(retire_at) => report(ca.retire_expired().map(drop)),
+                    () = sleep_until_some(retire_at) => {
+                        report(ca.off_runtime(|ca| ca.retire_expired().map(drop)).await)
+                    }
                 }
             }
         })
@@ -345,8 +375,8 @@ impl InternalCa {
 
     /// When the next former CA can be retired.
     fn next_retirement(&self) -> Option<tokio::time::Instant> {
+        let now = self.now();
         let state = self.state();
-        let now = SystemTime::now();
         let earliest = state
             .retiring
             .iter()
@@ -358,6 +388,18 @@ impl InternalCa {
             .unwrap_or_default()
             .saturating_add(Duration::from_secs(1));
         Some(crate::clock::instant_in(wait))
+    }
+
+    /// Runs `work` (key generation, fsync'd writes, under the state lock)
+    /// on a blocking thread.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&InternalCa) -> Result<T, CaError> + Send + 'static,
+    ) -> Result<T, CaError> {
+        let ca = self.clone();
+        crate::sync::blocking(move || work(&ca))
+            .await
+            .map_err(|e| CaError::Interrupted(Arc::new(e)))?
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -470,7 +512,7 @@ impl State {
 }
 
 impl Authority {
-    fn generate(name: &str) -> Result<Self, CaError> {
+    fn generate(name: &str, now: SystemTime) -> Result<Self, CaError> {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rcgen_error)?;
         params.distinguished_name.push(DnType::CommonName, name);
         // Signs leaves only, never other CAs.
@@ -480,7 +522,6 @@ impl Authority {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let now = SystemTime::now();
         params.not_before = (now - Duration::from_secs(60)).into();
         params.not_after = (now + CA_LIFETIME).into();
         let key = KeyPair::generate().map_err(rcgen_error)?;
@@ -541,7 +582,7 @@ impl Authority {
             .map_err(|e| io("write", &cert, e))
     }
 
-    fn sign(&self, spec: &LeafSpec) -> Result<CertBundle, CaError> {
+    fn sign(&self, spec: &LeafSpec, now: SystemTime) -> Result<CertBundle, CaError> {
         let mut params = CertificateParams::new(spec.names.clone()).map_err(rcgen_error)?;
         if let Some(first) = spec.names.first().or(spec.uris.first()) {
             params.distinguished_name.push(DnType::CommonName, first);
@@ -560,7 +601,6 @@ impl Authority {
         };
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
-        let now = SystemTime::now();
         // A little backdating for clock skew, small next to short lifetimes.
         let backdate = (spec.lifetime / 10).min(Duration::from_secs(60));
         params.not_before = (now - backdate).into();
@@ -584,10 +624,19 @@ pub struct CaSource {
 }
 
 impl CertSource for CaSource {
+    /// Issues on a blocking thread: key generation and signing take
+    /// milliseconds, under the CA's lock.
     async fn fetch(&self) -> Result<CertBundle, SourceError> {
+        let spec = self.spec.clone();
         self.ca
-            .issue(&self.spec)
+            .off_runtime(move |ca| ca.issue(&spec))
+            .await
             .map_err(|e| SourceError::unavailable(self.describe(), e))
+    }
+
+    /// Issuance follows the store's clock.
+    fn attach(&self, store: &crate::CertStore) {
+        *crate::sync::lock(&self.ca.inner.clock) = store.clock().clone();
     }
 
     /// Completes when a new CA has been activated.
@@ -610,6 +659,33 @@ impl CertSource for CaSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A clock that says what it is told.
+    #[derive(Debug)]
+    struct Fixed(SystemTime);
+
+    impl Clock for Fixed {
+        fn now(&self) -> SystemTime {
+            self.0
+        }
+    }
+
+    /// Issuance tells time with the CA's clock, not the system's.
+    #[test]
+    fn leaves_are_dated_by_the_cas_clock() {
+        let tomorrow = SystemTime::now() + Duration::from_secs(86_400);
+        let ca = InternalCa::generate("clocked")
+            .unwrap()
+            .with_clock(Arc::new(Fixed(tomorrow)));
+        let spec = LeafSpec::new(["svc.internal"]).lifetime(Duration::from_secs(3600));
+        let leaf = ca.issue(&spec).unwrap();
+        let not_before = leaf.info().not_before;
+        assert!(
+            not_before >= tomorrow - Duration::from_secs(61),
+            "{not_before:?}"
+        );
+        assert!(leaf.info().not_after >= tomorrow + Duration::from_secs(3599));
+    }
 
     /// A crash between any two steps of an activation (simulated by running
     /// only the steps before it) leaves a CA that opens, serving either the

@@ -45,7 +45,7 @@ pub use trust::TrustFile;
 /// A read that takes longer than this (a hung NFS server) is reported as an
 /// error; the rotator carries on and retries, and change detection looks
 /// again at the next event or poll.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How many settle windows in a row may see events before the files are
 /// looked at anyway.

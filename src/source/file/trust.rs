@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use super::{spawn_settle, FileOptions, Fingerprint, Watched};
+use super::{spawn_settle, FileOptions, Fingerprint, Watched, READ_TIMEOUT};
 use crate::mtls::{TrustError, TrustStore};
 use crate::read::OneAtATime;
 use crate::source::SourceError;
@@ -29,7 +29,7 @@ use crate::sync::lock;
 /// # async fn demo(rotator: certrotate::Rotator) -> Result<(), Box<dyn std::error::Error>> {
 /// use certrotate::{FileOptions, TrustFile};
 ///
-/// let client_ca = TrustFile::open("/etc/tls/client-ca.pem", FileOptions::default())?;
+/// let client_ca = TrustFile::open("/etc/tls/client-ca.pem", FileOptions::default()).await?;
 /// let tls = rotator.server_config_with_client_auth(&client_ca.trust())?;
 /// // Keep `client_ca` alive while serving.
 /// # Ok(()) }
@@ -59,13 +59,17 @@ struct Reading {
 }
 
 impl TrustFile {
-    /// Reads, validates and starts watching the bundle at `path`. Fails if
-    /// the first version cannot be used. Must be called within a tokio
-    /// runtime.
-    pub fn open(path: impl Into<PathBuf>, options: FileOptions) -> Result<Self, SourceError> {
+    /// Reads (off the runtime), validates and starts watching the bundle at
+    /// `path`. Fails if the first version cannot be used.
+    pub async fn open(path: impl Into<PathBuf>, options: FileOptions) -> Result<Self, SourceError> {
         let path = path.into();
         let from = describe(&path);
-        let first = read(&path, &options);
+        let reads = OneAtATime::default();
+        let (first_path, first_options) = (path.clone(), options.clone());
+        let first = reads
+            .run(READ_TIMEOUT, move || read(&first_path, &first_options))
+            .await
+            .map_err(|stuck| stuck.into_source_error(from.clone(), path.clone()))?;
         let pem = first.parsed?;
         let trust =
             TrustStore::from_pem(&pem).map_err(|error| SourceError::Trust { from, error })?;
@@ -75,7 +79,7 @@ impl TrustFile {
             trust,
             applied: Mutex::new(first.fingerprint),
             last_error: Mutex::default(),
-            reads: OneAtATime::default(),
+            reads,
         });
         let (alive, gone) = watch::channel(());
         spawn_settle(&shared, gone);
@@ -144,12 +148,13 @@ impl Watched for Shared {
         reading.fingerprint
     }
 
-    /// A bundle caught half-written ends in the middle of a PEM section.
+    /// A bundle caught half-written ends in the middle of a PEM section,
+    /// which the PEM reader reports.
     fn whole(reading: &Reading) -> bool {
+        use rustls::pki_types::pem::{PemObject, SectionKind};
         reading.parsed.as_ref().is_ok_and(|pem| {
-            let text = String::from_utf8_lossy(pem);
-            text.matches("-----BEGIN ").count() == text.matches("-----END ").count()
-                && text.contains("-----END ")
+            let mut sections = <(SectionKind, Vec<u8>)>::pem_slice_iter(pem).peekable();
+            sections.peek().is_some() && sections.all(|section| section.is_ok())
         })
     }
 
