@@ -14,19 +14,21 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::ServerCertVerifier;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
-use rustls::{
-    ClientConfig, ClientConnection, Connection, DigitallySignedStruct, RootCertStore, ServerConfig,
-    ServerConnection, SignatureScheme,
-};
+use rustls::RootCertStore;
+
+mod probe;
+mod refusal;
+
+pub use refusal::{Refusal, ValidationError};
 
 use crate::bundle::{parse_cert, CertBundle, CertInfo, KeyAlgorithm};
-use crate::clock::{self, human};
+use crate::clock::{self};
 use crate::mark::HighWaterMark;
 
 /// The checks a candidate certificate must pass before it can be served.
@@ -593,81 +595,9 @@ impl Policy {
             .filter_map(|n| Some((n.to_string(), n.probe_name()?)))
             .collect()
     }
-
-    /// An in-memory TLS handshake between a rustls client and a server that
-    /// serves `key`, as a real client would see it.
-    fn probe(
-        &self,
-        candidate: &CertBundle,
-        key: &Arc<CertifiedKey>,
-        name: ServerName<'static>,
-        now: SystemTime,
-    ) -> Result<(), String> {
-        let provider = self.provider.clone();
-        let server = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(Fixed(key.clone())));
-        let client = ClientConfig::builder_with_details(provider.clone(), Arc::new(FixedTime(now)))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
-        let chain = candidate.chain();
-        let top = chain.last().expect("parsed chain is not empty");
-        let client = match (&self.roots, chain.len() > 1) {
-            (Some(roots), _) => client.with_root_certificates(roots.clone()),
-            (None, true) => {
-                let mut roots = RootCertStore::empty();
-                roots.add(top.clone()).map_err(|e| {
-                    format!("the chain's top certificate cannot serve as a trust anchor: {e}")
-                })?;
-                client.with_root_certificates(roots)
-            }
-            // A lone leaf (self-signed or from an issuer we were not given):
-            // trust exactly that leaf, and still verify the handshake
-            // signature made with its key.
-            (None, false) => client
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedLeaf {
-                    leaf: chain[0].clone(),
-                    provider: provider.clone(),
-                })),
-        }
-        .with_no_client_auth();
-
-        let client = ClientConnection::new(Arc::new(client), name).map_err(|e| e.to_string())?;
-        let server = ServerConnection::new(Arc::new(server)).map_err(|e| e.to_string())?;
-        let (mut client, mut server) = (Connection::Client(client), Connection::Server(server));
-        let mut buf = Vec::with_capacity(16 * 1024);
-        while client.is_handshaking() || server.is_handshaking() {
-            let sent = pump(&mut client, &mut server, &mut buf)
-                .map_err(|e| format!("server side: {e}"))?;
-            let answered = pump(&mut server, &mut client, &mut buf)
-                .map_err(|e| format!("client rejected the server: {e}"))?;
-            if !sent && !answered {
-                return Err("the handshake stalled".into());
-            }
-        }
-        Ok(())
-    }
 }
 
-/// Moves every pending TLS byte from `from` to `to` and lets `to` process
-/// them. Says whether anything moved; errors are `to`'s.
-fn pump(from: &mut Connection, to: &mut Connection, buf: &mut Vec<u8>) -> Result<bool, String> {
-    buf.clear();
-    while from.wants_write() {
-        from.write_tls(buf).map_err(|e| e.to_string())?;
-    }
-    let mut rest = buf.as_slice();
-    while !rest.is_empty() {
-        to.read_tls(&mut rest).map_err(|e| e.to_string())?;
-        to.process_new_packets().map_err(|e| e.to_string())?;
-    }
-    Ok(!buf.is_empty())
-}
-
-fn unix_time(t: SystemTime) -> UnixTime {
+pub(super) fn unix_time(t: SystemTime) -> UnixTime {
     UnixTime::since_unix_epoch(Duration::from_secs(clock::unix_seconds(t).max(0) as u64))
 }
 
@@ -695,253 +625,6 @@ fn check_chain_order(chain: &[CertificateDer<'static>]) -> Result<(), Refusal> {
         }
     }
     Ok(())
-}
-
-/// Serves one key, whatever the client asks: the probe's server side.
-#[derive(Debug)]
-struct Fixed(Arc<CertifiedKey>);
-
-impl ResolvesServerCert for Fixed {
-    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
-}
-
-/// The probe client's clock: the policy's `now`.
-#[derive(Debug)]
-struct FixedTime(SystemTime);
-
-impl rustls::time_provider::TimeProvider for FixedTime {
-    fn current_time(&self) -> Option<UnixTime> {
-        Some(unix_time(self.0))
-    }
-}
-
-/// Trusts exactly one leaf certificate, and checks handshake signatures against it.
-#[derive(Debug)]
-struct PinnedLeaf {
-    leaf: CertificateDer<'static>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedLeaf {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.leaf.as_ref() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "the server sent a different certificate".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// A candidate certificate was refused by the [`Policy`]; the certificate
-/// serving before keeps serving.
-///
-/// The message names the certificate (subject, serial, origin) and the reason:
-///
-/// ```text
-/// certificate CN=api.example.com (serial 4f:1a, from file /etc/tls/tls.crt) was refused: it does not cover the server name "www.example.com"
-/// ```
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{cert} was refused: {reason}")]
-pub struct ValidationError {
-    cert: Arc<CertInfo>,
-    reason: Refusal,
-}
-
-impl ValidationError {
-    /// The refused certificate.
-    pub fn cert(&self) -> &CertInfo {
-        &self.cert
-    }
-
-    /// Which check failed, and how.
-    pub fn reason(&self) -> &Refusal {
-        &self.reason
-    }
-}
-
-/// Which [`Policy`] check refused a certificate.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum Refusal {
-    /// The private key could not be loaded by the crypto provider.
-    #[error("its private key cannot be used: {0}")]
-    KeyUnusable(#[source] rustls::Error),
-    /// The leaf parses as X.509 but rustls's verifier (webpki) cannot read
-    /// it, for example a subject alternative name extension over 64 KiB.
-    #[error("rustls cannot read the certificate: {0}")]
-    Unreadable(String),
-    /// The private key does not belong to the leaf certificate.
-    #[error("the private key does not match the certificate's public key")]
-    KeyMismatch,
-    /// The certificate's validity has not started.
-    #[error("it is not valid until {}", clock::rfc3339(*not_before))]
-    NotYetValid {
-        /// Start of validity.
-        not_before: SystemTime,
-    },
-    /// The certificate has expired.
-    #[error("it expired at {}", clock::rfc3339(*not_after))]
-    Expired {
-        /// End of validity.
-        not_after: SystemTime,
-    },
-    /// The certificate expires sooner than the policy allows.
-    #[error("it expires in {}, less than the required {}", human(*remaining), human(*min_remaining))]
-    ExpiresTooSoon {
-        /// Time left.
-        remaining: Duration,
-        /// The policy's minimum.
-        min_remaining: Duration,
-    },
-    /// The certificate has no DNS or IP subject alternative names (nor, for
-    /// a client certificate, a URI); peers reject it.
-    #[error("it has no DNS, IP or (for a client certificate) URI subject alternative names, which peers require")]
-    NoSubjectAltNames,
-    /// The certificate carries more names than the policy allows.
-    #[error("it carries {count} subject alternative names, over the limit of {limit}")]
-    TooManyNames {
-        /// How many it carries.
-        count: usize,
-        /// The policy's [`max_names`](PolicyBuilder::max_names).
-        limit: usize,
-    },
-    /// A configured server name is not covered.
-    #[error("it does not cover the server name {name:?}")]
-    NameNotCovered {
-        /// The configured name that is missing.
-        name: String,
-    },
-    /// The leaf is a CA certificate.
-    #[error("it is a CA certificate, not a leaf certificate")]
-    CaCertificate,
-    /// The leaf's extended key usage does not allow server authentication.
-    #[error("its extended key usage does not allow TLS server authentication")]
-    NotForServerAuth,
-    /// The leaf's extended key usage does not allow client authentication
-    /// (for a [`Usage::Client`] policy).
-    #[error("its extended key usage does not allow TLS client authentication")]
-    NotForClientAuth,
-    /// The key is too weak or of an unsupported kind.
-    #[error("its {key} key is not accepted: {reason}")]
-    WeakKey {
-        /// The key found.
-        key: KeyAlgorithm,
-        /// What is required.
-        reason: String,
-    },
-    /// A certificate of the chain is not issued by the next one.
-    #[error("the chain is out of order at certificate #{index}: {reason}")]
-    ChainOutOfOrder {
-        /// Position of the certificate whose issuer does not follow it.
-        index: usize,
-        /// What was found.
-        reason: String,
-    },
-    /// The chain does not verify to the configured trust roots.
-    #[error("it does not verify to the configured trust roots for {name:?}: {error}")]
-    Untrusted {
-        /// The server name verified.
-        name: String,
-        /// What the verifier (webpki, through rustls) said.
-        #[source]
-        error: rustls::Error,
-    },
-    /// The candidate is older than the certificate serving (a replay).
-    #[error(
-        "it is older than the certificate serving (serial {serving_serial}, valid from {}); \
-         installing an older certificate must be asked for explicitly",
-        clock::rfc3339(*serving_not_before)
-    )]
-    OlderThanServing {
-        /// Serial of the certificate serving.
-        serving_serial: String,
-        /// When the serving certificate became valid.
-        serving_not_before: SystemTime,
-    },
-    /// The in-memory probe handshake failed.
-    #[error("a probe TLS handshake for {name:?} failed: {reason}")]
-    ProbeFailed {
-        /// The server name the probe client asked for.
-        name: String,
-        /// What failed.
-        reason: String,
-    },
-}
-
-impl Refusal {
-    /// A short constant naming the check that failed, for metric labels and
-    /// machine-readable output: the variant's name in snake case
-    /// (`"key_mismatch"`, `"name_not_covered"`, `"expires_too_soon"`...).
-    ///
-    /// ```
-    /// assert_eq!(certrotate::Refusal::KeyMismatch.code(), "key_mismatch");
-    /// ```
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::KeyUnusable(_) => "key_unusable",
-            Self::Unreadable(_) => "unreadable",
-            Self::KeyMismatch => "key_mismatch",
-            Self::NotYetValid { .. } => "not_yet_valid",
-            Self::Expired { .. } => "expired",
-            Self::ExpiresTooSoon { .. } => "expires_too_soon",
-            Self::NoSubjectAltNames => "no_subject_alt_names",
-            Self::TooManyNames { .. } => "too_many_names",
-            Self::NameNotCovered { .. } => "name_not_covered",
-            Self::CaCertificate => "ca_certificate",
-            Self::NotForServerAuth => "not_for_server_auth",
-            Self::NotForClientAuth => "not_for_client_auth",
-            Self::WeakKey { .. } => "weak_key",
-            Self::ChainOutOfOrder { .. } => "chain_out_of_order",
-            Self::Untrusted { .. } => "untrusted",
-            Self::OlderThanServing { .. } => "older_than_serving",
-            Self::ProbeFailed { .. } => "probe_failed",
-        }
-    }
 }
 
 #[cfg(test)]
