@@ -97,6 +97,8 @@ mod acme;
 mod atomic;
 mod bundle;
 mod clock;
+#[cfg(feature = "file")]
+mod directory;
 mod drain;
 mod events;
 mod health;
@@ -124,12 +126,16 @@ pub use acme::{
 pub use acme::{RedisBuilder, RedisStorage};
 pub use bundle::{BundleError, CertBundle, CertInfo, ChainLink, KeyAlgorithm};
 pub use clock::{Clock, SystemClock};
+#[cfg(feature = "file")]
+pub use directory::{CertDirectory, CertDirectoryBuilder};
 pub use drain::{MaxConnectionAge, StaleConnection};
 pub use events::{RotationEvent, Trigger};
 #[cfg(feature = "health")]
 pub use health::HealthService;
 pub use health::{AlertLevel, CertHealth, HealthSnapshot, UnservedSlot};
 pub use mark::HighWaterMark;
+#[cfg(feature = "file")]
+pub use mtls::TrustFile;
 pub use mtls::{RevocationPolicy, TrustError, TrustStore};
 pub use policy::{
     Policy, PolicyBuilder, PolicyConfigError, Refusal, Usage, ValidatedCert, ValidationError,
@@ -141,9 +147,7 @@ pub use source::{BoxError, CertSource, SourceError, SourceWarning, StaticSource}
 #[cfg(feature = "ca")]
 pub use source::{CaError, CaSource, InternalCa, LeafSpec};
 #[cfg(feature = "file")]
-pub use source::{
-    CertDirectory, CertDirectoryBuilder, FileOptions, FileSource, TrustFile, WatchMode,
-};
+pub use source::{FileOptions, FileSource, WatchMode};
 pub use store::{CertStore, CertStoreBuilder, RollbackError, DEFAULT_SLOT};
 
 /// The rustls this crate is built against: its `ServerConfig`,

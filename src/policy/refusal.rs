@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use crate::bundle::{CertInfo, KeyAlgorithm};
 use crate::clock::{self, human};
 
-/// A candidate certificate was refused by the [`Policy`]; the certificate
+/// A candidate certificate was refused by the [`Policy`](crate::Policy); the certificate
 /// serving before keeps serving.
 ///
 /// The message names the certificate (subject, serial, origin) and the reason:
@@ -34,7 +34,7 @@ impl ValidationError {
     }
 }
 
-/// Which [`Policy`] check refused a certificate.
+/// Which [`Policy`](crate::Policy) check refused a certificate.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Refusal {
@@ -77,7 +77,7 @@ pub enum Refusal {
     TooManyNames {
         /// How many it carries.
         count: usize,
-        /// The policy's [`max_names`](PolicyBuilder::max_names).
+        /// The policy's [`max_names`](crate::PolicyBuilder::max_names).
         limit: usize,
     },
     /// A configured server name is not covered.
@@ -93,7 +93,7 @@ pub enum Refusal {
     #[error("its extended key usage does not allow TLS server authentication")]
     NotForServerAuth,
     /// The leaf's extended key usage does not allow client authentication
-    /// (for a [`Usage::Client`] policy).
+    /// (for a [`Usage::Client`](crate::Usage::Client) policy).
     #[error("its extended key usage does not allow TLS client authentication")]
     NotForClientAuth,
     /// The key is too weak or of an unsupported kind.

@@ -12,16 +12,14 @@ use crate::store::CertStore;
 mod ca;
 pub(crate) mod error;
 #[cfg(feature = "file")]
-mod file;
+pub(crate) mod file;
 mod r#static;
 
 #[cfg(feature = "ca")]
 pub use ca::{CaError, CaSource, InternalCa, LeafSpec};
 pub use error::{BoxError, SourceError, SourceWarning};
 #[cfg(feature = "file")]
-pub use file::{
-    CertDirectory, CertDirectoryBuilder, FileOptions, FileSource, TrustFile, WatchMode,
-};
+pub use file::{FileOptions, FileSource, WatchMode};
 pub use r#static::StaticSource;
 
 /// Something that produces certificate bundles: files on disk, an ACME CA,

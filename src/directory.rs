@@ -10,12 +10,12 @@ use rustls::ServerConfig;
 use tokio::sync::{broadcast, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::{FileOptions, FileSource, Files, Wakeups, MAX_BUSY_WINDOWS};
 use crate::events::RotationEvent;
 use crate::health::HealthSnapshot;
 use crate::policy::Policy;
 use crate::resolver::RotatingResolver;
 use crate::rotator::Rotator;
+use crate::source::file::{FileOptions, FileSource, Files, Wakeups, MAX_BUSY_WINDOWS};
 use crate::source::SourceError;
 use crate::store::CertStore;
 use crate::sync::lock;

@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use super::{spawn_settle, FileOptions, Fingerprint, Watched, READ_TIMEOUT};
-use crate::mtls::{TrustError, TrustStore};
+use super::{TrustError, TrustStore};
 use crate::read::OneAtATime;
+use crate::source::file::{spawn_settle, FileOptions, Fingerprint, Watched, READ_TIMEOUT};
 use crate::source::SourceError;
 use crate::sync::lock;
 
 /// A CA bundle file (PEM certificates, optionally CRLs) watched like a
-/// [`FileSource`](super::FileSource) — directory events, symlinks and the
+/// [`FileSource`](crate::FileSource) — directory events, symlinks and the
 /// Kubernetes `..data` swap, polling, settle and grace — whose every new
 /// version is validated, then made the trust of a [`TrustStore`].
 ///
