@@ -15,14 +15,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
+mod authority;
+use authority::{Authority, State};
+
 use super::{CertSource, SourceError};
 use crate::bundle::CertBundle;
 use crate::clock::{Clock, SystemClock};
 use crate::mtls::TrustStore;
 use crate::policy::Usage;
-
-/// How long a generated CA certificate is valid.
-const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// A certificate authority that issues short-lived leaf certificates, and
 /// publishes the [`TrustStore`] that verifies them.
@@ -67,23 +67,6 @@ struct Inner {
     trust: TrustStore,
     /// Bumped at each activation: sources issue from the new CA at once.
     activations: watch::Sender<u64>,
-}
-
-struct State {
-    active: Authority,
-    next: Option<Authority>,
-    /// Former signers whose leaves may still be out there.
-    retiring: Vec<Authority>,
-}
-
-struct Authority {
-    issuer: Issuer<'static, KeyPair>,
-    cert: CertificateDer<'static>,
-    cert_pem: String,
-    key_pem: Zeroizing<String>,
-    not_after: SystemTime,
-    /// The latest expiry of the leaves it signed.
-    last_leaf_expiry: Option<SystemTime>,
 }
 
 /// What [`InternalCa`] could not do.
@@ -491,126 +474,6 @@ fn io(action: &'static str, path: &Path, source: std::io::Error) -> CaError {
 
 fn rcgen_error(e: rcgen::Error) -> CaError {
     CaError::Issue(Arc::new(e))
-}
-
-impl State {
-    /// Every CA whose leaves may be in use: next, active, retiring.
-    fn authorities(&self) -> impl Iterator<Item = &Authority> {
-        self.next
-            .iter()
-            .chain(std::iter::once(&self.active))
-            .chain(&self.retiring)
-    }
-
-    fn bundle(&self) -> Vec<CertificateDer<'static>> {
-        self.authorities().map(|a| a.cert.clone()).collect()
-    }
-
-    fn bundle_pem(&self) -> String {
-        self.authorities().map(|a| a.cert_pem.as_str()).collect()
-    }
-}
-
-impl Authority {
-    fn generate(name: &str, now: SystemTime) -> Result<Self, CaError> {
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rcgen_error)?;
-        params.distinguished_name.push(DnType::CommonName, name);
-        // Signs leaves only, never other CAs.
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.not_before = (now - Duration::from_secs(60)).into();
-        params.not_after = (now + CA_LIFETIME).into();
-        let key = KeyPair::generate().map_err(rcgen_error)?;
-        let cert = params.self_signed(&key).map_err(rcgen_error)?;
-        Self::from_pem(&cert.pem(), &key.serialize_pem())
-    }
-
-    fn load(cert: &Path, key: &Path) -> Result<Self, CaError> {
-        let read = |path: &Path| -> Result<Zeroizing<String>, CaError> {
-            let mut bytes = crate::read::small(path).map_err(|e| io("read", path, e))?;
-            match String::from_utf8(std::mem::take(&mut *bytes)) {
-                Ok(text) => Ok(Zeroizing::new(text)),
-                Err(error) => {
-                    drop(Zeroizing::new(error.into_bytes()));
-                    let what = format!("{} is not PEM text", path.display());
-                    Err(CaError::Unusable(what))
-                }
-            }
-        };
-        let key_pem = read(key)?;
-        Self::from_pem(&read(cert)?, &key_pem)
-    }
-
-    fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
-        let unusable = |e: rcgen::Error| CaError::Unusable(e.to_string());
-        let key = KeyPair::from_pem(key_pem).map_err(unusable)?;
-        let bundle = CertBundle::from_pem(cert_pem.as_bytes(), key_pem.as_bytes())
-            .map_err(|e| CaError::Unusable(e.to_string()))?;
-        if !bundle.info().is_ca {
-            return Err(CaError::Unusable(
-                "the certificate is not a CA certificate".into(),
-            ));
-        }
-        if bundle.key_mismatches() {
-            return Err(CaError::Unusable(
-                "the key does not belong to the certificate".into(),
-            ));
-        }
-        let cert = bundle.chain()[0].clone();
-        let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(unusable)?;
-        Ok(Self {
-            issuer,
-            not_after: bundle.info().not_after,
-            cert,
-            cert_pem: cert_pem.to_owned(),
-            key_pem: Zeroizing::new(key_pem.to_owned()),
-            last_leaf_expiry: None,
-        })
-    }
-
-    /// Writes `<stem>.crt` (0644) and `<stem>.key` (0600) into `dir`.
-    fn save(&self, dir: &Path, stem: &str) -> Result<(), CaError> {
-        let key = dir.join(format!("{stem}.key"));
-        crate::atomic::write(&key, self.key_pem.as_bytes(), 0o600)
-            .map_err(|e| io("write", &key, e))?;
-        let cert = dir.join(format!("{stem}.crt"));
-        crate::atomic::write(&cert, self.cert_pem.as_bytes(), 0o644)
-            .map_err(|e| io("write", &cert, e))
-    }
-
-    fn sign(&self, spec: &LeafSpec, now: SystemTime) -> Result<CertBundle, CaError> {
-        let mut params = CertificateParams::new(spec.names.clone()).map_err(rcgen_error)?;
-        if let Some(first) = spec.names.first().or(spec.uris.first()) {
-            params.distinguished_name.push(DnType::CommonName, first);
-        }
-        for uri in &spec.uris {
-            let uri = uri.clone().try_into().map_err(rcgen_error)?;
-            params.subject_alt_names.push(SanType::URI(uri));
-        }
-        params.extended_key_usages = match spec.usage {
-            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
-            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
-            _ => vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
-        };
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.use_authority_key_identifier_extension = true;
-        // A little backdating for clock skew, small next to short lifetimes.
-        let backdate = (spec.lifetime / 10).min(Duration::from_secs(60));
-        params.not_before = (now - backdate).into();
-        params.not_after = (now + spec.lifetime).min(self.not_after).into();
-        let key = KeyPair::generate().map_err(rcgen_error)?;
-        let cert = params.signed_by(&key, &self.issuer).map_err(rcgen_error)?;
-        let key_pem = Zeroizing::new(key.serialize_pem());
-        CertBundle::from_pem(cert.pem().as_bytes(), key_pem.as_bytes())
-            .map_err(|e| CaError::Issue(Arc::new(e)))
-    }
 }
 
 /// Leaves from an [`InternalCa`]: a new one, with a fresh key, at every
