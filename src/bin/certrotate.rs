@@ -340,25 +340,10 @@ fn inspect(files: &[PathBuf], json: bool) -> u8 {
 /// Reads a PEM file given on the command line as the library reads every
 /// file (see `src/read.rs`): without blocking on a FIFO or device, a
 /// regular file only, at most 1 MiB.
-fn read_pem(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    const LIMIT: u64 = 1 << 20;
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
-    let file = options.open(path)?;
-    let metadata = file.metadata()?;
-    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
-    if !metadata.is_file() {
-        return Err(invalid("not a regular file".into()));
-    }
-    let mut pem = Vec::new();
-    file.take(LIMIT + 1).read_to_end(&mut pem)?;
-    if pem.len() as u64 > LIMIT {
-        return Err(invalid("over the 1 MiB limit".into()));
-    }
-    Ok(pem)
+/// Reads a PEM file named on the command line under the library's rules
+/// (a regular file, opened without blocking, at most 1 MiB).
+fn read_pem(path: &Path) -> Result<Vec<u8>, certrotate::SourceError> {
+    certrotate::FileOptions::default().read_file(path)
 }
 
 fn certificates_in(file: &Path) -> Result<Vec<CertInfo>, String> {
@@ -448,7 +433,8 @@ fn probe(
     let name = servername.unwrap_or_else(|| host.to_owned());
     let server_name = ServerName::try_from(name.clone())
         .map_err(|_| UsageError(format!("{name:?} is not a valid server name")))?;
-    let provider = Arc::new(default_provider());
+    // The library's provider: the process default, else its feature's.
+    let provider = certrotate::Policy::default().crypto_provider().clone();
     let verifier: Arc<dyn ServerCertVerifier> = match roots {
         Some(path) => rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(read_roots(path)?),
@@ -637,26 +623,16 @@ fn ca(command: CaCommand) -> Result<u8, UsageError> {
     }
 }
 
+/// The CA certificates of the PEM file at `path`, checked by the library
+/// as a `TrustStore` checks them.
 fn read_roots(path: &Path) -> Result<RootCertStore, UsageError> {
     let fail = |reason: String| UsageError(format!("trust roots {}: {reason}", path.display()));
     let pem = read_pem(path).map_err(|e| fail(e.to_string()))?;
+    let trust = certrotate::TrustStore::from_pem(&pem).map_err(|e| fail(e.to_string()))?;
     let mut roots = RootCertStore::empty();
-    for der in CertificateDer::pem_slice_iter(&pem) {
-        roots
-            .add(der.map_err(|e| fail(e.to_string()))?)
-            .map_err(|e| fail(e.to_string()))?;
-    }
-    match roots.is_empty() {
-        true => Err(fail("no PEM certificate in it".into())),
-        false => Ok(roots),
-    }
-}
-
-fn default_provider() -> rustls::crypto::CryptoProvider {
-    #[cfg(feature = "aws-lc-rs")]
-    return rustls::crypto::aws_lc_rs::default_provider();
-    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
-    return rustls::crypto::ring::default_provider();
+    // Every one was accepted as a trust anchor already.
+    roots.add_parsable_certificates(trust.roots());
+    Ok(roots)
 }
 
 fn print_json(value: &serde_json::Value) {

@@ -185,6 +185,21 @@ impl FileOptions {
         self
     }
 
+    /// Reads `path` as the sources do: a regular file (after symlinks;
+    /// opened without blocking, so a FIFO cannot hang it), at most
+    /// [`max_file_size`](Self::max_file_size) bytes. For tools reading
+    /// files an operator names, such as certificates to inspect.
+    ///
+    /// ```no_run
+    /// let pem = certrotate::FileOptions::default().read_file("/etc/tls/ca.crt")?;
+    /// # Ok::<(), certrotate::SourceError>(())
+    /// ```
+    pub fn read_file(&self, path: impl AsRef<Path>) -> Result<Vec<u8>, SourceError> {
+        let path = path.as_ref();
+        let from = || format!("file {}", path.display());
+        self.read(from, path).map(|c| c.bytes.to_vec())
+    }
+
     /// Reads `path` as these options say: a regular file, up to the limit.
     pub(crate) fn read(
         &self,
