@@ -4,12 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 use tokio::sync::watch;
 
 use super::{TrustError, TrustStore};
 use crate::read::OneAtATime;
-use crate::source::file::{spawn_settle, FileOptions, Fingerprint, Watched, READ_TIMEOUT};
+use crate::source::file::{settle, spawn_settle, FileOptions, Fingerprint, Watched, READ_TIMEOUT};
 use crate::source::SourceError;
 use crate::sync::lock;
 
@@ -110,13 +110,8 @@ fn read(path: &Path, options: &FileOptions) -> Reading {
     let parsed = options
         .read(|| describe(path), path)
         .map(|c| c.bytes.to_vec());
-    let mut hash = Sha256::new();
-    match &parsed {
-        Ok(bytes) => hash.update(bytes),
-        Err(error) => hash.update(format!("error {error}")),
-    }
     Reading {
-        fingerprint: hash.finalize().into(),
+        fingerprint: settle::fingerprint(&parsed, |bytes, hash| hash.update(bytes)),
         parsed,
     }
 }

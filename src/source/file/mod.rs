@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
@@ -34,7 +34,7 @@ use crate::mark::HighWaterMark;
 use crate::read::{self, OneAtATime};
 
 mod notice;
-mod settle;
+pub(crate) mod settle;
 
 use crate::sync::lock;
 pub(crate) use settle::{spawn_settle, Wakeups, Watched, MAX_BUSY_WINDOWS};
@@ -584,17 +584,12 @@ async fn load(shared: &Arc<Shared>) -> Result<Loaded, SourceError> {
 
 /// Identifies what a read found: the bytes and key mode, or the failure.
 fn fingerprint(contents: &Result<Contents, SourceError>) -> Fingerprint {
-    let mut hash = Sha256::new();
-    match contents {
-        Ok(c) => {
-            hash.update((c.cert.len() as u64).to_le_bytes());
-            hash.update(&c.cert);
-            hash.update(&*c.key);
-            hash.update(c.key_mode.unwrap_or(0).to_le_bytes());
-        }
-        Err(error) => hash.update(format!("error {error}")),
-    }
-    hash.finalize().into()
+    settle::fingerprint(contents, |c, hash| {
+        hash.update((c.cert.len() as u64).to_le_bytes());
+        hash.update(&c.cert);
+        hash.update(&*c.key);
+        hash.update(c.key_mode.unwrap_or(0).to_le_bytes());
+    })
 }
 
 #[cfg(unix)]

@@ -10,9 +10,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use sha2::{Digest, Sha256};
+
 use super::notice::{Hub, Subscription};
 use super::{FileOptions, Fingerprint, READ_TIMEOUT};
 use crate::read::OneAtATime;
+use crate::source::SourceError;
 
 /// How many settle windows in a row may see events before the files are
 /// looked at anyway.
@@ -39,6 +42,20 @@ pub(crate) trait Watched: Send + Sync + 'static {
     fn seen(&self, fingerprint: &Fingerprint) -> bool;
     /// Takes up a settled reading that was not seen before.
     fn settled(&self, reading: Self::Reading);
+}
+
+/// Identifies what a read found: its contents as `feed` hashes them, or
+/// the failure (so a changed error is a change too).
+pub(crate) fn fingerprint<T>(
+    read: &Result<T, SourceError>,
+    feed: impl FnOnce(&T, &mut Sha256),
+) -> Fingerprint {
+    let mut hash = Sha256::new();
+    match read {
+        Ok(contents) => feed(contents, &mut hash),
+        Err(error) => hash.update(format!("error {error}")),
+    }
+    hash.finalize().into()
 }
 
 /// Starts the settle task of `watched`, which ends when `gone` closes.
