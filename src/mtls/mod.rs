@@ -362,10 +362,10 @@ fn parse_pem(
 > {
     let roots = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TrustError::Pem(e.to_string()))?;
+        .map_err(|e| TrustError::Pem(Arc::new(e)))?;
     let crls = CertificateRevocationListDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TrustError::Pem(e.to_string()))?;
+        .map_err(|e| TrustError::Pem(Arc::new(e)))?;
     Ok((roots, crls))
 }
 
@@ -382,10 +382,9 @@ fn root_store(roots: &[CertificateDer<'static>]) -> Result<RootCertStore, TrustE
     }
     let mut store = RootCertStore::empty();
     for (index, root) in roots.iter().enumerate() {
-        store.add(root.clone()).map_err(|e| TrustError::Root {
-            index,
-            reason: e.to_string(),
-        })?;
+        store
+            .add(root.clone())
+            .map_err(|error| TrustError::Root { index, error })?;
     }
     Ok(store)
 }
@@ -401,7 +400,7 @@ fn build(
         return Err(TrustError::Empty);
     }
     let store = Arc::new(root_store(&roots)?);
-    let unusable = |e: rustls::server::VerifierBuilderError| TrustError::Unusable(e.to_string());
+    let unusable = TrustError::Unusable;
     let mut clients = WebPkiClientVerifier::builder_with_provider(store.clone(), provider.clone())
         .with_crls(crls.clone());
     let mut servers = WebPkiServerVerifier::builder_with_provider(store, provider.clone())

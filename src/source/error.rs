@@ -178,11 +178,13 @@ impl SourceError {
     /// error (kept as this error's source) or a message.
     ///
     /// ```
-    /// use std::error::Error;
+    /// use certrotate::SourceError;
     /// let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-    /// let error = certrotate::SourceError::unavailable("ACME", io);
-    /// let cause = error.source().unwrap().downcast_ref::<std::io::Error>().unwrap();
+    /// let error = SourceError::unavailable("ACME", io);
+    /// let SourceError::Unavailable { source, .. } = &error else { unreachable!() };
+    /// let cause = source.downcast_ref::<std::io::Error>().unwrap();
     /// assert_eq!(cause.kind(), std::io::ErrorKind::ConnectionRefused);
+    /// assert!(std::error::Error::source(&error).is_some());
     /// ```
     pub fn unavailable(from: impl Into<String>, reason: impl Into<BoxError>) -> Self {
         Self::Unavailable {

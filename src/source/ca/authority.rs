@@ -71,7 +71,7 @@ impl Authority {
                 Err(error) => {
                     drop(Zeroizing::new(error.into_bytes()));
                     let what = format!("{} is not PEM text", path.display());
-                    Err(CaError::Unusable(what))
+                    Err(CaError::unusable(what))
                 }
             }
         };
@@ -80,18 +80,16 @@ impl Authority {
     }
 
     pub(super) fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
-        let unusable = |e: rcgen::Error| CaError::Unusable(e.to_string());
+        let unusable = |e: rcgen::Error| CaError::unusable(e);
         let key = KeyPair::from_pem(key_pem).map_err(unusable)?;
         let bundle = CertBundle::from_pem(cert_pem.as_bytes(), key_pem.as_bytes())
-            .map_err(|e| CaError::Unusable(e.to_string()))?;
+            .map_err(CaError::unusable)?;
         if !bundle.info().is_ca {
-            return Err(CaError::Unusable(
-                "the certificate is not a CA certificate".into(),
-            ));
+            return Err(CaError::unusable("the certificate is not a CA certificate"));
         }
         if bundle.key_mismatches() {
-            return Err(CaError::Unusable(
-                "the key does not belong to the certificate".into(),
+            return Err(CaError::unusable(
+                "the key does not belong to the certificate",
             ));
         }
         let cert = bundle.chain()[0].clone();

@@ -85,7 +85,7 @@ pub enum CaError {
     },
     /// The CA certificate or key could not be used.
     #[error("the CA certificate or key cannot be used: {0}")]
-    Unusable(String),
+    Unusable(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// A leaf could not be issued.
     #[error("cannot issue a certificate: {0}")]
     Issue(#[source] Arc<dyn std::error::Error + Send + Sync>),
@@ -99,6 +99,12 @@ pub enum CaError {
     /// [`InternalCa::activate`] without a prepared next CA.
     #[error("there is no next CA to activate: call prepare_rollover first")]
     NoNextCa,
+}
+
+impl CaError {
+    fn unusable(why: impl Into<crate::BoxError>) -> Self {
+        Self::Unusable(Arc::from(why.into()))
+    }
 }
 
 /// The leaf certificates a [`CaSource`] asks for.
