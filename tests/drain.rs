@@ -273,6 +273,9 @@ async fn http1_connections_close_after_the_response_in_flight() {
     let before = sender.send_request(request()).await.unwrap();
     assert_eq!(before.headers().get("connection"), None, "kept alive");
     before.into_body().collect().await.unwrap();
+    // hyper's sender takes the next request only once the connection has
+    // finished the last one.
+    sender.ready().await.unwrap();
 
     // The rotation happens during the second request, the maximum age passes
     // before its response: the response completes, says `close`, and the
