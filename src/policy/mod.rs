@@ -449,7 +449,7 @@ impl Policy {
         match key.keys_match() {
             Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
             Err(rustls::Error::InconsistentKeys(_)) => return Err(refuse(Refusal::KeyMismatch)),
-            Err(e) => return Err(refuse(Refusal::Unreadable(e.to_string()))),
+            Err(e) => return Err(refuse(Refusal::Unreadable(e))),
         }
 
         // Dates.

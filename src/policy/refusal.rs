@@ -44,7 +44,7 @@ pub enum Refusal {
     /// The leaf parses as X.509 but rustls's verifier (webpki) cannot read
     /// it, for example a subject alternative name extension over 64 KiB.
     #[error("rustls cannot read the certificate: {0}")]
-    Unreadable(String),
+    Unreadable(#[source] rustls::Error),
     /// The private key does not belong to the leaf certificate.
     #[error("the private key does not match the certificate's public key")]
     KeyMismatch,
