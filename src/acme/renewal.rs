@@ -16,8 +16,8 @@ use crate::sync::lock;
 const EMERGENCY_FRACTION: f64 = 0.1;
 
 /// Without advice from the CA, renew when this fraction of the lifetime is
-/// left (a little more than the rotator's default third, so that the
-/// rotator's schedule, jitter included, always finds the certificate due).
+/// left: a little early, so that a CA outage at renewal time leaves most of
+/// the remaining 40% for retries.
 const DEFAULT_RENEW_FRACTION: f64 = 0.4;
 
 /// The CA's advice for one certificate: renew at `at`, a random time in the

@@ -175,3 +175,27 @@ impl Watched for Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(pem: &str) -> bool {
+        let reading = Reading {
+            fingerprint: [0; 32],
+            parsed: Ok(pem.as_bytes().to_vec()),
+        };
+        <Shared as Watched>::whole(&reading)
+    }
+
+    /// A bundle caught between two writes is not taken up; a complete one is.
+    #[test]
+    fn only_a_bundle_whose_sections_all_end_is_whole() {
+        let section = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(whole(section));
+        assert!(whole(&format!("{section}{section}")));
+        assert!(!whole(""));
+        assert!(!whole("-----BEGIN CERTIFICATE-----\nAAAA\n"));
+        assert!(!whole(&format!("{section}-----BEGIN CERTIFICATE-----\nAA")));
+    }
+}

@@ -135,9 +135,7 @@ impl<S: CertSource> Task<S> {
                 renewal::at_fraction(&cert, fraction, jitter, fastrand::f64())
             }
         };
-        if self.renew_at.as_ref() != Some(&(cert.fingerprint_sha256.clone(), at)) {
-            self.renew_at = Some((cert.fingerprint_sha256.clone(), at));
-        }
+        self.renew_at = Some((cert.fingerprint_sha256.clone(), at));
         self.store.set_renew_at(&self.slot, at);
         Some(at)
     }
