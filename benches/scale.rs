@@ -1,75 +1,119 @@
-//! Scale: what one change and one lookup cost with many certificates
-//! resident, and the memory each one takes. The baseline tool for the
-//! O(1)-change store (issue 16): run it before and after a change to the
-//! store, on the same machine, and compare the medians.
+//! Scale: what loading, one change and one lookup cost with many
+//! certificates resident, and the memory each one takes.
 //!
-//! For each size N (one name per certificate, ECDSA P-256, one CA):
+//! **Certificates** (`N` = 10³, 10⁴, 10⁵ by default), one DNS name each,
+//! ECDSA P-256, one CA, one slot per certificate, in one store:
 //!
-//! - **load**: N certificates validated (`Policy::validate`, probe
-//!   handshake included) and installed in their own slots, timed as a whole;
-//! - **install**: the median of 200 replacements of one slot's certificate
-//!   with N resident (`CertStore::install`);
-//! - **resolve**: the median over 10⁶ lookups of an exact name, a name under
-//!   a wildcard certificate, and a name nothing covers (`RotatingResolver::lookup`);
+//! - **load**: the N certificates (issued beforehand) validated
+//!   (`Policy::validate`, probe handshake included) and installed, timed as
+//!   a whole, and per certificate (flat per certificate = linear);
+//! - **install**: the median and the 99th percentile of 200 replacements of
+//!   one slot's certificate with N resident (`CertStore::install`);
 //! - **memory**: the growth of the process's resident set from before the
-//!   certificates were made to after they were installed (certificates,
-//!   keys, maps; what issuing left behind is reused, not counted twice), per
-//!   certificate, beside the leaf's DER size.
+//!   certificates were issued to after they were installed (certificates,
+//!   keys, maps, one certificate of history), per certificate, beside the
+//!   leaf's DER size.
 //!
-//! `cargo bench --bench scale [-- N...]` (default 1000 10000).
+//! **Names** (then, in the largest store): certificates of 89 names and one
+//! wildcard are added until 10⁶ names are resident; install is measured
+//! again, and `RotatingResolver::lookup` for an exact name, a name under a
+//! wildcard and a name nothing covers, against rustls's static resolver
+//! (`Some(Arc::clone(&key))`) in the same loop shape. Each lookup figure is
+//! the median over 100 samples of 4,096 lookups cycling through 4,096
+//! different names, so the maps are not all in cache.
+//!
+//! `cargo bench --bench scale [-- N...] [-- --names M]`
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
-use certrotate::{CertStore, Policy, ValidatedCert};
+use std::collections::HashMap;
+
+use certrotate::{CertBundle, CertStore, Policy, ValidatedCert};
 use common::{Ca, Leaf};
+use rustls::sign::CertifiedKey;
 
 fn main() {
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let names = args
+        .iter()
+        .position(|a| a == "--names")
+        .and_then(|at| args.get(at + 1)?.parse().ok())
+        .unwrap_or(1_000_000usize);
+    let mut sizes: Vec<usize> = args
+        .iter()
+        .take_while(|a| *a != "--names")
         .filter_map(|a| a.parse().ok())
         .collect();
-    let sizes = if sizes.is_empty() {
-        vec![1_000, 10_000]
-    } else {
-        sizes
-    };
-    println!("| certificates | load (s) | install p50 | resolve exact p50 | resolve wildcard p50 | resolve miss p50 | RSS per certificate | DER per certificate |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    if sizes.is_empty() {
+        sizes = vec![1_000, 10_000, 100_000];
+    }
+    let ca = Ca::new();
+    let policy = Policy::default();
+    println!("| certificates | load | load per certificate | install p50 | install p99 | RSS per certificate | leaf DER |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let mut last = None;
     for n in sizes {
-        measure(n);
+        last = Some((measure(&ca, &policy, n), n));
+    }
+    if let Some((store, n)) = last {
+        println!();
+        resolve_at(&ca, &policy, &store, n, names);
     }
 }
 
-fn measure(n: usize) {
-    let ca = Ca::new();
-    let policy = Policy::default();
-    let now = std::time::SystemTime::now();
-    let issue = |name: &str| -> ValidatedCert {
-        let bundle = ca.issue(Leaf::default().names(&[name])).bundle;
-        policy.validate(&bundle, now).expect("a good certificate")
-    };
-    let store = CertStore::new();
-    let rss_before = rss();
-    let started = Instant::now();
-    let certs: Vec<ValidatedCert> = (0..n).map(|i| issue(&format!("h{i}.scale.test"))).collect();
-    let der: usize = certs
-        .iter()
-        .map(|c| c.certified_key().cert[0].len())
-        .sum::<usize>()
-        / n.max(1);
-    for (i, cert) in certs.into_iter().enumerate() {
-        store.install(&format!("s{i}"), cert);
-    }
-    store.install("wildcard", issue("*.wild.scale.test"));
-    let load = started.elapsed();
-    let per_cert = rss().saturating_sub(rss_before) / n.max(1) as u64;
+fn issue(ca: &Ca, names: &[&str]) -> CertBundle {
+    ca.issue(Leaf::default().names(names)).bundle
+}
 
-    let replacements: Vec<ValidatedCert> = (0..200).map(|_| issue("h0.scale.test")).collect();
-    let mut installs: Vec<Duration> = replacements
+fn validate(policy: &Policy, bundle: &CertBundle) -> ValidatedCert {
+    policy
+        .validate(bundle, SystemTime::now())
+        .expect("a good certificate")
+}
+
+fn measure(ca: &Ca, policy: &Policy, n: usize) -> CertStore {
+    let store = CertStore::builder().history(2).build();
+    // Issued one at a time and dropped once installed, so what issuing
+    // leaves behind is reused; memory is counted from a tenth of the way,
+    // past the allocations made once per process (the probe's config, the
+    // first shards).
+    let (mut load, mut der, mut rss_from) = (Duration::ZERO, 0, 0);
+    let warm = n / 10;
+    for i in 0..n {
+        if i == warm {
+            rss_from = rss();
+        }
+        let bundle = issue(ca, &[&format!("h{i}.scale.test")]);
+        der += bundle.chain()[0].len();
+        let started = Instant::now();
+        store.install(&format!("s{i}"), validate(policy, &bundle));
+        load += started.elapsed();
+    }
+    let per_cert = rss().saturating_sub(rss_from) / (n - warm).max(1) as u64;
+    let (p50, p99) = installs(ca, policy, &store);
+    println!(
+        "| {n} | {:.1} s | {:.0} µs | {:.1} µs | {:.1} µs | {:.2} KiB | {:.2} KiB |",
+        load.as_secs_f64(),
+        load.as_secs_f64() * 1e6 / n.max(1) as f64,
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6,
+        per_cert as f64 / 1024.0,
+        der as f64 / n.max(1) as f64 / 1024.0,
+    );
+    store
+}
+
+/// The median and 99th percentile of 200 replacements of slot `s0`.
+fn installs(ca: &Ca, policy: &Policy, store: &CertStore) -> (Duration, Duration) {
+    let replacements: Vec<ValidatedCert> = (0..200)
+        .map(|_| validate(policy, &issue(ca, &["h0.scale.test"])))
+        .collect();
+    let mut times: Vec<Duration> = replacements
         .into_iter()
         .map(|cert| {
             let t = Instant::now();
@@ -77,38 +121,135 @@ fn measure(n: usize) {
             t.elapsed()
         })
         .collect();
+    times.sort();
+    (times[times.len() / 2], times[times.len() * 99 / 100])
+}
 
+type Key = Arc<CertifiedKey>;
+
+/// The lookup of the store before issue 16: one flat map per kind, no
+/// shards (rebuilt whole on every change, which is what made it quadratic).
+#[derive(Default)]
+struct Flat {
+    exact: HashMap<Box<str>, Key, foldhash::fast::RandomState>,
+    wildcard: HashMap<Box<str>, Key, foldhash::fast::RandomState>,
+}
+
+impl Flat {
+    fn lookup(&self, name: &str) -> Option<Key> {
+        if let Some(key) = self.exact.get(name) {
+            return Some(key.clone());
+        }
+        let (_, parent) = name.split_once('.')?;
+        self.wildcard.get(parent).cloned()
+    }
+}
+
+fn resolve_at(ca: &Ca, policy: &Policy, store: &CertStore, certs: usize, names: usize) {
+    // Certificates of 89 exact names and one wildcard each; the flat maps
+    // of the old design get the same names and keys.
+    let extra = names.saturating_sub(certs).div_ceil(90);
     let resolver = store.resolver();
-    let lookups = |name: &str| {
+    let mut flat = Flat::default();
+    for i in 0..certs {
+        let name = format!("h{i}.scale.test");
+        flat.exact.insert(
+            name.as_str().into(),
+            resolver.lookup(Some(&name)).expect("served"),
+        );
+    }
+    let started = Instant::now();
+    for i in 0..extra {
+        let mut list: Vec<String> = (0..89).map(|j| format!("n{j}.c{i}.scale.test")).collect();
+        list.push(format!("*.w{i}.scale.test"));
+        let refs: Vec<&str> = list.iter().map(String::as_str).collect();
+        let cert = validate(policy, &issue(ca, &refs));
+        let key = cert.certified_key().clone();
+        for name in &list {
+            match name.strip_prefix("*.") {
+                Some(parent) => flat.wildcard.insert(parent.into(), key.clone()),
+                None => flat.exact.insert(name.as_str().into(), key.clone()),
+            };
+        }
+        store.install(&format!("m{i}"), cert);
+    }
+    let resident = certs + extra * 90;
+    eprintln!(
+        "added {extra} certificates of 90 names in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let (p50, p99) = installs(ca, policy, store);
+
+    let static_key = resolver.lookup(Some("h0.scale.test")).expect("served");
+    let spread = |f: &dyn Fn(usize) -> String| -> Vec<String> { (0..4096).map(f).collect() };
+    let hot = |name: &str| spread(&|_| name.to_owned());
+    let some = extra.max(1);
+    let sets = [
+        (
+            "exact, one name",
+            hot(&format!("n0.c{}.scale.test", some / 2)),
+        ),
+        (
+            "wildcard, one name",
+            hot(&format!("api.w{}.scale.test", some / 2)),
+        ),
+        ("miss, one name", hot("x.nothing.example")),
+        (
+            "exact, 4096 names",
+            spread(&|i| format!("n{}.c{}.scale.test", i % 89, i * 7919 % some)),
+        ),
+        (
+            "wildcard, 4096 names",
+            spread(&|i| format!("api.w{}.scale.test", i * 7919 % some)),
+        ),
+        (
+            "miss, 4096 names",
+            spread(&|i| format!("x{i}.nothing.example")),
+        ),
+    ];
+    let time = |lookup: &dyn Fn(&str) -> Option<Key>, names: &[String]| {
         let mut samples: Vec<Duration> = (0..100)
             .map(|_| {
                 let t = Instant::now();
-                for _ in 0..10_000 {
-                    black_box(resolver.lookup(black_box(Some(name))));
+                for name in names {
+                    black_box(lookup(black_box(name)));
                 }
-                t.elapsed() / 10_000
+                t.elapsed() / names.len() as u32
             })
             .collect();
-        median(&mut samples)
+        samples.sort();
+        samples[samples.len() / 2]
     };
-    let exact = lookups(&format!("h{}.scale.test", n / 2));
-    let wildcard = lookups("api.wild.scale.test");
-    let miss = lookups("nothing.example");
+    let by_static = |_: &str| Some(Arc::clone(&static_key));
+    let by_store = |name: &str| resolver.lookup(Some(name));
+    let by_flat = |name: &str| flat.lookup(name);
     println!(
-        "| {n} | {:.1} | {:.3} ms | {} ns | {} ns | {} ns | {:.1} KiB | {:.1} KiB |",
-        load.as_secs_f64(),
-        median(&mut installs).as_secs_f64() * 1e3,
-        exact.as_nanos(),
-        wildcard.as_nanos(),
-        miss.as_nanos(),
-        per_cert as f64 / 1024.0,
-        der as f64 / 1024.0,
+        "{resident} names resident in {} certificates: install p50 {:.1} µs, p99 {:.1} µs",
+        certs + extra,
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6
     );
-}
-
-fn median(samples: &mut [Duration]) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
+    println!();
+    println!("| lookup | static resolver | certrotate | delta | flat map (old design) |");
+    println!("|---|---:|---:|---:|---:|");
+    for (label, names) in &sets {
+        assert!(
+            label.starts_with("miss") || extra == 0 || resolver.lookup(Some(&names[1])).is_some(),
+            "{label}: names must be served"
+        );
+        // Interleaved rounds; the median of each.
+        let (mut s, mut c, mut f) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..5 {
+            s.push(time(&by_static, names));
+            c.push(time(&by_store, names));
+            f.push(time(&by_flat, names));
+        }
+        let [s, c, f] = [s, c, f].map(|mut v| {
+            v.sort();
+            v[2].as_nanos() as i64
+        });
+        println!("| {label} | {s} ns | {c} ns | {:+} ns | {f} ns |", c - s);
+    }
 }
 
 /// The process's resident set, in bytes.

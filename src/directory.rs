@@ -1,24 +1,26 @@
 //! [`CertDirectory`]: a directory of certificate pairs, one store slot (and
-//! so one set of SNI names) per pair, each with its own rotator.
+//! so one set of SNI names) per pair, all followed by one task.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+mod task;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::ServerConfig;
 use tokio::sync::{broadcast, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use crate::events::RotationEvent;
 use crate::health::HealthSnapshot;
 use crate::policy::Policy;
 use crate::resolver::RotatingResolver;
-use crate::rotator::Rotator;
-use crate::source::file::{FileOptions, FileSource, Files, Wakeups, MAX_BUSY_WINDOWS};
+use crate::source::file::{FileOptions, Wakeups};
 use crate::source::SourceError;
 use crate::store::CertStore;
 use crate::sync::lock;
+use task::DirTask;
 
 /// A directory of certificate pairs for a server with many domains.
 ///
@@ -30,11 +32,24 @@ use crate::sync::lock;
 ///   by side).
 ///
 /// Pairs are added, replaced and removed while the server runs, each read
-/// like a [`FileSource`] and validated on its own by its own
-/// [`Rotator`]: a bad pair is refused (and reported in health and events)
+/// like a [`FileSource`](crate::FileSource) (settle window, grace for a
+/// pair caught between its halves, key-permission warnings) and validated
+/// on its own: a bad pair is refused (and reported in health and events)
 /// without holding back the others. Entries whose name starts with `.` are
 /// ignored. Clients without a matching SNI get the pair named `default`, or
 /// else the pair added first.
+///
+/// # Scale
+///
+/// One task follows the whole directory, whatever the number of pairs: it
+/// watches the directory (and the subdirectories of cert-manager style
+/// pairs), never the files one by one, and a change to a pair re-reads and
+/// re-validates that pair only, installed in O(its names) (see
+/// [`CertStore`]). The first load validates pairs on every core. A poll,
+/// if [`FileOptions::watch`] asks for one, lists the directory and reads
+/// again only the pairs whose files' metadata changed. 50,000 pairs start
+/// in seconds and take a few KiB each; see the README's "Thousands of
+/// certificates".
 ///
 /// # Example
 ///
@@ -53,7 +68,7 @@ use crate::sync::lock;
 pub struct CertDirectory {
     store: CertStore,
     policy: Policy,
-    pairs: Arc<Mutex<Vec<String>>>,
+    pairs: Arc<Mutex<BTreeSet<Arc<str>>>>,
     stop: watch::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -84,8 +99,9 @@ impl CertDirectoryBuilder {
         self
     }
 
-    /// Retries a pair that failed after `min`, doubling up to `max` (default
-    /// 1 s to 5 min); see [`RotatorBuilder::retry_backoff`](crate::RotatorBuilder::retry_backoff).
+    /// Reads again a pair that failed after `min`, doubling up to `max`
+    /// (default 1 s to 5 min), in case its fix went unnoticed; see
+    /// [`RotatorBuilder::retry_backoff`](crate::RotatorBuilder::retry_backoff).
     pub fn retry_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.retry = (min, max);
         self
@@ -93,29 +109,30 @@ impl CertDirectoryBuilder {
 
     /// Loads every pair in the directory, then follows it.
     ///
-    /// Pairs that fail are reported and retried; only a directory that
+    /// Returns once every pair present has been tried: served, or refused
+    /// and reported. Pairs that fail are retried; only a directory that
     /// cannot be read fails the start. Must be called within a tokio runtime.
     pub async fn start(self) -> Result<CertDirectory, SourceError> {
         let store = self.store.unwrap_or_default();
         let (stop, gone) = watch::channel(());
         let describe = format!("directory {}", self.dir.display());
         let wakeups = Wakeups::new(&self.options, gone, || describe.clone());
-        let mut task = DirTask {
-            dir: self.dir,
+        let names = Arc::<Mutex<BTreeSet<Arc<str>>>>::default();
+        let mut task = DirTask::new(
+            self.dir,
             describe,
-            policy: self.policy.clone(),
-            options: self.options,
-            store: store.clone(),
-            retry: self.retry,
+            self.policy.clone(),
+            self.options,
+            store.clone(),
+            self.retry,
             wakeups,
-            pairs: BTreeMap::new(),
-            names: Arc::default(),
-        };
-        task.sync().await?;
+            names.clone(),
+        );
+        task.start().await?;
         Ok(CertDirectory {
             store,
             policy: self.policy,
-            pairs: task.names.clone(),
+            pairs: names,
             stop,
             task: tokio::spawn(task.run()),
         })
@@ -140,7 +157,7 @@ impl CertDirectory {
 
     /// The names of the pairs found, in order.
     pub fn pairs(&self) -> Vec<String> {
-        lock(&self.pairs).clone()
+        lock(&self.pairs).iter().map(|p| p.to_string()).collect()
     }
 
     /// The store the pairs fill.
@@ -154,12 +171,12 @@ impl CertDirectory {
     }
 
     /// A rustls `ServerConfig` whose certificates follow the directory; see
-    /// [`Rotator::server_config`].
+    /// [`Rotator::server_config`](crate::Rotator::server_config).
     pub fn server_config(&self) -> Result<ServerConfig, rustls::Error> {
         self.policy.server_config(self.resolver(), None)
     }
 
-    /// The health of every pair.
+    /// The health of the pairs (see [`CertStore::health`]).
     pub fn health(&self) -> HealthSnapshot {
         self.store.health()
     }
@@ -174,137 +191,4 @@ impl CertDirectory {
         drop(self.stop);
         let _ = self.task.await;
     }
-}
-
-struct DirTask {
-    dir: PathBuf,
-    describe: String,
-    policy: Policy,
-    options: FileOptions,
-    store: CertStore,
-    retry: (Duration, Duration),
-    wakeups: Wakeups,
-    pairs: BTreeMap<String, Pair>,
-    names: Arc<Mutex<Vec<String>>>,
-}
-
-struct Pair {
-    files: Files,
-    rotator: Rotator,
-}
-
-impl DirTask {
-    async fn run(mut self) {
-        while self.wakeups.next().await {
-            // Wait until the directory has been quiet for a settle window
-            // (scanning is harmless, so not forever).
-            for _ in 0..MAX_BUSY_WINDOWS {
-                if !self.wakeups.event_within(self.options.settle).await {
-                    break;
-                }
-            }
-            if let Err(error) = self.sync().await {
-                tracing::warn!(target: "certrotate", "{error}; its pairs keep serving");
-            }
-        }
-        for (_, pair) in std::mem::take(&mut self.pairs) {
-            pair.rotator.shutdown().await;
-        }
-    }
-
-    /// Scans the directory and starts, restarts or stops rotators so that
-    /// there is one per pair.
-    async fn sync(&mut self) -> Result<(), SourceError> {
-        // Listing and watching block (a hung NFS mount): a blocking thread.
-        let (dir, subscription) = (self.dir.clone(), self.wakeups.subscription());
-        let found = crate::sync::blocking(move || {
-            let (found, mut watched) = scan(&dir)?;
-            if let Some(subscription) = subscription {
-                // The directory, and the directories in it, where pairs may
-                // be on their way.
-                watched.push(dir);
-                subscription.watch_dirs(&watched);
-            }
-            Ok(found)
-        })
-        .await
-        .and_then(|found| found)
-        .map_err(|source| SourceError::Read {
-            from: self.describe.clone(),
-            path: self.dir.clone(),
-            source: Arc::new(source),
-        })?;
-
-        let gone: Vec<String> = self
-            .pairs
-            .iter()
-            .filter(|(name, pair)| found.get(*name) != Some(&pair.files))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in gone {
-            let pair = self.pairs.remove(&name).expect("listed above");
-            pair.rotator.shutdown().await;
-            self.store.remove(&name);
-        }
-
-        let mut starting = JoinSet::new();
-        for (name, files) in found {
-            if self.pairs.contains_key(&name) {
-                continue;
-            }
-            let source = FileSource::new(files.clone(), self.options.clone());
-            let builder = Rotator::builder(source, self.policy.clone())
-                .store(self.store.clone())
-                .slot(name.clone())
-                .retry_backoff(self.retry.0, self.retry.1);
-            // Slots are created here, in name order; the first loads run at once.
-            let start = builder.launch();
-            starting.spawn(async move { (name, files, start.await) });
-        }
-        // A launch that did not finish (the runtime is shutting down) is
-        // tried again at the next scan.
-        while let Some(Ok((name, files, rotator))) = starting.join_next().await {
-            self.pairs.insert(name, Pair { files, rotator });
-        }
-        *lock(&self.names) = self.pairs.keys().cloned().collect();
-        Ok(())
-    }
-}
-
-/// The pairs in `dir`, by name, and its subdirectories.
-fn scan(dir: &Path) -> std::io::Result<(BTreeMap<String, Files>, Vec<PathBuf>)> {
-    let (mut pairs, mut subdirs) = (BTreeMap::new(), Vec::new());
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        if name.starts_with('.') {
-            continue;
-        }
-        // `is_dir` follows symlinks: a mounted secret may be one.
-        if path.is_dir() {
-            subdirs.push(path.clone());
-            let (cert, key) = (path.join("tls.crt"), path.join("tls.key"));
-            if cert.exists() || key.exists() {
-                pairs
-                    .entry(name.to_owned())
-                    .or_insert(Files::Pair { cert, key });
-            }
-        } else if let Some(stem) = name
-            .strip_suffix(".crt")
-            .or_else(|| name.strip_suffix(".key"))
-        {
-            // A flat pair wins over a subdirectory of the same name.
-            pairs.insert(
-                stem.to_owned(),
-                Files::Pair {
-                    cert: dir.join(format!("{stem}.crt")),
-                    key: dir.join(format!("{stem}.key")),
-                },
-            );
-        }
-    }
-    Ok((pairs, subdirs))
 }

@@ -1,14 +1,15 @@
 //! [`RotationEvent`]: what happened, on a broadcast channel and in `tracing`.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 
 use crate::bundle::CertInfo;
 use crate::clock::{human, rfc3339, Clock};
-use crate::health::AlertLevel;
+use crate::health::{AlertCounts, AlertLevel};
 #[cfg(feature = "metrics")]
 use crate::metrics;
 use crate::metrics::Outcome;
@@ -145,6 +146,9 @@ impl fmt::Display for Trigger {
 pub(crate) struct Events {
     sender: broadcast::Sender<RotationEvent>,
     clock: Arc<dyn Clock>,
+    /// Whether metrics name each slot: off while the store has more slots
+    /// than its [`metric_slots`](crate::CertStoreBuilder::metric_slots).
+    per_slot: Arc<AtomicBool>,
 }
 
 impl Events {
@@ -152,7 +156,19 @@ impl Events {
         Self {
             sender: broadcast::channel(capacity).0,
             clock,
+            per_slot: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// Turns per-slot metric series on or off.
+    pub(crate) fn set_per_slot(&self, on: bool) {
+        self.per_slot.store(on, Ordering::Relaxed);
+    }
+
+    /// `slot`, as metrics label it: `None` once there are too many slots.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    fn label<'a>(&self, slot: &'a str) -> Option<&'a str> {
+        self.per_slot.load(Ordering::Relaxed).then_some(slot)
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<RotationEvent> {
@@ -163,27 +179,50 @@ impl Events {
         log(&event);
         #[cfg(feature = "metrics")]
         match &event {
-            RotationEvent::Rotated { slot, .. } => metrics::installed(slot, self.clock.now()),
-            RotationEvent::RolledBack { slot, .. } => metrics::rolled_back(slot),
+            RotationEvent::Rotated { slot, .. } => {
+                metrics::installed(self.label(slot), self.clock.now())
+            }
+            RotationEvent::RolledBack { slot, .. } => metrics::rolled_back(self.label(slot)),
             _ => {}
         }
         // No subscriber is fine: events are also in the logs.
         let _ = self.sender.send(event);
     }
 
-    /// `cert` serves in `slot`, at `level`: refreshes its gauges.
-    pub(crate) fn serving(&self, slot: &str, cert: &CertInfo, level: AlertLevel) {
+    /// `cert` serves in `slot`, at `level`, and the store's serving
+    /// certificates are `totals`, the soonest expiring at `soonest`:
+    /// refreshes the slot's gauges (while slots are named) and the totals.
+    pub(crate) fn serving(
+        &self,
+        (slot, cert, level): (&str, &CertInfo, AlertLevel),
+        totals: &AlertCounts,
+        soonest: Option<SystemTime>,
+    ) {
         #[cfg(feature = "metrics")]
-        metrics::serving(slot, cert, level.as_number(), self.clock.now());
+        {
+            if let Some(slot) = self.label(slot) {
+                metrics::serving(slot, cert, level.as_number(), self.clock.now());
+            }
+            metrics::totals(totals, soonest);
+        }
         #[cfg(not(feature = "metrics"))]
-        let _ = (slot, cert, level, &self.clock);
+        let _ = (slot, cert, level, totals, soonest, &self.clock);
+    }
+
+    /// The store's serving certificates changed without one starting to
+    /// serve (a slot was removed): refreshes the totals.
+    pub(crate) fn totals(&self, totals: &AlertCounts, soonest: Option<SystemTime>) {
+        #[cfg(feature = "metrics")]
+        metrics::totals(totals, soonest);
+        #[cfg(not(feature = "metrics"))]
+        let _ = (totals, soonest);
     }
 
     /// A rotation attempt on `slot`, from a source of kind `source`, ended
     /// with `outcome` (its events were emitted already).
     pub(crate) fn attempted(&self, slot: &str, source: &'static str, outcome: Outcome) {
         #[cfg(feature = "metrics")]
-        metrics::attempted(slot, source, outcome, self.clock.now());
+        metrics::attempted(self.label(slot), source, outcome, self.clock.now());
         #[cfg(not(feature = "metrics"))]
         let _ = (slot, source, outcome);
     }

@@ -11,7 +11,7 @@ use crate::bundle::CertInfo;
 #[cfg(feature = "health")]
 mod service;
 #[cfg(feature = "health")]
-pub use service::HealthService;
+pub use service::{HealthService, MAX_PAGE};
 
 /// How close a serving certificate is to expiry, given when it should have
 /// been renewed (its renewal time: see [`CertSource::renew_at`](crate::CertSource::renew_at)).
@@ -43,6 +43,9 @@ pub enum AlertLevel {
 const CRITICAL_BELOW: Duration = Duration::from_secs(24 * 3600);
 
 impl AlertLevel {
+    /// Every level, from best to worst.
+    pub(crate) const ALL: [Self; 4] = [Self::Ok, Self::RenewOverdue, Self::Critical, Self::Expired];
+
     /// The level of `cert` at `now`, when it is due for renewal at `renew_at`.
     ///
     /// ```
@@ -116,13 +119,27 @@ impl fmt::Display for AlertLevel {
     }
 }
 
+/// How many slots [`CertStore::health`](crate::CertStore::health) lists
+/// in full: the first page of [`HealthSnapshot::certificates`], and at most
+/// this many unserved and failing slots.
+pub const HEALTH_LIMIT: usize = 100;
+
+/// How many of the soonest expiries a [`HealthSnapshot`] names.
+pub const SOONEST: usize = 10;
+
 /// A point-in-time view of a [`CertStore`](crate::CertStore), for health
 /// endpoints and dashboards. Serializes to JSON.
+///
+/// It stays small whatever the number of slots: counts over every slot,
+/// the [`SOONEST`] expiries, and lists of at most a page of slots (by
+/// default [`HEALTH_LIMIT`]; [`CertStore::health_page`](crate::CertStore::health_page)
+/// pages through the rest).
 ///
 /// ```no_run
 /// # fn demo(store: certrotate::CertStore) {
 /// let health = store.health();
 /// println!("{}", serde_json::to_string_pretty(&health).unwrap());
+/// println!("{} serving, {} critical", health.served, health.alerts.critical);
 /// if let Some(error) = &health.last_error {
 ///     eprintln!("last candidate refused: {error}");
 /// }
@@ -131,12 +148,33 @@ impl fmt::Display for AlertLevel {
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct HealthSnapshot {
-    /// One entry per slot serving a certificate, in the order the slots were
-    /// created.
+    /// Slots serving a certificate, in all.
+    pub served: usize,
+    /// Serving slots per alert level, in all.
+    pub alerts: AlertCounts,
+    /// A page of the slots serving a certificate, in the order the slots
+    /// were created: all of them when there are at most the page's limit.
     pub certificates: Vec<CertHealth>,
+    /// Where the next page of [`certificates`](Self::certificates) starts,
+    /// if the page did not reach the last slot.
+    pub next_offset: Option<usize>,
+    /// When the serving certificate that expires first expires (RFC 3339).
+    #[serde(serialize_with = "crate::clock::ser_opt_time")]
+    pub soonest_expiry: Option<SystemTime>,
+    /// The serving certificates that expire first (at most [`SOONEST`]),
+    /// soonest first: what needs attention, wherever it is in the pages.
+    pub soonest: Vec<CertHealth>,
     /// Slots with no certificate yet (their first candidate failed, or is
-    /// being fetched), with the reason.
+    /// being fetched), with the reason: at most the page's limit, the
+    /// oldest slots first.
     pub unserved: Vec<UnservedSlot>,
+    /// Slots with no certificate, in all.
+    pub unserved_count: usize,
+    /// Slots whose latest candidate failed, serving or not, the most recent
+    /// failure first: at most the page's limit.
+    pub failing: Vec<String>,
+    /// Slots whose latest candidate failed, in all.
+    pub failing_count: usize,
     /// When a certificate last went live (RFC 3339), if ever.
     #[serde(serialize_with = "crate::clock::ser_opt_time")]
     pub last_rotation: Option<SystemTime>,
@@ -152,6 +190,55 @@ pub struct HealthSnapshot {
     pub last_error_code: Option<&'static str>,
     /// The worst alert level over all certificates.
     pub alert: AlertLevel,
+}
+
+/// Serving certificates per [`AlertLevel`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub struct AlertCounts {
+    /// Before their renewal time.
+    pub ok: usize,
+    /// Past their renewal time.
+    pub renew_overdue: usize,
+    /// Critical.
+    pub critical: usize,
+    /// Expired.
+    pub expired: usize,
+}
+
+impl AlertCounts {
+    /// The count at `level`.
+    ///
+    /// ```
+    /// use certrotate::{AlertCounts, AlertLevel};
+    /// assert_eq!(AlertCounts::default().at(AlertLevel::Critical), 0);
+    /// ```
+    pub fn at(&self, level: AlertLevel) -> usize {
+        match level {
+            AlertLevel::Ok => self.ok,
+            AlertLevel::RenewOverdue => self.renew_overdue,
+            AlertLevel::Critical => self.critical,
+            AlertLevel::Expired => self.expired,
+        }
+    }
+
+    fn at_mut(&mut self, level: AlertLevel) -> &mut usize {
+        match level {
+            AlertLevel::Ok => &mut self.ok,
+            AlertLevel::RenewOverdue => &mut self.renew_overdue,
+            AlertLevel::Critical => &mut self.critical,
+            AlertLevel::Expired => &mut self.expired,
+        }
+    }
+
+    pub(crate) fn add(&mut self, level: AlertLevel) {
+        *self.at_mut(level) += 1;
+    }
+
+    pub(crate) fn remove(&mut self, level: AlertLevel) {
+        *self.at_mut(level) -= 1;
+    }
 }
 
 /// The health of one store slot.

@@ -81,6 +81,13 @@
 //! | `certrotate_rollbacks_total` | counter | `slot` | rollbacks to the previous certificate |
 //! | `certrotate_last_rotation_timestamp_seconds` | gauge | `slot` | when a certificate last went live, Unix time |
 //! | `certrotate_last_attempt_timestamp_seconds` | gauge | `slot` | when a rotation was last attempted, Unix time |
+//! | `certrotate_certificates` | gauge | `alert` | serving certificates per alert level (`ok`, `renew-overdue`, `critical`, `expired`), over the whole store |
+//! | `certrotate_soonest_expiry_timestamp_seconds` | gauge | | `not_after` of the serving certificate that expires first, Unix time |
+//!
+//! Per-slot series stop past the store's `metric_slots` (default 100, see
+//! [`CertStoreBuilder::metric_slots`]): above it no slot gets per-slot gauges
+//! and counters drop the `slot` label, so 10⁵ certificates do not make 10⁵
+//! series; the two totals above are always recorded.
 //!
 //! A removed slot's gauges keep their last value; exporters drop idle
 //! series (`metrics-exporter-prometheus`: `idle_timeout`).
@@ -130,9 +137,11 @@ pub use clock::{Clock, SystemClock};
 pub use directory::{CertDirectory, CertDirectoryBuilder};
 pub use drain::{MaxConnectionAge, StaleConnection};
 pub use events::{RotationEvent, Trigger};
+pub use health::{
+    AlertCounts, AlertLevel, CertHealth, HealthSnapshot, UnservedSlot, HEALTH_LIMIT, SOONEST,
+};
 #[cfg(feature = "health")]
-pub use health::HealthService;
-pub use health::{AlertLevel, CertHealth, HealthSnapshot, UnservedSlot};
+pub use health::{HealthService, MAX_PAGE};
 pub use mark::HighWaterMark;
 #[cfg(feature = "file")]
 pub use mtls::TrustFile;

@@ -60,6 +60,14 @@ const LAST_ATTEMPT: Metric = Metric {
     name: "certrotate_last_attempt_timestamp_seconds",
     help: "When a rotation was last attempted, as Unix time.",
 };
+pub(crate) const CERTIFICATES: Metric = Metric {
+    name: "certrotate_certificates",
+    help: "Serving certificates, by alert level (ok, renew-overdue, critical, expired).",
+};
+pub(crate) const SOONEST_EXPIRY: Metric = Metric {
+    name: "certrotate_soonest_expiry_timestamp_seconds",
+    help: "Expiry of the serving certificate that expires first, as Unix time.",
+};
 /// Only in `HealthService`'s text.
 #[cfg_attr(not(feature = "health"), allow(dead_code))]
 pub(crate) const UNSERVED: Metric = Metric {
@@ -91,19 +99,36 @@ pub(crate) use recording::*;
 mod recording {
     use std::sync::Once;
 
-    use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
+    use metrics::{counter, describe_counter, describe_gauge, gauge, Label, Unit};
 
     use super::*;
     use crate::clock::unix_seconds;
+    use crate::health::{AlertCounts, AlertLevel};
+
+    /// The labels of a per-slot series: `slot` (left out once there are too
+    /// many slots for one series each), then `extra`.
+    fn labels(slot: Option<&str>, extra: &[(&'static str, &'static str)]) -> Vec<Label> {
+        slot.map(|slot| Label::new("slot", slot.to_owned()))
+            .into_iter()
+            .chain(extra.iter().map(|(k, v)| Label::new(*k, *v)))
+            .collect()
+    }
 
     /// Gives the recorder each metric's unit and help text, once.
     fn describe() {
         static DESCRIBED: Once = Once::new();
         DESCRIBED.call_once(|| {
-            for gauge in [EXPIRY, REMAINING, LAST_ROTATION, LAST_ATTEMPT] {
+            for gauge in [
+                EXPIRY,
+                REMAINING,
+                LAST_ROTATION,
+                LAST_ATTEMPT,
+                SOONEST_EXPIRY,
+            ] {
                 describe_gauge!(gauge.name, Unit::Seconds, gauge.help);
             }
             describe_gauge!(ALERT_LEVEL.name, ALERT_LEVEL.help);
+            describe_gauge!(CERTIFICATES.name, CERTIFICATES.help);
             for count in [ROTATIONS, REFUSALS, SOURCE_ERRORS, ROLLBACKS] {
                 describe_counter!(count.name, count.help);
             }
@@ -121,38 +146,55 @@ mod recording {
         gauge!(ALERT_LEVEL.name, "slot" => slot).set(f64::from(level));
     }
 
-    /// A certificate went live in `slot` at `now`.
-    pub(crate) fn installed(slot: &str, now: SystemTime) {
+    /// The serving certificates of the whole store: how many per alert
+    /// level, and the soonest expiry.
+    pub(crate) fn totals(counts: &AlertCounts, soonest: Option<SystemTime>) {
         describe();
-        gauge!(LAST_ROTATION.name, "slot" => slot.to_owned()).set(unix_seconds(now) as f64);
+        for level in AlertLevel::ALL {
+            gauge!(CERTIFICATES.name, "alert" => level.to_string()).set(counts.at(level) as f64);
+        }
+        if let Some(soonest) = soonest {
+            gauge!(SOONEST_EXPIRY.name).set(unix_seconds(soonest) as f64);
+        }
+    }
+
+    /// A certificate went live in `slot` (`None`: one of too many slots to
+    /// name) at `now`.
+    pub(crate) fn installed(slot: Option<&str>, now: SystemTime) {
+        describe();
+        gauge!(LAST_ROTATION.name, labels(slot, &[])).set(unix_seconds(now) as f64);
     }
 
     /// `slot` was rolled back.
-    pub(crate) fn rolled_back(slot: &str) {
+    pub(crate) fn rolled_back(slot: Option<&str>) {
         describe();
-        counter!(ROLLBACKS.name, "slot" => slot.to_owned()).increment(1);
+        counter!(ROLLBACKS.name, labels(slot, &[])).increment(1);
     }
 
     /// A rotation attempt on `slot`, from a source of kind `source`, ended
     /// with `outcome` at `now`.
-    pub(crate) fn attempted(slot: &str, source: &'static str, outcome: Outcome, now: SystemTime) {
+    pub(crate) fn attempted(
+        slot: Option<&str>,
+        source: &'static str,
+        outcome: Outcome,
+        now: SystemTime,
+    ) {
         describe();
-        let slot = slot.to_owned();
-        gauge!(LAST_ATTEMPT.name, "slot" => slot.clone()).set(unix_seconds(now) as f64);
+        gauge!(LAST_ATTEMPT.name, labels(slot, &[])).set(unix_seconds(now) as f64);
         let result = match outcome {
             Outcome::Rotated => "rotated",
             Outcome::Unchanged => "unchanged",
             Outcome::Refused(reason) => {
-                counter!(REFUSALS.name, "slot" => slot.clone(), "reason" => reason).increment(1);
+                counter!(REFUSALS.name, labels(slot, &[("reason", reason)])).increment(1);
                 "refused"
             }
             Outcome::Failed(kind) => {
-                counter!(SOURCE_ERRORS.name, "slot" => slot.clone(), "source" => source, "kind" => kind)
-                    .increment(1);
+                let extra = [("source", source), ("kind", kind)];
+                counter!(SOURCE_ERRORS.name, labels(slot, &extra)).increment(1);
                 "failed"
             }
         };
-        counter!(ROTATIONS.name, "slot" => slot, "source" => source, "result" => result)
-            .increment(1);
+        let extra = [("source", source), ("result", result)];
+        counter!(ROTATIONS.name, labels(slot, &extra)).increment(1);
     }
 }

@@ -1,14 +1,18 @@
 //! [`CertStore`]: the certificates being served, their history, and their health.
 //!
 //! Writers (rotators, [`CertStore::rollback`]) take a mutex, change the slot
-//! they own, and publish a new immutable [`Snapshot`] with one `arc-swap`
-//! store. Handshakes only ever load that snapshot: no lock, no allocation.
+//! they own, and republish only the names it serves (see
+//! [`resolver`](crate::resolver) for the sharded view handshakes read): a
+//! change costs the same with ten slots as with a hundred thousand.
+//! Handshakes never take the lock.
 
-use std::collections::VecDeque;
+mod slots;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use arc_swap::ArcSwap;
 #[cfg(feature = "acme")]
 use rustls::sign::CertifiedKey;
 use tokio::sync::{broadcast, watch};
@@ -16,10 +20,12 @@ use tokio::sync::{broadcast, watch};
 use crate::bundle::CertInfo;
 use crate::clock::{Clock, SystemClock};
 use crate::events::{Events, RotationEvent};
-use crate::health::{AlertLevel, CertHealth, Failure, HealthSnapshot, UnservedSlot};
+use crate::health::{
+    AlertCounts, AlertLevel, Failure, HealthSnapshot, UnservedSlot, HEALTH_LIMIT, SOONEST,
+};
 use crate::policy::ValidatedCert;
-use crate::renewal;
-use crate::resolver::{NameMap, RotatingResolver, Snapshot};
+use crate::resolver::RotatingResolver;
+use slots::Slots;
 
 /// The slot a [`Rotator`](crate::Rotator) fills unless told otherwise, and the
 /// one served to clients whose SNI matches no certificate.
@@ -62,37 +68,13 @@ pub struct CertStore {
 
 #[derive(Debug)]
 struct Inner {
-    snapshot: Arc<ArcSwap<Snapshot>>,
     slots: Mutex<Slots>,
     history: usize,
+    metric_slots: usize,
     events: Events,
     clock: Arc<dyn Clock>,
     /// Counts changes of what is served: installs, rollbacks, removals.
     changes: watch::Sender<u64>,
-}
-
-#[derive(Debug, Default)]
-struct Slots {
-    by_name: Vec<Slot>,
-    challenges: NameMap,
-    rotations: u64,
-    last_rotation: Option<SystemTime>,
-    /// Failures recorded so far: orders them across slots.
-    failures: u64,
-}
-
-#[derive(Debug)]
-struct Slot {
-    name: Arc<str>,
-    current: Option<ValidatedCert>,
-    /// Older good certificates, most recent first.
-    previous: VecDeque<ValidatedCert>,
-    /// When its serving certificate is due for renewal, as its rotator
-    /// decided (`None`: the default rule).
-    renew_at: Option<SystemTime>,
-    /// Why its latest candidate failed, and when (the store's failure count).
-    last_error: Option<(u64, Failure)>,
-    warnings: Vec<String>,
 }
 
 /// Builds a [`CertStore`].
@@ -104,6 +86,7 @@ struct Slot {
 #[must_use]
 pub struct CertStoreBuilder {
     history: usize,
+    metric_slots: usize,
     event_capacity: usize,
     clock: Arc<dyn Clock>,
 }
@@ -113,6 +96,20 @@ impl CertStoreBuilder {
     /// (default 3, at least 1).
     pub fn history(mut self, n: usize) -> Self {
         self.history = n.max(1);
+        self
+    }
+
+    /// Up to how many slots metrics get one series per slot (default 100).
+    ///
+    /// Past it, per-slot gauges (expiry, remaining time, alert level) are no
+    /// longer set for any slot, and counters drop their `slot` label, so a
+    /// server of 10⁵ certificates does not make 10⁵ time series by
+    /// accident; the totals (`certrotate_certificates` per alert level,
+    /// `certrotate_soonest_expiry_timestamp_seconds`) are always there.
+    /// [`HealthService`](crate::HealthService)'s Prometheus text follows the
+    /// same limit. Series a recorder already holds stay until it drops them.
+    pub fn metric_slots(mut self, n: usize) -> Self {
+        self.metric_slots = n;
         self
     }
 
@@ -131,12 +128,13 @@ impl CertStoreBuilder {
 
     /// Builds the store, empty.
     pub fn build(self) -> CertStore {
+        let events = Events::new(self.event_capacity, self.clock.clone());
         CertStore {
             inner: Arc::new(Inner {
-                snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
-                slots: Mutex::default(),
+                slots: Mutex::new(Slots::new(events.clone(), self.metric_slots)),
                 history: self.history,
-                events: Events::new(self.event_capacity, self.clock.clone()),
+                metric_slots: self.metric_slots,
+                events,
                 clock: self.clock,
                 changes: watch::Sender::new(0),
             }),
@@ -160,6 +158,7 @@ impl CertStore {
     pub fn builder() -> CertStoreBuilder {
         CertStoreBuilder {
             history: 3,
+            metric_slots: 100,
             event_capacity: 256,
             clock: Arc::new(SystemClock),
         }
@@ -170,7 +169,7 @@ impl CertStore {
     /// every rotation, so the `ServerConfig` (and its session cache and
     /// ticketer) never has to be rebuilt.
     pub fn resolver(&self) -> Arc<RotatingResolver> {
-        Arc::new(RotatingResolver::new(self.inner.snapshot.clone()))
+        Arc::new(self.lock().resolver())
     }
 
     /// Makes `cert` the serving certificate of `slot` (creating the slot),
@@ -180,23 +179,26 @@ impl CertStore {
         let mut slots = self.lock();
         let now = self.inner.clock.now();
         let history = self.inner.history;
-        let entry = slots.slot_mut(slot);
-        let old = entry.current.replace(cert.clone());
-        entry.renew_at = None;
-        if let Some(old) = &old {
-            entry.previous.push_front(old.clone());
-            entry.previous.truncate(history - 1);
-        }
-        entry.last_error = None;
-        let name = entry.name.clone();
-        let level = AlertLevel::at(&cert.info, now, entry.renew_at(&cert.info));
+        let (name, old, level) = slots.change(slot, |entry| {
+            let old = entry.current.replace(cert.clone());
+            entry.renew_at = None;
+            if let Some(old) = &old {
+                entry.previous.push_front(old.clone());
+                entry.previous.truncate(history - 1);
+            }
+            entry.last_error = None;
+            let level = AlertLevel::at(&cert.info, now, entry.renew_at(&cert.info));
+            (entry.name.clone(), old, level)
+        });
         slots.rotations += 1;
         slots.last_rotation = Some(now);
-        self.publish(&slots);
+        slots.set_level(&name, level);
+        let (totals, soonest) = slots.totals();
         drop(slots);
         self.inner.changes.send_modify(|n| *n += 1);
         let old = old.map(|o| o.info);
-        self.inner.events.serving(&name, &cert.info, level);
+        let serving = (&*name, &*cert.info, level);
+        self.inner.events.serving(serving, &totals, soonest);
         self.inner.events.emit(RotationEvent::Rotated {
             slot: name,
             old: old.clone(),
@@ -211,26 +213,30 @@ impl CertStore {
     pub fn rollback(&self, slot: &str) -> Result<Arc<CertInfo>, RollbackError> {
         let mut slots = self.lock();
         let now = self.inner.clock.now();
-        let entry = slots
-            .find_mut(slot)
-            .ok_or_else(|| RollbackError::UnknownSlot(slot.to_owned()))?;
-        let from = entry
-            .current
-            .clone()
-            .ok_or_else(|| RollbackError::NothingServing(slot.to_owned()))?;
-        entry.previous.retain(|c| c.info.not_after > now);
-        let to = entry
-            .previous
-            .pop_front()
-            .ok_or_else(|| RollbackError::NoPrevious(slot.to_owned()))?;
-        entry.current = Some(to.clone());
-        entry.renew_at = None;
-        let name = entry.name.clone();
-        let level = AlertLevel::at(&to.info, now, entry.renew_at(&to.info));
-        self.publish(&slots);
+        if slots.get(slot).is_none() {
+            return Err(RollbackError::UnknownSlot(slot.to_owned()));
+        }
+        let (name, from, to, level) = slots.change(slot, |entry| {
+            let from = entry
+                .current
+                .clone()
+                .ok_or_else(|| RollbackError::NothingServing(slot.to_owned()))?;
+            entry.previous.retain(|c| c.info.not_after > now);
+            let to = entry
+                .previous
+                .pop_front()
+                .ok_or_else(|| RollbackError::NoPrevious(slot.to_owned()))?;
+            entry.current = Some(to.clone());
+            entry.renew_at = None;
+            let level = AlertLevel::at(&to.info, now, entry.renew_at(&to.info));
+            Ok((entry.name.clone(), from, to, level))
+        })?;
+        slots.set_level(&name, level);
+        let (totals, soonest) = slots.totals();
         drop(slots);
         self.inner.changes.send_modify(|n| *n += 1);
-        self.inner.events.serving(&name, &to.info, level);
+        let serving = (&*name, &*to.info, level);
+        self.inner.events.serving(serving, &totals, soonest);
         self.inner.events.emit(RotationEvent::RolledBack {
             slot: name,
             from: from.info,
@@ -243,12 +249,12 @@ impl CertStore {
     /// Returns whether the slot existed.
     pub fn remove(&self, slot: &str) -> bool {
         let mut slots = self.lock();
-        let Some(at) = slots.by_name.iter().position(|s| &*s.name == slot) else {
+        let Some(removed) = slots.remove(slot) else {
             return false;
         };
-        let removed = slots.by_name.remove(at);
-        self.publish(&slots);
+        let (totals, soonest) = slots.totals();
         drop(slots);
+        self.inner.events.totals(&totals, soonest);
         self.inner.changes.send_modify(|n| *n += 1);
         self.inner.events.emit(RotationEvent::Removed {
             slot: removed.name,
@@ -260,60 +266,129 @@ impl CertStore {
     /// The certificate serving in `slot`, if any.
     pub fn current(&self, slot: &str) -> Option<Arc<CertInfo>> {
         let slots = self.lock();
-        slots
-            .by_name
-            .iter()
-            .find(|s| &*s.name == slot)?
-            .current
-            .as_ref()
-            .map(|c| c.info.clone())
+        slots.get(slot)?.current.as_ref().map(|c| c.info.clone())
     }
 
-    /// The health of every slot, as of the store's clock.
+    /// The health of the store, as of its clock: counts over every slot,
+    /// the soonest expiries, and the first [`HEALTH_LIMIT`] slots of each
+    /// list (see [`HealthSnapshot`]).
     pub fn health(&self) -> HealthSnapshot {
+        self.health_page(0, HEALTH_LIMIT)
+    }
+
+    /// [`health`](Self::health) with the serving slots from the
+    /// `offset`th on, at most `limit` of them (and at most `limit` unserved
+    /// and failing slots). Follow [`HealthSnapshot::next_offset`] to read
+    /// them all.
+    ///
+    /// ```
+    /// # let store = certrotate::CertStore::new();
+    /// let mut offset = Some(0);
+    /// while let Some(at) = offset {
+    ///     let page = store.health_page(at, 500);
+    ///     for cert in &page.certificates {
+    ///         println!("{} {}", cert.slot, cert.alert);
+    ///     }
+    ///     offset = page.next_offset;
+    /// }
+    /// ```
+    pub fn health_page(&self, offset: usize, limit: usize) -> HealthSnapshot {
         let slots = self.lock();
         let now = self.inner.clock.now();
-        let mut certificates = Vec::new();
-        let mut unserved = Vec::new();
-        for slot in &slots.by_name {
-            match &slot.current {
-                Some(current) => certificates.push(CertHealth::new(
-                    &slot.name,
-                    &current.info,
-                    now,
-                    slot.renew_at(&current.info),
-                    slot.last_error.clone().map(|(_, f)| f),
-                    slot.warnings.clone(),
-                )),
-                None => unserved.push(UnservedSlot {
-                    slot: slot.name.to_string(),
-                    last_error: slot.last_error.as_ref().map(|(_, f)| f.message.clone()),
-                    last_error_code: slot.last_error.as_ref().map(|(_, f)| f.code),
-                    warnings: slot.warnings.clone(),
-                }),
+        let (mut served, mut alerts) = (0, AlertCounts::default());
+        let (mut certificates, mut unserved, mut unserved_count) = (Vec::new(), Vec::new(), 0);
+        // The SOONEST earliest expiries (a max-heap: the latest on top is
+        // dropped) and the `limit` latest failures (a min-heap).
+        let mut soonest = BinaryHeap::new();
+        let mut failing = BinaryHeap::new();
+        let (mut failing_count, mut soonest_expiry) = (0, None);
+        let mut latest: Option<&(u64, Failure)> = None;
+        for slot in slots.iter(0) {
+            if let Some(error) = &slot.last_error {
+                failing_count += 1;
+                failing.push(Reverse((error.0, slot.name.clone())));
+                if failing.len() > limit {
+                    failing.pop();
+                }
+                if latest.is_none_or(|l| l.0 < error.0) {
+                    latest = Some(error);
+                }
+            }
+            let Some(current) = &slot.current else {
+                unserved_count += 1;
+                if unserved.len() < limit {
+                    unserved.push(UnservedSlot {
+                        slot: slot.name.to_string(),
+                        last_error: slot.last_error.as_ref().map(|(_, f)| f.message.clone()),
+                        last_error_code: slot.last_error.as_ref().map(|(_, f)| f.code),
+                        warnings: slot.warnings.clone(),
+                    });
+                }
+                continue;
+            };
+            let renew_at = slot.renew_at(&current.info);
+            let expiry = current.info.not_after;
+            soonest_expiry = Some(soonest_expiry.map_or(expiry, |s: SystemTime| s.min(expiry)));
+            alerts.add(AlertLevel::at(&current.info, now, renew_at));
+            if served >= offset && certificates.len() < limit {
+                certificates.push(slot.health(now));
+            }
+            served += 1;
+            soonest.push((expiry, slot.name.clone()));
+            if soonest.len() > SOONEST {
+                soonest.pop();
             }
         }
-        // The latest failure of a slot still failing: one slot's success
-        // does not hide another's failure.
-        let latest = slots
-            .by_name
+        let soonest = soonest
+            .into_sorted_vec()
             .iter()
-            .filter_map(|s| s.last_error.as_ref())
-            .max_by_key(|(seq, _)| *seq)
-            .map(|(_, f)| f);
+            .map(|(_, name)| slots.get(name).expect("listed above").health(now))
+            .collect();
+        let mut failing: Vec<_> = failing.into_iter().map(|Reverse(f)| f).collect();
+        failing.sort_unstable_by(|a, b| b.cmp(a));
+        let shown = offset.saturating_add(certificates.len());
         HealthSnapshot {
-            alert: certificates
-                .iter()
-                .map(|c| c.alert)
-                .max()
+            alert: AlertLevel::ALL
+                .into_iter()
+                .rfind(|level| alerts.at(*level) > 0)
                 .unwrap_or(AlertLevel::Ok),
+            served,
+            alerts,
+            next_offset: (served > shown).then_some(shown),
             certificates,
+            soonest,
+            soonest_expiry,
             unserved,
+            unserved_count,
+            failing: failing
+                .into_iter()
+                .map(|(_, name)| name.to_string())
+                .collect(),
+            failing_count,
             last_rotation: slots.last_rotation,
             rotations: slots.rotations,
-            last_error: latest.map(|f| f.message.clone()),
-            last_error_code: latest.map(|f| f.code),
+            last_error: latest.map(|(_, f)| f.message.clone()),
+            last_error_code: latest.map(|(_, f)| f.code),
         }
+    }
+
+    /// Up to how many slots metrics name each slot (see
+    /// [`CertStoreBuilder::metric_slots`]).
+    #[cfg_attr(not(feature = "health"), allow(dead_code))]
+    pub(crate) fn metric_slots(&self) -> usize {
+        self.inner.metric_slots
+    }
+
+    /// Records the alert level of `slot`'s serving certificate `cert` (its
+    /// rotator checks it as time passes) and refreshes its gauges.
+    pub(crate) fn report_level(&self, slot: &str, cert: &CertInfo, level: AlertLevel) {
+        let mut slots = self.lock();
+        slots.set_level(slot, level);
+        let (totals, soonest) = slots.totals();
+        drop(slots);
+        self.inner
+            .events
+            .serving((slot, cert, level), &totals, soonest);
     }
 
     /// Receives every [`RotationEvent`] from now on.
@@ -340,113 +415,48 @@ impl CertStore {
         let mut slots = self.lock();
         slots.failures += 1;
         let seq = slots.failures;
-        slots.slot_mut(slot).last_error = Some((seq, failure));
+        slots.entry(slot).last_error = Some((seq, failure));
     }
 
     /// Clears `slot`'s failure: its latest candidate was accepted (or was the
     /// certificate already serving).
     pub(crate) fn record_success(&self, slot: &str) {
         let mut slots = self.lock();
-        slots.slot_mut(slot).last_error = None;
+        slots.entry(slot).last_error = None;
     }
 
     /// Answers TLS-ALPN-01 validation for `name` with `key` (RFC 8737) until
     /// [`remove_challenge`](Self::remove_challenge).
     #[cfg(feature = "acme")]
     pub(crate) fn set_challenge(&self, name: &str, key: Arc<CertifiedKey>) {
-        let mut slots = self.lock();
-        slots.challenges.insert(name.into(), key);
-        self.publish(&slots);
+        self.lock().set_challenge(name, Some(key));
     }
 
     #[cfg(feature = "acme")]
     pub(crate) fn remove_challenge(&self, name: &str) {
-        let mut slots = self.lock();
-        if slots.challenges.remove(name).is_some() {
-            self.publish(&slots);
-        }
+        self.lock().set_challenge(name, None);
     }
 
     /// Replaces `slot`'s source warnings (shown in health).
     pub(crate) fn set_warnings(&self, slot: &str, warnings: Vec<String>) {
-        self.lock().slot_mut(slot).warnings = warnings;
+        self.lock().entry(slot).warnings = warnings;
     }
 
     /// Creates `slot` (empty, unserved) unless it exists: slots are listed
     /// in the order they were created.
     pub(crate) fn add_slot(&self, slot: &str) {
-        self.lock().slot_mut(slot);
+        self.lock().entry(slot);
     }
 
     /// Sets when `slot`'s serving certificate is due for renewal.
     pub(crate) fn set_renew_at(&self, slot: &str, at: SystemTime) {
-        self.lock().slot_mut(slot).renew_at = Some(at);
+        self.lock().entry(slot).renew_at = Some(at);
     }
 
     fn lock(&self) -> MutexGuard<'_, Slots> {
         // A panic while holding the lock cannot leave `Slots` half-changed in a
         // way that matters more than stopping rotation would.
         crate::sync::lock(&self.inner.slots)
-    }
-
-    /// Builds the handshake view from the slots and swaps it in.
-    fn publish(&self, slots: &Slots) {
-        let mut snapshot = Snapshot {
-            challenges: slots.challenges.clone(),
-            ..Snapshot::default()
-        };
-        let serving = slots
-            .by_name
-            .iter()
-            .filter_map(|s| Some((s, s.current.as_ref()?)));
-        // Oldest slot first, so that on a name clash the oldest slot wins and
-        // adding a slot never steals a name from one already serving.
-        for (_, cert) in serving.clone().rev() {
-            for name in &cert.info.dns_names {
-                match name.strip_prefix("*.") {
-                    Some(parent) => snapshot.wildcard.insert(parent.into(), cert.key.clone()),
-                    None => snapshot
-                        .exact
-                        .insert(name.as_str().into(), cert.key.clone()),
-                };
-            }
-        }
-        let default = serving.clone().find(|(s, _)| &*s.name == DEFAULT_SLOT);
-        snapshot.default = default
-            .or_else(|| serving.clone().next())
-            .map(|(_, c)| c.key.clone());
-        self.inner.snapshot.store(Arc::new(snapshot));
-    }
-}
-
-impl Slot {
-    /// When `cert`, serving here, is due for renewal.
-    fn renew_at(&self, cert: &CertInfo) -> SystemTime {
-        self.renew_at
-            .unwrap_or_else(|| renewal::at_fraction(cert, renewal::DEFAULT_FRACTION, 0.0, 0.0))
-    }
-}
-
-impl Slots {
-    fn find_mut(&mut self, name: &str) -> Option<&mut Slot> {
-        self.by_name.iter_mut().find(|s| &*s.name == name)
-    }
-
-    fn slot_mut(&mut self, name: &str) -> &mut Slot {
-        match self.by_name.iter().position(|s| &*s.name == name) {
-            Some(i) => &mut self.by_name[i],
-            None => {
-                self.by_name.push(Slot {
-                    name: name.into(),
-                    current: None,
-                    previous: VecDeque::new(),
-                    renew_at: None,
-                    last_error: None,
-                    warnings: Vec::new(),
-                });
-                self.by_name.last_mut().expect("just pushed")
-            }
-        }
     }
 }
 

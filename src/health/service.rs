@@ -12,7 +12,7 @@ use http_body_util::Full;
 
 use serde::Serialize;
 
-use super::{AlertLevel, HealthSnapshot};
+use super::{AlertCounts, AlertLevel, HealthSnapshot, HEALTH_LIMIT};
 use crate::clock::unix_seconds;
 use crate::metrics::{self, Metric};
 use crate::store::CertStore;
@@ -41,12 +41,18 @@ const JSON: &str = "application/json";
 ///   not named) the expiry, the alert level and the error *code* — no file
 ///   paths, hosts, OS errors, serials or names. [`detailed`](Self::detailed)
 ///   answers the whole [`HealthSnapshot`], for an internal port.
+/// - **Size**: the JSON is a [`HealthSnapshot`]: counts over every slot, the
+///   soonest expiries, and one page of slots (`?offset=N&limit=M`, default
+///   the first [`HEALTH_LIMIT`], at most [`MAX_PAGE`] per request), so a
+///   store of 10⁵ certificates answers in a few kilobytes.
 ///
-/// The Prometheus text holds the per-certificate gauges of the
-/// [metrics table](crate#metrics) (expiry, remaining seconds, alert level,
-/// computed at the request)
-/// plus `certrotate_healthy` (1 or 0) and `certrotate_unserved_slots`; the
-/// counters come from the `metrics` feature.
+/// The Prometheus text holds `certrotate_certificates` per alert level,
+/// `certrotate_soonest_expiry_timestamp_seconds`, `certrotate_healthy` (1
+/// or 0) and `certrotate_unserved_slots`, and, while the store has at most
+/// [`metric_slots`](crate::CertStoreBuilder::metric_slots) slots, the
+/// per-certificate gauges of the [metrics table](crate#metrics) (expiry,
+/// remaining seconds, alert level, computed at the request); the counters
+/// come from the `metrics` feature.
 ///
 /// # Example
 ///
@@ -77,15 +83,25 @@ pub struct HealthService {
     detailed: bool,
 }
 
+/// The most slots one request lists: `?limit=` above it is cut to it.
+pub const MAX_PAGE: usize = 1000;
+
 /// What [`HealthService::new`] tells anyone who asks.
 #[derive(Serialize)]
 struct PublicHealth {
     healthy: bool,
     alert: AlertLevel,
-    /// Serving slots, in order: no names.
+    served: usize,
+    alerts: AlertCounts,
+    /// A page of the serving slots, in order: numbered, not named.
     certificates: Vec<PublicCert>,
-    /// Error codes of the slots with nothing to serve.
+    next_offset: Option<usize>,
+    /// The soonest expiries, without names.
+    soonest: Vec<PublicCert>,
+    /// Error codes of the slots with nothing to serve (one page).
     unserved: Vec<Option<&'static str>>,
+    unserved_count: usize,
+    failing_count: usize,
     last_error_code: Option<&'static str>,
 }
 
@@ -100,11 +116,8 @@ struct PublicCert {
 
 impl PublicHealth {
     fn of(health: &HealthSnapshot, healthy: bool) -> Self {
-        Self {
-            healthy,
-            alert: health.alert,
-            certificates: health
-                .certificates
+        let public = |certs: &[super::CertHealth]| {
+            certs
                 .iter()
                 .map(|c| PublicCert {
                     alert: c.alert,
@@ -112,8 +125,19 @@ impl PublicHealth {
                     remaining_seconds: c.remaining_seconds,
                     last_error_code: c.last_error_code,
                 })
-                .collect(),
+                .collect()
+        };
+        Self {
+            healthy,
+            alert: health.alert,
+            served: health.served,
+            alerts: health.alerts,
+            certificates: public(&health.certificates),
+            next_offset: health.next_offset,
+            soonest: public(&health.soonest),
             unserved: health.unserved.iter().map(|u| u.last_error_code).collect(),
+            unserved_count: health.unserved_count,
+            failing_count: health.failing_count,
             last_error_code: health.last_error_code,
         }
     }
@@ -149,7 +173,7 @@ impl HealthService {
 
     /// Whether `health` passes the check.
     fn healthy(&self, health: &HealthSnapshot) -> bool {
-        !health.certificates.is_empty() && health.alert < self.unhealthy_at
+        health.served > 0 && health.alert < self.unhealthy_at
     }
 
     fn respond<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
@@ -158,15 +182,20 @@ impl HealthService {
             *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
             return response;
         }
-        let health = self.store.health();
-        let healthy = self.healthy(&health);
-        let json = match self.detailed {
-            true => serde_json::to_string_pretty(&health),
-            false => serde_json::to_string_pretty(&PublicHealth::of(&health, healthy)),
+        let prometheus = wants_prometheus(request);
+        let health = match prometheus {
+            // Every slot, if there are few enough to name; else the totals.
+            true => self.store.health_page(0, self.store.metric_slots()),
+            false => {
+                let (offset, limit) = page(request);
+                self.store.health_page(offset, limit)
+            }
         };
-        let (content_type, body) = match wants_prometheus(request) {
-            true => (PROMETHEUS, prometheus_text(&health, healthy, self.detailed)),
-            false => (JSON, json.unwrap_or_default() + "\n"),
+        let healthy = self.healthy(&health);
+        let (content_type, body) = match (prometheus, self.detailed) {
+            (true, _) => (PROMETHEUS, prometheus_text(&health, healthy, self.detailed)),
+            (false, true) => (JSON, json(&health)),
+            (false, false) => (JSON, json(&PublicHealth::of(&health, healthy))),
         };
         let body = match request.method() == Method::HEAD {
             true => Bytes::new(),
@@ -196,6 +225,24 @@ impl<B> tower_service::Service<Request<B>> for HealthService {
     fn call(&mut self, request: Request<B>) -> Self::Future {
         ready(Ok(self.respond(&request)))
     }
+}
+
+fn json(value: &impl Serialize) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
+}
+
+/// `?offset=N&limit=M`: the page asked for (limit at most [`MAX_PAGE`]).
+fn page<B>(request: &Request<B>) -> (usize, usize) {
+    let (mut offset, mut limit) = (0, HEALTH_LIMIT);
+    for pair in request.uri().query().unwrap_or_default().split('&') {
+        let number = |value: &str| value.parse::<usize>().ok();
+        match pair.split_once('=') {
+            Some(("offset", value)) => offset = number(value).unwrap_or(offset),
+            Some(("limit", value)) => limit = number(value).unwrap_or(limit),
+            _ => {}
+        }
+    }
+    (offset, limit.min(MAX_PAGE))
 }
 
 fn wants_prometheus<B>(request: &Request<B>) -> bool {
@@ -230,9 +277,24 @@ fn prometheus_text(health: &HealthSnapshot, healthy: bool, detailed: bool) -> St
     let header = |out: &mut String, Metric { name, help }: Metric| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
     };
-    for (metric, value) in gauges {
+    header(&mut out, metrics::CERTIFICATES);
+    for level in AlertLevel::ALL {
+        let (name, count) = (metrics::CERTIFICATES.name, health.alerts.at(level));
+        let _ = writeln!(out, "{name}{{alert=\"{level}\"}} {count}");
+    }
+    if let Some(soonest) = health.soonest_expiry {
+        header(&mut out, metrics::SOONEST_EXPIRY);
+        let name = metrics::SOONEST_EXPIRY.name;
+        let _ = writeln!(out, "{name} {}", unix_seconds(soonest));
+    }
+    // Per slot only if the page holds every serving slot.
+    let per_slot = match health.next_offset {
+        None => &health.certificates[..],
+        Some(_) => &[],
+    };
+    for (metric, value) in gauges.into_iter().filter(|_| !per_slot.is_empty()) {
         header(&mut out, metric);
-        for (index, cert) in health.certificates.iter().enumerate() {
+        for (index, cert) in per_slot.iter().enumerate() {
             let slot = match detailed {
                 true => label(&cert.slot),
                 false => index.to_string(),
@@ -241,7 +303,7 @@ fn prometheus_text(health: &HealthSnapshot, healthy: bool, detailed: bool) -> St
         }
     }
     header(&mut out, metrics::UNSERVED);
-    let _ = writeln!(out, "{} {}", metrics::UNSERVED.name, health.unserved.len());
+    let _ = writeln!(out, "{} {}", metrics::UNSERVED.name, health.unserved_count);
     header(&mut out, metrics::HEALTHY);
     let _ = writeln!(out, "{} {}", metrics::HEALTHY.name, u8::from(healthy));
     out

@@ -147,7 +147,7 @@ impl<S: CertSource> Task<S> {
             return;
         };
         let level = AlertLevel::at(&cert, now, renew_at);
-        self.store.events().serving(&self.slot, &cert, level);
+        self.store.report_level(&self.slot, &cert, level);
         let repeat_due = self
             .last_alert
             .is_some_and(|t| t + self.alert_repeat <= Instant::now());
@@ -213,18 +213,12 @@ impl<S: CertSource> Task<S> {
     /// short-lived certificate gets several attempts before it expires
     /// however long the outage, and retries come sooner as expiry nears.
     fn failed(&mut self, retry_after: Option<Duration>) {
-        let exp = self.retry_min.saturating_mul(1u32 << self.failures.min(20));
-        let jittered = exp.min(self.retry_max).mul_f64(0.5 + 0.5 * fastrand::f64());
-        // A CA or source asking for a longer wait is taken as asking for a day.
-        let retry_after = retry_after
-            .unwrap_or_default()
-            .min(crate::clock::MAX_RETRY_AFTER);
-        let mut delay = jittered.max(retry_after);
-        if let Some(cert) = self.current() {
-            let now = self.store.clock().now();
-            let remaining = cert.not_after.duration_since(now).unwrap_or_default();
-            delay = delay.min((remaining / 8).max(self.retry_min));
-        }
+        let now = self.store.clock().now();
+        let remaining = self
+            .current()
+            .map(|cert| cert.not_after.duration_since(now).unwrap_or_default());
+        let range = (self.retry_min, self.retry_max);
+        let delay = renewal::retry_delay(self.failures, range, retry_after, remaining);
         self.failures = self.failures.saturating_add(1);
         self.retry_at = Some(crate::clock::instant_in(delay));
         tracing::debug!(target: "certrotate", slot = %self.slot, retry_in = ?delay, failures = self.failures, "rotation will be retried");

@@ -37,7 +37,7 @@ mod notice;
 pub(crate) mod settle;
 
 use crate::sync::lock;
-pub(crate) use settle::{spawn_settle, Wakeups, Watched, MAX_BUSY_WINDOWS};
+pub(crate) use settle::{spawn_settle, Wake, Wakeups, Watched, MAX_BUSY_WINDOWS};
 
 /// A read that takes longer than this (a hung NFS server) is reported as an
 /// error; the rotator carries on and retries, and change detection looks
@@ -281,20 +281,31 @@ struct Contents {
 }
 
 /// One reading of the files: what a fetch would return now.
-struct Loaded {
-    fingerprint: Fingerprint,
-    bundle: Result<CertBundle, SourceError>,
-    warning: Option<SourceWarning>,
+pub(crate) struct Loaded {
+    pub(crate) fingerprint: Fingerprint,
+    pub(crate) bundle: Result<CertBundle, SourceError>,
+    pub(crate) warning: Option<SourceWarning>,
     /// Whether the files or their directories changed within the grace
     /// period: only then may the rest of an update still be on its way.
-    recent: bool,
+    pub(crate) recent: bool,
 }
 
 impl Loaded {
+    /// A reading that could not be made.
+    pub(crate) fn failed(error: SourceError) -> Self {
+        let bundle = Err(error);
+        Self {
+            fingerprint: settle::fingerprint(&bundle, |_, _| {}),
+            bundle,
+            warning: None,
+            recent: false,
+        }
+    }
+
     /// Whether this looks like a whole pair rather than one caught between
     /// its two halves: it parses and the key belongs to the certificate (or
     /// fails for a reason a pending write cannot explain).
-    fn whole(&self) -> bool {
+    pub(crate) fn whole(&self) -> bool {
         match &self.bundle {
             Ok(bundle) => !bundle.key_mismatches(),
             Err(SourceError::Bundle { .. } | SourceError::Read { .. }) => false,
@@ -425,7 +436,7 @@ impl Files {
         }
     }
 
-    fn paths(&self) -> Vec<&Path> {
+    pub(crate) fn paths(&self) -> Vec<&Path> {
         match self {
             Self::Pair { cert, key } => vec![cert, key],
             Self::Combined(path) => vec![path],
@@ -433,9 +444,9 @@ impl Files {
     }
 }
 
-impl Shared {
-    fn describe(&self) -> String {
-        match &self.files {
+impl Files {
+    pub(crate) fn describe(&self) -> String {
+        match self {
             Files::Pair { cert, key } => {
                 format!("files {} + {}", cert.display(), key.display())
             }
@@ -444,13 +455,13 @@ impl Shared {
     }
 
     /// Reads the files as they are now.
-    fn read(&self) -> Result<Contents, SourceError> {
+    fn read(&self, options: &FileOptions) -> Result<Contents, SourceError> {
         let read = |path: &Path| {
-            self.options
+            options
                 .read(|| self.describe(), path)
                 .map(|c| (c.bytes, c.metadata))
         };
-        let (cert, key, metadata) = match &self.files {
+        let (cert, key, metadata) = match self {
             Files::Pair { cert, key } => {
                 let (cert, _) = read(cert)?;
                 let (key, metadata) = read(key)?;
@@ -468,9 +479,10 @@ impl Shared {
         })
     }
 
-    /// Reads and parses the files, and checks the key file's permissions.
-    fn load(&self) -> Loaded {
-        let contents = self.read();
+    /// Reads and parses the files, and checks the key file's permissions
+    /// (blocking).
+    pub(crate) fn load(&self, options: &FileOptions) -> Loaded {
+        let contents = self.read(options);
         let fingerprint = fingerprint(&contents);
         let warning = contents
             .as_ref()
@@ -478,17 +490,17 @@ impl Shared {
             .and_then(|c| c.key_mode)
             .filter(|mode| mode & 0o077 != 0)
             .map(|mode| SourceWarning::KeyFileExposed {
-                path: self.files.key().to_owned(),
+                path: self.key().to_owned(),
                 mode,
             });
         let bundle = contents.and_then(|contents| {
-            if let Some(warning) = warning.clone().filter(|_| self.options.strict_permissions) {
+            if let Some(warning) = warning.clone().filter(|_| options.strict_permissions) {
                 return Err(SourceError::Insecure {
                     from: self.describe(),
                     warning,
                 });
             }
-            let bundle = match &self.files {
+            let bundle = match self {
                 Files::Pair { .. } => CertBundle::from_pem(&contents.cert, &contents.key),
                 Files::Combined(_) => CertBundle::from_combined_pem(&contents.key),
             };
@@ -500,7 +512,7 @@ impl Shared {
             fingerprint,
             bundle,
             warning,
-            recent: self.changed_within(self.options.grace),
+            recent: self.changed_within(options.grace),
         }
     }
 
@@ -508,7 +520,7 @@ impl Shared {
     /// modified less than `window` ago (or in the future: clock skew).
     fn changed_within(&self, window: Duration) -> bool {
         let since = std::time::SystemTime::now() - window;
-        self.files.paths().into_iter().any(|path| {
+        self.paths().into_iter().any(|path| {
             let parent = path.parent().unwrap_or(Path::new("/"));
             [
                 std::fs::metadata(path),
@@ -519,6 +531,16 @@ impl Shared {
             .filter_map(|m| m.ok()?.modified().ok())
             .any(|modified| modified >= since)
         })
+    }
+}
+
+impl Shared {
+    fn describe(&self) -> String {
+        self.files.describe()
+    }
+
+    fn load(&self) -> Loaded {
+        self.files.load(&self.options)
     }
 
     /// Whether this is what the last fetch read, or what the settle task

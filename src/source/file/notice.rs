@@ -17,7 +17,7 @@
 //! [`CertDirectory`]: super::CertDirectory
 //! [`FileSource`]: super::FileSource
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -25,6 +25,10 @@ use crate::sync::lock;
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::watch;
+
+/// How many changed paths a directory's subscription keeps before it asks
+/// for a rescan instead (a flood of new names cannot grow it further).
+const MAX_CHANGED: usize = 65_536;
 
 /// How many symlinks are followed from a configured path before giving up
 /// (the kernel's own limit is 40).
@@ -54,7 +58,28 @@ struct Subscriber {
     dirs: Mutex<Vec<PathBuf>>,
     /// The paths whose changes concern it, or `None` for anything in `dirs`.
     entries: Mutex<Option<Vec<PathBuf>>>,
+    /// What changed since the owner last asked, for owners that ask.
+    changed: Mutex<Option<Changes>>,
     ticks: watch::Sender<u64>,
+}
+
+/// The paths events named since the last look, or that everything must be
+/// looked at again (the watcher lost events, or too many paths changed).
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    pub(crate) paths: HashSet<PathBuf>,
+    pub(crate) rescan: bool,
+}
+
+impl Changes {
+    fn add(&mut self, paths: &[PathBuf], rescan: bool) {
+        if rescan || self.rescan || self.paths.len() + paths.len() > MAX_CHANGED {
+            self.rescan = true;
+            self.paths = HashSet::new();
+            return;
+        }
+        self.paths.extend(paths.iter().cloned());
+    }
 }
 
 /// One source's interest in some directories. Dropping it stops the
@@ -109,6 +134,7 @@ impl Hub {
         let me = Arc::new(Subscriber {
             dirs: Mutex::default(),
             entries: Mutex::default(),
+            changed: Mutex::default(),
             ticks,
         });
         let mut routes = lock(&self.inner.routes);
@@ -147,6 +173,22 @@ impl Subscription {
         dirs.dedup();
         *lock(&self.me.entries) = None;
         self.set_dirs(dirs);
+    }
+
+    /// Keeps the paths events name from now on, for [`take_changes`](Self::take_changes).
+    pub(crate) fn collect_changes(&self) {
+        lock(&self.me.changed).get_or_insert_with(Changes::default);
+    }
+
+    /// What changed since the last call (or since [`collect_changes`](Self::collect_changes)).
+    pub(crate) fn take_changes(&self) -> Changes {
+        match &mut *lock(&self.me.changed) {
+            Some(changes) => std::mem::take(changes),
+            None => Changes {
+                rescan: true,
+                ..Changes::default()
+            },
+        }
     }
 
     fn set_dirs(&self, dirs: Vec<PathBuf>) {
@@ -228,6 +270,9 @@ fn route(routes: &Routes, event: notify::Result<Event>) {
     for subscriber in routes.subscribers.iter().filter_map(Weak::upgrade) {
         let touched = everyone || concerns(&subscriber, &event.paths);
         if touched {
+            if let Some(changes) = &mut *lock(&subscriber.changed) {
+                changes.add(&event.paths, everyone);
+            }
             subscriber.ticks.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
@@ -354,6 +399,7 @@ mod tests {
             let me = Subscriber {
                 dirs: Mutex::new(vec![real.clone()]),
                 entries: Mutex::new(None),
+                changed: Mutex::default(),
                 ticks: watch::channel(0).0,
             };
             if let Some(files) = files {

@@ -64,6 +64,15 @@ pub(crate) fn spawn_settle<W: Watched>(watched: &Arc<W>, gone: watch::Receiver<(
     tokio::spawn(settle_loop(Arc::downgrade(watched), wakeups));
 }
 
+/// Why a [`Wakeups`] woke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// A file-system event.
+    Event,
+    /// The poll interval passed.
+    Poll,
+}
+
 /// Where a settle task learns that something may have changed.
 pub(crate) struct Wakeups {
     events: Option<(Arc<Subscription>, watch::Receiver<u64>)>,
@@ -101,6 +110,12 @@ impl Wakeups {
 
     /// Waits for an event or the next poll. `false` once the owner is gone.
     pub(crate) async fn next(&mut self) -> bool {
+        self.next_wake().await.is_some()
+    }
+
+    /// Waits for an event or the next poll, and says which; `None` once the
+    /// owner is gone.
+    pub(crate) async fn next_wake(&mut self) -> Option<Wake> {
         let poll = async {
             match self.poll {
                 Some(every) => tokio::time::sleep(every).await,
@@ -116,9 +131,9 @@ impl Wakeups {
             std::future::pending().await
         };
         tokio::select! {
-            _ = self.gone.changed() => false,
-            () = event => true,
-            () = poll => true,
+            _ = self.gone.changed() => None,
+            () = event => Some(Wake::Event),
+            () = poll => Some(Wake::Poll),
         }
     }
 

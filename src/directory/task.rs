@@ -1,0 +1,697 @@
+//! The one task that follows a [`CertDirectory`](super::CertDirectory):
+//! it lists the directory, hears which entries changed, reads and validates
+//! the pairs they belong to (and only those), retries failed pairs, and
+//! watches the alert levels of what serves.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::bundle::CertInfo;
+use crate::events::{RotationEvent, Trigger};
+use crate::health::AlertLevel;
+use crate::metrics::Outcome;
+use crate::policy::{Policy, ValidatedCert, ValidationError};
+use crate::read::OneAtATime;
+use crate::renewal;
+use crate::source::file::{
+    FileOptions, Files, Fingerprint, Loaded, Wake, Wakeups, MAX_BUSY_WINDOWS, READ_TIMEOUT,
+};
+use crate::source::{SourceError, SourceWarning};
+use crate::store::CertStore;
+use crate::sync::lock;
+
+/// Pairs read in one turn of the blocking reader: a hung file system holds
+/// up at most this many before they are reported and retried.
+const READ_BATCH: usize = 512;
+
+/// The longest the task sleeps before looking at the wall clock again.
+const MAX_SLEEP: Duration = Duration::from_secs(300);
+
+pub(super) struct DirTask {
+    dir: PathBuf,
+    describe: String,
+    policy: Policy,
+    options: FileOptions,
+    store: CertStore,
+    retry: (Duration, Duration),
+    wakeups: Wakeups,
+    pairs: BTreeMap<Arc<str>, Pair>,
+    /// Subdirectories watched beside the directory (cert-manager pairs, or
+    /// a directory where one may appear).
+    subdirs: BTreeSet<PathBuf>,
+    /// When to read a pair again: after a failure, or while it is caught
+    /// between its two halves.
+    retries: BTreeSet<(Instant, Arc<str>)>,
+    /// When a serving pair's alert level next changes.
+    checks: BTreeSet<(SystemTime, Arc<str>)>,
+    /// The pairs' names, for [`CertDirectory::pairs`](super::CertDirectory::pairs).
+    names: Arc<Mutex<BTreeSet<Arc<str>>>>,
+    reads: OneAtATime,
+}
+
+/// What the task keeps of one pair (its certificate is in the store).
+struct Pair {
+    files: Files,
+    /// The files' metadata at the last read: a poll reads again only the
+    /// pairs whose metadata changed.
+    stamp: u64,
+    /// What the last read found.
+    seen: Option<Fingerprint>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// Until when a pair caught between its halves is read again before its
+    /// error is reported.
+    grace_until: Option<Instant>,
+    warnings: Vec<SourceWarning>,
+    reported: AlertLevel,
+    check_at: Option<SystemTime>,
+}
+
+/// One pair as a blocking look found it.
+struct Look {
+    name: Arc<str>,
+    /// `None`: the pair is gone.
+    found: Option<(Files, u64, Option<Loaded>)>,
+}
+
+/// What became of one candidate.
+enum Verdict {
+    Unchanged,
+    Failed(SourceError),
+    Refused(ValidationError),
+    Valid(ValidatedCert),
+}
+
+impl DirTask {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        dir: PathBuf,
+        describe: String,
+        policy: Policy,
+        options: FileOptions,
+        store: CertStore,
+        retry: (Duration, Duration),
+        wakeups: Wakeups,
+        names: Arc<Mutex<BTreeSet<Arc<str>>>>,
+    ) -> Self {
+        if let Some(subscription) = wakeups.subscription() {
+            subscription.collect_changes();
+        }
+        Self {
+            dir,
+            describe,
+            policy,
+            options,
+            store,
+            retry,
+            wakeups,
+            pairs: BTreeMap::new(),
+            subdirs: BTreeSet::new(),
+            retries: BTreeSet::new(),
+            checks: BTreeSet::new(),
+            names,
+            reads: OneAtATime::default(),
+        }
+    }
+
+    /// Loads every pair present, waiting out the grace period of those
+    /// caught between their halves, so each has been tried on return.
+    pub(super) async fn start(&mut self) -> Result<(), SourceError> {
+        self.rescan(Trigger::Initial).await?;
+        loop {
+            let waiting: Vec<Arc<str>> = self
+                .pairs
+                .iter()
+                .filter(|(_, p)| p.grace_until.is_some())
+                .map(|(name, _)| name.clone())
+                .collect();
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(self.options.settle).await;
+            self.refresh(waiting, Trigger::Initial).await;
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        loop {
+            let now = self.store.clock().now();
+            let check = self.checks.first().map(|(at, _)| {
+                crate::clock::instant_in(at.duration_since(now).unwrap_or_default())
+            });
+            let retry = self.retries.first().map(|(at, _)| *at);
+            let cap = crate::clock::instant_in(MAX_SLEEP);
+            let deadline = [check, retry].into_iter().flatten().fold(cap, Instant::min);
+            tokio::select! {
+                wake = self.wakeups.next_wake() => match wake {
+                    None => return,
+                    Some(wake) => self.changed(wake).await,
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    self.retry_due().await;
+                    self.check_due().await;
+                }
+            }
+        }
+    }
+
+    /// Something changed: once the directory has been quiet for a settle
+    /// window (scanning is harmless, so not forever), reads the pairs the
+    /// events named, or everything on a poll or a lost event.
+    async fn changed(&mut self, wake: Wake) {
+        for _ in 0..MAX_BUSY_WINDOWS {
+            if !self.wakeups.event_within(self.options.settle).await {
+                break;
+            }
+        }
+        let changes = match self.wakeups.subscription() {
+            Some(subscription) => subscription.take_changes(),
+            None => Default::default(),
+        };
+        if wake == Wake::Poll || changes.rescan || self.wakeups.subscription().is_none() {
+            if let Err(error) = self.rescan(Trigger::SourceChanged).await {
+                tracing::warn!(target: "certrotate", "{error}; its pairs keep serving");
+            }
+            return;
+        }
+        let names: BTreeSet<Arc<str>> = changes
+            .paths
+            .iter()
+            .filter_map(|path| pair_of(&self.dir, path))
+            .collect();
+        self.refresh(names.into_iter().collect(), Trigger::SourceChanged)
+            .await;
+    }
+
+    async fn retry_due(&mut self) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while let Some((at, _)) = self.retries.first() {
+            if *at > now {
+                break;
+            }
+            let (_, name) = self.retries.pop_first().expect("just seen");
+            if let Some(pair) = self.pairs.get_mut(&name) {
+                pair.retry_at = None;
+            }
+            due.push(name);
+        }
+        if !due.is_empty() {
+            self.refresh(due, Trigger::Retry).await;
+        }
+    }
+
+    /// Reports the alert levels that changed, with an expiry warning when
+    /// one got worse; a pair overdue for renewal is read again (an update
+    /// whose event was lost).
+    async fn check_due(&mut self) {
+        let now = self.store.clock().now();
+        let mut overdue = Vec::new();
+        while let Some((at, _)) = self.checks.first() {
+            if *at > now {
+                break;
+            }
+            let (_, name) = self.checks.pop_first().expect("just seen");
+            let Some(cert) = self.store.current(&name) else {
+                continue;
+            };
+            let level = self.schedule_check(&name, &cert, now);
+            let pair = self.pairs.get_mut(&name).expect("checked pairs exist");
+            if level > pair.reported {
+                self.store.events().emit(RotationEvent::ExpiryWarning {
+                    slot: name.clone(),
+                    remaining: cert.not_after.duration_since(now).unwrap_or_default(),
+                    cert: cert.clone(),
+                    level,
+                });
+            }
+            pair.reported = level;
+            if level > AlertLevel::Ok {
+                overdue.push(name);
+            }
+        }
+        if !overdue.is_empty() {
+            self.refresh(overdue, Trigger::Schedule).await;
+        }
+    }
+
+    /// Reports `cert`'s level in `name` and plans the next look at it.
+    fn schedule_check(&mut self, name: &Arc<str>, cert: &CertInfo, now: SystemTime) -> AlertLevel {
+        let renew_at = renewal::at_fraction(cert, renewal::DEFAULT_FRACTION, 0.0, 0.0);
+        let level = AlertLevel::at(cert, now, renew_at);
+        self.store.report_level(name, cert, level);
+        let next = AlertLevel::next_change(cert, renew_at, now);
+        if let Some(pair) = self.pairs.get_mut(name) {
+            if let Some(old) = pair.check_at.take() {
+                self.checks.remove(&(old, name.clone()));
+            }
+            if let Some(next) = next {
+                self.checks.insert((next, name.clone()));
+                pair.check_at = Some(next);
+            }
+        }
+        level
+    }
+
+    /// Lists the directory: pairs that appeared are loaded, pairs that left
+    /// are removed, and pairs whose files' metadata changed are read again.
+    async fn rescan(&mut self, trigger: Trigger) -> Result<(), SourceError> {
+        let dir = self.dir.clone();
+        let listed = crate::sync::blocking(move || scan(&dir))
+            .await
+            .and_then(|listed| listed)
+            .map_err(|source| SourceError::Read {
+                from: self.describe.clone(),
+                path: self.dir.clone(),
+                source: Arc::new(source),
+            })?;
+        let (found, subdirs) = listed;
+        self.watch(subdirs);
+        let gone: Vec<Arc<str>> = self
+            .pairs
+            .keys()
+            .filter(|name| !found.contains_key(&***name))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.forget(&name);
+        }
+        let stamps = {
+            let found: Vec<(String, Files)> = found.into_iter().collect();
+            crate::sync::blocking(move || {
+                found
+                    .into_iter()
+                    .map(|(name, files)| {
+                        let stamp = stamp(&files);
+                        (name, stamp)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default()
+        };
+        let changed = stamps
+            .into_iter()
+            .filter(|(name, stamp)| {
+                self.pairs
+                    .get(name.as_str())
+                    .is_none_or(|p| p.stamp != *stamp)
+            })
+            .map(|(name, _)| Arc::from(name))
+            .collect();
+        self.refresh(changed, trigger).await;
+        Ok(())
+    }
+
+    /// Watches the directory and these subdirectories.
+    fn watch(&mut self, subdirs: BTreeSet<PathBuf>) {
+        if subdirs == self.subdirs && !self.subdirs.is_empty() {
+            return;
+        }
+        self.subdirs = subdirs;
+        if let Some(subscription) = self.wakeups.subscription() {
+            let mut dirs: Vec<PathBuf> = self.subdirs.iter().cloned().collect();
+            dirs.push(self.dir.clone());
+            subscription.watch_dirs(&dirs);
+        }
+    }
+
+    /// Reads the pairs `names` (found where they are now), then validates
+    /// and installs what changed, on every core.
+    async fn refresh(&mut self, names: Vec<Arc<str>>, trigger: Trigger) {
+        let mut looks = Vec::with_capacity(names.len());
+        for batch in names.chunks(READ_BATCH) {
+            looks.extend(self.look(batch.to_vec()).await);
+        }
+        // New subdirectories are watched (a pair's files may come later).
+        let mut subdirs = self.subdirs.clone();
+        for name in &names {
+            let sub = self.dir.join(&**name);
+            match sub.is_dir() && !name.starts_with('.') {
+                true => subdirs.insert(sub),
+                false => subdirs.remove(&sub),
+            };
+        }
+        self.watch(subdirs);
+
+        let now_instant = Instant::now();
+        let mut candidates = Vec::new();
+        for Look { name, found } in looks {
+            let Some((files, stamp, loaded)) = found else {
+                self.forget(&name);
+                continue;
+            };
+            let pair = self.pairs.entry(name.clone()).or_insert_with(|| {
+                lock(&self.names).insert(name.clone());
+                // Slots are made in name order (the order looked at), so
+                // the first pair by name is the default.
+                self.store.add_slot(&name);
+                Pair::new(files.clone())
+            });
+            pair.files = files;
+            pair.stamp = stamp;
+            let Some(loaded) = loaded else {
+                continue;
+            };
+            let same = pair.seen == Some(loaded.fingerprint);
+            if same && trigger != Trigger::Retry && trigger != Trigger::Initial {
+                continue;
+            }
+            pair.seen = Some(loaded.fingerprint);
+            // Caught between its two halves: read again once it settles,
+            // until the grace period ends.
+            if !loaded.whole() && loaded.recent {
+                let until = *pair
+                    .grace_until
+                    .get_or_insert(now_instant + self.options.grace);
+                if now_instant < until {
+                    let at = now_instant + self.options.settle;
+                    self.plan_retry(&name, at);
+                    continue;
+                }
+            }
+            self.pairs.get_mut(&name).expect("inserted").grace_until = None;
+            self.note_warnings(&name, loaded.warning);
+            candidates.push((name, loaded.bundle));
+        }
+        let verdicts = self.validate(candidates, trigger).await;
+        for (name, verdict) in verdicts {
+            self.apply(name, verdict);
+        }
+    }
+
+    /// Finds and reads `names` on the blocking reader.
+    async fn look(&self, names: Vec<Arc<str>>) -> Vec<Look> {
+        let (dir, options) = (self.dir.clone(), self.options.clone());
+        let asked = names.clone();
+        let read = self.reads.run(READ_TIMEOUT, move || {
+            names
+                .into_iter()
+                .map(|name| {
+                    let found = locate(&dir, &name).map(|files| {
+                        let stamp = stamp(&files);
+                        let loaded = files.load(&options);
+                        (files, stamp, Some(loaded))
+                    });
+                    Look { name, found }
+                })
+                .collect()
+        });
+        match read.await {
+            Ok(looks) => looks,
+            Err(stuck) => {
+                // A hung file system: the pairs known keep serving and are
+                // reported, and read again later.
+                asked
+                    .into_iter()
+                    .filter_map(|name| {
+                        let pair = self.pairs.get(&name)?;
+                        let error =
+                            stuck.into_source_error(pair.files.describe(), self.dir.join(&*name));
+                        let loaded = Loaded::failed(error);
+                        let found = Some((pair.files.clone(), pair.stamp, Some(loaded)));
+                        Some(Look { name, found })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Emits the attempts, and validates the candidates that differ from
+    /// what their slots serve, spread over the blocking pool.
+    async fn validate(
+        &self,
+        candidates: Vec<(Arc<str>, Result<crate::CertBundle, SourceError>)>,
+        trigger: Trigger,
+    ) -> Vec<(Arc<str>, Verdict)> {
+        let events = self.store.events();
+        let mut verdicts = Vec::new();
+        let mut work = Vec::new();
+        for (name, bundle) in candidates {
+            events.emit(RotationEvent::Attempted {
+                slot: name.clone(),
+                trigger,
+            });
+            let serving = self.store.current(&name);
+            match bundle {
+                Err(error) => verdicts.push((name, Verdict::Failed(error))),
+                Ok(bundle) => {
+                    let unchanged = serving.as_ref().is_some_and(|s| {
+                        s.fingerprint_sha256 == bundle.info().fingerprint_sha256
+                            && bundle.key_fits()
+                    });
+                    match unchanged {
+                        true => verdicts.push((name, Verdict::Unchanged)),
+                        false => work.push((name, bundle, serving)),
+                    }
+                }
+            }
+        }
+        let lanes = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let per_lane = work.len().div_ceil(lanes).max(1);
+        let now = self.store.clock().now();
+        let mut running = tokio::task::JoinSet::new();
+        let mut work = work.into_iter();
+        loop {
+            let lane: Vec<_> = work.by_ref().take(per_lane).collect();
+            if lane.is_empty() {
+                break;
+            }
+            let policy = self.policy.clone();
+            running.spawn(crate::sync::blocking(move || {
+                lane.into_iter()
+                    .map(|(name, bundle, serving)| {
+                        let verdict =
+                            match policy.validate_replacing(&bundle, serving.as_deref(), now) {
+                                Ok(valid) => Verdict::Valid(valid),
+                                Err(error) => Verdict::Refused(error),
+                            };
+                        (name, verdict)
+                    })
+                    .collect::<Vec<_>>()
+            }));
+        }
+        while let Some(done) = running.join_next().await {
+            // A lane that did not finish (the runtime is shutting down) is
+            // dropped: its pairs are read again at the next change.
+            if let Ok(Ok(lane)) = done {
+                verdicts.extend(lane);
+            }
+        }
+        verdicts
+    }
+
+    /// Installs a valid candidate, or reports why not and plans a retry.
+    fn apply(&mut self, name: Arc<str>, verdict: Verdict) {
+        let events = self.store.events().clone();
+        let outcome = match verdict {
+            Verdict::Unchanged => {
+                self.store.record_success(&name);
+                Outcome::Unchanged
+            }
+            Verdict::Valid(valid) => {
+                let info = valid.info.clone();
+                self.store.install(&name, valid);
+                let now = self.store.clock().now();
+                let level = self.schedule_check(&name, &info, now);
+                if let Some(pair) = self.pairs.get_mut(&name) {
+                    pair.reported = level;
+                }
+                Outcome::Rotated
+            }
+            Verdict::Failed(error) => {
+                self.store
+                    .record_failure(&name, error.code(), error.to_string());
+                let outcome = Outcome::Failed(error.code());
+                events.emit(RotationEvent::SourceFailed {
+                    slot: name.clone(),
+                    error,
+                });
+                outcome
+            }
+            Verdict::Refused(error) => {
+                let code = error.reason().code();
+                self.store.record_failure(&name, code, error.to_string());
+                events.emit(RotationEvent::Refused {
+                    slot: name.clone(),
+                    error: Arc::new(error),
+                });
+                Outcome::Refused(code)
+            }
+        };
+        events.attempted(&name, "file", outcome);
+        let Some(pair) = self.pairs.get_mut(&name) else {
+            return;
+        };
+        match outcome {
+            Outcome::Rotated | Outcome::Unchanged => pair.failures = 0,
+            Outcome::Failed(_) | Outcome::Refused(_) => {
+                let now = self.store.clock().now();
+                let remaining = self
+                    .store
+                    .current(&name)
+                    .map(|c| c.not_after.duration_since(now).unwrap_or_default());
+                let delay = renewal::retry_delay(pair.failures, self.retry, None, remaining);
+                pair.failures = pair.failures.saturating_add(1);
+                self.plan_retry(&name, Instant::now() + delay);
+            }
+        }
+    }
+
+    fn plan_retry(&mut self, name: &Arc<str>, at: Instant) {
+        let Some(pair) = self.pairs.get_mut(name) else {
+            return;
+        };
+        if let Some(old) = pair.retry_at.replace(at) {
+            self.retries.remove(&(old, name.clone()));
+        }
+        self.retries.insert((at, name.clone()));
+    }
+
+    /// Records a pair's warning in health, with an event when it is new.
+    fn note_warnings(&mut self, name: &Arc<str>, warning: Option<SourceWarning>) {
+        let warnings: Vec<SourceWarning> = warning.into_iter().collect();
+        let pair = self.pairs.get_mut(name).expect("read pairs exist");
+        if warnings == pair.warnings {
+            return;
+        }
+        let shown = warnings.iter().map(ToString::to_string).collect();
+        self.store.set_warnings(name, shown);
+        for warning in warnings.iter().filter(|w| !pair.warnings.contains(w)) {
+            self.store.events().emit(RotationEvent::Warning {
+                slot: name.clone(),
+                warning: warning.clone(),
+            });
+        }
+        pair.warnings = warnings;
+    }
+
+    /// The pair `name` left the directory: its slot goes.
+    fn forget(&mut self, name: &Arc<str>) {
+        let Some(pair) = self.pairs.remove(name) else {
+            return;
+        };
+        if let Some(at) = pair.retry_at {
+            self.retries.remove(&(at, name.clone()));
+        }
+        if let Some(at) = pair.check_at {
+            self.checks.remove(&(at, name.clone()));
+        }
+        lock(&self.names).remove(name);
+        self.store.remove(name);
+    }
+}
+
+impl Pair {
+    fn new(files: Files) -> Self {
+        Self {
+            files,
+            stamp: 0,
+            seen: None,
+            failures: 0,
+            retry_at: None,
+            grace_until: None,
+            warnings: Vec::new(),
+            reported: AlertLevel::Ok,
+            check_at: None,
+        }
+    }
+}
+
+/// The pair a changed path belongs to: `<name>.crt`, `<name>.key` or the
+/// subdirectory `<name>` (or an entry in it).
+fn pair_of(dir: &Path, path: &Path) -> Option<Arc<str>> {
+    let (parent, name) = (path.parent()?, path.file_name()?.to_str()?);
+    let name = if parent == dir {
+        name.strip_suffix(".crt")
+            .or_else(|| name.strip_suffix(".key"))
+            .unwrap_or(name)
+    } else if parent.parent() == Some(dir) {
+        parent.file_name()?.to_str()?
+    } else {
+        return None;
+    };
+    (!name.starts_with('.') && !name.is_empty()).then(|| Arc::from(name))
+}
+
+/// Where pair `name` is now: a flat `<name>.crt` + `<name>.key` (either
+/// present), else `<name>/tls.crt` + `<name>/tls.key` (either present).
+fn locate(dir: &Path, name: &str) -> Option<Files> {
+    let flat = Files::Pair {
+        cert: dir.join(format!("{name}.crt")),
+        key: dir.join(format!("{name}.key")),
+    };
+    let sub = dir.join(name);
+    let nested = Files::Pair {
+        cert: sub.join("tls.crt"),
+        key: sub.join("tls.key"),
+    };
+    [flat, nested]
+        .into_iter()
+        .find(|files| files.paths().iter().any(|p| p.exists()))
+}
+
+/// The pairs in `dir`, by name, and its subdirectories.
+fn scan(dir: &Path) -> std::io::Result<(BTreeMap<String, Files>, BTreeSet<PathBuf>)> {
+    let (mut pairs, mut subdirs) = (BTreeMap::new(), BTreeSet::new());
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        // `is_dir` follows symlinks: a mounted secret may be one.
+        if path.is_dir() {
+            subdirs.insert(path.clone());
+            let (cert, key) = (path.join("tls.crt"), path.join("tls.key"));
+            if cert.exists() || key.exists() {
+                pairs
+                    .entry(name.to_owned())
+                    .or_insert(Files::Pair { cert, key });
+            }
+        } else if let Some(stem) = name
+            .strip_suffix(".crt")
+            .or_else(|| name.strip_suffix(".key"))
+        {
+            // A flat pair wins over a subdirectory of the same name.
+            pairs.insert(
+                stem.to_owned(),
+                Files::Pair {
+                    cert: dir.join(format!("{stem}.crt")),
+                    key: dir.join(format!("{stem}.key")),
+                },
+            );
+        }
+    }
+    Ok((pairs, subdirs))
+}
+
+/// The files' metadata (size, times, inode; following symlinks, which a
+/// Kubernetes secret swap changes), hashed: what a poll compares.
+fn stamp(files: &Files) -> u64 {
+    let mut hash = std::hash::DefaultHasher::new();
+    for path in files.paths() {
+        match std::fs::metadata(path) {
+            Ok(meta) => {
+                meta.len().hash(&mut hash);
+                meta.modified().ok().hash(&mut hash);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::MetadataExt;
+                    (meta.ino(), meta.dev(), meta.ctime(), meta.ctime_nsec()).hash(&mut hash);
+                }
+            }
+            Err(error) => error.kind().hash(&mut hash),
+        }
+    }
+    // Never 0, the stamp of a pair not read yet.
+    hash.finish() | 1
+}
