@@ -695,3 +695,26 @@ fn stamp(files: &Files) -> u64 {
     // Never 0, the stamp of a pair not read yet.
     hash.finish() | 1
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_path_names_its_pair() {
+        let dir = Path::new("/sites");
+        let of = |path: &str| pair_of(dir, Path::new(path)).map(|n| n.to_string());
+        assert_eq!(of("/sites/a.crt").as_deref(), Some("a"));
+        assert_eq!(of("/sites/a.key").as_deref(), Some("a"));
+        // A cert-manager directory, an entry in it, its `..data` swap.
+        assert_eq!(of("/sites/b").as_deref(), Some("b"));
+        assert_eq!(of("/sites/b/tls.crt").as_deref(), Some("b"));
+        assert_eq!(of("/sites/b/..data").as_deref(), Some("b"));
+        // Hidden entries (temporary files of atomic writes), and paths
+        // outside the directory, name no pair.
+        assert_eq!(of("/sites/.a.crt.tmp"), None);
+        assert_eq!(of("/sites/.b/tls.crt"), None);
+        assert_eq!(of("/elsewhere/a.crt"), None);
+        assert_eq!(of("/sites/b/c/tls.crt"), None);
+    }
+}

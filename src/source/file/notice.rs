@@ -5,16 +5,17 @@
 //!
 //! A [`FileSource`] is woken only by events on its own entries (its files,
 //! the symlinks on their way, the directories those live in), not by every
-//! event in a directory it shares: in a [`CertDirectory`] of N pairs a change
-//! to one pair wakes that pair, not N of them. A [`CertDirectory`] itself
-//! hears everything in its directory (a new pair may appear under any name).
+//! event in a directory it shares. A [`CertDirectory`] hears everything in
+//! its directory (a new pair may appear under any name) and is handed the
+//! paths that changed ([`Subscription::take_changes`]), so that it re-reads
+//! only the pairs they belong to.
 //!
 //! Sources watch *directories*, never the files themselves: an atomic rename,
 //! an editor's replace-by-new-file and the Kubernetes `..data` symlink swap
 //! all change the directory entry, and a watch on the old file would go
 //! silent after the first of them.
 //!
-//! [`CertDirectory`]: super::CertDirectory
+//! [`CertDirectory`]: crate::CertDirectory
 //! [`FileSource`]: super::FileSource
 
 use std::collections::{HashMap, HashSet};
@@ -432,5 +433,20 @@ mod tests {
         route(&routes, event(real.clone()));
         assert_eq!((*a.ticks.borrow(), *b.ticks.borrow()), (2, 101));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_flood_of_changed_paths_becomes_one_rescan() {
+        let mut changes = Changes::default();
+        changes.add(&[PathBuf::from("/d/a.crt")], false);
+        assert_eq!(changes.paths.len(), 1);
+        let flood: Vec<PathBuf> = (0..MAX_CHANGED)
+            .map(|i| PathBuf::from(format!("/d/{i}")))
+            .collect();
+        changes.add(&flood, false);
+        assert!(changes.rescan && changes.paths.is_empty());
+        // Stays a rescan, and small, until taken.
+        changes.add(&flood[..10], false);
+        assert!(changes.rescan && changes.paths.is_empty());
     }
 }
