@@ -44,6 +44,8 @@ pub(super) struct DirTask {
     /// Subdirectories watched beside the directory (cert-manager pairs, or
     /// a directory where one may appear).
     subdirs: BTreeSet<PathBuf>,
+    /// Whether the watches were set up.
+    watching: bool,
     /// When to read a pair again: after a failure, or while it is caught
     /// between its two halves.
     retries: BTreeSet<(Instant, Arc<str>)>,
@@ -77,6 +79,8 @@ struct Look {
     name: Arc<str>,
     /// `None`: the pair is gone.
     found: Option<(Files, u64, Option<Loaded>)>,
+    /// Whether a subdirectory of its name exists (to be watched).
+    subdir: bool,
 }
 
 /// What became of one candidate.
@@ -112,6 +116,7 @@ impl DirTask {
             wakeups,
             pairs: BTreeMap::new(),
             subdirs: BTreeSet::new(),
+            watching: false,
             retries: BTreeSet::new(),
             checks: BTreeSet::new(),
             names,
@@ -262,39 +267,40 @@ impl DirTask {
     /// are removed, and pairs whose files' metadata changed are read again.
     async fn rescan(&mut self, trigger: Trigger) -> Result<(), SourceError> {
         let dir = self.dir.clone();
-        let listed = crate::sync::blocking(move || scan(&dir))
-            .await
-            .and_then(|listed| listed)
-            .map_err(|source| SourceError::Read {
-                from: self.describe.clone(),
-                path: self.dir.clone(),
-                source: Arc::new(source),
-            })?;
-        let (found, subdirs) = listed;
-        self.watch(subdirs);
+        // Listing and stat-ing block (a hung NFS mount): the blocking reader.
+        let listed = self.reads.run(READ_TIMEOUT, move || {
+            let (found, subdirs) = scan(&dir)?;
+            let stamps: Vec<(String, u64)> = found
+                .iter()
+                .map(|(name, files)| (name.clone(), stamp(files)))
+                .collect();
+            Ok::<_, std::io::Error>((stamps, subdirs))
+        });
+        let read_error = |source: std::io::Error| SourceError::Read {
+            from: self.describe.clone(),
+            path: self.dir.clone(),
+            source: Arc::new(source),
+        };
+        let (stamps, subdirs) = match listed.await {
+            Ok(listed) => listed.map_err(read_error)?,
+            Err(stuck) => {
+                return Err(stuck.into_source_error(self.describe.clone(), self.dir.clone()))
+            }
+        };
+        if subdirs != self.subdirs || !self.watching {
+            self.subdirs = subdirs;
+            self.rewatch().await;
+        }
+        let listed: BTreeSet<&str> = stamps.iter().map(|(name, _)| name.as_str()).collect();
         let gone: Vec<Arc<str>> = self
             .pairs
             .keys()
-            .filter(|name| !found.contains_key(&***name))
+            .filter(|name| !listed.contains(&***name))
             .cloned()
             .collect();
         for name in gone {
             self.forget(&name);
         }
-        let stamps = {
-            let found: Vec<(String, Files)> = found.into_iter().collect();
-            crate::sync::blocking(move || {
-                found
-                    .into_iter()
-                    .map(|(name, files)| {
-                        let stamp = stamp(&files);
-                        (name, stamp)
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .unwrap_or_default()
-        };
         let changed = stamps
             .into_iter()
             .filter(|(name, stamp)| {
@@ -308,17 +314,17 @@ impl DirTask {
         Ok(())
     }
 
-    /// Watches the directory and these subdirectories.
-    fn watch(&mut self, subdirs: BTreeSet<PathBuf>) {
-        if subdirs == self.subdirs && !self.subdirs.is_empty() {
+    /// Watches the directory and its subdirectories (off the runtime:
+    /// watching looks the directories up).
+    async fn rewatch(&mut self) {
+        self.watching = true;
+        let Some(subscription) = self.wakeups.subscription() else {
             return;
-        }
-        self.subdirs = subdirs;
-        if let Some(subscription) = self.wakeups.subscription() {
-            let mut dirs: Vec<PathBuf> = self.subdirs.iter().cloned().collect();
-            dirs.push(self.dir.clone());
-            subscription.watch_dirs(&dirs);
-        }
+        };
+        let mut dirs: Vec<PathBuf> = self.subdirs.iter().cloned().collect();
+        dirs.push(self.dir.clone());
+        // The runtime shutting down: nothing left to watch for.
+        let _ = crate::sync::blocking(move || subscription.watch_dirs(&dirs)).await;
     }
 
     /// Reads the pairs `names` (found where they are now), then validates
@@ -329,19 +335,21 @@ impl DirTask {
             looks.extend(self.look(batch.to_vec()).await);
         }
         // New subdirectories are watched (a pair's files may come later).
-        let mut subdirs = self.subdirs.clone();
-        for name in &names {
-            let sub = self.dir.join(&**name);
-            match sub.is_dir() && !name.starts_with('.') {
-                true => subdirs.insert(sub),
-                false => subdirs.remove(&sub),
+        let mut rewatch = false;
+        for look in &looks {
+            let sub = self.dir.join(&*look.name);
+            rewatch |= match look.subdir {
+                true => self.subdirs.insert(sub),
+                false => self.subdirs.remove(&sub),
             };
         }
-        self.watch(subdirs);
+        if rewatch {
+            self.rewatch().await;
+        }
 
         let now_instant = Instant::now();
         let mut candidates = Vec::new();
-        for Look { name, found } in looks {
+        for Look { name, found, .. } in looks {
             let Some((files, stamp, loaded)) = found else {
                 self.forget(&name);
                 continue;
@@ -398,7 +406,13 @@ impl DirTask {
                         let loaded = files.load(&options);
                         (files, stamp, Some(loaded))
                     });
-                    Look { name, found }
+                    // `is_dir` follows symlinks: a mounted secret may be one.
+                    let subdir = dir.join(&*name).is_dir();
+                    Look {
+                        name,
+                        found,
+                        subdir,
+                    }
                 })
                 .collect()
         });
@@ -415,7 +429,12 @@ impl DirTask {
                             stuck.into_source_error(pair.files.describe(), self.dir.join(&*name));
                         let loaded = Loaded::failed(error);
                         let found = Some((pair.files.clone(), pair.stamp, Some(loaded)));
-                        Some(Look { name, found })
+                        let subdir = self.subdirs.contains(&self.dir.join(&*name));
+                        Some(Look {
+                            name,
+                            found,
+                            subdir,
+                        })
                     })
                     .collect()
             }
