@@ -1,6 +1,7 @@
 //! [`CertDirectory`]: a directory of certificate pairs, one store slot (and
 //! so one set of SNI names) per pair, all followed by one task.
 
+mod layout;
 mod task;
 
 use std::collections::BTreeSet;

@@ -4,8 +4,7 @@
 //! watches the alert levels of what serves.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +23,8 @@ use crate::source::file::{
 use crate::source::{SourceError, SourceWarning};
 use crate::store::CertStore;
 use crate::sync::lock;
+
+use super::layout::{locate, pair_of, scan, stamp};
 
 /// Pairs read in one turn of the blocking reader: a hung file system holds
 /// up at most this many before they are reported and retried.
@@ -619,121 +620,5 @@ impl Pair {
             reported: AlertLevel::Ok,
             check_at: None,
         }
-    }
-}
-
-/// The pair a changed path belongs to: `<name>.crt`, `<name>.key` or the
-/// subdirectory `<name>` (or an entry in it).
-fn pair_of(dir: &Path, path: &Path) -> Option<Arc<str>> {
-    let (parent, name) = (path.parent()?, path.file_name()?.to_str()?);
-    let name = if parent == dir {
-        name.strip_suffix(".crt")
-            .or_else(|| name.strip_suffix(".key"))
-            .unwrap_or(name)
-    } else if parent.parent() == Some(dir) {
-        parent.file_name()?.to_str()?
-    } else {
-        return None;
-    };
-    (!name.starts_with('.') && !name.is_empty()).then(|| Arc::from(name))
-}
-
-/// Where pair `name` is now: a flat `<name>.crt` + `<name>.key` (either
-/// present), else `<name>/tls.crt` + `<name>/tls.key` (either present).
-fn locate(dir: &Path, name: &str) -> Option<Files> {
-    let flat = Files::Pair {
-        cert: dir.join(format!("{name}.crt")),
-        key: dir.join(format!("{name}.key")),
-    };
-    let sub = dir.join(name);
-    let nested = Files::Pair {
-        cert: sub.join("tls.crt"),
-        key: sub.join("tls.key"),
-    };
-    [flat, nested]
-        .into_iter()
-        .find(|files| files.paths().iter().any(|p| p.exists()))
-}
-
-/// The pairs in `dir`, by name, and its subdirectories.
-fn scan(dir: &Path) -> std::io::Result<(BTreeMap<String, Files>, BTreeSet<PathBuf>)> {
-    let (mut pairs, mut subdirs) = (BTreeMap::new(), BTreeSet::new());
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        if name.starts_with('.') {
-            continue;
-        }
-        // `is_dir` follows symlinks: a mounted secret may be one.
-        if path.is_dir() {
-            subdirs.insert(path.clone());
-            let (cert, key) = (path.join("tls.crt"), path.join("tls.key"));
-            if cert.exists() || key.exists() {
-                pairs
-                    .entry(name.to_owned())
-                    .or_insert(Files::Pair { cert, key });
-            }
-        } else if let Some(stem) = name
-            .strip_suffix(".crt")
-            .or_else(|| name.strip_suffix(".key"))
-        {
-            // A flat pair wins over a subdirectory of the same name.
-            pairs.insert(
-                stem.to_owned(),
-                Files::Pair {
-                    cert: dir.join(format!("{stem}.crt")),
-                    key: dir.join(format!("{stem}.key")),
-                },
-            );
-        }
-    }
-    Ok((pairs, subdirs))
-}
-
-/// The files' metadata (size, times, inode; following symlinks, which a
-/// Kubernetes secret swap changes), hashed: what a poll compares.
-fn stamp(files: &Files) -> u64 {
-    let mut hash = std::hash::DefaultHasher::new();
-    for path in files.paths() {
-        match std::fs::metadata(path) {
-            Ok(meta) => {
-                meta.len().hash(&mut hash);
-                meta.modified().ok().hash(&mut hash);
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::MetadataExt;
-                    (meta.ino(), meta.dev(), meta.ctime(), meta.ctime_nsec()).hash(&mut hash);
-                }
-            }
-            Err(error) => error.kind().hash(&mut hash),
-        }
-    }
-    // Never 0, the stamp of a pair not read yet.
-    hash.finish() | 1
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_changed_path_names_its_pair() {
-        let dir = Path::new("/sites");
-        let of = |path: &str| pair_of(dir, Path::new(path)).map(|n| n.to_string());
-        assert_eq!(of("/sites/a.crt").as_deref(), Some("a"));
-        assert_eq!(of("/sites/a.key").as_deref(), Some("a"));
-        // A cert-manager directory, an entry in it, its `..data` swap.
-        assert_eq!(of("/sites/b").as_deref(), Some("b"));
-        assert_eq!(of("/sites/b/tls.crt").as_deref(), Some("b"));
-        assert_eq!(of("/sites/b/..data").as_deref(), Some("b"));
-        // Hidden entries (temporary files of atomic writes), and paths
-        // outside the directory, name no pair.
-        assert_eq!(of("/sites/.a.crt.tmp"), None);
-        assert_eq!(of("/sites/.b/tls.crt"), None);
-        assert_eq!(of("/elsewhere/a.crt"), None);
-        assert_eq!(of("/sites/b/c/tls.crt"), None);
     }
 }
