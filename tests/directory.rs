@@ -210,3 +210,49 @@ async fn a_half_written_pair_waits_and_a_broken_one_does_not_block_the_others() 
     load.finish().await;
     certs.shutdown().await;
 }
+
+/// Without file-system events (NFS), a poll lists the directory and stats
+/// the files: a replaced pair is read again, an added one loaded, a removed
+/// one dropped, and a pair whose files did not change is not attempted
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poll_reads_only_the_pairs_whose_files_changed() {
+    let (dir, ca) = (TempDir::new("dir-poll"), Ca::new());
+    let (a, b) = (leaf(&ca, "a.example", 3600), leaf(&ca, "b.example", 3600));
+    write_pair(&dir.join("a.crt"), &dir.join("a.key"), &a);
+    write_pair(&dir.join("b.crt"), &dir.join("b.key"), &b);
+    let options = file_options().watch(certrotate::WatchMode::Poll {
+        every: Duration::from_millis(100),
+    });
+    let certs = CertDirectory::builder(dir.path(), Policy::default())
+        .options(options)
+        .start()
+        .await
+        .unwrap();
+    let mut events = certs.subscribe();
+    let (server, client) = serve(&certs, &ca).await;
+
+    let a2 = leaf(&ca, "a.example", 1800);
+    write_pair(&dir.join("a.crt"), &dir.join("a.key"), &a2);
+    common::until_served(&client, server.addr, "a.example", serial(&a2), WITHIN).await;
+    let c = leaf(&ca, "c.example", 3600);
+    write_pair(&dir.join("c.crt"), &dir.join("c.key"), &c);
+    common::until_served(&client, server.addr, "c.example", serial(&c), WITHIN).await;
+    std::fs::remove_file(dir.join("a.crt")).unwrap();
+    std::fs::remove_file(dir.join("a.key")).unwrap();
+    until("removal of a", || {
+        (certs.pairs() == ["b", "c"]).then_some(())
+    })
+    .await;
+    // Several polls later, b (never touched) was not read again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut attempted = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let RotationEvent::Attempted { slot, .. } = event {
+            attempted.push(slot.to_string());
+        }
+    }
+    assert!(!attempted.is_empty());
+    assert!(attempted.iter().all(|s| s != "b"), "{attempted:?}");
+    certs.shutdown().await;
+}
