@@ -227,7 +227,9 @@ impl DirTask {
                 continue;
             };
             let level = self.schedule_check(&name, &cert, now);
-            let pair = self.pairs.get_mut(&name).expect("checked pairs exist");
+            let Some(pair) = self.pairs.get_mut(&name) else {
+                continue;
+            };
             if level > pair.reported {
                 self.store.events().emit(RotationEvent::ExpiryWarning {
                     slot: name.clone(),
