@@ -108,6 +108,11 @@ impl CertStoreBuilder {
     /// `certrotate_soonest_expiry_timestamp_seconds`) are always there.
     /// [`HealthService`](crate::HealthService)'s Prometheus text follows the
     /// same limit. Series a recorder already holds stay until it drops them.
+    ///
+    /// ```
+    /// // A multi-tenant server: totals only, whatever the number of tenants.
+    /// let store = certrotate::CertStore::builder().metric_slots(0).build();
+    /// ```
     pub fn metric_slots(mut self, n: usize) -> Self {
         self.metric_slots = n;
         self
