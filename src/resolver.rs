@@ -2,13 +2,15 @@
 //! store it reads.
 //!
 //! The view is split into shards by a hash of the server name, each an
-//! immutable map behind its own `arc-swap` pointer. A change replaces only
-//! the shards holding the names it touches, so one install costs the same
-//! with ten names resident as with a million; a handshake loads the view,
-//! then one shard (two for a wildcard), and looks the name up: no lock, no
-//! allocation. Shards double when they fill (rebuilding them all, which
-//! happens ⌈log₂⌉ times in the life of a store), so they hold at most
-//! [`SHARD_FILL`] names on average and cloning one stays cheap.
+//! immutable map, gathered in groups of [`GROUP`] shards: a persistent
+//! two-level array behind one `arc-swap` pointer. A change clones only the
+//! shards holding the names it touches, the groups holding those, and the
+//! array of groups (pointers, one per [`GROUP`] shards), then swaps the view:
+//! one install costs the same with ten names resident as with a million. A
+//! handshake loads the view once, picks the shard, and looks the name up:
+//! no lock, no allocation. Shards double when they fill (rebuilding them
+//! all, which happens ⌈log₂⌉ times in the life of a store), so they hold at
+//! most [`SHARD_FILL`] names on average and cloning one stays cheap.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -30,6 +32,9 @@ pub(crate) type NameMap = HashMap<Arc<str>, Arc<CertifiedKey>, foldhash::fast::R
 /// Names per shard, on average, before the shards double.
 const SHARD_FILL: usize = 128;
 
+/// Shards per group.
+const GROUP: usize = 64;
+
 /// One shard: the names whose hash falls in it.
 #[derive(Debug, Default, Clone)]
 struct Shard {
@@ -38,12 +43,14 @@ struct Shard {
     wildcard: NameMap,
 }
 
-/// What a handshake reads. The shards are shared between successive views:
-/// a new view is made only when the default, the challenges or the number
-/// of shards changes.
-#[derive(Debug)]
+/// What a handshake reads: immutable, replaced on every change (sharing
+/// every shard and group the change did not touch).
+#[derive(Debug, Clone)]
 pub(crate) struct View {
-    shards: Arc<[ArcSwap<Shard>]>,
+    /// `shards / GROUP` groups of `GROUP` shards, or one group of fewer.
+    groups: Arc<[Arc<[Arc<Shard>]>]>,
+    /// The number of shards: a power of two.
+    shards: usize,
     /// Picks a name's shard (its own seed: not the maps').
     hasher: foldhash::fast::RandomState,
     default: Option<Arc<CertifiedKey>>,
@@ -54,21 +61,43 @@ pub(crate) struct View {
 
 impl Default for View {
     fn default() -> Self {
-        Self {
-            shards: Arc::from([ArcSwap::default()]),
-            hasher: foldhash::fast::RandomState::default(),
-            default: None,
-            challenges: Arc::default(),
-        }
+        Self::with_shards(
+            vec![Shard::default()],
+            foldhash::fast::RandomState::default(),
+        )
     }
 }
 
 impl View {
+    /// A view of these shards (a power of two of them), nothing else.
+    fn with_shards(shards: Vec<Shard>, hasher: foldhash::fast::RandomState) -> Self {
+        let count = shards.len();
+        let per_group = count.min(GROUP);
+        let mut shards = shards.into_iter().map(Arc::new);
+        let groups = (0..count / per_group)
+            .map(|_| shards.by_ref().take(per_group).collect())
+            .collect();
+        Self {
+            groups,
+            shards: count,
+            hasher,
+            default: None,
+            challenges: Arc::default(),
+        }
+    }
+
+    /// Where `name`'s shard is: (group, index in it).
     #[inline]
-    fn shard(&self, name: &str) -> &ArcSwap<Shard> {
-        // The number of shards is a power of two.
-        let index = self.hasher.hash_one(name) as usize & (self.shards.len() - 1);
-        &self.shards[index]
+    fn place(&self, name: &str) -> (usize, usize) {
+        let index = self.hasher.hash_one(name) as usize & (self.shards - 1);
+        let per_group = self.shards.min(GROUP);
+        (index / per_group, index % per_group)
+    }
+
+    #[inline]
+    fn shard(&self, name: &str) -> &Shard {
+        let (group, index) = self.place(name);
+        &self.groups[group][index]
     }
 }
 
@@ -105,19 +134,20 @@ impl ViewWriter {
     }
 
     /// Sets (or with `None` removes) what each name is served, then swaps
-    /// in the changed shards, each cloned once.
+    /// in a view with the changed shards, each cloned once.
     pub(crate) fn apply(&mut self, changes: Vec<(NameKind, Arc<str>, Option<Arc<CertifiedKey>>)>) {
         if changes.is_empty() {
             return;
         }
-        let view = self.view.load();
-        let mut touched: Vec<(usize, Shard)> = Vec::new();
+        let old = self.view.load_full();
+        let mut touched: Vec<((usize, usize), Shard)> = Vec::new();
         for (kind, name, key) in changes {
-            let index = view.hasher.hash_one(&*name) as usize & (view.shards.len() - 1);
-            let at = match touched.iter().position(|(i, _)| *i == index) {
+            let place = old.place(&name);
+            let at = match touched.iter().position(|(p, _)| *p == place) {
                 Some(at) => at,
                 None => {
-                    touched.push((index, Shard::clone(&view.shards[index].load())));
+                    let shard = Shard::clone(&old.groups[place.0][place.1]);
+                    touched.push((place, shard));
                     touched.len() - 1
                 }
             };
@@ -139,29 +169,51 @@ impl ViewWriter {
                 }
             }
         }
-        for (index, shard) in touched {
-            view.shards[index].store(Arc::new(shard));
+        if self.names > old.shards * SHARD_FILL {
+            // Rehomed from the shards as changed.
+            let mut shards: Vec<Shard> = Vec::with_capacity(old.shards);
+            for group in old.groups.iter() {
+                shards.extend(group.iter().map(|s| Shard::clone(s)));
+            }
+            for ((group, index), shard) in touched {
+                shards[group * old.shards.min(GROUP) + index] = shard;
+            }
+            self.grow(&old, shards);
+            return;
         }
-        if self.names > view.shards.len() * SHARD_FILL {
-            drop(view);
-            self.grow();
+        let mut groups: Vec<Arc<[Arc<Shard>]>> = old.groups.to_vec();
+        let mut copied: Vec<(usize, Vec<Arc<Shard>>)> = Vec::new();
+        for ((group, index), shard) in touched {
+            let at = match copied.iter().position(|(g, _)| *g == group) {
+                Some(at) => at,
+                None => {
+                    copied.push((group, groups[group].to_vec()));
+                    copied.len() - 1
+                }
+            };
+            copied[at].1[index] = Arc::new(shard);
         }
+        for (group, shards) in copied {
+            groups[group] = shards.into();
+        }
+        self.view.store(Arc::new(View {
+            groups: groups.into(),
+            ..View::clone(&old)
+        }));
     }
 
     /// Makes `key` the certificate of clients whose name matches nothing.
     pub(crate) fn set_default(&mut self, key: Option<Arc<CertifiedKey>>) {
-        let view = self.view.load();
-        let same = match (&view.default, &key) {
+        let old = self.view.load();
+        let same = match (&old.default, &key) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             (None, None) => true,
             _ => false,
         };
         if !same {
             self.view.store(Arc::new(View {
-                shards: view.shards.clone(),
-                hasher: view.hasher.clone(),
                 default: key,
-                challenges: view.challenges.clone(),
+                ..View::clone(&old)
             }));
         }
     }
@@ -169,45 +221,40 @@ impl ViewWriter {
     /// Replaces the TLS-ALPN-01 challenge certificates.
     #[cfg(feature = "acme")]
     pub(crate) fn set_challenges(&mut self, challenges: NameMap) {
-        let view = self.view.load();
+        let old = self.view.load();
         self.view.store(Arc::new(View {
-            shards: view.shards.clone(),
-            hasher: view.hasher.clone(),
-            default: view.default.clone(),
             challenges: Arc::new(challenges),
+            ..View::clone(&old)
         }));
     }
 
     /// Doubles the shards until they are at most [`SHARD_FILL`] full on
     /// average, rehoming every name: O(names), and amortised O(1) per name.
-    fn grow(&mut self) {
-        let old = self.view.load_full();
-        let mut count = old.shards.len();
+    fn grow(&mut self, old: &View, shards: Vec<Shard>) {
+        let mut count = old.shards;
         while self.names > count * SHARD_FILL {
             count *= 2;
         }
-        let mut shards = vec![Shard::default(); count];
-        for shard in old.shards.iter() {
-            let shard = shard.load();
+        let mut grown = vec![Shard::default(); count];
+        for shard in shards {
             for (kind, map) in [
-                (NameKind::Exact, &shard.exact),
-                (NameKind::Wildcard, &shard.wildcard),
+                (NameKind::Exact, shard.exact),
+                (NameKind::Wildcard, shard.wildcard),
             ] {
                 for (name, key) in map {
-                    let index = old.hasher.hash_one(&**name) as usize & (count - 1);
+                    let index = old.hasher.hash_one(&*name) as usize & (count - 1);
                     let target = match kind {
-                        NameKind::Exact => &mut shards[index].exact,
-                        NameKind::Wildcard => &mut shards[index].wildcard,
+                        NameKind::Exact => &mut grown[index].exact,
+                        NameKind::Wildcard => &mut grown[index].wildcard,
                     };
-                    target.insert(name.clone(), key.clone());
+                    target.insert(name, key);
                 }
             }
         }
         self.view.store(Arc::new(View {
-            shards: shards.into_iter().map(ArcSwap::from_pointee).collect(),
-            hasher: old.hasher.clone(),
             default: old.default.clone(),
             challenges: old.challenges.clone(),
+            ..View::with_shards(grown, old.hasher.clone())
         }));
     }
 }
@@ -215,10 +262,10 @@ impl ViewWriter {
 /// A rustls certificate resolver that always serves the current certificates
 /// of a [`CertStore`](crate::CertStore).
 ///
-/// Resolving is one lock-free `arc-swap` load of the store's view, then one
-/// of the shard holding the name (two for a name under a wildcard) and a
-/// hash lookup: no lock, no I/O, no parsing, no allocation, and the same
-/// cost with one name resident as with a million. A connection keeps the
+/// Resolving is one lock-free `arc-swap` load of the store's view, then a
+/// hash lookup in the shard holding the name (and one in the shard of its
+/// parent, for a wildcard): no lock, no I/O, no parsing, no allocation, and
+/// the same cost with one name resident as with a million. A connection keeps the
 /// certificate it resolved for its whole life, so rotation never disturbs a
 /// handshake in flight or an established connection.
 ///
@@ -245,11 +292,11 @@ impl RotatingResolver {
     #[inline]
     fn lookup_in(view: &View, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         if let Some(name) = server_name {
-            if let Some(key) = view.shard(name).load().exact.get(name) {
+            if let Some(key) = view.shard(name).exact.get(name) {
                 return Some(key.clone());
             }
             if let Some((_, parent)) = name.split_once('.') {
-                if let Some(key) = view.shard(parent).load().wildcard.get(parent) {
+                if let Some(key) = view.shard(parent).wildcard.get(parent) {
                     return Some(key.clone());
                 }
             }
@@ -305,7 +352,7 @@ impl fmt::Debug for RotatingResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let view = self.view.load();
         f.debug_struct("RotatingResolver")
-            .field("shards", &view.shards.len())
+            .field("shards", &view.shards)
             .field("has_default", &view.default.is_some())
             .finish()
     }
