@@ -9,10 +9,11 @@
 //!   a whole, and per certificate (flat per certificate = linear);
 //! - **install**: the median and the 99th percentile of 200 replacements of
 //!   one slot's certificate with N resident (`CertStore::install`);
-//! - **memory**: the growth of the process's resident set from before the
-//!   certificates were issued to after they were installed (certificates,
-//!   keys, maps, one certificate of history), per certificate, beside the
-//!   leaf's DER size.
+//! - **memory**: the growth of the process's resident set from a tenth of
+//!   the way to the end (certificates, keys, maps, one certificate of
+//!   history), per certificate, beside the leaf's DER size;
+//! - **health**: the median of 20 `CertStore::health()` calls (the summary
+//!   and the first page, computed over every slot under the store's lock).
 //!
 //! **Names** (then, in the largest store): certificates of 89 names and one
 //! wildcard are added until 10⁶ names are resident; install is measured
@@ -54,8 +55,8 @@ fn main() {
     }
     let ca = Ca::new();
     let policy = Policy::default();
-    println!("| certificates | load | load per certificate | install p50 | install p99 | RSS per certificate | leaf DER |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| certificates | load | load per certificate | install p50 | install p99 | RSS per certificate | leaf DER | health() |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut last = None;
     for n in sizes {
         last = Some((measure(&ca, &policy, n), n));
@@ -96,14 +97,23 @@ fn measure(ca: &Ca, policy: &Policy, n: usize) -> CertStore {
     }
     let per_cert = rss().saturating_sub(rss_from) / (n - warm).max(1) as u64;
     let (p50, p99) = installs(ca, policy, &store);
+    let mut health: Vec<Duration> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            black_box(store.health());
+            t.elapsed()
+        })
+        .collect();
+    health.sort();
     println!(
-        "| {n} | {:.1} s | {:.0} µs | {:.1} µs | {:.1} µs | {:.2} KiB | {:.2} KiB |",
+        "| {n} | {:.1} s | {:.0} µs | {:.1} µs | {:.1} µs | {:.2} KiB | {:.2} KiB | {:.2} ms |",
         load.as_secs_f64(),
         load.as_secs_f64() * 1e6 / n.max(1) as f64,
         p50.as_secs_f64() * 1e6,
         p99.as_secs_f64() * 1e6,
         per_cert as f64 / 1024.0,
         der as f64 / n.max(1) as f64 / 1024.0,
+        health[health.len() / 2].as_secs_f64() * 1e3,
     );
     store
 }

@@ -300,18 +300,19 @@ impl CertStore {
     pub fn health_page(&self, offset: usize, limit: usize) -> HealthSnapshot {
         let slots = self.lock();
         let now = self.inner.clock.now();
-        let (mut served, mut alerts) = (0, AlertCounts::default());
-        let (mut certificates, mut unserved, mut unserved_count) = (Vec::new(), Vec::new(), 0);
-        // The SOONEST earliest expiries (a max-heap: the latest on top is
-        // dropped) and the `limit` latest failures (a min-heap).
-        let mut soonest = BinaryHeap::new();
-        let mut failing = BinaryHeap::new();
-        let (mut failing_count, mut soonest_expiry) = (0, None);
+        // One pass over every slot, in memory order, for what needs them
+        // all: the alert counts (levels move with time), the failures and
+        // the unserved. Bounded heaps keep the `limit` latest failures and
+        // the `limit` oldest unserved slots. The page and the soonest
+        // expiries come from the store's ordered indexes.
+        let mut alerts = AlertCounts::default();
+        let (mut failing, mut failing_count) = (BinaryHeap::new(), 0);
+        let (mut unserved, mut unserved_count) = (BinaryHeap::new(), 0);
         let mut latest: Option<&(u64, Failure)> = None;
-        for slot in slots.iter(0) {
+        for slot in slots.iter() {
             if let Some(error) = &slot.last_error {
                 failing_count += 1;
-                failing.push(Reverse((error.0, slot.name.clone())));
+                failing.push(Reverse((error.0, &*slot.name)));
                 if failing.len() > limit {
                     failing.pop();
                 }
@@ -319,38 +320,48 @@ impl CertStore {
                     latest = Some(error);
                 }
             }
-            let Some(current) = &slot.current else {
-                unserved_count += 1;
-                if unserved.len() < limit {
-                    unserved.push(UnservedSlot {
-                        slot: slot.name.to_string(),
-                        last_error: slot.last_error.as_ref().map(|(_, f)| f.message.clone()),
-                        last_error_code: slot.last_error.as_ref().map(|(_, f)| f.code),
-                        warnings: slot.warnings.clone(),
-                    });
+            match &slot.current {
+                Some(current) => {
+                    let renew_at = slot.renew_at(&current.info);
+                    alerts.add(AlertLevel::at(&current.info, now, renew_at));
                 }
-                continue;
-            };
-            let renew_at = slot.renew_at(&current.info);
-            let expiry = current.info.not_after;
-            soonest_expiry = Some(soonest_expiry.map_or(expiry, |s: SystemTime| s.min(expiry)));
-            alerts.add(AlertLevel::at(&current.info, now, renew_at));
-            if served >= offset && certificates.len() < limit {
-                certificates.push(slot.health(now));
-            }
-            served += 1;
-            soonest.push((expiry, slot.name.clone()));
-            if soonest.len() > SOONEST {
-                soonest.pop();
+                None => {
+                    unserved_count += 1;
+                    unserved.push((slot.seq(), &*slot.name));
+                    if unserved.len() > limit {
+                        unserved.pop();
+                    }
+                }
             }
         }
-        let soonest = soonest
+        // Most recent failure first.
+        let failing = failing
             .into_sorted_vec()
-            .iter()
-            .map(|(_, name)| slots.get(name).expect("listed above").health(now))
+            .into_iter()
+            .map(|Reverse((_, name))| name.to_owned())
             .collect();
-        let mut failing: Vec<_> = failing.into_iter().map(|Reverse(f)| f).collect();
-        failing.sort_unstable_by(|a, b| b.cmp(a));
+        let unserved = unserved
+            .into_sorted_vec()
+            .into_iter()
+            .filter_map(|(_, name)| slots.get(name))
+            .map(|slot| UnservedSlot {
+                slot: slot.name.to_string(),
+                last_error: slot.last_error.as_ref().map(|(_, f)| f.message.clone()),
+                last_error_code: slot.last_error.as_ref().map(|(_, f)| f.code),
+                warnings: slot.warnings.clone(),
+            })
+            .collect();
+        let certificates: Vec<_> = slots
+            .serving(offset)
+            .take(limit)
+            .map(|s| s.health(now))
+            .collect();
+        let soonest = slots
+            .soonest()
+            .take(SOONEST)
+            .map(|s| s.health(now))
+            .collect();
+        let served = slots.served();
         let shown = offset.saturating_add(certificates.len());
         HealthSnapshot {
             alert: AlertLevel::ALL
@@ -362,13 +373,10 @@ impl CertStore {
             next_offset: (served > shown).then_some(shown),
             certificates,
             soonest,
-            soonest_expiry,
+            soonest_expiry: slots.totals().1,
             unserved,
             unserved_count,
-            failing: failing
-                .into_iter()
-                .map(|(_, name)| name.to_string())
-                .collect(),
+            failing,
             failing_count,
             last_rotation: slots.last_rotation,
             rotations: slots.rotations,

@@ -90,6 +90,11 @@ impl Slot {
         )
     }
 
+    /// Its creation number: slots are listed in this order.
+    pub(super) fn seq(&self) -> u64 {
+        self.seq
+    }
+
     /// When `cert`, serving here, is due for renewal.
     pub(super) fn renew_at(&self, cert: &CertInfo) -> SystemTime {
         self.renew_at
@@ -126,12 +131,29 @@ impl Slots {
         self.by_name.get(name)
     }
 
-    /// The slots in the order they were created, from the `skip`th.
-    pub(super) fn iter(&self, skip: usize) -> impl Iterator<Item = &Slot> + '_ {
-        self.order
-            .values()
+    /// Every slot, in no particular order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Slot> + '_ {
+        self.by_name.values()
+    }
+
+    /// How many slots serve a certificate.
+    pub(super) fn served(&self) -> usize {
+        self.serving.len()
+    }
+
+    /// The serving slots in the order they were created, from the `skip`th.
+    pub(super) fn serving(&self, skip: usize) -> impl Iterator<Item = &Slot> + '_ {
+        self.serving
+            .iter()
             .skip(skip)
-            .map(|name| &self.by_name[name])
+            .map(|seq| &self.by_name[&self.order[seq]])
+    }
+
+    /// The serving slots whose certificates expire first, soonest first.
+    pub(super) fn soonest(&self) -> impl Iterator<Item = &Slot> + '_ {
+        self.expiries
+            .iter()
+            .map(|(_, seq)| &self.by_name[&self.order[seq]])
     }
 
     /// Slot `name`, created empty (and unserved) if it does not exist.
