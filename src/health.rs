@@ -39,6 +39,41 @@ pub enum AlertLevel {
     Expired,
 }
 
+/// When a serving certificate's [`AlertLevel`] changes: the rule of
+/// [`AlertLevel::at`], worked out once per certificate so that a health
+/// check over many slots compares three times per slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LevelTimes {
+    overdue: SystemTime,
+    critical: SystemTime,
+    expired: SystemTime,
+}
+
+impl LevelTimes {
+    pub(crate) fn of(cert: &CertInfo, renew_at: SystemTime) -> Self {
+        let (overdue, critical) = AlertLevel::thresholds(cert, renew_at);
+        Self {
+            overdue: cert.not_after - overdue,
+            critical: cert.not_after - critical,
+            expired: cert.not_after,
+        }
+    }
+
+    /// The level at `now`: overdue from the renewal time, critical once
+    /// less than the critical margin is left, expired from `not_after`.
+    pub(crate) fn at(&self, now: SystemTime) -> AlertLevel {
+        if now >= self.expired {
+            AlertLevel::Expired
+        } else if now > self.critical {
+            AlertLevel::Critical
+        } else if now >= self.overdue {
+            AlertLevel::RenewOverdue
+        } else {
+            AlertLevel::Ok
+        }
+    }
+}
+
 /// Critical below this much time left, whatever the lifetime.
 const CRITICAL_BELOW: Duration = Duration::from_secs(24 * 3600);
 
@@ -59,19 +94,7 @@ impl AlertLevel {
     /// assert_eq!(AlertLevel::at(info, info.not_after, renew_at), AlertLevel::Expired);
     /// ```
     pub fn at(cert: &CertInfo, now: SystemTime, renew_at: SystemTime) -> Self {
-        let Ok(remaining) = cert.not_after.duration_since(now) else {
-            return Self::Expired;
-        };
-        let (overdue, critical) = Self::thresholds(cert, renew_at);
-        if remaining.is_zero() {
-            Self::Expired
-        } else if remaining < critical {
-            Self::Critical
-        } else if remaining <= overdue {
-            Self::RenewOverdue
-        } else {
-            Self::Ok
-        }
+        LevelTimes::of(cert, renew_at).at(now)
     }
 
     /// The level as a number for metrics: 0 ok, 1 renew-overdue,
@@ -326,6 +349,57 @@ impl CertHealth {
             last_error_code: last_error.as_ref().map(|f| f.code),
             last_error: last_error.map(|f| f.message),
             warnings,
+        }
+    }
+}
+
+#[cfg(all(test, feature = "ca"))]
+mod tests {
+    use super::*;
+
+    /// The level as `AlertLevel::at` computed it before the times were
+    /// worked out once per certificate.
+    fn reference(cert: &CertInfo, now: SystemTime, renew_at: SystemTime) -> AlertLevel {
+        let Ok(remaining) = cert.not_after.duration_since(now) else {
+            return AlertLevel::Expired;
+        };
+        let (overdue, critical) = AlertLevel::thresholds(cert, renew_at);
+        if remaining.is_zero() {
+            AlertLevel::Expired
+        } else if remaining < critical {
+            AlertLevel::Critical
+        } else if remaining <= overdue {
+            AlertLevel::RenewOverdue
+        } else {
+            AlertLevel::Ok
+        }
+    }
+
+    #[test]
+    fn level_times_follow_the_rule_at_every_boundary() {
+        let ck = rcgen::generate_simple_self_signed(vec!["a.example".into()]).unwrap();
+        let bundle = crate::CertBundle::from_pem(
+            ck.cert.pem().as_bytes(),
+            ck.signing_key.serialize_pem().as_bytes(),
+        )
+        .unwrap();
+        let cert = bundle.info();
+        let life = cert.lifetime();
+        let nanos = Duration::from_nanos(1);
+        for renew_at in [
+            cert.not_before,
+            cert.not_after - life / 3,
+            cert.not_after - life / 100,
+            cert.not_after,
+        ] {
+            let times = LevelTimes::of(cert, renew_at);
+            let mut points = vec![times.overdue, times.critical, times.expired];
+            points.extend((0..=100).map(|i| cert.not_before + life / 100 * i));
+            for point in points {
+                for now in [point - nanos, point, point + nanos] {
+                    assert_eq!(times.at(now), reference(cert, now, renew_at), "at {now:?}");
+                }
+            }
         }
     }
 }

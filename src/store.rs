@@ -320,11 +320,8 @@ impl CertStore {
                     latest = Some(error);
                 }
             }
-            match &slot.current {
-                Some(current) => {
-                    let renew_at = slot.renew_at(&current.info);
-                    alerts.add(AlertLevel::at(&current.info, now, renew_at));
-                }
+            match slot.level(now) {
+                Some(level) => alerts.add(level),
                 None => {
                     unserved_count += 1;
                     unserved.push((slot.seq(), &*slot.name));
@@ -463,7 +460,7 @@ impl CertStore {
 
     /// Sets when `slot`'s serving certificate is due for renewal.
     pub(crate) fn set_renew_at(&self, slot: &str, at: SystemTime) {
-        self.lock().entry(slot).renew_at = Some(at);
+        self.lock().entry(slot).set_renew_at(Some(at));
     }
 
     fn lock(&self) -> MutexGuard<'_, Slots> {

@@ -10,7 +10,7 @@ use rustls::sign::CertifiedKey;
 use super::DEFAULT_SLOT;
 use crate::bundle::CertInfo;
 use crate::events::Events;
-use crate::health::{AlertCounts, AlertLevel, CertHealth, Failure};
+use crate::health::{AlertCounts, AlertLevel, CertHealth, Failure, LevelTimes};
 use crate::policy::ValidatedCert;
 use crate::renewal;
 #[cfg(feature = "acme")]
@@ -67,6 +67,9 @@ pub(super) struct Slot {
     pub(super) warnings: Vec<String>,
     /// Its alert level, as last reported.
     level: Option<AlertLevel>,
+    /// When its serving certificate's level changes (kept here so that a
+    /// health check need not read every certificate).
+    times: Option<LevelTimes>,
 }
 
 /// The slots claiming one name, oldest first: nearly always one.
@@ -88,6 +91,21 @@ impl Slot {
             self.last_error.clone().map(|(_, f)| f),
             self.warnings.clone(),
         )
+    }
+
+    /// Its alert level at `now`, if it serves.
+    pub(super) fn level(&self, now: SystemTime) -> Option<AlertLevel> {
+        Some(self.times?.at(now))
+    }
+
+    /// Sets when its serving certificate is due for renewal (`None`: the
+    /// default rule).
+    pub(super) fn set_renew_at(&mut self, at: Option<SystemTime>) {
+        self.renew_at = at;
+        self.times = self
+            .current
+            .as_ref()
+            .map(|c| LevelTimes::of(&c.info, self.renew_at(&c.info)));
     }
 
     /// Its creation number: slots are listed in this order.
@@ -173,6 +191,7 @@ impl Slots {
                 last_error: None,
                 warnings: Vec::new(),
                 level: None,
+                times: None,
             };
             self.by_name.insert(name, slot);
             self.count_changed();
@@ -186,6 +205,7 @@ impl Slots {
         let slot = self.entry(name);
         let (seq, before) = (slot.seq, slot.current.clone());
         let result = change(slot);
+        slot.set_renew_at(slot.renew_at);
         let after = slot.current.clone();
         self.reindex(seq, before.as_ref(), after.as_ref());
         result
