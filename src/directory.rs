@@ -17,7 +17,7 @@ use crate::events::RotationEvent;
 use crate::health::HealthSnapshot;
 use crate::policy::Policy;
 use crate::resolver::RotatingResolver;
-use crate::source::file::{FileOptions, Wakeups};
+use crate::source::file::FileOptions;
 use crate::source::SourceError;
 use crate::store::CertStore;
 use crate::sync::lock;
@@ -114,26 +114,14 @@ impl CertDirectoryBuilder {
     /// and reported. Pairs that fail are retried; only a directory that
     /// cannot be read fails the start. Must be called within a tokio runtime.
     pub async fn start(self) -> Result<CertDirectory, SourceError> {
-        let store = self.store.unwrap_or_default();
         let (stop, gone) = watch::channel(());
-        let describe = format!("directory {}", self.dir.display());
-        let wakeups = Wakeups::new(&self.options, gone, || describe.clone());
-        let names = Arc::<Mutex<BTreeSet<Arc<str>>>>::default();
-        let mut task = DirTask::new(
-            self.dir,
-            describe,
-            self.policy.clone(),
-            self.options,
-            store.clone(),
-            self.retry,
-            wakeups,
-            names.clone(),
-        );
+        let policy = self.policy.clone();
+        let mut task = DirTask::new(self, gone);
         task.start().await?;
         Ok(CertDirectory {
-            store,
-            policy: self.policy,
-            pairs: names,
+            store: task.store().clone(),
+            policy,
+            pairs: task.names(),
             stop,
             task: tokio::spawn(task.run()),
         })

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::bundle::CertInfo;
@@ -25,6 +26,7 @@ use crate::store::CertStore;
 use crate::sync::lock;
 
 use super::layout::{locate, pair_of, scan, stamp};
+use super::CertDirectoryBuilder;
 
 /// Pairs read in one turn of the blocking reader: a hung file system holds
 /// up at most this many before they are reported and retried.
@@ -78,8 +80,9 @@ struct Pair {
 /// One pair as a blocking look found it.
 struct Look {
     name: Arc<str>,
+    /// Its files, their metadata stamp and what reading them found;
     /// `None`: the pair is gone.
-    found: Option<(Files, u64, Option<Loaded>)>,
+    found: Option<(Files, u64, Loaded)>,
     /// Whether a subdirectory of its name exists (to be watched).
     subdir: bool,
 }
@@ -93,36 +96,39 @@ enum Verdict {
 }
 
 impl DirTask {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(
-        dir: PathBuf,
-        describe: String,
-        policy: Policy,
-        options: FileOptions,
-        store: CertStore,
-        retry: (Duration, Duration),
-        wakeups: Wakeups,
-        names: Arc<Mutex<BTreeSet<Arc<str>>>>,
-    ) -> Self {
+    /// The task `builder` describes, until `gone` closes.
+    pub(super) fn new(builder: CertDirectoryBuilder, gone: watch::Receiver<()>) -> Self {
+        let describe = format!("directory {}", builder.dir.display());
+        let wakeups = Wakeups::new(&builder.options, gone, || describe.clone());
         if let Some(subscription) = wakeups.subscription() {
             subscription.collect_changes();
         }
         Self {
-            dir,
+            dir: builder.dir,
             describe,
-            policy,
-            options,
-            store,
-            retry,
+            policy: builder.policy,
+            options: builder.options,
+            store: builder.store.unwrap_or_default(),
+            retry: builder.retry,
             wakeups,
             pairs: BTreeMap::new(),
             subdirs: BTreeSet::new(),
             watching: false,
             retries: BTreeSet::new(),
             checks: BTreeSet::new(),
-            names,
+            names: Arc::default(),
             reads: OneAtATime::default(),
         }
+    }
+
+    /// The store the pairs fill.
+    pub(super) fn store(&self) -> &CertStore {
+        &self.store
+    }
+
+    /// The names of the pairs, kept up to date by the task.
+    pub(super) fn names(&self) -> Arc<Mutex<BTreeSet<Arc<str>>>> {
+        self.names.clone()
     }
 
     /// Loads every pair present, waiting out the grace period of those
@@ -175,23 +181,24 @@ impl DirTask {
                 break;
             }
         }
-        let changes = match self.wakeups.subscription() {
-            Some(subscription) => subscription.take_changes(),
-            None => Default::default(),
-        };
-        if wake == Wake::Poll || changes.rescan || self.wakeups.subscription().is_none() {
-            if let Err(error) = self.rescan(Trigger::SourceChanged).await {
-                tracing::warn!(target: "certrotate", "{error}; its pairs keep serving");
+        // Without events (polling only), every wake is a poll.
+        let changes = self.wakeups.subscription().map(|s| s.take_changes());
+        match changes {
+            Some(changes) if wake == Wake::Event && !changes.rescan => {
+                let names: BTreeSet<Arc<str>> = changes
+                    .paths
+                    .iter()
+                    .filter_map(|path| pair_of(&self.dir, path))
+                    .collect();
+                self.refresh(names.into_iter().collect(), Trigger::SourceChanged)
+                    .await;
             }
-            return;
+            _ => {
+                if let Err(error) = self.rescan(Trigger::SourceChanged).await {
+                    tracing::warn!(target: "certrotate", "{error}; its pairs keep serving");
+                }
+            }
         }
-        let names: BTreeSet<Arc<str>> = changes
-            .paths
-            .iter()
-            .filter_map(|path| pair_of(&self.dir, path))
-            .collect();
-        self.refresh(names.into_iter().collect(), Trigger::SourceChanged)
-            .await;
     }
 
     async fn retry_due(&mut self) {
@@ -366,9 +373,6 @@ impl DirTask {
             });
             pair.files = files;
             pair.stamp = stamp;
-            let Some(loaded) = loaded else {
-                continue;
-            };
             let same = pair.seen == Some(loaded.fingerprint);
             if same && trigger != Trigger::Retry && trigger != Trigger::Initial {
                 continue;
@@ -407,7 +411,7 @@ impl DirTask {
                     let found = locate(&dir, &name).map(|files| {
                         let stamp = stamp(&files);
                         let loaded = files.load(&options);
-                        (files, stamp, Some(loaded))
+                        (files, stamp, loaded)
                     });
                     // `is_dir` follows symlinks: a mounted secret may be one.
                     let subdir = dir.join(&*name).is_dir();
@@ -428,10 +432,9 @@ impl DirTask {
                     .into_iter()
                     .filter_map(|name| {
                         let pair = self.pairs.get(&name)?;
-                        let error =
-                            stuck.into_source_error(pair.files.describe(), self.dir.join(&*name));
-                        let loaded = Loaded::failed(error);
-                        let found = Some((pair.files.clone(), pair.stamp, Some(loaded)));
+                        let cert = pair.files.paths()[0].to_owned();
+                        let error = stuck.into_source_error(pair.files.describe(), cert);
+                        let found = Some((pair.files.clone(), pair.stamp, Loaded::failed(error)));
                         let subdir = self.subdirs.contains(&self.dir.join(&*name));
                         Some(Look {
                             name,
