@@ -184,7 +184,7 @@ impl CertStore {
         let mut slots = self.lock();
         let now = self.inner.clock.now();
         let history = self.inner.history;
-        let (name, old, level) = slots.change(slot, |entry| {
+        let (name, old) = slots.change(slot, |entry| {
             let old = entry.current.replace(cert.clone());
             entry.renew_at = None;
             if let Some(old) = &old {
@@ -192,12 +192,11 @@ impl CertStore {
                 entry.previous.truncate(history - 1);
             }
             entry.last_error = None;
-            let level = AlertLevel::at(&cert.info, now, entry.renew_at(&cert.info));
-            (entry.name.clone(), old, level)
+            (entry.name.clone(), old)
         });
         slots.rotations += 1;
         slots.last_rotation = Some(now);
-        slots.set_level(&name, level);
+        let level = slots.note_level(&name, now).expect("it serves `cert`");
         let (totals, soonest) = slots.totals();
         drop(slots);
         self.inner.changes.send_modify(|n| *n += 1);
@@ -221,7 +220,7 @@ impl CertStore {
         if slots.get(slot).is_none() {
             return Err(RollbackError::UnknownSlot(slot.to_owned()));
         }
-        let (name, from, to, level) = slots.change(slot, |entry| {
+        let (name, from, to) = slots.change(slot, |entry| {
             let from = entry
                 .current
                 .clone()
@@ -233,10 +232,9 @@ impl CertStore {
                 .ok_or_else(|| RollbackError::NoPrevious(slot.to_owned()))?;
             entry.current = Some(to.clone());
             entry.renew_at = None;
-            let level = AlertLevel::at(&to.info, now, entry.renew_at(&to.info));
-            Ok((entry.name.clone(), from, to, level))
+            Ok((entry.name.clone(), from, to))
         })?;
-        slots.set_level(&name, level);
+        let level = slots.note_level(&name, now).expect("it serves `to`");
         let (totals, soonest) = slots.totals();
         drop(slots);
         self.inner.changes.send_modify(|n| *n += 1);

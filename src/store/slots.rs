@@ -102,6 +102,12 @@ impl Slot {
     /// default rule).
     pub(super) fn set_renew_at(&mut self, at: Option<SystemTime>) {
         self.renew_at = at;
+        self.retime();
+    }
+
+    /// Works out the level times again, after its certificate or its
+    /// renewal time changed.
+    fn retime(&mut self) {
         self.times = self
             .current
             .as_ref()
@@ -205,7 +211,7 @@ impl Slots {
         let slot = self.entry(name);
         let (seq, before) = (slot.seq, slot.current.clone());
         let result = change(slot);
-        slot.set_renew_at(slot.renew_at);
+        slot.retime();
         let after = slot.current.clone();
         self.reindex(seq, before.as_ref(), after.as_ref());
         result
@@ -221,6 +227,14 @@ impl Slots {
         }
         self.reindex(slot.seq, slot.current.as_ref(), None);
         Some(slot)
+    }
+
+    /// Records the alert level of slot `name`'s serving certificate at
+    /// `now`, and returns it (`None`: nothing serves).
+    pub(super) fn note_level(&mut self, name: &str, now: SystemTime) -> Option<AlertLevel> {
+        let level = self.by_name.get(name)?.level(now)?;
+        self.set_level(name, level);
+        Some(level)
     }
 
     /// Records the alert level of slot `name`'s serving certificate.
