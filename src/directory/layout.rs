@@ -41,41 +41,25 @@ pub(super) fn locate(dir: &Path, name: &str) -> Option<Files> {
         .find(|files| files.paths().iter().any(|p| p.exists()))
 }
 
-/// The pairs in `dir`, by name, and its subdirectories.
+/// The pairs in `dir`, by name, and its subdirectories: every entry names
+/// a pair (as [`pair_of`] says), found where [`locate`] looks.
 pub(super) fn scan(dir: &Path) -> std::io::Result<(BTreeMap<String, Files>, BTreeSet<PathBuf>)> {
-    let (mut pairs, mut subdirs) = (BTreeMap::new(), BTreeSet::new());
+    let (mut names, mut subdirs) = (BTreeSet::new(), BTreeSet::new());
     for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        let path = entry?.path();
+        let Some(name) = pair_of(dir, &path) else {
             continue;
         };
-        if name.starts_with('.') {
-            continue;
-        }
         // `is_dir` follows symlinks: a mounted secret may be one.
         if path.is_dir() {
-            subdirs.insert(path.clone());
-            let (cert, key) = (path.join("tls.crt"), path.join("tls.key"));
-            if cert.exists() || key.exists() {
-                pairs
-                    .entry(name.to_owned())
-                    .or_insert(Files::Pair { cert, key });
-            }
-        } else if let Some(stem) = name
-            .strip_suffix(".crt")
-            .or_else(|| name.strip_suffix(".key"))
-        {
-            // A flat pair wins over a subdirectory of the same name.
-            pairs.insert(
-                stem.to_owned(),
-                Files::Pair {
-                    cert: dir.join(format!("{stem}.crt")),
-                    key: dir.join(format!("{stem}.key")),
-                },
-            );
+            subdirs.insert(path);
         }
+        names.insert(name);
     }
+    let pairs = names
+        .into_iter()
+        .filter_map(|name| Some((name.to_string(), locate(dir, &name)?)))
+        .collect();
     Ok((pairs, subdirs))
 }
 
@@ -121,5 +105,51 @@ mod tests {
         assert_eq!(of("/sites/.b/tls.crt"), None);
         assert_eq!(of("/elsewhere/a.crt"), None);
         assert_eq!(of("/sites/b/c/tls.crt"), None);
+    }
+
+    #[test]
+    fn a_scan_finds_both_layouts_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("certrotate-scan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for sub in ["both", "nested", "empty", ".hidden"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        for file in [
+            "flat.crt",
+            "flat.key",
+            "both.crt",
+            "both.key",
+            "both/tls.crt",
+            "nested/tls.crt",
+            "README",
+            ".tmp.crt",
+            ".hidden/tls.crt",
+        ] {
+            std::fs::write(dir.join(file), "x").unwrap();
+        }
+        let (pairs, subdirs) = scan(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let paths = |name: &str| {
+            pairs[name]
+                .paths()
+                .iter()
+                .map(|p| p.to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pairs.keys().collect::<Vec<_>>(), ["both", "flat", "nested"]);
+        // A flat pair wins over a subdirectory of the same name.
+        assert_eq!(paths("both"), [dir.join("both.crt"), dir.join("both.key")]);
+        assert_eq!(
+            paths("nested"),
+            [dir.join("nested/tls.crt"), dir.join("nested/tls.key")]
+        );
+        let subdirs: Vec<_> = subdirs
+            .iter()
+            .map(|d| d.strip_prefix(&dir).unwrap())
+            .collect();
+        assert_eq!(
+            subdirs,
+            [Path::new("both"), Path::new("empty"), Path::new("nested")]
+        );
     }
 }
