@@ -25,13 +25,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const NESTED: usize = 10;
 
 fn write_pair(dir: &Path, name: &str, issued: &Issued) {
-    use std::os::unix::fs::PermissionsExt;
-    for (ext, pem) in [("crt", &issued.cert_pem), ("key", &issued.key_pem)] {
-        let tmp = dir.join(format!(".{name}.{ext}.tmp"));
-        std::fs::write(&tmp, pem).unwrap();
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::fs::rename(&tmp, dir.join(format!("{name}.{ext}"))).unwrap();
-    }
+    common::write_atomic(&dir.join(format!("{name}.crt")), &issued.cert_pem);
+    common::write_atomic(&dir.join(format!("{name}.key")), &issued.key_pem);
 }
 
 /// Starts the example on `dir` (under the address-space limit): the child,
