@@ -120,14 +120,10 @@ impl AlertLevel {
         renew_at: SystemTime,
         now: SystemTime,
     ) -> Option<SystemTime> {
-        let (overdue, critical) = Self::thresholds(cert, renew_at);
-        [
-            cert.not_after - overdue,
-            cert.not_after - critical,
-            cert.not_after,
-        ]
-        .into_iter()
-        .find(|t| *t > now)
+        let times = LevelTimes::of(cert, renew_at);
+        [times.overdue, times.critical, times.expired]
+            .into_iter()
+            .find(|t| *t > now)
     }
 }
 
