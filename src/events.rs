@@ -109,6 +109,15 @@ pub enum RotationEvent {
         /// Time left before it expires.
         remaining: Duration,
     },
+    /// A handshake asked for a name [`OnDemand`](crate::OnDemand) did not
+    /// serve it a certificate for.
+    #[cfg(feature = "acme")]
+    OnDemandRefused {
+        /// The server name the client asked for.
+        name: Arc<str>,
+        /// Why.
+        error: crate::acme::OnDemandError,
+    },
 }
 
 /// What started a rotation attempt.
@@ -183,6 +192,10 @@ impl Events {
                 metrics::installed(self.label(slot), self.clock.now())
             }
             RotationEvent::RolledBack { slot, .. } => metrics::rolled_back(self.label(slot)),
+            #[cfg(feature = "acme")]
+            RotationEvent::OnDemandRefused { error, .. } => {
+                metrics::on_demand(metrics::OnDemandCount::Refused(error.reason()))
+            }
             _ => {}
         }
         // No subscriber is fine: events are also in the logs.
@@ -218,6 +231,15 @@ impl Events {
         let _ = (totals, soonest);
     }
 
+    /// On-demand issuance did `what`.
+    #[cfg(feature = "acme")]
+    pub(crate) fn on_demand(&self, what: crate::metrics::OnDemandCount) {
+        #[cfg(feature = "metrics")]
+        metrics::on_demand(what);
+        #[cfg(not(feature = "metrics"))]
+        let _ = what;
+    }
+
     /// A rotation attempt on `slot`, from a source of kind `source`, ended
     /// with `outcome` (its events were emitted already).
     pub(crate) fn attempted(&self, slot: &str, source: &'static str, outcome: Outcome) {
@@ -230,6 +252,18 @@ impl Events {
 
 fn log(event: &RotationEvent) {
     match event {
+        // Floods of refused names are to be expected: the counts are in
+        // the metrics; failures of the CA are not.
+        #[cfg(feature = "acme")]
+        RotationEvent::OnDemandRefused { name, error } => match error {
+            crate::acme::OnDemandError::Failed { .. }
+            | crate::acme::OnDemandError::TimedOut { .. } => {
+                tracing::warn!(target: "certrotate", %name, reason = error.reason(), "on-demand certificate refused: {error}")
+            }
+            _ => {
+                tracing::debug!(target: "certrotate", %name, reason = error.reason(), "on-demand certificate refused: {error}")
+            }
+        },
         RotationEvent::Attempted { slot, trigger } => {
             tracing::debug!(target: "certrotate", %slot, %trigger, "rotation attempt")
         }

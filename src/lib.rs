@@ -127,7 +127,8 @@ mod util;
 
 #[cfg(feature = "acme")]
 pub use acme::{
-    AcmeBuilder, AcmeSource, BoxFuture, Dns01Solver, FileStorage, Http01Responder, Lease, Storage,
+    AcmeBuilder, AcmeSource, AllowList, BoxFuture, Decide, Dns01Solver, FileStorage,
+    Http01Responder, Lease, OnDemand, OnDemandBuilder, OnDemandError, OnDemandStats, Storage,
 };
 #[cfg(feature = "redis")]
 pub use acme::{RedisBuilder, RedisStorage};

@@ -81,6 +81,43 @@ pub(crate) const HEALTHY: Metric = Metric {
     help: "1 while the health check passes, else 0.",
 };
 
+const ON_DEMAND_REFUSALS: Metric = Metric {
+    name: "certrotate_on_demand_refusals_total",
+    help: "Handshakes refused a certificate on demand, by reason.",
+};
+const ON_DEMAND_ORDERS: Metric = Metric {
+    name: "certrotate_on_demand_orders_total",
+    help: "Certificates ordered on demand, by result (issued, failed).",
+};
+const ON_DEMAND_CACHE: Metric = Metric {
+    name: "certrotate_on_demand_cache_total",
+    help: "On-demand names looked up (hit, miss), loaded from storage (load), dropped from memory (eviction).",
+};
+const ON_DEMAND_WAITING: Metric = Metric {
+    name: "certrotate_on_demand_waiting_handshakes",
+    help: "Handshakes waiting for a certificate on demand.",
+};
+
+/// Something on-demand issuance did, for its metrics.
+#[cfg(feature = "acme")]
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OnDemandCount {
+    /// A name served already.
+    Hit,
+    /// A name to obtain.
+    Miss,
+    /// A certificate loaded from storage.
+    Load,
+    /// An order ended.
+    Order { ok: bool },
+    /// A name dropped from memory.
+    Eviction,
+    /// Handshakes waiting now.
+    Waiting(usize),
+    /// A handshake refused, with the reason's code.
+    Refused(&'static str),
+}
+
 /// How a rotation attempt ended, for `certrotate_rotations_total`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Outcome {
@@ -129,9 +166,18 @@ mod recording {
             }
             describe_gauge!(ALERT_LEVEL.name, ALERT_LEVEL.help);
             describe_gauge!(CERTIFICATES.name, CERTIFICATES.help);
-            for count in [ROTATIONS, REFUSALS, SOURCE_ERRORS, ROLLBACKS] {
+            for count in [
+                ROTATIONS,
+                REFUSALS,
+                SOURCE_ERRORS,
+                ROLLBACKS,
+                ON_DEMAND_REFUSALS,
+                ON_DEMAND_ORDERS,
+                ON_DEMAND_CACHE,
+            ] {
                 describe_counter!(count.name, count.help);
             }
+            describe_gauge!(ON_DEMAND_WAITING.name, ON_DEMAND_WAITING.help);
         });
     }
 
@@ -196,5 +242,27 @@ mod recording {
         };
         let extra = [("source", source), ("result", result)];
         counter!(ROTATIONS.name, labels(slot, &extra)).increment(1);
+    }
+
+    /// What on-demand issuance did.
+    #[cfg(feature = "acme")]
+    pub(crate) fn on_demand(what: OnDemandCount) {
+        describe();
+        let cache =
+            |event: &'static str| counter!(ON_DEMAND_CACHE.name, "event" => event).increment(1);
+        match what {
+            OnDemandCount::Hit => cache("hit"),
+            OnDemandCount::Miss => cache("miss"),
+            OnDemandCount::Load => cache("load"),
+            OnDemandCount::Eviction => cache("eviction"),
+            OnDemandCount::Order { ok } => {
+                let result = if ok { "issued" } else { "failed" };
+                counter!(ON_DEMAND_ORDERS.name, "result" => result).increment(1);
+            }
+            OnDemandCount::Waiting(n) => gauge!(ON_DEMAND_WAITING.name).set(n as f64),
+            OnDemandCount::Refused(reason) => {
+                counter!(ON_DEMAND_REFUSALS.name, "reason" => reason).increment(1);
+            }
+        }
     }
 }

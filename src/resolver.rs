@@ -289,6 +289,17 @@ impl RotatingResolver {
         Self::lookup_in(&self.view.load(), server_name)
     }
 
+    /// Whether a certificate of the store claims `name`, exactly or as a
+    /// wildcard one label up (the default certificate does not count).
+    #[cfg(feature = "acme")]
+    pub(crate) fn claims(&self, name: &str) -> bool {
+        let view = self.view.load();
+        view.shard(name).exact.contains_key(name)
+            || name
+                .split_once('.')
+                .is_some_and(|(_, parent)| view.shard(parent).wildcard.contains_key(parent))
+    }
+
     #[inline]
     fn lookup_in(view: &View, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         if let Some(name) = server_name {

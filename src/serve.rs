@@ -47,7 +47,13 @@ pub struct TlsListener {
     timeout: Duration,
     max_pending: usize,
     max_pending_per_client: Option<usize>,
+    #[cfg(feature = "acme")]
+    on_demand: Option<crate::OnDemand>,
 }
+
+/// A TLS handshake under way.
+type Handshake =
+    std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<TlsStream<TcpStream>>> + Send>>;
 
 /// Who a connection counts against: its IPv4 address, or its IPv6 /64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,7 +83,30 @@ impl TlsListener {
             timeout: Duration::from_secs(10),
             max_pending: 1024,
             max_pending_per_client: None,
+            #[cfg(feature = "acme")]
+            on_demand: None,
         }
+    }
+
+    /// Obtains certificates on demand for the names clients ask for
+    /// ([`OnDemand::accept`](crate::OnDemand::accept)): a handshake for a
+    /// new name waits for its certificate, up to the on-demand wait on top
+    /// of the [`handshake_timeout`](Self::handshake_timeout). The
+    /// listener's `config` must serve the on-demand store (its
+    /// [`server_config`](crate::OnDemand::server_config)).
+    ///
+    /// ```no_run
+    /// # async fn demo(on_demand: certrotate::OnDemand) -> Result<(), Box<dyn std::error::Error>> {
+    /// let tcp = tokio::net::TcpListener::bind("0.0.0.0:443").await?;
+    /// let config = std::sync::Arc::new(on_demand.server_config()?);
+    /// let listener = certrotate::TlsListener::new(tcp, config).on_demand(on_demand);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "acme")]
+    #[must_use]
+    pub fn on_demand(mut self, on_demand: crate::OnDemand) -> Self {
+        self.on_demand = Some(on_demand);
+        self
     }
 
     /// Drops a connection whose handshake takes longer than this (default 10 s).
@@ -163,8 +192,7 @@ impl TlsListener {
             return;
         }
         *pending += 1;
-        let handshake = self.acceptor.accept(stream);
-        let timeout = self.timeout;
+        let (handshake, timeout) = self.handshake(stream);
         self.handshakes.spawn(async move {
             let tls = match tokio::time::timeout(timeout, handshake).await {
                 Ok(Ok(tls)) => Some(tls),
@@ -179,6 +207,20 @@ impl TlsListener {
             };
             (client, tls, peer)
         });
+    }
+
+    /// The handshake of `stream`, and how long it may take.
+    fn handshake(&self, stream: TcpStream) -> (Handshake, Duration) {
+        #[cfg(feature = "acme")]
+        if let Some(on_demand) = &self.on_demand {
+            let (on_demand, config) = (on_demand.clone(), self.acceptor.config().clone());
+            let timeout = self.timeout.saturating_add(on_demand.wait());
+            return (
+                Box::pin(async move { on_demand.accept(stream, config).await }),
+                timeout,
+            );
+        }
+        (Box::pin(self.acceptor.accept(stream)), self.timeout)
     }
 
     /// One handshake of `client` is over.

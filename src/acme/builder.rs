@@ -20,7 +20,9 @@ pub(super) enum Challenge {
     Dns01(Arc<dyn Dns01Solver>),
 }
 
-/// Configures an [`AcmeSource`].
+/// Configures an [`AcmeSource`]. Cloning it copies the configuration (the
+/// storage and solvers are shared).
+#[derive(Clone)]
 #[must_use]
 pub struct AcmeBuilder {
     pub(super) directory: String,
@@ -35,7 +37,14 @@ pub struct AcmeBuilder {
     pub(super) lock_lease: Duration,
     pub(super) order_alone_within: Option<Duration>,
     pub(super) state_file: Option<PathBuf>,
+    /// The account, shared with the other sources built from the same
+    /// template (on-demand names), so that their first orders make one.
+    pub(super) account: SharedAccount,
 }
+
+/// The ACME account once loaded or made, shared by the sources of one
+/// account.
+pub(super) type SharedAccount = Arc<tokio::sync::Mutex<Option<instant_acme::Account>>>;
 
 impl fmt::Debug for AcmeBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -183,7 +192,6 @@ impl AcmeBuilder {
                 renewal_key: format!("renewal-{}.txt", &id[..16]),
                 served_key: format!("served-{}.txt", &id[..16]),
                 config: self,
-                account: tokio::sync::Mutex::new(None),
                 advice: Mutex::new(None),
                 unsaved: Mutex::default(),
                 lease: Mutex::default(),

@@ -41,6 +41,7 @@ mod builder;
 mod challenge;
 mod failure;
 mod http;
+mod on_demand;
 mod order;
 mod renewal;
 mod storage;
@@ -50,6 +51,7 @@ use builder::Challenge;
 pub use challenge::{Dns01Solver, Http01Responder};
 use failure::{Context, Failure};
 use http::NotingClient;
+pub use on_demand::{AllowList, Decide, OnDemand, OnDemandBuilder, OnDemandError, OnDemandStats};
 use order::PendingOrder;
 use renewal::Advice;
 use storage::default_storage_dir;
@@ -114,7 +116,6 @@ struct Inner {
     renewal_key: String,
     /// Where the newest certificate served is recorded (replay protection).
     served_key: String,
-    account: tokio::sync::Mutex<Option<Account>>,
     /// When to renew the stored certificate, from the CA's renewal
     /// information (RFC 9773).
     advice: Mutex<Option<Advice>>,
@@ -167,6 +168,7 @@ impl AcmeSource {
             lock_lease: Duration::from_secs(300),
             order_alone_within: None,
             state_file: None,
+            account: Arc::default(),
         }
     }
 
@@ -233,7 +235,7 @@ impl AcmeSource {
 
     /// The account: loaded from storage, or made (and stored).
     async fn account(&self, fresh: bool) -> Result<Account, Failure> {
-        let mut cached = self.inner.account.lock().await;
+        let mut cached = self.inner.config.account.lock().await;
         if let (Some(account), false) = (&*cached, fresh) {
             return Ok(account.clone());
         }

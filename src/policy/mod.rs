@@ -382,6 +382,16 @@ impl Policy {
         })
     }
 
+    /// This policy, requiring the certificate to cover `name` (a DNS name
+    /// checked already) instead of the names it was built with.
+    #[cfg(feature = "acme")]
+    pub(crate) fn for_dns_name(&self, name: &str) -> Policy {
+        Policy {
+            names: vec![Name::Dns(name.to_owned())],
+            ..self.clone()
+        }
+    }
+
     /// The crypto provider this policy loads keys with.
     pub fn crypto_provider(&self) -> &Arc<CryptoProvider> {
         &self.provider

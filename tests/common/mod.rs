@@ -225,8 +225,12 @@ pub async fn serve_at(port: u16, config: Arc<rustls::ServerConfig>) -> Server {
     let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
-    let addr = tcp.local_addr().unwrap();
-    let mut listener = TlsListener::new(tcp, config);
+    serve_listener(TlsListener::new(tcp, config))
+}
+
+/// Echoes what each connection `listener` accepts sends.
+pub fn serve_listener(mut listener: TlsListener) -> Server {
+    let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         loop {
             let (mut tls, _) = listener.accept().await;

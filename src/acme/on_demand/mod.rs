@@ -1,0 +1,802 @@
+//! [`OnDemand`]: certificates obtained at the first handshake for names the
+//! application allows (Caddy's "on-demand TLS").
+//!
+//! The first handshake for a name the store does not serve asks the
+//! [`Decide`] hook, then, within the [limits](limits), loads the name's
+//! certificate from the [`Storage`](crate::Storage) or orders one, through
+//! a [`Rotator`] of its own over an [`AcmeSource`] for that name alone,
+//! filling a slot named after it in the shared [`CertStore`]. The rotator
+//! renews it like any other; the policy checks it like any other. The
+//! handshake waits before rustls sees it ([`OnDemand::accept`]): the
+//! resolver stays synchronous and lock-free.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::builder::Challenge;
+use super::{AcmeBuilder, AcmeSource};
+use crate::events::RotationEvent;
+use crate::metrics::OnDemandCount;
+use crate::policy::Policy;
+use crate::resolver::{RotatingResolver, ACME_TLS_ALPN};
+use crate::rotator::{RotateError, Rotator};
+use crate::source::CertSource;
+use crate::store::CertStore;
+use crate::sync::lock;
+
+mod decide;
+mod limits;
+
+pub use decide::{AllowList, Decide};
+use limits::{LimitConfig, Limits};
+
+/// Issues certificates at the first handshake for names the application
+/// allows, within abuse limits, and keeps them: in the
+/// [`Storage`](crate::Storage) for good, in memory for the most recently
+/// used [`cache_size`](OnDemandBuilder::cache_size) names.
+///
+/// - A name the [`Decide`] hook refuses fails its handshake at once (TLS
+///   alert `access_denied`), is never ordered, and the refusal is
+///   remembered for a while, so a flood of handshakes for it calls the hook
+///   once.
+/// - The handshakes for a new allowed name wait for its certificate, up to
+///   [`wait`](OnDemandBuilder::wait), then fail cleanly; the order goes on.
+///   Concurrent first handshakes for a name share one order; replicas
+///   sharing a [`Storage`](crate::Storage) (Redis) share one through its
+///   renewal lock.
+/// - Limits: orders per window, orders in flight, names pending at once,
+///   and a backoff per name after a failed order. A client sending random
+///   names under an allowed suffix spends at most the window's orders.
+/// - Each certificate passes the [`Policy`] (with the requested name as its
+///   server name) before it is served, and is renewed by its own
+///   [`Rotator`] while it is in memory; an evicted name is loaded back from
+///   storage at its next handshake, without an order (renewed then if
+///   due).
+///
+/// Serve with [`TlsListener::on_demand`](crate::TlsListener::on_demand), or
+/// call [`accept`](Self::accept) on each connection.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use certrotate::{AcmeSource, AllowList, FileStorage, OnDemand, TlsListener};
+///
+/// let acme = AcmeSource::builder("https://acme-v02.api.letsencrypt.org/directory", [""; 0])
+///     .contact("mailto:ops@example.com")
+///     .storage(FileStorage::new("/var/lib/myapp/acme"));
+/// let on_demand = OnDemand::builder(acme, AllowList::new().suffix("customers.example.com")).build();
+/// let tcp = tokio::net::TcpListener::bind("0.0.0.0:443").await?;
+/// let listener = TlsListener::new(tcp, Arc::new(on_demand.server_config()?)).on_demand(on_demand);
+/// let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+/// axum::serve(listener, app).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct OnDemand {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// What every name's source is built from, with the name as its domain.
+    template: AcmeBuilder,
+    policy: Policy,
+    decide: Box<dyn Decide>,
+    store: CertStore,
+    resolver: Arc<RotatingResolver>,
+    wait: Duration,
+    cache_size: usize,
+    max_pending: usize,
+    limits: Mutex<Limits>,
+    names: Mutex<Names>,
+    counts: Counts,
+}
+
+/// The names being obtained, and those in memory.
+#[derive(Default)]
+struct Names {
+    entries: HashMap<Arc<str>, Entry>,
+    pending: usize,
+    /// Ticks at each use, for least-recently-used eviction.
+    tick: u64,
+}
+
+enum Entry {
+    /// Being decided, loaded or ordered: the outcome, once known.
+    Pending(watch::Receiver<Option<Result<(), OnDemandError>>>),
+    /// Served and renewed by `rotator`; last used at tick `used`.
+    Cached { rotator: Rotator, used: u64 },
+}
+
+#[derive(Default)]
+struct Counts {
+    waiting: AtomicUsize,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    loads: AtomicU64,
+    orders: AtomicU64,
+    failed_orders: AtomicU64,
+    evictions: AtomicU64,
+    refusals: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// Why a handshake for a name was not served a certificate on demand.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum OnDemandError {
+    /// The name is not a DNS name a certificate can be ordered for.
+    #[error("{0:?} is not a DNS name a certificate can be ordered for")]
+    InvalidName(String),
+    /// The [`Decide`] hook refused the name (now, or recently).
+    #[error("certificates for {0:?} are not allowed")]
+    NotAllowed(String),
+    /// As many names as allowed are being obtained already.
+    #[error("{limit} names are waiting for their certificates already")]
+    TooManyPending {
+        /// [`OnDemandBuilder::max_pending_names`].
+        limit: usize,
+    },
+    /// The last order for the name failed; it is not ordered again yet.
+    #[error("the last order for {name:?} failed; the next may start in {retry_in:?}")]
+    BackingOff {
+        /// The name.
+        name: String,
+        /// How long until an order may start.
+        retry_in: Duration,
+    },
+    /// As many orders as allowed started in the last window.
+    #[error("{limit} certificates were ordered in the last {window:?} already")]
+    RateLimited {
+        /// [`OnDemandBuilder::orders_per_window`]'s count.
+        limit: usize,
+        /// Its window.
+        window: Duration,
+    },
+    /// As many orders as allowed are in flight.
+    #[error("{limit} orders are in flight already")]
+    TooManyOrders {
+        /// [`OnDemandBuilder::max_orders_in_flight`].
+        limit: usize,
+    },
+    /// The certificate could not be obtained, or the policy refused it.
+    #[error("no certificate could be obtained for {name:?}: {error}")]
+    Failed {
+        /// The name.
+        name: String,
+        /// Why.
+        #[source]
+        error: RotateError,
+    },
+    /// The certificate did not arrive within [`OnDemandBuilder::wait`]
+    /// (it may still: the order goes on).
+    #[error("no certificate for {name:?} after {waited:?}")]
+    TimedOut {
+        /// The name.
+        name: String,
+        /// How long the handshake waited.
+        waited: Duration,
+    },
+}
+
+impl OnDemandError {
+    /// A stable code for the reason, as metrics and health label it:
+    /// `invalid_name`, `not_allowed`, `too_many_pending`, `backing_off`,
+    /// `rate_limited`, `too_many_orders`, `failed` or `timed_out`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidName(_) => "invalid_name",
+            Self::NotAllowed(_) => "not_allowed",
+            Self::TooManyPending { .. } => "too_many_pending",
+            Self::BackingOff { .. } => "backing_off",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::TooManyOrders { .. } => "too_many_orders",
+            Self::Failed { .. } => "failed",
+            Self::TimedOut { .. } => "timed_out",
+        }
+    }
+}
+
+/// What on-demand issuance has done so far (counts since it was built),
+/// for health pages.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[non_exhaustive]
+pub struct OnDemandStats {
+    /// Names served from memory now.
+    pub cached: usize,
+    /// Names being decided, loaded or ordered now.
+    pub pending: usize,
+    /// Handshakes waiting for a certificate now.
+    pub waiting: usize,
+    /// Orders in flight now.
+    pub orders_in_flight: usize,
+    /// Handshakes for names in memory (or served by the store otherwise).
+    pub hits: u64,
+    /// Handshakes that started obtaining a name (a load or an order).
+    pub misses: u64,
+    /// Certificates loaded from storage, without an order.
+    pub loads: u64,
+    /// Orders that succeeded.
+    pub orders: u64,
+    /// Orders that failed.
+    pub failed_orders: u64,
+    /// Names dropped from memory (they stay in storage).
+    pub evictions: u64,
+    /// Refused handshakes, by [reason](OnDemandError::reason).
+    pub refusals: BTreeMap<&'static str, u64>,
+}
+
+/// Configures [`OnDemand`].
+#[must_use]
+pub struct OnDemandBuilder {
+    template: AcmeBuilder,
+    decide: Box<dyn Decide>,
+    policy: Policy,
+    store: Option<CertStore>,
+    wait: Duration,
+    cache_size: usize,
+    max_pending: usize,
+    limits: LimitConfig,
+}
+
+impl std::fmt::Debug for OnDemandBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnDemandBuilder")
+            .field("template", &self.template)
+            .field("wait", &self.wait)
+            .field("cache_size", &self.cache_size)
+            .field("max_pending", &self.max_pending)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OnDemand {
+    /// On-demand certificates from the CA `acme` is set up for (its
+    /// directory, storage, challenge, account; its domains are ignored:
+    /// each name gets a certificate of its own), for the names `decide`
+    /// allows.
+    pub fn builder(acme: AcmeBuilder, decide: impl Decide) -> OnDemandBuilder {
+        OnDemandBuilder {
+            template: acme,
+            decide: Box::new(decide),
+            policy: Policy::default(),
+            store: None,
+            wait: Duration::from_secs(30),
+            cache_size: 10_000,
+            max_pending: 100,
+            limits: LimitConfig::default(),
+        }
+    }
+}
+
+impl OnDemandBuilder {
+    /// Fills this store (default: a new one), so that names configured
+    /// otherwise (a [`Rotator`] for the main domain) are served next to the
+    /// on-demand ones. Its names are never ordered.
+    pub fn store(mut self, store: CertStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Checks every certificate with this policy, its server name set to
+    /// the requested name (default: [`Policy::default`]).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// How long a handshake waits for a new name's certificate before it
+    /// fails (default 30 s).
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// How many on-demand certificates stay in memory (default 10,000): past
+    /// it, the least recently used name is dropped (its certificate stays in
+    /// storage, and comes back at its next handshake without an order).
+    pub fn cache_size(mut self, names: usize) -> Self {
+        self.cache_size = names.max(1);
+        self
+    }
+
+    /// At most `orders` orders start in any `window` (default 20 a minute);
+    /// past it, new names are refused until the window slides. Loads from
+    /// storage do not count.
+    pub fn orders_per_window(mut self, orders: usize, window: Duration) -> Self {
+        self.limits.orders_per_window = orders;
+        self.limits.window = window;
+        self
+    }
+
+    /// At most this many orders at once (default 5).
+    pub fn max_orders_in_flight(mut self, orders: usize) -> Self {
+        self.limits.orders_in_flight = orders;
+        self
+    }
+
+    /// At most this many names being decided, loaded or ordered at once
+    /// (default 100); more are refused at once.
+    pub fn max_pending_names(mut self, names: usize) -> Self {
+        self.max_pending = names;
+        self
+    }
+
+    /// After a failed order, a name is not ordered again for `min`,
+    /// doubling with each failure in a row up to `max` (default 1 min to
+    /// 1 h); its handshakes are refused meanwhile.
+    pub fn failure_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.limits.backoff_min = min;
+        self.limits.backoff_max = max.max(min);
+        self
+    }
+
+    /// How long a name the hook refused is refused without asking it
+    /// again (default 1 min), and how many such names are remembered
+    /// (default 10,000; past it, the oldest are forgotten early).
+    pub fn refusal_ttl(mut self, ttl: Duration, names: usize) -> Self {
+        self.limits.refusal_ttl = ttl;
+        self.limits.refusals_kept = names.max(1);
+        self
+    }
+
+    /// Builds it. Call within a tokio runtime (orders run as tasks).
+    pub fn build(self) -> OnDemand {
+        let store = self.store.unwrap_or_default();
+        OnDemand {
+            inner: Arc::new(Inner {
+                template: self.template,
+                policy: self.policy,
+                decide: self.decide,
+                resolver: store.resolver(),
+                store,
+                wait: self.wait,
+                cache_size: self.cache_size,
+                max_pending: self.max_pending,
+                limits: Mutex::new(Limits::new(self.limits)),
+                names: Mutex::default(),
+                counts: Counts::default(),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for OnDemand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnDemand")
+            .field("template", &self.inner.template)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl OnDemand {
+    /// How long a handshake waits for a certificate.
+    pub(crate) fn wait(&self) -> Duration {
+        self.inner.wait
+    }
+
+    /// The store the certificates are served from.
+    pub fn store(&self) -> &CertStore {
+        &self.inner.store
+    }
+
+    /// A rustls `ServerConfig` serving the store, like
+    /// [`Rotator::server_config`]: safe default protocol versions, no client
+    /// auth, the policy's crypto provider, ALPN `h2` and `http/1.1`, and
+    /// `acme-tls/1` when the CA validates with TLS-ALPN-01.
+    pub fn server_config(&self) -> Result<ServerConfig, rustls::Error> {
+        let mut config = self
+            .inner
+            .policy
+            .server_config(self.inner.store.resolver(), None)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        if matches!(self.inner.template.challenge, Challenge::TlsAlpn01) {
+            config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
+        Ok(config)
+    }
+
+    /// Reads the ClientHello on `io`, makes sure a certificate for the name
+    /// it asks for is served ([`prepare`](Self::prepare)), then completes
+    /// the handshake with `config` (whose resolver must be the store's). A
+    /// refused name gets the TLS alert `access_denied` and an error of kind
+    /// [`PermissionDenied`](io::ErrorKind::PermissionDenied) carrying the
+    /// [`OnDemandError`]. ACME validators (`acme-tls/1`) and clients that
+    /// send no name go straight through.
+    ///
+    /// The wait for a certificate is bounded ([`OnDemandBuilder::wait`]);
+    /// reading the ClientHello and the handshake are not: bound them with
+    /// a timeout, as [`TlsListener`](crate::TlsListener) does.
+    ///
+    /// ```no_run
+    /// # async fn demo(on_demand: certrotate::OnDemand) -> std::io::Result<()> {
+    /// use std::{sync::Arc, time::Duration};
+    /// let config = Arc::new(on_demand.server_config().map_err(std::io::Error::other)?);
+    /// let tcp = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
+    /// loop {
+    ///     let (stream, _) = tcp.accept().await?;
+    ///     let (on_demand, config) = (on_demand.clone(), config.clone());
+    ///     tokio::spawn(async move {
+    ///         let limit = Duration::from_secs(40);
+    ///         if let Ok(Ok(tls)) = tokio::time::timeout(limit, on_demand.accept(stream, config)).await {
+    ///             // Hand `tls` to hyper.
+    /// #           drop(tls);
+    ///         }
+    ///     });
+    /// }
+    /// # }
+    /// ```
+    pub async fn accept<IO>(&self, io: IO, config: Arc<ServerConfig>) -> io::Result<TlsStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let start = LazyConfigAcceptor::new(Acceptor::default(), io).await?;
+        let name = wanted(&start.client_hello());
+        let Some(name) = name else {
+            return start.into_stream(config).await;
+        };
+        match self.prepare(&name).await {
+            Ok(()) => start.into_stream(config).await,
+            Err(error) => {
+                // No certificate resolved: rustls sends `access_denied`.
+                let mut refusing = (*config).clone();
+                refusing.cert_resolver = Arc::new(Refuse);
+                let _ = start.into_stream(Arc::new(refusing)).await;
+                Err(io::Error::new(io::ErrorKind::PermissionDenied, error))
+            }
+        }
+    }
+
+    /// Makes sure the store serves a certificate for `name` (as rustls
+    /// gives it: lowercase): at once if it does, else after asking the hook
+    /// and loading or ordering one, waiting up to
+    /// [`wait`](OnDemandBuilder::wait). For servers that read the
+    /// ClientHello themselves (rustls's `Acceptor`).
+    pub async fn prepare(&self, name: &str) -> Result<(), OnDemandError> {
+        let prepared = self.prepared(name).await;
+        if let Err(error) = &prepared {
+            self.refused(name, error);
+        }
+        prepared
+    }
+
+    async fn prepared(&self, name: &str) -> Result<(), OnDemandError> {
+        let inner = &self.inner;
+        let pending = {
+            let mut names = lock(&inner.names);
+            names.tick += 1;
+            let tick = names.tick;
+            match names.entries.get_mut(name) {
+                Some(Entry::Cached { used, .. }) => {
+                    *used = tick;
+                    None
+                }
+                Some(Entry::Pending(outcome)) => Some(outcome.clone()),
+                // A name the store serves otherwise.
+                None if inner.resolver.claims(name) => None,
+                None => Some(self.start(&mut names, name)?),
+            }
+        };
+        match pending {
+            None => {
+                inner.counts.hits.fetch_add(1, Ordering::Relaxed);
+                inner.store.events().on_demand(OnDemandCount::Hit);
+                Ok(())
+            }
+            Some(outcome) => self.wait_for(name, outcome).await,
+        }
+    }
+
+    /// `name` is not served: refused, or pending from now on.
+    fn start(
+        &self,
+        names: &mut Names,
+        name: &str,
+    ) -> Result<watch::Receiver<Option<Result<(), OnDemandError>>>, OnDemandError> {
+        let inner = &self.inner;
+        let (tx, rx) = watch::channel(None);
+        let name = checked(name)?;
+        {
+            let now = Instant::now();
+            let mut limits = lock(&inner.limits);
+            if limits.refused_recently(&name, now) {
+                return Err(OnDemandError::NotAllowed(name.to_string()));
+            }
+            limits.check_backoff(&name, now)?;
+        }
+        if names.pending >= inner.max_pending {
+            return Err(OnDemandError::TooManyPending {
+                limit: inner.max_pending,
+            });
+        }
+        names.pending += 1;
+        names
+            .entries
+            .insert(name.clone(), Entry::Pending(rx.clone()));
+        inner.counts.misses.fetch_add(1, Ordering::Relaxed);
+        inner.store.events().on_demand(OnDemandCount::Miss);
+        let on_demand = self.clone();
+        tokio::spawn(async move {
+            let obtained = on_demand.obtain(&name).await;
+            on_demand.settle(name, obtained, &tx);
+        });
+        Ok(rx)
+    }
+
+    /// Waits (within the limit) for the outcome of obtaining `name`.
+    async fn wait_for(
+        &self,
+        name: &str,
+        mut outcome: watch::Receiver<Option<Result<(), OnDemandError>>>,
+    ) -> Result<(), OnDemandError> {
+        let counts = &self.inner.counts;
+        let events = self.inner.store.events();
+        let waiting = counts.waiting.fetch_add(1, Ordering::Relaxed) + 1;
+        events.on_demand(OnDemandCount::Waiting(waiting));
+        let wait = self.inner.wait;
+        let waited = tokio::time::timeout(wait, outcome.wait_for(Option::is_some)).await;
+        let waiting = counts.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
+        events.on_demand(OnDemandCount::Waiting(waiting));
+        match waited {
+            Ok(Ok(done)) => done.clone().expect("waited for it"),
+            // The sender went without an outcome: a panic in a hook.
+            Ok(Err(_)) => Err(OnDemandError::NotAllowed(name.to_owned())),
+            Err(_) => Err(OnDemandError::TimedOut {
+                name: name.to_owned(),
+                waited: wait,
+            }),
+        }
+    }
+
+    /// Asks the hook, then loads or orders `name`'s certificate under a
+    /// rotator of its own.
+    async fn obtain(&self, name: &Arc<str>) -> Result<Rotator, OnDemandError> {
+        let inner = &self.inner;
+        // A hook that hangs must not hold a pending place for ever.
+        let allowed = tokio::time::timeout(inner.wait, inner.decide.allow(name)).await;
+        match allowed {
+            Ok(true) => {}
+            Ok(false) => {
+                lock(&inner.limits).remember_refusal(name, Instant::now());
+                return Err(OnDemandError::NotAllowed(name.to_string()));
+            }
+            Err(_) => {
+                return Err(OnDemandError::TimedOut {
+                    name: name.to_string(),
+                    waited: inner.wait,
+                })
+            }
+        }
+        let mut acme = inner.template.clone();
+        acme.domains = vec![name.to_string()];
+        let source: AcmeSource = acme.build();
+        let ordering = !source.at_hand().await;
+        if ordering {
+            lock(&inner.limits).start_order(Instant::now())?;
+        }
+        let started = Rotator::builder(source, inner.policy.for_dns_name(name))
+            .store(inner.store.clone())
+            .slot(&**name)
+            .start()
+            .await;
+        let counts = &inner.counts;
+        {
+            // A failed load backs off too: its handshakes would otherwise
+            // each read and check the stored certificate again.
+            let mut limits = lock(&inner.limits);
+            if ordering {
+                limits.order_done();
+            }
+            limits.outcome(name, started.is_ok(), Instant::now());
+        }
+        if ordering {
+            let ok = started.is_ok();
+            let count = if ok {
+                &counts.orders
+            } else {
+                &counts.failed_orders
+            };
+            count.fetch_add(1, Ordering::Relaxed);
+            inner.store.events().on_demand(OnDemandCount::Order { ok });
+        } else if started.is_ok() {
+            counts.loads.fetch_add(1, Ordering::Relaxed);
+            inner.store.events().on_demand(OnDemandCount::Load);
+        }
+        started.map_err(|error| {
+            inner.store.remove(name);
+            OnDemandError::Failed {
+                name: name.to_string(),
+                error,
+            }
+        })
+    }
+
+    /// Records how obtaining `name` ended and tells its waiters; evicts the
+    /// least recently used name if memory is full.
+    fn settle(
+        &self,
+        name: Arc<str>,
+        obtained: Result<Rotator, OnDemandError>,
+        outcome: &watch::Sender<Option<Result<(), OnDemandError>>>,
+    ) {
+        let inner = &self.inner;
+        let mut names = lock(&inner.names);
+        names.pending -= 1;
+        let told = match obtained {
+            Ok(rotator) => {
+                names.tick += 1;
+                let used = names.tick;
+                names.entries.insert(name, Entry::Cached { rotator, used });
+                Ok(())
+            }
+            Err(error) => {
+                names.entries.remove(&name);
+                Err(error)
+            }
+        };
+        let cached = names.entries.len() - names.pending;
+        let evicted = (cached > inner.cache_size)
+            .then(|| least_recently_used(&names))
+            .flatten()
+            .and_then(|victim| names.entries.remove_entry(&victim));
+        drop(names);
+        let _ = outcome.send(Some(told));
+        if let Some((victim, Entry::Cached { rotator, .. })) = evicted {
+            inner.counts.evictions.fetch_add(1, Ordering::Relaxed);
+            inner.store.events().on_demand(OnDemandCount::Eviction);
+            let store = inner.store.clone();
+            tokio::spawn(async move {
+                rotator.shutdown().await;
+                store.remove(&victim);
+            });
+        }
+    }
+
+    /// Tells of a refused handshake for `name`.
+    fn refused(&self, name: &str, error: &OnDemandError) {
+        *lock(&self.inner.counts.refusals)
+            .entry(error.reason())
+            .or_default() += 1;
+        self.inner
+            .store
+            .events()
+            .emit(RotationEvent::OnDemandRefused {
+                name: name.into(),
+                error: error.clone(),
+            });
+    }
+
+    /// What on-demand issuance has done so far.
+    pub fn stats(&self) -> OnDemandStats {
+        let (cached, pending) = {
+            let names = lock(&self.inner.names);
+            (names.entries.len() - names.pending, names.pending)
+        };
+        let counts = &self.inner.counts;
+        let read = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        OnDemandStats {
+            cached,
+            pending,
+            waiting: counts.waiting.load(Ordering::Relaxed),
+            orders_in_flight: lock(&self.inner.limits).in_flight(),
+            hits: read(&counts.hits),
+            misses: read(&counts.misses),
+            loads: read(&counts.loads),
+            orders: read(&counts.orders),
+            failed_orders: read(&counts.failed_orders),
+            evictions: read(&counts.evictions),
+            refusals: lock(&counts.refusals).clone(),
+        }
+    }
+
+    /// Stops renewing every name in memory (the store keeps serving them).
+    pub async fn shutdown(&self) {
+        let rotators: Vec<Rotator> = lock(&self.inner.names)
+            .entries
+            .values()
+            .filter_map(|entry| match entry {
+                Entry::Cached { rotator, .. } => Some(rotator.clone()),
+                Entry::Pending(_) => None,
+            })
+            .collect();
+        for rotator in rotators {
+            rotator.shutdown().await;
+        }
+    }
+}
+
+/// The name a ClientHello asks a certificate for on demand: none for ACME
+/// validators (their challenge certificate is served as it is) and clients
+/// that send no name.
+fn wanted(hello: &ClientHello<'_>) -> Option<String> {
+    let validating = hello
+        .alpn()
+        .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+    (!validating).then(|| hello.server_name().map(str::to_owned))?
+}
+
+/// `name`, if a certificate can be ordered for it: a DNS name of at most
+/// 253 characters, lowercase, with no wildcard and at least two labels.
+fn checked(name: &str) -> Result<Arc<str>, OnDemandError> {
+    let invalid = || OnDemandError::InvalidName(name.chars().take(256).collect());
+    let plain = name.len() <= 253
+        && name.contains('.')
+        && !name.ends_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !plain {
+        return Err(invalid());
+    }
+    match rustls::pki_types::ServerName::try_from(name) {
+        Ok(rustls::pki_types::ServerName::DnsName(_)) => Ok(name.into()),
+        _ => Err(invalid()),
+    }
+}
+
+/// The cached name used longest ago.
+fn least_recently_used(names: &Names) -> Option<Arc<str>> {
+    names
+        .entries
+        .iter()
+        .filter_map(|(name, entry)| match entry {
+            Entry::Cached { used, .. } => Some((*used, name)),
+            Entry::Pending(_) => None,
+        })
+        .min_by_key(|(used, _)| *used)
+        .map(|(_, name)| name.clone())
+}
+
+/// Resolves no certificate: rustls then fails the handshake with the alert
+/// `access_denied`.
+#[derive(Debug)]
+struct Refuse;
+
+impl ResolvesServerCert for Refuse {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_dns_names_can_be_ordered() {
+        for good in ["a.example", "xn--bcher-kva.example", "a-b.c.example"] {
+            assert!(checked(good).is_ok(), "{good}");
+        }
+        let long = format!("{}.example", "a".repeat(250));
+        for bad in [
+            "localhost",
+            "*.example",
+            "A.example",
+            "a.example.",
+            "a_b.example",
+            "127.0.0.1",
+            "a..example",
+            "-a.example",
+            long.as_str(),
+        ] {
+            assert!(
+                matches!(checked(bad), Err(OnDemandError::InvalidName(_))),
+                "{bad}"
+            );
+        }
+    }
+}

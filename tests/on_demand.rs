@@ -1,0 +1,352 @@
+//! On-demand issuance against a real ACME server (Pebble): names ordered at
+//! their first handshake, one order per name, refusals, abuse limits, the
+//! storage as the cache behind memory, renewal, and a CA that stops.
+
+#![cfg(feature = "acme")]
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use certrotate::{AcmeSource, AllowList, FileStorage, OnDemand, OnDemandBuilder, TlsListener};
+use common::pebble::{client, Config, Pebble};
+use common::TempDir;
+
+const SUFFIX: &str = "on-demand.test";
+
+/// On-demand certificates from `pebble` for names under SUFFIX, kept in
+/// `storage`; waiting up to 20 s.
+fn on_demand(pebble: &Pebble, storage: &TempDir) -> OnDemandBuilder {
+    let acme = AcmeSource::builder(&pebble.directory, [""; 0])
+        .directory_root(&pebble.https_root)
+        .storage(FileStorage::new(storage.path()))
+        .timeout(Duration::from_secs(10))
+        .tls_alpn_01();
+    OnDemand::builder(acme, AllowList::new().suffix(SUFFIX)).wait(Duration::from_secs(20))
+}
+
+/// Serves `on_demand` on Pebble's TLS-ALPN-01 port (so that Pebble
+/// validates against it), echoing what clients send.
+async fn serve(pebble: &Pebble, on_demand: &OnDemand) -> common::Server {
+    let tcp = tokio::net::TcpListener::bind(("127.0.0.1", pebble.config.tls_port))
+        .await
+        .unwrap();
+    let config = Arc::new(on_demand.server_config().unwrap());
+    common::serve_listener(TlsListener::new(tcp, config).on_demand(on_demand.clone()))
+}
+
+fn name(i: usize) -> String {
+    format!("n{i}.{SUFFIX}")
+}
+
+/// Handshakes as `name`; the serial of the certificate served (the client
+/// checks it is valid for `name` under Pebble's root).
+async fn seen(
+    trust: &Arc<rustls::ClientConfig>,
+    server: &common::Server,
+    name: &str,
+) -> Result<String, String> {
+    common::serial_seen(trust, server.addr, name).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_names_get_twenty_orders_and_thirty_handshakes_for_one_share_one() {
+    let pebble = Pebble::start(Config::default());
+    let storage = TempDir::new("on-demand");
+    let on_demand = on_demand(&pebble, &storage)
+        .max_orders_in_flight(20)
+        .orders_per_window(100, Duration::from_secs(60))
+        .build();
+    let server = serve(&pebble, &on_demand).await;
+    let trust = client(&pebble);
+
+    // 20 different names at once: each first handshake is served its own.
+    let serials = all_at_once(&trust, &server, (0..20).map(name)).await;
+    for (i, serial) in serials.iter().enumerate() {
+        assert!(
+            serial.is_ok(),
+            "{}: {serial:?} {:?}",
+            name(i),
+            on_demand.stats()
+        );
+    }
+    assert_eq!(pebble.orders(), 20);
+    assert_eq!(on_demand.stats().orders, 20);
+    // Served from memory from now on.
+    assert_eq!(seen(&trust, &server, &name(3)).await, serials[3]);
+    assert_eq!(pebble.orders(), 20);
+
+    // 30 concurrent first handshakes for one new name: one order.
+    let fresh = format!("fresh.{SUFFIX}");
+    let serials = all_at_once(&trust, &server, vec![fresh; 30]).await;
+    let first = serials[0].clone().unwrap_or_default();
+    assert!(
+        serials.iter().all(|s| s.as_ref() == Ok(&first)),
+        "{serials:?} {:?}",
+        on_demand.stats()
+    );
+    assert_eq!(pebble.orders(), 21);
+    let stats = on_demand.stats();
+    assert_eq!((stats.orders, stats.cached, stats.pending), (21, 21, 0));
+    assert!(stats.refusals.is_empty(), "{:?}", stats.refusals);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_name_outside_the_allow_list_fails_at_once_and_asks_the_hook_once() {
+    let pebble = Pebble::start(Config::default());
+    let storage = TempDir::new("on-demand");
+    let asked = Arc::new(AtomicUsize::new(0));
+    let allowed = AllowList::new().suffix(SUFFIX);
+    let hook = {
+        let asked = asked.clone();
+        move |name: String| {
+            asked.fetch_add(1, Ordering::Relaxed);
+            let allowed = allowed.allows(&name);
+            async move { allowed }
+        }
+    };
+    let acme = AcmeSource::builder(&pebble.directory, [""; 0])
+        .directory_root(&pebble.https_root)
+        .storage(FileStorage::new(storage.path()))
+        .tls_alpn_01();
+    let on_demand = OnDemand::builder(acme, hook).build();
+    let server = serve(&pebble, &on_demand).await;
+    let trust = client(&pebble);
+    let mut events = on_demand.store().subscribe();
+
+    let started = std::time::Instant::now();
+    let refused = seen(&trust, &server, "api.elsewhere.test").await;
+    let took = started.elapsed();
+    let error = refused.unwrap_err();
+    assert!(error.contains("AccessDenied"), "{error}");
+    assert!(took < Duration::from_secs(1), "refused after {took:?}");
+    match events.recv().await.unwrap() {
+        certrotate::RotationEvent::OnDemandRefused { name, error } => {
+            assert_eq!(&*name, "api.elsewhere.test");
+            assert_eq!(error.reason(), "not_allowed");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // 1,000 more, 50 at a time: the refusal is remembered.
+    for _ in 0..20 {
+        let batch = vec!["api.elsewhere.test".to_owned(); 50];
+        let seen = all_at_once(&trust, &server, batch).await;
+        assert!(seen.iter().all(Result::is_err));
+    }
+    assert_eq!(asked.load(Ordering::Relaxed), 1);
+    assert_eq!(on_demand.stats().refusals["not_allowed"], 1001);
+    // Names no certificate can be ordered for never reach the hook.
+    assert!(seen(&trust, &server, "localhost").await.is_err());
+    assert_eq!(asked.load(Ordering::Relaxed), 1);
+    assert_eq!(pebble.orders(), 0);
+    assert!(on_demand.store().health().certificates.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_names_stop_at_the_order_cap_and_a_real_name_gets_through_after_the_window() {
+    let pebble = Pebble::start(Config::default());
+    let storage = TempDir::new("on-demand");
+    let window = Duration::from_secs(6);
+    let on_demand = on_demand(&pebble, &storage)
+        .orders_per_window(3, window)
+        .max_orders_in_flight(3)
+        .build();
+    let server = serve(&pebble, &on_demand).await;
+    let trust = client(&pebble);
+
+    // 200 random names under the allowed suffix, 50 at a time.
+    let window_start = std::time::Instant::now();
+    let mut served = 0;
+    for batch in 0..4 {
+        let names = (0..50).map(|i| format!("r{batch}-{i}-{:x}.{SUFFIX}", fastrand::u64(..)));
+        served += all_at_once(&trust, &server, names)
+            .await
+            .iter()
+            .filter(|r| r.is_ok())
+            .count();
+    }
+    assert!(served <= 3, "{served} served");
+    assert_eq!(pebble.orders(), 3);
+    let stats = on_demand.stats();
+    let refused: u64 = stats.refusals.values().sum();
+    assert_eq!(refused, 200 - served as u64, "{:?}", stats.refusals);
+    assert!(
+        stats.refusals.contains_key("rate_limited"),
+        "{:?}",
+        stats.refusals
+    );
+
+    // Once the window has slid past those orders, a real name gets its own.
+    let legit = format!("shop.{SUFFIX}");
+    tokio::time::sleep(window.saturating_sub(window_start.elapsed())).await;
+    let mut outcome = seen(&trust, &server, &legit).await;
+    // The orders of the window may have ended a little after it started.
+    for _ in 0..20 {
+        if outcome.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        outcome = seen(&trust, &server, &legit).await;
+    }
+    outcome.unwrap();
+    assert_eq!(pebble.orders(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn storage_serves_evicted_names_and_restarts_without_new_orders() {
+    let pebble = Pebble::start(Config::default());
+    let storage = TempDir::new("on-demand");
+    let first = on_demand(&pebble, &storage)
+        .cache_size(5)
+        .max_orders_in_flight(20)
+        .build();
+    let server = serve(&pebble, &first).await;
+    let trust = client(&pebble);
+    let mut serials = Vec::new();
+    for i in 0..20 {
+        serials.push(seen(&trust, &server, &name(i)).await.unwrap());
+    }
+    assert_eq!(pebble.orders(), 20);
+    let stats = first.stats();
+    assert_eq!((stats.cached, stats.evictions), (5, 15));
+    assert_eq!(first.store().health().served, 5);
+
+    // Evicted names come back from storage, the same certificates, no order.
+    for (i, serial) in serials.iter().enumerate() {
+        assert_eq!(&seen(&trust, &server, &name(i)).await.unwrap(), serial);
+    }
+    assert_eq!(pebble.orders(), 20);
+    let stats = first.stats();
+    assert!(stats.loads >= 15, "{stats:?}");
+    assert_eq!(stats.cached, 5);
+
+    // A restart (a new store, the same storage): every name from storage.
+    first.shutdown().await;
+    drop(server);
+    let second = on_demand(&pebble, &storage).build();
+    let server = serve(&pebble, &second).await;
+    let trust = client(&pebble);
+    for (i, serial) in serials.iter().enumerate() {
+        assert_eq!(&seen(&trust, &server, &name(i)).await.unwrap(), serial);
+    }
+    assert_eq!(pebble.orders(), 20);
+    assert_eq!(second.stats().loads, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn short_lived_on_demand_certificates_are_renewed_under_load() {
+    let pebble = Pebble::start(Config {
+        validity: Duration::from_secs(24),
+        ..Config::default()
+    });
+    let storage = TempDir::new("on-demand");
+    let on_demand = on_demand(&pebble, &storage).build();
+    let server = serve(&pebble, &on_demand).await;
+    let trust = client(&pebble);
+    let names: Vec<String> = (0..3).map(name).collect();
+    let mut first = Vec::new();
+    for name in &names {
+        first.push(seen(&trust, &server, name).await.unwrap());
+    }
+    let mut events = on_demand.store().subscribe();
+    let loads: Vec<_> = names
+        .iter()
+        .map(|name| common::load(&trust, server.addr, name, 2))
+        .collect();
+
+    // Each name renewed twice, while clients keep handshaking.
+    let mut renewed = std::collections::HashMap::<String, usize>::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while renewed.len() < names.len() || renewed.values().any(|n| *n < 2) {
+        let event = tokio::time::timeout_at(deadline, events.recv()).await;
+        let event = event.expect("renewals within a minute").unwrap();
+        if let certrotate::RotationEvent::Rotated {
+            slot, old: Some(_), ..
+        } = event
+        {
+            *renewed.entry(slot.to_string()).or_default() += 1;
+        }
+    }
+    for load in loads {
+        let handshakes = load.finish().await;
+        assert!(handshakes > 20, "{handshakes} handshakes");
+    }
+    for (name, first) in names.iter().zip(&first) {
+        assert_ne!(&seen(&trust, &server, name).await.unwrap(), first);
+    }
+    assert_eq!(
+        on_demand.stats().orders,
+        3,
+        "renewals are not on-demand orders"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_name_while_the_ca_is_down_fails_within_the_wait_and_succeeds_after() {
+    let pebble = Pebble::start(Config::default());
+    let storage = TempDir::new("on-demand");
+    let wait = Duration::from_secs(3);
+    let acme = AcmeSource::builder(&pebble.directory, [""; 0])
+        .directory_root(&pebble.https_root)
+        .storage(FileStorage::new(storage.path()))
+        .timeout(Duration::from_secs(2))
+        .tls_alpn_01();
+    let on_demand = OnDemand::builder(acme, AllowList::new().suffix(SUFFIX))
+        .wait(wait)
+        .failure_backoff(Duration::from_secs(1), Duration::from_secs(2))
+        .build();
+    let server = serve(&pebble, &on_demand).await;
+    let trust = client(&pebble);
+    let old = seen(&trust, &server, &name(0)).await.unwrap();
+
+    pebble.freeze(true);
+    let started = std::time::Instant::now();
+    let down = seen(&trust, &server, &name(1)).await;
+    let took = started.elapsed();
+    assert!(down.is_err(), "{down:?}");
+    assert!(
+        took < wait + Duration::from_secs(2),
+        "failed after {took:?}"
+    );
+    // The name served before keeps being served.
+    assert_eq!(seen(&trust, &server, &name(0)).await.unwrap(), old);
+    assert_eq!(on_demand.store().current(&name(1)), None);
+
+    pebble.freeze(false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match seen(&trust, &server, &name(1)).await {
+            Ok(_) => break,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let stats = on_demand.stats();
+    assert!(stats.failed_orders >= 1, "{stats:?}");
+    // The order failed (its step timed out) within the handshake's wait.
+    assert!(stats.refusals.contains_key("failed"), "{stats:?}");
+}
+
+/// Handshakes as each of `names` at once; the serials seen, in order.
+async fn all_at_once(
+    trust: &Arc<rustls::ClientConfig>,
+    server: &common::Server,
+    names: impl IntoIterator<Item = String>,
+) -> Vec<Result<String, String>> {
+    let (config, addr) = (trust.clone(), server.addr);
+    let tasks: Vec<_> = names
+        .into_iter()
+        .map(|name| {
+            let config = config.clone();
+            tokio::spawn(async move { common::serial_seen(&config, addr, &name).await })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for task in tasks {
+        seen.push(task.await.unwrap());
+    }
+    seen
+}
