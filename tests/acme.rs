@@ -632,3 +632,55 @@ async fn a_fetch_timeout_mid_order_cleans_up_and_the_order_resumes() {
         .unwrap();
     assert_eq!(seen, cert.serial);
 }
+
+/// Runs `ahead` of the real time.
+#[derive(Debug)]
+struct Ahead(Duration);
+
+impl certrotate::Clock for Ahead {
+    fn now(&self) -> std::time::SystemTime {
+        std::time::SystemTime::now() + self.0
+    }
+}
+
+/// A restart whose stored certificate is due for renewal, while the CA is
+/// down: the stored certificate serves (it is valid for minutes still)
+/// while the renewal is retried, instead of nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_serves_its_due_certificate_while_the_ca_is_down() {
+    let pebble = Pebble::start(Config::default());
+    let storage = pebble.storage();
+    let source = || {
+        AcmeSource::builder(&pebble.directory, [NAME])
+            .directory_root(&pebble.https_root)
+            .storage(storage.clone())
+            .timeout(Duration::from_secs(1))
+            .tls_alpn_01()
+            .build()
+    };
+    let rotator = Rotator::builder(source(), policy()).spawn();
+    let server = tls_alpn_server(&pebble, &rotator).await;
+    let stored = first_certificate(&rotator).await;
+    rotator.shutdown().await;
+    drop(server);
+
+    pebble.freeze(true);
+    // 56 minutes into the hour the certificate lasts: past the emergency
+    // point, whatever the CA advised, and still valid.
+    let store = CertStore::builder()
+        .clock(Arc::new(Ahead(Duration::from_secs(56 * 60))))
+        .build();
+    let restarted = Rotator::builder(source(), policy())
+        .store(store)
+        .launch()
+        .await;
+    let serving = restarted.current().map(|c| c.serial.clone());
+    pebble.freeze(false);
+    assert_eq!(
+        serving,
+        Some(stored.serial.clone()),
+        "{:?}",
+        restarted.health().last_error
+    );
+    restarted.shutdown().await;
+}

@@ -88,7 +88,19 @@ impl AcmeSource {
         let holding = Holding::new(self, lease);
         let ordered = self.ordered(stored.as_ref()).await;
         holding.release().await;
-        ordered.map_err(Trouble::Failed)
+        match (ordered, stored) {
+            (Ok(bundle), _) => Ok(bundle),
+            // Nothing served yet (a restart, an on-demand name loaded back)
+            // and the renewal failed: the stored certificate still serves
+            // better than none; the rotator retries the renewal, due as it is.
+            (Err(error), Some(stored))
+                if lock(&self.inner.provided).is_none() && stored.info().not_after > self.now() =>
+            {
+                tracing::warn!(target: "certrotate", serial = %stored.info().serial, "renewal failed; serving the stored certificate meanwhile: {error}");
+                Ok(stored)
+            }
+            (Err(error), _) => Err(Trouble::Failed(error)),
+        }
     }
 
     /// Whether the storage being down lets this instance order on its own
