@@ -350,3 +350,25 @@ async fn all_at_once(
     }
     seen
 }
+
+/// A hook that panics refuses that handshake, and leaves nothing pending
+/// behind: the next handshake asks it again.
+#[tokio::test]
+async fn a_panicking_hook_refuses_and_leaves_nothing_pending() {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let hook = {
+        let asked = asked.clone();
+        move |name: String| {
+            asked.fetch_add(1, Ordering::Relaxed);
+            async move { panic!("the database is gone ({name})") }
+        }
+    };
+    let acme = AcmeSource::builder("https://acme.invalid/directory", [""; 0]);
+    let on_demand = OnDemand::builder(acme, hook).build();
+    for _ in 0..2 {
+        let error = on_demand.prepare(&name(0)).await.unwrap_err();
+        assert_eq!(error.reason(), "aborted", "{error}");
+        assert_eq!(on_demand.stats().pending, 0);
+    }
+    assert_eq!(asked.load(Ordering::Relaxed), 2);
+}

@@ -180,6 +180,13 @@ pub enum OnDemandError {
         #[source]
         error: RotateError,
     },
+    /// Obtaining the certificate stopped before it ended: a panic (in the
+    /// hook, say), or the runtime stopping.
+    #[error("obtaining a certificate for {name:?} stopped before it ended")]
+    Aborted {
+        /// The name.
+        name: String,
+    },
     /// The certificate did not arrive within [`OnDemandBuilder::wait`]
     /// (it may still: the order goes on).
     #[error("no certificate for {name:?} after {waited:?}")]
@@ -194,7 +201,7 @@ pub enum OnDemandError {
 impl OnDemandError {
     /// A stable code for the reason, as metrics and health label it:
     /// `invalid_name`, `not_allowed`, `too_many_pending`, `backing_off`,
-    /// `rate_limited`, `too_many_orders`, `failed` or `timed_out`.
+    /// `rate_limited`, `too_many_orders`, `failed`, `aborted` or `timed_out`.
     pub fn reason(&self) -> &'static str {
         match self {
             Self::InvalidName(_) => "invalid_name",
@@ -204,6 +211,7 @@ impl OnDemandError {
             Self::RateLimited { .. } => "rate_limited",
             Self::TooManyOrders { .. } => "too_many_orders",
             Self::Failed { .. } => "failed",
+            Self::Aborted { .. } => "aborted",
             Self::TimedOut { .. } => "timed_out",
         }
     }
@@ -531,7 +539,17 @@ impl OnDemand {
         inner.store.events().on_demand(OnDemandCount::Miss);
         let on_demand = self.clone();
         tokio::spawn(async move {
-            let obtained = on_demand.obtain(&name).await;
+            // In a task of its own, so that a panic (in the hook, say)
+            // still settles the name.
+            let obtaining = {
+                let (on_demand, name) = (on_demand.clone(), name.clone());
+                tokio::spawn(async move { on_demand.obtain(&name).await })
+            };
+            let obtained = obtaining.await.unwrap_or_else(|_| {
+                Err(OnDemandError::Aborted {
+                    name: name.to_string(),
+                })
+            });
             on_demand.settle(name, obtained, &tx);
         });
         Ok(rx)
@@ -553,8 +571,10 @@ impl OnDemand {
         events.on_demand(OnDemandCount::Waiting(waiting));
         match waited {
             Ok(Ok(done)) => done.clone().expect("waited for it"),
-            // The sender went without an outcome: a panic in a hook.
-            Ok(Err(_)) => Err(OnDemandError::NotAllowed(name.to_owned())),
+            // The sender went without an outcome: the runtime is stopping.
+            Ok(Err(_)) => Err(OnDemandError::Aborted {
+                name: name.to_owned(),
+            }),
             Err(_) => Err(OnDemandError::TimedOut {
                 name: name.to_owned(),
                 waited: wait,
