@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example acme [--features redis] -- \
-//!     --directory URL [--directory-root PEM] --domain NAME [--domain NAME]... --listen ADDR \
+//!     --directory URL [--directory-root PEM] [--on-demand SUFFIX]... [--domain NAME]... --listen ADDR \
 //!     --challenge tls-alpn-01|http-01|dns-01 [--http-listen ADDR] [--challtestsrv ADDR] \
 //!     (--storage DIR | --redis URL --redis-key-file FILE [--redis-root PEM]) [--lock-lease SECONDS]
 //! ```
@@ -16,6 +16,11 @@
 //!   `--http-listen`; `dns-01`: through TXT records, published here in
 //!   Pebble's test DNS server (`--challtestsrv`, its management address;
 //!   with a real DNS provider, implement `certrotate::Dns01Solver`).
+//! - `--domain`: a name of the server's own certificate (ordered at
+//!   start); `--on-demand SUFFIX`: order a certificate at the first
+//!   handshake for any name that ends in `.SUFFIX` (on-demand TLS, within
+//!   the default abuse limits: 20 orders a minute, 5 at once). At least one
+//!   of the two.
 //! - `--storage`: where the account and certificates are kept (0600). A
 //!   restart serves the stored certificate at once and orders a new one only
 //!   when renewal is due.
@@ -29,7 +34,9 @@
 //!
 //! Until the first certificate arrives, handshakes fail (there is nothing
 //! to serve); then `GET /` answers `ok` and `GET /certs` shows the health
-//! snapshot as JSON, with `last_error` (string, or null). Standard output
+//! snapshot as JSON, with `last_error` (string, or null), every name's
+//! certificate among `certificates`, and with `--on-demand`, `on_demand`
+//! (what on-demand issuance did: orders, refusals by reason...). Standard output
 //! says `listening on https://ADDR`, then `serving SERIAL` at each new
 //! certificate.
 
@@ -41,7 +48,8 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::{Json, Router};
 use certrotate::{
-    AcmeBuilder, AcmeSource, FileStorage, Http01Responder, Policy, Rotator, TlsListener,
+    AcmeBuilder, AcmeSource, AllowList, CertStore, FileStorage, Http01Responder, OnDemand, Policy,
+    Rotator, TlsListener,
 };
 use tokio::sync::broadcast::error::RecvError;
 
@@ -49,7 +57,7 @@ use tokio::sync::broadcast::error::RecvError;
 mod challtestsrv;
 
 const USAGE: &str =
-    "usage: acme --directory URL [--directory-root PEM] --domain NAME [--domain NAME]... \
+    "usage: acme --directory URL [--directory-root PEM] [--on-demand SUFFIX]... [--domain NAME]... \
                      --listen ADDR --challenge tls-alpn-01|http-01|dns-01 [--http-listen ADDR] \
                      [--challtestsrv ADDR] (--storage DIR | --redis URL --redis-key-file FILE [--redis-root PEM]) \
                      [--lock-lease SECONDS]";
@@ -75,6 +83,7 @@ struct Args {
     directory: String,
     directory_root: Option<PathBuf>,
     domains: Vec<String>,
+    on_demand: Vec<String>,
     listen: SocketAddr,
     challenge: Challenge,
     storage: Storage,
@@ -83,6 +92,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let (mut directory, mut directory_root, mut domains) = (None, None, Vec::new());
+    let mut on_demand = Vec::new();
     let (mut listen, mut challenge, mut http_listen, mut challtestsrv) = (None, None, None, None);
     let (mut storage, mut redis, mut redis_key_file, mut lock_lease) = (None, None, None, None);
     let mut redis_root = None;
@@ -94,6 +104,7 @@ fn parse_args() -> Result<Args, String> {
             "--directory" => directory = Some(value),
             "--directory-root" => directory_root = Some(PathBuf::from(value)),
             "--domain" => domains.push(value),
+            "--on-demand" => on_demand.push(value),
             "--listen" => listen = Some(addr(&value)?),
             "--http-listen" => http_listen = Some(addr(&value)?),
             "--challtestsrv" => challtestsrv = Some(addr(&value)?),
@@ -140,9 +151,10 @@ fn parse_args() -> Result<Args, String> {
         storage,
         lock_lease,
         domains,
+        on_demand,
     };
-    if args.domains.is_empty() {
-        return Err(missing("--domain"));
+    if args.domains.is_empty() && args.on_demand.is_empty() {
+        return Err(missing("--domain or --on-demand"));
     }
     Ok(args)
 }
@@ -231,41 +243,81 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Challenge::Dns01(management) => acme.dns_01(challtestsrv::ChallTestSrv(management)),
     };
-    let mut policy = Policy::builder();
-    for domain in &args.domains {
-        policy = policy.server_name(domain);
-    }
+    // One store for the names of its own and those ordered on demand.
+    let store = CertStore::new();
     // Launched, not started: a stored certificate (a restart) is served
     // from the first connection, but a first order must not hold the
     // listener back (the TLS-ALPN-01 challenge needs the server up).
-    let rotator = Rotator::builder(acme.build(), policy.build()?)
-        .launch()
-        .await;
+    let rotator = match args.domains.is_empty() {
+        true => None,
+        false => {
+            let mut policy = Policy::builder();
+            for domain in &args.domains {
+                policy = policy.server_name(domain);
+            }
+            let rotator = Rotator::builder(acme.clone().build(), policy.build()?)
+                .store(store.clone())
+                .launch()
+                .await;
+            Some(rotator)
+        }
+    };
+    let on_demand = match args.on_demand.is_empty() {
+        true => None,
+        false => {
+            let allowed = args
+                .on_demand
+                .iter()
+                .fold(AllowList::new(), AllowList::suffix);
+            Some(
+                OnDemand::builder(acme, allowed)
+                    .store(store.clone())
+                    .build(),
+            )
+        }
+    };
     let tcp = tokio::net::TcpListener::bind(args.listen).await?;
     let bound = tcp.local_addr()?;
     // ALPN: h2, http/1.1, and acme-tls/1 for TLS-ALPN-01.
-    let tls = rotator.server_config()?;
-    let health = rotator.clone();
-    let app = Router::new()
-        .route("/", get(|| async { "ok\n" }))
-        .route("/certs", get(move || async move { Json(health.health()) }));
+    let tls = match (&on_demand, &rotator) {
+        (Some(on_demand), _) => on_demand.server_config()?,
+        (None, Some(rotator)) => rotator.server_config()?,
+        (None, None) => unreachable!("checked with the arguments"),
+    };
+    let health = (store.clone(), on_demand.clone());
+    let app = Router::new().route("/", get(|| async { "ok\n" })).route(
+        "/certs",
+        get(move || async move {
+            let (store, on_demand) = &health;
+            let mut snapshot = serde_json::to_value(store.health()).unwrap_or_default();
+            if let Some(on_demand) = on_demand {
+                snapshot["on_demand"] = serde_json::to_value(on_demand.stats()).unwrap_or_default();
+            }
+            Json(snapshot)
+        }),
+    );
     println!("listening on https://{bound}");
-    // Then each certificate served, the one already there first.
-    let serving = rotator.clone();
-    let mut events = rotator.subscribe();
-    tokio::spawn(async move {
-        let mut printed = String::new();
-        loop {
-            if let Some(cert) = serving.current().filter(|c| c.serial != printed) {
-                println!("serving {}", cert.serial);
-                printed.clone_from(&cert.serial);
+    // Then each certificate of its own served, the one already there first.
+    if let Some(rotator) = rotator {
+        let mut events = rotator.subscribe();
+        tokio::spawn(async move {
+            let mut printed = String::new();
+            loop {
+                if let Some(cert) = rotator.current().filter(|c| c.serial != printed) {
+                    println!("serving {}", cert.serial);
+                    printed.clone_from(&cert.serial);
+                }
+                if let Err(RecvError::Closed) = events.recv().await {
+                    break;
+                }
             }
-            if let Err(RecvError::Closed) = events.recv().await {
-                break;
-            }
-        }
-    });
-    axum::serve(TlsListener::new(tcp, Arc::new(tls)), app)
+        });
+    }
+    let mut listener = TlsListener::new(tcp, Arc::new(tls));
+    if let Some(on_demand) = on_demand {
+        listener = listener.on_demand(on_demand);
+    }
+    axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -56,13 +56,18 @@ async fn handshake(root_pem: &str, port: u16) -> Result<String, String> {
 }
 
 fn args<'a>(pebble: &'a Pebble, storage: &'a Path, rest: &[&'a str]) -> Vec<std::ffi::OsString> {
+    let mut args = args_for(pebble, storage, &["--domain", NAME]);
+    args.extend(rest.iter().map(Into::into));
+    args
+}
+
+/// The example's arguments for `pebble` and `storage`, then `rest`.
+fn args_for(pebble: &Pebble, storage: &Path, rest: &[&str]) -> Vec<std::ffi::OsString> {
     let mut args: Vec<std::ffi::OsString> = vec![
         "--directory".into(),
         pebble.directory.clone().into(),
         "--directory-root".into(),
         pebble.https_root.clone().into(),
-        "--domain".into(),
-        NAME.into(),
         "--storage".into(),
         storage.into(),
     ];
@@ -148,4 +153,78 @@ async fn acme_example_obtains_with_http_01() {
     let report = until_serving(&root, port, Duration::from_secs(60)).await;
     assert_eq!(report["last_error"], serde_json::Value::Null);
     child.kill().await.unwrap();
+}
+
+/// On-demand mode, no `--domain`: names under the suffix get certificates
+/// at their first request, others are refused, `/certs` lists them, and a
+/// restart serves them from storage without a new order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_example_issues_on_demand_and_restarts_from_storage() {
+    let pebble = Pebble::start(Config::default());
+    let (dir, storage) = (
+        TempDir::new("example-acme-on-demand"),
+        TempDir::new("example-acme-on-demand-storage"),
+    );
+    let root = dir.join("pebble-root.pem");
+    std::fs::write(&root, pebble.issuing_root()).unwrap();
+    let listen = format!("127.0.0.1:{}", pebble.config.tls_port);
+    let args = args_for(
+        &pebble,
+        storage.path(),
+        &[
+            "--on-demand",
+            "customers.test",
+            "--on-demand",
+            "tenants.test",
+            "--listen",
+            &listen,
+            "--challenge",
+            "tls-alpn-01",
+        ],
+    );
+    let names = ["a.customers.test", "b.tenants.test", "c.d.customers.test"];
+    let (mut child, port) = run(&args).await;
+    for name in names {
+        let answer = common::pebble::get(&root, name, port, "/").await;
+        assert_eq!(answer.as_deref(), Ok("ok\n"), "{name}");
+    }
+    let refused = common::pebble::get(&root, "a.elsewhere.test", port, "/").await;
+    assert!(refused.is_err(), "{refused:?}");
+    let refused = common::pebble::get(&root, "customers.test", port, "/").await;
+    assert!(refused.is_err(), "the suffix itself: {refused:?}");
+    assert_eq!(pebble.orders(), 3);
+
+    let body = common::pebble::get(&root, names[0], port, "/certs")
+        .await
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut listed: Vec<&str> = report["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["dns_names"][0].as_str().unwrap())
+        .collect();
+    listed.sort_unstable();
+    assert_eq!(
+        listed,
+        ["a.customers.test", "b.tenants.test", "c.d.customers.test"]
+    );
+    assert_eq!(report["on_demand"]["orders"], 3);
+    assert_eq!(report["on_demand"]["refusals"]["not_allowed"], 2);
+    assert_eq!(
+        report["on_demand"]["refusals"]["invalid_name"],
+        serde_json::Value::Null
+    );
+    child.kill().await.unwrap();
+    child.wait().await.unwrap();
+
+    // Restarted on the same storage: the same names, no new order.
+    let (mut child, port) = run(&args).await;
+    for name in names {
+        let answer = common::pebble::get(&root, name, port, "/").await;
+        assert_eq!(answer.as_deref(), Ok("ok\n"), "{name}");
+    }
+    assert_eq!(pebble.orders(), 3);
+    child.kill().await.unwrap();
+    child.wait().await.unwrap();
 }

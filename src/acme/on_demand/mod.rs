@@ -178,7 +178,7 @@ pub enum OnDemandError {
         name: String,
         /// Why.
         #[source]
-        error: RotateError,
+        error: Box<RotateError>,
     },
     /// Obtaining the certificate stopped before it ended: a panic (in the
     /// hook, say), or the runtime stopping.
@@ -640,7 +640,7 @@ impl OnDemand {
             inner.store.remove(name);
             OnDemandError::Failed {
                 name: name.to_string(),
-                error,
+                error: Box::new(error),
             }
         })
     }
