@@ -53,6 +53,43 @@ async fn three_replicas_in_one_process_starting_together_share_one_order() {
     }
 }
 
+/// On demand: the first handshakes for one new name, one at each of three
+/// replicas at once, share one order through the storage's renewal lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_on_demand_replicas_share_one_order_for_a_new_name() {
+    let pebble = Pebble::start(Config::default());
+    let redis = Redis::start();
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        let storage = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
+        let acme = AcmeSource::builder(&pebble.directory, [""; 0])
+            .directory_root(&pebble.https_root)
+            .storage(storage)
+            .dns_01(ChallTestSrv(pebble.dns_management));
+        let allowed = certrotate::AllowList::new().suffix("fleet.certrotate.test");
+        let on_demand = certrotate::OnDemand::builder(acme, allowed).build();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = Arc::new(on_demand.server_config().unwrap());
+        let listener = certrotate::TlsListener::new(tcp, config).on_demand(on_demand);
+        servers.push(common::serve_listener(listener));
+    }
+    let trust = client(&pebble);
+    let name = "customer.fleet.certrotate.test";
+    let handshakes: Vec<_> = servers
+        .iter()
+        .map(|server| {
+            let (trust, addr) = (trust.clone(), server.addr);
+            tokio::spawn(async move { common::serial_seen(&trust, addr, name).await })
+        })
+        .collect();
+    let mut serials = Vec::new();
+    for handshake in handshakes {
+        serials.push(handshake.await.unwrap().unwrap());
+    }
+    assert!(serials.iter().all(|s| *s == serials[0]), "{serials:?}");
+    assert_eq!((pebble.orders(), pebble.issued()), (1, 1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replica_processes_renew_with_one_order_per_cycle_and_no_failed_handshake() {
     let fleet = Fleet::start(Duration::from_secs(30), 3, None).await;
