@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::OnDemandError;
+use crate::renewal;
 
 /// How the limits are set (see the builder's methods).
 #[derive(Debug, Clone)]
@@ -151,31 +152,30 @@ impl Limits {
         self.in_flight = self.in_flight.saturating_sub(1);
     }
 
-    /// Obtaining `name` ended: a failure backs the name off (doubling from
-    /// the minimum to the maximum with each failure in a row), a success
-    /// forgets its failures.
-    pub(super) fn outcome(&mut self, name: &Arc<str>, succeeded: bool, now: Instant) {
-        if succeeded {
-            self.backoff.remove(name);
-            return;
-        }
-        let (min, max) = (self.config.backoff_min, self.config.backoff_max);
+    /// Obtaining `name` succeeded: its failures are forgotten.
+    pub(super) fn succeeded(&mut self, name: &str) {
+        self.backoff.remove(name);
+    }
+
+    /// Obtaining `name` failed: it backs off by the crate's retry rule
+    /// ([`renewal::retry_delay`]: doubling from the minimum with each failure
+    /// in a row, up to the maximum, jittered), and no less than the CA asked
+    /// (`retry_after`, from a rate limit).
+    pub(super) fn failed(&mut self, name: &Arc<str>, retry_after: Option<Duration>, now: Instant) {
+        let range = (self.config.backoff_min, self.config.backoff_max);
         // Failures older than the longest backoff are forgotten; without
         // this, names that failed once (random ones, at most an order each)
         // would pile up.
         if self.backoff.len() >= 1024 {
-            self.backoff.retain(|_, b| b.until + max > now);
+            self.backoff.retain(|_, b| b.until + range.1 > now);
         }
-        let failures = self.backoff.get(name).map_or(0, |b| b.failures) + 1;
-        let delay = min
-            .saturating_mul(1 << (failures - 1).min(20))
-            .min(max)
-            .max(min);
+        let failures = self.backoff.get(name).map_or(0, |b| b.failures);
+        let delay = renewal::retry_delay(failures, range, retry_after, None);
         self.backoff.insert(
             name.clone(),
             Backoff {
                 until: now + delay,
-                failures,
+                failures: failures.saturating_add(1),
             },
         );
     }
@@ -228,19 +228,28 @@ mod tests {
         let name: Arc<str> = "a.example".into();
         let mut waits = Vec::new();
         for _ in 0..4 {
-            limits.outcome(&name, false, now);
+            limits.failed(&name, None, now);
             let Err(OnDemandError::BackingOff { retry_in, .. }) = limits.check_backoff(&name, now)
             else {
                 panic!("not backing off")
             };
-            waits.push(retry_in.as_secs());
+            waits.push(retry_in);
         }
-        assert_eq!(waits, [1, 2, 4, 4]);
+        // Jittered down by up to half.
+        for (wait, full) in waits.iter().zip([1, 2, 4, 4]) {
+            let full = Duration::from_secs(full);
+            assert!(*wait <= full && *wait >= full / 2, "{waits:?}");
+        }
         assert!(limits.check_backoff("b.example", now).is_ok());
         assert!(limits
             .check_backoff(&name, now + Duration::from_secs(4))
             .is_ok());
-        limits.outcome(&name, true, now);
+        // A CA asking for longer (a rate limit) is heard.
+        limits.failed(&name, Some(Duration::from_secs(30)), now);
+        assert!(limits
+            .check_backoff(&name, now + Duration::from_secs(29))
+            .is_err());
+        limits.succeeded(&name);
         assert!(limits.check_backoff(&name, now).is_ok());
     }
 

@@ -32,7 +32,7 @@ use crate::metrics::OnDemandCount;
 use crate::policy::Policy;
 use crate::resolver::{RotatingResolver, ACME_TLS_ALPN};
 use crate::rotator::{RotateError, Rotator};
-use crate::source::CertSource;
+use crate::source::{CertSource, SourceError};
 use crate::store::CertStore;
 use crate::sync::lock;
 
@@ -343,9 +343,11 @@ impl OnDemandBuilder {
         self
     }
 
-    /// After a failed order, a name is not ordered again for `min`,
-    /// doubling with each failure in a row up to `max` (default 1 min to
-    /// 1 h); its handshakes are refused meanwhile.
+    /// After a failed order (or load), a name is not tried again for
+    /// `min`, doubling with each failure in a row up to `max` (default
+    /// 1 min to 1 h), jittered down by up to half like the rotator's
+    /// retries, and no sooner than a rate limit of the CA says; its
+    /// handshakes are refused meanwhile.
     pub fn failure_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.limits.backoff_min = min;
         self.limits.backoff_max = max.max(min);
@@ -621,7 +623,13 @@ impl OnDemand {
             if ordering {
                 limits.order_done();
             }
-            limits.outcome(name, started.is_ok(), Instant::now());
+            match &started {
+                Ok(_) => limits.succeeded(name),
+                Err(RotateError::Source(SourceError::RateLimited { retry_after, .. })) => {
+                    limits.failed(name, Some(*retry_after), Instant::now())
+                }
+                Err(_) => limits.failed(name, None, Instant::now()),
+            }
         }
         if ordering {
             let ok = started.is_ok();
