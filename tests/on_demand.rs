@@ -372,3 +372,33 @@ async fn a_panicking_hook_refuses_and_leaves_nothing_pending() {
     }
     assert_eq!(asked.load(Ordering::Relaxed), 2);
 }
+
+/// What on-demand issuance does reaches the metrics recorder: orders,
+/// refusals by reason, cache hits and misses, waiting handshakes.
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_demand_metrics_reach_the_recorder() {
+    // The binary's one global recorder: other tests add to its counts.
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .unwrap();
+    let pebble = Pebble::start(Config::default());
+    let storage = TempDir::new("on-demand");
+    let on_demand = on_demand(&pebble, &storage).build();
+    let server = serve(&pebble, &on_demand).await;
+    let trust = client(&pebble);
+    seen(&trust, &server, &name(0)).await.unwrap();
+    seen(&trust, &server, &name(0)).await.unwrap();
+    assert!(seen(&trust, &server, "www.elsewhere.test").await.is_err());
+
+    let rendered = prometheus.render();
+    for line in [
+        "certrotate_on_demand_orders_total{result=\"issued\"}",
+        "certrotate_on_demand_refusals_total{reason=\"not_allowed\"}",
+        "certrotate_on_demand_cache_total{event=\"miss\"}",
+        "certrotate_on_demand_cache_total{event=\"hit\"}",
+        "certrotate_on_demand_waiting_handshakes",
+    ] {
+        assert!(rendered.contains(line), "{line} missing:\n{rendered}");
+    }
+}
