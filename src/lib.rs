@@ -43,7 +43,8 @@
 //! - `ca` (default): [`InternalCa`], short-lived certificates from a CA in
 //!   the process, with CA rollover (adds `rcgen`).
 //! - `acme` (default): [`AcmeSource`], certificates from Let's Encrypt or any
-//!   RFC 8555 CA (adds `instant-acme`); needs neither `axum` nor `ca`
+//!   RFC 8555 CA, and [`OnDemand`], certificates ordered at the first
+//!   handshake for names the application allows (adds `instant-acme`); needs neither `axum` nor `ca`
 //!   ([`Http01Responder`] is a tower `Service`; with `axum`, also a `Router`).
 //! - `health` (default): [`HealthService`], the health snapshot over HTTP as
 //!   a tower `Service`.
@@ -83,6 +84,10 @@
 //! | `certrotate_last_attempt_timestamp_seconds` | gauge | `slot` | when a rotation was last attempted, Unix time |
 //! | `certrotate_certificates` | gauge | `alert` | serving certificates per alert level (`ok`, `renew-overdue`, `critical`, `expired`), over the whole store |
 //! | `certrotate_soonest_expiry_timestamp_seconds` | gauge | | `not_after` of the serving certificate that expires first, Unix time |
+//! | `certrotate_on_demand_refusals_total` | counter | `reason` | handshakes refused a certificate on demand, by `OnDemandError::reason()` (`not_allowed`, `rate_limited`, `too_many_orders`, `too_many_pending`, `backing_off`, `invalid_name`, `failed`, `timed_out`, `aborted`) |
+//! | `certrotate_on_demand_orders_total` | counter | `result` | orders on demand: `issued` or `failed` |
+//! | `certrotate_on_demand_cache_total` | counter | `event` | on-demand names: `hit` (served already), `miss` (to obtain), `load` (from storage, no order), `eviction` (dropped from memory) |
+//! | `certrotate_on_demand_waiting_handshakes` | gauge | | handshakes waiting for an on-demand certificate |
 //!
 //! Per-slot series stop past the store's `metric_slots` (default 100, see
 //! [`CertStoreBuilder::metric_slots`]): above it no slot gets per-slot gauges
