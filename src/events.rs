@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 
+#[cfg(feature = "acme")]
+use crate::acme::on_demand::error::OnDemandError;
 use crate::bundle::CertInfo;
 use crate::clock::{human, rfc3339, Clock};
 use crate::health::{AlertCounts, AlertLevel};
@@ -116,7 +118,7 @@ pub enum RotationEvent {
         /// The server name the client asked for.
         name: Arc<str>,
         /// Why.
-        error: crate::acme::OnDemandError,
+        error: OnDemandError,
     },
 }
 
@@ -256,8 +258,10 @@ fn log(event: &RotationEvent) {
         // the metrics; failures of the CA are not.
         #[cfg(feature = "acme")]
         RotationEvent::OnDemandRefused { name, error } => match error {
-            crate::acme::OnDemandError::Failed { .. }
-            | crate::acme::OnDemandError::TimedOut { .. } => {
+            OnDemandError::Failed { .. }
+            | OnDemandError::Refused { .. }
+            | OnDemandError::TimedOut { .. }
+            | OnDemandError::Aborted { .. } => {
                 tracing::warn!(target: "certrotate", %name, reason = error.reason(), "on-demand certificate refused: {error}")
             }
             _ => {

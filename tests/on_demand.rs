@@ -30,11 +30,28 @@ fn on_demand(pebble: &Pebble, storage: &TempDir) -> OnDemandBuilder {
 /// Serves `on_demand` on Pebble's TLS-ALPN-01 port (so that Pebble
 /// validates against it), echoing what clients send.
 async fn serve(pebble: &Pebble, on_demand: &OnDemand) -> common::Server {
-    let tcp = tokio::net::TcpListener::bind(("127.0.0.1", pebble.config.tls_port))
-        .await
-        .unwrap();
+    // A server dropped just before lets go of the port a moment later.
+    let mut tries = 0;
+    let tcp = loop {
+        match tokio::net::TcpListener::bind(("127.0.0.1", pebble.config.tls_port)).await {
+            Ok(tcp) => break tcp,
+            Err(e) if tries < 50 => {
+                tries += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
     let config = Arc::new(on_demand.server_config().unwrap());
-    common::serve_listener(TlsListener::new(tcp, config).on_demand(on_demand.clone()))
+    // The clients and Pebble's validator all come from 127.0.0.1: the
+    // default share per client (64 handshakes in flight) would close some
+    // of the validator's connections while 20 first handshakes wait, and
+    // fail their orders.
+    let listener = TlsListener::new(tcp, config)
+        .max_pending_handshakes_per_client(1000)
+        .on_demand(on_demand.clone());
+    common::serve_listener(listener)
 }
 
 fn name(i: usize) -> String {
@@ -63,13 +80,15 @@ async fn twenty_names_get_twenty_orders_and_thirty_handshakes_for_one_share_one(
     let trust = client(&pebble);
 
     // 20 different names at once: each first handshake is served its own.
+    let mut events = on_demand.store().subscribe();
     let serials = all_at_once(&trust, &server, (0..20).map(name)).await;
     for (i, serial) in serials.iter().enumerate() {
         assert!(
             serial.is_ok(),
-            "{}: {serial:?} {:?}",
+            "{}: {serial:?} {:?}; {:?}",
             name(i),
-            on_demand.stats()
+            on_demand.stats(),
+            refusals(&mut events)
         );
     }
     assert_eq!(pebble.orders(), 20);
@@ -401,4 +420,17 @@ async fn on_demand_metrics_reach_the_recorder() {
     ] {
         assert!(rendered.contains(line), "{line} missing:\n{rendered}");
     }
+}
+
+/// The reasons of the refusals among the events received so far.
+fn refusals(
+    events: &mut tokio::sync::broadcast::Receiver<certrotate::RotationEvent>,
+) -> Vec<String> {
+    let mut refusals = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let certrotate::RotationEvent::OnDemandRefused { error, .. } = event {
+            refusals.push(error.to_string());
+        }
+    }
+    refusals
 }

@@ -41,7 +41,7 @@ mod builder;
 mod challenge;
 mod failure;
 mod http;
-mod on_demand;
+pub(crate) mod on_demand;
 mod order;
 mod renewal;
 mod storage;

@@ -37,9 +37,11 @@ use crate::store::CertStore;
 use crate::sync::lock;
 
 mod decide;
+pub(crate) mod error;
 mod limits;
 
 pub use decide::{AllowList, Decide};
+pub use error::OnDemandError;
 use limits::{LimitConfig, Limits};
 
 /// Issues certificates at the first handshake for names the application
@@ -131,90 +133,6 @@ struct Counts {
     failed_orders: AtomicU64,
     evictions: AtomicU64,
     refusals: Mutex<BTreeMap<&'static str, u64>>,
-}
-
-/// Why a handshake for a name was not served a certificate on demand.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum OnDemandError {
-    /// The name is not a DNS name a certificate can be ordered for.
-    #[error("{0:?} is not a DNS name a certificate can be ordered for")]
-    InvalidName(String),
-    /// The [`Decide`] hook refused the name (now, or recently).
-    #[error("certificates for {0:?} are not allowed")]
-    NotAllowed(String),
-    /// As many names as allowed are being obtained already.
-    #[error("{limit} names are waiting for their certificates already")]
-    TooManyPending {
-        /// [`OnDemandBuilder::max_pending_names`].
-        limit: usize,
-    },
-    /// The last order for the name failed; it is not ordered again yet.
-    #[error("the last order for {name:?} failed; the next may start in {retry_in:?}")]
-    BackingOff {
-        /// The name.
-        name: String,
-        /// How long until an order may start.
-        retry_in: Duration,
-    },
-    /// As many orders as allowed started in the last window.
-    #[error("{limit} certificates were ordered in the last {window:?} already")]
-    RateLimited {
-        /// [`OnDemandBuilder::orders_per_window`]'s count.
-        limit: usize,
-        /// Its window.
-        window: Duration,
-    },
-    /// As many orders as allowed are in flight.
-    #[error("{limit} orders are in flight already")]
-    TooManyOrders {
-        /// [`OnDemandBuilder::max_orders_in_flight`].
-        limit: usize,
-    },
-    /// The certificate could not be obtained, or the policy refused it.
-    #[error("no certificate could be obtained for {name:?}: {error}")]
-    Failed {
-        /// The name.
-        name: String,
-        /// Why.
-        #[source]
-        error: Box<RotateError>,
-    },
-    /// Obtaining the certificate stopped before it ended: a panic (in the
-    /// hook, say), or the runtime stopping.
-    #[error("obtaining a certificate for {name:?} stopped before it ended")]
-    Aborted {
-        /// The name.
-        name: String,
-    },
-    /// The certificate did not arrive within [`OnDemandBuilder::wait`]
-    /// (it may still: the order goes on).
-    #[error("no certificate for {name:?} after {waited:?}")]
-    TimedOut {
-        /// The name.
-        name: String,
-        /// How long the handshake waited.
-        waited: Duration,
-    },
-}
-
-impl OnDemandError {
-    /// A stable code for the reason, as metrics and health label it:
-    /// `invalid_name`, `not_allowed`, `too_many_pending`, `backing_off`,
-    /// `rate_limited`, `too_many_orders`, `failed`, `aborted` or `timed_out`.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::InvalidName(_) => "invalid_name",
-            Self::NotAllowed(_) => "not_allowed",
-            Self::TooManyPending { .. } => "too_many_pending",
-            Self::BackingOff { .. } => "backing_off",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::TooManyOrders { .. } => "too_many_orders",
-            Self::Failed { .. } => "failed",
-            Self::Aborted { .. } => "aborted",
-            Self::TimedOut { .. } => "timed_out",
-        }
-    }
 }
 
 /// What on-demand issuance has done so far (counts since it was built),
@@ -646,9 +564,14 @@ impl OnDemand {
         }
         started.map_err(|error| {
             inner.store.remove(name);
-            OnDemandError::Failed {
-                name: name.to_string(),
-                error: Box::new(error),
+            let name = name.to_string();
+            match error {
+                RotateError::Source(error) => OnDemandError::Failed { name, error },
+                RotateError::Refused(error) => OnDemandError::Refused {
+                    name,
+                    error: Box::new(error),
+                },
+                RotateError::Stopped => OnDemandError::Aborted { name },
             }
         })
     }
