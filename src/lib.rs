@@ -84,7 +84,7 @@
 //! | `certrotate_last_attempt_timestamp_seconds` | gauge | `slot` | when a rotation was last attempted, Unix time |
 //! | `certrotate_certificates` | gauge | `alert` | serving certificates per alert level (`ok`, `renew-overdue`, `critical`, `expired`), over the whole store |
 //! | `certrotate_soonest_expiry_timestamp_seconds` | gauge | | `not_after` of the serving certificate that expires first, Unix time |
-//! | `certrotate_on_demand_refusals_total` | counter | `reason` | handshakes refused a certificate on demand, by `OnDemandError::reason()` (`not_allowed`, `rate_limited`, `too_many_orders`, `too_many_pending`, `backing_off`, `invalid_name`, `failed`, `refused`, `timed_out`, `aborted`) |
+//! | `certrotate_on_demand_refusals_total` | counter | `reason` | handshakes refused a certificate on demand, by `OnDemandError::reason()` (`not_allowed`, `rate_limited`, `too_many_orders`, `too_many_pending`, `too_many_waiting`, `backing_off`, `invalid_name`, `failed`, `refused`, `timed_out`, `aborted`) |
 //! | `certrotate_on_demand_orders_total` | counter | `result` | orders on demand: `issued` or `failed` |
 //! | `certrotate_on_demand_cache_total` | counter | `event` | on-demand names: `hit` (served already), `miss` (to obtain), `load` (from storage, no order), `eviction` (dropped from memory) |
 //! | `certrotate_on_demand_waiting_handshakes` | gauge | | handshakes waiting for an on-demand certificate |

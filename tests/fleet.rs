@@ -62,7 +62,7 @@ async fn three_on_demand_replicas_share_one_order_for_a_new_name() {
     let mut servers = Vec::new();
     for _ in 0..3 {
         let storage = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
-        let acme = AcmeSource::builder(&pebble.directory, [""; 0])
+        let acme = AcmeSource::template(&pebble.directory)
             .directory_root(&pebble.https_root)
             .storage(storage)
             .dns_01(ChallTestSrv(pebble.dns_management));

@@ -19,7 +19,7 @@ const SUFFIX: &str = "on-demand.test";
 /// On-demand certificates from `pebble` for names under SUFFIX, kept in
 /// `storage`; waiting up to 20 s.
 fn on_demand(pebble: &Pebble, storage: &TempDir) -> OnDemandBuilder {
-    let acme = AcmeSource::builder(&pebble.directory, [""; 0])
+    let acme = AcmeSource::template(&pebble.directory)
         .directory_root(&pebble.https_root)
         .storage(FileStorage::new(storage.path()))
         .timeout(Duration::from_secs(10))
@@ -126,7 +126,7 @@ async fn a_name_outside_the_allow_list_fails_at_once_and_asks_the_hook_once() {
             async move { allowed }
         }
     };
-    let acme = AcmeSource::builder(&pebble.directory, [""; 0])
+    let acme = AcmeSource::template(&pebble.directory)
         .directory_root(&pebble.https_root)
         .storage(FileStorage::new(storage.path()))
         .tls_alpn_01();
@@ -308,7 +308,7 @@ async fn a_new_name_while_the_ca_is_down_fails_within_the_wait_and_succeeds_afte
     let pebble = Pebble::start(Config::default());
     let storage = TempDir::new("on-demand");
     let wait = Duration::from_secs(3);
-    let acme = AcmeSource::builder(&pebble.directory, [""; 0])
+    let acme = AcmeSource::template(&pebble.directory)
         .directory_root(&pebble.https_root)
         .storage(FileStorage::new(storage.path()))
         .timeout(Duration::from_secs(2))
@@ -382,7 +382,7 @@ async fn a_panicking_hook_refuses_and_leaves_nothing_pending() {
             async move { panic!("the database is gone ({name})") }
         }
     };
-    let acme = AcmeSource::builder("https://acme.invalid/directory", [""; 0]);
+    let acme = AcmeSource::template("https://acme.invalid/directory");
     let on_demand = OnDemand::builder(acme, hook).build();
     for _ in 0..2 {
         let error = on_demand.prepare(&name(0)).await.unwrap_err();
@@ -433,4 +433,45 @@ fn refusals(
         }
     }
     refusals
+}
+
+/// Past `max_waiting_handshakes`, a handshake for a name being obtained is
+/// refused at once instead of holding its connection too.
+#[tokio::test]
+async fn waiting_handshakes_are_capped() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let hook = {
+        let gate = gate.clone();
+        move |_: String| {
+            let gate = gate.clone();
+            async move {
+                let _ = gate.acquire().await;
+                false
+            }
+        }
+    };
+    let acme = AcmeSource::template("https://acme.invalid/directory");
+    let on_demand = OnDemand::builder(acme, hook)
+        .max_waiting_handshakes(2)
+        .build();
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let on_demand = on_demand.clone();
+            tokio::spawn(async move { on_demand.prepare(&name(0)).await })
+        })
+        .collect();
+    while on_demand.stats().waiting < 2 {
+        tokio::task::yield_now().await;
+    }
+    let third = tokio::time::timeout(Duration::from_secs(1), on_demand.prepare(&name(0)))
+        .await
+        .expect("refused at once, not waiting")
+        .unwrap_err();
+    assert_eq!(third.reason(), "too_many_waiting", "{third}");
+    gate.add_permits(1);
+    for waiter in waiting {
+        let refused = waiter.await.unwrap().unwrap_err();
+        assert_eq!(refused.reason(), "not_allowed", "{refused}");
+    }
+    assert_eq!(on_demand.stats().waiting, 0);
 }

@@ -172,6 +172,18 @@ impl AcmeSource {
         }
     }
 
+    /// A builder with no domains yet: the template [`OnDemand`] builds each
+    /// name's source from (setting the name as its one domain).
+    ///
+    /// ```
+    /// let acme = certrotate::AcmeSource::template("https://acme-v02.api.letsencrypt.org/directory")
+    ///     .contact("mailto:ops@example.com");
+    /// let on_demand = certrotate::OnDemand::builder(acme, certrotate::AllowList::new().suffix("example.com")).build();
+    /// ```
+    pub fn template(directory: impl Into<String>) -> AcmeBuilder {
+        Self::builder(directory, Vec::<String>::new())
+    }
+
     /// The certificate kept in storage. A storage that cannot be read fails
     /// the attempt (ordering anyway would spend the CA's rate limits on what
     /// may well be stored); a stored certificate that does not parse is

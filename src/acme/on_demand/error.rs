@@ -23,6 +23,12 @@ pub enum OnDemandError {
         /// [`OnDemandBuilder::max_pending_names`](crate::OnDemandBuilder::max_pending_names).
         limit: usize,
     },
+    /// As many handshakes as allowed are waiting for certificates already.
+    #[error("{limit} handshakes are waiting for certificates already")]
+    TooManyWaiting {
+        /// [`OnDemandBuilder::max_waiting_handshakes`](crate::OnDemandBuilder::max_waiting_handshakes).
+        limit: usize,
+    },
     /// The last order for the name failed; it is not ordered again yet.
     #[error("the last order for {name:?} failed; the next may start in {retry_in:?}")]
     BackingOff {
@@ -83,7 +89,8 @@ pub enum OnDemandError {
 
 impl OnDemandError {
     /// A stable code for the reason, as metrics and health label it:
-    /// `invalid_name`, `not_allowed`, `too_many_pending`, `backing_off`,
+    /// `invalid_name`, `not_allowed`, `too_many_pending`, `too_many_waiting`,
+    /// `backing_off`,
     /// `rate_limited`, `too_many_orders`, `failed`, `refused`, `aborted` or
     /// `timed_out`.
     pub fn reason(&self) -> &'static str {
@@ -91,6 +98,7 @@ impl OnDemandError {
             Self::InvalidName(_) => "invalid_name",
             Self::NotAllowed(_) => "not_allowed",
             Self::TooManyPending { .. } => "too_many_pending",
+            Self::TooManyWaiting { .. } => "too_many_waiting",
             Self::BackingOff { .. } => "backing_off",
             Self::RateLimited { .. } => "rate_limited",
             Self::TooManyOrders { .. } => "too_many_orders",

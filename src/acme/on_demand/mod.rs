@@ -77,7 +77,7 @@ use limits::{LimitConfig, Limits};
 /// use std::sync::Arc;
 /// use certrotate::{AcmeSource, AllowList, FileStorage, OnDemand, TlsListener};
 ///
-/// let acme = AcmeSource::builder("https://acme-v02.api.letsencrypt.org/directory", [""; 0])
+/// let acme = AcmeSource::template("https://acme-v02.api.letsencrypt.org/directory")
 ///     .contact("mailto:ops@example.com")
 ///     .storage(FileStorage::new("/var/lib/myapp/acme"));
 /// let on_demand = OnDemand::builder(acme, AllowList::new().suffix("customers.example.com")).build();
@@ -102,6 +102,7 @@ struct Inner {
     wait: Duration,
     cache_size: usize,
     max_pending: usize,
+    max_waiting: usize,
     limits: Mutex<Limits>,
     names: Mutex<Names>,
     counts: Counts,
@@ -174,6 +175,7 @@ pub struct OnDemandBuilder {
     wait: Duration,
     cache_size: usize,
     max_pending: usize,
+    max_waiting: usize,
     limits: LimitConfig,
 }
 
@@ -203,6 +205,7 @@ impl OnDemand {
             wait: Duration::from_secs(30),
             cache_size: 10_000,
             max_pending: 100,
+            max_waiting: 256,
             limits: LimitConfig::default(),
         }
     }
@@ -261,6 +264,18 @@ impl OnDemandBuilder {
         self
     }
 
+    /// At most this many handshakes wait for certificates at once (default
+    /// 256); more are refused at once. Waiting handshakes hold their
+    /// connections (and a place among
+    /// [`TlsListener`](crate::TlsListener)'s handshakes in flight, 1024 by
+    /// default) for up to [`wait`](Self::wait): the cap keeps clients
+    /// asking for new names from filling the listener, which would keep out
+    /// everyone else, the CA's validator included.
+    pub fn max_waiting_handshakes(mut self, handshakes: usize) -> Self {
+        self.max_waiting = handshakes;
+        self
+    }
+
     /// After a failed order (or load), a name is not tried again for
     /// `min`, doubling with each failure in a row up to `max` (default
     /// 1 min to 1 h), jittered down by up to half like the rotator's
@@ -294,6 +309,7 @@ impl OnDemandBuilder {
                 wait: self.wait,
                 cache_size: self.cache_size,
                 max_pending: self.max_pending,
+                max_waiting: self.max_waiting,
                 limits: Mutex::new(Limits::new(self.limits)),
                 names: Mutex::default(),
                 counts: Counts::default(),
@@ -483,7 +499,15 @@ impl OnDemand {
     ) -> Result<(), OnDemandError> {
         let counts = &self.inner.counts;
         let events = self.inner.store.events();
-        let waiting = counts.waiting.fetch_add(1, Ordering::Relaxed) + 1;
+        let limit = self.inner.max_waiting;
+        let claimed = counts
+            .waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            });
+        let Ok(waiting) = claimed.map(|n| n + 1) else {
+            return Err(OnDemandError::TooManyWaiting { limit });
+        };
         events.on_demand(OnDemandCount::Waiting(waiting));
         let wait = self.inner.wait;
         let waited = tokio::time::timeout(wait, outcome.wait_for(Option::is_some)).await;
