@@ -475,3 +475,28 @@ async fn waiting_handshakes_are_capped() {
     }
     assert_eq!(on_demand.stats().waiting, 0);
 }
+
+/// Every on-demand certificate passes the policy before it is served: one
+/// Pebble issues (valid an hour) fails a policy asking for two hours left,
+/// and nothing is served for the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_policy_checks_every_on_demand_certificate() {
+    let pebble = Pebble::start(Config::default());
+    let storage = TempDir::new("on-demand");
+    let policy = certrotate::Policy::builder()
+        .min_remaining(Duration::from_secs(2 * 3600))
+        .build()
+        .unwrap();
+    let on_demand = on_demand(&pebble, &storage).policy(policy).build();
+    let server = serve(&pebble, &on_demand).await;
+    let trust = client(&pebble);
+    let mut events = on_demand.store().subscribe();
+    let refused = seen(&trust, &server, &name(0)).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(pebble.issued(), 1);
+    assert_eq!(on_demand.store().current(&name(0)), None);
+    let reasons = refusals(&mut events);
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("was refused"), "{reasons:?}");
+    assert_eq!(on_demand.stats().refusals["refused"], 1);
+}
