@@ -103,6 +103,32 @@ async fn renews_when_a_third_of_the_lifetime_is_left() {
     );
 }
 
+/// Dropping every handle does not stop the rotation (as `Rotator`
+/// documents): a rotator built and let go, like a client certificate's in a
+/// block, keeps renewing.
+#[tokio::test(start_paused = true)]
+async fn dropping_every_handle_keeps_the_rotation_going() {
+    let (source, _clock, store) = setup();
+    let rotator = Rotator::builder(source.clone(), Policy::default())
+        .store(store.clone())
+        .start()
+        .await
+        .unwrap();
+    let mut events = store.subscribe();
+    drop(rotator);
+    for _ in 0..2 {
+        let renewed = tokio::time::timeout(120 * DAY, async {
+            loop {
+                if let RotationEvent::Rotated { .. } = events.recv().await.unwrap() {
+                    return;
+                }
+            }
+        });
+        renewed.await.expect("still renewing");
+    }
+    assert_eq!(source.fetches.lock().unwrap().len(), 3);
+}
+
 #[tokio::test(start_paused = true)]
 async fn failures_back_off_exponentially_up_to_the_cap() {
     let (source, _clock, store) = setup();

@@ -66,9 +66,16 @@ impl<S: CertSource> Task<S> {
                     None => std::future::pending().await,
                 }
             };
+            // Shut down by a handle; once every handle is gone, nothing can
+            // ask any more, and the rotation goes on (as documented).
+            let stop = async {
+                if self.stopped.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 biased;
-                _ = self.stopped.changed() => return,
+                () = stop => return,
                 command = command => match command {
                     Some(Command::Rotate(reply)) => {
                         let result = self.attempt(Trigger::Manual, None, false).await;
