@@ -97,8 +97,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let dir = std::env::temp_dir().join(format!("certrotate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    // Short-lived on purpose: three rotation periods.
-    let (ca, ca_path) = DevCa::create(&dir, every * 3)?;
+    // Short-lived on purpose: three rotation periods, but at least 10 s
+    // (certificate times are whole seconds).
+    let (ca, ca_path) = DevCa::create(&dir, (every * 3).max(Duration::from_secs(10)))?;
     let policy = Policy::builder()
         .server_name("localhost")
         .server_name("127.0.0.1")
@@ -137,8 +138,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tcp = tokio::net::TcpListener::bind(listen).await?;
     let bound = tcp.local_addr()?;
     let port = bound.port();
-    let mut tls = rotator.server_config()?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // ALPN h2 and http/1.1 (the rotator's default).
+    let tls = rotator.server_config()?;
     let listener = TlsListener::new(tcp, Arc::new(tls));
     let health = rotator.clone();
     let app = Router::new()
