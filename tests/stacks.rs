@@ -1,5 +1,6 @@
 //! Every server stack across rotations, with real clients: the `grpc`
-//! (tonic, mutual TLS), `actix`, `axum_server` and `reqwest_mtls` examples
+//! (tonic, mutual TLS), `actix`, `axum_server`, `tokio_rustls` and
+//! `reqwest_mtls` examples
 //! run as a user runs them, their certificates living 2 s (a rotation about
 //! every 1.3 s), while a client keeps calling: no call may fail, and the
 //! client must see each new certificate. Then h2load, an outside judge,
@@ -101,17 +102,31 @@ async fn reqwest_with_a_rotating_client_certificate_across_rotations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actix_web_across_rotations() {
-    http_server_across_rotations("actix").await;
+    server_across_rotations("actix", Call::Http).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn axum_server_across_rotations() {
-    http_server_across_rotations("axum_server").await;
+    server_across_rotations("axum_server", Call::Http).await;
 }
 
-/// Runs server example `name`, and a hyper client calling `GET /` over a
-/// new connection each time, with HTTP/2 and HTTP/1.1 in turn, for RUN.
-async fn http_server_across_rotations(name: &str) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_rustls_across_rotations() {
+    server_across_rotations("tokio_rustls", Call::Line).await;
+}
+
+/// How a test calls a server.
+#[derive(Clone, Copy)]
+enum Call {
+    /// `GET /` with hyper, HTTP/2 and HTTP/1.1 in turn.
+    Http,
+    /// Read the line it says (`ok`).
+    Line,
+}
+
+/// Runs server example `name`, and a client calling it over a new
+/// connection each time, for RUN.
+async fn server_across_rotations(name: &str, call: Call) {
     let dir = common::TempDir::new(name);
     let ca = dir.join("ca.pem");
     let args: Vec<std::ffi::OsString> = vec![
@@ -125,13 +140,22 @@ async fn http_server_across_rotations(name: &str) {
     let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     let (mut child, port, mut lines) = common::run_example_lines(name, &refs).await;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let clients = [client(&ca, b"h2"), client(&ca, b"http/1.1")];
+    let clients = match call {
+        Call::Http => [client(&ca, b"h2"), client(&ca, b"http/1.1")],
+        Call::Line => [client(&ca, b""), client(&ca, b"")],
+    };
 
     let (mut calls, mut failed, mut seen) = (0, Vec::new(), BTreeSet::new());
     let deadline = tokio::time::Instant::now() + RUN;
     while tokio::time::Instant::now() < deadline {
         let client = &clients[calls % 2];
-        match tokio::time::timeout(Duration::from_secs(10), get(client, addr)).await {
+        let called = async {
+            match call {
+                Call::Http => get(client, addr).await,
+                Call::Line => line(client, addr).await,
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(10), called).await {
             Ok(Ok(serial)) => {
                 seen.insert(serial);
             }
@@ -169,14 +193,39 @@ fn printed(lines: &mut UnboundedReceiver<String>, prefix: &str) -> Vec<String> {
     serials
 }
 
-/// A client trusting the CA in `pem`, offering ALPN `protocol`, never
-/// resuming (each call is served a certificate).
+/// A client trusting the CA in `pem`, offering ALPN `protocol` (if any),
+/// never resuming (each call is served a certificate).
 fn client(pem: &Path, protocol: &[u8]) -> Arc<rustls::ClientConfig> {
     let trust = certrotate::TrustStore::from_pem(&std::fs::read(pem).unwrap()).unwrap();
     let mut config = trust.client_config().unwrap();
-    config.alpn_protocols = vec![protocol.to_vec()];
+    if !protocol.is_empty() {
+        config.alpn_protocols = vec![protocol.to_vec()];
+    }
     config.resumption = rustls::client::Resumption::disabled();
     Arc::new(config)
+}
+
+/// Reads what the server says over a new connection: `ok`, and the serial
+/// of the certificate it presented.
+async fn line(config: &Arc<rustls::ClientConfig>, addr: SocketAddr) -> Result<String, String> {
+    use tokio::io::AsyncReadExt;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let serial = common::serial_of(&tls.get_ref().1.peer_certificates().unwrap()[0]);
+    let mut said = String::new();
+    tls.read_to_string(&mut said)
+        .await
+        .map_err(|e| e.to_string())?;
+    match said.as_str() {
+        "ok\n" => Ok(serial),
+        other => Err(format!("said {other:?}")),
+    }
 }
 
 /// `GET /` over a new connection: `ok`, and the serial of the certificate
