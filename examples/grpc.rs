@@ -129,14 +129,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    match args.run_for {
-        Some(run_for) => {
-            let _ = tokio::time::timeout(run_for, calls).await;
-        }
-        None => calls.await,
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    println!("done: {ok} ok, {failed} failed");
+    stack::run_calls(args.run_for, calls, (&ok, &failed)).await;
     Ok(())
 }
 

@@ -21,8 +21,10 @@
 // Each example uses its own part of this module.
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use certrotate::{InternalCa, LeafSpec, Policy, RotationEvent, Rotator, Usage};
@@ -151,4 +153,21 @@ pub fn serial(der: &[u8]) -> String {
     x509_parser::parse_x509_certificate(der)
         .map(|(_, cert)| cert.raw_serial_as_string())
         .unwrap_or_default()
+}
+
+/// Runs `calls` for `run_for` (for ever without it), then prints `done: N
+/// ok, M failed` from the counts.
+pub async fn run_calls(
+    run_for: Option<Duration>,
+    calls: impl Future<Output = ()>,
+    (ok, failed): (&AtomicU64, &AtomicU64),
+) {
+    match run_for {
+        Some(run_for) => {
+            let _ = tokio::time::timeout(run_for, calls).await;
+        }
+        None => calls.await,
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("done: {ok} ok, {failed} failed");
 }
