@@ -81,19 +81,19 @@ pub(crate) const HEALTHY: Metric = Metric {
     help: "1 while the health check passes, else 0.",
 };
 
-const ON_DEMAND_REFUSALS: Metric = Metric {
+pub(crate) const ON_DEMAND_REFUSALS: Metric = Metric {
     name: "certrotate_on_demand_refusals_total",
     help: "Handshakes refused a certificate on demand, by reason.",
 };
-const ON_DEMAND_ORDERS: Metric = Metric {
+pub(crate) const ON_DEMAND_ORDERS: Metric = Metric {
     name: "certrotate_on_demand_orders_total",
     help: "Certificates ordered on demand, by result (issued, failed).",
 };
-const ON_DEMAND_CACHE: Metric = Metric {
+pub(crate) const ON_DEMAND_CACHE: Metric = Metric {
     name: "certrotate_on_demand_cache_total",
     help: "On-demand names looked up (hit, miss), loaded from storage (load), dropped from memory (eviction).",
 };
-const ON_DEMAND_WAITING: Metric = Metric {
+pub(crate) const ON_DEMAND_WAITING: Metric = Metric {
     name: "certrotate_on_demand_waiting_handshakes",
     help: "Handshakes waiting for a certificate on demand.",
 };

@@ -500,3 +500,50 @@ async fn the_policy_checks_every_on_demand_certificate() {
     assert!(reasons[0].contains("was refused"), "{reasons:?}");
     assert_eq!(on_demand.stats().refusals["refused"], 1);
 }
+
+/// `HealthService::on_demand`: an on-demand server serving nothing yet is
+/// healthy, and its JSON and Prometheus text say what on-demand issuance
+/// did (counts, no names).
+#[cfg(feature = "health")]
+#[tokio::test]
+async fn health_reports_on_demand_and_an_empty_store_is_healthy() {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use tower_service::Service;
+
+    async fn get(service: &mut certrotate::HealthService, uri: &str) -> (u16, String) {
+        let request = http::Request::get(uri)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = service.call(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    let acme = AcmeSource::template("https://acme.invalid/directory");
+    let on_demand = OnDemand::builder(acme, AllowList::new().suffix(SUFFIX)).build();
+    assert!(on_demand.prepare("www.elsewhere.test").await.is_err());
+    let store = on_demand.store().clone();
+
+    let mut plain = certrotate::HealthService::new(store.clone());
+    assert_eq!(get(&mut plain, "/").await.0, 503, "nothing serves");
+    let mut health = certrotate::HealthService::new(store).on_demand(on_demand);
+    let (status, body) = get(&mut health, "/").await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["on_demand"]["refusals"]["not_allowed"], 1, "{body}");
+    assert!(
+        !body.contains("elsewhere"),
+        "no names in public health: {body}"
+    );
+    let (_, text) = get(&mut health, "/?format=prometheus").await;
+    assert!(
+        text.contains("certrotate_on_demand_refusals_total{reason=\"not_allowed\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("certrotate_on_demand_waiting_handshakes 0"),
+        "{text}"
+    );
+}

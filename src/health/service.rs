@@ -81,6 +81,8 @@ pub struct HealthService {
     store: CertStore,
     unhealthy_at: AlertLevel,
     detailed: bool,
+    #[cfg(feature = "acme")]
+    on_demand: Option<crate::OnDemand>,
 }
 
 /// The most slots one request lists: `?limit=` above it is cut to it.
@@ -103,6 +105,16 @@ struct PublicHealth {
     unserved_count: usize,
     failing_count: usize,
     last_error_code: Option<&'static str>,
+}
+
+/// A snapshot and what on-demand issuance did (counts only: no names).
+#[derive(Serialize)]
+struct WithOnDemand<'a, T: Serialize> {
+    #[serde(flatten)]
+    health: &'a T,
+    #[cfg(feature = "acme")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on_demand: Option<crate::OnDemandStats>,
 }
 
 #[derive(Serialize)]
@@ -151,6 +163,8 @@ impl HealthService {
             store,
             unhealthy_at: AlertLevel::Critical,
             detailed: false,
+            #[cfg(feature = "acme")]
+            on_demand: None,
         }
     }
 
@@ -171,9 +185,56 @@ impl HealthService {
         self
     }
 
+    /// Adds what `on_demand` did (its [`stats`](crate::OnDemand::stats):
+    /// counts, no names) to the JSON as `on_demand`, and to the Prometheus
+    /// text; and, since an on-demand server may rightly serve nothing until
+    /// its first client, no longer fails the check while nothing serves.
+    ///
+    /// ```no_run
+    /// # fn demo(on_demand: certrotate::OnDemand) {
+    /// let health = certrotate::HealthService::new(on_demand.store().clone()).on_demand(on_demand);
+    /// # }
+    /// ```
+    #[cfg(feature = "acme")]
+    #[must_use]
+    pub fn on_demand(mut self, on_demand: crate::OnDemand) -> Self {
+        self.on_demand = Some(on_demand);
+        self
+    }
+
+    /// What on-demand issuance did, if this service reports it.
+    #[cfg(feature = "acme")]
+    fn on_demand_stats(&self) -> Option<crate::OnDemandStats> {
+        self.on_demand.as_ref().map(crate::OnDemand::stats)
+    }
+
     /// Whether `health` passes the check.
     fn healthy(&self, health: &HealthSnapshot) -> bool {
-        health.served > 0 && health.alert < self.unhealthy_at
+        #[cfg(feature = "acme")]
+        let may_serve_nothing = self.on_demand.is_some();
+        #[cfg(not(feature = "acme"))]
+        let may_serve_nothing = false;
+        (health.served > 0 || may_serve_nothing) && health.alert < self.unhealthy_at
+    }
+
+    /// `health` as Prometheus text, with what on-demand issuance did.
+    fn prometheus(&self, health: &HealthSnapshot, healthy: bool) -> String {
+        let text = prometheus_text(health, healthy, self.detailed);
+        #[cfg(feature = "acme")]
+        let text = match self.on_demand_stats() {
+            Some(stats) => text + &on_demand_text(&stats),
+            None => text,
+        };
+        text
+    }
+
+    /// `health` as JSON, with what on-demand issuance did.
+    fn json<T: Serialize>(&self, health: &T) -> String {
+        json(&WithOnDemand {
+            health,
+            #[cfg(feature = "acme")]
+            on_demand: self.on_demand_stats(),
+        })
     }
 
     fn respond<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
@@ -193,9 +254,9 @@ impl HealthService {
         };
         let healthy = self.healthy(&health);
         let (content_type, body) = match (prometheus, self.detailed) {
-            (true, _) => (PROMETHEUS, prometheus_text(&health, healthy, self.detailed)),
-            (false, true) => (JSON, json(&health)),
-            (false, false) => (JSON, json(&PublicHealth::of(&health, healthy))),
+            (true, _) => (PROMETHEUS, self.prometheus(&health, healthy)),
+            (false, true) => (JSON, self.json(&health)),
+            (false, false) => (JSON, self.json(&PublicHealth::of(&health, healthy))),
         };
         let body = match request.method() == Method::HEAD {
             true => Bytes::new(),
@@ -307,6 +368,50 @@ fn prometheus_text(health: &HealthSnapshot, healthy: bool, detailed: bool) -> St
     header(&mut out, metrics::HEALTHY);
     let _ = writeln!(out, "{} {}", metrics::HEALTHY.name, u8::from(healthy));
     out
+}
+
+/// What on-demand issuance did, as the recorder's metrics of the same
+/// names would show it.
+#[cfg(feature = "acme")]
+fn on_demand_text(stats: &crate::OnDemandStats) -> String {
+    let mut out = String::new();
+    let out = &mut out;
+    let header = |out: &mut String, Metric { name, help }: Metric, kind: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    header(out, metrics::ON_DEMAND_REFUSALS, "counter");
+    for (reason, count) in &stats.refusals {
+        let _ = writeln!(
+            out,
+            "{}{{reason=\"{reason}\"}} {count}",
+            metrics::ON_DEMAND_REFUSALS.name
+        );
+    }
+    header(out, metrics::ON_DEMAND_ORDERS, "counter");
+    for (result, count) in [("issued", stats.orders), ("failed", stats.failed_orders)] {
+        let _ = writeln!(
+            out,
+            "{}{{result=\"{result}\"}} {count}",
+            metrics::ON_DEMAND_ORDERS.name
+        );
+    }
+    header(out, metrics::ON_DEMAND_CACHE, "counter");
+    let cache = [
+        ("hit", stats.hits),
+        ("miss", stats.misses),
+        ("load", stats.loads),
+        ("eviction", stats.evictions),
+    ];
+    for (event, count) in cache {
+        let _ = writeln!(
+            out,
+            "{}{{event=\"{event}\"}} {count}",
+            metrics::ON_DEMAND_CACHE.name
+        );
+    }
+    header(out, metrics::ON_DEMAND_WAITING, "gauge");
+    let _ = writeln!(out, "{} {}", metrics::ON_DEMAND_WAITING.name, stats.waiting);
+    std::mem::take(out)
 }
 
 /// Escapes a label value: backslash, double quote and line feed.
