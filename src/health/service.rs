@@ -375,43 +375,30 @@ fn prometheus_text(health: &HealthSnapshot, healthy: bool, detailed: bool) -> St
 #[cfg(feature = "acme")]
 fn on_demand_text(stats: &crate::OnDemandStats) -> String {
     let mut out = String::new();
-    let out = &mut out;
-    let header = |out: &mut String, Metric { name, help }: Metric, kind: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
-    header(out, metrics::ON_DEMAND_REFUSALS, "counter");
-    for (reason, count) in &stats.refusals {
-        let _ = writeln!(
-            out,
-            "{}{{reason=\"{reason}\"}} {count}",
-            metrics::ON_DEMAND_REFUSALS.name
-        );
-    }
-    header(out, metrics::ON_DEMAND_ORDERS, "counter");
-    for (result, count) in [("issued", stats.orders), ("failed", stats.failed_orders)] {
-        let _ = writeln!(
-            out,
-            "{}{{result=\"{result}\"}} {count}",
-            metrics::ON_DEMAND_ORDERS.name
-        );
-    }
-    header(out, metrics::ON_DEMAND_CACHE, "counter");
+    let refusals: Vec<(&str, u64)> = stats.refusals.iter().map(|(r, n)| (*r, *n)).collect();
+    counters(&mut out, metrics::ON_DEMAND_REFUSALS, "reason", &refusals);
+    let orders = [("issued", stats.orders), ("failed", stats.failed_orders)];
+    counters(&mut out, metrics::ON_DEMAND_ORDERS, "result", &orders);
     let cache = [
         ("hit", stats.hits),
         ("miss", stats.misses),
         ("load", stats.loads),
         ("eviction", stats.evictions),
     ];
-    for (event, count) in cache {
-        let _ = writeln!(
-            out,
-            "{}{{event=\"{event}\"}} {count}",
-            metrics::ON_DEMAND_CACHE.name
-        );
+    counters(&mut out, metrics::ON_DEMAND_CACHE, "event", &cache);
+    let Metric { name, help } = metrics::ON_DEMAND_WAITING;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    let _ = writeln!(out, "{name} {}", stats.waiting);
+    out
+}
+
+/// A counter with one label: a line per value.
+#[cfg(feature = "acme")]
+fn counters(out: &mut String, Metric { name, help }: Metric, label: &str, values: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, count) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {count}");
     }
-    header(out, metrics::ON_DEMAND_WAITING, "gauge");
-    let _ = writeln!(out, "{} {}", metrics::ON_DEMAND_WAITING.name, stats.waiting);
-    std::mem::take(out)
 }
 
 /// Escapes a label value: backslash, double quote and line feed.
