@@ -542,8 +542,13 @@ async fn health_reports_on_demand_and_an_empty_store_is_healthy() {
         text.contains("certrotate_on_demand_refusals_total{reason=\"not_allowed\"} 1"),
         "{text}"
     );
-    assert!(
-        text.contains("certrotate_on_demand_waiting_handshakes 0"),
-        "{text}"
-    );
+    for line in [
+        "certrotate_on_demand_orders_total{result=\"issued\"} 0",
+        "certrotate_on_demand_cache_total{event=\"miss\"} 1",
+        "certrotate_on_demand_cache_total{event=\"hit\"} 0",
+        "certrotate_on_demand_waiting_handshakes 0",
+        "# TYPE certrotate_on_demand_refusals_total counter",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
 }
