@@ -320,6 +320,17 @@ impl RotatingResolver {
 /// answering that challenge must list it in `ServerConfig::alpn_protocols`.
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
+/// The ALPN protocols the crate's `ServerConfig`s offer: `h2` and
+/// `http/1.1`, and [`ACME_TLS_ALPN`] when TLS-ALPN-01 challenges are
+/// answered from the store.
+pub(crate) fn server_alpn(tls_alpn_01: bool) -> Vec<Vec<u8>> {
+    let mut protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if tls_alpn_01 {
+        protocols.push(ACME_TLS_ALPN.to_vec());
+    }
+    protocols
+}
+
 impl ResolvesServerCert for RotatingResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let view = self.view.load();

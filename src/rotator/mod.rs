@@ -20,7 +20,7 @@ use crate::events::{RotationEvent, Trigger};
 use crate::health::{AlertLevel, HealthSnapshot};
 use crate::policy::{Policy, ValidationError};
 use crate::renewal;
-use crate::resolver::{RotatingResolver, ACME_TLS_ALPN};
+use crate::resolver::{server_alpn, RotatingResolver};
 use crate::source::{CertSource, SourceError};
 use crate::store::{CertStore, RollbackError, DEFAULT_SLOT};
 
@@ -353,10 +353,7 @@ impl Rotator {
         config: Result<ServerConfig, rustls::Error>,
     ) -> Result<ServerConfig, rustls::Error> {
         let mut config = config?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        if self.inner.tls_alpn_01 {
-            config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
-        }
+        config.alpn_protocols = server_alpn(self.inner.tls_alpn_01);
         Ok(config)
     }
 

@@ -30,7 +30,7 @@ use super::{AcmeBuilder, AcmeSource};
 use crate::events::RotationEvent;
 use crate::metrics::OnDemandCount;
 use crate::policy::Policy;
-use crate::resolver::{RotatingResolver, ACME_TLS_ALPN};
+use crate::resolver::{server_alpn, RotatingResolver, ACME_TLS_ALPN};
 use crate::rotator::{RotateError, Rotator};
 use crate::source::{CertSource, SourceError};
 use crate::store::CertStore;
@@ -347,10 +347,8 @@ impl OnDemand {
             .inner
             .policy
             .server_config(self.inner.store.resolver(), None)?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        if matches!(self.inner.template.challenge, Challenge::TlsAlpn01) {
-            config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
-        }
+        let tls_alpn_01 = matches!(self.inner.template.challenge, Challenge::TlsAlpn01);
+        config.alpn_protocols = server_alpn(tls_alpn_01);
         Ok(config)
     }
 
