@@ -29,26 +29,9 @@ const RUN: Duration = Duration::from_secs(14);
 /// Runs example `name` for RUN (it stops by itself, `--for`) with `args`;
 /// its standard output.
 async fn run_for(name: &str, args: &[&str]) -> String {
-    let run = tokio::process::Command::new(common::example(name))
-        .args(["--listen", "127.0.0.1:0", "--lifetime", "2", "--for", "14"])
-        .args(args)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(RUN + Duration::from_secs(45), run)
-        .await
-        .expect("the example did not stop")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.starts_with("listening on https://127.0.0.1:"),
-        "{stdout}"
-    );
-    stdout
+    let mut all = vec!["--listen", "127.0.0.1:0", "--lifetime", "2", "--for", "14"];
+    all.extend(args);
+    common::example_output(name, &all, RUN + Duration::from_secs(45)).await
 }
 
 /// The serials on the lines starting with `prefix`, in order.

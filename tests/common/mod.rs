@@ -640,6 +640,31 @@ pub fn example(name: &str) -> PathBuf {
     path
 }
 
+/// Runs example `name` with `args` until it stops by itself (within
+/// `within`), and returns its standard output, which must start with
+/// `listening on https://127.0.0.1:`; the example must succeed.
+pub async fn example_output(name: &str, args: &[&str], within: Duration) -> String {
+    let run = tokio::process::Command::new(example(name))
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(within, run)
+        .await
+        .expect("the example did not stop")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.starts_with("listening on https://127.0.0.1:"),
+        "{stdout}"
+    );
+    stdout
+}
+
 /// Runs example `name` with `args` until the returned child is dropped, and
 /// returns the port it says it listens on.
 pub async fn run_example(name: &str, args: &[&std::ffi::OsStr]) -> (tokio::process::Child, u16) {
