@@ -552,3 +552,42 @@ async fn health_reports_on_demand_and_an_empty_store_is_healthy() {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }
 }
+
+/// A storage that never answers cannot hold a name pending for ever: the
+/// look for a stored certificate is bounded by the ACME step timeout, the
+/// handshake is refused naming the storage, and nothing stays pending.
+#[tokio::test]
+async fn a_storage_that_hangs_fails_the_name_within_the_step_timeout() {
+    struct Hanging;
+    impl certrotate::Storage for Hanging {
+        fn load<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> certrotate::BoxFuture<'a, std::io::Result<Option<Vec<u8>>>> {
+            Box::pin(std::future::pending())
+        }
+        fn store<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a [u8],
+        ) -> certrotate::BoxFuture<'a, std::io::Result<()>> {
+            Box::pin(std::future::pending())
+        }
+    }
+    let acme = AcmeSource::template("https://acme.invalid/directory")
+        .storage(Hanging)
+        .timeout(Duration::from_millis(300));
+    let on_demand = OnDemand::builder(acme, AllowList::new().suffix(SUFFIX))
+        .wait(Duration::from_secs(5))
+        .build();
+    let started = std::time::Instant::now();
+    let error = on_demand.prepare(&name(0)).await.unwrap_err();
+    assert_eq!(error.reason(), "failed", "{error}");
+    assert!(error.to_string().contains("storage"), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(on_demand.stats().pending, 0);
+}

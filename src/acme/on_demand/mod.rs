@@ -546,7 +546,17 @@ impl OnDemand {
         let mut acme = inner.template.clone();
         acme.domains = vec![name.to_string()];
         let source: AcmeSource = acme.build();
-        let ordering = !source.at_hand().await;
+        // A storage that never answers must not hold the name pending for
+        // ever: its look is one ACME step.
+        let step = inner.template.timeout;
+        let Ok(at_hand) = tokio::time::timeout(step, source.at_hand()).await else {
+            let reason = format!("the storage did not answer within {step:?}");
+            return Err(OnDemandError::Failed {
+                name: name.to_string(),
+                error: SourceError::unavailable(source.describe(), reason),
+            });
+        };
+        let ordering = !at_hand;
         if ordering {
             lock(&inner.limits).start_order(Instant::now())?;
         }
