@@ -57,8 +57,118 @@ async fn the_lease_lock_is_exclusive_expires_and_fences_stale_holders() {
     let a = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
     let b = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
     common::storage::lease_lock_semantics(&a, &b).await;
+    common::storage::heartbeat_semantics(&a, &b).await;
     common::storage::one_winner_per_round(vec![std::sync::Arc::new(a), std::sync::Arc::new(b)])
         .await;
+}
+
+/// What the storage's bookkeeping may lose or an attacker without the key
+/// may plant never stops the fleet: a value with a planted huge version,
+/// Redis emptied (a restart without persistence) under replicas that read
+/// higher versions before, a value that does not decrypt. Each next write
+/// is stored and read by every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_or_planted_versions_never_stop_writes_or_reads() {
+    let redis = Redis::start();
+    let a = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
+    let b = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
+    for value in [&b"one"[..], b"two", b"three"] {
+        a.store("cert", value).await.unwrap();
+        assert_eq!(b.load("cert").await.unwrap().unwrap(), value);
+    }
+
+    // A huge version planted in front of garbage: not trusted, replaced.
+    let mut planted = b"cr199999999999999999999".to_vec();
+    planted.extend_from_slice(&[0x5a; 48]);
+    redis.set_bytes("certrotate:cert", &planted);
+    let error = b.load("cert").await.unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+    a.store("cert", b"four").await.unwrap();
+    assert_eq!(b.load("cert").await.unwrap().unwrap(), b"four");
+    assert_ne!(redis.bytes("certrotate:cert"), planted);
+
+    // Redis emptied; a replica that never saw the old versions writes
+    // version 1, and those that saw higher ones read it.
+    redis.flush();
+    let fresh = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
+    fresh.store("cert", b"after the restart").await.unwrap();
+    for replica in [&a, &b] {
+        let read = replica.load("cert").await.unwrap().unwrap();
+        assert_eq!(read, b"after the restart");
+    }
+
+    // A value that does not decrypt is replaced by the next fenced writer.
+    redis.set_bytes("certrotate:cert", b"not a sealed value at all, just bytes");
+    let lease = b
+        .try_lock("renew", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    b.store_fenced("cert", b"fenced", &lease).await.unwrap();
+    assert_eq!(a.load("cert").await.unwrap().unwrap(), b"fenced");
+}
+
+/// Values in the format of before versions (sealed with the Redis key alone
+/// as associated data) are read by a storage that never saw a versioned
+/// value of the key, refused once it did, and refused from the first read
+/// with `refuse_unversioned`.
+#[tokio::test]
+async fn unversioned_values_are_refused_once_a_versioned_one_was_seen() {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    let redis = Redis::start();
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&KEY).unwrap();
+    let nonce = [9u8; 12];
+    let sealed = cipher
+        .encrypt(
+            aes_gcm::Nonce::from_slice(&nonce),
+            Payload {
+                msg: b"legacy",
+                aad: b"certrotate:cert",
+            },
+        )
+        .unwrap();
+    let legacy = [&nonce[..], &sealed].concat();
+    redis.set_bytes("certrotate:cert", &legacy);
+
+    let cold = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
+    assert_eq!(cold.load("cert").await.unwrap().unwrap(), b"legacy");
+    let strict = RedisStorage::builder(&redis.url(), KEY)
+        .refuse_unversioned(true)
+        .connect()
+        .await
+        .unwrap();
+    let error = strict.load("cert").await.unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+    assert!(error.to_string().contains("has no version"), "{error}");
+
+    cold.store("cert", b"versioned").await.unwrap();
+    redis.set_bytes("certrotate:cert", &legacy);
+    let error = cold.load("cert").await.unwrap_err();
+    assert!(error.to_string().contains("has no version"), "{error}");
+}
+
+/// A holder whose lock Redis lost (restarted empty) takes it back with its
+/// heartbeat and may still write (no newer holder exists); once another
+/// instance took the lock, the old holder is fenced out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_lost_with_redis_is_taken_back_unless_someone_else_took_it() {
+    let redis = Redis::start();
+    let a = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
+    let b = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
+    let lease = Duration::from_secs(5);
+    let held = a.try_lock("renew", lease).await.unwrap().unwrap();
+    redis.flush();
+    assert!(a.renew_lock(&held, lease).await.unwrap(), "taken back");
+    assert!(b.try_lock("renew", lease).await.unwrap().is_none());
+    a.store_fenced("cert", b"from a", &held).await.unwrap();
+    assert_eq!(b.load("cert").await.unwrap().unwrap(), b"from a");
+
+    redis.flush();
+    let taken = b.try_lock("renew", lease).await.unwrap().unwrap();
+    assert!(!a.renew_lock(&held, lease).await.unwrap(), "taken over");
+    let error = a.store_fenced("cert", b"stale", &held).await.unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::PermissionDenied);
+    b.store_fenced("cert", b"from b", &taken).await.unwrap();
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ async fn file_storage_lease_lock_is_exclusive_expires_and_fences_stale_holders()
     let dir = TempDir::new("storage-lock");
     let (a, b) = (FileStorage::new(dir.path()), FileStorage::new(dir.path()));
     common::storage::lease_lock_semantics(&a, &b).await;
+    common::storage::heartbeat_semantics(&a, &b).await;
     common::storage::one_winner_per_round(vec![Arc::new(a), Arc::new(b)]).await;
 }
 

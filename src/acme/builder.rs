@@ -123,12 +123,14 @@ impl AcmeBuilder {
         self
     }
 
-    /// How long an instance may hold the renewal lock of a shared
-    /// [`Storage`] (default 5 min) before another takes over, for instance
-    /// when the holder was killed mid-order. Keep it above the time an order
-    /// takes (a few [`timeout`](Self::timeout)s).
+    /// How soon after the holder of the renewal lock of a shared
+    /// [`Storage`] dies (killed mid-order) another instance takes over
+    /// (default 10 s, at least 3 s). The holder keeps its lease alive while it
+    /// lives (a heartbeat every third of it), so an order may take far
+    /// longer; only a holder that cannot reach the storage for a whole lease
+    /// loses the lock, and then its writes are fenced out.
     pub fn lock_lease(mut self, lease: Duration) -> Self {
-        self.lock_lease = lease.max(Duration::from_secs(1));
+        self.lock_lease = lease.max(Duration::from_secs(3));
         self
     }
 

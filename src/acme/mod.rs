@@ -165,7 +165,7 @@ impl AcmeSource {
             eab: None,
             profile: None,
             timeout: STEP_TIMEOUT,
-            lock_lease: Duration::from_secs(300),
+            lock_lease: Duration::from_secs(10),
             order_alone_within: None,
             state_file: None,
             account: Arc::default(),
@@ -189,14 +189,16 @@ impl AcmeSource {
     /// may well be stored); a stored certificate that does not parse is
     /// ignored, with a warning, and replaced.
     async fn stored(&self) -> Result<Option<CertBundle>, Failure> {
-        let Some(pem) = self
-            .inner
-            .config
-            .storage
-            .load(&self.inner.cert_key)
-            .await
-            .context("cannot read the stored certificate")?
-        else {
+        let loaded = self.inner.config.storage.load(&self.inner.cert_key).await;
+        let Some(pem) = (match loaded {
+            // A value that does not decrypt, or that the storage refuses, is
+            // no certificate: the next order replaces it (fenced).
+            Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+                tracing::warn!(target: "certrotate", key = %self.inner.cert_key, "the stored ACME certificate is refused, ordering a new one: {error}");
+                None
+            }
+            loaded => loaded.context("cannot read the stored certificate")?,
+        }) else {
             return Ok(None);
         };
         // The certificate's private key is in it.

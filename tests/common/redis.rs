@@ -151,6 +151,11 @@ impl Redis {
         Some(owner.trim().to_owned()).filter(|o| !o.is_empty())
     }
 
+    /// Empties Redis (`FLUSHALL`), as a restart without persistence does.
+    pub fn flush(&self) {
+        self.cli(&["FLUSHALL"]);
+    }
+
     /// The keys matching `pattern`.
     pub fn keys(&self, pattern: &str) -> Vec<String> {
         let keys = String::from_utf8(self.cli(&["--raw", "KEYS", pattern])).unwrap();

@@ -35,6 +35,27 @@ pub async fn lease_lock_semantics(a: &dyn Storage, b: &dyn Storage) {
     a.unlock(&third).await.unwrap();
 }
 
+/// A holder keeps its lease alive past its length with `renew_lock` (the
+/// heartbeat of an order), and it runs out a lease after the holder stops;
+/// a holder taken over cannot renew.
+pub async fn heartbeat_semantics(a: &dyn Storage, b: &dyn Storage) {
+    let lease = Duration::from_millis(600);
+    let held = a.try_lock("beat", lease).await.unwrap().expect("free");
+    for _ in 0..6 {
+        tokio::time::sleep(lease / 3).await;
+        assert!(a.renew_lock(&held, lease).await.unwrap(), "still held");
+        assert!(
+            b.try_lock("beat", lease).await.unwrap().is_none(),
+            "taken while its holder renews"
+        );
+    }
+    // The holder dies: its lease runs out, and it is taken over at once.
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let next = b.try_lock("beat", lease).await.unwrap().expect("ran out");
+    assert!(!a.renew_lock(&held, lease).await.unwrap(), "taken over");
+    b.unlock(&next).await.unwrap();
+}
+
 /// Many tasks race for the lock at once, round after round: exactly one wins
 /// each round.
 pub async fn one_winner_per_round(instances: Vec<std::sync::Arc<dyn Storage>>) {

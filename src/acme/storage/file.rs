@@ -76,17 +76,28 @@ impl Storage for FileStorage {
                 token.to_string().as_bytes(),
                 0o600,
             )?;
-            let until = crate::clock::saturating_add(SystemTime::now(), lease);
-            let millis = until
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis();
-            crate::atomic::write(
-                &dir.join(format!("{name}.lease")),
-                format!("{owner} {millis}").as_bytes(),
-                0o600,
-            )?;
+            write_lease(dir, &name, &owner, lease)?;
             Ok(Some(Lease::new(name, owner, token)))
+        }))
+    }
+
+    /// Extends the lease file while `lease` holds the newest token and
+    /// nobody else holds the lease.
+    fn renew_lock<'a>(
+        &'a self,
+        lease: &'a Lease,
+        duration: Duration,
+    ) -> BoxFuture<'a, io::Result<bool>> {
+        let lease = lease.clone();
+        Box::pin(self.exclusive(lease.name().to_owned(), move |dir| {
+            let now = SystemTime::now();
+            let other = holder(dir, lease.name())
+                .is_some_and(|(owner, until)| owner != lease.owner() && until > now);
+            if other || fence(dir, lease.name())? != lease.token() {
+                return Ok(false);
+            }
+            write_lease(dir, lease.name(), lease.owner(), duration)?;
+            Ok(true)
         }))
     }
 
@@ -201,6 +212,20 @@ fn fence(dir: &Path, name: &str) -> io::Result<u64> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(e),
     }
+}
+
+/// Writes the lease file of lock `name`: held by `owner` for `lease` from now.
+fn write_lease(dir: &Path, name: &str, owner: &str, lease: Duration) -> io::Result<()> {
+    let until = crate::clock::saturating_add(SystemTime::now(), lease);
+    let millis = until
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    crate::atomic::write(
+        &dir.join(format!("{name}.lease")),
+        format!("{owner} {millis}").as_bytes(),
+        0o600,
+    )
 }
 
 /// The holder of lock `name` and when its lease ends, if the lease file is

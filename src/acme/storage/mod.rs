@@ -97,6 +97,22 @@ pub trait Storage: Send + Sync + 'static {
         None
     }
 
+    /// Keeps `lease` alive for `duration` more: its holder calls it while
+    /// it orders (a heartbeat, every third of the lease), so that a lease
+    /// can be short (taken over seconds after its holder dies) however long
+    /// an order takes. `Ok(false)`: someone else holds the lock now (the
+    /// holder's writes are fenced out).
+    ///
+    /// The default answers `Ok(true)`: no coordination.
+    fn renew_lock<'a>(
+        &'a self,
+        lease: &'a Lease,
+        duration: Duration,
+    ) -> BoxFuture<'a, std::io::Result<bool>> {
+        let _ = (lease, duration);
+        Box::pin(async { Ok(true) })
+    }
+
     /// Releases `lease` early (it also ends by itself). Releasing a lease
     /// that was taken over does nothing.
     ///
@@ -186,29 +202,62 @@ pub(in crate::acme) fn default_storage_dir() -> PathBuf {
 /// [`release`](Self::release) (the rotator's fetch timeout dropped the
 /// attempt), it lets go in a task of its own, so that neither a stale lease
 /// fences later saves nor the other instances wait for it to run out.
+///
+/// While held, a heartbeat keeps the lease alive (every third of it), so a
+/// lease of seconds outlives an order of minutes, and runs out seconds
+/// after its holder dies.
 pub(in crate::acme) struct Holding {
-    pub(in crate::acme) source: AcmeSource,
-    pub(in crate::acme) lease: Option<Lease>,
+    source: AcmeSource,
+    lease: Option<Lease>,
+    heartbeat: tokio::task::JoinHandle<()>,
 }
 
 impl Holding {
     pub(in crate::acme) fn new(source: &AcmeSource, lease: Lease) -> Self {
         *lock(&source.inner.lease) = Some(lease.clone());
+        let heartbeat = tokio::spawn(heartbeat(source.clone(), lease.clone()));
         Self {
             source: source.clone(),
             lease: Some(lease),
+            heartbeat,
         }
     }
 
     pub(in crate::acme) async fn release(mut self) {
+        self.heartbeat.abort();
         if let Some(lease) = self.lease.take() {
             unlock(&self.source, &lease).await;
         }
     }
 }
 
+/// Keeps `lease` alive until aborted, or until someone else holds the lock.
+async fn heartbeat(source: AcmeSource, lease: Lease) {
+    let duration = source.inner.config.lock_lease;
+    loop {
+        tokio::time::sleep(duration / 3).await;
+        match source
+            .inner
+            .config
+            .storage
+            .renew_lock(&lease, duration)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(target: "certrotate", lock = %lease.name(), "the renewal lock was taken over while this instance ordered; its saves are fenced out");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(target: "certrotate", lock = %lease.name(), "could not keep the renewal lock alive (retrying): {error}");
+            }
+        }
+    }
+}
+
 impl Drop for Holding {
     fn drop(&mut self) {
+        self.heartbeat.abort();
         let Some(lease) = self.lease.take() else {
             return;
         };
@@ -232,10 +281,14 @@ pub(in crate::acme) async fn unlock(source: &AcmeSource, lease: &Lease) {
 impl AcmeSource {
     /// Takes the storage's renewal lock, or waits until the instance holding
     /// it has stored a certificate that is not due (or its lease has run
-    /// out, and the lock is ours). Fails when the storage cannot be reached.
+    /// out, and the lock is ours). Fails when the storage cannot be reached,
+    /// and when the certificate this instance serves nears its end while it
+    /// waits (half the time from its renewal time to its expiry is gone): the
+    /// wait is then reported in health, and the rotator tries again soon.
     pub(in crate::acme) async fn renewal_lock(&self) -> Result<Renewal, Trouble> {
         let storage = &self.inner.config.storage;
         let name = format!("renew-{}", self.inner.cert_key);
+        let since = tokio::time::Instant::now();
         let mut waiting = false;
         loop {
             match storage.try_lock(&name, self.inner.config.lock_lease).await {
@@ -255,7 +308,28 @@ impl AcmeSource {
             if let Some(bundle) = stored.filter(|b| !self.due(b.info(), self.now())) {
                 return Ok(Renewal::Done(bundle));
             }
+            if let Some(left) = self.nearing_expiry() {
+                let waited = crate::clock::human(since.elapsed());
+                let left = crate::clock::human(left);
+                let why = format!("another instance has held the renewal lock {name:?} for the {waited} this one waited, and the certificate served expires in {left}");
+                return Err(Trouble::Failed(SourceError::unavailable(
+                    crate::CertSource::describe(self),
+                    why,
+                )));
+            }
         }
+    }
+
+    /// How long the certificate this instance serves has left, once over
+    /// half the time from its renewal time to its expiry is gone.
+    fn nearing_expiry(&self) -> Option<Duration> {
+        let provided = lock(&self.inner.provided).clone()?;
+        let info = provided.info();
+        let now = self.now();
+        let renew_at = self.renewal_time(info);
+        let grace = info.not_after.duration_since(renew_at).unwrap_or_default() / 2;
+        let left = info.not_after.duration_since(now).unwrap_or_default();
+        (now >= crate::clock::saturating_add(renew_at, grace)).then_some(left)
     }
 
     /// Completes when another instance changed the shared storage; never

@@ -21,35 +21,58 @@ use super::{BoxFuture, Lease, Storage};
 /// network partition): the rotator then retries, serving what it has.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Takes the lock if free and hands out the next fencing token.
+/// Takes the lock if free and hands out the next fencing token: above the
+/// last one, and at least Redis's clock in microseconds, so that tokens keep
+/// growing when Redis restarts empty (a counter alone would start again at
+/// 1 and hand a new holder the token of the one before).
 const LOCK: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+  local token = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, now)
+  redis.call('SET', KEYS[2], string.format('%.0f', token))
+  return token
 end
 return 0";
 
-/// Writes a versioned value unless the one in place has a higher version
-/// (a write that lost a race to a newer one is dropped, so the version of a
-/// key never goes down), and, when a fence is given (KEYS[2] not empty),
-/// only while the caller's token is the newest one; then announces the
-/// change. Returns 1 written, 0 fenced out, 2 superseded.
-const STORE_VERSIONED: &str = r"
-if KEYS[2] ~= '' and tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[2]) then
-  return 0
-end
-local current = redis.call('GET', KEYS[1])
-if current and string.sub(current, 1, 3) == 'cr1' then
-  local version = tonumber(string.sub(current, 4, 23))
-  if version and version > tonumber(ARGV[4]) then
-    return 2
+/// Writes a value in place of the one the writer read (compare and set:
+/// the writer chose the version from that value's authenticated content),
+/// and, when a fence is given (KEYS[2] not empty), only while the caller's
+/// token is the newest one handed out (a fence lost with an emptied Redis
+/// fences nobody out); then announces the change. Returns 1 written, 0
+/// fenced out, 2 the value changed since it was read (read again, retry).
+const STORE_IF_UNCHANGED: &str = r"
+if KEYS[2] ~= '' then
+  local fence = redis.call('GET', KEYS[2])
+  if fence and tonumber(fence) ~= tonumber(ARGV[2]) then
+    return 0
   end
+end
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[4] then
+  return 2
 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('PUBLISH', KEYS[3], ARGV[3])
 return 1";
 
+/// Keeps a lease alive while its holder lives: extends it if the caller
+/// still holds it, takes it back if nobody does (Redis lost it: restarted
+/// empty), and fails if someone else took it. Returns 1 held, 0 lost.
+const RENEW: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] or not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0";
+
+/// How many times a write is tried again when another writer changed the
+/// value between its read and its write.
+const WRITE_RACES: usize = 8;
+
 /// The format mark of versioned values: `cr1`, the version in 20 ASCII
-/// digits, the nonce, the ciphertext.
+/// digits, the nonce, the ciphertext. The version is authenticated (it is
+/// associated data of the ciphertext); nothing reads it before decrypting.
 const VERSIONED: &[u8] = b"cr1";
 
 /// Releases the lock only if the caller still holds it.
@@ -99,9 +122,11 @@ pub struct RedisStorage {
     changes: Arc<watch::Sender<u64>>,
     /// The server, without credentials, for messages.
     server: Arc<str>,
-    /// The highest version read or written of each key: a lower one read
-    /// later is a value put back (a replay).
+    /// The newest version read or written of each key: the next write
+    /// goes above it, and a lower one read later is reported.
     versions: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    /// Whether values written before versions existed are refused.
+    refuse_unversioned: bool,
 }
 
 impl fmt::Debug for RedisStorage {
@@ -120,6 +145,7 @@ pub struct RedisBuilder {
     key: Zeroizing<[u8; 32]>,
     prefix: String,
     tls: Option<redis::TlsCertificates>,
+    refuse_unversioned: bool,
 }
 
 impl fmt::Debug for RedisBuilder {
@@ -160,6 +186,16 @@ impl RedisBuilder {
             client_cert: chain_pem.into(),
             client_key: key_pem.into(),
         });
+        self
+    }
+
+    /// Refuses values in the format of before versions, which carry none
+    /// (default: accepted until a versioned value of the same key was seen,
+    /// refused from then on). Turn it on once every
+    /// replica runs a version that writes versions: a value put back from
+    /// before then is then refused from the first read.
+    pub fn refuse_unversioned(mut self, refuse: bool) -> Self {
+        self.refuse_unversioned = refuse;
         self
     }
 
@@ -218,6 +254,7 @@ impl RedisBuilder {
             changes,
             server,
             versions: Arc::default(),
+            refuse_unversioned: self.refuse_unversioned,
         })
     }
 }
@@ -248,6 +285,7 @@ impl RedisStorage {
             key: Zeroizing::new(key),
             prefix: "certrotate:".to_owned(),
             tls: None,
+            refuse_unversioned: false,
         }
     }
 
@@ -283,8 +321,9 @@ impl RedisStorage {
         Ok([VERSIONED, version.as_bytes(), &nonce[..], &sealed].concat())
     }
 
-    /// The value and its version (0 for a value written before versions).
-    fn open(&self, redis_key: &str, sealed: &[u8]) -> io::Result<(Vec<u8>, u64)> {
+    /// What `sealed` holds, authenticated: a versioned value and its
+    /// version, or a value written before versions existed.
+    fn open(&self, redis_key: &str, sealed: &[u8]) -> io::Result<Opened> {
         let undecryptable = || {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -306,9 +345,11 @@ impl RedisStorage {
             let (version, rest) = rest.split_at(20);
             let (nonce, ciphertext) = rest.split_at(12);
             let text = std::str::from_utf8(version).ok();
+            // The version is read only once the ciphertext proved it.
             let opened = text.and_then(|v| Some((decrypt(nonce, ciphertext, Some(v))?, v)));
             if let Some((value, version)) = opened {
-                return Ok((value, version.parse().map_err(|_| undecryptable())?));
+                let version = version.parse().map_err(|_| undecryptable())?;
+                return Ok(Opened::Versioned(value, version));
             }
         }
         // Written before versions: the Redis key alone as associated data.
@@ -317,76 +358,115 @@ impl RedisStorage {
         }
         let (nonce, ciphertext) = sealed.split_at(12);
         let value = decrypt(nonce, ciphertext, None).ok_or_else(undecryptable)?;
-        Ok((value, 0))
+        Ok(Opened::Unversioned(value))
     }
 
-    /// Refuses a value older than one this storage read or wrote before
-    /// under the same key, and remembers the newest.
-    fn check_version(&self, redis_key: &str, version: u64) -> io::Result<()> {
+    /// Takes note of a value read: an unversioned one is refused when the
+    /// builder says so or a versioned value of the key was seen before; a
+    /// version lower than one seen before is reported (Redis lost its data,
+    /// or a value was put back), never refused: what is older is for the
+    /// certificate's own dates to tell, not for a counter a restart resets.
+    fn note_read(&self, redis_key: &str, opened: Opened) -> io::Result<Vec<u8>> {
         let mut versions = crate::sync::lock(&self.versions);
-        let newest = versions.entry(redis_key.to_owned()).or_default();
-        if version < *newest {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("the value of {redis_key} was put back: version {version}, but version {newest} was seen before (a restored backup, or a replay)"),
-            ));
-        }
-        *newest = version;
-        Ok(())
-    }
-
-    /// Remembers that `version` of `redis_key` exists (if it is the newest
-    /// seen).
-    fn remember_version(&self, redis_key: &str, version: u64) {
-        let mut versions = crate::sync::lock(&self.versions);
-        let newest = versions.entry(redis_key.to_owned()).or_default();
-        *newest = (*newest).max(version);
-    }
-
-    /// Writes `value` under `key` with the next version, fenced by `lease`
-    /// if given.
-    async fn store_versioned(
-        &self,
-        key: &str,
-        value: &[u8],
-        lease: Option<&Lease>,
-    ) -> io::Result<()> {
-        let redis_key = self.key(key);
-        let mut redis = self.redis.clone();
-        let version: u64 = redis
-            .incr(self.key(&format!("version:{key}")), 1)
-            .await
-            .map_err(|e| to_io(&self.server, e))?;
-        let sealed = self.seal(&redis_key, version, value)?;
-        let fence = lease.map_or_else(String::new, |l| self.key(&format!("fence:{}", l.name())));
-        let stored: u8 = Script::new(STORE_VERSIONED)
-            .key(&redis_key)
-            .key(fence)
-            .key(self.channel())
-            .arg(sealed)
-            .arg(lease.map_or(0, Lease::token))
-            .arg(key)
-            .arg(version)
-            .invoke_async(&mut redis)
-            .await
-            .map_err(|e| to_io(&self.server, e))?;
-        match (stored, lease) {
-            (0, Some(lease)) => Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "not written: the lease on {:?} (token {}) was taken over by a newer holder",
-                    lease.name(),
-                    lease.token()
-                ),
-            )),
-            // Written, or superseded by a newer write (which stays): either
-            // way nothing older than this version may be read back.
-            _ => {
-                self.remember_version(&redis_key, version);
-                Ok(())
+        match opened {
+            Opened::Versioned(value, version) => {
+                let seen = versions.insert(redis_key.to_owned(), version);
+                if let Some(seen) = seen.filter(|seen| *seen > version) {
+                    tracing::warn!(target: "certrotate", key = %redis_key, version, seen, "a stored value is older than one read before (Redis restarted empty, or a value was put back); certificates are judged by their own dates");
+                }
+                Ok(value)
+            }
+            Opened::Unversioned(value) => {
+                let refused = if self.refuse_unversioned {
+                    Some("the storage refuses values without a version")
+                } else if versions.contains_key(redis_key) {
+                    Some("a versioned value of this key was read or written before: an older one was put back")
+                } else {
+                    None
+                };
+                match refused {
+                    Some(why) => Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("the value of {redis_key} has no version, refused: {why}"),
+                    )),
+                    None => Ok(value),
+                }
             }
         }
     }
+
+    /// Writes `value` under `key`, fenced by `lease` if given, with the
+    /// version after the one in place (as its authenticated content says,
+    /// and after any this storage saw): read, seal, then write only if the
+    /// value in place is still the one read, else read again. A value in
+    /// place that does not decrypt is replaced, and reported.
+    async fn write(&self, key: &str, value: &[u8], lease: Option<&Lease>) -> io::Result<()> {
+        let redis_key = self.key(key);
+        let fence = lease.map_or_else(String::new, |l| self.key(&format!("fence:{}", l.name())));
+        let mut redis = self.redis.clone();
+        for _ in 0..WRITE_RACES {
+            let current: Option<Vec<u8>> = redis
+                .get(&redis_key)
+                .await
+                .map_err(|e| to_io(&self.server, e))?;
+            let in_place = match current.as_deref().map(|c| self.open(&redis_key, c)) {
+                None | Some(Ok(Opened::Unversioned(_))) => 0,
+                Some(Ok(Opened::Versioned(_, version))) => version,
+                Some(Err(error)) => {
+                    tracing::warn!(target: "certrotate", key = %redis_key, "replacing a stored value: {error}");
+                    0
+                }
+            };
+            let seen = crate::sync::lock(&self.versions)
+                .get(&redis_key)
+                .copied()
+                .unwrap_or(0);
+            let version = in_place.max(seen).checked_add(1).ok_or_else(|| {
+                io::Error::other(format!("the version of {redis_key} is at its maximum"))
+            })?;
+            let sealed = self.seal(&redis_key, version, value)?;
+            let written: u8 = Script::new(STORE_IF_UNCHANGED)
+                .key(&redis_key)
+                .key(&fence)
+                .key(self.channel())
+                .arg(sealed)
+                .arg(lease.map_or(0, Lease::token))
+                .arg(key)
+                .arg(current.unwrap_or_default())
+                .invoke_async(&mut redis)
+                .await
+                .map_err(|e| to_io(&self.server, e))?;
+            match (written, lease) {
+                (1, _) => {
+                    crate::sync::lock(&self.versions).insert(redis_key, version);
+                    return Ok(());
+                }
+                (0, Some(lease)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!(
+                            "not written: the lease on {:?} (token {}) was taken over by a newer holder",
+                            lease.name(),
+                            lease.token()
+                        ),
+                    ))
+                }
+                // Another writer changed the value since it was read.
+                _ => {}
+            }
+        }
+        Err(io::Error::other(format!(
+            "not written: the value of {redis_key} changed under {WRITE_RACES} attempts in a row"
+        )))
+    }
+}
+
+/// A value read from Redis, authenticated.
+enum Opened {
+    /// A value and its version.
+    Versioned(Vec<u8>, u64),
+    /// A value written before versions existed.
+    Unversioned(Vec<u8>),
 }
 
 /// The associated data of a value: its Redis key, and its version.
@@ -410,14 +490,13 @@ impl Storage for RedisStorage {
             let Some(sealed) = sealed else {
                 return Ok(None);
             };
-            let (value, version) = self.open(&redis_key, &sealed)?;
-            self.check_version(&redis_key, version)?;
-            Ok(Some(value))
+            let opened = self.open(&redis_key, &sealed)?;
+            self.note_read(&redis_key, opened).map(Some)
         })
     }
 
     fn store<'a>(&'a self, key: &'a str, value: &'a [u8]) -> BoxFuture<'a, io::Result<()>> {
-        Box::pin(self.store_versioned(key, value, None))
+        Box::pin(self.write(key, value, None))
     }
 
     fn try_lock<'a>(
@@ -445,11 +524,28 @@ impl Storage for RedisStorage {
         value: &'a [u8],
         lease: &'a Lease,
     ) -> BoxFuture<'a, io::Result<()>> {
-        Box::pin(self.store_versioned(key, value, Some(lease)))
+        Box::pin(self.write(key, value, Some(lease)))
     }
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         Some(self.changes.subscribe())
+    }
+
+    fn renew_lock<'a>(
+        &'a self,
+        lease: &'a Lease,
+        duration: Duration,
+    ) -> BoxFuture<'a, io::Result<bool>> {
+        Box::pin(async move {
+            let held: u8 = Script::new(RENEW)
+                .key(self.key(&format!("lock:{}", lease.name())))
+                .arg(lease.owner())
+                .arg(duration.as_millis().max(1) as u64)
+                .invoke_async(&mut self.redis.clone())
+                .await
+                .map_err(|e| to_io(&self.server, e))?;
+            Ok(held == 1)
+        })
     }
 
     fn unlock<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, io::Result<()>> {
