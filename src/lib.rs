@@ -148,7 +148,7 @@ pub use health::{
 };
 #[cfg(feature = "health")]
 pub use health::{HealthService, MAX_PAGE};
-pub use mark::HighWaterMark;
+pub use mark::{HighWaterMark, MarkUnreadable};
 #[cfg(feature = "file")]
 pub use mtls::TrustFile;
 pub use mtls::{RevocationPolicy, TrustError, TrustStore};

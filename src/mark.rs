@@ -1,9 +1,24 @@
 //! [`HighWaterMark`]: the newest certificate a slot ever served, kept by
-//! sources that keep state so that replay protection survives a restart.
+//! sources that keep state so that replay protection survives a restart;
+//! [`MarkUnreadable`]: a mark that could not be read; and what a rotator
+//! knows of its mark ([`Recorded`]).
+//!
+//! "Older" is always decided by the certificates' own dates, never by a
+//! storage's bookkeeping: a storage that lost everything must not make a
+//! replica refuse a newer certificate.
 
 use std::fmt;
 #[cfg(any(feature = "file", feature = "acme"))]
 use std::path::Path;
+#[cfg(any(feature = "file", feature = "acme"))]
+use std::time::Duration;
+
+use crate::bundle::CertInfo;
+
+/// How long a state file of the instance's own may take to read or write
+/// (a hung network file system): it is then reported as unreadable.
+#[cfg(any(feature = "file", feature = "acme"))]
+pub(crate) const STATE_FILE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The newest certificate a slot ever served: when it became valid, and
 /// its serial. A candidate that became valid earlier is a replay, refused
@@ -28,6 +43,30 @@ pub struct HighWaterMark {
     pub not_before: std::time::SystemTime,
     /// Its serial number, as [`CertInfo::serial`](crate::CertInfo::serial) writes it.
     pub serial: String,
+}
+
+impl HighWaterMark {
+    /// The mark of `cert`.
+    pub(crate) fn of(cert: &CertInfo) -> Self {
+        Self {
+            not_before: cert.not_before,
+            serial: cert.serial.clone(),
+        }
+    }
+
+    /// The newer of two marks, by the certificates' own issuance.
+    pub(crate) fn newest(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(if b.not_before > a.not_before { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether the certificate this marks was issued after `cert` (so
+    /// recording `cert` would lower the mark).
+    pub(crate) fn is_above(&self, cert: &CertInfo) -> bool {
+        self.not_before > cert.not_before
+    }
 }
 
 impl fmt::Display for HighWaterMark {
@@ -58,26 +97,100 @@ impl std::str::FromStr for HighWaterMark {
     }
 }
 
+/// A source's [`HighWaterMark`] could not be read (wholly): a state file or
+/// storage that does not answer, a value that does not parse or decrypt.
+///
+/// The rotator then fails closed without failing down: it installs nothing
+/// older than what serves now (or than `known`), keeps serving, reports the
+/// condition in health (a [`SourceWarning`](crate::SourceWarning)) and asks
+/// again at each attempt; and it records no mark until it can read one, so
+/// that a mark is never lowered.
+///
+/// ```
+/// let error = certrotate::MarkUnreadable::new("Redis at redis://10.0.0.5:6379/0: timed out");
+/// assert!(error.known.is_none());
+/// assert!(error.to_string().contains("timed out"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the record of the newest certificate served cannot be read: {reason}")]
+#[non_exhaustive]
+pub struct MarkUnreadable {
+    /// The newest mark among the places that could be read (a state file of
+    /// the instance's own, when the shared storage hangs), if any.
+    pub known: Option<HighWaterMark>,
+    /// Why, in words.
+    pub reason: String,
+}
+
+impl MarkUnreadable {
+    /// Nothing could be read, because of `reason`.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self {
+            known: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What a rotator knows of its source's mark.
+#[derive(Debug, Clone)]
+pub(crate) enum Recorded {
+    /// Not asked yet.
+    NotRead,
+    /// Read: the newest certificate recorded, if any.
+    Known(Option<HighWaterMark>),
+    /// Could not be read (asked again at the next attempt).
+    Unreadable(MarkUnreadable),
+}
+
+impl Recorded {
+    /// The newest mark known for sure, even if the whole could not be read.
+    pub(crate) fn floor(&self) -> Option<HighWaterMark> {
+        match self {
+            Self::NotRead => None,
+            Self::Known(mark) => mark.clone(),
+            Self::Unreadable(error) => error.known.clone(),
+        }
+    }
+
+    /// Takes in what a read gave: a failed read keeps what an earlier one
+    /// knew for sure.
+    pub(crate) fn update(&mut self, read: Result<Option<HighWaterMark>, MarkUnreadable>) {
+        *self = match read {
+            Ok(mark) => Self::Known(mark),
+            Err(mut error) => {
+                error.known = HighWaterMark::newest(error.known, self.floor());
+                Self::Unreadable(error)
+            }
+        };
+    }
+}
+
 #[cfg(any(feature = "file", feature = "acme"))]
 impl HighWaterMark {
-    /// Reads the mark a state file holds. A missing file is no mark; one
-    /// that cannot be read or parsed is reported (naming `from`) and taken
-    /// as no mark.
-    pub(crate) async fn load_file(path: &Path, from: &str) -> Option<Self> {
-        let path = path.to_owned();
+    /// Reads the mark a state file holds, within [`STATE_FILE_TIMEOUT`]. A
+    /// missing file is no mark; one that cannot be read in time or parsed
+    /// is unreadable.
+    pub(crate) async fn load_file(path: &Path) -> Result<Option<Self>, MarkUnreadable> {
+        let owned = path.to_owned();
         let read = crate::sync::blocking(move || {
-            let text = crate::read::small(&path)?;
+            let text = crate::read::small(&owned)?;
             String::from_utf8_lossy(&text)
                 .parse::<Self>()
                 .map_err(std::io::Error::other)
         });
-        match read.await.and_then(|read| read) {
-            Ok(mark) => Some(mark),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-            Err(error) => {
-                tracing::warn!(target: "certrotate", source = %from, %error, "the state file cannot be read: replay protection starts anew");
-                None
-            }
+        let unreadable =
+            |why: String| MarkUnreadable::new(format!("state file {}: {why}", path.display()));
+        match tokio::time::timeout(STATE_FILE_TIMEOUT, read).await {
+            Err(_) => Err(unreadable(format!(
+                "no answer within {}",
+                crate::clock::human(STATE_FILE_TIMEOUT)
+            ))),
+            Ok(read) => match read.and_then(|read| read) {
+                Ok(mark) => Ok(Some(mark)),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(error) => Err(unreadable(error.to_string())),
+            },
         }
     }
 

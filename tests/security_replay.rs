@@ -174,3 +174,162 @@ async fn an_acme_source_refuses_a_restored_older_certificate_after_a_restart() {
     let replayed = Rotator::builder(with_local(), policy()).start().await;
     assert!(is_replay(&replayed, &newer), "{replayed:?}");
 }
+
+/// A `FileStorage` whose reads of one key can be made to hang (a storage
+/// that stops answering).
+#[cfg(feature = "acme")]
+#[derive(Clone)]
+struct Hanging {
+    inner: certrotate::FileStorage,
+    key: String,
+    hang: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[cfg(feature = "acme")]
+impl certrotate::Storage for Hanging {
+    fn load<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> certrotate::BoxFuture<'a, std::io::Result<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            if key == self.key && self.hang.load(std::sync::atomic::Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            self.inner.load(key).await
+        })
+    }
+
+    fn store<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+    ) -> certrotate::BoxFuture<'a, std::io::Result<()>> {
+        self.inner.store(key, value)
+    }
+}
+
+/// The mark text of `issued`, as sources keep it.
+fn mark_of(issued: &Issued) -> String {
+    let info = issued.bundle.info();
+    let secs = info
+        .not_before
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    format!("{secs} {}\n", info.serial)
+}
+
+/// A mark that cannot be read (the shared storage hangs, its value does not
+/// parse) fails closed without failing down: a first certificate is still
+/// served, nothing older than what serves is installed, the condition is in
+/// health, the mark is never lowered (nothing is recorded until it can be
+/// read), and the instance's own state file is read on its own, so that it
+/// still refuses an older certificate while the storage hangs.
+#[cfg(feature = "acme")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_mark_fails_closed_without_failing_down() {
+    use certrotate::{FileStorage, Storage};
+    let dir = common::TempDir::new("replay-unreadable");
+    let directory = "https://127.0.0.1:9/directory";
+    let name = "a.example";
+    let (cert_key, _, served_key) = common::acme_keys(directory, name);
+    let storage = Hanging {
+        inner: FileStorage::new(dir.join("state")),
+        key: served_key.clone(),
+        hang: Default::default(),
+    };
+    let ca = Ca::new();
+    let (older, newer) = older_and_newer(&ca, name);
+    let local = dir.join("local-served.txt");
+    let source = |state_file: bool| {
+        let builder = certrotate::AcmeSource::builder(directory, [name])
+            .storage(storage.clone())
+            .timeout(Duration::from_secs(1));
+        match state_file {
+            true => builder.state_file(&local).build(),
+            false => builder.build(),
+        }
+    };
+    let policy = || Policy::builder().server_name(name).build().unwrap();
+    let combined = |issued: &Issued| format!("{}{}", issued.cert_pem, issued.key_pem);
+    let mark_warning = |rotator: &Rotator| {
+        let health = rotator.health();
+        let warnings = &health.certificates[0].warnings;
+        warnings
+            .iter()
+            .any(|w| w.contains("cannot be read") && w.contains(&served_key))
+    };
+
+    // The newer one was served before (its mark is in the storage); the
+    // older one is what the storage offers now, and the mark read hangs.
+    storage
+        .store(&served_key, mark_of(&newer).as_bytes())
+        .await
+        .unwrap();
+    storage
+        .store(&cert_key, combined(&older).as_bytes())
+        .await
+        .unwrap();
+    storage
+        .hang
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+
+    // With a state file of its own holding the newer mark: refused, though
+    // the storage hangs.
+    std::fs::write(&local, mark_of(&newer)).unwrap();
+    let refused = Rotator::builder(source(true), policy()).start().await;
+    assert!(is_replay(&refused, &newer), "{refused:?}");
+
+    // Without one: nothing serves yet, so the older one serves (not
+    // failing down), the condition is reported, and the mark stays.
+    let rotator = Rotator::builder(source(false), policy())
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(
+        rotator.current().unwrap().serial,
+        older.bundle.info().serial
+    );
+    assert!(mark_warning(&rotator), "{:?}", rotator.health());
+    let stored = storage.inner.load(&served_key).await.unwrap().unwrap();
+    assert_eq!(
+        String::from_utf8(stored).unwrap(),
+        mark_of(&newer),
+        "lowered"
+    );
+
+    // A value that does not parse: the same, and it is left in place.
+    storage
+        .hang
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    storage.store(&served_key, b"garbage").await.unwrap();
+    rotator.rotate_now().await.unwrap();
+    assert!(mark_warning(&rotator), "{:?}", rotator.health());
+    let stored = storage.inner.load(&served_key).await.unwrap().unwrap();
+    assert_eq!(stored, b"garbage");
+
+    // Readable again: the newer mark is honoured, the warning goes, and a
+    // certificate newer than the mark is installed and raises it.
+    storage
+        .store(&served_key, mark_of(&newer).as_bytes())
+        .await
+        .unwrap();
+    let newest = ca.issue(
+        Leaf::default()
+            .names(&[name])
+            .valid_from(SystemTime::now() - Duration::from_secs(60)),
+    );
+    storage
+        .store(&cert_key, combined(&newest).as_bytes())
+        .await
+        .unwrap();
+    rotator.rotate_now().await.unwrap();
+    assert_eq!(
+        rotator.current().unwrap().serial,
+        newest.bundle.info().serial
+    );
+    assert!(!mark_warning(&rotator), "{:?}", rotator.health());
+    let stored = storage.inner.load(&served_key).await.unwrap().unwrap();
+    assert_eq!(String::from_utf8(stored).unwrap(), mark_of(&newest));
+    rotator.shutdown().await;
+}

@@ -62,7 +62,7 @@ pub use storage::{RedisBuilder, RedisStorage};
 
 use crate::bundle::{CertBundle, CertInfo};
 use crate::clock::Clock;
-use crate::mark::HighWaterMark;
+use crate::mark::{HighWaterMark, MarkUnreadable};
 use crate::source::{CertSource, SourceError, SourceWarning};
 use crate::store::CertStore;
 use crate::sync::lock;
@@ -210,6 +210,26 @@ impl AcmeSource {
                 Ok(None)
             }
         }
+    }
+
+    /// The mark kept in the storage, read within the time a mark may take.
+    async fn stored_mark(&self) -> Result<Option<HighWaterMark>, MarkUnreadable> {
+        let key = &self.inner.served_key;
+        let load = self.inner.config.storage.load(key);
+        let unreadable = |why: String| MarkUnreadable::new(format!("the stored {key}: {why}"));
+        let text = match tokio::time::timeout(crate::mark::STATE_FILE_TIMEOUT, load).await {
+            Err(_) => {
+                let waited = crate::clock::human(crate::mark::STATE_FILE_TIMEOUT);
+                return Err(unreadable(format!("no answer within {waited}")));
+            }
+            Ok(Err(error)) => return Err(unreadable(error.to_string())),
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Ok(Some(text))) => text,
+        };
+        String::from_utf8_lossy(&text)
+            .parse()
+            .map(Some)
+            .map_err(unreadable)
     }
 
     /// Saves `value` under `key`. A failure does not fail the attempt (what
@@ -364,25 +384,42 @@ impl CertSource for AcmeSource {
     }
 
     /// The newer of the mark kept in the storage (`served-<id>.txt`) and
-    /// the one in the [state file](AcmeBuilder::state_file), if any.
-    async fn high_water_mark(&self) -> Option<HighWaterMark> {
-        let stored = match self.inner.config.storage.load(&self.inner.served_key).await {
-            Ok(Some(text)) => String::from_utf8_lossy(&text).parse().ok(),
-            _ => None,
+    /// the one in the [state file](AcmeBuilder::state_file), if any. Both
+    /// are read at once, each with a timeout of its own: a storage that
+    /// hangs does not hide what the instance's own file says (it comes as
+    /// [`MarkUnreadable::known`]).
+    async fn high_water_mark(&self) -> Result<Option<HighWaterMark>, MarkUnreadable> {
+        let local = async {
+            match &self.inner.config.state_file {
+                Some(path) => HighWaterMark::load_file(path).await,
+                None => Ok(None),
+            }
         };
-        let local = match &self.inner.config.state_file {
-            Some(path) => HighWaterMark::load_file(path, &self.describe()).await,
-            None => None,
-        };
-        [stored, local]
-            .into_iter()
-            .flatten()
-            .max_by_key(|m| m.not_before)
+        let (stored, local) = tokio::join!(self.stored_mark(), local);
+        match (stored, local) {
+            (Ok(stored), Ok(local)) => Ok(HighWaterMark::newest(stored, local)),
+            (Err(error), Ok(known)) | (Ok(known), Err(error)) => Err(MarkUnreadable {
+                known: HighWaterMark::newest(known, error.known),
+                reason: error.reason,
+            }),
+            (Err(stored), Err(local)) => Err(MarkUnreadable::new(format!(
+                "{}; {}",
+                stored.reason, local.reason
+            ))),
+        }
     }
 
+    /// Records `mark` in the state file, and in the storage unless the
+    /// storage holds a newer one already (another instance got further):
+    /// a mark is never lowered.
     async fn record_high_water_mark(&self, mark: HighWaterMark) {
         if let Some(path) = &self.inner.config.state_file {
             mark.save_file(path, &self.describe()).await;
+        }
+        if let Ok(Some(stored)) = self.stored_mark().await {
+            if stored.not_before >= mark.not_before {
+                return;
+            }
         }
         let text = format!("{mark}\n");
         self.save(&self.inner.served_key, text.as_bytes(), "high-water mark")

@@ -416,10 +416,7 @@ impl Policy {
         serving: Option<&CertInfo>,
         now: SystemTime,
     ) -> Result<ValidatedCert, ValidationError> {
-        let newest = serving.map(|s| HighWaterMark {
-            not_before: s.not_before,
-            serial: s.serial.clone(),
-        });
+        let newest = serving.map(HighWaterMark::of);
         self.validate_newer_than(candidate, newest.as_ref(), now)
     }
 

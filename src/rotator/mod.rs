@@ -272,7 +272,7 @@ impl<S: CertSource> RotatorBuilder<S> {
             last_alert: None,
             fetch_timeout: self.fetch_timeout,
             warnings: Vec::new(),
-            mark: None,
+            mark: crate::mark::Recorded::NotRead,
             allow_older: self.allow_older,
             inbox: Some(inbox),
             stopped,

@@ -11,7 +11,7 @@ use super::{Command, RotateError, Rotation};
 use crate::bundle::{CertBundle, CertInfo};
 use crate::events::{RotationEvent, Trigger};
 use crate::health::AlertLevel;
-use crate::mark::HighWaterMark;
+use crate::mark::{HighWaterMark, MarkUnreadable, Recorded};
 use crate::metrics::Outcome;
 use crate::policy::Policy;
 use crate::renewal;
@@ -45,9 +45,8 @@ pub(super) struct Task<S> {
     pub(super) fetch_timeout: Duration,
     /// The source's warnings as of its last fetch.
     pub(super) warnings: Vec<SourceWarning>,
-    /// The newest certificate served, as the source recorded it (`None`
-    /// until it was asked).
-    pub(super) mark: Option<Option<HighWaterMark>>,
+    /// The newest certificate served, as the source recorded it.
+    pub(super) mark: Recorded,
     /// Older certificates than the mark are accepted (logged at start).
     pub(super) allow_older: bool,
     pub(super) inbox: Option<mpsc::Receiver<Command>>,
@@ -233,7 +232,10 @@ impl<S: CertSource> Task<S> {
 
     /// Records the source's warnings in health, with an event for each new one.
     fn note_warnings(&mut self) {
-        let warnings = self.source.warnings();
+        let mut warnings = self.source.warnings();
+        if let Recorded::Unreadable(error) = &self.mark {
+            warnings.push(SourceWarning::MarkUnreadable(error.clone()));
+        }
         if warnings == self.warnings {
             return;
         }
@@ -250,37 +252,47 @@ impl<S: CertSource> Task<S> {
         self.warnings = warnings;
     }
 
-    /// The newest certificate served: the serving one, or the source's
-    /// record of one newer (read once, at the first attempt).
-    async fn newest_served(&mut self, serving: Option<&CertInfo>) -> Option<HighWaterMark> {
-        if self.mark.is_none() {
-            let recorded = tokio::time::timeout(MARK_TIMEOUT, self.source.high_water_mark())
-                .await
-                .unwrap_or_default();
-            self.mark = Some(recorded);
-        }
-        let recorded = self.mark.clone().flatten();
-        let serving = serving.map(|s| HighWaterMark {
-            not_before: s.not_before,
-            serial: s.serial.clone(),
-        });
-        [recorded, serving]
-            .into_iter()
-            .flatten()
-            .max_by_key(|m| m.not_before)
-    }
-
-    /// Has the source record `new` if it is the newest certificate served.
-    async fn raise_mark(&mut self, new: &CertInfo) {
-        let recorded = self.mark.clone().flatten();
-        if recorded.is_some_and(|m| m.not_before >= new.not_before) {
+    /// Asks the source for its mark unless it was read already. A mark
+    /// that cannot be read is reported in health, and asked again at the
+    /// next attempt.
+    async fn read_mark(&mut self) {
+        if matches!(self.mark, Recorded::Known(_)) {
             return;
         }
-        let mark = HighWaterMark {
-            not_before: new.not_before,
-            serial: new.serial.clone(),
+        let read = tokio::time::timeout(MARK_TIMEOUT, self.source.high_water_mark())
+            .await
+            .unwrap_or_else(|_| {
+                let waited = crate::clock::human(MARK_TIMEOUT);
+                Err(MarkUnreadable::new(format!("no answer within {waited}")))
+            });
+        if let Err(error) = &read {
+            tracing::warn!(target: "certrotate", slot = %self.slot, %error, "only certificates newer than the one serving are installed until it can be read");
+        }
+        self.mark.update(read);
+        self.note_warnings();
+    }
+
+    /// The newest certificate served: the serving one, or the source's
+    /// record of one newer (as much of it as could be read).
+    async fn newest_served(&mut self, serving: Option<&CertInfo>) -> Option<HighWaterMark> {
+        self.read_mark().await;
+        HighWaterMark::newest(self.mark.floor(), serving.map(HighWaterMark::of))
+    }
+
+    /// Has the source record `new` unless a newer certificate is on
+    /// record (the same age is recorded again, for the places the source
+    /// keeps that may lag). Nothing is recorded while the mark cannot be
+    /// read: what it holds may be newer, and a mark is never lowered.
+    async fn raise_mark(&mut self, new: &CertInfo) {
+        self.read_mark().await;
+        let Recorded::Known(recorded) = &self.mark else {
+            return;
         };
-        self.mark = Some(Some(mark.clone()));
+        if recorded.as_ref().is_some_and(|m| m.is_above(new)) {
+            return;
+        }
+        let mark = HighWaterMark::of(new);
+        self.mark = Recorded::Known(Some(mark.clone()));
         let recorded = self.source.record_high_water_mark(mark);
         if tokio::time::timeout(MARK_TIMEOUT, recorded).await.is_err() {
             tracing::warn!(target: "certrotate", slot = %self.slot, "the source did not record the newest certificate in time; replay protection is per process until it does");

@@ -27,6 +27,11 @@ pub enum SourceWarning {
         /// Why.
         reason: String,
     },
+    /// The record of the newest certificate served (the
+    /// [`HighWaterMark`](crate::HighWaterMark)) cannot be read: until it
+    /// can, only certificates newer than the one serving are installed, and
+    /// no mark is recorded (so none is lowered).
+    MarkUnreadable(crate::MarkUnreadable),
 }
 
 impl fmt::Display for SourceWarning {
@@ -40,6 +45,10 @@ impl fmt::Display for SourceWarning {
             Self::StateNotSaved { what, reason } => write!(
                 f,
                 "could not save the {what} ({reason}): it is used now, but after a restart it must be obtained again"
+            ),
+            Self::MarkUnreadable(error) => write!(
+                f,
+                "{error}; only certificates newer than the one serving are installed until it can be read (retried at each attempt)"
             ),
         }
     }

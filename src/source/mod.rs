@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::bundle::{CertBundle, CertInfo};
-use crate::mark::HighWaterMark;
+use crate::mark::{HighWaterMark, MarkUnreadable};
 use crate::store::CertStore;
 
 #[cfg(feature = "ca")]
@@ -85,8 +85,17 @@ pub trait CertSource: Send + Sync + 'static {
     /// keeps state, so that a restart refuses a replayed older certificate
     /// as a running rotator does. The default keeps none: replay protection
     /// is then per process.
-    fn high_water_mark(&self) -> impl Future<Output = Option<HighWaterMark>> + Send {
-        std::future::ready(None)
+    ///
+    /// A mark that cannot be read (a state file or storage that does not
+    /// answer, a value that does not parse) is an error, never "no mark":
+    /// the rotator then installs nothing older than what serves, records no
+    /// mark (so that it is never lowered), reports it, and asks again at the
+    /// next attempt. Bound the reads yourself: the rotator gives up after
+    /// 10 s, and then knows nothing of what a part that answered said.
+    fn high_water_mark(
+        &self,
+    ) -> impl Future<Output = Result<Option<HighWaterMark>, MarkUnreadable>> + Send {
+        std::future::ready(Ok(None))
     }
 
     /// Records the newest certificate served (called after each install
@@ -163,7 +172,9 @@ impl<S: CertSource> CertSource for Arc<S> {
         S::at_hand(self)
     }
 
-    fn high_water_mark(&self) -> impl Future<Output = Option<HighWaterMark>> + Send {
+    fn high_water_mark(
+        &self,
+    ) -> impl Future<Output = Result<Option<HighWaterMark>, MarkUnreadable>> + Send {
         S::high_water_mark(self)
     }
 

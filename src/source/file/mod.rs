@@ -30,7 +30,7 @@ use zeroize::Zeroizing;
 
 use super::{CertSource, SourceError, SourceWarning};
 use crate::bundle::CertBundle;
-use crate::mark::HighWaterMark;
+use crate::mark::{HighWaterMark, MarkUnreadable};
 use crate::read::{self, OneAtATime};
 
 mod notice;
@@ -409,11 +409,13 @@ impl CertSource for FileSource {
     }
 
     /// The mark in the [state file](FileOptions::state_file), if there is
-    /// one. A state file that cannot be read or parsed is reported and
-    /// taken as no mark.
-    async fn high_water_mark(&self) -> Option<HighWaterMark> {
-        let path = self.shared.options.state_file.as_ref()?;
-        HighWaterMark::load_file(path, &self.describe()).await
+    /// one. A state file that cannot be read in time or parsed is
+    /// unreadable (reported, and asked again).
+    async fn high_water_mark(&self) -> Result<Option<HighWaterMark>, MarkUnreadable> {
+        match &self.shared.options.state_file {
+            Some(path) => HighWaterMark::load_file(path).await,
+            None => Ok(None),
+        }
     }
 
     async fn record_high_water_mark(&self, mark: HighWaterMark) {
