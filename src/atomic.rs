@@ -40,3 +40,14 @@ pub(crate) fn write(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
+
+/// Creates `dir` and any missing parent with mode 0700: state only its
+/// owner may enter.
+#[cfg(any(feature = "acme", feature = "file"))]
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}

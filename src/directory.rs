@@ -2,6 +2,7 @@
 //! so one set of SNI names) per pair, all followed by one task.
 
 mod layout;
+mod marks;
 mod task;
 
 use std::collections::BTreeSet;
@@ -83,6 +84,7 @@ pub struct CertDirectoryBuilder {
     options: FileOptions,
     store: Option<CertStore>,
     retry: (Duration, Duration),
+    state_dir: Option<PathBuf>,
 }
 
 impl CertDirectoryBuilder {
@@ -108,12 +110,54 @@ impl CertDirectoryBuilder {
         self
     }
 
+    /// Keeps each pair's [`HighWaterMark`](crate::HighWaterMark) in `dir`
+    /// (one file `<pair>.mark` each, written 0600 when the pair serves a
+    /// newer certificate), so that after a restart a pair put back older
+    /// (a revoked, unexpired certificate) is refused as it is while the
+    /// directory is followed. Without it, marks are kept in memory, across
+    /// a pair's removal, for the life of the process. Keep `dir` outside
+    /// the followed directory, on the instance's own disk.
+    ///
+    /// A mark file that cannot be read is reported in the pair's health
+    /// and read again; meanwhile the pair installs nothing older than what
+    /// it serves, and its mark is not written.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let certs = certrotate::CertDirectory::builder("/etc/tls/sites", certrotate::Policy::default())
+    ///     .state_dir("/var/lib/api/tls-marks")
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
     /// Loads every pair in the directory, then follows it.
     ///
     /// Returns once every pair present has been tried: served, or refused
     /// and reported. Pairs that fail are retried; only a directory that
     /// cannot be read fails the start. Must be called within a tokio runtime.
+    ///
+    /// A [`FileOptions::state_file`] fails the start with
+    /// [`SourceError::Config`]: it names one file, and a directory keeps a
+    /// mark per pair ([`state_dir`](Self::state_dir)).
     pub async fn start(self) -> Result<CertDirectory, SourceError> {
+        if self.options.state_file.is_some() {
+            return Err(SourceError::Config {
+                from: format!("directory {}", self.dir.display()),
+                reason: "FileOptions::state_file names one file, and a directory keeps a mark per pair: use CertDirectoryBuilder::state_dir".into(),
+            });
+        }
+        if let Some(state) = &self.state_dir {
+            crate::atomic::create_private_dir(state).map_err(|error| SourceError::Read {
+                from: format!("directory {}", self.dir.display()),
+                path: state.clone(),
+                source: Arc::new(error),
+            })?;
+        }
         let (stop, gone) = watch::channel(());
         let policy = self.policy.clone();
         let mut task = DirTask::new(self, gone);
@@ -141,6 +185,7 @@ impl CertDirectory {
             options: FileOptions::default(),
             store: None,
             retry: (Duration::from_secs(1), Duration::from_secs(300)),
+            state_dir: None,
         }
     }
 

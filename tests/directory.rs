@@ -256,3 +256,82 @@ async fn a_poll_reads_only_the_pairs_whose_files_changed() {
     assert!(attempted.iter().all(|s| s != "b"), "{attempted:?}");
     certs.shutdown().await;
 }
+
+/// A pair deleted and put back older (a revoked, unexpired certificate) is
+/// refused: its mark outlives its slot, and with a state directory the
+/// restart too. Without one, a restart starts anew (per process, as
+/// SECURITY.md says). `FileOptions::state_file` on a directory is an error,
+/// not ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_deleted_and_put_back_older_is_refused_across_removal_and_restart() {
+    let (dir, ca, state) = (TempDir::new("dir"), Ca::new(), TempDir::new("marks"));
+    let (older, newer) = (leaf(&ca, "a.example", 7200), leaf(&ca, "a.example", 600));
+    let (cert, key) = (dir.join("a.crt"), dir.join("a.key"));
+    let start_with_state = || async {
+        CertDirectory::builder(dir.path(), Policy::default())
+            .options(file_options())
+            .retry_backoff(Duration::from_millis(100), Duration::from_millis(400))
+            .state_dir(state.join("marks"))
+            .start()
+            .await
+            .unwrap()
+    };
+    let refused = |certs: &CertDirectory| {
+        let health = certs.health();
+        let failed = health
+            .certificates
+            .iter()
+            .any(|c| c.last_error_code == Some("older_than_serving"));
+        let unserved = health
+            .unserved
+            .iter()
+            .any(|u| u.last_error_code == Some("older_than_serving"));
+        failed || unserved
+    };
+
+    write_pair(&cert, &key, &newer);
+    let certs = start_with_state().await;
+    assert_eq!(certs.store().current("a").unwrap().serial, serial(&newer));
+
+    // Deleted: the slot goes. Put back older: refused, nothing served.
+    std::fs::remove_file(&cert).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    until("the pair's removal", || {
+        certs.store().current("a").is_none().then_some(())
+    })
+    .await;
+    write_pair(&cert, &key, &older);
+    until("the refusal", || refused(&certs).then_some(())).await;
+    assert!(certs.store().current("a").is_none());
+    certs.shutdown().await;
+
+    // Restarted on the older pair: refused from the first load.
+    let certs = start_with_state().await;
+    assert!(certs.store().current("a").is_none());
+    assert!(refused(&certs), "{:?}", certs.health());
+    // A newer one is served, and raises the mark.
+    let newest = leaf(&ca, "a.example", 60);
+    write_pair(&cert, &key, &newest);
+    until("the newest", || {
+        let current = certs.store().current("a")?;
+        (current.serial == serial(&newest)).then_some(())
+    })
+    .await;
+    certs.shutdown().await;
+    let mark = std::fs::read_to_string(state.join("marks/a.mark")).unwrap();
+    assert!(mark.contains(serial(&newest)), "{mark}");
+
+    // Without a state directory, a restart has no memory of it.
+    write_pair(&cert, &key, &older);
+    let certs = start(&dir).await;
+    assert_eq!(certs.store().current("a").unwrap().serial, serial(&older));
+    certs.shutdown().await;
+
+    // A state file names one file: an error for a directory.
+    let error = CertDirectory::builder(dir.path(), Policy::default())
+        .options(file_options().state_file(state.join("one.txt")))
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "config");
+}

@@ -26,7 +26,9 @@ use crate::store::CertStore;
 use crate::sync::lock;
 
 use super::layout::{locate, pair_of, scan, stamp};
+use super::marks::{self, Lookup, PairMarks};
 use super::CertDirectoryBuilder;
+use crate::mark::{HighWaterMark, MarkUnreadable};
 
 /// Pairs read in one turn of the blocking reader: a hung file system holds
 /// up at most this many before they are reported and retried.
@@ -57,6 +59,8 @@ pub(super) struct DirTask {
     /// The pairs' names, for [`CertDirectory::pairs`](super::CertDirectory::pairs).
     names: Arc<Mutex<BTreeSet<Arc<str>>>>,
     reads: OneAtATime,
+    /// The newest certificate each pair served, kept when it leaves.
+    marks: PairMarks,
 }
 
 /// What the task keeps of one pair (its certificate is in the store).
@@ -72,6 +76,11 @@ struct Pair {
     /// Until when a pair caught between its halves is read again before its
     /// error is reported.
     grace_until: Option<Instant>,
+    /// What its files' last read warned of.
+    file_warning: Option<SourceWarning>,
+    /// Why its mark could not be read, if it could not.
+    mark_warning: Option<SourceWarning>,
+    /// The warnings in health.
     warnings: Vec<SourceWarning>,
     reported: AlertLevel,
     check_at: Option<SystemTime>,
@@ -86,6 +95,9 @@ struct Look {
     /// Whether a subdirectory of its name exists (to be watched).
     subdir: bool,
 }
+
+/// What reading a pair's mark file gave.
+type MarkRead = Result<Option<HighWaterMark>, MarkUnreadable>;
 
 /// What became of one candidate.
 enum Verdict {
@@ -118,6 +130,7 @@ impl DirTask {
             checks: BTreeSet::new(),
             names: Arc::default(),
             reads: OneAtATime::default(),
+            marks: PairMarks::new(builder.state_dir),
         }
     }
 
@@ -391,12 +404,56 @@ impl DirTask {
                 }
             }
             self.pairs.get_mut(&name).expect("inserted").grace_until = None;
-            self.note_warnings(&name, loaded.warning);
+            self.pairs.get_mut(&name).expect("inserted").file_warning = loaded.warning;
+            self.note_warnings(&name);
             candidates.push((name, loaded.bundle));
         }
         let verdicts = self.validate(candidates, trigger).await;
-        for (name, verdict) in verdicts {
-            self.apply(name, verdict);
+        let mut writes = Vec::new();
+        for (name, verdict, read) in verdicts {
+            if let Some(read) = read {
+                self.mark_read(&name, &read);
+            }
+            writes.extend(self.apply(name, verdict));
+        }
+        self.write_marks(writes).await;
+    }
+
+    /// Takes in what reading a pair's mark file gave: one that cannot be
+    /// read is reported in health and read again after a retry delay.
+    fn mark_read(&mut self, name: &Arc<str>, read: &Result<Option<HighWaterMark>, MarkUnreadable>) {
+        self.marks.loaded(name, read);
+        let Some(pair) = self.pairs.get_mut(name) else {
+            return;
+        };
+        pair.mark_warning = read
+            .as_ref()
+            .err()
+            .cloned()
+            .map(SourceWarning::MarkUnreadable);
+        if pair.mark_warning.is_some() {
+            let delay = renewal::retry_delay(pair.failures, self.retry, None, None);
+            self.plan_retry(name, Instant::now() + delay);
+        }
+        self.note_warnings(name);
+    }
+
+    /// Writes the marks that rose to the state directory. A failure is
+    /// reported; the mark holds in memory meanwhile.
+    async fn write_marks(&self, writes: Vec<(std::path::PathBuf, HighWaterMark)>) {
+        if writes.is_empty() {
+            return;
+        }
+        let written = crate::sync::blocking(move || {
+            writes
+                .iter()
+                .filter_map(|(path, mark)| {
+                    marks::write(path, mark).err().map(|e| (path.clone(), e))
+                })
+                .collect::<Vec<_>>()
+        });
+        for (path, error) in written.await.unwrap_or_default() {
+            tracing::warn!(target: "certrotate", path = %path.display(), %error, "cannot write a pair's mark: its replay protection is per process until it can");
         }
     }
 
@@ -453,7 +510,7 @@ impl DirTask {
         &self,
         candidates: Vec<(Arc<str>, Result<crate::CertBundle, SourceError>)>,
         trigger: Trigger,
-    ) -> Vec<(Arc<str>, Verdict)> {
+    ) -> Vec<(Arc<str>, Verdict, Option<MarkRead>)> {
         let events = self.store.events();
         let mut verdicts = Vec::new();
         let mut work = Vec::new();
@@ -463,16 +520,22 @@ impl DirTask {
                 trigger,
             });
             let serving = self.store.current(&name);
+            let lookup = self.marks.lookup(&name);
             match bundle {
-                Err(error) => verdicts.push((name, Verdict::Failed(error))),
+                Err(error) => verdicts.push((name, Verdict::Failed(error), None)),
                 Ok(bundle) => {
                     let unchanged = serving.as_ref().is_some_and(|s| {
                         s.fingerprint_sha256 == bundle.info().fingerprint_sha256
                             && bundle.key_fits()
                     });
-                    match unchanged {
-                        true => verdicts.push((name, Verdict::Unchanged)),
-                        false => work.push((name, bundle, serving)),
+                    match (unchanged, lookup) {
+                        (true, Lookup::Known(_)) => {
+                            verdicts.push((name, Verdict::Unchanged, None));
+                        }
+                        (unchanged, lookup) => {
+                            let bundle = (!unchanged).then_some(bundle);
+                            work.push((name, bundle, serving, lookup));
+                        }
                     }
                 }
             }
@@ -490,13 +553,29 @@ impl DirTask {
             let policy = self.policy.clone();
             running.spawn(crate::sync::blocking(move || {
                 lane.into_iter()
-                    .map(|(name, bundle, serving)| {
-                        let verdict =
-                            match policy.validate_replacing(&bundle, serving.as_deref(), now) {
-                                Ok(valid) => Verdict::Valid(valid),
-                                Err(error) => Verdict::Refused(error),
-                            };
-                        (name, verdict)
+                    .map(|(name, bundle, serving, lookup)| {
+                        let (recorded, read) = match lookup {
+                            Lookup::Known(mark) => (mark, None),
+                            Lookup::Read(path) => {
+                                let read = marks::read(&path);
+                                let recorded = read.as_ref().ok().cloned().flatten();
+                                (recorded, Some(read))
+                            }
+                        };
+                        // Nothing older than the mark, or (when the mark
+                        // cannot be read) than what serves.
+                        let serving = serving.as_deref().map(HighWaterMark::of);
+                        let newest = HighWaterMark::newest(recorded, serving);
+                        let verdict = match bundle {
+                            None => Verdict::Unchanged,
+                            Some(bundle) => {
+                                match policy.validate_newer_than(&bundle, newest.as_ref(), now) {
+                                    Ok(valid) => Verdict::Valid(valid),
+                                    Err(error) => Verdict::Refused(error),
+                                }
+                            }
+                        };
+                        (name, verdict, read)
                     })
                     .collect::<Vec<_>>()
             }));
@@ -512,7 +591,13 @@ impl DirTask {
     }
 
     /// Installs a valid candidate, or reports why not and plans a retry.
-    fn apply(&mut self, name: Arc<str>, verdict: Verdict) {
+    /// Returns the mark to write if it rose.
+    fn apply(
+        &mut self,
+        name: Arc<str>,
+        verdict: Verdict,
+    ) -> Option<(std::path::PathBuf, HighWaterMark)> {
+        let mut write = None;
         let events = self.store.events().clone();
         let outcome = match verdict {
             Verdict::Unchanged => {
@@ -522,6 +607,7 @@ impl DirTask {
             Verdict::Valid(valid) => {
                 let info = valid.info.clone();
                 self.store.install(&name, valid);
+                write = self.marks.raise(&name, &info);
                 let now = self.store.clock().now();
                 let level = self.schedule_check(&name, &info, now);
                 if let Some(pair) = self.pairs.get_mut(&name) {
@@ -551,7 +637,7 @@ impl DirTask {
         };
         events.attempted(&name, "file", outcome);
         let Some(pair) = self.pairs.get_mut(&name) else {
-            return;
+            return write;
         };
         match outcome {
             Outcome::Rotated | Outcome::Unchanged => pair.failures = 0,
@@ -566,6 +652,7 @@ impl DirTask {
                 self.plan_retry(&name, Instant::now() + delay);
             }
         }
+        write
     }
 
     fn plan_retry(&mut self, name: &Arc<str>, at: Instant) {
@@ -578,10 +665,17 @@ impl DirTask {
         self.retries.insert((at, name.clone()));
     }
 
-    /// Records a pair's warning in health, with an event when it is new.
-    fn note_warnings(&mut self, name: &Arc<str>, warning: Option<SourceWarning>) {
-        let warnings: Vec<SourceWarning> = warning.into_iter().collect();
-        let pair = self.pairs.get_mut(name).expect("read pairs exist");
+    /// Records a pair's warnings (its files', its mark's) in health, with
+    /// an event for each new one.
+    fn note_warnings(&mut self, name: &Arc<str>) {
+        let Some(pair) = self.pairs.get_mut(name) else {
+            return;
+        };
+        let warnings: Vec<SourceWarning> = [&pair.file_warning, &pair.mark_warning]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
         if warnings == pair.warnings {
             return;
         }
@@ -609,6 +703,7 @@ impl DirTask {
         }
         lock(&self.names).remove(name);
         self.store.remove(name);
+        self.marks.left(name);
     }
 }
 
@@ -621,6 +716,8 @@ impl Pair {
             failures: 0,
             retry_at: None,
             grace_until: None,
+            file_warning: None,
+            mark_warning: None,
             warnings: Vec::new(),
             reported: AlertLevel::Ok,
             check_at: None,

@@ -138,6 +138,15 @@ pub enum SourceError {
         /// What is wrong with the bundle.
         error: crate::mtls::TrustError,
     },
+    /// The source is configured in a way it cannot honour (an option that
+    /// would otherwise be ignored).
+    #[error("{from} is misconfigured: {reason}")]
+    Config {
+        /// The source, as it describes itself.
+        from: String,
+        /// What is wrong, and what to use instead.
+        reason: String,
+    },
     /// The source works but is unsafe, and the configuration says to refuse it.
     #[error("{from} is refused: {warning}")]
     Insecure {
@@ -155,7 +164,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 impl SourceError {
     /// A short constant naming the kind of failure, for metric labels and
     /// machine-readable output: `"bundle"`, `"unavailable"`, `"empty"`,
-    /// `"rate_limited"`, `"read"`, `"trust"`, `"insecure"`.
+    /// `"rate_limited"`, `"read"`, `"trust"`, `"insecure"`, `"config"`.
     ///
     /// ```
     /// let error = certrotate::SourceError::unavailable("ACME", "connection refused");
@@ -172,6 +181,7 @@ impl SourceError {
             Self::TooLarge { .. } => "too_large",
             Self::Trust { .. } => "trust",
             Self::Insecure { .. } => "insecure",
+            Self::Config { .. } => "config",
         }
     }
 

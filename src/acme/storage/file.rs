@@ -48,7 +48,7 @@ impl Storage for FileStorage {
         let path = self.dir.join(key);
         Box::pin(async move {
             crate::sync::blocking(move || {
-                create_dir(&dir)?;
+                crate::atomic::create_private_dir(&dir)?;
                 crate::atomic::write(&path, &value, 0o600)
             })
             .await?
@@ -157,7 +157,7 @@ impl FileStorage {
     ) -> io::Result<T> {
         let (dir, mutex) = (self.dir.clone(), self.dir.join(format!(".{name}.mutex")));
         crate::sync::blocking(move || {
-            create_dir(&dir)?;
+            crate::atomic::create_private_dir(&dir)?;
             let mut options = std::fs::OpenOptions::new();
             options.read(true).write(true).create(true).truncate(false);
             #[cfg(unix)]
@@ -190,14 +190,6 @@ impl FileStorage {
         })
         .await?
     }
-}
-
-fn create_dir(dir: &Path) -> io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
 }
 
 /// The newest fencing token given out for lock `name` (0: none yet).

@@ -1,0 +1,140 @@
+//! Replay protection per pair: the newest certificate each pair ever
+//! served, kept when the pair leaves the directory (so that a pair deleted
+//! and put back older is refused) and, with a state directory, across
+//! restarts (one small file per pair, written when its mark rises).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::bundle::CertInfo;
+use crate::mark::{HighWaterMark, MarkUnreadable};
+
+/// How many pairs that left the directory keep their mark in memory (the
+/// oldest departures are forgotten first; the state directory keeps all).
+const REMOVED_KEPT: usize = 100_000;
+
+/// The marks of a directory's pairs.
+#[derive(Debug, Default)]
+pub(super) struct PairMarks {
+    /// Where marks survive restarts: `<dir>/<pair>.mark`.
+    dir: Option<PathBuf>,
+    /// The marks known: a pair is here once its mark was read from the
+    /// state directory (`None`: no file) or once it served.
+    known: HashMap<Arc<str>, Option<HighWaterMark>>,
+    /// Departures, oldest first (a pair that came back and left again is
+    /// here twice; the queue is bounded all the same).
+    removed: VecDeque<Arc<str>>,
+    /// The pairs away from the directory now.
+    departed: HashSet<Arc<str>>,
+    /// The pairs whose mark file could not be read: nothing is recorded
+    /// for them (it may hold a newer mark) until it can be.
+    unreadable: HashSet<Arc<str>>,
+}
+
+impl PairMarks {
+    pub(super) fn new(dir: Option<PathBuf>) -> Self {
+        Self {
+            dir,
+            ..Self::default()
+        }
+    }
+
+    /// What is known of `name`'s mark, and where to read it if nothing is
+    /// (on the blocking pool, with [`read`]).
+    pub(super) fn lookup(&self, name: &str) -> Lookup {
+        match (self.known.get(name), &self.dir) {
+            (Some(mark), _) => Lookup::Known(mark.clone()),
+            (None, Some(dir)) => Lookup::Read(file(dir, name)),
+            (None, None) => Lookup::Known(None),
+        }
+    }
+
+    /// Takes in what reading `name`'s mark file gave.
+    pub(super) fn loaded(
+        &mut self,
+        name: &Arc<str>,
+        read: &Result<Option<HighWaterMark>, MarkUnreadable>,
+    ) {
+        match read {
+            Ok(mark) => {
+                self.unreadable.remove(name);
+                self.known.entry(name.clone()).or_insert(mark.clone());
+            }
+            Err(_) => {
+                self.unreadable.insert(name.clone());
+            }
+        }
+    }
+
+    /// `cert` serves for `name`: the new mark and the file to write it to,
+    /// if it rose.
+    pub(super) fn raise(
+        &mut self,
+        name: &Arc<str>,
+        cert: &CertInfo,
+    ) -> Option<(PathBuf, HighWaterMark)> {
+        self.departed.remove(name);
+        if self.unreadable.contains(name) {
+            return None;
+        }
+        let mark = self.known.entry(name.clone()).or_default();
+        if mark
+            .as_ref()
+            .is_some_and(|m| m.is_above(cert) || m.serial == cert.serial)
+        {
+            return None;
+        }
+        let new = HighWaterMark::of(cert);
+        *mark = Some(new.clone());
+        Some((file(self.dir.as_deref()?, name), new))
+    }
+
+    /// `name` left the directory: its mark stays. In memory, the marks of
+    /// the [`REMOVED_KEPT`] latest departures stay; older ones are
+    /// forgotten (the state directory keeps every one).
+    pub(super) fn left(&mut self, name: &Arc<str>) {
+        self.departed.insert(name.clone());
+        self.removed.push_back(name.clone());
+        while self.removed.len() > REMOVED_KEPT {
+            let Some(oldest) = self.removed.pop_front() else {
+                break;
+            };
+            if self.departed.remove(&oldest) {
+                self.known.remove(&oldest);
+            }
+        }
+    }
+}
+
+/// What is known of a pair's mark.
+pub(super) enum Lookup {
+    Known(Option<HighWaterMark>),
+    /// To be read from this file.
+    Read(PathBuf),
+}
+
+/// Reads a pair's mark file (blocking).
+pub(super) fn read(path: &Path) -> Result<Option<HighWaterMark>, MarkUnreadable> {
+    let unreadable =
+        |why: String| MarkUnreadable::new(format!("state file {}: {why}", path.display()));
+    match crate::read::small(path) {
+        Ok(text) => String::from_utf8_lossy(&text)
+            .parse()
+            .map(Some)
+            .map_err(unreadable),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(unreadable(error.to_string())),
+    }
+}
+
+/// Writes a pair's mark file (blocking; 0600, atomically).
+pub(super) fn write(path: &Path, mark: &HighWaterMark) -> std::io::Result<()> {
+    crate::atomic::write(path, format!("{mark}\n").as_bytes(), 0o600)
+}
+
+/// The mark file of pair `name`. A pair's name is one directory entry's
+/// name that does not start with `.`, so it is one path component.
+fn file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.mark"))
+}
