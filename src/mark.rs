@@ -120,6 +120,10 @@ pub struct MarkUnreadable {
     pub known: Option<HighWaterMark>,
     /// Why, in words.
     pub reason: String,
+    /// Whether the place answered with something unusable (a value that
+    /// does not parse or decrypt), which recording a mark may replace; a
+    /// place that did not answer is left alone, as it may hold a newer one.
+    corrupt: bool,
 }
 
 impl MarkUnreadable {
@@ -128,7 +132,24 @@ impl MarkUnreadable {
         Self {
             known: None,
             reason: reason.into(),
+            corrupt: false,
         }
+    }
+
+    /// The place answered with something unusable, because of `reason`.
+    #[cfg(any(feature = "file", feature = "acme"))]
+    pub(crate) fn corrupt(reason: impl Into<String>) -> Self {
+        Self {
+            corrupt: true,
+            ..Self::new(reason)
+        }
+    }
+
+    /// Whether recording a mark may replace what is there: nothing newer
+    /// can be lost (it answered, and what it holds is unusable).
+    #[cfg(any(feature = "file", feature = "acme"))]
+    pub(crate) fn is_corrupt(&self) -> bool {
+        self.corrupt
     }
 }
 
@@ -173,35 +194,54 @@ impl HighWaterMark {
     /// is unreadable.
     pub(crate) async fn load_file(path: &Path) -> Result<Option<Self>, MarkUnreadable> {
         let owned = path.to_owned();
-        let read = crate::sync::blocking(move || {
-            let text = crate::read::small(&owned)?;
-            String::from_utf8_lossy(&text)
-                .parse::<Self>()
-                .map_err(std::io::Error::other)
-        });
-        let unreadable =
-            |why: String| MarkUnreadable::new(format!("state file {}: {why}", path.display()));
-        match tokio::time::timeout(STATE_FILE_TIMEOUT, read).await {
-            Err(_) => Err(unreadable(format!(
-                "no answer within {}",
-                crate::clock::human(STATE_FILE_TIMEOUT)
-            ))),
+        let read = crate::sync::blocking(move || crate::read::small(&owned));
+        let why = |why: String| format!("state file {}: {why}", path.display());
+        let text = match tokio::time::timeout(STATE_FILE_TIMEOUT, read).await {
+            Err(_) => {
+                let waited = crate::clock::human(STATE_FILE_TIMEOUT);
+                return Err(MarkUnreadable::new(why(format!(
+                    "no answer within {waited}"
+                ))));
+            }
             Ok(read) => match read.and_then(|read| read) {
-                Ok(mark) => Ok(Some(mark)),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(error) => Err(unreadable(error.to_string())),
+                Ok(text) => text,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(error) => return Err(MarkUnreadable::new(why(error.to_string()))),
             },
-        }
+        };
+        String::from_utf8_lossy(&text)
+            .parse()
+            .map(Some)
+            .map_err(|error| MarkUnreadable::corrupt(why(error)))
     }
 
-    /// Writes the mark to a state file (0600, atomically); a failure is
-    /// reported, naming `from`.
-    pub(crate) async fn save_file(&self, path: &Path, from: &str) {
-        let (path, text) = (path.to_owned(), format!("{self}\n"));
-        let written =
-            crate::sync::blocking(move || crate::atomic::write(&path, text.as_bytes(), 0o600));
-        if let Err(error) = written.await.and_then(|written| written) {
-            tracing::warn!(target: "certrotate", source = %from, %error, "cannot write the state file: replay protection is per process until it can");
+    /// Records the mark in a state file unless the file holds a newer one
+    /// or does not answer (it is never lowered): 0600, atomically, within
+    /// [`STATE_FILE_TIMEOUT`]. A file that does not parse is replaced. A
+    /// failure is reported, naming `from`.
+    pub(crate) async fn record_file(&self, path: &Path, from: &str) {
+        match Self::load_file(path).await {
+            Ok(Some(held)) if held.not_before >= self.not_before => return,
+            Ok(_) => {}
+            Err(error) if error.is_corrupt() => {}
+            Err(error) => {
+                tracing::warn!(target: "certrotate", source = %from, %error, "the state file is not written while it cannot be read");
+                return;
+            }
         }
+        let (owned, text) = (path.to_owned(), format!("{self}\n"));
+        let write =
+            crate::sync::blocking(move || crate::atomic::write(&owned, text.as_bytes(), 0o600));
+        let error = match tokio::time::timeout(STATE_FILE_TIMEOUT, write).await {
+            Ok(written) => match written.and_then(|written| written) {
+                Ok(()) => return,
+                Err(error) => error.to_string(),
+            },
+            Err(_) => format!(
+                "no answer within {}",
+                crate::clock::human(STATE_FILE_TIMEOUT)
+            ),
+        };
+        tracing::warn!(target: "certrotate", source = %from, path = %path.display(), %error, "cannot write the state file: replay protection is per process until it can");
     }
 }

@@ -171,6 +171,57 @@ async fn a_lock_lost_with_redis_is_taken_back_unless_someone_else_took_it() {
     b.store_fenced("cert", b"from b", &taken).await.unwrap();
 }
 
+/// Keys planted by someone with write access to Redis (not the encryption
+/// key) cannot wedge the lock or the values: a fence that is not a number,
+/// a lock without an expiry, a value key of another type; and a fence
+/// deleted with the lock does not let a stale holder write, nor does a
+/// released lock get taken back by a late heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_keys_cannot_wedge_the_lock_or_the_values() {
+    let redis = Redis::start();
+    let a = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
+    let b = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
+    let lease = Duration::from_millis(300);
+
+    redis.command(&["SET", "certrotate:fence:renew", "not a number"]);
+    let held = a.try_lock("renew", lease).await.unwrap().expect("taken");
+    a.store_fenced("cert", b"fenced", &held).await.unwrap();
+    a.unlock(&held).await.unwrap();
+    redis.command(&["LPUSH", "certrotate:fence:renew", "a list"]);
+    let held = a.try_lock("renew", lease).await.unwrap().expect("taken");
+    a.unlock(&held).await.unwrap();
+
+    redis.command(&["SET", "certrotate:lock:renew", "forever"]);
+    assert!(
+        b.try_lock("renew", lease).await.unwrap().is_some(),
+        "a lock without expiry"
+    );
+
+    redis.command(&["DEL", "certrotate:cert"]);
+    redis.command(&["LPUSH", "certrotate:cert", "a list"]);
+    let error = b.load("cert").await.unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+    a.store("cert", b"replaced").await.unwrap();
+    assert_eq!(b.load("cert").await.unwrap().unwrap(), b"replaced");
+
+    // A stale holder, once the fence and the lock are deleted: fenced out.
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let stale = a.try_lock("order", lease).await.unwrap().unwrap();
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let _newer = b.try_lock("order", lease).await.unwrap().unwrap();
+    redis.command(&["DEL", "certrotate:fence:order", "certrotate:lock:order"]);
+    let error = a.store_fenced("cert", b"stale", &stale).await.unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::PermissionDenied);
+
+    // Taken over and released since: a late renewal does not take it back.
+    let first = a.try_lock("late", lease).await.unwrap().unwrap();
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let second = b.try_lock("late", lease).await.unwrap().unwrap();
+    b.unlock(&second).await.unwrap();
+    assert!(!a.renew_lock(&first, lease).await.unwrap());
+    assert!(b.try_lock("late", lease).await.unwrap().is_some());
+}
+
 #[tokio::test]
 async fn redis_down_is_an_error_and_coming_back_is_picked_up() {
     let redis = Redis::start();

@@ -190,15 +190,8 @@ impl AcmeSource {
     /// ignored, with a warning, and replaced.
     async fn stored(&self) -> Result<Option<CertBundle>, Failure> {
         let loaded = self.inner.config.storage.load(&self.inner.cert_key).await;
-        let Some(pem) = (match loaded {
-            // A value that does not decrypt, or that the storage refuses, is
-            // no certificate: the next order replaces it (fenced).
-            Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
-                tracing::warn!(target: "certrotate", key = %self.inner.cert_key, "the stored ACME certificate is refused, ordering a new one: {error}");
-                None
-            }
-            loaded => loaded.context("cannot read the stored certificate")?,
-        }) else {
+        let loaded = unusable_is_none(loaded, &self.inner.cert_key, "ACME certificate");
+        let Some(pem) = loaded.context("cannot read the stored certificate")? else {
             return Ok(None);
         };
         // The certificate's private key is in it.
@@ -216,20 +209,26 @@ impl AcmeSource {
     async fn stored_mark(&self) -> Result<Option<HighWaterMark>, MarkUnreadable> {
         let key = &self.inner.served_key;
         let load = self.inner.config.storage.load(key);
-        let unreadable = |why: String| MarkUnreadable::new(format!("the stored {key}: {why}"));
+        let why = |why: String| format!("the stored {key}: {why}");
         let text = match tokio::time::timeout(crate::mark::STATE_FILE_TIMEOUT, load).await {
             Err(_) => {
                 let waited = crate::clock::human(crate::mark::STATE_FILE_TIMEOUT);
-                return Err(unreadable(format!("no answer within {waited}")));
+                return Err(MarkUnreadable::new(why(format!(
+                    "no answer within {waited}"
+                ))));
             }
-            Ok(Err(error)) => return Err(unreadable(error.to_string())),
+            // It does not decrypt, or the storage refuses it.
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(MarkUnreadable::corrupt(why(error.to_string())));
+            }
+            Ok(Err(error)) => return Err(MarkUnreadable::new(why(error.to_string()))),
             Ok(Ok(None)) => return Ok(None),
             Ok(Ok(Some(text))) => text,
         };
         String::from_utf8_lossy(&text)
             .parse()
             .map(Some)
-            .map_err(unreadable)
+            .map_err(|error| MarkUnreadable::corrupt(why(error)))
     }
 
     /// Saves `value` under `key`. A failure does not fail the attempt (what
@@ -282,20 +281,28 @@ impl AcmeSource {
         let builder = || Account::builder_with_http(Box::new(http.clone()));
         let stored = match fresh {
             true => None,
-            false => self
-                .inner
-                .config
-                .storage
-                .load(&self.inner.account_key)
-                .await
-                .context("reading the stored ACME account")?,
+            false => {
+                let loaded = self
+                    .inner
+                    .config
+                    .storage
+                    .load(&self.inner.account_key)
+                    .await;
+                unusable_is_none(loaded, &self.inner.account_key, "ACME account")
+                    .context("reading the stored ACME account")?
+            }
         };
-        let account = match stored {
-            Some(json) => {
-                // The account's private key is in it.
-                let json = zeroize::Zeroizing::new(json);
-                let credentials: AccountCredentials =
-                    serde_json::from_slice(&json).context("reading the stored ACME account")?;
+        // The account's private key is in it.
+        let stored = stored.map(zeroize::Zeroizing::new);
+        let credentials = stored.as_ref().and_then(|json| {
+            serde_json::from_slice::<AccountCredentials>(json)
+                .inspect_err(|error| {
+                    tracing::warn!(target: "certrotate", key = %self.inner.account_key, "the stored ACME account is unusable, making a new one: {error}");
+                })
+                .ok()
+        });
+        let account = match credentials {
+            Some(credentials) => {
                 // A GET of the directory: no nonce to refuse.
                 self.step(
                     "loading the ACME account",
@@ -398,10 +405,10 @@ impl CertSource for AcmeSource {
         let (stored, local) = tokio::join!(self.stored_mark(), local);
         match (stored, local) {
             (Ok(stored), Ok(local)) => Ok(HighWaterMark::newest(stored, local)),
-            (Err(error), Ok(known)) | (Ok(known), Err(error)) => Err(MarkUnreadable {
-                known: HighWaterMark::newest(known, error.known),
-                reason: error.reason,
-            }),
+            (Err(mut error), Ok(known)) | (Ok(known), Err(mut error)) => {
+                error.known = HighWaterMark::newest(known, error.known.take());
+                Err(error)
+            }
             (Err(stored), Err(local)) => Err(MarkUnreadable::new(format!(
                 "{}; {}",
                 stored.reason, local.reason
@@ -409,21 +416,31 @@ impl CertSource for AcmeSource {
         }
     }
 
-    /// Records `mark` in the state file, and in the storage unless the
-    /// storage holds a newer one already (another instance got further):
-    /// a mark is never lowered.
+    /// Records `mark` in the state file and in the storage, at once, each
+    /// unless it holds a newer one (another instance got further) or does
+    /// not answer: a mark is never lowered. A value there that does not
+    /// parse or decrypt is replaced.
     async fn record_high_water_mark(&self, mark: HighWaterMark) {
-        if let Some(path) = &self.inner.config.state_file {
-            mark.save_file(path, &self.describe()).await;
-        }
-        if let Ok(Some(stored)) = self.stored_mark().await {
-            if stored.not_before >= mark.not_before {
-                return;
+        let local = async {
+            if let Some(path) = &self.inner.config.state_file {
+                mark.record_file(path, &self.describe()).await;
             }
-        }
-        let text = format!("{mark}\n");
-        self.save(&self.inner.served_key, text.as_bytes(), "high-water mark")
-            .await;
+        };
+        let shared = async {
+            match self.stored_mark().await {
+                Ok(Some(stored)) if stored.not_before >= mark.not_before => return,
+                Ok(_) => {}
+                Err(error) if error.is_corrupt() => {}
+                Err(error) => {
+                    tracing::warn!(target: "certrotate", %error, "the stored mark is not written while it cannot be read");
+                    return;
+                }
+            }
+            let text = format!("{mark}\n");
+            self.save(&self.inner.served_key, text.as_bytes(), "high-water mark")
+                .await;
+        };
+        tokio::join!(local, shared);
     }
 
     /// A stored certificate that has not expired is at hand.
@@ -730,5 +747,23 @@ mod tests {
         // Once: the next call waits for new advice.
         let again = tokio::time::timeout(Duration::from_secs(7200), source.changed()).await;
         assert!(again.is_err());
+    }
+}
+
+/// A stored value that the storage refuses (it does not decrypt, a
+/// version is missing: [`InvalidData`](std::io::ErrorKind::InvalidData)) is
+/// no value: reported, and replaced by the next write. Other errors (the
+/// storage does not answer) stay errors.
+fn unusable_is_none(
+    loaded: std::io::Result<Option<Vec<u8>>>,
+    key: &str,
+    what: &str,
+) -> std::io::Result<Option<Vec<u8>>> {
+    match loaded {
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+            tracing::warn!(target: "certrotate", %key, "the stored {what} is refused, and will be replaced: {error}");
+            Ok(None)
+        }
+        loaded => loaded,
     }
 }

@@ -71,6 +71,13 @@ impl AcmeSource {
                 return Ok(bundle.clone());
             }
         }
+        // What this instance serves is not due: nothing to order, whatever
+        // the storage holds (a value planted to make the fleet order, and
+        // spend the CA's rate limits, is replaced at the next renewal).
+        let provided = lock(&self.inner.provided).clone();
+        if let Some(provided) = provided.filter(|p| !self.due(p.info(), self.now())) {
+            return Ok(provided);
+        }
         // One instance of a fleet orders; the others wait for its result.
         let lease = match self.renewal_lock().await? {
             Renewal::Done(bundle) => return Ok(bundle),

@@ -27,8 +27,9 @@ pub(super) struct PairMarks {
     removed: VecDeque<Arc<str>>,
     /// The pairs away from the directory now.
     departed: HashSet<Arc<str>>,
-    /// The pairs whose mark file could not be read: nothing is recorded
-    /// for them (it may hold a newer mark) until it can be.
+    /// The pairs whose mark file did not answer: nothing is recorded for
+    /// them (it may hold a newer mark) until it does. (One that answered
+    /// with something unusable is replaced by the next mark.)
     unreadable: HashSet<Arc<str>>,
 }
 
@@ -60,6 +61,10 @@ impl PairMarks {
             Ok(mark) => {
                 self.unreadable.remove(name);
                 self.known.entry(name.clone()).or_insert(mark.clone());
+            }
+            // Unusable: replaced by the next mark recorded.
+            Err(error) if error.is_corrupt() => {
+                self.unreadable.remove(name);
             }
             Err(_) => {
                 self.unreadable.insert(name.clone());
@@ -122,7 +127,9 @@ pub(super) fn read(path: &Path) -> Result<Option<HighWaterMark>, MarkUnreadable>
         Ok(text) => String::from_utf8_lossy(&text)
             .parse()
             .map(Some)
-            .map_err(unreadable),
+            .map_err(|why| {
+                MarkUnreadable::corrupt(format!("state file {}: {why}", path.display()))
+            }),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(unreadable(error.to_string())),
     }

@@ -414,7 +414,14 @@ impl DirTask {
             if let Some(read) = read {
                 self.mark_read(&name, &read);
             }
-            writes.extend(self.apply(name, verdict));
+            if let Some(write) = self.apply(name.clone(), verdict) {
+                // Recorded: whatever was unusable in its place is replaced.
+                if let Some(pair) = self.pairs.get_mut(&name) {
+                    pair.mark_warning = None;
+                }
+                self.note_warnings(&name);
+                writes.push(write);
+            }
         }
         self.write_marks(writes).await;
     }

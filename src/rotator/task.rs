@@ -281,21 +281,25 @@ impl<S: CertSource> Task<S> {
 
     /// Has the source record `new` unless a newer certificate is on
     /// record (the same age is recorded again, for the places the source
-    /// keeps that may lag). Nothing is recorded while the mark cannot be
-    /// read: what it holds may be newer, and a mark is never lowered.
+    /// keeps that may lag). While the mark cannot be read, the source is
+    /// still asked: it records in each place that holds nothing newer and
+    /// answers (a place whose value is unusable is replaced, so the mark
+    /// heals; one that does not answer is left alone, as it may hold a
+    /// newer one), so that a mark is never lowered.
     async fn raise_mark(&mut self, new: &CertInfo) {
         self.read_mark().await;
-        let Recorded::Known(recorded) = &self.mark else {
-            return;
-        };
-        if recorded.as_ref().is_some_and(|m| m.is_above(new)) {
+        if self.mark.floor().is_some_and(|m| m.is_above(new)) {
             return;
         }
         let mark = HighWaterMark::of(new);
-        self.mark = Recorded::Known(Some(mark.clone()));
-        let recorded = self.source.record_high_water_mark(mark);
+        let recorded = self.source.record_high_water_mark(mark.clone());
         if tokio::time::timeout(MARK_TIMEOUT, recorded).await.is_err() {
             tracing::warn!(target: "certrotate", slot = %self.slot, "the source did not record the newest certificate in time; replay protection is per process until it does");
+        }
+        match self.mark {
+            Recorded::Known(_) => self.mark = Recorded::Known(Some(mark)),
+            // Healed, perhaps: read again.
+            _ => self.read_mark().await,
         }
     }
 

@@ -156,6 +156,12 @@ impl Redis {
         self.cli(&["FLUSHALL"]);
     }
 
+    /// Runs a command with redis-cli, as someone with write access to
+    /// Redis (but not the encryption key) could.
+    pub fn command(&self, args: &[&str]) {
+        self.cli(args);
+    }
+
     /// The keys matching `pattern`.
     pub fn keys(&self, pattern: &str) -> Vec<String> {
         let keys = String::from_utf8(self.cli(&["--raw", "KEYS", pattern])).unwrap();

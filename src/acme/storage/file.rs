@@ -81,8 +81,9 @@ impl Storage for FileStorage {
         }))
     }
 
-    /// Extends the lease file while `lease` holds the newest token and
-    /// nobody else holds the lease.
+    /// Extends the lease file while it names `lease`'s holder (a lease
+    /// released, or taken by someone else, is not taken back) and `lease`
+    /// holds the newest token.
     fn renew_lock<'a>(
         &'a self,
         lease: &'a Lease,
@@ -90,10 +91,8 @@ impl Storage for FileStorage {
     ) -> BoxFuture<'a, io::Result<bool>> {
         let lease = lease.clone();
         Box::pin(self.exclusive(lease.name().to_owned(), move |dir| {
-            let now = SystemTime::now();
-            let other = holder(dir, lease.name())
-                .is_some_and(|(owner, until)| owner != lease.owner() && until > now);
-            if other || fence(dir, lease.name())? != lease.token() {
+            let ours = holder(dir, lease.name()).is_some_and(|(owner, _)| owner == lease.owner());
+            if !ours || fence(dir, lease.name())? != lease.token() {
                 return Ok(false);
             }
             write_lease(dir, lease.name(), lease.owner(), duration)?;

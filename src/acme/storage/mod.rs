@@ -208,8 +208,8 @@ pub(in crate::acme) fn default_storage_dir() -> PathBuf {
 /// after its holder dies.
 pub(in crate::acme) struct Holding {
     source: AcmeSource,
-    lease: Option<Lease>,
-    heartbeat: tokio::task::JoinHandle<()>,
+    /// The lease and its heartbeat, until released.
+    held: Option<(Lease, tokio::task::JoinHandle<()>)>,
 }
 
 impl Holding {
@@ -218,54 +218,64 @@ impl Holding {
         let heartbeat = tokio::spawn(heartbeat(source.clone(), lease.clone()));
         Self {
             source: source.clone(),
-            lease: Some(lease),
-            heartbeat,
+            held: Some((lease, heartbeat)),
         }
     }
 
     pub(in crate::acme) async fn release(mut self) {
-        self.heartbeat.abort();
-        if let Some(lease) = self.lease.take() {
-            unlock(&self.source, &lease).await;
-        }
-    }
-}
-
-/// Keeps `lease` alive until aborted, or until someone else holds the lock.
-async fn heartbeat(source: AcmeSource, lease: Lease) {
-    let duration = source.inner.config.lock_lease;
-    loop {
-        tokio::time::sleep(duration / 3).await;
-        match source
-            .inner
-            .config
-            .storage
-            .renew_lock(&lease, duration)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(target: "certrotate", lock = %lease.name(), "the renewal lock was taken over while this instance ordered; its saves are fenced out");
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(target: "certrotate", lock = %lease.name(), "could not keep the renewal lock alive (retrying): {error}");
-            }
+        if let Some((lease, heartbeat)) = self.held.take() {
+            let_go(&self.source, lease, heartbeat).await;
         }
     }
 }
 
 impl Drop for Holding {
     fn drop(&mut self) {
-        self.heartbeat.abort();
-        let Some(lease) = self.lease.take() else {
+        let Some((lease, heartbeat)) = self.held.take() else {
             return;
         };
         // Not held any more, whatever the storage says.
         lock(&self.source.inner.lease).take();
+        heartbeat.abort();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let source = self.source.clone();
-            runtime.spawn(async move { unlock(&source, &lease).await });
+            runtime.spawn(async move { let_go(&source, lease, heartbeat).await });
+        }
+    }
+}
+
+/// Stops the heartbeat, waits until it has stopped (so that no renewal
+/// reaches the storage after the unlock, taking the lock back), then
+/// releases the lease.
+async fn let_go(source: &AcmeSource, lease: Lease, heartbeat: tokio::task::JoinHandle<()>) {
+    heartbeat.abort();
+    let _ = heartbeat.await;
+    unlock(source, &lease).await;
+}
+
+/// Keeps `lease` alive until aborted, or until someone else holds the lock:
+/// renews every third of the lease, each renewal given a quarter of it, so
+/// that one slow answer from the storage does not cost the lease.
+async fn heartbeat(source: AcmeSource, lease: Lease) {
+    let duration = source.inner.config.lock_lease;
+    let mut beat = tokio::time::interval(duration / 3);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    beat.tick().await;
+    loop {
+        beat.tick().await;
+        let renewal = source.inner.config.storage.renew_lock(&lease, duration);
+        match tokio::time::timeout(duration / 4, renewal).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                tracing::warn!(target: "certrotate", lock = %lease.name(), "the renewal lock was taken over while this instance ordered; its saves are fenced out");
+                return;
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(target: "certrotate", lock = %lease.name(), "could not keep the renewal lock alive (retrying): {error}");
+            }
+            Err(_) => {
+                tracing::warn!(target: "certrotate", lock = %lease.name(), "the storage did not renew the renewal lock in time (retrying)");
+            }
         }
     }
 }

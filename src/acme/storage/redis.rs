@@ -24,31 +24,54 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Takes the lock if free and hands out the next fencing token: above the
 /// last one, and at least Redis's clock in microseconds, so that tokens keep
 /// growing when Redis restarts empty (a counter alone would start again at
-/// 1 and hand a new holder the token of the one before).
+/// 1 and hand a new holder the token of the one before). Nothing planted
+/// can wedge it: a lock key without an expiry (no holder sets one) is
+/// taken over, and a fence that is not a number below 2^52 counts as none.
+/// Fences are compared as the decimal strings they are stored as.
 const LOCK: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local time = redis.call('TIME')
-  local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-  local token = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, now)
-  redis.call('SET', KEYS[2], string.format('%.0f', token))
-  return token
+if redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('DEL', KEYS[1])
 end
-return 0";
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 0
+end
+local raw = redis.pcall('GET', KEYS[2])
+local fence = 0
+if type(raw) == 'string' then
+  fence = tonumber(raw) or 0
+end
+if fence < 0 or fence > 4503599627370496 then
+  fence = 0
+end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local token = math.max(math.floor(fence) + 1, now)
+redis.call('SET', KEYS[2], string.format('%.0f', token))
+return token";
 
 /// Writes a value in place of the one the writer read (compare and set:
-/// the writer chose the version from that value's authenticated content),
-/// and, when a fence is given (KEYS[2] not empty), only while the caller's
-/// token is the newest one handed out (a fence lost with an emptied Redis
-/// fences nobody out); then announces the change. Returns 1 written, 0
+/// the writer chose the version from that value's authenticated content;
+/// a value that is not a string counts as none), and, when a fence is
+/// given (KEYS[2] not empty), only while the caller's token is the newest
+/// handed out or, if Redis lost the fence, while the caller holds the lock
+/// (KEYS[4], ARGV[5]); then announces the change. Returns 1 written, 0
 /// fenced out, 2 the value changed since it was read (read again, retry).
 const STORE_IF_UNCHANGED: &str = r"
 if KEYS[2] ~= '' then
-  local fence = redis.call('GET', KEYS[2])
-  if fence and tonumber(fence) ~= tonumber(ARGV[2]) then
+  local fence = redis.pcall('GET', KEYS[2])
+  if type(fence) == 'string' then
+    if fence ~= ARGV[2] then
+      return 0
+    end
+  elseif redis.pcall('GET', KEYS[4]) ~= ARGV[5] then
     return 0
   end
 end
-if (redis.call('GET', KEYS[1]) or '') ~= ARGV[4] then
+local current = redis.pcall('GET', KEYS[1])
+if type(current) ~= 'string' then
+  current = ''
+end
+if current ~= ARGV[4] then
   return 2
 end
 redis.call('SET', KEYS[1], ARGV[1])
@@ -56,13 +79,21 @@ redis.call('PUBLISH', KEYS[3], ARGV[3])
 return 1";
 
 /// Keeps a lease alive while its holder lives: extends it if the caller
-/// still holds it, takes it back if nobody does (Redis lost it: restarted
-/// empty), and fails if someone else took it. Returns 1 held, 0 lost.
+/// still holds it; takes it back if nobody does and the fence is still the
+/// caller's token, or gone (Redis lost it: restarted empty); fails if
+/// someone else took it, or held it since. Returns 1 held, 0 lost.
 const RENEW: &str = r"
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] or not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local holder = redis.pcall('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
+end
+if type(holder) ~= 'string' then
+  local fence = redis.pcall('GET', KEYS[2])
+  if type(fence) ~= 'string' or fence == ARGV[3] then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+  end
 end
 return 0";
 
@@ -361,6 +392,21 @@ impl RedisStorage {
         Ok(Opened::Unversioned(value))
     }
 
+    /// The bytes Redis holds under `redis_key`. A key of another type
+    /// than a string (planted: no writer makes one) is
+    /// [`InvalidData`](io::ErrorKind::InvalidData), so that it is reported
+    /// and replaced.
+    async fn raw(&self, redis_key: &str) -> io::Result<Option<Vec<u8>>> {
+        match self.redis.clone().get(redis_key).await {
+            Ok(value) => Ok(value),
+            Err(error) if error.code() == Some("WRONGTYPE") => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{redis_key} holds something other than a value written by certrotate"),
+            )),
+            Err(error) => Err(to_io(&self.server, error)),
+        }
+    }
+
     /// Takes note of a value read: an unversioned one is refused when the
     /// builder says so or a versioned value of the key was seen before; a
     /// version lower than one seen before is reported (Redis lost its data,
@@ -402,13 +448,19 @@ impl RedisStorage {
     /// place that does not decrypt is replaced, and reported.
     async fn write(&self, key: &str, value: &[u8], lease: Option<&Lease>) -> io::Result<()> {
         let redis_key = self.key(key);
-        let fence = lease.map_or_else(String::new, |l| self.key(&format!("fence:{}", l.name())));
+        let lock_key = |kind: &str| {
+            lease.map_or_else(String::new, |l| self.key(&format!("{kind}:{}", l.name())))
+        };
+        let (fence, lock) = (lock_key("fence"), lock_key("lock"));
         let mut redis = self.redis.clone();
         for _ in 0..WRITE_RACES {
-            let current: Option<Vec<u8>> = redis
-                .get(&redis_key)
-                .await
-                .map_err(|e| to_io(&self.server, e))?;
+            let current = match self.raw(&redis_key).await {
+                Err(error) if error.kind() == io::ErrorKind::InvalidData => {
+                    tracing::warn!(target: "certrotate", key = %redis_key, "replacing a stored value: {error}");
+                    None
+                }
+                current => current?,
+            };
             let in_place = match current.as_deref().map(|c| self.open(&redis_key, c)) {
                 None | Some(Ok(Opened::Unversioned(_))) => 0,
                 Some(Ok(Opened::Versioned(_, version))) => version,
@@ -429,10 +481,12 @@ impl RedisStorage {
                 .key(&redis_key)
                 .key(&fence)
                 .key(self.channel())
+                .key(&lock)
                 .arg(sealed)
                 .arg(lease.map_or(0, Lease::token))
                 .arg(key)
                 .arg(current.unwrap_or_default())
+                .arg(lease.map_or("", Lease::owner))
                 .invoke_async(&mut redis)
                 .await
                 .map_err(|e| to_io(&self.server, e))?;
@@ -481,13 +535,7 @@ impl Storage for RedisStorage {
     fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Option<Vec<u8>>>> {
         Box::pin(async move {
             let redis_key = self.key(key);
-            let sealed: Option<Vec<u8>> = self
-                .redis
-                .clone()
-                .get(&redis_key)
-                .await
-                .map_err(|e| to_io(&self.server, e))?;
-            let Some(sealed) = sealed else {
+            let Some(sealed) = self.raw(&redis_key).await? else {
                 return Ok(None);
             };
             let opened = self.open(&redis_key, &sealed)?;
@@ -539,8 +587,10 @@ impl Storage for RedisStorage {
         Box::pin(async move {
             let held: u8 = Script::new(RENEW)
                 .key(self.key(&format!("lock:{}", lease.name())))
+                .key(self.key(&format!("fence:{}", lease.name())))
                 .arg(lease.owner())
                 .arg(duration.as_millis().max(1) as u64)
+                .arg(lease.token())
                 .invoke_async(&mut self.redis.clone())
                 .await
                 .map_err(|e| to_io(&self.server, e))?;

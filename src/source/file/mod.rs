@@ -420,7 +420,7 @@ impl CertSource for FileSource {
 
     async fn record_high_water_mark(&self, mark: HighWaterMark) {
         if let Some(path) = &self.shared.options.state_file {
-            mark.save_file(path, &self.describe()).await;
+            mark.record_file(path, &self.describe()).await;
         }
     }
 }
