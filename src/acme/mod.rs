@@ -465,6 +465,24 @@ impl CertSource for AcmeSource {
     }
 }
 
+/// A stored value that the storage refuses (it does not decrypt, a
+/// version is missing: [`InvalidData`](std::io::ErrorKind::InvalidData)) is
+/// no value: reported, and replaced by the next write. Other errors (the
+/// storage does not answer) stay errors.
+fn unusable_is_none(
+    loaded: std::io::Result<Option<Vec<u8>>>,
+    key: &str,
+    what: &str,
+) -> std::io::Result<Option<Vec<u8>>> {
+    match loaded {
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+            tracing::warn!(target: "certrotate", %key, "the stored {what} is refused, and will be replaced: {error}");
+            Ok(None)
+        }
+        loaded => loaded,
+    }
+}
+
 /// The parsers of what an ACME CA (or the storage) sends, for the fuzz
 /// targets (`--cfg fuzzing`, set by cargo-fuzz).
 #[cfg(fuzzing)]
@@ -747,23 +765,5 @@ mod tests {
         // Once: the next call waits for new advice.
         let again = tokio::time::timeout(Duration::from_secs(7200), source.changed()).await;
         assert!(again.is_err());
-    }
-}
-
-/// A stored value that the storage refuses (it does not decrypt, a
-/// version is missing: [`InvalidData`](std::io::ErrorKind::InvalidData)) is
-/// no value: reported, and replaced by the next write. Other errors (the
-/// storage does not answer) stay errors.
-fn unusable_is_none(
-    loaded: std::io::Result<Option<Vec<u8>>>,
-    key: &str,
-    what: &str,
-) -> std::io::Result<Option<Vec<u8>>> {
-    match loaded {
-        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
-            tracing::warn!(target: "certrotate", %key, "the stored {what} is refused, and will be replaced: {error}");
-            Ok(None)
-        }
-        loaded => loaded,
     }
 }

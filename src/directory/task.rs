@@ -437,7 +437,7 @@ impl DirTask {
             .as_ref()
             .err()
             .cloned()
-            .map(SourceWarning::MarkUnreadable);
+            .map(|error| SourceWarning::MarkUnreadable(Box::new(error)));
         if pair.mark_warning.is_some() {
             let delay = renewal::retry_delay(pair.failures, self.retry, None, None);
             self.plan_retry(name, Instant::now() + delay);

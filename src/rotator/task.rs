@@ -234,7 +234,7 @@ impl<S: CertSource> Task<S> {
     fn note_warnings(&mut self) {
         let mut warnings = self.source.warnings();
         if let Recorded::Unreadable(error) = &self.mark {
-            warnings.push(SourceWarning::MarkUnreadable(error.clone()));
+            warnings.push(SourceWarning::MarkUnreadable(Box::new(error.clone())));
         }
         if warnings == self.warnings {
             return;

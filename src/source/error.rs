@@ -31,7 +31,7 @@ pub enum SourceWarning {
     /// [`HighWaterMark`](crate::HighWaterMark)) cannot be read: until it
     /// can, only certificates newer than the one serving are installed, and
     /// no mark is recorded (so none is lowered).
-    MarkUnreadable(crate::MarkUnreadable),
+    MarkUnreadable(Box<crate::MarkUnreadable>),
 }
 
 impl fmt::Display for SourceWarning {
