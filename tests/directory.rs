@@ -95,12 +95,9 @@ async fn pairs_are_added_replaced_and_removed_while_serving() {
     assert_eq!(served, ["a", "b"]);
     assert_eq!(health.unserved.len(), 1);
     assert_eq!(health.unserved[0].slot, "bad");
-    assert!(
-        health.unserved[0]
-            .last_error
-            .as_deref()
-            .unwrap()
-            .contains("expired"),
+    assert_eq!(
+        health.unserved[0].last_error_code,
+        Some("expired"),
         "{health:?}"
     );
 

@@ -284,7 +284,7 @@ async fn cold_start_with_expired_files() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(unserved.last_error.unwrap().contains("expired"));
+    assert_eq!(unserved.last_error_code, Some("expired"), "{unserved:?}");
     assert!(rotator.health().certificates.is_empty());
     let client = client_config(&ca);
     assert!(

@@ -106,6 +106,25 @@ impl From<std::io::Error> for Cause {
     }
 }
 
+impl crate::SourceError {
+    /// The type of the ACME CA's problem document (RFC 8555 §6.7) behind
+    /// this error, without the `urn:ietf:params:acme:error:` prefix:
+    /// `"connection"` (the CA could not reach the challenge answer),
+    /// `"rateLimited"`, `"unauthorized"`... `None` for an error that is not
+    /// a CA's answer. Match on this rather than on the message.
+    ///
+    /// ```
+    /// let error = certrotate::SourceError::unavailable("ACME", "connection refused");
+    /// assert_eq!(error.acme_problem(), None);
+    /// ```
+    pub fn acme_problem(&self) -> Option<&str> {
+        let crate::SourceError::Unavailable { source, .. } = self else {
+            return None;
+        };
+        source.downcast_ref::<Failure>()?.problem()
+    }
+}
+
 /// Adds what was being done to an error.
 pub(super) trait Context<T> {
     fn context(self, what: impl Into<Cow<'static, str>>) -> Result<T, Failure>;

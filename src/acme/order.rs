@@ -259,6 +259,32 @@ impl AcmeSource {
         Ok(order)
     }
 
+    /// Why the CA turned the order down: the order's error, or else the
+    /// first challenge error of its authorizations (fetched again, within
+    /// the step timeout).
+    async fn rejection(&self, order: &mut instant_acme::Order) -> Option<instant_acme::Problem> {
+        if let Some(problem) = order.state().error.clone() {
+            return Some(problem);
+        }
+        let look = async {
+            let mut authorizations = order.authorizations();
+            while let Some(Ok(mut authorization)) = authorizations.next().await {
+                let Ok(state) = authorization.refresh().await else {
+                    continue;
+                };
+                let error = state.challenges.iter().find_map(|c| c.error.clone());
+                if error.is_some() {
+                    return error;
+                }
+            }
+            None
+        };
+        tokio::time::timeout(self.inner.config.timeout, look)
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Waits for the CA to validate, finalizes (unless a resumed order was
     /// finalized already), and downloads the certificate.
     pub(super) async fn finish(
@@ -279,6 +305,11 @@ impl AcmeSource {
                 )?;
                 if status != OrderStatus::Ready {
                     *lock(&self.inner.pending) = None;
+                    // The CA's own reason, typed, when it gives one.
+                    if let Some(problem) = self.rejection(order).await {
+                        let error = instant_acme::Error::Api(problem);
+                        return Err(Failure::new("validating the challenges", error));
+                    }
                     let why = format!("the order is {status:?}");
                     return Err(Failure::unexpected("validating the challenges", why));
                 }
