@@ -28,8 +28,9 @@
 //!   the key in `--redis-key-file` (64 hex digits, e.g. from `openssl rand
 //!   -hex 32`); `--redis-root`: the roots of a `rediss://` server behind a
 //!   private CA. Run several replicas on one Redis: one of them orders (it
-//!   holds the renewal lock, `--lock-lease` seconds at most, 300 by
-//!   default), the others pick its certificate up. Replicas behind one name
+//!   holds the renewal lock, kept alive while it lives and taken over
+//!   `--lock-lease` seconds after it dies, 10 by default), the others pick
+//!   its certificate up. Replicas behind one name
 //!   need a challenge any of them can answer: DNS-01.
 //!
 //! Until the first certificate arrives, handshakes fail (there is nothing

@@ -108,10 +108,15 @@ async fn three_replica_processes_renew_with_one_order_per_cycle_and_no_failed_ha
     fleet.finish().await;
 }
 
+/// With default settings: the holder keeps its lease alive while it lives
+/// (however long the order takes, the CA hanging here), and once it is
+/// killed, the lease runs out within seconds and another replica renews
+/// well before expiry (the lease used to be 5 minutes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_holder_killed_mid_order_is_taken_over_when_its_lease_ends() {
-    let fleet = Fleet::start(Duration::from_secs(40), 3, Some(5)).await;
+    let fleet = Fleet::start(Duration::from_secs(60), 3, None).await;
     let first = fleet.next_certificate(&[], Duration::from_secs(60)).await;
+    let expiry = fleet.expiry().await;
     let mut fleet = fleet.under_load();
 
     // The CA hangs from now on: whoever takes the renewal lock at the
@@ -126,6 +131,13 @@ async fn a_lock_holder_killed_mid_order_is_taken_over_when_its_lease_ends() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let pid: u32 = holder.split('-').next().unwrap().parse().unwrap();
+    // Hung mid-order past several leases, the holder still holds it.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(
+        fleet.redis.lock_holder().as_deref(),
+        Some(holder.as_str()),
+        "a living holder lost its lease"
+    );
     let killed = fleet.kill(pid).await;
     assert_eq!(
         fleet.redis.lock_holder().as_deref(),
@@ -135,10 +147,11 @@ async fn a_lock_holder_killed_mid_order_is_taken_over_when_its_lease_ends() {
     fleet.pebble.freeze(false);
 
     // The other two: one takes the lock once the lease ends, orders, and
-    // both serve the result.
+    // both serve the result, before the first certificate expires.
     fleet
-        .next_certificate(&[first], Duration::from_secs(30))
+        .next_certificate(&[first.clone()], Duration::from_secs(30))
         .await;
+    assert!(Instant::now() < expiry, "renewed after expiry");
     assert_eq!(
         fleet.pebble.issued(),
         2,
@@ -188,6 +201,39 @@ async fn redis_down_across_the_renewal_time_then_back() {
             serde_json::Value::Null
         );
     }
+    fleet.finish().await;
+}
+
+/// Redis (no persistence, the common cache setup) killed across the renewal
+/// time and restarted empty, five replicas under load, after a renewal (so
+/// that every replica read the certificate's value at version 2, and the
+/// value written after the restart is version 1): one replica orders the
+/// next certificate, every replica reads and serves it before the one
+/// before expires, one issuance, no failed handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_replicas_through_redis_restarted_empty_across_the_renewal_time() {
+    let fleet = Fleet::start(Duration::from_secs(40), 5, None).await;
+    let first = fleet.next_certificate(&[], Duration::from_secs(60)).await;
+    let mut fleet = fleet.under_load();
+    let second = fleet
+        .next_certificate(&[first.clone()], Duration::from_secs(40))
+        .await;
+    let expiry = fleet.expiry().await;
+    assert_eq!(fleet.pebble.issued(), 2);
+
+    // Down from before the renewal time (60% into the lifetime, 24 s) until
+    // past it, then back empty.
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    fleet.redis.stop();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(fleet.replicas.iter().all(|r| r.served_last() == second));
+    fleet.redis.restart_empty();
+
+    fleet
+        .next_certificate(&[first, second], Duration::from_secs(12))
+        .await;
+    assert!(Instant::now() < expiry, "renewed after expiry");
+    assert_eq!(fleet.pebble.issued(), 3, "one issuance for the cycle");
     fleet.finish().await;
 }
 
@@ -315,6 +361,16 @@ impl Fleet {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// When the certificate the first replica serves expires, as its
+    /// health tells (to the second).
+    async fn expiry(&self) -> Instant {
+        let health = self.health(&self.replicas[0]).await;
+        let left = health["certificates"][0]["remaining_seconds"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{health}"));
+        Instant::now() + Duration::from_secs(left)
     }
 
     /// Kills (SIGKILL) the replica with process id `pid`; returns its index.

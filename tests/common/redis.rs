@@ -81,6 +81,21 @@ impl Redis {
         }
     }
 
+    /// Kills the server and starts it again on the same port with no data,
+    /// as a Redis without persistence (a cache) comes back.
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        // The append-only files and snapshots, not the TLS files beside them.
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("appendonly") || name.ends_with(".rdb") {
+                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+            }
+        }
+        self.restart();
+    }
+
     /// Starts the server again on the same port, with the data it had.
     pub fn restart(&mut self) {
         self.stop();
