@@ -206,6 +206,10 @@ impl HighWaterMark {
             Ok(read) => match read.and_then(|read| read) {
                 Ok(text) => text,
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                // Not a small regular file: unusable, replaced by a mark.
+                Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+                    return Err(MarkUnreadable::corrupt(why(error.to_string())));
+                }
                 Err(error) => return Err(MarkUnreadable::new(why(error.to_string()))),
             },
         };

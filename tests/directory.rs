@@ -332,3 +332,48 @@ async fn a_pair_deleted_and_put_back_older_is_refused_across_removal_and_restart
         .unwrap_err();
     assert_eq!(error.code(), "config");
 }
+
+/// A pair's mark file that is unusable (garbage, a directory in its place)
+/// is reported in the pair's health; the pair still serves (nothing to
+/// fail down to), and garbage is replaced by the mark of what serves, so
+/// that the mark heals and the warning goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_pair_mark_is_reported_and_replaced_by_what_serves() {
+    let (dir, ca, state) = (TempDir::new("dir"), Ca::new(), TempDir::new("marks"));
+    let a = leaf(&ca, "a.example", 600);
+    write_pair(&dir.join("a.crt"), &dir.join("a.key"), &a);
+    let b = leaf(&ca, "b.example", 600);
+    write_pair(&dir.join("b.crt"), &dir.join("b.key"), &b);
+    let marks = state.join("marks");
+    std::fs::create_dir_all(marks.join("b.mark")).unwrap();
+    std::fs::write(marks.join("a.mark"), "garbage\n").unwrap();
+
+    let certs = CertDirectory::builder(dir.path(), Policy::default())
+        .options(file_options())
+        .retry_backoff(Duration::from_millis(100), Duration::from_millis(400))
+        .state_dir(&marks)
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(certs.store().current("a").unwrap().serial, serial(&a));
+    assert_eq!(certs.store().current("b").unwrap().serial, serial(&b));
+    let warned = |slot: &str| {
+        let health = certs.health();
+        let cert = health.certificates.iter().find(|c| c.slot == slot).unwrap();
+        cert.warnings.iter().any(|w| w.contains("cannot be read"))
+    };
+    // Garbage: replaced at once by the mark of what serves.
+    let mark = std::fs::read_to_string(marks.join("a.mark")).unwrap();
+    assert!(mark.contains(serial(&a)), "{mark}");
+    assert!(!warned("a"), "{:?}", certs.health());
+    // A directory in its place cannot be replaced: reported, and retried.
+    assert!(warned("b"), "{:?}", certs.health());
+    std::fs::remove_dir(marks.join("b.mark")).unwrap();
+    until("b's mark written on a retry", || {
+        let mark = std::fs::read_to_string(marks.join("b.mark")).ok()?;
+        mark.contains(serial(&b)).then_some(())
+    })
+    .await;
+    until("b's warning cleared", || (!warned("b")).then_some(())).await;
+    certs.shutdown().await;
+}

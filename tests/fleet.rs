@@ -149,7 +149,7 @@ async fn a_lock_holder_killed_mid_order_is_taken_over_when_its_lease_ends() {
     // The other two: one takes the lock once the lease ends, orders, and
     // both serve the result, before the first certificate expires.
     fleet
-        .next_certificate(&[first.clone()], Duration::from_secs(30))
+        .next_certificate(&[first], Duration::from_secs(30))
         .await;
     assert!(Instant::now() < expiry, "renewed after expiry");
     assert_eq!(
@@ -216,7 +216,7 @@ async fn five_replicas_through_redis_restarted_empty_across_the_renewal_time() {
     let first = fleet.next_certificate(&[], Duration::from_secs(60)).await;
     let mut fleet = fleet.under_load();
     let second = fleet
-        .next_certificate(&[first.clone()], Duration::from_secs(40))
+        .next_certificate(std::slice::from_ref(&first), Duration::from_secs(40))
         .await;
     let expiry = fleet.expiry().await;
     assert_eq!(fleet.pebble.issued(), 2);

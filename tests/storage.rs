@@ -49,3 +49,30 @@ async fn file_storage_never_admits_a_second_holder_of_an_old_looking_mutex() {
         .unwrap();
     assert!(lease.is_some());
 }
+
+/// A lease file that ends further away than three leases (planted, or a
+/// clock that jumped) and a fence file that does not parse do not wedge the
+/// lock: it is taken, with a token above any before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_lease_or_fence_file_does_not_wedge_the_lock() {
+    use certrotate::Storage;
+    use std::time::Duration;
+    let dir = TempDir::new("storage-planted");
+    let storage = FileStorage::new(dir.path());
+    let lease = Duration::from_secs(10);
+    let first = storage.try_lock("renew", lease).await.unwrap().unwrap();
+    storage.unlock(&first).await.unwrap();
+    std::fs::write(dir.join("renew.lease"), "someone 99999999999999").unwrap();
+    std::fs::write(dir.join("renew.fence"), "not a number").unwrap();
+    let taken = storage
+        .try_lock("renew", lease)
+        .await
+        .unwrap()
+        .expect("taken over");
+    assert!(taken.token() > first.token());
+    storage
+        .store_fenced("cert", b"fenced", &taken)
+        .await
+        .unwrap();
+    assert!(storage.renew_lock(&taken, lease).await.unwrap());
+}

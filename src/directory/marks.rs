@@ -14,6 +14,10 @@ use crate::mark::{HighWaterMark, MarkUnreadable};
 /// oldest departures are forgotten first; the state directory keeps all).
 const REMOVED_KEPT: usize = 100_000;
 
+/// Pair names longer than this (in bytes) name their mark file by a hash,
+/// so that `<name>.mark` never exceeds a file system's name limit.
+const LONGEST_NAME: usize = 200;
+
 /// The marks of a directory's pairs.
 #[derive(Debug, Default)]
 pub(super) struct PairMarks {
@@ -22,11 +26,13 @@ pub(super) struct PairMarks {
     /// The marks known: a pair is here once its mark was read from the
     /// state directory (`None`: no file) or once it served.
     known: HashMap<Arc<str>, Option<HighWaterMark>>,
-    /// Departures, oldest first (a pair that came back and left again is
-    /// here twice; the queue is bounded all the same).
-    removed: VecDeque<Arc<str>>,
-    /// The pairs away from the directory now.
-    departed: HashSet<Arc<str>>,
+    /// Departures, oldest first, each with its number: a name is forgotten
+    /// when its latest departure leaves the queue while it is still away.
+    removed: VecDeque<(Arc<str>, u64)>,
+    /// The pairs away from the directory now, with their latest departure.
+    departed: HashMap<Arc<str>, u64>,
+    /// Departures so far.
+    departures: u64,
     /// The pairs whose mark file did not answer: nothing is recorded for
     /// them (it may hold a newer mark) until it does. (One that answered
     /// with something unusable is replaced by the next mark.)
@@ -51,6 +57,11 @@ impl PairMarks {
         }
     }
 
+    /// `name` is in the directory (again).
+    pub(super) fn present(&mut self, name: &Arc<str>) {
+        self.departed.remove(name);
+    }
+
     /// Takes in what reading `name`'s mark file gave.
     pub(super) fn loaded(
         &mut self,
@@ -73,13 +84,12 @@ impl PairMarks {
     }
 
     /// `cert` serves for `name`: the new mark and the file to write it to,
-    /// if it rose.
+    /// if it rose. Nothing while the mark file does not answer.
     pub(super) fn raise(
         &mut self,
         name: &Arc<str>,
         cert: &CertInfo,
     ) -> Option<(PathBuf, HighWaterMark)> {
-        self.departed.remove(name);
         if self.unreadable.contains(name) {
             return None;
         }
@@ -95,17 +105,26 @@ impl PairMarks {
         Some((file(self.dir.as_deref()?, name), new))
     }
 
+    /// `name`'s mark could not be written: it is read (and written) again
+    /// at the next look, as if unknown. (What serves keeps the floor.)
+    pub(super) fn unsaved(&mut self, name: &Arc<str>) {
+        self.known.remove(name);
+    }
+
     /// `name` left the directory: its mark stays. In memory, the marks of
     /// the [`REMOVED_KEPT`] latest departures stay; older ones are
     /// forgotten (the state directory keeps every one).
     pub(super) fn left(&mut self, name: &Arc<str>) {
-        self.departed.insert(name.clone());
-        self.removed.push_back(name.clone());
+        self.unreadable.remove(name);
+        self.departures += 1;
+        self.departed.insert(name.clone(), self.departures);
+        self.removed.push_back((name.clone(), self.departures));
         while self.removed.len() > REMOVED_KEPT {
-            let Some(oldest) = self.removed.pop_front() else {
+            let Some((oldest, number)) = self.removed.pop_front() else {
                 break;
             };
-            if self.departed.remove(&oldest) {
+            if self.departed.get(&oldest) == Some(&number) {
+                self.departed.remove(&oldest);
                 self.known.remove(&oldest);
             }
         }
@@ -119,19 +138,21 @@ pub(super) enum Lookup {
     Read(PathBuf),
 }
 
-/// Reads a pair's mark file (blocking).
+/// Reads a pair's mark file (blocking). A file that does not parse, or is
+/// not a small regular file, is unusable (replaced by the next mark); one
+/// that cannot be read is unreadable.
 pub(super) fn read(path: &Path) -> Result<Option<HighWaterMark>, MarkUnreadable> {
-    let unreadable =
-        |why: String| MarkUnreadable::new(format!("state file {}: {why}", path.display()));
+    let why = |why: String| format!("state file {}: {why}", path.display());
     match crate::read::small(path) {
         Ok(text) => String::from_utf8_lossy(&text)
             .parse()
             .map(Some)
-            .map_err(|why| {
-                MarkUnreadable::corrupt(format!("state file {}: {why}", path.display()))
-            }),
+            .map_err(|error| MarkUnreadable::corrupt(why(error))),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(unreadable(error.to_string())),
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+            Err(MarkUnreadable::corrupt(why(error.to_string())))
+        }
+        Err(error) => Err(MarkUnreadable::new(why(error.to_string()))),
     }
 }
 
@@ -141,7 +162,35 @@ pub(super) fn write(path: &Path, mark: &HighWaterMark) -> std::io::Result<()> {
 }
 
 /// The mark file of pair `name`. A pair's name is one directory entry's
-/// name that does not start with `.`, so it is one path component.
+/// name that does not start with `.`, so it is one path component; a long
+/// one is shortened, with a hash of the whole to keep names apart.
 fn file(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!("{name}.mark"))
+    if name.len() <= LONGEST_NAME {
+        return dir.join(format!("{name}.mark"));
+    }
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(name.as_bytes());
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    let mut cut = 64;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    dir.join(format!("{}-{hex}.mark", &name[..cut]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_get_short_distinct_files() {
+        let dir = Path::new("/state");
+        assert_eq!(file(dir, "a"), Path::new("/state/a.mark"));
+        let long = |c: char| std::iter::repeat_n(c, 250).collect::<String>();
+        let (a, b) = (file(dir, &long('é')), file(dir, &format!("{}x", long('é'))));
+        assert_ne!(a, b);
+        for path in [a, b] {
+            assert!(path.file_name().unwrap().len() < 255, "{path:?}");
+        }
+    }
 }

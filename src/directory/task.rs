@@ -28,7 +28,7 @@ use crate::sync::lock;
 use super::layout::{locate, pair_of, scan, stamp};
 use super::marks::{self, Lookup, PairMarks};
 use super::CertDirectoryBuilder;
-use crate::mark::{HighWaterMark, MarkUnreadable};
+use crate::mark::{HighWaterMark, MarkUnreadable, STATE_FILE_TIMEOUT};
 
 /// Pairs read in one turn of the blocking reader: a hung file system holds
 /// up at most this many before they are reported and retried.
@@ -61,6 +61,8 @@ pub(super) struct DirTask {
     reads: OneAtATime,
     /// The newest certificate each pair served, kept when it leaves.
     marks: PairMarks,
+    /// Reads and writes of the state directory, one batch at a time.
+    mark_io: OneAtATime,
 }
 
 /// What the task keeps of one pair (its certificate is in the store).
@@ -80,6 +82,8 @@ struct Pair {
     file_warning: Option<SourceWarning>,
     /// Why its mark could not be read, if it could not.
     mark_warning: Option<SourceWarning>,
+    /// Reads of its mark that failed in a row (their own backoff).
+    mark_failures: u32,
     /// The warnings in health.
     warnings: Vec<SourceWarning>,
     reported: AlertLevel,
@@ -131,6 +135,7 @@ impl DirTask {
             names: Arc::default(),
             reads: OneAtATime::default(),
             marks: PairMarks::new(builder.state_dir),
+            mark_io: OneAtATime::default(),
         }
     }
 
@@ -377,6 +382,7 @@ impl DirTask {
                 self.forget(&name);
                 continue;
             };
+            self.marks.present(&name);
             let pair = self.pairs.entry(name.clone()).or_insert_with(|| {
                 lock(&self.names).insert(name.clone());
                 // Slots are made in name order (the order looked at), so
@@ -412,15 +418,11 @@ impl DirTask {
         let mut writes = Vec::new();
         for (name, verdict, read) in verdicts {
             if let Some(read) = read {
-                self.mark_read(&name, &read);
+                let write = self.mark_read(&name, &read);
+                writes.extend(write.map(|(path, mark)| (name.clone(), path, mark)));
             }
-            if let Some(write) = self.apply(name.clone(), verdict) {
-                // Recorded: whatever was unusable in its place is replaced.
-                if let Some(pair) = self.pairs.get_mut(&name) {
-                    pair.mark_warning = None;
-                }
-                self.note_warnings(&name);
-                writes.push(write);
+            if let Some((path, mark)) = self.apply(name.clone(), verdict) {
+                writes.push((name, path, mark));
             }
         }
         self.write_marks(writes).await;
@@ -428,39 +430,72 @@ impl DirTask {
 
     /// Takes in what reading a pair's mark file gave: one that cannot be
     /// read is reported in health and read again after a retry delay.
-    fn mark_read(&mut self, name: &Arc<str>, read: &Result<Option<HighWaterMark>, MarkUnreadable>) {
+    ///
+    /// Returns the mark to write when the certificate the pair serves is
+    /// newer than the one read (it was installed while the mark could not be
+    /// read, or the file was unusable): the mark catches up.
+    fn mark_read(
+        &mut self,
+        name: &Arc<str>,
+        read: &MarkRead,
+    ) -> Option<(std::path::PathBuf, HighWaterMark)> {
         self.marks.loaded(name, read);
-        let Some(pair) = self.pairs.get_mut(name) else {
-            return;
-        };
+        let pair = self.pairs.get_mut(name)?;
         pair.mark_warning = read
             .as_ref()
             .err()
             .cloned()
             .map(|error| SourceWarning::MarkUnreadable(Box::new(error)));
-        if pair.mark_warning.is_some() {
-            let delay = renewal::retry_delay(pair.failures, self.retry, None, None);
-            self.plan_retry(name, Instant::now() + delay);
+        match pair.mark_warning {
+            Some(_) => {
+                let delay = renewal::retry_delay(pair.mark_failures, self.retry, None, None);
+                pair.mark_failures = pair.mark_failures.saturating_add(1);
+                self.plan_retry(name, Instant::now() + delay);
+            }
+            None => pair.mark_failures = 0,
         }
         self.note_warnings(name);
+        let serving = self.store.current(name)?;
+        self.marks.raise(name, &serving)
     }
 
-    /// Writes the marks that rose to the state directory. A failure is
-    /// reported; the mark holds in memory meanwhile.
-    async fn write_marks(&self, writes: Vec<(std::path::PathBuf, HighWaterMark)>) {
-        if writes.is_empty() {
-            return;
-        }
-        let written = crate::sync::blocking(move || {
-            writes
-                .iter()
-                .filter_map(|(path, mark)| {
-                    marks::write(path, mark).err().map(|e| (path.clone(), e))
-                })
-                .collect::<Vec<_>>()
-        });
-        for (path, error) in written.await.unwrap_or_default() {
-            tracing::warn!(target: "certrotate", path = %path.display(), %error, "cannot write a pair's mark: its replay protection is per process until it can");
+    /// Writes the marks that rose to the state directory, within the time a
+    /// state file may take per batch. A mark written clears its pair's mark
+    /// warning (whatever was unusable in its place is replaced); one that
+    /// cannot be written is reported in the pair's health, and read and
+    /// written again after a retry delay (it holds in memory meanwhile).
+    async fn write_marks(&mut self, writes: Vec<(Arc<str>, std::path::PathBuf, HighWaterMark)>) {
+        for batch in writes.chunks(READ_BATCH) {
+            let batch = batch.to_vec();
+            let names: Vec<Arc<str>> = batch.iter().map(|(name, ..)| name.clone()).collect();
+            let written = self.mark_io.run(STATE_FILE_TIMEOUT, move || {
+                batch
+                    .into_iter()
+                    .map(|(name, path, mark)| {
+                        let written = marks::write(&path, &mark);
+                        (
+                            name,
+                            written.map_err(|e| format!("cannot write {}: {e}", path.display())),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let written = written.await.unwrap_or_else(|stuck| {
+                let waited = crate::clock::human(stuck.waited);
+                let why = format!("the state directory did not answer within {waited}");
+                names
+                    .into_iter()
+                    .map(|name| (name, Err(why.clone())))
+                    .collect()
+            });
+            for (name, result) in written {
+                if let Err(error) = &result {
+                    tracing::warn!(target: "certrotate", pair = %name, %error, "a pair's mark is not saved: its replay protection is per process until it is");
+                    self.marks.unsaved(&name);
+                }
+                let read = result.map(|()| None).map_err(MarkUnreadable::new);
+                self.mark_read(&name, &read);
+            }
         }
     }
 
@@ -547,6 +582,28 @@ impl DirTask {
                 }
             }
         }
+        let unknown: Vec<_> = work
+            .iter()
+            .filter_map(|(name, _, _, lookup)| match lookup {
+                Lookup::Read(path) => Some((name.clone(), path.clone())),
+                Lookup::Known(_) => None,
+            })
+            .collect();
+        let mut reads = self.read_marks(unknown).await;
+        let work: Vec<_> = work
+            .into_iter()
+            .map(|(name, bundle, serving, lookup)| {
+                let recorded = match lookup {
+                    Lookup::Known(mark) => mark,
+                    Lookup::Read(_) => reads
+                        .get(&name)
+                        .and_then(|r| r.as_ref().ok())
+                        .cloned()
+                        .flatten(),
+                };
+                (name, bundle, serving, recorded)
+            })
+            .collect();
         let lanes = std::thread::available_parallelism().map_or(2, |n| n.get());
         let per_lane = work.len().div_ceil(lanes).max(1);
         let now = self.store.clock().now();
@@ -560,15 +617,7 @@ impl DirTask {
             let policy = self.policy.clone();
             running.spawn(crate::sync::blocking(move || {
                 lane.into_iter()
-                    .map(|(name, bundle, serving, lookup)| {
-                        let (recorded, read) = match lookup {
-                            Lookup::Known(mark) => (mark, None),
-                            Lookup::Read(path) => {
-                                let read = marks::read(&path);
-                                let recorded = read.as_ref().ok().cloned().flatten();
-                                (recorded, Some(read))
-                            }
-                        };
+                    .map(|(name, bundle, serving, recorded)| {
                         // Nothing older than the mark, or (when the mark
                         // cannot be read) than what serves.
                         let serving = serving.as_deref().map(HighWaterMark::of);
@@ -582,7 +631,7 @@ impl DirTask {
                                 }
                             }
                         };
-                        (name, verdict, read)
+                        (name, verdict)
                     })
                     .collect::<Vec<_>>()
             }));
@@ -591,10 +640,48 @@ impl DirTask {
             // A lane that did not finish (the runtime is shutting down) is
             // dropped: its pairs are read again at the next change.
             if let Ok(Ok(lane)) = done {
+                let lane = lane.into_iter().map(|(name, verdict)| {
+                    let read = reads.remove(&name);
+                    (name, verdict, read)
+                });
                 verdicts.extend(lane);
             }
         }
         verdicts
+    }
+
+    /// Reads the marks of `pairs` from the state directory, a batch at a
+    /// time, one batch at once, each within the time a state file may take:
+    /// a hung disk holds up one batch (its marks are then unreadable, and
+    /// read again later), never the task.
+    async fn read_marks(
+        &self,
+        pairs: Vec<(Arc<str>, std::path::PathBuf)>,
+    ) -> std::collections::HashMap<Arc<str>, MarkRead> {
+        let mut reads = std::collections::HashMap::with_capacity(pairs.len());
+        for batch in pairs.chunks(READ_BATCH) {
+            let batch = batch.to_vec();
+            let names: Vec<Arc<str>> = batch.iter().map(|(name, _)| name.clone()).collect();
+            let read = self.mark_io.run(STATE_FILE_TIMEOUT, move || {
+                batch
+                    .into_iter()
+                    .map(|(name, path)| (name, marks::read(&path)))
+                    .collect::<Vec<_>>()
+            });
+            match read.await {
+                Ok(read) => reads.extend(read),
+                Err(stuck) => {
+                    let waited = crate::clock::human(stuck.waited);
+                    let why = format!("the state directory did not answer within {waited}");
+                    reads.extend(
+                        names
+                            .into_iter()
+                            .map(|n| (n, Err(MarkUnreadable::new(why.clone())))),
+                    );
+                }
+            }
+        }
+        reads
     }
 
     /// Installs a valid candidate, or reports why not and plans a retry.
@@ -725,6 +812,7 @@ impl Pair {
             grace_until: None,
             file_warning: None,
             mark_warning: None,
+            mark_failures: 0,
             warnings: Vec::new(),
             reported: AlertLevel::Ok,
             check_at: None,

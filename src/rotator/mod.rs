@@ -273,6 +273,7 @@ impl<S: CertSource> RotatorBuilder<S> {
             fetch_timeout: self.fetch_timeout,
             warnings: Vec::new(),
             mark: crate::mark::Recorded::NotRead,
+            mark_failures: 0,
             allow_older: self.allow_older,
             inbox: Some(inbox),
             stopped,

@@ -47,6 +47,8 @@ pub(super) struct Task<S> {
     pub(super) warnings: Vec<SourceWarning>,
     /// The newest certificate served, as the source recorded it.
     pub(super) mark: Recorded,
+    /// Reads of the mark that failed in a row (their own backoff).
+    pub(super) mark_failures: u32,
     /// Older certificates than the mark are accepted (logged at start).
     pub(super) allow_older: bool,
     pub(super) inbox: Option<mpsc::Receiver<Command>>,
@@ -207,9 +209,20 @@ impl<S: CertSource> Task<S> {
         result
     }
 
+    /// An attempt succeeded: no retry, unless the mark could not be read
+    /// (then it is read again after a backoff of its own, and the serving
+    /// certificate recorded once it can be).
     fn succeeded(&mut self) {
         self.failures = 0;
         self.retry_at = None;
+        if !matches!(self.mark, Recorded::Unreadable(_)) {
+            self.mark_failures = 0;
+            return;
+        }
+        let range = (self.retry_min, self.retry_max);
+        let delay = renewal::retry_delay(self.mark_failures, range, None, None);
+        self.mark_failures = self.mark_failures.saturating_add(1);
+        self.retry_at = Some(crate::clock::instant_in(delay));
     }
 
     /// Schedules the retry: exponential from `retry_min`, capped at
@@ -346,6 +359,10 @@ impl<S: CertSource> Task<S> {
         if let Some(serving) = serving.as_ref().filter(|s| {
             s.fingerprint_sha256 == candidate.info().fingerprint_sha256 && candidate.key_fits()
         }) {
+            // A mark that could not be read is read again, and catches up.
+            if matches!(self.mark, Recorded::Unreadable(_)) {
+                self.raise_mark(serving).await;
+            }
             self.store.record_success(&self.slot);
             return Ok(Rotation::Unchanged(serving.clone()));
         }

@@ -10,6 +10,14 @@ use super::{BoxFuture, Lease, Storage};
 /// [`Storage`] in a directory: one file per key, written 0600 and atomically
 /// (temporary file, fsync, rename, fsync of the directory).
 ///
+/// Instances sharing the directory (a volume mounted by several replicas)
+/// take turns through a lease lock whose end each judges by its own clock:
+/// keep their clocks within a fraction of
+/// [`lock_lease`](crate::AcmeBuilder::lock_lease) of each other (NTP does;
+/// 10 s by default), or a replica ahead may take a live holder's lock (the
+/// holder's writes are then fenced out, and the certificate ordered twice).
+/// A lease ending further away than three leases is taken over.
+///
 /// ```
 /// let storage = certrotate::FileStorage::new("/var/lib/myapp/acme");
 /// ```
@@ -67,10 +75,22 @@ impl Storage for FileStorage {
         let name = name.to_owned();
         let owner = Lease::new_owner();
         Box::pin(self.exclusive(name.clone(), move |dir| {
-            if holder(dir, &name).is_some_and(|(_, until)| until > SystemTime::now()) {
+            // Held, unless the lease ran out, or ends further away than
+            // three leases (no holder writes that: planted, or a clock that
+            // jumped).
+            let now = SystemTime::now();
+            let planted = crate::clock::saturating_add(now, lease * 3);
+            let held = holder(dir, &name).is_some_and(|(_, until)| until > now && until <= planted);
+            if held {
                 return Ok(None);
             }
-            let token = fence(dir, &name)? + 1;
+            // Above the last token, and at least the clock in microseconds:
+            // a fence file lost or unusable does not hand out an old token.
+            let micros = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            let micros = u64::try_from(micros.as_micros()).unwrap_or(u64::MAX);
+            let token = fence(dir, &name).unwrap_or(0).saturating_add(1).max(micros);
             crate::atomic::write(
                 &dir.join(format!("{name}.fence")),
                 token.to_string().as_bytes(),

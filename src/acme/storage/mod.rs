@@ -235,7 +235,7 @@ impl Drop for Holding {
             return;
         };
         // Not held any more, whatever the storage says.
-        lock(&self.source.inner.lease).take();
+        stop_fencing(&self.source, &lease);
         heartbeat.abort();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let source = self.source.clone();
@@ -280,9 +280,17 @@ async fn heartbeat(source: AcmeSource, lease: Lease) {
     }
 }
 
+/// Saves are no longer fenced with `lease` (a newer attempt's lease stays).
+fn stop_fencing(source: &AcmeSource, lease: &Lease) {
+    let mut held = lock(&source.inner.lease);
+    if held.as_ref() == Some(lease) {
+        held.take();
+    }
+}
+
 /// Stops fencing saves with `lease` and releases it.
 pub(in crate::acme) async fn unlock(source: &AcmeSource, lease: &Lease) {
-    lock(&source.inner.lease).take();
+    stop_fencing(source, lease);
     if let Err(error) = source.inner.config.storage.unlock(lease).await {
         tracing::warn!(target: "certrotate", "could not release the renewal lock (it expires by itself): {error}");
     }

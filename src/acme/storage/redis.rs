@@ -25,11 +25,13 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// last one, and at least Redis's clock in microseconds, so that tokens keep
 /// growing when Redis restarts empty (a counter alone would start again at
 /// 1 and hand a new holder the token of the one before). Nothing planted
-/// can wedge it: a lock key without an expiry (no holder sets one) is
-/// taken over, and a fence that is not a number below 2^52 counts as none.
+/// can wedge it: a lock key without an expiry, or with one further away
+/// than three leases (no holder sets either), is taken over, and a fence
+/// that is not a number below 2^52 counts as none.
 /// Fences are compared as the decimal strings they are stored as.
 const LOCK: &str = r"
-if redis.call('PTTL', KEYS[1]) == -1 then
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -1 or ttl > 3 * tonumber(ARGV[2]) then
   redis.call('DEL', KEYS[1])
 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
