@@ -83,16 +83,18 @@ impl AcmeSource {
             Renewal::Done(bundle) => return Ok(bundle),
             Renewal::Ours(lease) => lease,
         };
+        // Guarded from here on: an attempt dropped at any await point (the
+        // rotator's fetch timeout) lets go of the lease.
+        let holding = Holding::new(self, lease);
         // Another instance may have finished just before the lock was ours.
         let stored = match self.stored().await {
             Ok(Some(bundle)) if !self.due(bundle.info(), self.now()) => {
-                let _ = self.inner.config.storage.unlock(&lease).await;
+                holding.release().await;
                 return Ok(bundle);
             }
             Ok(newer) => newer.or(stored),
             Err(_) => stored,
         };
-        let holding = Holding::new(self, lease);
         let ordered = self.ordered(stored.as_ref()).await;
         holding.release().await;
         match (ordered, stored) {

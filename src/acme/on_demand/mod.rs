@@ -387,6 +387,19 @@ impl OnDemand {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let start = LazyConfigAcceptor::new(Acceptor::default(), io).await?;
+        self.complete(start, config).await
+    }
+
+    /// [`accept`](Self::accept) once the ClientHello is in: for a listener
+    /// that bounds reading it with a deadline of its own.
+    pub(crate) async fn complete<IO>(
+        &self,
+        start: tokio_rustls::StartHandshake<IO>,
+        config: Arc<ServerConfig>,
+    ) -> io::Result<TlsStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
         let name = wanted(&start.client_hello());
         let Some(name) = name else {
             return start.into_stream(config).await;
@@ -471,20 +484,19 @@ impl OnDemand {
             .insert(name.clone(), Entry::Pending(rx.clone()));
         inner.counts.misses.fetch_add(1, Ordering::Relaxed);
         inner.store.events().on_demand(OnDemandCount::Miss);
-        let on_demand = self.clone();
+        let settling = Settling {
+            on_demand: self.clone(),
+            name: Some(name),
+            outcome: tx,
+        };
         tokio::spawn(async move {
             // In a task of its own, so that a panic (in the hook, say)
-            // still settles the name.
-            let obtaining = {
-                let (on_demand, name) = (on_demand.clone(), name.clone());
-                tokio::spawn(async move { on_demand.obtain(&name).await })
-            };
-            let obtained = obtaining.await.unwrap_or_else(|_| {
-                Err(OnDemandError::Aborted {
-                    name: name.to_string(),
-                })
-            });
-            on_demand.settle(name, obtained, &tx);
+            // still settles the name; and a guard settles it if this task
+            // is dropped (the runtime stopping) before it could.
+            let name = settling.name.clone().expect("not settled yet");
+            let on_demand = settling.on_demand.clone();
+            let obtained = tokio::spawn(async move { on_demand.obtain(&name).await }).await;
+            settling.settle(obtained.ok());
         });
         Ok(rx)
     }
@@ -507,10 +519,11 @@ impl OnDemand {
             return Err(OnDemandError::TooManyWaiting { limit });
         };
         events.on_demand(OnDemandCount::Waiting(waiting));
+        // Given back however the wait ends: a handshake cancelled inside it
+        // (the listener's timeout, a client gone) included.
+        let _place = WaitingPlace(self);
         let wait = self.inner.wait;
         let waited = tokio::time::timeout(wait, outcome.wait_for(Option::is_some)).await;
-        let waiting = counts.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
-        events.on_demand(OnDemandCount::Waiting(waiting));
         match waited {
             Ok(Ok(done)) => done.clone().expect("waited for it"),
             // The sender went without an outcome: the runtime is stopping.
@@ -525,7 +538,8 @@ impl OnDemand {
     }
 
     /// Asks the hook, then loads or orders `name`'s certificate under a
-    /// rotator of its own.
+    /// rotator of its own. The places it takes (an order in flight) are
+    /// given back however it ends, a panic included.
     async fn obtain(&self, name: &Arc<str>) -> Result<Rotator, OnDemandError> {
         let inner = &self.inner;
         // A hook that hangs must not hold a pending place for ever.
@@ -557,9 +571,13 @@ impl OnDemand {
             });
         };
         let ordering = !at_hand;
-        if ordering {
-            lock(&inner.limits).start_order(Instant::now())?;
-        }
+        let order_place = match ordering {
+            true => {
+                lock(&inner.limits).start_order(Instant::now())?;
+                Some(OrderPlace(self))
+            }
+            false => None,
+        };
         let started = Rotator::builder(source, inner.policy.for_dns_name(name))
             .store(inner.store.clone())
             .slot(&**name)
@@ -569,10 +587,8 @@ impl OnDemand {
         {
             // A failed load backs off too: its handshakes would otherwise
             // each read and check the stored certificate again.
+            drop(order_place);
             let mut limits = lock(&inner.limits);
-            if ordering {
-                limits.order_done();
-            }
             match &started {
                 Ok(_) => limits.succeeded(name),
                 Err(RotateError::Source(SourceError::RateLimited { retry_after, .. })) => {
@@ -641,10 +657,15 @@ impl OnDemand {
         if let Some((victim, Entry::Cached { rotator, .. })) = evicted {
             inner.counts.evictions.fetch_add(1, Ordering::Relaxed);
             inner.store.events().on_demand(OnDemandCount::Eviction);
-            let store = inner.store.clone();
+            let on_demand = self.clone();
             tokio::spawn(async move {
                 rotator.shutdown().await;
-                store.remove(&victim);
+                // Unless the name came back meanwhile: its new rotator
+                // fills the slot again, and the slot stays.
+                let names = lock(&on_demand.inner.names);
+                if !names.entries.contains_key(&victim) {
+                    on_demand.inner.store.remove(&victim);
+                }
             });
         }
     }
@@ -698,6 +719,65 @@ impl OnDemand {
             .collect();
         for rotator in rotators {
             rotator.shutdown().await;
+        }
+    }
+}
+
+/// A handshake's place among those waiting for a certificate, given back
+/// when dropped (however the wait ends: cancelled included).
+struct WaitingPlace<'a>(&'a OnDemand);
+
+impl Drop for WaitingPlace<'_> {
+    fn drop(&mut self) {
+        let inner = &self.0.inner;
+        let waiting = inner.counts.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
+        inner
+            .store
+            .events()
+            .on_demand(OnDemandCount::Waiting(waiting));
+    }
+}
+
+/// An order's place among those in flight, given back when dropped.
+struct OrderPlace<'a>(&'a OnDemand);
+
+impl Drop for OrderPlace<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.inner.limits).order_done();
+    }
+}
+
+/// A name being obtained: settled exactly once, as aborted if nothing
+/// settled it before it is dropped, so that its pending place is never
+/// lost.
+struct Settling {
+    on_demand: OnDemand,
+    /// `None` once settled.
+    name: Option<Arc<str>>,
+    outcome: watch::Sender<Option<Result<(), OnDemandError>>>,
+}
+
+impl Settling {
+    /// Settles with what obtaining gave (`None`: it panicked).
+    fn settle(mut self, obtained: Option<Result<Rotator, OnDemandError>>) {
+        if let Some(name) = self.name.take() {
+            let obtained = obtained.unwrap_or_else(|| {
+                Err(OnDemandError::Aborted {
+                    name: name.to_string(),
+                })
+            });
+            self.on_demand.settle(name, obtained, &self.outcome);
+        }
+    }
+}
+
+impl Drop for Settling {
+    fn drop(&mut self) {
+        if let Some(name) = self.name.take() {
+            let aborted = Err(OnDemandError::Aborted {
+                name: name.to_string(),
+            });
+            self.on_demand.settle(name, aborted, &self.outcome);
         }
     }
 }
