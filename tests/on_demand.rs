@@ -17,14 +17,17 @@ use common::TempDir;
 const SUFFIX: &str = "on-demand.test";
 
 /// On-demand certificates from `pebble` for names under SUFFIX, kept in
-/// `storage`; waiting up to 20 s.
+/// `storage`; waiting up to 20 s. Every client of these tests is 127.0.0.1,
+/// so its budget of new names is raised out of the way.
 fn on_demand(pebble: &Pebble, storage: &TempDir) -> OnDemandBuilder {
     let acme = AcmeSource::template(&pebble.directory)
         .directory_root(&pebble.https_root)
         .storage(FileStorage::new(storage.path()))
         .timeout(Duration::from_secs(10))
         .tls_alpn_01();
-    OnDemand::builder(acme, AllowList::new().suffix(SUFFIX)).wait(Duration::from_secs(20))
+    OnDemand::builder(acme, AllowList::new().suffix(SUFFIX))
+        .wait(Duration::from_secs(20))
+        .new_names_per_client(1000, Duration::from_secs(60))
 }
 
 /// Serves `on_demand` on Pebble's TLS-ALPN-01 port (so that Pebble
@@ -590,4 +593,88 @@ async fn a_storage_that_hangs_fails_the_name_within_the_step_timeout() {
         started.elapsed()
     );
     assert_eq!(on_demand.stats().pending, 0);
+}
+
+/// Handshakes as `name` from the local address `from`; the serial seen.
+async fn seen_from(
+    trust: Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    from: [u8; 4],
+    name: String,
+) -> Result<String, String> {
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(std::net::SocketAddr::from((from, 0)))
+        .map_err(|e| e.to_string())?;
+    let tcp = socket.connect(addr).await.map_err(|e| e.to_string())?;
+    let server_name = rustls::pki_types::ServerName::try_from(name).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(trust)
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let leaf = &tls.get_ref().1.peer_certificates().ok_or("none")?[0];
+    Ok(common::serial_of(leaf))
+}
+
+/// One address floods random names under the allowed suffix while another
+/// asks for a real name: the flood stops at its client's budget, refused
+/// before the hook or the storage is asked (the hook hears the budget's
+/// worth), and the real name is ordered and served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_flooding_random_names_cannot_keep_another_s_name_out() {
+    let pebble = Pebble::start(Config::default());
+    let storage = TempDir::new("on-demand");
+    let asked = Arc::new(AtomicUsize::new(0));
+    let allowed = AllowList::new().suffix(SUFFIX);
+    let hook = {
+        let asked = asked.clone();
+        move |name: String| {
+            asked.fetch_add(1, Ordering::Relaxed);
+            let allowed = allowed.allows(&name);
+            async move { allowed }
+        }
+    };
+    let acme = AcmeSource::template(&pebble.directory)
+        .directory_root(&pebble.https_root)
+        .storage(FileStorage::new(storage.path()))
+        .timeout(Duration::from_secs(10))
+        .tls_alpn_01();
+    let on_demand = OnDemand::builder(acme, hook)
+        .wait(Duration::from_secs(20))
+        .new_names_per_client(3, Duration::from_secs(600))
+        .build();
+    let server = serve(&pebble, &on_demand).await;
+    let trust = client(&pebble);
+
+    let flood: Vec<_> = (0..30)
+        .map(|i| {
+            let name = format!("r{}-{i}.{SUFFIX}", fastrand::u32(..));
+            tokio::spawn(seen_from(trust.clone(), server.addr, [127, 0, 0, 2], name))
+        })
+        .collect();
+    let mut flooded = Vec::new();
+    for handshake in flood {
+        flooded.push(handshake.await.unwrap());
+    }
+    let real = seen_from(
+        trust.clone(),
+        server.addr,
+        [127, 0, 0, 1],
+        format!("www.{SUFFIX}"),
+    )
+    .await;
+    assert!(real.is_ok(), "{real:?} {:?}", on_demand.stats());
+
+    let served = flooded.iter().filter(|r| r.is_ok()).count();
+    assert!(served <= 3, "{served} random names served: {flooded:?}");
+    let stats = on_demand.stats();
+    assert!(
+        stats.refusals.get("client_budget").copied().unwrap_or(0) >= 27,
+        "{stats:?}"
+    );
+    assert!(
+        asked.load(Ordering::Relaxed) <= 4,
+        "the hook was asked {asked:?} times"
+    );
+    assert!(pebble.orders() <= 4);
 }

@@ -22,6 +22,14 @@ pub(super) struct Group {
     bits: u8,
 }
 
+/// The client `ip` is: itself for IPv4, its /64 for IPv6 (what one host
+/// usually has), as the listener's finest share and on-demand's budgets
+/// per client count it.
+#[cfg(feature = "acme")]
+pub(crate) fn client_group(ip: IpAddr) -> IpAddr {
+    groups(ip)[0].0.prefix
+}
+
 /// The groups `ip` is in, finest first, each with its share as a multiple of
 /// the per-client share.
 fn groups(ip: IpAddr) -> Vec<(Group, usize)> {

@@ -15,6 +15,8 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
+#[cfg(feature = "acme")]
+pub(crate) use admission::client_group;
 use admission::{Admission, Verdict};
 
 /// A TCP listener that completes TLS handshakes before handing connections
@@ -261,17 +263,19 @@ impl TlsListener {
             }
             Verdict::Admit => {}
         }
-        let handle = self.handshakes.spawn(self.handshake(stream, peer));
+        let handle = self.handshakes.spawn(self.handshake(stream, peer, client));
         self.admission.started(client, handle);
     }
 
     /// The handshake of `stream`: its ClientHello within the ClientHello
     /// deadline, the rest within the handshake deadline (plus the on-demand
     /// wait, if on).
+    #[cfg_attr(not(feature = "acme"), allow(unused_variables))]
     fn handshake(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
+        client: IpAddr,
     ) -> impl std::future::Future<Output = Option<(TlsStream<TcpStream>, SocketAddr)>> + Send + 'static
     {
         let config = self.config.clone();
@@ -300,7 +304,9 @@ impl TlsListener {
             };
             #[cfg(feature = "acme")]
             let rest: Handshake = match on_demand {
-                Some(on_demand) => Box::pin(async move { on_demand.complete(start, config).await }),
+                Some(on_demand) => {
+                    Box::pin(async move { on_demand.complete(start, config, Some(client)).await })
+                }
                 None => Box::pin(start.into_stream(config)),
             };
             #[cfg(not(feature = "acme"))]

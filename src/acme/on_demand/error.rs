@@ -45,6 +45,36 @@ pub enum OnDemandError {
         /// Its window.
         window: Duration,
     },
+    /// As many new names (asked of the hook, loaded or ordered) as allowed
+    /// were started in the last window already.
+    #[error("{limit} new names were asked for in the last {window:?} already")]
+    TooManyNewNames {
+        /// [`OnDemandBuilder::new_names_per_window`](crate::OnDemandBuilder::new_names_per_window)'s count.
+        limit: usize,
+        /// Its window.
+        window: Duration,
+    },
+    /// The client asked for as many new names as it may in the window.
+    #[error("{client} asked for {limit} new names in the last {window:?} already")]
+    ClientBudget {
+        /// The client, as the listener groups it (an IPv4 address, an IPv6 /64).
+        client: std::net::IpAddr,
+        /// [`OnDemandBuilder::new_names_per_client`](crate::OnDemandBuilder::new_names_per_client)'s count.
+        limit: usize,
+        /// Its window.
+        window: Duration,
+    },
+    /// As many certificates as allowed were ordered for the name's
+    /// registered domain in the window (a CA's limit per domain).
+    #[error("{limit} certificates under {domain} were ordered in the last {window:?} already")]
+    DomainBudget {
+        /// The registered domain (by the public suffix list).
+        domain: String,
+        /// [`OnDemandBuilder::orders_per_registered_domain`](crate::OnDemandBuilder::orders_per_registered_domain)'s count.
+        limit: usize,
+        /// Its window.
+        window: Duration,
+    },
     /// As many orders as allowed are in flight.
     #[error("{limit} orders are in flight already")]
     TooManyOrders {
@@ -90,9 +120,9 @@ pub enum OnDemandError {
 impl OnDemandError {
     /// A stable code for the reason, as metrics and health label it:
     /// `invalid_name`, `not_allowed`, `too_many_pending`, `too_many_waiting`,
-    /// `backing_off`,
-    /// `rate_limited`, `too_many_orders`, `failed`, `refused`, `aborted` or
-    /// `timed_out`.
+    /// `backing_off`, `too_many_new_names`, `client_budget`,
+    /// `domain_budget`, `rate_limited`, `too_many_orders`, `failed`,
+    /// `refused`, `aborted` or `timed_out`.
     pub fn reason(&self) -> &'static str {
         match self {
             Self::InvalidName(_) => "invalid_name",
@@ -100,6 +130,9 @@ impl OnDemandError {
             Self::TooManyPending { .. } => "too_many_pending",
             Self::TooManyWaiting { .. } => "too_many_waiting",
             Self::BackingOff { .. } => "backing_off",
+            Self::TooManyNewNames { .. } => "too_many_new_names",
+            Self::ClientBudget { .. } => "client_budget",
+            Self::DomainBudget { .. } => "domain_budget",
             Self::RateLimited { .. } => "rate_limited",
             Self::TooManyOrders { .. } => "too_many_orders",
             Self::Failed { .. } => "failed",

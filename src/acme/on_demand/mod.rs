@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -242,12 +243,47 @@ impl OnDemandBuilder {
         self
     }
 
-    /// At most `orders` orders start in any `window` (default 20 a minute);
-    /// past it, new names are refused until the window slides. Loads from
-    /// storage do not count.
+    /// At most `orders` orders start in any `window` (default 250 in 3
+    /// hours, below Let's Encrypt's 300 new orders per account per 3
+    /// hours); past it, new names are refused, before the hook is asked,
+    /// until the window slides. Loads from storage do not count.
     pub fn orders_per_window(mut self, orders: usize, window: Duration) -> Self {
-        self.limits.orders_per_window = orders;
-        self.limits.window = window;
+        self.limits.orders = limits::Budget::new(orders, window);
+        self
+    }
+
+    /// At most `orders` orders start in any `window` for names under one
+    /// registered domain, by the public suffix list (default 40 a week,
+    /// below Let's Encrypt's 50 certificates per registered domain per
+    /// week): random names under one domain cannot spend its CA limit.
+    ///
+    /// ```
+    /// # fn demo(builder: certrotate::OnDemandBuilder) -> certrotate::OnDemandBuilder {
+    /// use std::time::Duration;
+    /// builder.orders_per_registered_domain(20, Duration::from_secs(7 * 24 * 3600))
+    /// # }
+    /// ```
+    pub fn orders_per_registered_domain(mut self, orders: usize, window: Duration) -> Self {
+        self.limits.orders_per_domain = limits::Budget::new(orders, window);
+        self
+    }
+
+    /// At most `names` names not in memory are started (asked of the hook,
+    /// loaded from storage or ordered) in any `window` (default 600 a
+    /// minute): what a flood of random names can cost in hook calls and
+    /// storage reads.
+    pub fn new_names_per_window(mut self, names: usize, window: Duration) -> Self {
+        self.limits.new_names = limits::Budget::new(names, window);
+        self
+    }
+
+    /// At most `names` names not in memory are started for one client (an
+    /// IPv4 address, an IPv6 /64, as [`TlsListener`](crate::TlsListener)
+    /// tells it) in any `window` (default 20 in 10 minutes): one client
+    /// flooding random names is refused, before the hook and the storage
+    /// are asked, while others' names are served.
+    pub fn new_names_per_client(mut self, names: usize, window: Duration) -> Self {
+        self.limits.new_names_per_client = limits::Budget::new(names, window);
         self
     }
 
@@ -387,15 +423,32 @@ impl OnDemand {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let start = LazyConfigAcceptor::new(Acceptor::default(), io).await?;
-        self.complete(start, config).await
+        self.complete(start, config, None).await
     }
 
-    /// [`accept`](Self::accept) once the ClientHello is in: for a listener
-    /// that bounds reading it with a deadline of its own.
+    /// [`accept`](Self::accept) for a connection from `client` (its address,
+    /// or whom a proxy says it is from): new names count against the
+    /// client's budget ([`new_names_per_client`](OnDemandBuilder::new_names_per_client)).
+    pub async fn accept_from<IO>(
+        &self,
+        io: IO,
+        config: Arc<ServerConfig>,
+        client: IpAddr,
+    ) -> io::Result<TlsStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let start = LazyConfigAcceptor::new(Acceptor::default(), io).await?;
+        self.complete(start, config, Some(client)).await
+    }
+
+    /// [`accept_from`](Self::accept_from) once the ClientHello is in: for a
+    /// listener that bounds reading it with a deadline of its own.
     pub(crate) async fn complete<IO>(
         &self,
         start: tokio_rustls::StartHandshake<IO>,
         config: Arc<ServerConfig>,
+        client: Option<IpAddr>,
     ) -> io::Result<TlsStream<IO>>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
@@ -404,7 +457,7 @@ impl OnDemand {
         let Some(name) = name else {
             return start.into_stream(config).await;
         };
-        match self.prepare(&name).await {
+        match self.prepare_for(&name, client).await {
             Ok(()) => start.into_stream(config).await,
             Err(error) => {
                 // No certificate resolved: rustls sends `access_denied`.
@@ -422,14 +475,24 @@ impl OnDemand {
     /// [`wait`](OnDemandBuilder::wait). For servers that read the
     /// ClientHello themselves (rustls's `Acceptor`).
     pub async fn prepare(&self, name: &str) -> Result<(), OnDemandError> {
-        let prepared = self.prepared(name).await;
+        self.prepare_for(name, None).await
+    }
+
+    /// [`prepare`](Self::prepare) for a handshake from `client`, whose new
+    /// names count against its budget (`None`: no client budget).
+    pub async fn prepare_for(
+        &self,
+        name: &str,
+        client: Option<IpAddr>,
+    ) -> Result<(), OnDemandError> {
+        let prepared = self.prepared(name, client).await;
         if let Err(error) = &prepared {
             self.refused(name, error);
         }
         prepared
     }
 
-    async fn prepared(&self, name: &str) -> Result<(), OnDemandError> {
+    async fn prepared(&self, name: &str, client: Option<IpAddr>) -> Result<(), OnDemandError> {
         let inner = &self.inner;
         let pending = {
             let mut names = lock(&inner.names);
@@ -443,7 +506,7 @@ impl OnDemand {
                 Some(Entry::Pending(outcome)) => Some(outcome.clone()),
                 // A name the store serves otherwise.
                 None if inner.resolver.claims(name) => None,
-                None => Some(self.start(&mut names, name)?),
+                None => Some(self.start(&mut names, name, client)?),
             }
         };
         match pending {
@@ -461,6 +524,7 @@ impl OnDemand {
         &self,
         names: &mut Names,
         name: &str,
+        client: Option<IpAddr>,
     ) -> Result<watch::Receiver<Option<Result<(), OnDemandError>>>, OnDemandError> {
         let inner = &self.inner;
         let (tx, rx) = watch::channel(None);
@@ -472,11 +536,12 @@ impl OnDemand {
                 return Err(OnDemandError::NotAllowed(name.to_string()));
             }
             limits.check_backoff(&name, now)?;
-        }
-        if names.pending >= inner.max_pending {
-            return Err(OnDemandError::TooManyPending {
-                limit: inner.max_pending,
-            });
+            if names.pending >= inner.max_pending {
+                return Err(OnDemandError::TooManyPending {
+                    limit: inner.max_pending,
+                });
+            }
+            limits.start_name(&name, client, now)?;
         }
         names.pending += 1;
         names
@@ -573,7 +638,7 @@ impl OnDemand {
         let ordering = !at_hand;
         let order_place = match ordering {
             true => {
-                lock(&inner.limits).start_order(Instant::now())?;
+                lock(&inner.limits).start_order(name, Instant::now())?;
                 Some(OrderPlace(self))
             }
             false => None,
