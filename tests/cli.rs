@@ -332,6 +332,31 @@ fn inspect_summarizes_a_chain() {
     );
 }
 
+/// What a certificate says is shown escaped: a subject carrying terminal
+/// escape sequences or a bidirectional override cannot rewrite the screen.
+/// A warning window too large to count in seconds is a usage error, not a
+/// wrapped number.
+#[test]
+fn certificate_text_is_escaped_and_warn_days_are_bounded() {
+    let dir = TempDir::new("cli-escapes");
+    let ca = common::Ca::new_named("evil\u{1b}[2J\u{202e}gnp.exe");
+    std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
+    let output = certrotate(&["inspect", "ca.pem"], dir.path());
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{202e}'),
+        "{text:?}"
+    );
+    assert!(text.contains("evil\\u{1b}[2J\\u{202e}gnp.exe"), "{text}");
+
+    let huge = certrotate(
+        &["probe", "127.0.0.1:9", "--warn-days", "213503982334601"],
+        dir.path(),
+    );
+    assert_eq!(huge.status.code(), Some(2), "{}", stderr(&huge));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_reports_the_served_chain_and_the_warning_window() {
     let dir = TempDir::new("cli-probe");

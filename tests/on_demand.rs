@@ -528,6 +528,7 @@ async fn health_reports_on_demand_and_an_empty_store_is_healthy() {
     let on_demand = OnDemand::builder(acme, AllowList::new().suffix(SUFFIX)).build();
     assert!(on_demand.prepare("www.elsewhere.test").await.is_err());
     let store = on_demand.store().clone();
+    let health_store = store.clone();
 
     let mut plain = certrotate::HealthService::new(store.clone());
     assert_eq!(get(&mut plain, "/").await.0, 503, "nothing serves");
@@ -554,6 +555,24 @@ async fn health_reports_on_demand_and_an_empty_store_is_healthy() {
     ] {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }
+
+    // A main certificate in the same store that cannot be had (a source
+    // with nothing): unhealthy, on-demand or not.
+    let main = certrotate::Rotator::builder(
+        certrotate::StaticSource::empty(),
+        certrotate::Policy::default(),
+    )
+    .store(health_store.clone())
+    .retry_backoff(Duration::from_secs(60), Duration::from_secs(60))
+    .spawn();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while health_store.health().unserved_count == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never tried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = get(&mut health, "/").await;
+    assert_eq!(status, 503, "a dead main certificate: {body}");
+    main.shutdown().await;
 }
 
 /// A storage that never answers cannot hold a name pending for ever: the

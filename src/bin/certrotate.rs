@@ -84,8 +84,8 @@ enum Command {
         /// PEM trust roots (default: the platform's).
         #[arg(long, value_name = "FILE")]
         roots: Option<PathBuf>,
-        /// Warn when fewer days than this are left.
-        #[arg(long, value_name = "DAYS", default_value_t = 14)]
+        /// Warn when fewer days than this are left (at most 36500).
+        #[arg(long, value_name = "DAYS", default_value_t = 14, value_parser = clap::value_parser!(u64).range(0..=36_500))]
         warn_days: u64,
         /// Give up after this long, e.g. `5s`.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
@@ -369,16 +369,16 @@ fn describe(info: &CertInfo, now: SystemTime) {
         .chain(info.ip_addresses.iter().map(ToString::to_string))
         .chain(info.uris.iter().cloned())
         .collect();
-    println!("  subject:  {}", info.subject);
+    println!("  subject:  {}", shown(&info.subject));
     println!(
         "  names:    {}",
         if names.is_empty() {
             "(none)".into()
         } else {
-            names.join(", ")
+            shown(&names.join(", ")).into_owned()
         }
     );
-    println!("  issuer:   {}", info.issuer);
+    println!("  issuer:   {}", shown(&info.issuer));
     println!("  serial:   {}", info.serial);
     println!("  validity: {}", validity(info, now));
     println!("  key:      {}", info.key);
@@ -492,7 +492,7 @@ fn probe(
         .collect();
     let now = SystemTime::now();
     let left = infos.first().map(|leaf| remaining(leaf, now));
-    let warn = Duration::from_secs(warn_days * 86_400);
+    let warn = Duration::from_secs(warn_days.saturating_mul(86_400));
     let (code, verdict) = match (&handshake, left) {
         (Err(error), _) => (UNREACHABLE, error.clone()),
         (Ok(()), Some(left)) if left < warn => (
@@ -515,12 +515,13 @@ fn probe(
         }));
     } else {
         for (index, info) in infos.iter().enumerate() {
-            println!("{address} ({name}) #{index}");
+            println!("{} ({}) #{index}", shown(&address), shown(&name));
             describe(info, now);
         }
         println!(
-            "{}: {verdict}",
-            if code == ACCEPTED { "ok" } else { "problem" }
+            "{}: {}",
+            if code == ACCEPTED { "ok" } else { "problem" },
+            shown(&verdict)
         );
     }
     Ok(code)
@@ -640,4 +641,22 @@ fn print_json(value: &serde_json::Value) {
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
+}
+
+/// `text` as a terminal may show it: control characters (escape sequences)
+/// and bidirectional overrides, which a certificate from a probed server
+/// may carry to rewrite the screen or reorder what it says, are escaped.
+fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| match unsafe_char(c) {
+            true => c.escape_unicode().to_string(),
+            false => c.to_string(),
+        })
+        .collect::<String>()
+        .into()
 }

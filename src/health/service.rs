@@ -208,13 +208,18 @@ impl HealthService {
         self.on_demand.as_ref().map(crate::OnDemand::stats)
     }
 
-    /// Whether `health` passes the check.
+    /// Whether `health` passes the check. With on-demand issuance, serving
+    /// nothing yet is healthy, but a slot of its own that serves nothing
+    /// (the main certificate beside the on-demand names) is not.
     fn healthy(&self, health: &HealthSnapshot) -> bool {
         #[cfg(feature = "acme")]
-        let may_serve_nothing = self.on_demand.is_some();
-        #[cfg(not(feature = "acme"))]
-        let may_serve_nothing = false;
-        (health.served > 0 || may_serve_nothing) && health.alert < self.unhealthy_at
+        if let Some(on_demand) = &self.on_demand {
+            let listed = &health.unserved;
+            let names = listed.iter().filter(|u| on_demand.has(&u.slot)).count();
+            let others = health.unserved_count.saturating_sub(names);
+            return others == 0 && health.alert < self.unhealthy_at;
+        }
+        health.served > 0 && health.alert < self.unhealthy_at
     }
 
     /// `health` as Prometheus text, with what on-demand issuance did.

@@ -749,6 +749,11 @@ impl OnDemand {
             });
     }
 
+    /// Whether `name` is an on-demand name (pending or in memory).
+    pub(crate) fn has(&self, name: &str) -> bool {
+        lock(&self.inner.names).entries.contains_key(name)
+    }
+
     /// What on-demand issuance has done so far.
     pub fn stats(&self) -> OnDemandStats {
         let (cached, pending) = {
