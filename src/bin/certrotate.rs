@@ -515,7 +515,7 @@ fn probe(
         }));
     } else {
         for (index, info) in infos.iter().enumerate() {
-            println!("{} ({}) #{index}", shown(&address), shown(&name));
+            println!("{} ({}) #{index}", shown(address), shown(&name));
             describe(info, now);
         }
         println!(
