@@ -14,33 +14,18 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use certrotate::{AcmeSource, AllowList, CertBundle, OnDemand, Policy};
+use certrotate::{AcmeSource, AllowList, OnDemand, Policy};
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 const ROUNDS: usize = 15;
 const PER_ROUND: usize = 200;
 const NAME: &str = "shop.customers.example";
 
-/// A CA, and a P-256 leaf for NAME under it.
-fn leaf_and_roots() -> (CertBundle, RootCertStore) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec![NAME.to_owned()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let chain = format!("{}{}", leaf.pem(), ca_cert.pem());
-    let bundle = CertBundle::from_pem(chain.as_bytes(), key.serialize_pem().as_bytes()).unwrap();
-    let mut roots = RootCertStore::empty();
-    roots.add(ca_cert.der().clone()).unwrap();
-    (bundle, roots)
-}
+#[path = "support/mod.rs"]
+mod support;
+use support::{leaf_and_roots, median};
 
 /// How the server side of one connection is accepted.
 #[derive(Clone, Copy, PartialEq)]
@@ -71,11 +56,6 @@ async fn handshake(
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -85,7 +65,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (bundle, roots) = leaf_and_roots();
+        let (bundle, roots) = leaf_and_roots(NAME);
         let acme = AcmeSource::template("https://acme.invalid/directory");
         let on_demand = OnDemand::builder(acme, AllowList::new().suffix("customers.example")).build();
         let valid = Policy::default().validate(&bundle, SystemTime::now()).unwrap();
