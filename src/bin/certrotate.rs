@@ -280,10 +280,11 @@ fn check(
         }));
     } else if refusals.is_empty() {
         let info = info.expect("accepted certificates were parsed");
-        println!("accepted: {info}, {}", validity(&info, SystemTime::now()));
+        let accepted = format!("{info}, {}", validity(&info, SystemTime::now()));
+        println!("accepted: {}", shown(&accepted));
     } else {
         for (_, message) in &refusals {
-            println!("refused: {message}");
+            println!("refused: {}", shown(message));
         }
     }
     Ok(if refusals.is_empty() {

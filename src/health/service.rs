@@ -214,9 +214,10 @@ impl HealthService {
     fn healthy(&self, health: &HealthSnapshot) -> bool {
         #[cfg(feature = "acme")]
         if let Some(on_demand) = &self.on_demand {
-            let listed = &health.unserved;
-            let names = listed.iter().filter(|u| on_demand.has(&u.slot)).count();
-            let others = health.unserved_count.saturating_sub(names);
+            // The on-demand slots that serve nothing are the names pending
+            // (a name that failed leaves the store), however many there are.
+            let pending = on_demand.stats().pending;
+            let others = health.unserved_count.saturating_sub(pending);
             return others == 0 && health.alert < self.unhealthy_at;
         }
         health.served > 0 && health.alert < self.unhealthy_at

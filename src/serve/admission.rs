@@ -10,6 +10,7 @@
 //! takes the place of that client's newest handshake (which is closed): a
 //! flood from many addresses cannot keep a well-behaved client out.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
@@ -22,12 +23,15 @@ pub(super) struct Group {
     bits: u8,
 }
 
-/// The client `ip` is: itself for IPv4, its /64 for IPv6 (what one host
-/// usually has), as the listener's finest share and on-demand's budgets
-/// per client count it.
+/// The groups `ip` is in (prefix, length), finest first, each with its
+/// share as a multiple of one client's: the listener's shares and
+/// on-demand's budgets per client count them alike.
 #[cfg(feature = "acme")]
-pub(crate) fn client_group(ip: IpAddr) -> IpAddr {
-    groups(ip)[0].0.prefix
+pub(crate) fn client_groups(ip: IpAddr) -> Vec<((IpAddr, u8), usize)> {
+    groups(ip)
+        .into_iter()
+        .map(|(group, share)| ((group.prefix, group.bits), share))
+        .collect()
 }
 
 /// The groups `ip` is in, finest first, each with its share as a multiple of
@@ -73,10 +77,15 @@ pub(super) struct Admission {
     in_flight: usize,
     /// Handshakes in flight per group (groups with none are not kept).
     counts: HashMap<Group, usize>,
-    /// Per client (finest group), its handshakes in flight, oldest first.
-    clients: HashMap<Group, Vec<AbortHandle>>,
-    /// Clients by handshakes in flight, for shedding the heaviest.
-    load: BTreeSet<(usize, Group)>,
+    /// Per client (finest group), its handshakes in flight with the order
+    /// they started in, oldest first.
+    clients: HashMap<Group, Vec<(u64, AbortHandle)>>,
+    /// Clients by handshakes in flight, then by how long they have held
+    /// their oldest place (the longest first among equals): the last is
+    /// the one to shed from. Ties never fall on an address's rank.
+    load: BTreeSet<(usize, Reverse<u64>, Group)>,
+    /// Handshakes started so far.
+    started: u64,
     /// The address each handshake counts against.
     tasks: HashMap<Id, IpAddr>,
 }
@@ -90,6 +99,7 @@ impl Admission {
             counts: HashMap::new(),
             clients: HashMap::new(),
             load: BTreeSet::new(),
+            started: 0,
             tasks: HashMap::new(),
         }
     }
@@ -116,9 +126,9 @@ impl Admission {
         }
         let mine = self.clients.get(&groups[0].0).map_or(0, Vec::len) + 1;
         // Shed only for a newcomer no heavier than the heaviest would be.
-        let heaviest = self.load.last().filter(|(load, _)| *load >= mine);
-        match heaviest.and_then(|(_, client)| self.clients.get(client)?.last()) {
-            Some(newest) => Verdict::AdmitShedding(newest.clone()),
+        let heaviest = self.load.last().filter(|(load, ..)| *load >= mine);
+        match heaviest.and_then(|(.., client)| self.clients.get(client)?.last()) {
+            Some((_, newest)) => Verdict::AdmitShedding(newest.clone()),
             None => Verdict::Refuse(format!("{} handshakes in flight already", self.max)),
         }
     }
@@ -130,11 +140,14 @@ impl Admission {
             *self.counts.entry(*group).or_default() += 1;
         }
         let client = groups[0].0;
+        self.started += 1;
         let handles = self.clients.entry(client).or_default();
-        self.load.remove(&(handles.len(), client));
+        if let Some(key) = load_key(client, handles) {
+            self.load.remove(&key);
+        }
         self.tasks.insert(handle.id(), ip);
-        handles.push(handle);
-        self.load.insert((handles.len(), client));
+        handles.push((self.started, handle));
+        self.load.extend(load_key(client, handles));
         self.in_flight += 1;
     }
 
@@ -154,19 +167,27 @@ impl Admission {
         }
         let client = groups[0].0;
         if let Some(handles) = self.clients.get_mut(&client) {
-            self.load.remove(&(handles.len(), client));
-            handles.retain(|h| h.id() != id);
-            match handles.is_empty() {
-                true => {
-                    self.clients.remove(&client);
+            if let Some(key) = load_key(client, handles) {
+                self.load.remove(&key);
+            }
+            handles.retain(|(_, h)| h.id() != id);
+            match load_key(client, handles) {
+                Some(key) => {
+                    self.load.insert(key);
                 }
-                false => {
-                    self.load.insert((handles.len(), client));
+                None => {
+                    self.clients.remove(&client);
                 }
             }
         }
         self.in_flight -= 1;
     }
+}
+
+/// Where `client`, with `handles` in flight, ranks for shedding.
+fn load_key(client: Group, handles: &[(u64, AbortHandle)]) -> Option<(usize, Reverse<u64>, Group)> {
+    let (oldest, _) = handles.first()?;
+    Some((handles.len(), Reverse(*oldest), client))
 }
 
 #[cfg(test)]
@@ -194,5 +215,26 @@ mod tests {
         // An IPv4-mapped IPv6 address is its IPv4 address.
         let mapped = groups("::ffff:192.0.2.77".parse().unwrap());
         assert_eq!(mapped[0].0, v4[0].0);
+    }
+
+    #[tokio::test]
+    async fn when_full_the_client_holding_a_place_longest_is_shed_whatever_its_address() {
+        let pending = || tokio::spawn(std::future::pending::<()>()).abort_handle();
+        let mut admission = Admission::new(2, 1);
+        let (early, late): (IpAddr, IpAddr) =
+            ("2001:db8::1".parse().unwrap(), "10.0.0.1".parse().unwrap());
+        let first = pending();
+        admission.started(early, first.clone());
+        admission.started(late, pending());
+        // Both hold one place; a newcomer sheds the one that held it longest
+        // (not the one whose address sorts last).
+        let Verdict::AdmitShedding(shed) = admission.admit("192.0.2.9".parse().unwrap()) else {
+            panic!("not shed");
+        };
+        assert_eq!(shed.id(), first.id());
+        admission.finished(shed.id());
+        assert_eq!(admission.in_flight(), 1);
+        // A client at its share is refused, however full.
+        assert!(matches!(admission.admit(late), Verdict::Refuse(_)));
     }
 }

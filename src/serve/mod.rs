@@ -16,7 +16,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 #[cfg(feature = "acme")]
-pub(crate) use admission::client_group;
+pub(crate) use admission::client_groups;
 use admission::{Admission, Verdict};
 
 /// A TCP listener that completes TLS handshakes before handing connections

@@ -140,7 +140,9 @@ pub(super) struct Limits {
     started: Window,
     orders_per_domain: Keyed<String>,
     new_names: Window,
-    new_names_per_client: Keyed<IpAddr>,
+    /// Per client group (prefix, length): an IPv4 address and its /24, an
+    /// IPv6 /64, /56 and /48, each with its multiple of the budget.
+    new_names_per_client: Keyed<(IpAddr, u8)>,
     in_flight: usize,
     backoff: HashMap<Arc<str>, Backoff>,
     /// Refused names, until when; and the same in the order they expire.
@@ -216,12 +218,13 @@ impl Limits {
 
     /// Counts a name about to be obtained (asked of the hook, loaded or
     /// ordered) for `client`, or says which budget refuses it: new names in
-    /// all, new names from this client, orders in all, orders for its
-    /// registered domain (looked at, not spent: a load spends no order).
-    /// Checked before anything is asked, so a refused name costs nothing.
+    /// all, new names from this client and from each group it is in (an
+    /// IPv4 /24, an IPv6 /56 and /48, with larger budgets, as the
+    /// listener's shares). Checked before anything is asked, so a refused
+    /// name costs nothing. The order budgets are checked when an order is
+    /// about to start, so a name already in storage is always loaded.
     pub(super) fn start_name(
         &mut self,
-        name: &str,
         client: Option<IpAddr>,
         now: Instant,
     ) -> Result<(), OnDemandError> {
@@ -230,25 +233,21 @@ impl Limits {
             let Budget { limit, window } = config.new_names;
             return Err(OnDemandError::TooManyNewNames { limit, window });
         }
-        let client = client.map(crate::serve::client_group);
-        if let Some(client) = client {
-            if self
-                .new_names_per_client
-                .spent(&client, config.new_names_per_client, now)
-            {
-                let Budget { limit, window } = config.new_names_per_client;
+        let groups = client.map(crate::serve::client_groups).unwrap_or_default();
+        let per_client = config.new_names_per_client;
+        for (group, share) in &groups {
+            let budget = Budget::new(per_client.limit.saturating_mul(*share), per_client.window);
+            if self.new_names_per_client.spent(group, budget, now) {
                 return Err(OnDemandError::ClientBudget {
-                    client,
-                    limit,
-                    window,
+                    client: group.0,
+                    limit: budget.limit,
+                    window: budget.window,
                 });
             }
         }
-        self.check_orders(name, now)?;
         self.new_names.spend(now);
-        if let Some(client) = client {
-            let budget = self.config.new_names_per_client;
-            self.new_names_per_client.spend(client, budget, now);
+        for (group, _) in groups {
+            self.new_names_per_client.spend(group, per_client, now);
         }
         Ok(())
     }
@@ -391,23 +390,17 @@ mod tests {
         let now = Instant::now();
         let (one, two): (IpAddr, IpAddr) =
             ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
-        limits
-            .start_name("a.shop.example.co.uk", Some(one), now)
-            .unwrap();
-        limits
-            .start_name("b.shop.example.co.uk", Some(one), now)
-            .unwrap();
-        let third = limits.start_name("c.other.example", Some(one), now);
+        limits.start_name(Some(one), now).unwrap();
+        limits.start_name(Some(one), now).unwrap();
+        let third = limits.start_name(Some(one), now);
         assert!(matches!(
             third,
             Err(OnDemandError::ClientBudget { limit: 2, .. })
         ));
         // Another client has a budget of its own; the global one runs out.
-        limits
-            .start_name("c.other.example", Some(two), now)
-            .unwrap();
-        limits.start_name("d.other.example", None, now).unwrap();
-        let fifth = limits.start_name("e.other.example", Some(two), now);
+        limits.start_name(Some(two), now).unwrap();
+        limits.start_name(None, now).unwrap();
+        let fifth = limits.start_name(Some(two), now);
         assert!(matches!(
             fifth,
             Err(OnDemandError::TooManyNewNames { limit: 4, .. })
@@ -424,7 +417,7 @@ mod tests {
         );
         // A spent domain is refused before anything is asked, even a load.
         let later = now + Duration::from_secs(10);
-        let name = limits.start_name("z.example.co.uk", Some(two), later);
+        let name = limits.start_name(Some(two), later);
         assert!(name.is_ok(), "the window slid: {name:?}");
     }
 

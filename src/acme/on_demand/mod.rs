@@ -109,6 +109,9 @@ struct Inner {
     counts: Counts,
 }
 
+/// How obtaining a pending name ended, once it has (`None` until then).
+type Outcome = watch::Receiver<Option<Result<(), OnDemandError>>>;
+
 /// The names being obtained, and those in memory.
 #[derive(Default)]
 struct Names {
@@ -120,7 +123,7 @@ struct Names {
 
 enum Entry {
     /// Being decided, loaded or ordered: the outcome, once known.
-    Pending(watch::Receiver<Option<Result<(), OnDemandError>>>),
+    Pending(Outcome),
     /// Served and renewed by `rotator`; last used at tick `used`.
     Cached { rotator: Rotator, used: u64 },
 }
@@ -494,21 +497,30 @@ impl OnDemand {
 
     async fn prepared(&self, name: &str, client: Option<IpAddr>) -> Result<(), OnDemandError> {
         let inner = &self.inner;
-        let pending = {
+        let (pending, settling) = {
             let mut names = lock(&inner.names);
             names.tick += 1;
             let tick = names.tick;
             match names.entries.get_mut(name) {
                 Some(Entry::Cached { used, .. }) => {
                     *used = tick;
-                    None
+                    (None, None)
                 }
-                Some(Entry::Pending(outcome)) => Some(outcome.clone()),
+                Some(Entry::Pending(outcome)) => (Some(outcome.clone()), None),
                 // A name the store serves otherwise.
-                None if inner.resolver.claims(name) => None,
-                None => Some(self.start(&mut names, name, client)?),
+                None if inner.resolver.claims(name) => (None, None),
+                None => {
+                    let (outcome, settling) = self.start(&mut names, name, client)?;
+                    (Some(outcome), Some(settling))
+                }
             }
         };
+        // Spawned once the names are unlocked: a runtime that is stopping
+        // drops the task at once, and its guard settles the name, which
+        // locks the names.
+        if let Some(settling) = settling {
+            tokio::spawn(settling.run());
+        }
         match pending {
             None => {
                 inner.counts.hits.fetch_add(1, Ordering::Relaxed);
@@ -519,13 +531,14 @@ impl OnDemand {
         }
     }
 
-    /// `name` is not served: refused, or pending from now on.
+    /// `name` is not served: refused, or pending from now on, with what
+    /// obtains it (to spawn).
     fn start(
         &self,
         names: &mut Names,
         name: &str,
         client: Option<IpAddr>,
-    ) -> Result<watch::Receiver<Option<Result<(), OnDemandError>>>, OnDemandError> {
+    ) -> Result<(Outcome, Settling), OnDemandError> {
         let inner = &self.inner;
         let (tx, rx) = watch::channel(None);
         let name = checked(name)?;
@@ -541,7 +554,7 @@ impl OnDemand {
                     limit: inner.max_pending,
                 });
             }
-            limits.start_name(&name, client, now)?;
+            limits.start_name(client, now)?;
         }
         names.pending += 1;
         names
@@ -554,24 +567,11 @@ impl OnDemand {
             name: Some(name),
             outcome: tx,
         };
-        tokio::spawn(async move {
-            // In a task of its own, so that a panic (in the hook, say)
-            // still settles the name; and a guard settles it if this task
-            // is dropped (the runtime stopping) before it could.
-            let name = settling.name.clone().expect("not settled yet");
-            let on_demand = settling.on_demand.clone();
-            let obtained = tokio::spawn(async move { on_demand.obtain(&name).await }).await;
-            settling.settle(obtained.ok());
-        });
-        Ok(rx)
+        Ok((rx, settling))
     }
 
     /// Waits (within the limit) for the outcome of obtaining `name`.
-    async fn wait_for(
-        &self,
-        name: &str,
-        mut outcome: watch::Receiver<Option<Result<(), OnDemandError>>>,
-    ) -> Result<(), OnDemandError> {
+    async fn wait_for(&self, name: &str, mut outcome: Outcome) -> Result<(), OnDemandError> {
         let counts = &self.inner.counts;
         let events = self.inner.store.events();
         let limit = self.inner.max_waiting;
@@ -749,11 +749,6 @@ impl OnDemand {
             });
     }
 
-    /// Whether `name` is an on-demand name (pending or in memory).
-    pub(crate) fn has(&self, name: &str) -> bool {
-        lock(&self.inner.names).entries.contains_key(name)
-    }
-
     /// What on-demand issuance has done so far.
     pub fn stats(&self) -> OnDemandStats {
         let (cached, pending) = {
@@ -828,6 +823,18 @@ struct Settling {
 }
 
 impl Settling {
+    /// Obtains the name, in a task of its own so that a panic (in the hook,
+    /// say) still settles it; dropped before it could (the runtime
+    /// stopping), the guard settles it.
+    async fn run(self) {
+        let Some(name) = self.name.clone() else {
+            return;
+        };
+        let on_demand = self.on_demand.clone();
+        let obtained = tokio::spawn(async move { on_demand.obtain(&name).await }).await;
+        self.settle(obtained.ok());
+    }
+
     /// Settles with what obtaining gave (`None`: it panicked).
     fn settle(mut self, obtained: Option<Result<Rotator, OnDemandError>>) {
         if let Some(name) = self.name.take() {
