@@ -6,7 +6,8 @@
 //! cargo run --release --example acme [--features redis] -- \
 //!     --directory URL [--directory-root PEM] [--on-demand SUFFIX]... [--domain NAME]... --listen ADDR \
 //!     --challenge tls-alpn-01|http-01|dns-01 [--http-listen ADDR] [--challtestsrv ADDR] \
-//!     (--storage DIR | --redis URL --redis-key-file FILE [--redis-root PEM]) [--lock-lease SECONDS]
+//!     (--storage DIR | --redis URL --redis-key-file FILE [--redis-root PEM]) [--lock-lease SECONDS] \
+//!     [--admin ADDR]
 //! ```
 //!
 //! - `--directory-root`: a root certificate to trust for the ACME server's
@@ -19,8 +20,8 @@
 //! - `--domain`: a name of the server's own certificate (ordered at
 //!   start); `--on-demand SUFFIX`: order a certificate at the first
 //!   handshake for any name that ends in `.SUFFIX` (on-demand TLS, within
-//!   the default abuse limits: 20 orders a minute, 5 at once). At least one
-//!   of the two.
+//!   the default abuse limits: 20 new names per client per 10 minutes, 250
+//!   orders per 3 hours, 5 at once). At least one of the two.
 //! - `--storage`: where the account and certificates are kept (0600). A
 //!   restart serves the stored certificate at once and orders a new one only
 //!   when renewal is due.
@@ -34,12 +35,14 @@
 //!   need a challenge any of them can answer: DNS-01.
 //!
 //! Until the first certificate arrives, handshakes fail (there is nothing
-//! to serve); then `GET /` answers `ok` and `GET /certs` shows the health
+//! to serve); then `GET /` answers `ok` and `GET /certs` the public health
+//! summary (counts and codes: no names). With `--admin ADDR` (a loopback
+//! address), `GET /certs` there (plain HTTP) shows the detailed health
 //! snapshot as JSON, with `last_error` (string, or null), every name's
 //! certificate among `certificates`, and with `--on-demand`, `on_demand`
-//! (what on-demand issuance did: orders, refusals by reason...). Standard output
-//! says `listening on https://ADDR`, then `serving SERIAL` at each new
-//! certificate.
+//! (what on-demand issuance did: orders, refusals by reason...). Standard
+//! output says `listening on https://ADDR`, with `--admin` then `admin on
+//! http://ADDR`, then `serving SERIAL` at each new certificate.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,11 +52,13 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::{Json, Router};
 use certrotate::{
-    AcmeBuilder, AcmeSource, AllowList, CertStore, FileStorage, Http01Responder, OnDemand, Policy,
-    Rotator, TlsListener,
+    AcmeBuilder, AcmeSource, AllowList, CertStore, FileStorage, HealthService, Http01Responder,
+    OnDemand, Policy, Rotator, TlsListener,
 };
 use tokio::sync::broadcast::error::RecvError;
 
+#[path = "support/admin.rs"]
+mod admin;
 #[path = "support/challtestsrv.rs"]
 mod challtestsrv;
 
@@ -61,7 +66,7 @@ const USAGE: &str =
     "usage: acme --directory URL [--directory-root PEM] [--on-demand SUFFIX]... [--domain NAME]... \
                      --listen ADDR --challenge tls-alpn-01|http-01|dns-01 [--http-listen ADDR] \
                      [--challtestsrv ADDR] (--storage DIR | --redis URL --redis-key-file FILE [--redis-root PEM]) \
-                     [--lock-lease SECONDS]";
+                     [--lock-lease SECONDS] [--admin ADDR]";
 
 enum Challenge {
     TlsAlpn01,
@@ -89,6 +94,7 @@ struct Args {
     challenge: Challenge,
     storage: Storage,
     lock_lease: Option<Duration>,
+    admin: Option<SocketAddr>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -96,7 +102,7 @@ fn parse_args() -> Result<Args, String> {
     let mut on_demand = Vec::new();
     let (mut listen, mut challenge, mut http_listen, mut challtestsrv) = (None, None, None, None);
     let (mut storage, mut redis, mut redis_key_file, mut lock_lease) = (None, None, None, None);
-    let mut redis_root = None;
+    let (mut redis_root, mut admin) = (None, None);
     let mut argv = std::env::args().skip(1);
     while let Some(arg) = argv.next() {
         let value = argv.next().ok_or(format!("{arg} needs a value; {USAGE}"))?;
@@ -118,6 +124,7 @@ fn parse_args() -> Result<Args, String> {
                 lock_lease = Some(Duration::from_secs(seconds));
             }
             "--challenge" => challenge = Some(value),
+            "--admin" => admin = Some(admin::parse(&value)?),
             _ => return Err(format!("unknown argument {arg}; {USAGE}")),
         }
     }
@@ -153,6 +160,7 @@ fn parse_args() -> Result<Args, String> {
         lock_lease,
         domains,
         on_demand,
+        admin,
     };
     if args.domains.is_empty() && args.on_demand.is_empty() {
         return Err(missing("--domain or --on-demand"));
@@ -285,19 +293,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (None, Some(rotator)) => rotator.server_config()?,
         (None, None) => unreachable!("checked with the arguments"),
     };
-    let health = (store.clone(), on_demand.clone());
-    let app = Router::new().route("/", get(|| async { "ok\n" })).route(
-        "/certs",
-        get(move || async move {
-            let (store, on_demand) = &health;
-            let mut snapshot = serde_json::to_value(store.health()).unwrap_or_default();
-            if let Some(on_demand) = on_demand {
-                snapshot["on_demand"] = serde_json::to_value(on_demand.stats()).unwrap_or_default();
-            }
-            Json(snapshot)
-        }),
-    );
+    let public = match &on_demand {
+        Some(on_demand) => HealthService::new(store.clone()).on_demand(on_demand.clone()),
+        None => HealthService::new(store.clone()),
+    };
+    let app = Router::new()
+        .route("/", get(|| async { "ok\n" }))
+        .route_service("/certs", public);
     println!("listening on https://{bound}");
+    if let Some(addr) = args.admin {
+        let health = (store.clone(), on_demand.clone());
+        let detailed = Router::new().route(
+            "/certs",
+            get(move || async move {
+                let (store, on_demand) = &health;
+                let mut snapshot = serde_json::to_value(store.health()).unwrap_or_default();
+                if let Some(on_demand) = on_demand {
+                    snapshot["on_demand"] =
+                        serde_json::to_value(on_demand.stats()).unwrap_or_default();
+                }
+                Json(snapshot)
+            }),
+        );
+        admin::serve(addr, detailed).await?;
+    }
     // Then each certificate of its own served, the one already there first.
     if let Some(rotator) = rotator {
         let mut events = rotator.subscribe();

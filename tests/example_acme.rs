@@ -13,14 +13,13 @@ use common::TempDir;
 
 const NAME: &str = "shop.certrotate.test";
 
-/// Polls until the example serves `/`, then returns its /certs report.
-async fn until_serving(root: &Path, port: u16, within: Duration) -> serde_json::Value {
+/// Polls until the example serves `/`, then returns its detailed /certs
+/// report (from its admin port).
+async fn until_serving(root: &Path, port: u16, admin: u16, within: Duration) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         if common::pebble::get(root, NAME, port, "/").await.as_deref() == Ok("ok\n") {
-            let body = common::pebble::get(root, NAME, port, "/certs")
-                .await
-                .unwrap();
+            let body = common::get_plain(admin, "/certs").await.unwrap();
             return serde_json::from_str(&body).unwrap();
         }
         assert!(
@@ -75,9 +74,17 @@ fn args_for(pebble: &Pebble, storage: &Path, rest: &[&str]) -> Vec<std::ffi::OsS
     args
 }
 
-async fn run(args: &[std::ffi::OsString]) -> (tokio::process::Child, u16) {
-    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    common::run_example("acme", &refs).await
+/// Runs the example with `args` and an admin port: the child, its port,
+/// its admin port.
+async fn run(args: &[std::ffi::OsString]) -> (tokio::process::Child, u16, u16) {
+    let mut refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    refs.extend([
+        std::ffi::OsStr::new("--admin"),
+        std::ffi::OsStr::new("127.0.0.1:0"),
+    ]);
+    let (child, port, mut lines) = common::run_example_lines("acme", &refs).await;
+    let admin = common::admin_port(&mut lines).await;
+    (child, port, admin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,9 +103,9 @@ async fn acme_example_obtains_with_tls_alpn_01_and_restarts_from_storage() {
         &["--listen", &listen, "--challenge", "tls-alpn-01"],
     );
 
-    let (mut child, port) = run(&args).await;
+    let (mut child, port, admin) = run(&args).await;
     assert_eq!(port, pebble.config.tls_port);
-    let report = until_serving(&root, port, Duration::from_secs(60)).await;
+    let report = until_serving(&root, port, admin, Duration::from_secs(60)).await;
     assert_eq!(report["last_error"], serde_json::Value::Null);
     let serial = report["certificates"][0]["serial"]
         .as_str()
@@ -112,14 +119,14 @@ async fn acme_example_obtains_with_tls_alpn_01_and_restarts_from_storage() {
     // first connection after `listening on` (a race lost about one run in
     // two when the example listened before loading it), again and again.
     for restart in 0..5 {
-        let (mut child, port) = run(&args).await;
+        let (mut child, port, admin) = run(&args).await;
         let first = handshake(&trust, port).await;
         assert_eq!(
             first.as_deref(),
             Ok(serial.as_str()),
             "restart {restart}: first handshake"
         );
-        let report = until_serving(&root, port, Duration::from_secs(5)).await;
+        let report = until_serving(&root, port, admin, Duration::from_secs(5)).await;
         assert_eq!(report["certificates"][0]["serial"], serial.as_str());
         assert_eq!(report["rotations"], 1);
         child.kill().await.unwrap();
@@ -149,8 +156,8 @@ async fn acme_example_obtains_with_http_01() {
             &http,
         ],
     );
-    let (mut child, port) = run(&args).await;
-    let report = until_serving(&root, port, Duration::from_secs(60)).await;
+    let (mut child, port, admin) = run(&args).await;
+    let report = until_serving(&root, port, admin, Duration::from_secs(60)).await;
     assert_eq!(report["last_error"], serde_json::Value::Null);
     child.kill().await.unwrap();
 }
@@ -183,7 +190,7 @@ async fn acme_example_issues_on_demand_and_restarts_from_storage() {
         ],
     );
     let names = ["a.customers.test", "b.tenants.test", "c.d.customers.test"];
-    let (mut child, port) = run(&args).await;
+    let (mut child, port, admin) = run(&args).await;
     for name in names {
         let answer = common::pebble::get(&root, name, port, "/").await;
         assert_eq!(answer.as_deref(), Ok("ok\n"), "{name}");
@@ -194,9 +201,12 @@ async fn acme_example_issues_on_demand_and_restarts_from_storage() {
     assert!(refused.is_err(), "the suffix itself: {refused:?}");
     assert_eq!(pebble.orders(), 3);
 
-    let body = common::pebble::get(&root, names[0], port, "/certs")
+    // The public port's summary names nothing; the admin port's lists them.
+    let public = common::pebble::get(&root, names[0], port, "/certs")
         .await
         .unwrap();
+    assert!(!public.contains("customers.test"), "{public}");
+    let body = common::get_plain(admin, "/certs").await.unwrap();
     let report: serde_json::Value = serde_json::from_str(&body).unwrap();
     let mut listed: Vec<&str> = report["certificates"]
         .as_array()
@@ -219,7 +229,7 @@ async fn acme_example_issues_on_demand_and_restarts_from_storage() {
     child.wait().await.unwrap();
 
     // Restarted on the same storage: the same names, no new order.
-    let (mut child, port) = run(&args).await;
+    let (mut child, port, _) = run(&args).await;
     for name in names {
         let answer = common::pebble::get(&root, name, port, "/").await;
         assert_eq!(answer.as_deref(), Ok("ok\n"), "{name}");

@@ -241,14 +241,14 @@ async fn five_replicas_through_redis_restarted_empty_across_the_renewal_time() {
 struct Fleet {
     pebble: Pebble,
     redis: Redis,
-    /// Pebble's issuing root, for curl.
-    root: std::path::PathBuf,
     replicas: Vec<Replica>,
     _dir: TempDir,
 }
 
 struct Replica {
     child: tokio::process::Child,
+    /// Its admin port: the detailed health.
+    admin: u16,
     addr: SocketAddr,
     /// Each certificate served (serial, when it was first served), in order.
     served: Arc<Mutex<Vec<(String, Instant)>>>,
@@ -275,8 +275,6 @@ impl Fleet {
         let key_file = dir.join("redis.key");
         let hex: String = KEY.iter().map(|b| format!("{b:02x}")).collect();
         std::fs::write(&key_file, hex + "\n").unwrap();
-        let root = dir.join("pebble-root.pem");
-        std::fs::write(&root, pebble.issuing_root()).unwrap();
 
         let mut args: Vec<std::ffi::OsString> = Vec::new();
         let mut arg = |name: &str, value: std::ffi::OsString| {
@@ -291,6 +289,7 @@ impl Fleet {
         arg("--challtestsrv", pebble.dns_management.to_string().into());
         arg("--redis", redis.url().into());
         arg("--redis-key-file", key_file.into());
+        arg("--admin", "127.0.0.1:0".into());
         if let Some(lease) = lease {
             arg("--lock-lease", lease.to_string().into());
         }
@@ -298,6 +297,7 @@ impl Fleet {
         let mut replicas = Vec::new();
         for _ in 0..n {
             let (child, port, mut lines) = common::run_example_lines("acme", &args).await;
+            let admin = common::admin_port(&mut lines).await;
             let served = Arc::new(Mutex::new(Vec::new()));
             let record = served.clone();
             tokio::spawn(async move {
@@ -310,6 +310,7 @@ impl Fleet {
             });
             replicas.push(Replica {
                 child,
+                admin,
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
                 served,
                 load: None,
@@ -318,7 +319,6 @@ impl Fleet {
         Self {
             pebble,
             redis,
-            root,
             replicas,
             _dir: dir,
         }
@@ -388,11 +388,9 @@ impl Fleet {
         index
     }
 
-    /// A replica's health report (its `/certs`).
+    /// A replica's detailed health report (`/certs` on its admin port).
     async fn health(&self, replica: &Replica) -> serde_json::Value {
-        let body = common::pebble::get(&self.root, NAME, replica.addr.port(), "/certs")
-            .await
-            .unwrap();
+        let body = common::get_plain(replica.admin, "/certs").await.unwrap();
         serde_json::from_str(&body).unwrap()
     }
 

@@ -713,6 +713,32 @@ pub async fn run_example_lines(
     (child, port, receiver)
 }
 
+/// The port of the admin address an example prints after its first line
+/// when given `--admin 127.0.0.1:0` (`admin on http://127.0.0.1:PORT`).
+pub async fn admin_port(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> u16 {
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.recv())
+        .await
+        .expect("no admin line")
+        .expect("the example exited");
+    line.strip_prefix("admin on http://127.0.0.1:")
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+}
+
+/// GET `path` from 127.0.0.1:`port` over plain HTTP/1.0 (an example's admin
+/// port): the body.
+pub async fn get_plain(port: u16, path: &str) -> std::io::Result<String> {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await?;
+    let (_, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
+    Ok(body.to_owned())
+}
+
 /// How long a change may take to show in tests (generous: CI machines are shared).
 pub const WITHIN: Duration = Duration::from_secs(10);
 
