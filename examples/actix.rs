@@ -8,10 +8,10 @@
 //! ```
 //!
 //! Prints `listening on https://HOST:PORT`, then `server: serving SERIAL`
-//! at each certificate. `GET /` answers `ok`; `GET /certs` the health
-//! snapshot as JSON.
+//! at each certificate. `GET /` answers `ok`. (Health is not served on
+//! the public port: see the axum examples' public `/certs`.)
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpServer};
 
 #[path = "support/stack.rs"]
 mod stack;
@@ -24,21 +24,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The one line that matters: actix's TLS config, from the rotator.
     let tls = rotator.server_config()?;
 
-    let health = rotator.clone();
-    let server = HttpServer::new(move || {
-        let health = health.clone();
-        App::new()
-            .route("/", web::get().to(|| async { "ok\n" }))
-            .route(
-                "/certs",
-                web::get().to(move || {
-                    let snapshot = health.health();
-                    async move { HttpResponse::Ok().json(snapshot) }
-                }),
-            )
-    })
-    .workers(2)
-    .bind_rustls_0_23(args.listen, tls)?;
+    let server = HttpServer::new(|| App::new().route("/", web::get().to(|| async { "ok\n" })))
+        .workers(2)
+        .bind_rustls_0_23(args.listen, tls)?;
     println!("listening on https://{}", server.addrs()[0]);
     stack::print_rotations("server", &rotator);
     server.run().await?;

@@ -10,14 +10,15 @@
 //! ```
 //!
 //! Prints `listening on https://HOST:PORT`, then `server: serving SERIAL`
-//! at each certificate. `GET /` answers `ok`; `GET /certs` the health
-//! snapshot as JSON.
+//! at each certificate. `GET /` answers `ok`; `GET /certs` the public
+//! health summary as JSON (counts and codes, no names).
 
 use std::sync::Arc;
 
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
+use certrotate::HealthService;
 
 #[path = "support/stack.rs"]
 mod stack;
@@ -30,10 +31,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The one line that matters: axum-server's config, from the rotator.
     let tls = RustlsConfig::from_config(Arc::new(rotator.server_config()?));
 
-    let health = rotator.clone();
     let app = Router::new()
         .route("/", get(|| async { "ok\n" }))
-        .route("/certs", get(move || async move { Json(health.health()) }));
+        .route_service("/certs", HealthService::new(rotator.store().clone()));
     let tcp = std::net::TcpListener::bind(args.listen)?;
     tcp.set_nonblocking(true)?;
     println!("listening on https://{}", tcp.local_addr()?);

@@ -3,7 +3,7 @@
 //! example to copy for a multi-tenant server or an ingress-like proxy.
 //!
 //! ```text
-//! cargo run --release --example directory -- --listen ADDR --dir DIR [--settle-ms N]
+//! cargo run --release --example directory -- --listen ADDR --dir DIR [--settle-ms N] [--admin ADDR]
 //! ```
 //!
 //! - `--dir`: serves each `<name>.crt` + `<name>.key`, and each
@@ -15,11 +15,14 @@
 //!
 //! It prints `listening on https://HOST:PORT` once every pair present at
 //! start has been tried (served or refused). `GET /` answers `ok`;
-//! `GET /certs` answers the health summary as JSON: `served` (how many pairs
-//! serve), `unserved` (the pairs that do not, with why, at most 100; their
-//! count is `unserved_count`), `last_error` (the latest failure of a pair
-//! still failing, or `null`), counts per alert level and the soonest
-//! expiries. `GET /certs?offset=N&limit=M` pages through every pair.
+//! `GET /certs` the public health summary (counts and codes: no names).
+//! With `--admin ADDR` (a loopback address; it then prints `admin on
+//! http://ADDR`), `GET /certs` there (plain HTTP) answers the detailed
+//! summary as JSON: `served` (how many pairs serve), `unserved` (the pairs
+//! that do not, with why, at most 100; their count is `unserved_count`),
+//! `last_error` (the latest failure of a pair still failing, or `null`),
+//! counts per alert level and the soonest expiries.
+//! `GET /certs?offset=N&limit=M` there pages through every pair.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,24 +32,32 @@ use std::time::Duration;
 use axum::extract::Query;
 use axum::routing::get;
 use axum::{Json, Router};
-use certrotate::{CertDirectory, FileOptions, Policy, TlsListener, HEALTH_LIMIT, MAX_PAGE};
+use certrotate::{
+    CertDirectory, FileOptions, HealthService, Policy, TlsListener, HEALTH_LIMIT, MAX_PAGE,
+};
 
-const USAGE: &str = "usage: directory --listen ADDR --dir DIR [--settle-ms N]";
+const USAGE: &str = "usage: directory --listen ADDR --dir DIR [--settle-ms N] [--admin ADDR]";
+
+#[path = "support/admin.rs"]
+mod admin;
 
 struct Args {
     listen: SocketAddr,
     dir: PathBuf,
     settle: Duration,
+    admin: Option<SocketAddr>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let (mut listen, mut dir, mut settle) = (None, None, Duration::from_millis(250));
+    let mut admin = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value; {USAGE}"));
         match arg.as_str() {
             "--listen" => listen = Some(value()?.parse().map_err(|e| format!("--listen: {e}"))?),
             "--dir" => dir = Some(PathBuf::from(value()?)),
+            "--admin" => admin = Some(admin::parse(&value()?)?),
             "--settle-ms" => {
                 let ms: u64 = value()?.parse().map_err(|e| format!("--settle-ms: {e}"))?;
                 settle = Duration::from_millis(ms);
@@ -59,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
         listen: listen.ok_or_else(|| missing("--listen"))?,
         dir: dir.ok_or_else(|| missing("--dir"))?,
         settle,
+        admin,
     })
 }
 
@@ -104,16 +116,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut tls = certs.server_config()?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let listener = TlsListener::new(tcp, Arc::new(tls));
-    let app = Router::new().route("/", get(|| async { "ok\n" })).route(
-        "/certs",
-        get(move |Query(page): Query<Page>| async move {
-            let limit = page.limit.unwrap_or(HEALTH_LIMIT).min(MAX_PAGE);
-            Json(health.health_page(page.offset.unwrap_or(0), limit))
-        }),
-    );
+    let app = Router::new()
+        .route("/", get(|| async { "ok\n" }))
+        .route_service("/certs", HealthService::new(health.clone()));
 
     // Every pair present at start has been tried: served or refused.
     println!("listening on https://{bound}");
+    if let Some(addr) = args.admin {
+        let detailed = Router::new().route(
+            "/certs",
+            get(move |Query(page): Query<Page>| async move {
+                let limit = page.limit.unwrap_or(HEALTH_LIMIT).min(MAX_PAGE);
+                Json(health.health_page(page.offset.unwrap_or(0), limit))
+            }),
+        );
+        admin::serve(addr, detailed).await?;
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -2,7 +2,7 @@
 //! example to copy to put an existing server on file-based rotation.
 //!
 //! ```text
-//! cargo run --release --example file_reload -- --listen ADDR --cert PATH --key PATH [--name NAME]... [--client-ca PATH] [--poll SECONDS]
+//! cargo run --release --example file_reload -- --listen ADDR --cert PATH --key PATH [--name NAME]... [--client-ca PATH] [--poll SECONDS] [--admin ADDR]
 //! ```
 //!
 //! - `--name` (repeatable): server names the certificate must cover; a new
@@ -17,9 +17,12 @@
 //!
 //! Replace the files any way you like (`mv` over them, `cp`, a Kubernetes
 //! secret update, certbot): the new pair is validated, then served.
-//! `GET /` answers `ok`; `GET /certs` shows the health snapshot as JSON, with
-//! `last_error` saying why the latest candidate was refused (or `null`), and
-//! with `--client-ca`, `client_ca` (its trust `generation` and `last_error`).
+//! `GET /` answers `ok`; `GET /certs` the public health summary (counts and
+//! codes: no names or paths). With `--admin ADDR` (a loopback address; it
+//! then prints `admin on http://ADDR` after its first line), `GET /certs`
+//! there (plain HTTP) shows the health snapshot as JSON, with `last_error`
+//! saying why the latest candidate was refused (or `null`), and with
+//! `--client-ca`, `client_ca` (its trust `generation` and `last_error`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,11 +32,15 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::{Json, Router};
 use certrotate::{
-    FileOptions, FileSource, Policy, RotationEvent, Rotator, TlsListener, TrustFile, WatchMode,
+    FileOptions, FileSource, HealthService, Policy, RotationEvent, Rotator, TlsListener, TrustFile,
+    WatchMode,
 };
 
 const USAGE: &str = "usage: file_reload --listen ADDR --cert PATH --key PATH [--name NAME]... \
-                     [--client-ca PATH] [--poll SECONDS]";
+                     [--client-ca PATH] [--poll SECONDS] [--admin ADDR]";
+
+#[path = "support/admin.rs"]
+mod admin;
 
 struct Args {
     listen: SocketAddr,
@@ -42,11 +49,12 @@ struct Args {
     names: Vec<String>,
     client_ca: Option<PathBuf>,
     poll: Option<Duration>,
+    admin: Option<SocketAddr>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let (mut listen, mut cert, mut key, mut names) = (None, None, None, vec![]);
-    let (mut client_ca, mut poll) = (None, None);
+    let (mut client_ca, mut poll, mut admin) = (None, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value; {USAGE}"));
@@ -56,6 +64,7 @@ fn parse_args() -> Result<Args, String> {
             "--key" => key = Some(PathBuf::from(value()?)),
             "--name" => names.push(value()?),
             "--client-ca" => client_ca = Some(PathBuf::from(value()?)),
+            "--admin" => admin = Some(admin::parse(&value()?)?),
             "--poll" => {
                 let seconds: f64 = value()?.parse().map_err(|e| format!("--poll: {e}"))?;
                 poll = Some(Duration::from_secs_f64(seconds));
@@ -71,6 +80,7 @@ fn parse_args() -> Result<Args, String> {
         names,
         client_ca,
         poll,
+        admin,
     })
 }
 
@@ -127,6 +137,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let listener = TlsListener::new(tcp, Arc::new(tls));
     let health = rotator.clone();
+    let public = HealthService::new(rotator.store().clone());
     let report = move || {
         let mut report = serde_json::to_value(health.health()).expect("health serializes");
         if let Some(client_ca) = &client_ca {
@@ -139,11 +150,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let app = Router::new()
         .route("/", get(|| async { "ok\n" }))
-        .route("/certs", get(move || async move { report() }));
+        .route_service("/certs", public);
 
     // The listener accepts from here on (the kernel queues connections until
     // axum takes them).
     println!("listening on https://{bound}");
+    if let Some(addr) = args.admin {
+        let detailed = Router::new().route("/certs", get(move || async move { report() }));
+        admin::serve(addr, detailed).await?;
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

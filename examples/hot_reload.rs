@@ -5,7 +5,8 @@
 //! cargo run --example hot_reload -- [--listen 127.0.0.1:8443] [--every 10]
 //! ```
 //!
-//! `GET /` answers `ok`; `GET /certs` shows the health snapshot as JSON.
+//! `GET /` answers `ok`; `GET /certs` the public health summary as JSON
+//! (counts and codes: what a public port may tell; see `HealthService`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,9 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use certrotate::{
-    CertBundle, CertSource, Policy, RotationEvent, Rotator, SourceError, TlsListener,
+    CertBundle, CertSource, HealthService, Policy, RotationEvent, Rotator, SourceError, TlsListener,
 };
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
@@ -141,10 +142,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // ALPN h2 and http/1.1 (the rotator's default).
     let tls = rotator.server_config()?;
     let listener = TlsListener::new(tcp, Arc::new(tls));
-    let health = rotator.clone();
     let app = Router::new()
         .route("/", get(|| async { "ok\n" }))
-        .route("/certs", get(move || async move { Json(health.health()) }));
+        .route_service("/certs", HealthService::new(rotator.store().clone()));
 
     let first = rotator.current().ok_or("no certificate after start")?;
     println!(

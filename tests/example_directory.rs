@@ -30,14 +30,15 @@ fn write_pair(dir: &Path, name: &str, issued: &Issued) {
 }
 
 /// Starts the example on `dir` (under the address-space limit): the child,
-/// where it listens, and how long it took to say so.
-async fn start(dir: &Path) -> (tokio::process::Child, SocketAddr, Duration) {
+/// where it listens, how long it took to say so, and its admin port.
+async fn start(dir: &Path) -> (tokio::process::Child, SocketAddr, Duration, u16) {
     let started = Instant::now();
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg("ulimit -v 8388608 && exec \"$0\" \"$@\"")
         .arg(common::example("directory"))
-        .args(["--listen", "127.0.0.1:0", "--settle-ms", "100", "--dir"])
+        .args(["--listen", "127.0.0.1:0", "--settle-ms", "100"])
+        .args(["--admin", "127.0.0.1:0", "--dir"])
         .arg(dir)
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -54,7 +55,18 @@ async fn start(dir: &Path) -> (tokio::process::Child, SocketAddr, Duration) {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .parse()
         .unwrap();
-    (child, addr, started.elapsed())
+    let took = started.elapsed();
+    let admin = lines
+        .next_line()
+        .await
+        .unwrap()
+        .and_then(|line| {
+            line.strip_prefix("admin on http://127.0.0.1:")?
+                .parse()
+                .ok()
+        })
+        .expect("an admin line");
+    (child, addr, took, admin)
 }
 
 fn issue(ca: &Ca, name: &str) -> Issued {
@@ -109,8 +121,9 @@ async fn get(port: u16, ca_file: &Path, path: &str) -> Vec<u8> {
     output.stdout
 }
 
-async fn health(port: u16, ca_file: &Path) -> serde_json::Value {
-    serde_json::from_slice(&get(port, ca_file, "/certs").await).unwrap()
+/// The detailed health, from the admin port.
+async fn health(admin: u16) -> serde_json::Value {
+    serde_json::from_str(&common::get_plain(admin, "/certs").await.unwrap()).unwrap()
 }
 
 /// The serial of the certificate a handshake for `name` gets (the server
@@ -200,16 +213,19 @@ async fn fifty_thousand_pairs_start_watch_the_directory_and_change_one_by_one() 
 
     // What the process takes with no pair at all, to tell the pairs' share.
     let empty = TempDir::new("example-dir-empty");
-    let (mut child, _, _) = start(empty.path()).await;
+    let (mut child, _, _, _) = start(empty.path()).await;
     let baseline = rss(child.id().unwrap());
     child.kill().await.unwrap();
 
-    let (mut child, addr, start) = start(&certs).await;
+    let (mut child, addr, start, admin) = start(&certs).await;
     let pid = child.id().unwrap();
 
     assert_eq!(get(addr.port(), &ca_file, "/").await, b"ok\n");
+    // The public port's summary names no pair.
+    let public = String::from_utf8(get(addr.port(), &ca_file, "/certs").await).unwrap();
+    assert!(!public.contains("dir.test"), "{public}");
     // Every pair was tried before the line: all served but the expired one.
-    let report = health(addr.port(), &ca_file).await;
+    let report = health(admin).await;
     assert_eq!(report["served"], pairs - 1, "{report}");
     assert_eq!(report["unserved_count"], 1);
     assert_eq!(report["unserved"][0]["slot"], "bad");
@@ -251,7 +267,7 @@ async fn fifty_thousand_pairs_start_watch_the_directory_and_change_one_by_one() 
         let serial = new.bundle.info().serial.clone();
         write_pair(&certs, &name, &new);
         latencies.push(until_served(&client, addr, &format!("{name}.dir.test"), &serial).await);
-        let report = health(addr.port(), &ca_file).await;
+        let report = health(admin).await;
         assert_eq!(
             report["rotations"],
             rotations + round as u64 + 1,
@@ -282,7 +298,7 @@ async fn fifty_thousand_pairs_start_watch_the_directory_and_change_one_by_one() 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let remove = removed_at.elapsed();
-    let report = health(addr.port(), &ca_file).await;
+    let report = health(admin).await;
     assert_eq!(report["served"], pairs - 1);
 
     eprintln!(

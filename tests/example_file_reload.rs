@@ -49,9 +49,22 @@ async fn curl(ca_file: &Path, port: u16, url: &str) -> String {
         .unwrap_or_else(|e| panic!("curl {url} failed: {e}"))
 }
 
-async fn health(ca_file: &Path, port: u16) -> serde_json::Value {
-    let body = curl(ca_file, port, &format!("https://localhost:{port}/certs")).await;
-    serde_json::from_str(&body).unwrap()
+/// The detailed health, from the admin port.
+async fn health(admin: u16) -> serde_json::Value {
+    serde_json::from_str(&common::get_plain(admin, "/certs").await.unwrap()).unwrap()
+}
+
+/// Runs the example with `args` and an admin port: the child, its port,
+/// its admin port.
+async fn run(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, u16, u16) {
+    let mut args = args.to_vec();
+    args.extend([
+        std::ffi::OsStr::new("--admin"),
+        std::ffi::OsStr::new("127.0.0.1:0"),
+    ]);
+    let (child, port, mut lines) = common::run_example_lines("file_reload", &args).await;
+    let admin = common::admin_port(&mut lines).await;
+    (child, port, admin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,19 +76,16 @@ async fn file_reload_serves_rotates_and_reports() {
     write_atomic(&cert, &first.cert_pem);
     write_atomic(&key, &first.key_pem);
 
-    let (mut child, port) = common::run_example(
-        "file_reload",
-        &[
-            "--listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--cert".as_ref(),
-            cert.as_os_str(),
-            "--key".as_ref(),
-            key.as_os_str(),
-            "--name".as_ref(),
-            "localhost".as_ref(),
-        ],
-    )
+    let (mut child, port, admin) = run(&[
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--cert".as_ref(),
+        cert.as_os_str(),
+        "--key".as_ref(),
+        key.as_os_str(),
+        "--name".as_ref(),
+        "localhost".as_ref(),
+    ])
     .await;
 
     assert_eq!(
@@ -87,7 +97,7 @@ async fn file_reload_serves_rotates_and_reports() {
         curl(&ca_file, port, &format!("https://127.0.0.1:{port}/")).await,
         "ok\n"
     );
-    let report = health(&ca_file, port).await;
+    let report = health(admin).await;
     assert_eq!(report["last_error"], serde_json::Value::Null);
     assert_eq!(
         report["certificates"][0]["serial"],
@@ -100,7 +110,7 @@ async fn file_reload_serves_rotates_and_reports() {
     write_atomic(&key, &wrong.key_pem);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let report = loop {
-        let report = health(&ca_file, port).await;
+        let report = health(admin).await;
         if report["last_error"].is_string() {
             break report;
         }
@@ -123,7 +133,7 @@ async fn file_reload_serves_rotates_and_reports() {
     write_atomic(&key, &next.key_pem);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let report = health(&ca_file, port).await;
+        let report = health(admin).await;
         if report["certificates"][0]["serial"] == next.bundle.info().serial {
             assert_eq!(report["last_error"], serde_json::Value::Null);
             break;
@@ -166,22 +176,18 @@ async fn file_reload_with_client_ca_requires_and_follows_client_certificates() {
     let c1 = Some((c1.0.as_path(), c1.1.as_path()));
     let c2 = Some((c2.0.as_path(), c2.1.as_path()));
 
-    let (mut child, port) = common::run_example(
-        "file_reload",
-        &[
-            "--listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--cert".as_ref(),
-            cert.as_os_str(),
-            "--key".as_ref(),
-            key.as_os_str(),
-            "--client-ca".as_ref(),
-            client_ca.as_os_str(),
-        ],
-    )
+    let (mut child, port, admin) = run(&[
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--cert".as_ref(),
+        cert.as_os_str(),
+        "--key".as_ref(),
+        key.as_os_str(),
+        "--client-ca".as_ref(),
+        client_ca.as_os_str(),
+    ])
     .await;
     let url = format!("https://localhost:{port}/");
-    let certs = format!("https://localhost:{port}/certs");
     assert!(
         try_curl(&ca_file, port, &url, None).await.is_err(),
         "no client certificate, yet served"
@@ -189,7 +195,7 @@ async fn file_reload_with_client_ca_requires_and_follows_client_certificates() {
     assert_eq!(try_curl(&ca_file, port, &url, c1).await.unwrap(), "ok\n");
     assert!(try_curl(&ca_file, port, &url, c2).await.is_err());
     let report: serde_json::Value =
-        serde_json::from_str(&try_curl(&ca_file, port, &certs, c1).await.unwrap()).unwrap();
+        serde_json::from_str(&common::get_plain(admin, "/certs").await.unwrap()).unwrap();
     assert_eq!(report["client_ca"]["generation"], 1);
     assert_eq!(report["client_ca"]["last_error"], serde_json::Value::Null);
 
@@ -209,7 +215,7 @@ async fn file_reload_with_client_ca_requires_and_follows_client_certificates() {
     write_atomic(&client_ca, "");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let report = loop {
-        let body = try_curl(&ca_file, port, &certs, c2).await.unwrap();
+        let body = common::get_plain(admin, "/certs").await.unwrap();
         let report: serde_json::Value = serde_json::from_str(&body).unwrap();
         if report["client_ca"]["last_error"].is_string() {
             break report;
