@@ -383,3 +383,57 @@ async fn an_attempt_cut_right_after_taking_the_lease_lets_go_of_it() {
     assert!(next.is_some(), "the cut attempt still holds the lease");
     rotator.shutdown().await;
 }
+
+/// A resolver that panics for one name: a handshake task that panics.
+#[derive(Debug)]
+struct PanicsFor(Arc<certrotate::RotatingResolver>);
+
+impl rustls::server::ResolvesServerCert for PanicsFor {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        assert_ne!(hello.server_name(), Some("boom.example"), "a resolver bug");
+        self.0.resolve(hello)
+    }
+}
+
+/// A handshake task that panics gives its client's place back: with one
+/// place per client, the same client is served right after (before, the
+/// place stayed taken and every later connection of the client was closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handshake_gives_its_client_s_place_back() {
+    let ca = Ca::new();
+    let cert = ca.nth(0);
+    let rotator = Rotator::builder(
+        StaticSource::new(cert.clone()),
+        Policy::builder().server_name(HOST).build().unwrap(),
+    )
+    .start()
+    .await
+    .unwrap();
+    let mut config = rotator.server_config().unwrap();
+    config.cert_resolver = Arc::new(PanicsFor(rotator.resolver()));
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TlsListener::new(tcp, Arc::new(config))
+        .max_pending_handshakes(16)
+        .max_pending_handshakes_per_client(1);
+    let addr = listener.local_addr().unwrap();
+    let (served, listener) = serving(listener, async {
+        let client = common::client_config(&ca);
+        for _ in 0..3 {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("boom.example").unwrap();
+            let failed = tokio_rustls::TlsConnector::from(client.clone())
+                .connect(name, tcp)
+                .await;
+            assert!(failed.is_err());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        handshake(&ca, addr, Duration::from_secs(5)).await
+    })
+    .await;
+    assert_eq!(served.as_deref(), Ok(cert.info().serial.as_str()));
+    let (_, listener) = serving(listener, tokio::time::sleep(Duration::from_millis(100))).await;
+    assert_eq!(listener.pending_handshakes(), 0);
+}
