@@ -129,14 +129,7 @@ impl Storage for FileStorage {
         let (key, value, lease) = (key.to_owned(), value.to_vec(), lease.clone());
         Box::pin(self.exclusive(lease.name().to_owned(), move |dir| {
             if fence(dir, lease.name())? != lease.token() {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!(
-                        "not written: the lease on {:?} (token {}) was taken over by a newer holder",
-                        lease.name(),
-                        lease.token()
-                    ),
-                ));
+                return Err(lease.fenced_out());
             }
             crate::atomic::write(&dir.join(key), &value, 0o600)
         }))

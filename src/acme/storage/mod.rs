@@ -179,6 +179,27 @@ impl Lease {
     pub fn token(&self) -> u64 {
         self.token
     }
+
+    /// The error [`Storage::store_fenced`] returns when this lease was taken
+    /// over by a newer holder (kind
+    /// [`PermissionDenied`](std::io::ErrorKind::PermissionDenied)): for
+    /// [`Storage`] implementations.
+    ///
+    /// ```
+    /// let lease = certrotate::Lease::new("renew-cert", "42-00ff", 7);
+    /// let error = lease.fenced_out();
+    /// assert_eq!(error.kind(), std::io::ErrorKind::PermissionDenied);
+    /// assert!(error.to_string().contains("renew-cert"));
+    /// ```
+    pub fn fenced_out(&self) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "not written: the lease on {:?} (token {}) was taken over by a newer holder",
+                self.name, self.token
+            ),
+        )
+    }
 }
 
 /// Where ACME state goes unless the builder says otherwise.

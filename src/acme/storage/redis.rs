@@ -497,16 +497,7 @@ impl RedisStorage {
                     crate::sync::lock(&self.versions).insert(redis_key, version);
                     return Ok(());
                 }
-                (0, Some(lease)) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::PermissionDenied,
-                        format!(
-                            "not written: the lease on {:?} (token {}) was taken over by a newer holder",
-                            lease.name(),
-                            lease.token()
-                        ),
-                    ))
-                }
+                (0, Some(lease)) => return Err(lease.fenced_out()),
                 // Another writer changed the value since it was read.
                 _ => {}
             }
