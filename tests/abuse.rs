@@ -82,18 +82,23 @@ async fn handshakes_cancelled_at_every_await_point_give_every_place_back() {
     );
 }
 
-/// A listener for `cert`, with `configure` applied.
-async fn listener(
-    cert: &certrotate::CertBundle,
-    configure: impl FnOnce(TlsListener) -> TlsListener,
-) -> TlsListener {
-    let rotator = Rotator::builder(
+/// A rotator serving `cert` for HOST.
+async fn rotator_for(cert: &certrotate::CertBundle) -> Rotator {
+    Rotator::builder(
         StaticSource::new(cert.clone()),
         Policy::builder().server_name(HOST).build().unwrap(),
     )
     .start()
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// A listener for `cert`, with `configure` applied.
+async fn listener(
+    cert: &certrotate::CertBundle,
+    configure: impl FnOnce(TlsListener) -> TlsListener,
+) -> TlsListener {
+    let rotator = rotator_for(cert).await;
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     configure(TlsListener::new(
         tcp,
@@ -294,53 +299,6 @@ async fn ipv6_prefixes_share_their_group_s_places() {
     drop(flood);
 }
 
-/// A `FileStorage` whose reads of the certificate hang while a renewal
-/// lease is held: the attempt that took the lease is cut by the rotator's
-/// fetch timeout right after taking it.
-#[derive(Clone)]
-struct HangsWhileLeased {
-    inner: certrotate::FileStorage,
-    cert_key: String,
-    lease_file: std::path::PathBuf,
-}
-
-impl certrotate::Storage for HangsWhileLeased {
-    fn load<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> certrotate::BoxFuture<'a, std::io::Result<Option<Vec<u8>>>> {
-        Box::pin(async move {
-            if key == self.cert_key && self.lease_file.exists() {
-                std::future::pending::<()>().await;
-            }
-            self.inner.load(key).await
-        })
-    }
-
-    fn store<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-    ) -> certrotate::BoxFuture<'a, std::io::Result<()>> {
-        self.inner.store(key, value)
-    }
-
-    fn try_lock<'a>(
-        &'a self,
-        name: &'a str,
-        lease: Duration,
-    ) -> certrotate::BoxFuture<'a, std::io::Result<Option<certrotate::Lease>>> {
-        self.inner.try_lock(name, lease)
-    }
-
-    fn unlock<'a>(
-        &'a self,
-        lease: &'a certrotate::Lease,
-    ) -> certrotate::BoxFuture<'a, std::io::Result<()>> {
-        self.inner.unlock(lease)
-    }
-}
-
 /// An attempt cut by the rotator's fetch timeout right after it took the
 /// renewal lease (while it looks at the storage once more) lets go of the
 /// lease at once: the next instance does not wait out the lease.
@@ -353,11 +311,11 @@ async fn an_attempt_cut_right_after_taking_the_lease_lets_go_of_it() {
     let (cert_key, _, _) = common::acme_keys(directory, name);
     let lock = format!("renew-{cert_key}");
     let inner = certrotate::FileStorage::new(dir.path());
-    let storage = HangsWhileLeased {
-        inner: inner.clone(),
-        cert_key,
-        lease_file: dir.path().join(format!("{lock}.lease")),
-    };
+    // Reads of the certificate hang while a renewal lease is held: the
+    // attempt that took the lease is cut by the fetch timeout right after.
+    let lease_file = dir.path().join(format!("{lock}.lease"));
+    let leased = move || lease_file.exists();
+    let storage = common::storage::HangingReads::new(inner.clone(), &cert_key, leased);
     let source = AcmeSource::builder(directory, [name])
         .storage(storage)
         .timeout(Duration::from_secs(1))
@@ -405,13 +363,7 @@ impl rustls::server::ResolvesServerCert for PanicsFor {
 async fn a_panicking_handshake_gives_its_client_s_place_back() {
     let ca = Ca::new();
     let cert = ca.nth(0);
-    let rotator = Rotator::builder(
-        StaticSource::new(cert.clone()),
-        Policy::builder().server_name(HOST).build().unwrap(),
-    )
-    .start()
-    .await
-    .unwrap();
+    let rotator = rotator_for(&cert).await;
     let mut config = rotator.server_config().unwrap();
     config.cert_resolver = Arc::new(PanicsFor(rotator.resolver()));
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

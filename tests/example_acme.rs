@@ -77,14 +77,8 @@ fn args_for(pebble: &Pebble, storage: &Path, rest: &[&str]) -> Vec<std::ffi::OsS
 /// Runs the example with `args` and an admin port: the child, its port,
 /// its admin port.
 async fn run(args: &[std::ffi::OsString]) -> (tokio::process::Child, u16, u16) {
-    let mut refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    refs.extend([
-        std::ffi::OsStr::new("--admin"),
-        std::ffi::OsStr::new("127.0.0.1:0"),
-    ]);
-    let (child, port, mut lines) = common::run_example_lines("acme", &refs).await;
-    let admin = common::admin_port(&mut lines).await;
-    (child, port, admin)
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    common::run_example_with_admin("acme", &refs).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

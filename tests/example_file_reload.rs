@@ -57,14 +57,7 @@ async fn health(admin: u16) -> serde_json::Value {
 /// Runs the example with `args` and an admin port: the child, its port,
 /// its admin port.
 async fn run(args: &[&std::ffi::OsStr]) -> (tokio::process::Child, u16, u16) {
-    let mut args = args.to_vec();
-    args.extend([
-        std::ffi::OsStr::new("--admin"),
-        std::ffi::OsStr::new("127.0.0.1:0"),
-    ]);
-    let (child, port, mut lines) = common::run_example_lines("file_reload", &args).await;
-    let admin = common::admin_port(&mut lines).await;
-    (child, port, admin)
+    common::run_example_with_admin("file_reload", args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

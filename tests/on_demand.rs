@@ -20,14 +20,33 @@ const SUFFIX: &str = "on-demand.test";
 /// `storage`; waiting up to 20 s. Every client of these tests is 127.0.0.1,
 /// so its budget of new names is raised out of the way.
 fn on_demand(pebble: &Pebble, storage: &TempDir) -> OnDemandBuilder {
-    let acme = AcmeSource::template(&pebble.directory)
-        .directory_root(&pebble.https_root)
-        .storage(FileStorage::new(storage.path()))
-        .timeout(Duration::from_secs(10))
-        .tls_alpn_01();
+    let acme = template(pebble, storage).timeout(Duration::from_secs(10));
     OnDemand::builder(acme, AllowList::new().suffix(SUFFIX))
         .wait(Duration::from_secs(20))
         .new_names_per_client(1000, Duration::from_secs(60))
+}
+
+/// The ACME template of these tests: `pebble`, TLS-ALPN-01, `storage`.
+fn template(pebble: &Pebble, storage: &TempDir) -> certrotate::AcmeBuilder {
+    AcmeSource::template(&pebble.directory)
+        .directory_root(&pebble.https_root)
+        .storage(FileStorage::new(storage.path()))
+        .tls_alpn_01()
+}
+
+/// The allow list of SUFFIX as a hook that counts how often it is asked.
+fn counted_allow_list() -> (Arc<AtomicUsize>, impl certrotate::Decide) {
+    let asked = Arc::new(AtomicUsize::new(0));
+    let allowed = AllowList::new().suffix(SUFFIX);
+    let hook = {
+        let asked = asked.clone();
+        move |name: String| {
+            asked.fetch_add(1, Ordering::Relaxed);
+            let allowed = allowed.allows(&name);
+            async move { allowed }
+        }
+    };
+    (asked, hook)
 }
 
 /// Serves `on_demand` on Pebble's TLS-ALPN-01 port (so that Pebble
@@ -119,21 +138,8 @@ async fn twenty_names_get_twenty_orders_and_thirty_handshakes_for_one_share_one(
 async fn a_name_outside_the_allow_list_fails_at_once_and_asks_the_hook_once() {
     let pebble = Pebble::start(Config::default());
     let storage = TempDir::new("on-demand");
-    let asked = Arc::new(AtomicUsize::new(0));
-    let allowed = AllowList::new().suffix(SUFFIX);
-    let hook = {
-        let asked = asked.clone();
-        move |name: String| {
-            asked.fetch_add(1, Ordering::Relaxed);
-            let allowed = allowed.allows(&name);
-            async move { allowed }
-        }
-    };
-    let acme = AcmeSource::template(&pebble.directory)
-        .directory_root(&pebble.https_root)
-        .storage(FileStorage::new(storage.path()))
-        .tls_alpn_01();
-    let on_demand = OnDemand::builder(acme, hook).build();
+    let (asked, hook) = counted_allow_list();
+    let on_demand = OnDemand::builder(template(&pebble, &storage), hook).build();
     let server = serve(&pebble, &on_demand).await;
     let trust = client(&pebble);
     let mut events = on_demand.store().subscribe();
@@ -643,21 +649,8 @@ async fn seen_from(
 async fn a_client_flooding_random_names_cannot_keep_another_s_name_out() {
     let pebble = Pebble::start(Config::default());
     let storage = TempDir::new("on-demand");
-    let asked = Arc::new(AtomicUsize::new(0));
-    let allowed = AllowList::new().suffix(SUFFIX);
-    let hook = {
-        let asked = asked.clone();
-        move |name: String| {
-            asked.fetch_add(1, Ordering::Relaxed);
-            let allowed = allowed.allows(&name);
-            async move { allowed }
-        }
-    };
-    let acme = AcmeSource::template(&pebble.directory)
-        .directory_root(&pebble.https_root)
-        .storage(FileStorage::new(storage.path()))
-        .timeout(Duration::from_secs(10))
-        .tls_alpn_01();
+    let (asked, hook) = counted_allow_list();
+    let acme = template(&pebble, &storage).timeout(Duration::from_secs(10));
     let on_demand = OnDemand::builder(acme, hook)
         .wait(Duration::from_secs(20))
         .new_names_per_client(3, Duration::from_secs(600))

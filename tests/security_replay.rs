@@ -149,17 +149,7 @@ async fn an_acme_source_refuses_a_restored_older_certificate_after_a_restart() {
         .unwrap();
     running.shutdown().await;
     store(&older).await;
-    let old_mark = format!(
-        "{} {}\n",
-        older
-            .bundle
-            .info()
-            .not_before
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-        older.bundle.info().serial
-    );
+    let old_mark = mark_of(&older);
     storage
         .store(&served_key, old_mark.as_bytes())
         .await
@@ -173,39 +163,6 @@ async fn an_acme_source_refuses_a_restored_older_certificate_after_a_restart() {
         .unwrap();
     let replayed = Rotator::builder(with_local(), policy()).start().await;
     assert!(is_replay(&replayed, &newer), "{replayed:?}");
-}
-
-/// A `FileStorage` whose reads of one key can be made to hang (a storage
-/// that stops answering).
-#[cfg(feature = "acme")]
-#[derive(Clone)]
-struct Hanging {
-    inner: certrotate::FileStorage,
-    key: String,
-    hang: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-#[cfg(feature = "acme")]
-impl certrotate::Storage for Hanging {
-    fn load<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> certrotate::BoxFuture<'a, std::io::Result<Option<Vec<u8>>>> {
-        Box::pin(async move {
-            if key == self.key && self.hang.load(std::sync::atomic::Ordering::SeqCst) {
-                std::future::pending::<()>().await;
-            }
-            self.inner.load(key).await
-        })
-    }
-
-    fn store<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-    ) -> certrotate::BoxFuture<'a, std::io::Result<()>> {
-        self.inner.store(key, value)
-    }
 }
 
 /// The mark text of `issued`, as sources keep it.
@@ -234,11 +191,16 @@ async fn an_unreadable_mark_fails_closed_without_failing_down() {
     let directory = "https://127.0.0.1:9/directory";
     let name = "a.example";
     let (cert_key, _, served_key) = common::acme_keys(directory, name);
-    let storage = Hanging {
-        inner: FileStorage::new(dir.join("state")),
-        key: served_key.clone(),
-        hang: Default::default(),
+    let hang = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hanging = {
+        let hang = hang.clone();
+        move || hang.load(std::sync::atomic::Ordering::SeqCst)
     };
+    let storage = common::storage::HangingReads::new(
+        FileStorage::new(dir.join("state")),
+        &served_key,
+        hanging,
+    );
     let ca = Ca::new();
     let (older, newer) = older_and_newer(&ca, name);
     let local = dir.join("local-served.txt");
@@ -271,9 +233,7 @@ async fn an_unreadable_mark_fails_closed_without_failing_down() {
         .store(&cert_key, combined(&older).as_bytes())
         .await
         .unwrap();
-    storage
-        .hang
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    hang.store(true, std::sync::atomic::Ordering::SeqCst);
 
     // With a state file of its own holding the newer mark: refused, though
     // the storage hangs.
@@ -302,9 +262,7 @@ async fn an_unreadable_mark_fails_closed_without_failing_down() {
 
     // The storage answers again: without any new certificate, the mark is
     // read again on a retry, the warning goes, and the mark stays.
-    storage
-        .hang
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    hang.store(false, std::sync::atomic::Ordering::SeqCst);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while mark_warning(&rotator) {
         assert!(tokio::time::Instant::now() < deadline, "never read again");

@@ -713,6 +713,22 @@ pub async fn run_example_lines(
     (child, port, receiver)
 }
 
+/// [`run_example`] with `--admin 127.0.0.1:0` after `args`: the child, its
+/// port, and its admin port (the detailed health, plain HTTP).
+pub async fn run_example_with_admin(
+    name: &str,
+    args: &[&std::ffi::OsStr],
+) -> (tokio::process::Child, u16, u16) {
+    let mut args = args.to_vec();
+    args.extend([
+        std::ffi::OsStr::new("--admin"),
+        std::ffi::OsStr::new("127.0.0.1:0"),
+    ]);
+    let (child, port, mut lines) = run_example_lines(name, &args).await;
+    let admin = admin_port(&mut lines).await;
+    (child, port, admin)
+}
+
 /// The port of the admin address an example prints after its first line
 /// when given `--admin 127.0.0.1:0` (`admin on http://127.0.0.1:PORT`).
 pub async fn admin_port(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> u16 {

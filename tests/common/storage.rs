@@ -1,9 +1,10 @@
 //! What every shared `Storage` must do with its lease lock, checked the same
 //! way for each backend.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use certrotate::Storage;
+use certrotate::{BoxFuture, FileStorage, Lease, Storage};
 
 /// Two instances `a` and `b` of one storage: the lock is exclusive, expires
 /// with its lease, its tokens grow, a stale holder is fenced out, and only
@@ -79,5 +80,73 @@ pub async fn one_winner_per_round(instances: Vec<std::sync::Arc<dyn Storage>>) {
             winners += usize::from(racer.await.unwrap().1.is_some());
         }
         assert_eq!(winners, 1, "round {round}");
+    }
+}
+
+/// A `FileStorage` whose reads of one key hang while `hangs()` says so at
+/// the read: a storage that stops answering, at a moment the test chooses.
+/// The lease lock works as the `FileStorage`'s.
+#[derive(Clone)]
+pub struct HangingReads {
+    pub inner: FileStorage,
+    key: String,
+    hangs: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl HangingReads {
+    pub fn new(
+        inner: FileStorage,
+        key: &str,
+        hangs: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            inner,
+            key: key.to_owned(),
+            hangs: Arc::new(hangs),
+        }
+    }
+}
+
+impl Storage for HangingReads {
+    fn load<'a>(&'a self, key: &'a str) -> BoxFuture<'a, std::io::Result<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            if key == self.key && (self.hangs)() {
+                std::future::pending::<()>().await;
+            }
+            self.inner.load(key).await
+        })
+    }
+
+    fn store<'a>(&'a self, key: &'a str, value: &'a [u8]) -> BoxFuture<'a, std::io::Result<()>> {
+        self.inner.store(key, value)
+    }
+
+    fn try_lock<'a>(
+        &'a self,
+        name: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, std::io::Result<Option<Lease>>> {
+        self.inner.try_lock(name, lease)
+    }
+
+    fn store_fenced<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+        lease: &'a Lease,
+    ) -> BoxFuture<'a, std::io::Result<()>> {
+        self.inner.store_fenced(key, value, lease)
+    }
+
+    fn renew_lock<'a>(
+        &'a self,
+        lease: &'a Lease,
+        duration: Duration,
+    ) -> BoxFuture<'a, std::io::Result<bool>> {
+        self.inner.renew_lock(lease, duration)
+    }
+
+    fn unlock<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, std::io::Result<()>> {
+        self.inner.unlock(lease)
     }
 }
