@@ -31,6 +31,10 @@ use rustls::{
     ServerConnection,
 };
 
+#[path = "support/mod.rs"]
+mod support;
+use support::ratio_table;
+
 const ROUNDS: usize = 15;
 const PER_ROUND: usize = 200;
 const ROTATION_ROUNDS: u64 = 15;
@@ -198,11 +202,6 @@ fn variants(f: &Fixture) -> Vec<Variant> {
     ]
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// Handshakes per second of each variant with `client`: `ROUNDS` rounds of
 /// `PER_ROUND` handshakes each, the variants in a shuffled order per round.
 fn interleaved(variants: &[Variant], client: &Arc<ClientConfig>) -> Vec<Vec<f64>> {
@@ -221,23 +220,11 @@ fn interleaved(variants: &[Variant], client: &Arc<ClientConfig>) -> Vec<Vec<f64>
     rates
 }
 
-/// A markdown table of each variant's median rate and median per-round
-/// ratio against the first variant.
-fn ratio_table(title: &str, first_column: &str, variants: &[Variant], rates: &[Vec<f64>]) {
-    println!("\n### {title} ({ROUNDS} interleaved rounds of {PER_ROUND})\n");
-    println!(
-        "| {first_column} | median handshakes/s | median ratio vs {} |",
-        variants[0].0
-    );
-    println!("|---|---:|---:|");
-    for (i, (name, _)) in variants.iter().enumerate() {
-        let mut ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(a, b)| a / b).collect();
-        println!(
-            "| {name} | {:.0} | {:.3} |",
-            median(&mut rates[i].clone()),
-            median(&mut ratios)
-        );
-    }
+/// [`ratio_table`] for `variants`, headed `title` and the rounds.
+fn variants_table(title: &str, first_column: &str, variants: &[Variant], rates: &[Vec<f64>]) {
+    let heading = format!("{title} ({ROUNDS} interleaved rounds of {PER_ROUND})");
+    let names: Vec<String> = variants.iter().map(|(name, _)| name.to_string()).collect();
+    ratio_table(&heading, first_column, &names, rates);
 }
 
 /// Interleaved rounds of full handshakes; prints a markdown table.
@@ -246,7 +233,7 @@ fn full_handshakes(key: Key) {
     let variants = variants(&f);
     let rates = interleaved(&variants, &f.client);
     let title = format!("Full TLS 1.3 handshakes, {key:?}");
-    ratio_table(&title, "variant", &variants, &rates);
+    variants_table(&title, "variant", &variants, &rates);
 }
 
 /// Full mutual-TLS handshakes (P-256): rustls's own `WebPkiClientVerifier`
@@ -288,7 +275,7 @@ fn mtls_handshakes() {
     ];
     let rates = interleaved(&variants, &f.mtls_client);
     let title = "Full mutual-TLS 1.3 handshakes, P256";
-    ratio_table(title, "server verifier", &variants, &rates);
+    variants_table(title, "server verifier", &variants, &rates);
 }
 
 /// Handshake rate while another thread rotates the store every `period`.
@@ -351,18 +338,13 @@ fn rotation_rates() {
             ));
         }
     }
-    println!("\n### Handshake rate while rotating (ECDSA P-256, {ROTATION_ROUNDS} interleaved rounds of 0.4 s)\n");
-    println!("| rotation every | median handshakes/s | median ratio vs none |");
-    println!("|---|---:|---:|");
-    for (i, period) in periods.iter().enumerate() {
-        let mut ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(a, b)| a / b).collect();
-        let label = period.map_or("never".to_owned(), |p| format!("{p:?}"));
-        println!(
-            "| {label} | {:.0} | {:.3} |",
-            median(&mut rates[i].clone()),
-            median(&mut ratios)
-        );
-    }
+    let heading =
+        format!("Handshake rate while rotating (ECDSA P-256, {ROTATION_ROUNDS} interleaved rounds of 0.4 s)");
+    let names: Vec<String> = periods
+        .iter()
+        .map(|period| period.map_or("never".to_owned(), |p| format!("{p:?}")))
+        .collect();
+    ratio_table(&heading, "rotation every", &names, &rates);
 }
 
 /// Share of handshakes that resume, with a rotation every 10 handshakes.

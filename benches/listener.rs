@@ -18,7 +18,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{leaf_and_roots, median};
+use support::{leaf_and_roots, ratio_table};
 
 const ROUNDS: usize = 15;
 const PER_ROUND: usize = 200;
@@ -98,18 +98,9 @@ fn main() {
                 rates[i].push(PER_ROUND as f64 / start.elapsed().as_secs_f64());
             }
         }
-        println!(
-            "\n### Handshakes over loopback TCP ({ROUNDS} interleaved rounds of {PER_ROUND})\n"
-        );
-        println!("| accepted by | median handshakes/s | median ratio vs tls-acceptor loop |");
-        println!("|---|---:|---:|");
-        for (i, (name, _)) in variants.iter().enumerate() {
-            let mut ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(a, b)| a / b).collect();
-            println!(
-                "| {name} | {:.0} | {:.3} |",
-                median(&mut rates[i].clone()),
-                median(&mut ratios)
-            );
-        }
+        let heading =
+            format!("Handshakes over loopback TCP ({ROUNDS} interleaved rounds of {PER_ROUND})");
+        let names: Vec<String> = variants.iter().map(|(name, _)| name.to_string()).collect();
+        ratio_table(&heading, "accepted by", &names, &rates);
     });
 }

@@ -25,7 +25,7 @@ const NAME: &str = "shop.customers.example";
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{leaf_and_roots, median};
+use support::{leaf_and_roots, ratio_table};
 
 /// How the server side of one connection is accepted.
 #[derive(Clone, Copy, PartialEq)]
@@ -93,17 +93,11 @@ fn main() {
                 rates[i].push(PER_ROUND as f64 / start.elapsed().as_secs_f64());
             }
         }
-        println!("\n### Handshakes for a served name, on-demand mode or not ({ROUNDS} interleaved rounds of {PER_ROUND})\n");
-        println!("| accepted by | median handshakes/s | median ratio vs tls-acceptor |");
-        println!("|---|---:|---:|");
-        for (i, (name, _)) in variants.iter().enumerate() {
-            let mut ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(a, b)| a / b).collect();
-            println!(
-                "| {name} | {:.0} | {:.3} |",
-                median(&mut rates[i].clone()),
-                median(&mut ratios)
-            );
-        }
+        let heading = format!(
+            "Handshakes for a served name, on-demand mode or not ({ROUNDS} interleaved rounds of {PER_ROUND})"
+        );
+        let names: Vec<String> = variants.iter().map(|(name, _)| name.to_string()).collect();
+        ratio_table(&heading, "accepted by", &names, &rates);
         let stats = on_demand.stats();
         assert_eq!(stats.hits as usize, ROUNDS * PER_ROUND, "{stats:?}");
     });

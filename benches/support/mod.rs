@@ -1,4 +1,8 @@
-//! What the benches share: a CA and a leaf under it, and medians.
+//! What the benches share: a CA and a leaf under it, medians, and the
+//! table of interleaved rates.
+
+// Each bench uses its own part of this module.
+#![allow(dead_code)]
 
 use certrotate::CertBundle;
 use rustls::RootCertStore;
@@ -26,4 +30,23 @@ pub fn leaf_and_roots(name: &str) -> (CertBundle, RootCertStore) {
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// Prints, under `heading`, a markdown table of each variant's median rate
+/// and the median of its per-round ratios against the first variant's.
+pub fn ratio_table(heading: &str, first_column: &str, names: &[String], rates: &[Vec<f64>]) {
+    println!("\n### {heading}\n");
+    println!(
+        "| {first_column} | median handshakes/s | median ratio vs {} |",
+        names[0]
+    );
+    println!("|---|---:|---:|");
+    for (i, name) in names.iter().enumerate() {
+        let mut ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(a, b)| a / b).collect();
+        println!(
+            "| {name} | {:.0} | {:.3} |",
+            median(&mut rates[i].clone()),
+            median(&mut ratios)
+        );
+    }
 }
