@@ -422,6 +422,30 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_client_rotating_its_64s_is_held_to_its_48_s_budget() {
+        let mut config = limits().config;
+        config.new_names = Budget::new(1000, Duration::from_secs(10));
+        let mut limits = Limits::new(config);
+        let now = Instant::now();
+        // Two names per /64 (the per-client budget); the /48 allows four
+        // times that: the fifth /64 in it is refused.
+        for subnet in 0..4u16 {
+            let client = IpAddr::from([0x2001, 0xdb8, 7, subnet << 8, 0, 0, 0, 1]);
+            limits.start_name(Some(client), now).unwrap();
+            limits.start_name(Some(client), now).unwrap();
+        }
+        let fifth = IpAddr::from([0x2001, 0xdb8, 7, 0x0400, 0, 0, 0, 1]);
+        let refused = limits.start_name(Some(fifth), now);
+        assert!(
+            matches!(refused, Err(OnDemandError::ClientBudget { limit: 8, .. })),
+            "{refused:?}"
+        );
+        // Another /48 has its own.
+        let other = IpAddr::from([0x2001, 0xdb8, 8, 0, 0, 0, 0, 1]);
+        limits.start_name(Some(other), now).unwrap();
+    }
+
+    #[test]
     fn durations_too_long_to_add_do_not_panic() {
         let mut config = limits().config;
         config.refusal_ttl = Duration::MAX;
