@@ -119,6 +119,9 @@ struct Names {
     pending: usize,
     /// Ticks at each use, for least-recently-used eviction.
     tick: u64,
+    /// Evicted names whose rotators are still stopping (how many): their
+    /// slot serves until they have, then goes unless the name came back.
+    evicting: HashMap<Arc<str>, usize>,
 }
 
 enum Entry {
@@ -501,14 +504,16 @@ impl OnDemand {
             let mut names = lock(&inner.names);
             names.tick += 1;
             let tick = names.tick;
+            let evicting = names.evicting.contains_key(name);
             match names.entries.get_mut(name) {
                 Some(Entry::Cached { used, .. }) => {
                     *used = tick;
                     (None, None)
                 }
                 Some(Entry::Pending(outcome)) => (Some(outcome.clone()), None),
-                // A name the store serves otherwise.
-                None if inner.resolver.claims(name) => (None, None),
+                // A name the store serves otherwise. A slot being evicted
+                // is not served for long: the name is obtained afresh.
+                None if inner.resolver.claims(name) && !evicting => (None, None),
                 None => {
                     let (outcome, settling) = self.start(&mut names, name, client)?;
                     (Some(outcome), Some(settling))
@@ -564,6 +569,7 @@ impl OnDemand {
         inner.store.events().on_demand(OnDemandCount::Miss);
         let settling = Settling {
             on_demand: self.clone(),
+            inherits_slot: names.evicting.contains_key(&name),
             name: Some(name),
             outcome: tx,
         };
@@ -691,10 +697,14 @@ impl OnDemand {
 
     /// Records how obtaining `name` ended and tells its waiters; evicts the
     /// least recently used name if memory is full.
+    ///
+    /// `inherits_slot`: the name was asked again while its evicted slot was
+    /// still serving; if obtaining it failed, that slot goes now.
     fn settle(
         &self,
         name: Arc<str>,
         obtained: Result<Rotator, OnDemandError>,
+        inherits_slot: bool,
         outcome: &watch::Sender<Option<Result<(), OnDemandError>>>,
     ) {
         let inner = &self.inner;
@@ -709,6 +719,9 @@ impl OnDemand {
             }
             Err(error) => {
                 names.entries.remove(&name);
+                if inherits_slot {
+                    inner.store.remove(&name);
+                }
                 Err(error)
             }
         };
@@ -716,20 +729,33 @@ impl OnDemand {
         let evicted = (cached > inner.cache_size)
             .then(|| least_recently_used(&names))
             .flatten()
-            .and_then(|victim| names.entries.remove_entry(&victim));
+            .and_then(|victim| match names.entries.remove_entry(&victim) {
+                Some((victim, Entry::Cached { rotator, .. })) => Some((victim, rotator)),
+                _ => None,
+            });
+        if let Some((victim, _)) = &evicted {
+            *names.evicting.entry(victim.clone()).or_default() += 1;
+        }
         drop(names);
         let _ = outcome.send(Some(told));
-        if let Some((victim, Entry::Cached { rotator, .. })) = evicted {
+        if let Some((victim, rotator)) = evicted {
             inner.counts.evictions.fetch_add(1, Ordering::Relaxed);
             inner.store.events().on_demand(OnDemandCount::Eviction);
             let on_demand = self.clone();
             tokio::spawn(async move {
                 rotator.shutdown().await;
-                // Unless the name came back meanwhile: its new rotator
+                // Once the last of its rotators has stopped, the slot goes,
+                // unless the name came back meanwhile: its new rotator
                 // fills the slot again, and the slot stays.
-                let names = lock(&on_demand.inner.names);
-                if !names.entries.contains_key(&victim) {
-                    on_demand.inner.store.remove(&victim);
+                let mut names = lock(&on_demand.inner.names);
+                if let Some(stopping) = names.evicting.get_mut(&victim) {
+                    *stopping -= 1;
+                    if *stopping == 0 {
+                        names.evicting.remove(&victim);
+                        if !names.entries.contains_key(&victim) {
+                            on_demand.inner.store.remove(&victim);
+                        }
+                    }
                 }
             });
         }
@@ -817,6 +843,8 @@ impl Drop for OrderPlace<'_> {
 /// lost.
 struct Settling {
     on_demand: OnDemand,
+    /// Asked again while its evicted slot still served.
+    inherits_slot: bool,
     /// `None` once settled.
     name: Option<Arc<str>>,
     outcome: watch::Sender<Option<Result<(), OnDemandError>>>,
@@ -843,7 +871,8 @@ impl Settling {
                     name: name.to_string(),
                 })
             });
-            self.on_demand.settle(name, obtained, &self.outcome);
+            self.on_demand
+                .settle(name, obtained, self.inherits_slot, &self.outcome);
         }
     }
 }
@@ -854,7 +883,8 @@ impl Drop for Settling {
             let aborted = Err(OnDemandError::Aborted {
                 name: name.to_string(),
             });
-            self.on_demand.settle(name, aborted, &self.outcome);
+            self.on_demand
+                .settle(name, aborted, self.inherits_slot, &self.outcome);
         }
     }
 }
@@ -915,6 +945,40 @@ impl ResolvesServerCert for Refuse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{AcmeSource, AllowList, CertBundle};
+
+    /// An on-demand issuer that allows no name, whose store serves `name`
+    /// from a slot being evicted (its rotator still stopping).
+    fn evicting(name: &str) -> OnDemand {
+        let acme = AcmeSource::template("https://acme.invalid/directory");
+        let on_demand = OnDemand::builder(acme, AllowList::new()).build();
+        let ck = rcgen::generate_simple_self_signed(vec![name.into()]).unwrap();
+        let bundle = CertBundle::from_pem(
+            ck.cert.pem().as_bytes(),
+            ck.signing_key.serialize_pem().as_bytes(),
+        )
+        .unwrap();
+        let valid = Policy::default()
+            .validate(&bundle, std::time::SystemTime::now())
+            .unwrap();
+        on_demand.store().install(name, valid);
+        lock(&on_demand.inner.names).evicting.insert(name.into(), 1);
+        on_demand
+    }
+
+    /// A name asked again while its evicted slot still serves is obtained
+    /// afresh (here: asked of the hook, which refuses it), not answered from
+    /// the slot about to go; and its failure takes the slot with it.
+    #[tokio::test]
+    async fn a_name_asked_while_its_slot_is_evicted_is_obtained_afresh() {
+        let name = "a.on-demand.example";
+        let on_demand = evicting(name);
+        let error = on_demand.prepare(name).await.unwrap_err();
+        assert!(matches!(error, OnDemandError::NotAllowed(_)), "{error}");
+        let stats = on_demand.stats();
+        assert_eq!((stats.hits, stats.misses, stats.pending), (0, 1, 0));
+        assert!(on_demand.store().current(name).is_none());
+    }
 
     #[test]
     fn only_plain_dns_names_can_be_ordered() {
