@@ -11,11 +11,16 @@
 //!
 //! ## Quick start
 //!
+//! With the `axum` feature (`certrotate = { version = "0.1", features =
+//! ["axum"] }`):
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use certrotate::{FileSource, Policy, Rotator, TlsListener};
 //!
 //! # async fn main_() -> Result<(), Box<dyn std::error::Error>> {
+//! // Rotations and refused candidates (with the reason) go to `tracing`.
+//! tracing_subscriber::fmt::init();
 //! // A Kubernetes TLS secret, certbot output, anything that writes PEM files.
 //! let source = FileSource::pair("/etc/tls/tls.crt", "/etc/tls/tls.key");
 //! let policy = Policy::builder().server_name("api.example.com").build()?;
@@ -35,18 +40,21 @@
 //!
 //! ## Feature flags
 //!
+//! The defaults (a crypto provider and files) pull no HTTP client and no
+//! server framework; the rest is opt-in.
+//!
 //! - `aws-lc-rs` (default): rustls's aws-lc-rs crypto provider.
 //! - `ring`: rustls's ring crypto provider (used when `aws-lc-rs` is off).
-//! - `axum` (default): [`TlsListener`] implements `axum::serve::Listener`.
 //! - `file` (default): [`FileSource`] and [`CertDirectory`], certificates
 //!   from files watched with `notify`.
-//! - `ca` (default): [`InternalCa`], short-lived certificates from a CA in
+//! - `axum`: [`TlsListener`] implements `axum::serve::Listener`.
+//! - `ca`: [`InternalCa`], short-lived certificates from a CA in
 //!   the process, with CA rollover (adds `rcgen`).
-//! - `acme` (default): [`AcmeSource`], certificates from Let's Encrypt or any
+//! - `acme`: [`AcmeSource`], certificates from Let's Encrypt or any
 //!   RFC 8555 CA, and [`OnDemand`], certificates ordered at the first
 //!   handshake for names the application allows (adds `instant-acme`); needs neither `axum` nor `ca`
 //!   ([`Http01Responder`] is a tower `Service`; with `axum`, also a `Router`).
-//! - `health` (default): [`HealthService`], the health snapshot over HTTP as
+//! - `health`: [`HealthService`], the health snapshot over HTTP as
 //!   a tower `Service`.
 //! - `metrics`: the metrics below, through the `metrics` facade.
 //! - `cli`: the `certrotate` command-line tool (`check`, `inspect`, `probe`,
@@ -98,7 +106,7 @@
 //! series (`metrics-exporter-prometheus`: `idle_timeout`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
 compile_error!("certrotate needs a crypto provider: enable the `aws-lc-rs` or the `ring` feature");
