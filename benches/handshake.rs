@@ -186,7 +186,8 @@ type Variant = (&'static str, Box<dyn Fn() -> Arc<ServerConfig>>);
 fn variants(f: &Fixture) -> Vec<Variant> {
     let fixed = static_config(&f.bundles[0]);
     let store = CertStore::new();
-    store.install(DEFAULT_SLOT, f.certs[0].clone());
+    let renew_at = f.certs[0].info().renewal_time();
+    store.install(DEFAULT_SLOT, f.certs[0].clone(), renew_at);
     let rotating = rotating_config(&store);
     let swap = Arc::new(ArcSwap::new(static_config(&f.bundles[0])));
     vec![
@@ -243,7 +244,8 @@ fn full_handshakes(key: Key) {
 fn mtls_handshakes() {
     let f = fixture(Key::P256, 1);
     let store = CertStore::new();
-    store.install(DEFAULT_SLOT, f.certs[0].clone());
+    let renew_at = f.certs[0].info().renewal_time();
+    store.install(DEFAULT_SLOT, f.certs[0].clone(), renew_at);
     let roots = Arc::new({
         let mut roots = RootCertStore::empty();
         roots.add(f.trust.roots()[0].clone()).unwrap();
@@ -294,7 +296,8 @@ fn rate_while_rotating(
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(period);
                 n += 1;
-                store.install(DEFAULT_SLOT, certs[n % certs.len()].clone());
+                let renew_at = certs[n % certs.len()].info().renewal_time();
+                store.install(DEFAULT_SLOT, certs[n % certs.len()].clone(), renew_at);
             }
             n
         })
@@ -316,7 +319,8 @@ fn rate_while_rotating(
 fn rotation_rates() {
     let f = fixture(Key::P256, 8);
     let store = CertStore::new();
-    store.install(DEFAULT_SLOT, f.certs[0].clone());
+    let renew_at = f.certs[0].info().renewal_time();
+    store.install(DEFAULT_SLOT, f.certs[0].clone(), renew_at);
     let config = rotating_config(&store);
     let periods = [
         None,
@@ -351,7 +355,8 @@ fn rotation_rates() {
 fn resumption_across_rotations() {
     let f = fixture(Key::P256, 8);
     let store = CertStore::new();
-    store.install(DEFAULT_SLOT, f.certs[0].clone());
+    let renew_at = f.certs[0].info().renewal_time();
+    store.install(DEFAULT_SLOT, f.certs[0].clone(), renew_at);
     let rotating = rotating_config(&store);
     let swap = ArcSwap::new(static_config(&f.bundles[0]));
     const N: usize = 2000;
@@ -367,7 +372,8 @@ fn resumption_across_rotations() {
     let (mut ours, mut theirs, mut partitioned) = (0, 0, 0);
     for n in 0..N {
         if n % 10 == 9 {
-            store.install(DEFAULT_SLOT, f.certs[n % f.certs.len()].clone());
+            let renew_at = f.certs[n % f.certs.len()].info().renewal_time();
+            store.install(DEFAULT_SLOT, f.certs[n % f.certs.len()].clone(), renew_at);
             swap.store(static_config(&f.bundles[n % f.bundles.len()]));
         }
         ours += (handshake(rotating.clone(), &ours_client) == HandshakeKind::Resumed) as usize;

@@ -69,7 +69,8 @@ fn main() {
         let acme = AcmeSource::template("https://acme.invalid/directory");
         let on_demand = OnDemand::builder(acme, AllowList::new().suffix("customers.example")).build();
         let valid = Policy::default().validate(&bundle, SystemTime::now()).unwrap();
-        on_demand.store().install(NAME, valid);
+        let renew_at = valid.info().renewal_time();
+        on_demand.store().install(NAME, valid, renew_at);
         let mut config = on_demand.server_config().unwrap();
         config.alpn_protocols.clear();
         let config = Arc::new(config);

@@ -41,7 +41,8 @@ fn store_with_names(names: usize) -> CertStore {
         } else {
             format!("slot-{slot}")
         };
-        store.install(&name, valid);
+        let renew_at = valid.info().renewal_time();
+        store.install(&name, valid, renew_at);
     }
     store
 }

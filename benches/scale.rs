@@ -92,7 +92,9 @@ fn measure(ca: &Ca, policy: &Policy, n: usize) -> CertStore {
         let bundle = issue(ca, &[&format!("h{i}.scale.test")]);
         der += bundle.chain()[0].len();
         let started = Instant::now();
-        store.install(&format!("s{i}"), validate(policy, &bundle));
+        let valid = validate(policy, &bundle);
+        let renew_at = valid.info().renewal_time();
+        store.install(&format!("s{i}"), valid, renew_at);
         load += started.elapsed();
     }
     let per_cert = rss().saturating_sub(rss_from) / (n - warm).max(1) as u64;
@@ -127,7 +129,8 @@ fn installs(ca: &Ca, policy: &Policy, store: &CertStore) -> (Duration, Duration)
         .into_iter()
         .map(|cert| {
             let t = Instant::now();
-            black_box(store.install("s0", cert));
+            let renew_at = cert.info().renewal_time();
+            black_box(store.install("s0", cert, renew_at));
             t.elapsed()
         })
         .collect();
@@ -181,7 +184,8 @@ fn resolve_at(ca: &Ca, policy: &Policy, store: &CertStore, certs: usize, names: 
                 None => flat.exact.insert(name.as_str().into(), key.clone()),
             };
         }
-        store.install(&format!("m{i}"), cert);
+        let renew_at = cert.info().renewal_time();
+        store.install(&format!("m{i}"), cert, renew_at);
     }
     let resident = certs + extra * 90;
     eprintln!(

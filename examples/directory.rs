@@ -113,8 +113,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let tcp = tokio::net::TcpListener::bind(args.listen).await?;
     let bound = tcp.local_addr()?;
-    let mut tls = certs.server_config()?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = certs.server_config()?;
     let listener = TlsListener::new(tcp, Arc::new(tls));
     let app = Router::new()
         .route("/", get(|| async { "ok\n" }))

@@ -130,11 +130,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => Some(Arc::new(TrustFile::open(path, options).await?)),
         None => None,
     };
-    let mut tls = match &client_ca {
+    let tls = match &client_ca {
         Some(client_ca) => rotator.server_config_with_client_auth(&client_ca.trust())?,
         None => rotator.server_config()?,
     };
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let listener = TlsListener::new(tcp, Arc::new(tls));
     let health = rotator.clone();
     let public = HealthService::new(rotator.store().clone());

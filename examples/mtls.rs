@@ -157,8 +157,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _rollover = ca.spawn_rollover(args.rollover, overlap);
 
     // The server: client certificates required, verified against the CA's trust.
-    let mut tls = server_cert.server_config_with_client_auth(&ca.trust())?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = server_cert.server_config_with_client_auth(&ca.trust())?;
     let tcp = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = tcp.local_addr()?;
     let app = Router::new().route("/", get(|| async { "ok\n" }));

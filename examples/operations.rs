@@ -69,8 +69,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let tcp = tokio::net::TcpListener::bind(listen).await?;
     let bound = tcp.local_addr()?;
-    let mut tls = rotator.server_config()?;
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // ALPN: h2 and http/1.1, as the rotator's configs offer.
+    let tls = rotator.server_config()?;
     let mut listener = TlsListener::new(tcp, Arc::new(tls));
     let max_age = MaxConnectionAge::new(rotator.store(), max_age);
     let (pid, port, ca_path) = (std::process::id(), bound.port(), ca_path.display());

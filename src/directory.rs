@@ -204,10 +204,11 @@ impl CertDirectory {
         self.store.resolver()
     }
 
-    /// A rustls `ServerConfig` whose certificates follow the directory; see
+    /// A rustls `ServerConfig` whose certificates follow the directory,
+    /// offering `h2` and `http/1.1` by ALPN; see
     /// [`Rotator::server_config`](crate::Rotator::server_config).
     pub fn server_config(&self) -> Result<ServerConfig, rustls::Error> {
-        self.policy.server_config(self.resolver(), None)
+        self.policy.server_config(self.resolver(), None, false)
     }
 
     /// The health of the pairs (see [`CertStore::health`]).

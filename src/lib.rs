@@ -120,6 +120,7 @@ mod clock;
 #[cfg(feature = "file")]
 mod directory;
 mod drain;
+mod engine;
 mod events;
 mod health;
 mod mark;

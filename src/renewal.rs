@@ -16,6 +16,10 @@ use crate::bundle::CertInfo;
 /// certificates renewed 30 days before expiry.
 pub(crate) const DEFAULT_FRACTION: f64 = 1.0 / 3.0;
 
+/// Renew up to a tenth of the renewal window earlier, at random, so that a
+/// fleet does not renew all at once.
+pub(crate) const DEFAULT_JITTER: f64 = 0.1;
+
 /// When `fraction` of `cert`'s lifetime is left, moved earlier by up to
 /// `jitter` of that window (`early` in `0.0..=1.0` picks how much).
 pub(crate) fn at_fraction(cert: &CertInfo, fraction: f64, jitter: f64, early: f64) -> SystemTime {
@@ -49,5 +53,98 @@ pub(crate) fn retry_delay(
     match remaining {
         Some(remaining) => delay.min((remaining / 8).max(min)),
         None => delay,
+    }
+}
+
+// The default rule, as users of the store meet it.
+impl CertInfo {
+    /// When the crate's default rule has it renewed: once a third of its
+    /// lifetime is left (a [`Rotator`](crate::Rotator) draws a little
+    /// earlier at random, and a source may know better: see
+    /// [`CertSource::renew_at`](crate::CertSource::renew_at)).
+    ///
+    /// ```
+    /// # let ck = rcgen::generate_simple_self_signed(vec!["a.example".into()]).unwrap();
+    /// use certrotate::CertBundle;
+    ///
+    /// let bundle = CertBundle::from_pem(ck.cert.pem().as_bytes(), ck.signing_key.serialize_pem().as_bytes())?;
+    /// let info = bundle.info();
+    /// let left = info.not_after.duration_since(info.renewal_time())?;
+    /// assert_eq!(left.as_secs(), info.lifetime().as_secs() / 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn renewal_time(&self) -> SystemTime {
+        at_fraction(self, DEFAULT_FRACTION, 0.0, 0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    /// A certificate valid for `days` from 2026-01-01.
+    fn cert(days: u32) -> CertInfo {
+        let mut params = rcgen::CertificateParams::new(vec!["a.example".into()]).unwrap();
+        params.not_before = time::macros::datetime!(2026-01-01 0:00 UTC);
+        params.not_after = params.not_before + time::Duration::days(days.into());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        CertInfo::from_der(cert.der()).unwrap()
+    }
+
+    #[test]
+    fn the_default_rule_renews_when_a_third_is_left() {
+        let c = cert(90);
+        assert_eq!(c.renewal_time(), c.not_after - 30 * DAY);
+        assert_eq!(
+            at_fraction(&c, DEFAULT_FRACTION, 0.5, 0.0),
+            c.renewal_time()
+        );
+    }
+
+    #[test]
+    fn jitter_moves_renewal_earlier_by_at_most_its_share_of_the_window() {
+        let c = cert(90);
+        let latest = at_fraction(&c, DEFAULT_FRACTION, DEFAULT_JITTER, 0.0);
+        let earliest = at_fraction(&c, DEFAULT_FRACTION, DEFAULT_JITTER, 1.0);
+        assert_eq!(latest, c.not_after - 30 * DAY);
+        assert_eq!(earliest, c.not_after - 33 * DAY);
+        let middle = at_fraction(&c, DEFAULT_FRACTION, DEFAULT_JITTER, 0.5);
+        assert!(earliest < middle && middle < latest);
+    }
+
+    #[test]
+    fn renewal_is_never_before_the_certificate_starts() {
+        let c = cert(6);
+        assert_eq!(at_fraction(&c, 1.0, 0.5, 1.0), c.not_before);
+        assert_eq!(at_fraction(&c, 7.0, 0.0, 0.0), c.not_before);
+        assert_eq!(at_fraction(&c, -1.0, 0.0, 0.0), c.not_after);
+    }
+
+    #[test]
+    fn retries_double_within_the_range_jittered_down_by_half_at_most() {
+        let range = (Duration::from_secs(1), Duration::from_secs(300));
+        for failures in 0..40 {
+            let full = Duration::from_secs(1 << failures.min(20)).min(range.1);
+            let delay = retry_delay(failures, range, None, None);
+            assert!(delay <= full && delay >= full / 2, "{failures}: {delay:?}");
+        }
+    }
+
+    #[test]
+    fn a_retry_waits_for_retry_after_but_at_most_an_eighth_of_what_is_left() {
+        let range = (Duration::from_secs(1), Duration::from_secs(300));
+        let hour = Duration::from_secs(3600);
+        assert_eq!(retry_delay(0, range, Some(hour), None), hour);
+        // A CA asking for a year is taken as asking for a day.
+        let year = 365 * DAY;
+        assert_eq!(retry_delay(0, range, Some(year), None), DAY);
+        // Eight hours left: an hour at most, whatever is asked.
+        assert_eq!(retry_delay(0, range, Some(hour * 5), Some(hour * 8)), hour);
+        // Nearly expired: never under the range's start.
+        let tiny = Duration::from_millis(10);
+        assert_eq!(retry_delay(5, range, None, Some(tiny)), range.0);
     }
 }

@@ -25,7 +25,7 @@ use crate::health::{
 };
 use crate::policy::ValidatedCert;
 use crate::resolver::RotatingResolver;
-use slots::Slots;
+use slots::{Installed, Slots};
 
 /// The slot a [`Rotator`](crate::Rotator) fills unless told otherwise, and the
 /// one served to clients whose SNI matches no certificate.
@@ -51,7 +51,8 @@ pub const DEFAULT_SLOT: &str = "default";
 /// let store = CertStore::new();
 /// let bundle = CertBundle::from_pem(cert_pem.as_bytes(), key_pem.as_bytes())?;
 /// let valid = Policy::default().validate(&bundle, SystemTime::now())?;
-/// store.install(DEFAULT_SLOT, valid);
+/// let renew_at = valid.info().renewal_time();
+/// store.install(DEFAULT_SLOT, valid, renew_at);
 /// assert_eq!(store.current(DEFAULT_SLOT).unwrap().dns_names, ["api.example.com"]);
 ///
 /// let provider = Policy::default().crypto_provider().clone();
@@ -178,15 +179,25 @@ impl CertStore {
     }
 
     /// Makes `cert` the serving certificate of `slot` (creating the slot),
-    /// keeping the one it replaces for [`rollback`](Self::rollback). Returns
-    /// the replaced certificate.
-    pub fn install(&self, slot: &str, cert: ValidatedCert) -> Option<Arc<CertInfo>> {
+    /// due for renewal at `renew_at` (health's alert levels are measured
+    /// against it; [`CertInfo::renewal_time`] is the default rule), keeping
+    /// the one it replaces, with its own renewal time, for
+    /// [`rollback`](Self::rollback). Returns the replaced certificate.
+    pub fn install(
+        &self,
+        slot: &str,
+        cert: ValidatedCert,
+        renew_at: SystemTime,
+    ) -> Option<Arc<CertInfo>> {
         let mut slots = self.lock();
         let now = self.inner.clock.now();
         let history = self.inner.history;
+        let installed = Installed {
+            cert: cert.clone(),
+            renew_at,
+        };
         let (name, old) = slots.change(slot, |entry| {
-            let old = entry.current.replace(cert.clone());
-            entry.renew_at = None;
+            let old = entry.current.replace(installed);
             if let Some(old) = &old {
                 entry.previous.push_front(old.clone());
                 entry.previous.truncate(history - 1);
@@ -200,7 +211,7 @@ impl CertStore {
         let (totals, soonest) = slots.totals();
         drop(slots);
         self.inner.changes.send_modify(|n| *n += 1);
-        let old = old.map(|o| o.info);
+        let old = old.map(|o| o.cert.info);
         let serving = (&*name, &*cert.info, level);
         self.inner.events.serving(serving, &totals, soonest);
         self.inner.events.emit(RotationEvent::Rotated {
@@ -212,7 +223,7 @@ impl CertStore {
     }
 
     /// Restores the previous good certificate of `slot` for new handshakes,
-    /// at once. Certificates that have expired since are skipped. The
+    /// at once, with the renewal time it had. Certificates that have expired since are skipped. The
     /// certificate rolled back from is dropped from the history.
     pub fn rollback(&self, slot: &str) -> Result<Arc<CertInfo>, RollbackError> {
         let mut slots = self.lock();
@@ -225,14 +236,13 @@ impl CertStore {
                 .current
                 .clone()
                 .ok_or_else(|| RollbackError::NothingServing(slot.to_owned()))?;
-            entry.previous.retain(|c| c.info.not_after > now);
+            entry.previous.retain(|c| c.cert.info.not_after > now);
             let to = entry
                 .previous
                 .pop_front()
                 .ok_or_else(|| RollbackError::NoPrevious(slot.to_owned()))?;
             entry.current = Some(to.clone());
-            entry.renew_at = None;
-            Ok((entry.name.clone(), from, to))
+            Ok((entry.name.clone(), from.cert, to.cert))
         })?;
         let level = slots.note_level(&name, now).expect("it serves `to`");
         let (totals, soonest) = slots.totals();
@@ -261,7 +271,7 @@ impl CertStore {
         self.inner.changes.send_modify(|n| *n += 1);
         self.inner.events.emit(RotationEvent::Removed {
             slot: removed.name,
-            cert: removed.current.map(|c| c.info),
+            cert: removed.current.map(|c| c.cert.info),
         });
         true
     }
@@ -269,7 +279,11 @@ impl CertStore {
     /// The certificate serving in `slot`, if any.
     pub fn current(&self, slot: &str) -> Option<Arc<CertInfo>> {
         let slots = self.lock();
-        slots.get(slot)?.current.as_ref().map(|c| c.info.clone())
+        slots
+            .get(slot)?
+            .current
+            .as_ref()
+            .map(|c| c.cert.info.clone())
     }
 
     /// The health of the store, as of its clock: counts over every slot,
@@ -456,9 +470,19 @@ impl CertStore {
         self.lock().entry(slot);
     }
 
-    /// Sets when `slot`'s serving certificate is due for renewal.
+    /// The certificate serving in `slot`, and when it is due for renewal.
+    pub(crate) fn serving(&self, slot: &str) -> Option<(Arc<CertInfo>, SystemTime)> {
+        let slots = self.lock();
+        let current = slots.get(slot)?.current.as_ref()?;
+        Some((current.cert.info.clone(), current.renew_at))
+    }
+
+    /// Moves when `slot`'s serving certificate is due for renewal (its
+    /// source learnt a new time).
     pub(crate) fn set_renew_at(&self, slot: &str, at: SystemTime) {
-        self.lock().entry(slot).set_renew_at(Some(at));
+        if let Some(slot) = self.lock().get_mut(slot) {
+            slot.set_renew_at(at);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Slots> {

@@ -60,7 +60,10 @@ async fn start(dir: &TempDir) -> CertDirectory {
 
 /// A TLS server on the directory's certificates, and a client trusting `ca`.
 async fn serve(certs: &CertDirectory, ca: &Ca) -> (common::Server, Arc<rustls::ClientConfig>) {
-    let server = common::serve(Arc::new(certs.server_config().unwrap())).await;
+    let config = certs.server_config().unwrap();
+    // ALPN as a rotator's config has it: nothing to set by hand.
+    assert_eq!(config.alpn_protocols, [&b"h2"[..], b"http/1.1"]);
+    let server = common::serve(Arc::new(config)).await;
     (server, common::client_config(ca))
 }
 

@@ -49,7 +49,8 @@ async fn a_thousand_slots_are_summed_up_paged_and_not_named_in_metrics() {
             300 => overdue.clone(),
             _ => fresh.clone(),
         };
-        store.install(&format!("s{i:04}"), cert);
+        let renew_at = cert.info().renewal_time();
+        store.install(&format!("s{i:04}"), cert, renew_at);
     }
 
     let health = store.health();

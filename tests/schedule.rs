@@ -489,3 +489,25 @@ async fn a_sources_later_renewal_time_is_not_overdue() {
     );
     assert_eq!(rotator.health().alert, AlertLevel::Ok);
 }
+
+/// The level is right from the instant a rotator installs: a certificate
+/// its rule has due already (ten days into a 90-day life, renewed when 99%
+/// is left) is `renew-overdue` at once, not `ok` by the default rule until
+/// the rotator's task looks again.
+#[tokio::test]
+async fn the_level_is_the_rotator_s_from_the_instant_it_installs() {
+    let now = SystemTime::now();
+    let old = Ca::new()
+        .issue(Leaf::default().lifetime(now - 10 * DAY, now + 80 * DAY))
+        .bundle;
+    let rotator = Rotator::builder(certrotate::StaticSource::new(old), Policy::default())
+        .renew_before_fraction(0.99)
+        .start()
+        .await
+        .unwrap();
+    // No yield since the install: the rotator's task has not run.
+    let health = rotator.health();
+    assert_eq!(health.certificates[0].alert, AlertLevel::RenewOverdue);
+    assert!(health.certificates[0].renew_at < now);
+    rotator.shutdown().await;
+}

@@ -129,7 +129,8 @@ fn every_name_resolves_by_the_rule_through_random_changes() {
             _ => {
                 let (names, cert) = issue(&mut rng);
                 let der = cert.certified_key().cert[0].to_vec();
-                store.install(slot, cert);
+                let renew_at = cert.info().renewal_time();
+                store.install(slot, cert, renew_at);
                 let at = at.unwrap_or_else(|| {
                     model.slots.push((slot.clone(), None, Vec::new()));
                     model.slots.len() - 1
@@ -160,4 +161,40 @@ fn every_name_resolves_by_the_rule_through_random_changes() {
         let got = resolver.lookup(None).map(|k| k.cert[0].to_vec());
         assert_eq!(got, model.expect(""), "step {step}: no SNI");
     }
+}
+
+/// The renewal time travels with the certificate: the alert level is the
+/// one its installer decided from the first instant it serves, and a
+/// rollback brings back the older certificate with its own time (not the
+/// default rule's).
+#[test]
+fn alert_levels_follow_the_renewal_time_installed_and_rolled_back() {
+    let ca = Ca::new();
+    let policy = Policy::default();
+    let now = SystemTime::now();
+    let level = |store: &CertStore| store.health().certificates[0].alert;
+    let store = CertStore::new();
+    let day = std::time::Duration::from_secs(86_400);
+    let issue = |from: SystemTime| {
+        ca.issue(Leaf::default().lifetime(from, from + 90 * day))
+            .bundle
+    };
+    let hour = std::time::Duration::from_secs(3600);
+
+    // Young by the default rule, but due for renewal already (its source
+    // said so: a CA's renewal window moved into the past).
+    let first = policy.validate(&issue(now - 2 * hour), now).unwrap();
+    let overdue = first.info().not_before + std::time::Duration::from_secs(60);
+    store.install("s", first, overdue);
+    assert_eq!(level(&store), certrotate::AlertLevel::RenewOverdue);
+
+    let second = policy.validate(&issue(now - hour), now).unwrap();
+    let renew_at = second.info().renewal_time();
+    store.install("s", second, renew_at);
+    assert_eq!(level(&store), certrotate::AlertLevel::Ok);
+    assert_eq!(store.health().certificates[0].renew_at, renew_at);
+
+    store.rollback("s").unwrap();
+    assert_eq!(level(&store), certrotate::AlertLevel::RenewOverdue);
+    assert_eq!(store.health().certificates[0].renew_at, overdue);
 }

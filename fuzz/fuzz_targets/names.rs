@@ -43,7 +43,8 @@ fn fixture() -> &'static Fixture {
             let cert = params.signed_by(&key, &ca).unwrap();
             let bundle = CertBundle::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap();
             let valid = Policy::default().validate(&bundle, SystemTime::now()).unwrap();
-            store.install(slot, valid);
+            let renew_at = valid.info().renewal_time();
+            store.install(slot, valid, renew_at);
             leaves.push((cert.der().to_vec(), *names));
         }
         Fixture { resolver: store.resolver(), leaves, _store: store }

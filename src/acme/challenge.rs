@@ -14,7 +14,7 @@ use http_body_util::Full;
 
 use instant_acme::{AuthorizationStatus, ChallengeStatus, ChallengeType, Identifier};
 
-use super::failure::{Context, Failure};
+use super::failure::{Context, Failure, Unexpected};
 use super::{AcmeSource, BoxFuture, Challenge};
 use crate::source::BoxError;
 use crate::store::CertStore;
@@ -153,8 +153,8 @@ impl AcmeSource {
                     AuthorizationStatus::Valid => continue,
                     AuthorizationStatus::Pending => {}
                     other => {
-                        let why = format!("the authorization is {other:?}");
-                        return Err(Failure::unexpected("validating the names", why));
+                        let why = Unexpected::Authorization(other);
+                        return Err(Failure::new("validating the names", why));
                     }
                 }
                 let kind = match &self.inner.config.challenge {
@@ -163,14 +163,16 @@ impl AcmeSource {
                     Challenge::Dns01(_) => ChallengeType::Dns01,
                 };
                 let mut challenge = authorization.challenge(kind.clone()).ok_or_else(|| {
-                    let why = format!("the CA offers no {kind:?} challenge");
-                    Failure::unexpected("validating the names", why)
+                    Failure::new(
+                        "validating the names",
+                        Unexpected::NoChallenge(kind.clone()),
+                    )
                 })?;
                 let domain = match challenge.identifier().identifier {
                     Identifier::Dns(name) => name.clone(),
                     other => {
-                        let why = format!("cannot answer for identifier {other:?}");
-                        return Err(Failure::unexpected("validating the names", why));
+                        let why = Unexpected::Identifier(format!("{other:?}"));
+                        return Err(Failure::new("validating the names", why));
                     }
                 };
                 if cleanup.answered(&challenge.url) {
@@ -180,7 +182,7 @@ impl AcmeSource {
                 match &self.inner.config.challenge {
                     Challenge::TlsAlpn01 => {
                         let store = lock(&self.inner.attached).clone().ok_or_else(|| {
-                            Failure::unexpected("answering TLS-ALPN-01", "its answers are served by the store of the rotator running this source, and none runs it")
+                            Failure::new("answering TLS-ALPN-01", Unexpected::NotAttached)
                         })?;
                         let key = alpn_certificate(&domain, key_authorization.digest().as_ref())?;
                         store.set_challenge(&domain, key);
@@ -286,7 +288,7 @@ pub(super) fn alpn_certificate(
     let key = rcgen::KeyPair::generate().context(WHAT)?;
     let cert = params.self_signed(&key).context(WHAT)?;
     let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
-        .map_err(|e| Failure::unexpected(WHAT, e))?;
+        .map_err(|e| Failure::new(WHAT, BoxError::from(e)))?;
     let signing = crate::default_provider()
         .key_provider
         .load_private_key(der)

@@ -9,9 +9,46 @@ use std::time::{Duration, SystemTime};
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{what}: {cause}")]
 pub(super) struct Failure {
-    pub(super) what: Cow<'static, str>,
+    pub(super) what: Step,
     #[source]
     pub(super) cause: Cause,
+}
+
+/// What was being done when an ACME step failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Step {
+    /// The first request an order signs with the account: its
+    /// `unauthorized` means the CA no longer accepts the account.
+    CreatingOrder,
+    /// Any other step, as it is told in the error.
+    Other(Cow<'static, str>),
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::CreatingOrder => f.write_str("creating the order"),
+            Self::Other(what) => f.write_str(what),
+        }
+    }
+}
+
+impl From<&'static str> for Step {
+    fn from(what: &'static str) -> Self {
+        Self::Other(what.into())
+    }
+}
+
+impl From<String> for Step {
+    fn from(what: String) -> Self {
+        Self::Other(what.into())
+    }
+}
+
+impl From<Cow<'static, str>> for Step {
+    fn from(what: Cow<'static, str>) -> Self {
+        Self::Other(what)
+    }
 }
 
 /// The cause of a [`Failure`], kept typed (and `Clone` through `Arc`).
@@ -28,25 +65,40 @@ pub(super) enum Cause {
     #[error(transparent)]
     Other(Arc<dyn std::error::Error + Send + Sync>),
     /// The CA answered, but not so that the order can go on.
-    #[error("{0}")]
-    Unexpected(String),
+    #[error(transparent)]
+    Unexpected(#[from] Unexpected),
 }
 
-/// The step whose `unauthorized` means the CA no longer accepts the
-/// account: the first request an order signs with it.
-pub(super) const CREATING_ORDER: &str = "creating the order";
+/// What the CA answered that does not let an order go on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(super) enum Unexpected {
+    /// The order is not ready after its challenges, and the CA says no
+    /// more of why.
+    #[error("the order is {0:?}")]
+    Order(instant_acme::OrderStatus),
+    /// An authorization is neither pending nor valid.
+    #[error("the authorization is {0:?}")]
+    Authorization(instant_acme::AuthorizationStatus),
+    /// The CA does not offer the configured challenge type.
+    #[error("the CA offers no {0:?} challenge")]
+    NoChallenge(instant_acme::ChallengeType),
+    /// An identifier that is not a DNS name.
+    #[error("cannot answer for identifier {0}")]
+    Identifier(String),
+    /// TLS-ALPN-01 answers are served by the store of a rotator running
+    /// the source, and none runs it.
+    #[error(
+        "its answers are served by the store of the rotator running this source, and none runs it"
+    )]
+    NotAttached,
+}
 
 impl Failure {
-    pub(super) fn new(what: impl Into<Cow<'static, str>>, cause: impl Into<Cause>) -> Self {
+    pub(super) fn new(what: impl Into<Step>, cause: impl Into<Cause>) -> Self {
         Self {
             what: what.into(),
             cause: cause.into(),
         }
-    }
-
-    /// The CA's answer does not let the order go on.
-    pub(super) fn unexpected(what: impl Into<Cow<'static, str>>, why: impl Into<String>) -> Self {
-        Self::new(what, Cause::Unexpected(why.into()))
     }
 
     /// The type of the CA's problem document, without the
@@ -82,7 +134,7 @@ impl Failure {
     pub(super) fn forgotten_account(&self) -> bool {
         match self.problem() {
             Some("accountDoesNotExist") => true,
-            Some("unauthorized") => self.what == CREATING_ORDER,
+            Some("unauthorized") => self.what == Step::CreatingOrder,
             _ => false,
         }
     }
@@ -127,11 +179,11 @@ impl crate::SourceError {
 
 /// Adds what was being done to an error.
 pub(super) trait Context<T> {
-    fn context(self, what: impl Into<Cow<'static, str>>) -> Result<T, Failure>;
+    fn context(self, what: impl Into<Step>) -> Result<T, Failure>;
 }
 
 impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for Result<T, E> {
-    fn context(self, what: impl Into<Cow<'static, str>>) -> Result<T, Failure> {
+    fn context(self, what: impl Into<Step>) -> Result<T, Failure> {
         self.map_err(|e| Failure::new(what, Cause::Other(Arc::new(e))))
     }
 }

@@ -29,7 +29,7 @@ macro_rules! step {
             match $source.step($what, $call).await {
                 Err(failure) if failure.bad_nonce() && refused < $crate::acme::BAD_NONCE_RETRIES => {
                     refused += 1;
-                    tracing::debug!(target: "certrotate", step = $what, refused, "the CA refused the nonce; sending again with a fresh one");
+                    tracing::debug!(target: "certrotate", step = %$what, refused, "the CA refused the nonce; sending again with a fresh one");
                 }
                 other => break other,
             }
@@ -502,7 +502,7 @@ pub mod fuzzing {
     pub fn problem(json: &[u8]) -> Option<Duration> {
         let problem: instant_acme::Problem = serde_json::from_slice(json).ok()?;
         let failure = super::Failure::new(
-            super::failure::CREATING_ORDER,
+            super::failure::Step::CreatingOrder,
             instant_acme::Error::Api(problem),
         );
         let _ = (failure.forgotten_account(), failure.bad_nonce());
@@ -517,7 +517,7 @@ pub mod fuzzing {
 
 #[cfg(test)]
 mod tests {
-    use super::failure::{rate_limit_wait, CREATING_ORDER};
+    use super::failure::{rate_limit_wait, Step};
     use super::http::retry_after;
     use super::*;
     use std::time::UNIX_EPOCH;
@@ -572,7 +572,7 @@ mod tests {
     }
 
     /// A failure of `step` with the CA's problem document.
-    fn problem(step: &'static str, r#type: &str, detail: &str) -> Failure {
+    fn problem(step: impl Into<Step>, r#type: &str, detail: &str) -> Failure {
         let problem = serde_json::json!({"type": r#type, "detail": detail});
         let error = instant_acme::Error::Api(serde_json::from_value(problem).unwrap());
         Failure::new(step, error)
@@ -580,7 +580,7 @@ mod tests {
 
     #[test]
     fn rate_limits_say_how_long_to_wait() {
-        let problem = |r#type: &str, detail: &str| problem(CREATING_ORDER, r#type, detail);
+        let problem = |r#type: &str, detail: &str| problem(Step::CreatingOrder, r#type, detail);
         let now = SystemTime::now();
         let in_an_hour = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
         let stamp = format!(
@@ -613,13 +613,13 @@ mod tests {
     fn a_forgotten_or_deactivated_account_is_recognised() {
         let error = |r#type: &str| format!("urn:ietf:params:acme:error:{type}");
         let unknown = problem(
-            CREATING_ORDER,
+            Step::CreatingOrder,
             &error("accountDoesNotExist"),
             "Zu diesem Schlüssel gibt es kein Konto",
         );
         assert!(unknown.forgotten_account());
         let deactivated = problem(
-            CREATING_ORDER,
+            Step::CreatingOrder,
             &error("unauthorized"),
             "Das Konto ist deaktiviert",
         );
@@ -629,7 +629,7 @@ mod tests {
         let validating = problem("validating the names", &error("unauthorized"), "Nein");
         assert!(!validating.forgotten_account());
         let limited = problem(
-            CREATING_ORDER,
+            Step::CreatingOrder,
             &error("rateLimited"),
             "Zu viele Konten (account) nicht autorisiert (unauthorized)",
         );
@@ -640,13 +640,21 @@ mod tests {
     #[test]
     fn nonce_and_replacement_problems_are_recognised_by_type() {
         let error = |r#type: &str| format!("urn:ietf:params:acme:error:{type}");
-        let nonce = problem(CREATING_ORDER, &error("badNonce"), "Ungültige Einmalnummer");
+        let nonce = problem(
+            Step::CreatingOrder,
+            &error("badNonce"),
+            "Ungültige Einmalnummer",
+        );
         assert!(nonce.bad_nonce() && !nonce.already_replaced());
-        let replaced = problem(CREATING_ORDER, &error("alreadyReplaced"), "Schon ersetzt");
+        let replaced = problem(
+            Step::CreatingOrder,
+            &error("alreadyReplaced"),
+            "Schon ersetzt",
+        );
         assert!(replaced.already_replaced() && !replaced.bad_nonce());
         // The English words in the text alone mean nothing.
         let worded = problem(
-            CREATING_ORDER,
+            Step::CreatingOrder,
             &error("malformed"),
             "badNonce alreadyReplaced accountDoesNotExist rateLimited",
         );
@@ -661,7 +669,7 @@ mod tests {
     #[test]
     fn a_rate_limit_in_another_language_waits_a_minute() {
         let limited = problem(
-            CREATING_ORDER,
+            Step::CreatingOrder,
             "urn:ietf:params:acme:error:rateLimited",
             "Zu viele Zertifikate, bitte später erneut versuchen",
         );

@@ -8,7 +8,7 @@ use instant_acme::{
 };
 
 use super::challenge::Cleanup;
-use super::failure::{rate_limit_wait, Cause, Context, Failure, CREATING_ORDER};
+use super::failure::{rate_limit_wait, Cause, Context, Failure, Step, Unexpected};
 use super::storage::{Holding, Renewal, Trouble};
 use super::AcmeSource;
 use crate::bundle::CertBundle;
@@ -31,9 +31,10 @@ impl AcmeSource {
     /// a rate limit's wait for the rotator.
     pub(super) async fn step<T, E: Into<Cause>>(
         &self,
-        what: &'static str,
+        what: impl Into<Step>,
         future: impl Future<Output = Result<T, E>>,
     ) -> Result<T, Failure> {
+        let what = what.into();
         let timeout = self.inner.config.timeout;
         match tokio::time::timeout(timeout, future).await {
             Ok(Ok(value)) => Ok(value),
@@ -246,12 +247,18 @@ impl AcmeSource {
         };
         // `replaces` only where the CA gave renewal advice (it has ARI).
         let ari = lock(&self.inner.advice).is_some();
-        let order = match step!(self, CREATING_ORDER, account.new_order(&new_order(ari))) {
+        let order = match step!(
+            self,
+            Step::CreatingOrder,
+            account.new_order(&new_order(ari))
+        ) {
             // The old certificate was replaced already (by another replica,
             // or an order lost in a crash): order without `replaces`.
-            Err(failure) if failure.already_replaced() => {
-                step!(self, CREATING_ORDER, account.new_order(&new_order(false)))?
-            }
+            Err(failure) if failure.already_replaced() => step!(
+                self,
+                Step::CreatingOrder,
+                account.new_order(&new_order(false))
+            )?,
             other => other?,
         };
         *lock(&self.inner.pending) = Some(PendingOrder {
@@ -312,8 +319,8 @@ impl AcmeSource {
                         let error = instant_acme::Error::Api(problem);
                         return Err(Failure::new("validating the challenges", error));
                     }
-                    let why = format!("the order is {status:?}");
-                    return Err(Failure::unexpected("validating the challenges", why));
+                    let why = Unexpected::Order(status);
+                    return Err(Failure::new("validating the challenges", why));
                 }
                 let key_pem =
                     zeroize::Zeroizing::new(step!(self, "finalizing the order", order.finalize())?);

@@ -11,13 +11,11 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::bundle::CertInfo;
-use crate::events::{RotationEvent, Trigger};
+use crate::engine::{self, Rules, Slot, SlotState, Verdict};
+use crate::events::Trigger;
 use crate::health::AlertLevel;
-use crate::metrics::Outcome;
-use crate::policy::{Policy, ValidatedCert, ValidationError};
+use crate::policy::Policy;
 use crate::read::OneAtATime;
-use crate::renewal;
 use crate::source::file::{
     FileOptions, Files, Fingerprint, Loaded, Wake, Wakeups, MAX_BUSY_WINDOWS, READ_TIMEOUT,
 };
@@ -43,7 +41,7 @@ pub(super) struct DirTask {
     policy: Policy,
     options: FileOptions,
     store: CertStore,
-    retry: (Duration, Duration),
+    rules: Rules,
     wakeups: Wakeups,
     pairs: BTreeMap<Arc<str>, Pair>,
     /// Subdirectories watched beside the directory (cert-manager pairs, or
@@ -73,8 +71,8 @@ struct Pair {
     stamp: u64,
     /// What the last read found.
     seen: Option<Fingerprint>,
-    failures: u32,
-    retry_at: Option<Instant>,
+    /// What the engine keeps of it (its retry time among them).
+    state: SlotState,
     /// Until when a pair caught between its halves is read again before its
     /// error is reported.
     grace_until: Option<Instant>,
@@ -82,11 +80,7 @@ struct Pair {
     file_warning: Option<SourceWarning>,
     /// Why its mark could not be read, if it could not.
     mark_warning: Option<SourceWarning>,
-    /// Reads of its mark that failed in a row (their own backoff).
-    mark_failures: u32,
-    /// The warnings in health.
-    warnings: Vec<SourceWarning>,
-    reported: AlertLevel,
+    /// When its alert level is next looked at (its place in `checks`).
     check_at: Option<SystemTime>,
 }
 
@@ -103,14 +97,6 @@ struct Look {
 /// What reading a pair's mark file gave.
 type MarkRead = Result<Option<HighWaterMark>, MarkUnreadable>;
 
-/// What became of one candidate.
-enum Verdict {
-    Unchanged,
-    Failed(SourceError),
-    Refused(ValidationError),
-    Valid(ValidatedCert),
-}
-
 impl DirTask {
     /// The task `builder` describes, until `gone` closes.
     pub(super) fn new(builder: CertDirectoryBuilder, gone: watch::Receiver<()>) -> Self {
@@ -125,7 +111,10 @@ impl DirTask {
             policy: builder.policy,
             options: builder.options,
             store: builder.store.unwrap_or_default(),
-            retry: builder.retry,
+            rules: Rules {
+                retry: builder.retry,
+                ..Rules::default()
+            },
             wakeups,
             pairs: BTreeMap::new(),
             subdirs: BTreeSet::new(),
@@ -228,7 +217,7 @@ impl DirTask {
             }
             let (_, name) = self.retries.pop_first().expect("just seen");
             if let Some(pair) = self.pairs.get_mut(&name) {
-                pair.retry_at = None;
+                pair.state.retry_at = None;
             }
             due.push(name);
         }
@@ -237,9 +226,9 @@ impl DirTask {
         }
     }
 
-    /// Reports the alert levels that changed, with an expiry warning when
-    /// one got worse; a pair overdue for renewal is read again (an update
-    /// whose event was lost).
+    /// Reports the alert levels due for a look, with expiry warnings; a
+    /// pair overdue for renewal is read again (an update whose event was
+    /// lost).
     async fn check_due(&mut self) {
         let now = self.store.clock().now();
         let mut overdue = Vec::new();
@@ -248,23 +237,13 @@ impl DirTask {
                 break;
             }
             let (_, name) = self.checks.pop_first().expect("just seen");
-            let Some(cert) = self.store.current(&name) else {
-                continue;
-            };
-            let level = self.schedule_check(&name, &cert, now);
-            let Some(pair) = self.pairs.get_mut(&name) else {
-                continue;
-            };
-            if level > pair.reported {
-                self.store.events().emit(RotationEvent::ExpiryWarning {
-                    slot: name.clone(),
-                    remaining: cert.not_after.duration_since(now).unwrap_or_default(),
-                    cert: cert.clone(),
-                    level,
-                });
+            if let Some(pair) = self.pairs.get_mut(&name) {
+                pair.check_at = None;
             }
-            pair.reported = level;
-            if level > AlertLevel::Ok {
+            if self
+                .check(&name, now)
+                .is_some_and(|level| level > AlertLevel::Ok)
+            {
                 overdue.push(name);
             }
         }
@@ -273,22 +252,48 @@ impl DirTask {
         }
     }
 
-    /// Reports `cert`'s level in `name` and plans the next look at it.
-    fn schedule_check(&mut self, name: &Arc<str>, cert: &CertInfo, now: SystemTime) -> AlertLevel {
-        let renew_at = renewal::at_fraction(cert, renewal::DEFAULT_FRACTION, 0.0, 0.0);
-        let level = AlertLevel::at(cert, now, renew_at);
-        self.store.report_level(name, cert, level);
-        let next = AlertLevel::next_change(cert, renew_at, now);
-        if let Some(pair) = self.pairs.get_mut(name) {
-            if let Some(old) = pair.check_at.take() {
-                self.checks.remove(&(old, name.clone()));
+    /// Has the engine report pair `name`'s alert level at `now` (with an
+    /// expiry warning if due), and plans the next look at it.
+    fn check(&mut self, name: &Arc<str>, now: SystemTime) -> Option<AlertLevel> {
+        let (level, next) = self.with_slot(name, |slot| slot.check_expiry(now, |_| None))??;
+        let pair = self.pairs.get_mut(name)?;
+        if let Some(old) = pair.check_at.take() {
+            self.checks.remove(&(old, name.clone()));
+        }
+        if let Some(next) = next {
+            self.checks.insert((next, name.clone()));
+            pair.check_at = Some(next);
+        }
+        Some(level)
+    }
+
+    /// Runs `step` on pair `name` under the engine's rules, then brings the
+    /// retry index up to date with the pair's retry time.
+    fn with_slot<R>(
+        &mut self,
+        name: &Arc<str>,
+        step: impl FnOnce(&mut Slot<'_>) -> R,
+    ) -> Option<R> {
+        let pair = self.pairs.get_mut(name)?;
+        let before = pair.state.retry_at;
+        let mut slot = Slot {
+            store: &self.store,
+            rules: &self.rules,
+            name,
+            kind: "file",
+            state: &mut pair.state,
+        };
+        let result = step(&mut slot);
+        let after = pair.state.retry_at;
+        if before != after {
+            if let Some(before) = before {
+                self.retries.remove(&(before, name.clone()));
             }
-            if let Some(next) = next {
-                self.checks.insert((next, name.clone()));
-                pair.check_at = Some(next);
+            if let Some(after) = after {
+                self.retries.insert((after, name.clone()));
             }
         }
-        level
+        Some(result)
     }
 
     /// Lists the directory: pairs that appeared are loaded, pairs that left
@@ -417,43 +422,45 @@ impl DirTask {
         let verdicts = self.validate(candidates, trigger).await;
         let mut writes = Vec::new();
         for (name, verdict, read) in verdicts {
-            if let Some(read) = read {
-                let write = self.mark_read(&name, &read);
-                writes.extend(write.map(|(path, mark)| (name.clone(), path, mark)));
+            if let Some(read) = &read {
+                self.mark_loaded(&name, read);
             }
             if let Some((path, mark)) = self.apply(name.clone(), verdict) {
-                writes.push((name, path, mark));
+                writes.push((name.clone(), path, mark));
+            }
+            if let Some(read) = &read {
+                let write = self.mark_settled(&name, read.is_ok());
+                writes.extend(write.map(|(path, mark)| (name.clone(), path, mark)));
             }
         }
         self.write_marks(writes).await;
     }
 
-    /// Takes in what reading a pair's mark file gave: one that cannot be
-    /// read is reported in health and read again after a retry delay.
+    /// Takes in what reading a pair's mark file gave (one that cannot be
+    /// read is reported in health).
+    fn mark_loaded(&mut self, name: &Arc<str>, read: &MarkRead) {
+        self.marks.loaded(name, read);
+        if let Some(pair) = self.pairs.get_mut(name) {
+            pair.mark_warning = read
+                .as_ref()
+                .err()
+                .cloned()
+                .map(|error| SourceWarning::MarkUnreadable(Box::new(error)));
+        }
+    }
+
+    /// After a read or write of pair `name`'s mark (`ok`: it worked): one
+    /// that failed is tried again after a retry delay of its own.
     ///
     /// Returns the mark to write when the certificate the pair serves is
     /// newer than the one read (it was installed while the mark could not be
     /// read, or the file was unusable): the mark catches up.
-    fn mark_read(
+    fn mark_settled(
         &mut self,
         name: &Arc<str>,
-        read: &MarkRead,
+        ok: bool,
     ) -> Option<(std::path::PathBuf, HighWaterMark)> {
-        self.marks.loaded(name, read);
-        let pair = self.pairs.get_mut(name)?;
-        pair.mark_warning = read
-            .as_ref()
-            .err()
-            .cloned()
-            .map(|error| SourceWarning::MarkUnreadable(Box::new(error)));
-        match pair.mark_warning {
-            Some(_) => {
-                let delay = renewal::retry_delay(pair.mark_failures, self.retry, None, None);
-                pair.mark_failures = pair.mark_failures.saturating_add(1);
-                self.plan_retry(name, Instant::now() + delay);
-            }
-            None => pair.mark_failures = 0,
-        }
+        self.with_slot(name, |slot| slot.mark_read(ok))?;
         self.note_warnings(name);
         let serving = self.store.current(name)?;
         self.marks.raise(name, &serving)
@@ -494,7 +501,8 @@ impl DirTask {
                     self.marks.unsaved(&name);
                 }
                 let read = result.map(|()| None).map_err(MarkUnreadable::new);
-                self.mark_read(&name, &read);
+                self.mark_loaded(&name, &read);
+                self.mark_settled(&name, read.is_ok());
             }
         }
     }
@@ -553,26 +561,20 @@ impl DirTask {
         candidates: Vec<(Arc<str>, Result<crate::CertBundle, SourceError>)>,
         trigger: Trigger,
     ) -> Vec<(Arc<str>, Verdict, Option<MarkRead>)> {
-        let events = self.store.events();
         let mut verdicts = Vec::new();
         let mut work = Vec::new();
         for (name, bundle) in candidates {
-            events.emit(RotationEvent::Attempted {
-                slot: name.clone(),
-                trigger,
-            });
+            engine::attempting(&self.store, &name, trigger);
             let serving = self.store.current(&name);
             let lookup = self.marks.lookup(&name);
             match bundle {
                 Err(error) => verdicts.push((name, Verdict::Failed(error), None)),
                 Ok(bundle) => {
-                    let unchanged = serving.as_ref().is_some_and(|s| {
-                        s.fingerprint_sha256 == bundle.info().fingerprint_sha256
-                            && bundle.key_fits()
-                    });
+                    let unchanged = engine::unchanged(serving.as_deref(), &bundle);
                     match (unchanged, lookup) {
                         (true, Lookup::Known(_)) => {
-                            verdicts.push((name, Verdict::Unchanged, None));
+                            let serving = serving.expect("unchanged from one serving");
+                            verdicts.push((name, Verdict::Unchanged(serving), None));
                         }
                         (unchanged, lookup) => {
                             let bundle = (!unchanged).then_some(bundle);
@@ -620,16 +622,14 @@ impl DirTask {
                     .map(|(name, bundle, serving, recorded)| {
                         // Nothing older than the mark, or (when the mark
                         // cannot be read) than what serves.
-                        let serving = serving.as_deref().map(HighWaterMark::of);
-                        let newest = HighWaterMark::newest(recorded, serving);
-                        let verdict = match bundle {
-                            None => Verdict::Unchanged,
-                            Some(bundle) => {
-                                match policy.validate_newer_than(&bundle, newest.as_ref(), now) {
-                                    Ok(valid) => Verdict::Valid(valid),
-                                    Err(error) => Verdict::Refused(error),
-                                }
+                        let mark = serving.as_deref().map(HighWaterMark::of);
+                        let newest = HighWaterMark::newest(recorded, mark);
+                        let verdict = match (bundle, serving) {
+                            (Some(bundle), _) => {
+                                engine::judge(&policy, &bundle, newest.as_ref(), now)
                             }
+                            (None, Some(serving)) => Verdict::Unchanged(serving),
+                            (None, None) => unreachable!("unchanged from one serving"),
                         };
                         (name, verdict)
                     })
@@ -684,79 +684,30 @@ impl DirTask {
         reads
     }
 
-    /// Installs a valid candidate, or reports why not and plans a retry.
-    /// Returns the mark to write if it rose.
+    /// Has the engine carry out `verdict` for pair `name` and plan what
+    /// follows. Returns the mark to write if it rose.
     fn apply(
         &mut self,
         name: Arc<str>,
         verdict: Verdict,
     ) -> Option<(std::path::PathBuf, HighWaterMark)> {
-        let mut write = None;
-        let events = self.store.events().clone();
-        let outcome = match verdict {
-            Verdict::Unchanged => {
-                self.store.record_success(&name);
-                Outcome::Unchanged
-            }
-            Verdict::Valid(valid) => {
-                let info = valid.info.clone();
-                self.store.install(&name, valid);
-                write = self.marks.raise(&name, &info);
-                let now = self.store.clock().now();
-                let level = self.schedule_check(&name, &info, now);
-                if let Some(pair) = self.pairs.get_mut(&name) {
-                    pair.reported = level;
-                }
-                Outcome::Rotated
-            }
-            Verdict::Failed(error) => {
-                self.store
-                    .record_failure(&name, error.code(), error.to_string());
-                let outcome = Outcome::Failed(error.code());
-                events.emit(RotationEvent::SourceFailed {
-                    slot: name.clone(),
-                    error,
-                });
-                outcome
-            }
-            Verdict::Refused(error) => {
-                let code = error.reason().code();
-                self.store.record_failure(&name, code, error.to_string());
-                events.emit(RotationEvent::Refused {
-                    slot: name.clone(),
-                    error: Arc::new(error),
-                });
-                Outcome::Refused(code)
-            }
+        let now = self.store.clock().now();
+        let result = self.with_slot(&name, |slot| {
+            let result = slot.conclude(verdict, |_| None);
+            let due = slot.renewal(|_| None).is_some_and(|(_, at)| at <= now);
+            slot.plan(&result, due);
+            result
+        })?;
+        let Ok(engine::Rotation::Rotated { new, .. }) = result else {
+            return None;
         };
-        events.attempted(&name, "file", outcome);
-        let Some(pair) = self.pairs.get_mut(&name) else {
-            return write;
-        };
-        match outcome {
-            Outcome::Rotated | Outcome::Unchanged => pair.failures = 0,
-            Outcome::Failed(_) | Outcome::Refused(_) => {
-                let now = self.store.clock().now();
-                let remaining = self
-                    .store
-                    .current(&name)
-                    .map(|c| c.not_after.duration_since(now).unwrap_or_default());
-                let delay = renewal::retry_delay(pair.failures, self.retry, None, remaining);
-                pair.failures = pair.failures.saturating_add(1);
-                self.plan_retry(&name, Instant::now() + delay);
-            }
-        }
-        write
+        self.check(&name, now);
+        self.marks.raise(&name, &new)
     }
 
+    /// Reads pair `name` again at `at` (caught between its halves).
     fn plan_retry(&mut self, name: &Arc<str>, at: Instant) {
-        let Some(pair) = self.pairs.get_mut(name) else {
-            return;
-        };
-        if let Some(old) = pair.retry_at.replace(at) {
-            self.retries.remove(&(old, name.clone()));
-        }
-        self.retries.insert((at, name.clone()));
+        self.with_slot(name, |slot| slot.state.retry_at = Some(at));
     }
 
     /// Records a pair's warnings (its files', its mark's) in health, with
@@ -770,18 +721,7 @@ impl DirTask {
             .flatten()
             .cloned()
             .collect();
-        if warnings == pair.warnings {
-            return;
-        }
-        let shown = warnings.iter().map(ToString::to_string).collect();
-        self.store.set_warnings(name, shown);
-        for warning in warnings.iter().filter(|w| !pair.warnings.contains(w)) {
-            self.store.events().emit(RotationEvent::Warning {
-                slot: name.clone(),
-                warning: warning.clone(),
-            });
-        }
-        pair.warnings = warnings;
+        self.with_slot(name, |slot| slot.warn(warnings));
     }
 
     /// The pair `name` left the directory: its slot goes.
@@ -789,7 +729,7 @@ impl DirTask {
         let Some(pair) = self.pairs.remove(name) else {
             return;
         };
-        if let Some(at) = pair.retry_at {
+        if let Some(at) = pair.state.retry_at {
             self.retries.remove(&(at, name.clone()));
         }
         if let Some(at) = pair.check_at {
@@ -807,14 +747,10 @@ impl Pair {
             files,
             stamp: 0,
             seen: None,
-            failures: 0,
-            retry_at: None,
+            state: SlotState::default(),
             grace_until: None,
             file_warning: None,
             mark_warning: None,
-            mark_failures: 0,
-            warnings: Vec::new(),
-            reported: AlertLevel::Ok,
             check_at: None,
         }
     }

@@ -362,15 +362,17 @@ impl Policy {
     /// A `ServerConfig` with this policy's crypto provider, safe default
     /// protocol versions, certificates from `resolver`, and client
     /// certificates required and verified against `clients` (sessions
-    /// partitioned by its generation), or no client auth.
+    /// partitioned by its generation), or no client auth. ALPN offers `h2`
+    /// and `http/1.1`, and ACME's `acme-tls/1` if `tls_alpn_01`.
     pub(crate) fn server_config(
         &self,
         resolver: Arc<crate::RotatingResolver>,
         clients: Option<&crate::TrustStore>,
+        tls_alpn_01: bool,
     ) -> Result<rustls::ServerConfig, rustls::Error> {
         let builder = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?;
-        Ok(match clients {
+        let mut config = match clients {
             Some(trust) => {
                 let mut config = builder
                     .with_client_cert_verifier(trust.client_verifier())
@@ -379,7 +381,9 @@ impl Policy {
                 config
             }
             None => builder.with_no_client_auth().with_cert_resolver(resolver),
-        })
+        };
+        config.alpn_protocols = crate::resolver::server_alpn(tls_alpn_01);
+        Ok(config)
     }
 
     /// This policy, requiring the certificate to cover `name` (a DNS name

@@ -16,12 +16,13 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::bundle::{CertBundle, CertInfo};
+pub use crate::engine::{RotateError, Rotation};
+use crate::engine::{Rules, SlotState};
 use crate::events::{RotationEvent, Trigger};
-use crate::health::{AlertLevel, HealthSnapshot};
-use crate::policy::{Policy, ValidationError};
-use crate::renewal;
-use crate::resolver::{server_alpn, RotatingResolver};
-use crate::source::{CertSource, SourceError};
+use crate::health::HealthSnapshot;
+use crate::policy::Policy;
+use crate::resolver::RotatingResolver;
+use crate::source::CertSource;
 use crate::store::{CertStore, RollbackError, DEFAULT_SLOT};
 
 mod task;
@@ -65,36 +66,6 @@ struct Handle {
     task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
-/// What a successful rotation attempt did.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum Rotation {
-    /// A new certificate went live.
-    Rotated {
-        /// The certificate serving before, if any.
-        old: Option<Arc<CertInfo>>,
-        /// The certificate serving now.
-        new: Arc<CertInfo>,
-    },
-    /// The source gave the certificate that is already serving.
-    Unchanged(Arc<CertInfo>),
-}
-
-/// A rotation attempt failed; the certificate serving before keeps serving.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum RotateError {
-    /// The source could not produce a candidate.
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    /// The candidate failed the policy.
-    #[error(transparent)]
-    Refused(#[from] ValidationError),
-    /// The rotator has been shut down.
-    #[error("the rotator has been shut down")]
-    Stopped,
-}
-
 /// Configures and starts a [`Rotator`].
 #[derive(Debug)]
 #[must_use]
@@ -103,11 +74,7 @@ pub struct RotatorBuilder<S> {
     policy: Policy,
     store: Option<CertStore>,
     slot: String,
-    renew_before_fraction: f64,
-    jitter: f64,
-    retry_min: Duration,
-    retry_max: Duration,
-    alert_repeat: Duration,
+    rules: Rules,
     fetch_timeout: Duration,
     allow_older: bool,
 }
@@ -131,7 +98,7 @@ impl<S: CertSource> RotatorBuilder<S> {
     /// expiry), unless the source decides itself
     /// ([`CertSource::renew_at`]). Clamped to `0.01..=0.99`.
     pub fn renew_before_fraction(mut self, fraction: f64) -> Self {
-        self.renew_before_fraction = fraction.clamp(0.01, 0.99);
+        self.rules.renew_before_fraction = fraction.clamp(0.01, 0.99);
         self
     }
 
@@ -139,7 +106,7 @@ impl<S: CertSource> RotatorBuilder<S> {
     /// so that a fleet does not renew all at once (default 0.1). Clamped to
     /// `0.0..=0.5`. Not applied to a time the source decides.
     pub fn renewal_jitter(mut self, fraction: f64) -> Self {
-        self.jitter = fraction.clamp(0.0, 0.5);
+        self.rules.jitter = fraction.clamp(0.0, 0.5);
         self
     }
 
@@ -149,22 +116,22 @@ impl<S: CertSource> RotatorBuilder<S> {
     /// validity (nor less than `min`): short-lived certificates survive an
     /// outage of a good part of their life.
     pub fn retry_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.retry_min = min.max(Duration::from_millis(1));
-        self.retry_max = max.max(self.retry_min);
+        let min = min.max(Duration::from_millis(1));
+        self.rules.retry = (min, max.max(min));
         self
     }
 
     /// While the serving certificate is past its renewal time, repeats its
     /// [`RotationEvent::ExpiryWarning`] (and log line) this often, on top of
-    /// one at each escalation of its [`AlertLevel`] (default 1 h, at least
+    /// one at each escalation of its [`AlertLevel`](crate::AlertLevel) (default 1 h, at least
     /// 1 s). A stuck renewal keeps being reported, at a bounded rate.
     pub fn alert_repeat(mut self, every: Duration) -> Self {
-        self.alert_repeat = every.max(Duration::from_secs(1));
+        self.rules.alert_repeat = every.max(Duration::from_secs(1));
         self
     }
 
     /// Gives up on a fetch that takes longer than this (default 10 min): it
-    /// fails as [`SourceError::Unavailable`] and is retried with backoff, so
+    /// fails as [`SourceError::Unavailable`](crate::SourceError::Unavailable) and is retried with backoff, so
     /// a source that hangs cannot stop the rotator's retries and alerts.
     /// ACME orders finish within their own per-step timeouts; keep this
     /// above the slowest legitimate fetch.
@@ -203,7 +170,7 @@ impl<S: CertSource> RotatorBuilder<S> {
     /// succeeds. Until then, handshakes on this slot fail.
     pub fn spawn(self) -> Rotator {
         let (rotator, mut task) = self.prepare();
-        task.retry_at = Some(Instant::now());
+        task.state.retry_at = Some(Instant::now());
         rotator.run(task)
     }
 
@@ -234,7 +201,7 @@ impl<S: CertSource> RotatorBuilder<S> {
             if task.source.at_hand().await {
                 let _ = task.attempt(Trigger::Initial, None, false).await;
             } else {
-                task.retry_at = Some(Instant::now());
+                task.state.retry_at = Some(Instant::now());
             }
             rotator.run(task)
         }
@@ -260,20 +227,11 @@ impl<S: CertSource> RotatorBuilder<S> {
             policy: self.policy,
             store,
             slot,
-            renew_before_fraction: self.renew_before_fraction,
-            jitter: self.jitter,
-            retry_min: self.retry_min,
-            retry_max: self.retry_max,
-            renew_at: None,
-            retry_at: None,
-            failures: 0,
-            reported: AlertLevel::Ok,
-            alert_repeat: self.alert_repeat,
-            last_alert: None,
+            rules: self.rules,
+            state: SlotState::default(),
+            next_look: None,
             fetch_timeout: self.fetch_timeout,
-            warnings: Vec::new(),
             mark: crate::mark::Recorded::NotRead,
-            mark_failures: 0,
             allow_older: self.allow_older,
             inbox: Some(inbox),
             stopped,
@@ -325,11 +283,7 @@ impl Rotator {
             policy,
             store: None,
             slot: DEFAULT_SLOT.into(),
-            renew_before_fraction: renewal::DEFAULT_FRACTION,
-            jitter: 0.1,
-            retry_min: Duration::from_secs(1),
-            retry_max: Duration::from_secs(300),
-            alert_repeat: Duration::from_secs(3600),
+            rules: Rules::default(),
             fetch_timeout: Duration::from_secs(600),
             allow_older: false,
         }
@@ -346,16 +300,8 @@ impl Rotator {
     /// when the source answers TLS-ALPN-01 challenges; change
     /// `alpn_protocols` and other options before wrapping it in an `Arc`.
     pub fn server_config(&self) -> Result<ServerConfig, rustls::Error> {
-        self.with_alpn(self.inner.policy.server_config(self.resolver(), None))
-    }
-
-    fn with_alpn(
-        &self,
-        config: Result<ServerConfig, rustls::Error>,
-    ) -> Result<ServerConfig, rustls::Error> {
-        let mut config = config?;
-        config.alpn_protocols = server_alpn(self.inner.tls_alpn_01);
-        Ok(config)
+        let tls_alpn_01 = self.inner.tls_alpn_01;
+        (self.inner.policy).server_config(self.resolver(), None, tls_alpn_01)
     }
 
     /// Like [`server_config`](Self::server_config), but clients must present
@@ -375,11 +321,8 @@ impl Rotator {
         &self,
         clients: &crate::TrustStore,
     ) -> Result<ServerConfig, rustls::Error> {
-        let config = self
-            .inner
-            .policy
-            .server_config(self.resolver(), Some(clients));
-        self.with_alpn(config)
+        let tls_alpn_01 = self.inner.tls_alpn_01;
+        (self.inner.policy).server_config(self.resolver(), Some(clients), tls_alpn_01)
     }
 
     /// The store this rotator fills.

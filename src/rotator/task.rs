@@ -1,7 +1,6 @@
 //! The rotation task: waits for the source, the renewal time, a trigger or
-//! a retry; fetches; validates off the runtime; installs; backs off; alerts.
+//! a retry; fetches; has the engine judge, install, back off and alert.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
@@ -9,12 +8,10 @@ use tokio::time::Instant;
 
 use super::{Command, RotateError, Rotation};
 use crate::bundle::{CertBundle, CertInfo};
-use crate::events::{RotationEvent, Trigger};
-use crate::health::AlertLevel;
+use crate::engine::{self, Rules, Slot, SlotState, Verdict};
+use crate::events::Trigger;
 use crate::mark::{HighWaterMark, MarkUnreadable, Recorded};
-use crate::metrics::Outcome;
 use crate::policy::Policy;
-use crate::renewal;
 use crate::source::{CertSource, SourceError, SourceWarning};
 use crate::store::CertStore;
 
@@ -29,26 +26,14 @@ pub(super) struct Task<S> {
     pub(super) source: S,
     pub(super) policy: Policy,
     pub(super) store: CertStore,
-    pub(super) slot: Arc<str>,
-    pub(super) renew_before_fraction: f64,
-    pub(super) jitter: f64,
-    pub(super) retry_min: Duration,
-    pub(super) retry_max: Duration,
-    /// The serving certificate's renewal time, drawn once per certificate.
-    pub(super) renew_at: Option<(String, SystemTime)>,
-    pub(super) retry_at: Option<Instant>,
-    pub(super) failures: u32,
-    pub(super) reported: AlertLevel,
-    pub(super) alert_repeat: Duration,
-    /// When the last expiry warning was emitted.
-    pub(super) last_alert: Option<Instant>,
+    pub(super) slot: std::sync::Arc<str>,
+    pub(super) rules: Rules,
+    pub(super) state: SlotState,
+    /// When the serving certificate's alert level next needs a look.
+    pub(super) next_look: Option<SystemTime>,
     pub(super) fetch_timeout: Duration,
-    /// The source's warnings as of its last fetch.
-    pub(super) warnings: Vec<SourceWarning>,
     /// The newest certificate served, as the source recorded it.
     pub(super) mark: Recorded,
-    /// Reads of the mark that failed in a row (their own backoff).
-    pub(super) mark_failures: u32,
     /// Older certificates than the mark are accepted (logged at start).
     pub(super) allow_older: bool,
     pub(super) inbox: Option<mpsc::Receiver<Command>>,
@@ -107,15 +92,8 @@ impl<S: CertSource> Task<S> {
         let at =
             |t: SystemTime| crate::clock::instant_in(t.duration_since(now).unwrap_or_default());
         let cap = crate::clock::instant_in(MAX_SLEEP);
-        let repeat = self.last_alert.map(|t| t + self.alert_repeat);
-        let alert = self
-            .current()
-            .zip(self.renewal_time())
-            .and_then(|(c, renew_at)| {
-                let change = AlertLevel::next_change(&c, renew_at, now);
-                change.map(at).into_iter().chain(repeat).min()
-            });
-        let (attempt, trigger) = match self.retry_at {
+        let alert = self.next_look.map(at);
+        let (attempt, trigger) = match self.state.retry_at {
             Some(retry) => (Some(retry), Trigger::Retry),
             None => (self.renewal_time().map(at), Trigger::Schedule),
         };
@@ -125,55 +103,38 @@ impl<S: CertSource> Task<S> {
         }
     }
 
-    fn current(&self) -> Option<Arc<CertInfo>> {
+    fn current(&self) -> Option<std::sync::Arc<CertInfo>> {
         self.store.current(&self.slot)
     }
 
-    /// The serving certificate's renewal time, as the source decides it,
-    /// else when `renew_before_fraction` of its lifetime is left, minus a
-    /// random part of the window (drawn once per certificate). Health's
-    /// alert levels are measured against the same time.
+    /// The slot under the engine's rules, and the source (which may decide
+    /// renewal times).
+    fn engine(&mut self) -> (Slot<'_>, &S) {
+        let slot = Slot {
+            store: &self.store,
+            rules: &self.rules,
+            name: &self.slot,
+            kind: self.source.kind(),
+            state: &mut self.state,
+        };
+        (slot, &self.source)
+    }
+
+    /// The serving certificate's renewal time (the source's, if it decides).
     fn renewal_time(&mut self) -> Option<SystemTime> {
-        let cert = self.current()?;
-        let at = match (self.source.renew_at(&cert), &self.renew_at) {
-            (Some(at), _) => at,
-            (None, Some((fingerprint, at))) if *fingerprint == cert.fingerprint_sha256 => *at,
-            (None, _) => {
-                let (fraction, jitter) = (self.renew_before_fraction, self.jitter);
-                renewal::at_fraction(&cert, fraction, jitter, fastrand::f64())
-            }
-        };
-        self.renew_at = Some((cert.fingerprint_sha256.clone(), at));
-        self.store.set_renew_at(&self.slot, at);
-        Some(at)
+        let (slot, source) = self.engine();
+        slot.renewal(|cert| source.renew_at(cert)).map(|(_, at)| at)
     }
 
-    /// Emits an expiry warning when the level got worse, and again every
-    /// `alert_repeat` while it is not `Ok`.
+    /// Reports the alert level, with expiry warnings, and notes when to
+    /// look again.
     fn check_expiry(&mut self, now: SystemTime) {
-        let (Some(cert), Some(renew_at)) = (self.current(), self.renewal_time()) else {
-            return;
-        };
-        let level = AlertLevel::at(&cert, now, renew_at);
-        self.store.report_level(&self.slot, &cert, level);
-        let repeat_due = self
-            .last_alert
-            .is_some_and(|t| t + self.alert_repeat <= Instant::now());
-        if level > self.reported || (level > AlertLevel::Ok && repeat_due) {
-            self.store.events().emit(RotationEvent::ExpiryWarning {
-                slot: self.slot.clone(),
-                remaining: cert.not_after.duration_since(now).unwrap_or_default(),
-                cert,
-                level,
-            });
-            self.last_alert = Some(Instant::now());
-        } else if level == AlertLevel::Ok {
-            self.last_alert = None;
-        }
-        self.reported = level;
+        let (mut slot, source) = self.engine();
+        let checked = slot.check_expiry(now, |cert| source.renew_at(cert));
+        self.next_look = checked.and_then(|(_, next)| next);
     }
 
-    /// One rotation attempt; schedules the retry if it failed.
+    /// One rotation attempt; plans the retry if it failed.
     pub(super) async fn attempt(
         &mut self,
         trigger: Trigger,
@@ -181,88 +142,34 @@ impl<S: CertSource> Task<S> {
         allow_older: bool,
     ) -> Result<Rotation, RotateError> {
         let result = self.try_rotate(trigger, bundle, allow_older).await;
-        let outcome = match &result {
-            Ok(Rotation::Rotated { .. }) => Some(Outcome::Rotated),
-            Ok(Rotation::Unchanged(_)) => Some(Outcome::Unchanged),
-            Err(RotateError::Refused(error)) => Some(Outcome::Refused(error.reason().code())),
-            Err(RotateError::Source(error)) => Some(Outcome::Failed(error.code())),
-            Err(RotateError::Stopped) => None,
-        };
-        if let Some(outcome) = outcome {
-            let events = self.store.events();
-            events.attempted(&self.slot, self.source.kind(), outcome);
-        }
         // Asked after the fetch: the source may have learnt a new time.
-        let renewal_due = self
-            .renewal_time()
-            .is_some_and(|t| t <= self.store.clock().now());
-        match &result {
-            Ok(Rotation::Rotated { .. }) => self.succeeded(),
-            // Nothing newer while renewal is due: look again later, not in a hot loop.
-            Ok(Rotation::Unchanged(_)) if renewal_due => self.failed(None),
-            Ok(Rotation::Unchanged(_)) => self.succeeded(),
-            Err(RotateError::Source(SourceError::RateLimited { retry_after, .. })) => {
-                self.failed(Some(*retry_after))
-            }
-            Err(_) => self.failed(None),
+        let now = self.store.clock().now();
+        let renewal_due = self.renewal_time().is_some_and(|t| t <= now);
+        let mark_read = !matches!(self.mark, Recorded::Unreadable(_));
+        let (mut slot, _) = self.engine();
+        slot.plan(&result, renewal_due);
+        // A mark that could not be read is read again after its own
+        // backoff, and the serving certificate recorded once it can be.
+        if result.is_ok() {
+            slot.mark_read(mark_read);
         }
         result
     }
 
-    /// An attempt succeeded: no retry, unless the mark could not be read
-    /// (then it is read again after a backoff of its own, and the serving
-    /// certificate recorded once it can be).
-    fn succeeded(&mut self) {
-        self.failures = 0;
-        self.retry_at = None;
-        if !matches!(self.mark, Recorded::Unreadable(_)) {
-            self.mark_failures = 0;
-            return;
-        }
-        let range = (self.retry_min, self.retry_max);
-        let delay = renewal::retry_delay(self.mark_failures, range, None, None);
-        self.mark_failures = self.mark_failures.saturating_add(1);
-        self.retry_at = Some(crate::clock::instant_in(delay));
+    /// Has the engine carry out `verdict`.
+    fn conclude(&mut self, verdict: Verdict) -> Result<Rotation, RotateError> {
+        let (mut slot, source) = self.engine();
+        slot.conclude(verdict, |cert| source.renew_at(cert))
     }
 
-    /// Schedules the retry: exponential from `retry_min`, capped at
-    /// `retry_max`, no sooner than a source's `retry_after`, and
-    /// lifetime-aware above all: never more than an eighth of the serving
-    /// certificate's remaining validity (but not under `retry_min`), so a
-    /// short-lived certificate gets several attempts before it expires
-    /// however long the outage, and retries come sooner as expiry nears.
-    fn failed(&mut self, retry_after: Option<Duration>) {
-        let now = self.store.clock().now();
-        let remaining = self
-            .current()
-            .map(|cert| cert.not_after.duration_since(now).unwrap_or_default());
-        let range = (self.retry_min, self.retry_max);
-        let delay = renewal::retry_delay(self.failures, range, retry_after, remaining);
-        self.failures = self.failures.saturating_add(1);
-        self.retry_at = Some(crate::clock::instant_in(delay));
-        tracing::debug!(target: "certrotate", slot = %self.slot, retry_in = ?delay, failures = self.failures, "rotation will be retried");
-    }
-
-    /// Records the source's warnings in health, with an event for each new one.
+    /// Shows the source's warnings, and the mark's, in health.
     fn note_warnings(&mut self) {
         let mut warnings = self.source.warnings();
         if let Recorded::Unreadable(error) = &self.mark {
             warnings.push(SourceWarning::MarkUnreadable(Box::new(error.clone())));
         }
-        if warnings == self.warnings {
-            return;
-        }
-        self.store.set_warnings(
-            &self.slot,
-            warnings.iter().map(ToString::to_string).collect(),
-        );
-        for warning in warnings.iter().filter(|w| !self.warnings.contains(w)) {
-            self.store.events().emit(RotationEvent::Warning {
-                slot: self.slot.clone(),
-                warning: warning.clone(),
-            });
-        }
-        self.warnings = warnings;
+        let (mut slot, _) = self.engine();
+        slot.warn(warnings);
     }
 
     /// Asks the source for its mark unless it was read already. A mark
@@ -322,49 +229,34 @@ impl<S: CertSource> Task<S> {
         bundle: Option<CertBundle>,
         allow_older: bool,
     ) -> Result<Rotation, RotateError> {
-        let events = self.store.events().clone();
-        events.emit(RotationEvent::Attempted {
-            slot: self.slot.clone(),
-            trigger,
-        });
+        engine::attempting(&self.store, &self.slot, trigger);
         let candidate = match bundle {
             Some(bundle) => bundle,
             None => {
                 let fetched = tokio::time::timeout(self.fetch_timeout, self.source.fetch())
                     .await
                     .unwrap_or_else(|_| {
-                        Err(SourceError::unavailable(
-                            self.source.describe(),
-                            format!(
-                                "no answer within {}",
-                                crate::clock::human(self.fetch_timeout)
-                            ),
-                        ))
+                        let waited = crate::clock::human(self.fetch_timeout);
+                        let why = format!("no answer within {waited}");
+                        Err(SourceError::unavailable(self.source.describe(), why))
                     });
                 self.note_warnings();
-                fetched.inspect_err(|error| {
-                    self.store
-                        .record_failure(&self.slot, error.code(), error.to_string());
-                    events.emit(RotationEvent::SourceFailed {
-                        slot: self.slot.clone(),
-                        error: error.clone(),
-                    });
-                })?
+                match fetched {
+                    Ok(candidate) => candidate,
+                    Err(error) => return self.conclude(Verdict::Failed(error)),
+                }
             }
         };
         let serving = self.current();
-        // Unchanged only if the key is as good as the serving one: the same
-        // certificate with a key that does not belong to it (only the key
-        // file replaced) is a change, and the policy refuses it.
-        if let Some(serving) = serving.as_ref().filter(|s| {
-            s.fingerprint_sha256 == candidate.info().fingerprint_sha256 && candidate.key_fits()
-        }) {
+        if let Some(serving) = serving
+            .as_ref()
+            .filter(|s| engine::unchanged(Some(s), &candidate))
+        {
             // A mark that could not be read is read again, and catches up.
             if matches!(self.mark, Recorded::Unreadable(_)) {
                 self.raise_mark(serving).await;
             }
-            self.store.record_success(&self.slot);
-            return Ok(Rotation::Unchanged(serving.clone()));
+            return self.conclude(Verdict::Unchanged(serving.clone()));
         }
         let policy = self.policy.clone();
         let now = self.store.clock().now();
@@ -372,28 +264,15 @@ impl<S: CertSource> Task<S> {
             true => None,
             false => self.newest_served(serving.as_deref()).await,
         };
-        let verdict = crate::sync::blocking(move || {
-            policy.validate_newer_than(&candidate, newest.as_ref(), now)
-        })
-        .await
-        // The runtime is shutting down.
-        .map_err(|_| RotateError::Stopped)?;
-        match verdict {
-            Ok(valid) => {
-                let new = valid.info.clone();
-                let old = self.store.install(&self.slot, valid);
-                self.raise_mark(&new).await;
-                Ok(Rotation::Rotated { old, new })
-            }
-            Err(error) => {
-                self.store
-                    .record_failure(&self.slot, error.reason().code(), error.to_string());
-                events.emit(RotationEvent::Refused {
-                    slot: self.slot.clone(),
-                    error: Arc::new(error.clone()),
-                });
-                Err(error.into())
-            }
+        let verdict =
+            crate::sync::blocking(move || engine::judge(&policy, &candidate, newest.as_ref(), now))
+                .await
+                // The runtime is shutting down.
+                .map_err(|_| RotateError::Stopped)?;
+        let result = self.conclude(verdict);
+        if let Ok(Rotation::Rotated { new, .. }) = &result {
+            self.raise_mark(new).await;
         }
+        result
     }
 }

@@ -8,11 +8,9 @@ use std::time::SystemTime;
 use rustls::sign::CertifiedKey;
 
 use super::DEFAULT_SLOT;
-use crate::bundle::CertInfo;
 use crate::events::Events;
 use crate::health::{AlertCounts, AlertLevel, CertHealth, Failure, LevelTimes};
 use crate::policy::ValidatedCert;
-use crate::renewal;
 #[cfg(feature = "acme")]
 use crate::resolver::NameMap;
 use crate::resolver::{NameKind, RotatingResolver, ViewWriter};
@@ -56,12 +54,9 @@ pub(super) struct Slot {
     pub(super) name: Arc<str>,
     /// Creation number.
     seq: u64,
-    pub(super) current: Option<ValidatedCert>,
+    pub(super) current: Option<Installed>,
     /// Older good certificates, most recent first.
-    pub(super) previous: VecDeque<ValidatedCert>,
-    /// When its serving certificate is due for renewal, as its rotator
-    /// decided (`None`: the default rule).
-    pub(super) renew_at: Option<SystemTime>,
+    pub(super) previous: VecDeque<Installed>,
     /// Why its latest candidate failed, and when (the store's failure count).
     pub(super) last_error: Option<(u64, Failure)>,
     pub(super) warnings: Vec<String>,
@@ -70,6 +65,15 @@ pub(super) struct Slot {
     /// When its serving certificate's level changes (kept here so that a
     /// health check need not read every certificate).
     times: Option<LevelTimes>,
+}
+
+/// A certificate installed in a slot, with when it is due for renewal: the
+/// time travels with it (into the history and back on a rollback), so its
+/// alert level is right from the instant it serves.
+#[derive(Clone, Debug)]
+pub(super) struct Installed {
+    pub(super) cert: ValidatedCert,
+    pub(super) renew_at: SystemTime,
 }
 
 /// The slots claiming one name, oldest first: nearly always one.
@@ -85,9 +89,9 @@ impl Slot {
         let current = self.current.as_ref().expect("a serving slot");
         CertHealth::new(
             &self.name,
-            &current.info,
+            &current.cert.info,
             now,
-            self.renew_at(&current.info),
+            current.renew_at,
             self.last_error.clone().map(|(_, f)| f),
             self.warnings.clone(),
         )
@@ -98,10 +102,12 @@ impl Slot {
         Some(self.times?.at(now))
     }
 
-    /// Sets when its serving certificate is due for renewal (`None`: the
-    /// default rule).
-    pub(super) fn set_renew_at(&mut self, at: Option<SystemTime>) {
-        self.renew_at = at;
+    /// Sets when its serving certificate is due for renewal (its source
+    /// learnt a new time); nothing if it serves none.
+    pub(super) fn set_renew_at(&mut self, at: SystemTime) {
+        if let Some(current) = &mut self.current {
+            current.renew_at = at;
+        }
         self.retime();
     }
 
@@ -111,18 +117,12 @@ impl Slot {
         self.times = self
             .current
             .as_ref()
-            .map(|c| LevelTimes::of(&c.info, self.renew_at(&c.info)));
+            .map(|c| LevelTimes::of(&c.cert.info, c.renew_at));
     }
 
     /// Its creation number: slots are listed in this order.
     pub(super) fn seq(&self) -> u64 {
         self.seq
-    }
-
-    /// When `cert`, serving here, is due for renewal.
-    pub(super) fn renew_at(&self, cert: &CertInfo) -> SystemTime {
-        self.renew_at
-            .unwrap_or_else(|| renewal::at_fraction(cert, renewal::DEFAULT_FRACTION, 0.0, 0.0))
     }
 }
 
@@ -153,6 +153,12 @@ impl Slots {
 
     pub(super) fn get(&self, name: &str) -> Option<&Slot> {
         self.by_name.get(name)
+    }
+
+    /// Slot `name`, to change anything but what it serves (that goes
+    /// through [`change`](Self::change)).
+    pub(super) fn get_mut(&mut self, name: &str) -> Option<&mut Slot> {
+        self.by_name.get_mut(name)
     }
 
     /// Every slot, in no particular order.
@@ -193,7 +199,6 @@ impl Slots {
                 seq: self.created,
                 current: None,
                 previous: VecDeque::new(),
-                renew_at: None,
                 last_error: None,
                 warnings: Vec::new(),
                 level: None,
@@ -209,10 +214,10 @@ impl Slots {
     /// view up to date with what the slot serves: O(its names).
     pub(super) fn change<R>(&mut self, name: &str, change: impl FnOnce(&mut Slot) -> R) -> R {
         let slot = self.entry(name);
-        let (seq, before) = (slot.seq, slot.current.clone());
+        let (seq, before) = (slot.seq, slot.current.as_ref().map(|c| c.cert.clone()));
         let result = change(slot);
         slot.retime();
-        let after = slot.current.clone();
+        let after = slot.current.as_ref().map(|c| c.cert.clone());
         self.reindex(seq, before.as_ref(), after.as_ref());
         result
     }
@@ -225,7 +230,7 @@ impl Slots {
         if let Some(level) = slot.level {
             self.levels.remove(level);
         }
-        self.reindex(slot.seq, slot.current.as_ref(), None);
+        self.reindex(slot.seq, slot.current.as_ref().map(|c| &c.cert), None);
         Some(slot)
     }
 
@@ -278,7 +283,7 @@ impl Slots {
     /// Slot `seq` served `before` and now serves `after`: moves its claims
     /// and republishes the names concerned and the default.
     fn reindex(&mut self, seq: u64, before: Option<&ValidatedCert>, after: Option<&ValidatedCert>) {
-        let key = |c: Option<&ValidatedCert>| c.map(|c| c.key.clone());
+        let key = |c: Option<&Installed>| c.map(|c| c.cert.key.clone());
         if let (Some(b), Some(a)) = (before, after) {
             if Arc::ptr_eq(&b.key, &a.key) {
                 return;
@@ -376,6 +381,6 @@ impl Slots {
             Claimants::Many(list) => *list.first()?,
         };
         let slot = &self.by_name[&self.order[&oldest]];
-        slot.current.as_ref().map(|c| c.key.clone())
+        slot.current.as_ref().map(|c| c.cert.key.clone())
     }
 }

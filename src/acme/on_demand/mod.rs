@@ -31,7 +31,7 @@ use super::{AcmeBuilder, AcmeSource};
 use crate::events::RotationEvent;
 use crate::metrics::OnDemandCount;
 use crate::policy::Policy;
-use crate::resolver::{server_alpn, RotatingResolver, ACME_TLS_ALPN};
+use crate::resolver::{RotatingResolver, ACME_TLS_ALPN};
 use crate::rotator::{RotateError, Rotator};
 use crate::source::{CertSource, SourceError};
 use crate::store::CertStore;
@@ -119,8 +119,9 @@ struct Names {
     pending: usize,
     /// Ticks at each use, for least-recently-used eviction.
     tick: u64,
-    /// Evicted names whose rotators are still stopping (how many): their
-    /// slot serves until they have, then goes unless the name came back.
+    /// Evicted names whose rotators are still stopping (how many): an
+    /// attempt they finish may fill the slot again, which goes once they
+    /// have stopped unless the name came back.
     evicting: HashMap<Arc<str>, usize>,
 }
 
@@ -385,13 +386,9 @@ impl OnDemand {
     /// auth, the policy's crypto provider, ALPN `h2` and `http/1.1`, and
     /// `acme-tls/1` when the CA validates with TLS-ALPN-01.
     pub fn server_config(&self) -> Result<ServerConfig, rustls::Error> {
-        let mut config = self
-            .inner
-            .policy
-            .server_config(self.inner.store.resolver(), None)?;
         let tls_alpn_01 = matches!(self.inner.template.challenge, Challenge::TlsAlpn01);
-        config.alpn_protocols = server_alpn(tls_alpn_01);
-        Ok(config)
+        let resolver = self.inner.store.resolver();
+        (self.inner.policy).server_config(resolver, None, tls_alpn_01)
     }
 
     /// Reads the ClientHello on `io`, makes sure a certificate for the name
@@ -504,16 +501,15 @@ impl OnDemand {
             let mut names = lock(&inner.names);
             names.tick += 1;
             let tick = names.tick;
-            let evicting = names.evicting.contains_key(name);
             match names.entries.get_mut(name) {
                 Some(Entry::Cached { used, .. }) => {
                     *used = tick;
                     (None, None)
                 }
                 Some(Entry::Pending(outcome)) => (Some(outcome.clone()), None),
-                // A name the store serves otherwise. A slot being evicted
-                // is not served for long: the name is obtained afresh.
-                None if inner.resolver.claims(name) && !evicting => (None, None),
+                // A name the store serves otherwise (an evicted name's slot
+                // is gone at once).
+                None if inner.resolver.claims(name) => (None, None),
                 None => {
                     let (outcome, settling) = self.start(&mut names, name, client)?;
                     (Some(outcome), Some(settling))
@@ -698,8 +694,12 @@ impl OnDemand {
     /// Records how obtaining `name` ended and tells its waiters; evicts the
     /// least recently used name if memory is full.
     ///
-    /// `inherits_slot`: the name was asked again while its evicted slot was
-    /// still serving; if obtaining it failed, that slot goes now.
+    /// An evicted name's slot goes at once: asked again, the name is
+    /// loaded afresh. Its rotator may still be in an attempt, which can
+    /// fill the slot again; once it has stopped, the slot goes unless the
+    /// name came back. `inherits_slot`: the name came back while its old
+    /// rotator was stopping; if obtaining it failed, what that rotator left
+    /// in the slot goes now.
     fn settle(
         &self,
         name: Arc<str>,
@@ -735,29 +735,36 @@ impl OnDemand {
             });
         if let Some((victim, _)) = &evicted {
             *names.evicting.entry(victim.clone()).or_default() += 1;
+            inner.store.remove(victim);
         }
         drop(names);
         let _ = outcome.send(Some(told));
         if let Some((victim, rotator)) = evicted {
-            inner.counts.evictions.fetch_add(1, Ordering::Relaxed);
-            inner.store.events().on_demand(OnDemandCount::Eviction);
+            // Spawned first: nothing after can leave the count behind.
             let on_demand = self.clone();
             tokio::spawn(async move {
                 rotator.shutdown().await;
-                // Once the last of its rotators has stopped, the slot goes,
-                // unless the name came back meanwhile: its new rotator
-                // fills the slot again, and the slot stays.
-                let mut names = lock(&on_demand.inner.names);
-                if let Some(stopping) = names.evicting.get_mut(&victim) {
-                    *stopping -= 1;
-                    if *stopping == 0 {
-                        names.evicting.remove(&victim);
-                        if !names.entries.contains_key(&victim) {
-                            on_demand.inner.store.remove(&victim);
-                        }
-                    }
-                }
+                on_demand.stopped(&victim);
             });
+            inner.counts.evictions.fetch_add(1, Ordering::Relaxed);
+            inner.store.events().on_demand(OnDemandCount::Eviction);
+        }
+    }
+
+    /// An evicted rotator of `name` has stopped: once the last has, what
+    /// they left in the slot goes, unless the name came back meanwhile (its
+    /// new rotator fills the slot).
+    fn stopped(&self, name: &Arc<str>) {
+        let mut names = lock(&self.inner.names);
+        let Some(stopping) = names.evicting.get_mut(name) else {
+            return;
+        };
+        *stopping -= 1;
+        if *stopping == 0 {
+            names.evicting.remove(name);
+            if !names.entries.contains_key(name) {
+                self.inner.store.remove(name);
+            }
         }
     }
 
@@ -945,39 +952,133 @@ impl ResolvesServerCert for Refuse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AcmeSource, AllowList, CertBundle};
+    use crate::{AcmeSource, AllowList, CertBundle, StaticSource};
 
-    /// An on-demand issuer that allows no name, whose store serves `name`
-    /// from a slot being evicted (its rotator still stopping).
-    fn evicting(name: &str) -> OnDemand {
+    const A: &str = "a.on-demand.example";
+    const B: &str = "b.on-demand.example";
+
+    /// An on-demand issuer keeping `cache_size` names in memory, whose hook
+    /// allows none (nothing is ordered: names are put in by hand).
+    fn on_demand(cache_size: usize) -> OnDemand {
         let acme = AcmeSource::template("https://acme.invalid/directory");
-        let on_demand = OnDemand::builder(acme, AllowList::new()).build();
-        let ck = rcgen::generate_simple_self_signed(vec![name.into()]).unwrap();
-        let bundle = CertBundle::from_pem(
-            ck.cert.pem().as_bytes(),
-            ck.signing_key.serialize_pem().as_bytes(),
-        )
-        .unwrap();
-        let valid = Policy::default()
-            .validate(&bundle, std::time::SystemTime::now())
-            .unwrap();
-        on_demand.store().install(name, valid);
-        lock(&on_demand.inner.names).evicting.insert(name.into(), 1);
-        on_demand
+        OnDemand::builder(acme, AllowList::new())
+            .cache_size(cache_size)
+            .build()
     }
 
-    /// A name asked again while its evicted slot still serves is obtained
-    /// afresh (here: asked of the hook, which refuses it), not answered from
-    /// the slot about to go; and its failure takes the slot with it.
+    fn bundle(name: &str) -> CertBundle {
+        let ck = rcgen::generate_simple_self_signed(vec![name.into()]).unwrap();
+        let key = ck.signing_key.serialize_pem();
+        CertBundle::from_pem(ck.cert.pem().as_bytes(), key.as_bytes()).unwrap()
+    }
+
+    /// Fills `slot` of `on_demand`'s store with a certificate for `name`,
+    /// as a rotator would.
+    fn fill(on_demand: &OnDemand, slot: &str, name: &str) {
+        let valid = Policy::default()
+            .validate(&bundle(name), std::time::SystemTime::now())
+            .unwrap();
+        let renew_at = valid.info.renewal_time();
+        on_demand.store().install(slot, valid, renew_at);
+    }
+
+    /// Settles `name` as obtained by a rotator of its own, as `obtain` would.
+    async fn obtained(on_demand: &OnDemand, name: &str) {
+        let rotator = Rotator::builder(StaticSource::new(bundle(name)), Policy::default())
+            .store(on_demand.store().clone())
+            .slot(name)
+            .start()
+            .await
+            .unwrap();
+        let (outcome, _) = watch::channel(None);
+        lock(&on_demand.inner.names).pending += 1;
+        on_demand.settle(name.into(), Ok(rotator), false, &outcome);
+    }
+
+    fn stopping(on_demand: &OnDemand, name: &str) -> Option<usize> {
+        lock(&on_demand.inner.names).evicting.get(name).copied()
+    }
+
+    /// An evicted name stops being served at once (asked again, it is
+    /// obtained afresh, not answered by a slot about to go), and the count
+    /// of its stopping rotators goes back to nothing once it has stopped.
     #[tokio::test]
-    async fn a_name_asked_while_its_slot_is_evicted_is_obtained_afresh() {
-        let name = "a.on-demand.example";
-        let on_demand = evicting(name);
-        let error = on_demand.prepare(name).await.unwrap_err();
+    async fn an_evicted_name_is_unserved_at_once_and_its_rotator_stops() {
+        let on_demand = on_demand(1);
+        obtained(&on_demand, A).await;
+        obtained(&on_demand, B).await;
+        assert!(on_demand.store().current(A).is_none());
+        assert!(on_demand.store().current(B).is_some());
+        assert_eq!(stopping(&on_demand, A), Some(1));
+        let error = on_demand.prepare(A).await.unwrap_err();
         assert!(matches!(error, OnDemandError::NotAllowed(_)), "{error}");
         let stats = on_demand.stats();
-        assert_eq!((stats.hits, stats.misses, stats.pending), (0, 1, 0));
-        assert!(on_demand.store().current(name).is_none());
+        assert_eq!((stats.hits, stats.misses, stats.evictions), (0, 1, 1));
+        for _ in 0..100 {
+            if stopping(&on_demand, A).is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stopping(&on_demand, A), None);
+        assert!(on_demand.store().current(A).is_none());
+    }
+
+    /// What an evicted rotator left in the slot while stopping goes once
+    /// the last one has stopped, unless the name came back.
+    #[tokio::test]
+    async fn what_stopping_rotators_leave_goes_once_the_last_stops() {
+        let on_demand = on_demand(1);
+        lock(&on_demand.inner.names).evicting.insert(A.into(), 2);
+        fill(&on_demand, A, A);
+        on_demand.stopped(&A.into());
+        assert!(on_demand.store().current(A).is_some(), "one still stopping");
+        on_demand.stopped(&A.into());
+        assert!(on_demand.store().current(A).is_none());
+        assert_eq!(stopping(&on_demand, A), None);
+
+        // Back (pending) by the time its old rotator stopped: the slot is
+        // the new rotator's.
+        lock(&on_demand.inner.names).evicting.insert(A.into(), 1);
+        fill(&on_demand, A, A);
+        let (_, pending) = watch::channel(None);
+        let entry = Entry::Pending(pending);
+        lock(&on_demand.inner.names).entries.insert(A.into(), entry);
+        on_demand.stopped(&A.into());
+        assert!(on_demand.store().current(A).is_some());
+    }
+
+    /// A name asked again while its old rotator stops, and refused: what
+    /// that rotator left in the slot meanwhile goes with the refusal.
+    #[tokio::test]
+    async fn a_name_refused_while_its_old_rotator_stops_leaves_no_slot() {
+        let filled = Arc::new(std::sync::OnceLock::<OnDemand>::new());
+        let hook = {
+            let filled = filled.clone();
+            // The old rotator fills the slot while the hook is asked.
+            move |name: String| {
+                fill(filled.get().unwrap(), &name, &name);
+                async { false }
+            }
+        };
+        let acme = AcmeSource::template("https://acme.invalid/directory");
+        let on_demand = OnDemand::builder(acme, hook).build();
+        let _ = filled.set(on_demand.clone());
+        lock(&on_demand.inner.names).evicting.insert(A.into(), 1);
+        let error = on_demand.prepare(A).await.unwrap_err();
+        assert!(matches!(error, OnDemandError::NotAllowed(_)), "{error}");
+        assert!(on_demand.store().current(A).is_none());
+    }
+
+    /// A name another slot serves (an operator's wildcard) stays served
+    /// while the name's own evicted rotator stops.
+    #[tokio::test]
+    async fn a_name_served_by_another_slot_is_served_during_its_eviction() {
+        let on_demand = on_demand(1);
+        fill(&on_demand, "wildcard", "*.on-demand.example");
+        lock(&on_demand.inner.names).evicting.insert(A.into(), 1);
+        on_demand.prepare(A).await.unwrap();
+        assert_eq!(on_demand.stats().hits, 1);
     }
 
     #[test]

@@ -1,0 +1,335 @@
+//! The rotation rules every slot follows, whoever drives it: a
+//! [`Rotator`](crate::Rotator)'s task (one slot, one source) or a
+//! [`CertDirectory`](crate::CertDirectory)'s (many pairs, read in batches).
+//!
+//! A driver fetches candidates and keeps replay marks its own way; what
+//! becomes of a candidate (unchanged, refused, installed with its renewal
+//! time), when a slot is retried, which warnings and alerts it shows, and
+//! what events and metrics tell of it, is decided here, once.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::bundle::{CertBundle, CertInfo};
+use crate::events::{RotationEvent, Trigger};
+use crate::health::AlertLevel;
+use crate::mark::HighWaterMark;
+use crate::metrics::Outcome;
+use crate::policy::{Policy, ValidatedCert, ValidationError};
+use crate::renewal;
+use crate::source::{SourceError, SourceWarning};
+use crate::store::CertStore;
+
+/// What a successful rotation attempt did.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Rotation {
+    /// A new certificate went live.
+    Rotated {
+        /// The certificate serving before, if any.
+        old: Option<Arc<CertInfo>>,
+        /// The certificate serving now.
+        new: Arc<CertInfo>,
+    },
+    /// The source gave the certificate that is already serving.
+    Unchanged(Arc<CertInfo>),
+}
+
+/// A rotation attempt failed; the certificate serving before keeps serving.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RotateError {
+    /// The source could not produce a candidate.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The candidate failed the policy.
+    #[error(transparent)]
+    Refused(#[from] ValidationError),
+    /// The rotator has been shut down.
+    #[error("the rotator has been shut down")]
+    Stopped,
+}
+
+/// How a slot is renewed, retried and alerted about.
+#[derive(Clone, Debug)]
+pub(crate) struct Rules {
+    /// Renew when this fraction of the lifetime is left...
+    pub(crate) renew_before_fraction: f64,
+    /// ...up to this fraction of that window earlier, at random.
+    pub(crate) jitter: f64,
+    /// Retry delays: from the first, doubling up to the second.
+    pub(crate) retry: (Duration, Duration),
+    /// Repeat an expiry warning this often while it lasts.
+    pub(crate) alert_repeat: Duration,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            renew_before_fraction: renewal::DEFAULT_FRACTION,
+            jitter: renewal::DEFAULT_JITTER,
+            retry: (Duration::from_secs(1), Duration::from_secs(300)),
+            alert_repeat: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What became of one candidate.
+pub(crate) enum Verdict {
+    /// It is what serves already (this).
+    Unchanged(Arc<CertInfo>),
+    /// There was none: the source failed.
+    Failed(SourceError),
+    /// The policy refused it.
+    Refused(ValidationError),
+    /// It may serve.
+    Valid(ValidatedCert),
+}
+
+/// Whether `candidate` is what serves already: the same certificate with a
+/// key as good (the same certificate with a key that does not belong to
+/// it, only the key file replaced, is a change, which the policy refuses).
+pub(crate) fn unchanged(serving: Option<&CertInfo>, candidate: &CertBundle) -> bool {
+    serving.is_some_and(|s| {
+        s.fingerprint_sha256 == candidate.info().fingerprint_sha256 && candidate.key_fits()
+    })
+}
+
+/// Judges `candidate` against `policy`, refusing anything older than
+/// `newest` (the newest certificate served, from the replay mark or what
+/// serves). Blocking: the policy's probe handshake runs here.
+pub(crate) fn judge(
+    policy: &Policy,
+    candidate: &CertBundle,
+    newest: Option<&HighWaterMark>,
+    now: SystemTime,
+) -> Verdict {
+    match policy.validate_newer_than(candidate, newest, now) {
+        Ok(valid) => Verdict::Valid(valid),
+        Err(error) => Verdict::Refused(error),
+    }
+}
+
+/// Tells that an attempt at `slot` starts.
+pub(crate) fn attempting(store: &CertStore, slot: &Arc<str>, trigger: Trigger) {
+    store.events().emit(RotationEvent::Attempted {
+        slot: slot.clone(),
+        trigger,
+    });
+}
+
+/// What a driver keeps of one slot between attempts.
+#[derive(Debug)]
+pub(crate) struct SlotState {
+    /// Failed attempts in a row.
+    failures: u32,
+    /// Failed reads of the replay mark in a row (their own backoff).
+    mark_failures: u32,
+    /// When to attempt again: after a failure, or to read the mark again.
+    pub(crate) retry_at: Option<Instant>,
+    /// The alert level last reported.
+    reported: AlertLevel,
+    /// When the last expiry warning was emitted.
+    last_alert: Option<Instant>,
+    /// The warnings shown in health.
+    warnings: Vec<SourceWarning>,
+}
+
+impl Default for SlotState {
+    fn default() -> Self {
+        Self {
+            failures: 0,
+            mark_failures: 0,
+            retry_at: None,
+            reported: AlertLevel::Ok,
+            last_alert: None,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// One slot under the rules: what its driver calls at each step.
+pub(crate) struct Slot<'a> {
+    pub(crate) store: &'a CertStore,
+    pub(crate) rules: &'a Rules,
+    pub(crate) name: &'a Arc<str>,
+    /// The kind of its source, for metrics (`file`, `acme`...).
+    pub(crate) kind: &'static str,
+    pub(crate) state: &'a mut SlotState,
+}
+
+impl Slot<'_> {
+    /// Carries out `verdict`: installs a valid candidate with its renewal
+    /// time (`decided`: the source's, else the rules'), or records why the
+    /// attempt failed; tells events and metrics.
+    pub(crate) fn conclude(
+        &mut self,
+        verdict: Verdict,
+        decided: impl Fn(&CertInfo) -> Option<SystemTime>,
+    ) -> Result<Rotation, RotateError> {
+        let (store, name) = (self.store, self.name);
+        let events = store.events();
+        let (result, outcome) = match verdict {
+            Verdict::Unchanged(serving) => {
+                store.record_success(name);
+                (Ok(Rotation::Unchanged(serving)), Outcome::Unchanged)
+            }
+            Verdict::Valid(valid) => {
+                let new = valid.info.clone();
+                let renew_at = self.renewal_time_of(&new, decided(&new));
+                let old = store.install(name, valid, renew_at);
+                (Ok(Rotation::Rotated { old, new }), Outcome::Rotated)
+            }
+            Verdict::Failed(error) => {
+                let outcome = Outcome::Failed(error.code());
+                store.record_failure(name, error.code(), error.to_string());
+                events.emit(RotationEvent::SourceFailed {
+                    slot: name.clone(),
+                    error: error.clone(),
+                });
+                (Err(error.into()), outcome)
+            }
+            Verdict::Refused(error) => {
+                let code = error.reason().code();
+                store.record_failure(name, code, error.to_string());
+                events.emit(RotationEvent::Refused {
+                    slot: name.clone(),
+                    error: Arc::new(error.clone()),
+                });
+                (Err(error.into()), Outcome::Refused(code))
+            }
+        };
+        events.attempted(name, self.kind, outcome);
+        result
+    }
+
+    /// When `cert`, about to serve, is due for renewal: when its source
+    /// decided, else when the rules' fraction of its lifetime is left,
+    /// earlier by a random part of the jitter (drawn once, here).
+    fn renewal_time_of(&self, cert: &CertInfo, decided: Option<SystemTime>) -> SystemTime {
+        decided.unwrap_or_else(|| {
+            let (fraction, jitter) = (self.rules.renew_before_fraction, self.rules.jitter);
+            renewal::at_fraction(cert, fraction, jitter, fastrand::f64())
+        })
+    }
+
+    /// The serving certificate and when it is due for renewal, moved to
+    /// the time its source decides now (`decided`), if that changed.
+    pub(crate) fn renewal(
+        &self,
+        decided: impl Fn(&CertInfo) -> Option<SystemTime>,
+    ) -> Option<(Arc<CertInfo>, SystemTime)> {
+        let (cert, installed) = self.store.serving(self.name)?;
+        match decided(&cert) {
+            Some(at) if at != installed => {
+                self.store.set_renew_at(self.name, at);
+                Some((cert, at))
+            }
+            _ => Some((cert, installed)),
+        }
+    }
+
+    /// Plans what follows an attempt that gave `result`: no retry after a
+    /// success, unless renewal is due (`renewal_due`: nothing newer came;
+    /// look again later, not in a hot loop); after a failure, a retry.
+    pub(crate) fn plan(&mut self, result: &Result<Rotation, RotateError>, renewal_due: bool) {
+        match result {
+            Ok(Rotation::Unchanged(_)) if renewal_due => self.failed(None),
+            Ok(_) => {
+                self.state.failures = 0;
+                self.state.retry_at = None;
+            }
+            Err(RotateError::Source(SourceError::RateLimited { retry_after, .. })) => {
+                self.failed(Some(*retry_after))
+            }
+            Err(RotateError::Stopped) => {}
+            Err(_) => self.failed(None),
+        }
+    }
+
+    /// The replay mark was read (`read`) or could not be: in the second
+    /// case, an attempt is planned to read it again, with a backoff of its
+    /// own, unless one is planned sooner.
+    pub(crate) fn mark_read(&mut self, read: bool) {
+        if read {
+            self.state.mark_failures = 0;
+            return;
+        }
+        let delay = renewal::retry_delay(self.state.mark_failures, self.rules.retry, None, None);
+        self.state.mark_failures = self.state.mark_failures.saturating_add(1);
+        let at = crate::clock::instant_in(delay);
+        self.state.retry_at = Some(self.state.retry_at.map_or(at, |t| t.min(at)));
+    }
+
+    /// Schedules the retry: exponential within the rules' range, no sooner
+    /// than a source's `retry_after`, and lifetime-aware above all: never
+    /// more than an eighth of the serving certificate's remaining validity
+    /// (but not under the range's start), so a short-lived certificate gets
+    /// several attempts before it expires however long the outage.
+    fn failed(&mut self, retry_after: Option<Duration>) {
+        let now = self.store.clock().now();
+        let remaining = self
+            .store
+            .current(self.name)
+            .map(|cert| cert.not_after.duration_since(now).unwrap_or_default());
+        let failures = self.state.failures;
+        let delay = renewal::retry_delay(failures, self.rules.retry, retry_after, remaining);
+        self.state.failures = failures.saturating_add(1);
+        self.state.retry_at = Some(crate::clock::instant_in(delay));
+        tracing::debug!(target: "certrotate", slot = %self.name, retry_in = ?delay, failures = self.state.failures, "rotation will be retried");
+    }
+
+    /// Shows `warnings` in health, with an event for each new one.
+    pub(crate) fn warn(&mut self, warnings: Vec<SourceWarning>) {
+        if warnings == self.state.warnings {
+            return;
+        }
+        let shown = warnings.iter().map(ToString::to_string).collect();
+        self.store.set_warnings(self.name, shown);
+        for warning in warnings.iter().filter(|w| !self.state.warnings.contains(w)) {
+            self.store.events().emit(RotationEvent::Warning {
+                slot: self.name.clone(),
+                warning: warning.clone(),
+            });
+        }
+        self.state.warnings = warnings;
+    }
+
+    /// Reports the serving certificate's alert level at `now`, with an
+    /// expiry warning when it got worse and again every `alert_repeat`
+    /// while it is not `Ok`. Returns the level and when to look again
+    /// (the next change of level, or the next repeat), if it serves.
+    pub(crate) fn check_expiry(
+        &mut self,
+        now: SystemTime,
+        decided: impl Fn(&CertInfo) -> Option<SystemTime>,
+    ) -> Option<(AlertLevel, Option<SystemTime>)> {
+        let (cert, renew_at) = self.renewal(decided)?;
+        let level = AlertLevel::at(&cert, now, renew_at);
+        self.store.report_level(self.name, &cert, level);
+        let state = &mut *self.state;
+        let repeat_due = state
+            .last_alert
+            .is_some_and(|t| t + self.rules.alert_repeat <= Instant::now());
+        if level > state.reported || (level > AlertLevel::Ok && repeat_due) {
+            self.store.events().emit(RotationEvent::ExpiryWarning {
+                slot: self.name.clone(),
+                remaining: cert.not_after.duration_since(now).unwrap_or_default(),
+                cert: cert.clone(),
+                level,
+            });
+            state.last_alert = Some(Instant::now());
+        } else if level == AlertLevel::Ok {
+            state.last_alert = None;
+        }
+        state.reported = level;
+        let change = AlertLevel::next_change(&cert, renew_at, now);
+        let repeat = state.last_alert.map(|t| {
+            let left = (t + self.rules.alert_repeat).saturating_duration_since(Instant::now());
+            now + left
+        });
+        Some((level, change.into_iter().chain(repeat).min()))
+    }
+}
