@@ -1,5 +1,7 @@
 //! The health snapshot: what is serving, how long it has left, what went wrong.
 
+#[cfg(feature = "acme")]
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
@@ -8,10 +10,35 @@ use serde::Serialize;
 
 use crate::bundle::CertInfo;
 
-#[cfg(feature = "health")]
-mod service;
-#[cfg(feature = "health")]
-pub use service::{HealthService, MAX_PAGE};
+#[cfg(feature = "acme")]
+/// What on-demand issuance ([`OnDemand`](crate::OnDemand)) has done so far (counts since it was built),
+/// for health pages.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[non_exhaustive]
+pub struct OnDemandStats {
+    /// Names served from memory now.
+    pub cached: usize,
+    /// Names being decided, loaded or ordered now.
+    pub pending: usize,
+    /// Handshakes waiting for a certificate now.
+    pub waiting: usize,
+    /// Orders in flight now.
+    pub orders_in_flight: usize,
+    /// Handshakes for names in memory (or served by the store otherwise).
+    pub hits: u64,
+    /// Handshakes that started obtaining a name (a load or an order).
+    pub misses: u64,
+    /// Certificates loaded from storage, without an order.
+    pub loads: u64,
+    /// Orders that succeeded.
+    pub orders: u64,
+    /// Orders that failed.
+    pub failed_orders: u64,
+    /// Names dropped from memory (they stay in storage).
+    pub evictions: u64,
+    /// Refused handshakes, by [reason](crate::OnDemandError::reason).
+    pub refusals: BTreeMap<&'static str, u64>,
+}
 
 /// How close a serving certificate is to expiry, given when it should have
 /// been renewed (its renewal time: see [`CertSource::renew_at`](crate::CertSource::renew_at)).

@@ -126,6 +126,8 @@ mod health;
 mod mark;
 mod metrics;
 mod mtls;
+#[cfg(feature = "acme")]
+mod on_demand;
 mod policy;
 #[cfg(feature = "acme")]
 mod random;
@@ -135,14 +137,14 @@ mod resolver;
 mod rotator;
 mod serve;
 mod source;
+mod source_error;
 mod store;
 mod sync;
 mod util;
 
 #[cfg(feature = "acme")]
 pub use acme::{
-    AcmeBuilder, AcmeSource, AllowList, BoxFuture, Decide, Dns01Solver, FileStorage,
-    Http01Responder, Lease, OnDemand, OnDemandBuilder, OnDemandError, OnDemandStats, Storage,
+    AcmeBuilder, AcmeSource, BoxFuture, Dns01Solver, FileStorage, Http01Responder, Lease, Storage,
 };
 #[cfg(feature = "redis")]
 pub use acme::{RedisBuilder, RedisStorage};
@@ -155,23 +157,25 @@ pub use events::{RotationEvent, Trigger};
 pub use health::{
     AlertCounts, AlertLevel, CertHealth, HealthSnapshot, UnservedSlot, HEALTH_LIMIT, SOONEST,
 };
-#[cfg(feature = "health")]
-pub use health::{HealthService, MAX_PAGE};
 pub use mark::{HighWaterMark, MarkUnreadable};
-#[cfg(feature = "file")]
-pub use mtls::TrustFile;
 pub use mtls::{RevocationPolicy, TrustError, TrustStore};
+#[cfg(feature = "acme")]
+pub use on_demand::{AllowList, Decide, OnDemand, OnDemandBuilder, OnDemandError, OnDemandStats};
 pub use policy::{
     Policy, PolicyBuilder, PolicyConfigError, Refusal, Usage, ValidatedCert, ValidationError,
 };
 pub use resolver::{RotatingResolver, ACME_TLS_ALPN};
 pub use rotator::{RotateError, Rotation, Rotator, RotatorBuilder};
+#[cfg(feature = "acme")]
+pub use serve::IssuesOnDemand;
 pub use serve::TlsListener;
+#[cfg(feature = "health")]
+pub use serve::{HealthService, MAX_PAGE};
 pub use source::{BoxError, CertSource, SourceError, SourceWarning, StaticSource};
 #[cfg(feature = "ca")]
 pub use source::{CaError, CaSource, InternalCa, LeafSpec};
 #[cfg(feature = "file")]
-pub use source::{FileOptions, FileSource, WatchMode};
+pub use source::{FileOptions, FileSource, TrustFile, WatchMode};
 pub use store::{CertStore, CertStoreBuilder, RollbackError, DEFAULT_SLOT};
 
 /// The rustls this crate is built against: its `ServerConfig`,

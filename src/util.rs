@@ -1,5 +1,14 @@
 //! Small helpers shared by several modules.
 
+#[cfg(feature = "acme")]
+use std::future::Future;
+#[cfg(feature = "acme")]
+use std::pin::Pin;
+
+/// A boxed future, for object-safe traits.
+#[cfg(feature = "acme")]
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 /// Lowercase hexadecimal, two digits per byte.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;

@@ -176,6 +176,25 @@ impl AcmeBuilder {
         self
     }
 
+    /// A source for `name` alone, as this template has it otherwise (the
+    /// one place on-demand issuance makes its sources).
+    pub(crate) fn build_for(&self, name: &str) -> AcmeSource {
+        let mut template = self.clone();
+        template.domains = vec![name.to_owned()];
+        template.build()
+    }
+
+    /// Whether the sources it builds answer TLS-ALPN-01 (so that a
+    /// server must offer `acme-tls/1`).
+    pub(crate) fn answers_tls_alpn_01(&self) -> bool {
+        matches!(self.challenge, Challenge::TlsAlpn01)
+    }
+
+    /// How long one step of talking to the CA (or the storage) may take.
+    pub(crate) fn step_timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Builds the source.
     pub fn build(self) -> AcmeSource {
         let mut names = self.domains.clone();

@@ -188,7 +188,7 @@ impl<T, E: std::error::Error + Send + Sync + 'static> Context<T> for Result<T, E
     }
 }
 
-use crate::source::error::BoxError;
+use crate::source_error::BoxError;
 
 /// How long a `rateLimited` problem asks to wait: the time in its detail
 /// (Let's Encrypt writes "retry after 2026-01-02 03:04:05 UTC"), else a

@@ -41,7 +41,6 @@ mod builder;
 mod challenge;
 mod failure;
 mod http;
-pub(crate) mod on_demand;
 mod order;
 mod renewal;
 mod storage;
@@ -51,7 +50,6 @@ use builder::Challenge;
 pub use challenge::{Dns01Solver, Http01Responder};
 use failure::{Context, Failure};
 use http::NotingClient;
-pub use on_demand::{AllowList, Decide, OnDemand, OnDemandBuilder, OnDemandError, OnDemandStats};
 use order::PendingOrder;
 use renewal::Advice;
 use storage::default_storage_dir;
@@ -172,7 +170,7 @@ impl AcmeSource {
         }
     }
 
-    /// A builder with no domains yet: the template [`OnDemand`] builds each
+    /// A builder with no domains yet: the template [`OnDemand`](crate::OnDemand) builds each
     /// name's source from (setting the name as its one domain).
     ///
     /// ```

@@ -4,14 +4,10 @@
 //! generation so that no session outlives the trust it was verified under.
 
 mod error;
-#[cfg(feature = "file")]
-mod file;
 mod sessions;
 mod verifiers;
 
 pub use error::TrustError;
-#[cfg(feature = "file")]
-pub use file::TrustFile;
 use sessions::*;
 use verifiers::*;
 

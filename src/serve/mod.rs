@@ -1,6 +1,8 @@
 //! Serving: a TLS listener that handshakes concurrently, for hyper and axum.
 
 mod admission;
+#[cfg(feature = "health")]
+mod health;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -18,6 +20,8 @@ use tokio_rustls::LazyConfigAcceptor;
 #[cfg(feature = "acme")]
 pub(crate) use admission::client_groups;
 use admission::{Admission, Verdict};
+#[cfg(feature = "health")]
+pub use health::{HealthService, MAX_PAGE};
 
 /// A TCP listener that completes TLS handshakes before handing connections
 /// out, many at a time and each under deadlines, so that slow, silent or
@@ -65,11 +69,36 @@ pub struct TlsListener {
     max_pending_per_client: Option<usize>,
     client_key: Option<ClientKey>,
     #[cfg(feature = "acme")]
-    on_demand: Option<crate::OnDemand>,
+    on_demand: Option<Arc<dyn IssuesOnDemand>>,
 }
 
 /// Tells whom a connection is from, for the per-client shares.
 type ClientKey = Arc<dyn Fn(SocketAddr) -> IpAddr + Send + Sync>;
+
+/// What a [`TlsListener`] and a [`HealthService`] need of certificates
+/// issued at the handshake, for the names clients ask for
+/// ([`OnDemand`](crate::OnDemand) is the one this crate has): how long a
+/// handshake may wait for one, the rest of the handshake once its
+/// ClientHello is in, and what was done so far.
+#[cfg(feature = "acme")]
+pub trait IssuesOnDemand: std::fmt::Debug + Send + Sync + 'static {
+    /// How long a handshake may wait for its certificate, on top of the
+    /// listener's handshake timeout.
+    fn wait(&self) -> Duration;
+
+    /// Makes sure a certificate is served for the name the ClientHello in
+    /// `start` asks for (new names count against `client`'s budget), then
+    /// completes the handshake with `config`; or refuses it.
+    fn complete(
+        &self,
+        start: tokio_rustls::StartHandshake<TcpStream>,
+        config: Arc<ServerConfig>,
+        client: IpAddr,
+    ) -> crate::util::BoxFuture<'static, io::Result<TlsStream<TcpStream>>>;
+
+    /// What was done so far (counts, no names), for health.
+    fn stats(&self) -> crate::OnDemandStats;
+}
 
 impl TlsListener {
     /// Wraps a bound TCP listener; handshakes use `config` (typically from
@@ -106,8 +135,8 @@ impl TlsListener {
     /// ```
     #[cfg(feature = "acme")]
     #[must_use]
-    pub fn on_demand(mut self, on_demand: crate::OnDemand) -> Self {
-        self.on_demand = Some(on_demand);
+    pub fn on_demand(mut self, on_demand: impl IssuesOnDemand) -> Self {
+        self.on_demand = Some(Arc::new(on_demand));
         self
     }
 
@@ -304,9 +333,7 @@ impl TlsListener {
             };
             #[cfg(feature = "acme")]
             let rest: Handshake = match on_demand {
-                Some(on_demand) => {
-                    Box::pin(async move { on_demand.complete(start, config, Some(client)).await })
-                }
+                Some(on_demand) => on_demand.complete(start, config, client),
                 None => Box::pin(start.into_stream(config)),
             };
             #[cfg(not(feature = "acme"))]

@@ -10,16 +10,15 @@ use crate::store::CertStore;
 
 #[cfg(feature = "ca")]
 mod ca;
-pub(crate) mod error;
 #[cfg(feature = "file")]
 pub(crate) mod file;
 mod r#static;
 
+pub use crate::source_error::{BoxError, SourceError, SourceWarning};
 #[cfg(feature = "ca")]
 pub use ca::{CaError, CaSource, InternalCa, LeafSpec};
-pub use error::{BoxError, SourceError, SourceWarning};
 #[cfg(feature = "file")]
-pub use file::{FileOptions, FileSource, WatchMode};
+pub use file::{FileOptions, FileSource, TrustFile, WatchMode};
 pub use r#static::StaticSource;
 
 /// Something that produces certificate bundles: files on disk, an ACME CA,

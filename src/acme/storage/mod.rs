@@ -1,9 +1,7 @@
 //! Where ACME state lives ([`Storage`]), and how instances sharing it take
 //! turns: the renewal lease ([`Lease`]), held while ordering.
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::failure::Failure;
@@ -40,8 +38,7 @@ pub(in crate::acme) enum Trouble {
     Failed(SourceError),
 }
 
-/// A boxed future, for the object-safe traits of this module.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::util::BoxFuture;
 
 /// Where ACME state lives: the account, certificates and their keys.
 ///

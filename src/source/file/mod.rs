@@ -35,9 +35,11 @@ use crate::read::{self, OneAtATime};
 
 mod notice;
 pub(crate) mod settle;
+mod trust;
 
 use crate::sync::lock;
 pub(crate) use settle::{spawn_settle, Wake, Wakeups, Watched, MAX_BUSY_WINDOWS};
+pub use trust::TrustFile;
 
 /// A read that takes longer than this (a hung NFS server) is reported as an
 /// error; the rotator carries on and retries, and change detection looks

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use sha2::Digest;
 use tokio::sync::watch;
 
-use super::{TrustError, TrustStore};
+use super::{settle, spawn_settle, FileOptions, Fingerprint, Watched, READ_TIMEOUT};
+use crate::mtls::{TrustError, TrustStore};
 use crate::read::OneAtATime;
-use crate::source::file::{settle, spawn_settle, FileOptions, Fingerprint, Watched, READ_TIMEOUT};
 use crate::source::SourceError;
 use crate::sync::lock;
 

@@ -1,5 +1,10 @@
 //! [`RotationEvent`]: what happened, on a broadcast channel and in `tracing`.
 
+#[cfg(feature = "acme")]
+mod on_demand;
+#[cfg(feature = "acme")]
+pub use on_demand::OnDemandError;
+
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -7,8 +12,6 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 
-#[cfg(feature = "acme")]
-use crate::acme::on_demand::error::OnDemandError;
 use crate::bundle::CertInfo;
 use crate::clock::{human, rfc3339, Clock};
 use crate::health::{AlertCounts, AlertLevel};
@@ -16,7 +19,7 @@ use crate::health::{AlertCounts, AlertLevel};
 use crate::metrics;
 use crate::metrics::Outcome;
 use crate::policy::ValidationError;
-use crate::source::error::{SourceError, SourceWarning};
+use crate::source_error::{SourceError, SourceWarning};
 
 /// Something the rotation machinery did or saw.
 ///

@@ -12,8 +12,8 @@ use http_body_util::Full;
 
 use serde::Serialize;
 
-use super::{AlertCounts, AlertLevel, HealthSnapshot, HEALTH_LIMIT};
 use crate::clock::unix_seconds;
+use crate::health::{AlertCounts, AlertLevel, CertHealth, HealthSnapshot, HEALTH_LIMIT};
 use crate::metrics::{self, Metric};
 use crate::store::CertStore;
 
@@ -82,7 +82,7 @@ pub struct HealthService {
     unhealthy_at: AlertLevel,
     detailed: bool,
     #[cfg(feature = "acme")]
-    on_demand: Option<crate::OnDemand>,
+    on_demand: Option<std::sync::Arc<dyn super::IssuesOnDemand>>,
 }
 
 /// The most slots one request lists: `?limit=` above it is cut to it.
@@ -128,7 +128,7 @@ struct PublicCert {
 
 impl PublicHealth {
     fn of(health: &HealthSnapshot, healthy: bool) -> Self {
-        let public = |certs: &[super::CertHealth]| {
+        let public = |certs: &[CertHealth]| {
             certs
                 .iter()
                 .map(|c| PublicCert {
@@ -197,15 +197,15 @@ impl HealthService {
     /// ```
     #[cfg(feature = "acme")]
     #[must_use]
-    pub fn on_demand(mut self, on_demand: crate::OnDemand) -> Self {
-        self.on_demand = Some(on_demand);
+    pub fn on_demand(mut self, on_demand: impl super::IssuesOnDemand) -> Self {
+        self.on_demand = Some(std::sync::Arc::new(on_demand));
         self
     }
 
     /// What on-demand issuance did, if this service reports it.
     #[cfg(feature = "acme")]
     fn on_demand_stats(&self) -> Option<crate::OnDemandStats> {
-        self.on_demand.as_ref().map(crate::OnDemand::stats)
+        self.on_demand.as_ref().map(|on_demand| on_demand.stats())
     }
 
     /// Whether `health` passes the check. With on-demand issuance, serving
@@ -330,7 +330,7 @@ fn wants_prometheus<B>(request: &Request<B>) -> bool {
 }
 
 /// A per-certificate gauge and its value.
-type Gauge = (Metric, fn(&super::CertHealth) -> f64);
+type Gauge = (Metric, fn(&CertHealth) -> f64);
 
 /// The snapshot in the Prometheus text exposition format (version 0.0.4).
 /// Slots are labelled by name when `detailed`, else by number.

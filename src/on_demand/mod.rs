@@ -26,8 +26,7 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
-use super::builder::Challenge;
-use super::{AcmeBuilder, AcmeSource};
+use crate::acme::AcmeBuilder;
 use crate::events::RotationEvent;
 use crate::metrics::OnDemandCount;
 use crate::policy::Policy;
@@ -38,11 +37,11 @@ use crate::store::CertStore;
 use crate::sync::lock;
 
 mod decide;
-pub(crate) mod error;
 mod limits;
 
+pub use crate::events::OnDemandError;
+pub use crate::health::OnDemandStats;
 pub use decide::{AllowList, Decide};
-pub use error::OnDemandError;
 use limits::{LimitConfig, Limits};
 
 /// Issues certificates at the first handshake for names the application
@@ -142,35 +141,6 @@ struct Counts {
     failed_orders: AtomicU64,
     evictions: AtomicU64,
     refusals: Mutex<BTreeMap<&'static str, u64>>,
-}
-
-/// What on-demand issuance has done so far (counts since it was built),
-/// for health pages.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-#[non_exhaustive]
-pub struct OnDemandStats {
-    /// Names served from memory now.
-    pub cached: usize,
-    /// Names being decided, loaded or ordered now.
-    pub pending: usize,
-    /// Handshakes waiting for a certificate now.
-    pub waiting: usize,
-    /// Orders in flight now.
-    pub orders_in_flight: usize,
-    /// Handshakes for names in memory (or served by the store otherwise).
-    pub hits: u64,
-    /// Handshakes that started obtaining a name (a load or an order).
-    pub misses: u64,
-    /// Certificates loaded from storage, without an order.
-    pub loads: u64,
-    /// Orders that succeeded.
-    pub orders: u64,
-    /// Orders that failed.
-    pub failed_orders: u64,
-    /// Names dropped from memory (they stay in storage).
-    pub evictions: u64,
-    /// Refused handshakes, by [reason](OnDemandError::reason).
-    pub refusals: BTreeMap<&'static str, u64>,
 }
 
 /// Configures [`OnDemand`].
@@ -370,12 +340,27 @@ impl std::fmt::Debug for OnDemand {
     }
 }
 
-impl OnDemand {
-    /// How long a handshake waits for a certificate.
-    pub(crate) fn wait(&self) -> Duration {
+impl crate::serve::IssuesOnDemand for OnDemand {
+    fn wait(&self) -> Duration {
         self.inner.wait
     }
 
+    fn complete(
+        &self,
+        start: tokio_rustls::StartHandshake<tokio::net::TcpStream>,
+        config: Arc<ServerConfig>,
+        client: IpAddr,
+    ) -> crate::util::BoxFuture<'static, io::Result<TlsStream<tokio::net::TcpStream>>> {
+        let on_demand = self.clone();
+        Box::pin(async move { on_demand.complete(start, config, Some(client)).await })
+    }
+
+    fn stats(&self) -> OnDemandStats {
+        OnDemand::stats(self)
+    }
+}
+
+impl OnDemand {
     /// The store the certificates are served from.
     pub fn store(&self) -> &CertStore {
         &self.inner.store
@@ -386,7 +371,7 @@ impl OnDemand {
     /// auth, the policy's crypto provider, ALPN `h2` and `http/1.1`, and
     /// `acme-tls/1` when the CA validates with TLS-ALPN-01.
     pub fn server_config(&self) -> Result<ServerConfig, rustls::Error> {
-        let tls_alpn_01 = matches!(self.inner.template.challenge, Challenge::TlsAlpn01);
+        let tls_alpn_01 = self.inner.template.answers_tls_alpn_01();
         let resolver = self.inner.store.resolver();
         (self.inner.policy).server_config(resolver, None, tls_alpn_01)
     }
@@ -497,22 +482,30 @@ impl OnDemand {
 
     async fn prepared(&self, name: &str, client: Option<IpAddr>) -> Result<(), OnDemandError> {
         let inner = &self.inner;
-        let (pending, settling) = {
+        // Whether a name is served, only the resolver knows; the names
+        // here are what this issuer is obtaining, and the rotators it runs.
+        let served = inner.resolver.claims(name);
+        let (pending, settling, stopping) = {
             let mut names = lock(&inner.names);
             names.tick += 1;
             let tick = names.tick;
-            match names.entries.get_mut(name) {
-                Some(Entry::Cached { used, .. }) => {
+            match (names.entries.get_mut(name), served) {
+                (Some(Entry::Pending(outcome)), _) => (Some(outcome.clone()), None, None),
+                (Some(Entry::Cached { used, .. }), true) => {
                     *used = tick;
-                    (None, None)
+                    (None, None, None)
                 }
-                Some(Entry::Pending(outcome)) => (Some(outcome.clone()), None),
-                // A name the store serves otherwise (an evicted name's slot
-                // is gone at once).
-                None if inner.resolver.claims(name) => (None, None),
-                None => {
+                // Served otherwise (an evicted name's slot is gone at once).
+                (None, true) => (None, None, None),
+                // Its slot was removed from the store: obtained again.
+                (Some(Entry::Cached { .. }), false) => {
+                    let stopping = self.evict(&mut names, name);
                     let (outcome, settling) = self.start(&mut names, name, client)?;
-                    (Some(outcome), Some(settling))
+                    (Some(outcome), Some(settling), stopping)
+                }
+                (None, false) => {
+                    let (outcome, settling) = self.start(&mut names, name, client)?;
+                    (Some(outcome), Some(settling), None)
                 }
             }
         };
@@ -521,6 +514,9 @@ impl OnDemand {
         // locks the names.
         if let Some(settling) = settling {
             tokio::spawn(settling.run());
+        }
+        if let Some((name, rotator)) = stopping {
+            self.stop(name, rotator);
         }
         match pending {
             None => {
@@ -624,12 +620,10 @@ impl OnDemand {
                 })
             }
         }
-        let mut acme = inner.template.clone();
-        acme.domains = vec![name.to_string()];
-        let source: AcmeSource = acme.build();
+        let source = inner.template.build_for(name);
         // A storage that never answers must not hold the name pending for
         // ever: its look is one ACME step.
-        let step = inner.template.timeout;
+        let step = inner.template.step_timeout();
         let Ok(at_hand) = tokio::time::timeout(step, source.at_hand()).await else {
             let reason = format!("the storage did not answer within {step:?}");
             return Err(OnDemandError::Failed {
@@ -729,26 +723,40 @@ impl OnDemand {
         let evicted = (cached > inner.cache_size)
             .then(|| least_recently_used(&names))
             .flatten()
-            .and_then(|victim| match names.entries.remove_entry(&victim) {
-                Some((victim, Entry::Cached { rotator, .. })) => Some((victim, rotator)),
-                _ => None,
-            });
-        if let Some((victim, _)) = &evicted {
-            *names.evicting.entry(victim.clone()).or_default() += 1;
-            inner.store.remove(victim);
-        }
+            .and_then(|victim| self.evict(&mut names, &victim));
         drop(names);
         let _ = outcome.send(Some(told));
         if let Some((victim, rotator)) = evicted {
-            // Spawned first: nothing after can leave the count behind.
-            let on_demand = self.clone();
-            tokio::spawn(async move {
-                rotator.shutdown().await;
-                on_demand.stopped(&victim);
-            });
+            self.stop(victim, rotator);
             inner.counts.evictions.fetch_add(1, Ordering::Relaxed);
             inner.store.events().on_demand(OnDemandCount::Eviction);
         }
+    }
+
+    /// Takes cached `name` out of memory and its slot out of the store, at
+    /// once; its rotator, returned, is to [`stop`](Self::stop) once the
+    /// names are unlocked.
+    fn evict(&self, names: &mut Names, name: &str) -> Option<(Arc<str>, Rotator)> {
+        let (name, rotator) = match names.entries.remove_entry(name)? {
+            (name, Entry::Cached { rotator, .. }) => (name, rotator),
+            (name, pending) => {
+                names.entries.insert(name, pending);
+                return None;
+            }
+        };
+        *names.evicting.entry(name.clone()).or_default() += 1;
+        self.inner.store.remove(&name);
+        Some((name, rotator))
+    }
+
+    /// Stops an evicted rotator in a task of its own; what it fills in the
+    /// slot while it stops goes after it (see [`stopped`](Self::stopped)).
+    fn stop(&self, name: Arc<str>, rotator: Rotator) {
+        let on_demand = self.clone();
+        tokio::spawn(async move {
+            rotator.shutdown().await;
+            on_demand.stopped(&name);
+        });
     }
 
     /// An evicted rotator of `name` has stopped: once the last has, what
@@ -1068,6 +1076,28 @@ mod tests {
         let error = on_demand.prepare(A).await.unwrap_err();
         assert!(matches!(error, OnDemandError::NotAllowed(_)), "{error}");
         assert!(on_demand.store().current(A).is_none());
+    }
+
+    /// Whether a name is served is the resolver's answer: a name in memory
+    /// whose slot was removed from the store is obtained again (here: asked
+    /// of the hook, which refuses), and its old rotator stopped.
+    #[tokio::test]
+    async fn a_cached_name_whose_slot_was_removed_is_obtained_again() {
+        let on_demand = on_demand(2);
+        obtained(&on_demand, A).await;
+        on_demand.prepare(A).await.unwrap();
+        assert!(on_demand.store().remove(A));
+        let error = on_demand.prepare(A).await.unwrap_err();
+        assert!(matches!(error, OnDemandError::NotAllowed(_)), "{error}");
+        let stats = on_demand.stats();
+        assert_eq!((stats.hits, stats.misses, stats.cached), (1, 1, 0));
+        for _ in 0..100 {
+            if stopping(&on_demand, A).is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stopping(&on_demand, A), None);
     }
 
     /// A name another slot serves (an operator's wildcard) stays served

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::policy::ValidationError;
-use crate::source::error::SourceError;
+use crate::source_error::SourceError;
 
 /// Why a handshake for a name was not served a certificate on demand.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 
-use super::super::storage::BoxFuture;
+use crate::acme::BoxFuture;
 
 /// Decides whether a certificate may be obtained for a server name the
 /// first time a client asks for it (see [`OnDemand`](crate::OnDemand)).
