@@ -24,7 +24,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use certrotate::{FileOptions, FileSource, Policy, Rotator, WatchMode};
+use certrotate::source::{FileOptions, WatchMode};
+use certrotate::{FileSource, Policy, Rotator};
 use common::{write_atomic, Ca, Issued, Leaf, TempDir, HOST};
 
 struct Variant {

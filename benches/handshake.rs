@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use certrotate::{CertBundle, CertStore, Policy, ValidatedCert, DEFAULT_SLOT};
+use certrotate::policy::ValidatedCert;
+use certrotate::store::DEFAULT_SLOT;
+use certrotate::{CertBundle, CertStore, Policy};
 use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
 use rustls::{

@@ -14,7 +14,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use certrotate::{AcmeSource, AllowList, OnDemand, Policy};
+use certrotate::on_demand::AllowList;
+use certrotate::{AcmeSource, OnDemand, Policy};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};

@@ -11,7 +11,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use certrotate::{CertBundle, CertStore, Policy, DEFAULT_SLOT};
+use certrotate::store::DEFAULT_SLOT;
+use certrotate::{CertBundle, CertStore, Policy};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 /// A store serving `names` DNS names plus `*.wild.example.com`, in slots of

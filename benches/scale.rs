@@ -34,7 +34,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use std::collections::HashMap;
 
-use certrotate::{CertBundle, CertStore, Policy, ValidatedCert};
+use certrotate::policy::ValidatedCert;
+use certrotate::{CertBundle, CertStore, Policy};
 use common::{Ca, Leaf};
 use rustls::sign::CertifiedKey;
 

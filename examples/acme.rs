@@ -16,7 +16,7 @@
 //!   which must reach `--listen`; `http-01`: on port 80, which must reach
 //!   `--http-listen`; `dns-01`: through TXT records, published here in
 //!   Pebble's test DNS server (`--challtestsrv`, its management address;
-//!   with a real DNS provider, implement `certrotate::Dns01Solver`).
+//!   with a real DNS provider, implement `certrotate::acme::Dns01Solver`).
 //! - `--domain`: a name of the server's own certificate (ordered at
 //!   start); `--on-demand SUFFIX`: order a certificate at the first
 //!   handshake for any name that ends in `.SUFFIX` (on-demand TLS, within
@@ -51,10 +51,9 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::{Json, Router};
-use certrotate::{
-    AcmeBuilder, AcmeSource, AllowList, CertStore, FileStorage, HealthService, Http01Responder,
-    OnDemand, Policy, Rotator, TlsListener,
-};
+use certrotate::acme::{AcmeBuilder, FileStorage, Http01Responder};
+use certrotate::on_demand::AllowList;
+use certrotate::{AcmeSource, CertStore, HealthService, OnDemand, Policy, Rotator, TlsListener};
 use tokio::sync::broadcast::error::RecvError;
 
 #[path = "support/admin.rs"]
@@ -183,7 +182,7 @@ async fn with_storage(acme: AcmeBuilder, storage: &Storage) -> Result<AcmeBuilde
             };
             let key = hex_key(read(key_file)?.trim())
                 .ok_or_else(|| format!("{}: not 64 hex digits", key_file.display()))?;
-            let mut redis = certrotate::RedisStorage::builder(url, key);
+            let mut redis = certrotate::acme::RedisStorage::builder(url, key);
             if let Some(root) = root {
                 redis = redis.root_certificates(read(root)?);
             }

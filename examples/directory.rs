@@ -32,9 +32,10 @@ use std::time::Duration;
 use axum::extract::Query;
 use axum::routing::get;
 use axum::{Json, Router};
-use certrotate::{
-    CertDirectory, FileOptions, HealthService, Policy, TlsListener, HEALTH_LIMIT, MAX_PAGE,
-};
+use certrotate::health::HEALTH_LIMIT;
+use certrotate::serve::MAX_PAGE;
+use certrotate::source::FileOptions;
+use certrotate::{CertDirectory, HealthService, Policy, TlsListener};
 
 const USAGE: &str = "usage: directory --listen ADDR --dir DIR [--settle-ms N] [--admin ADDR]";
 

@@ -31,10 +31,8 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::{Json, Router};
-use certrotate::{
-    FileOptions, FileSource, HealthService, Policy, RotationEvent, Rotator, TlsListener, TrustFile,
-    WatchMode,
-};
+use certrotate::source::{FileOptions, TrustFile, WatchMode};
+use certrotate::{FileSource, HealthService, Policy, RotationEvent, Rotator, TlsListener};
 
 const USAGE: &str = "usage: file_reload --listen ADDR --cert PATH --key PATH [--name NAME]... \
                      [--client-ca PATH] [--poll SECONDS] [--admin ADDR]";

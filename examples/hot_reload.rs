@@ -53,7 +53,7 @@ impl DevCa {
 
 impl CertSource for DevCa {
     async fn fetch(&self) -> Result<CertBundle, SourceError> {
-        let issue = || -> Result<CertBundle, certrotate::BoxError> {
+        let issue = || -> Result<CertBundle, certrotate::source::BoxError> {
             let mut params =
                 CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
             params

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use certrotate::{InternalCa, LeafSpec, Policy, RotationEvent, Rotator, TlsListener, Usage};
+use certrotate::policy::Usage;
+use certrotate::source::LeafSpec;
+use certrotate::{InternalCa, Policy, RotationEvent, Rotator, TlsListener};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;

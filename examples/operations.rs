@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use certrotate::{
-    HealthService, InternalCa, LeafSpec, MaxConnectionAge, Policy, Rotator, TlsListener,
-};
+use certrotate::serve::MaxConnectionAge;
+use certrotate::source::LeafSpec;
+use certrotate::{HealthService, InternalCa, Policy, Rotator, TlsListener};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;

@@ -37,7 +37,7 @@ use crate::clock;
 ///
 /// let bundle = CertBundle::from_pem(cert_pem.as_bytes(), key_pem.as_bytes())?;
 /// assert_eq!(bundle.info().dns_names, ["api.example.com"]);
-/// # Ok::<(), certrotate::BundleError>(())
+/// # Ok::<(), certrotate::bundle::BundleError>(())
 /// ```
 pub struct CertBundle {
     chain: Vec<CertificateDer<'static>>,
@@ -186,7 +186,7 @@ impl CertBundle {
     /// let (chain, key) = bundle.to_pem();
     /// let again = certrotate::CertBundle::from_pem(chain.as_bytes(), key.as_bytes())?;
     /// assert_eq!(again.info().fingerprint_sha256, bundle.info().fingerprint_sha256);
-    /// # Ok::<(), certrotate::BundleError>(())
+    /// # Ok::<(), certrotate::bundle::BundleError>(())
     /// ```
     pub fn to_pem(&self) -> (String, zeroize::Zeroizing<String>) {
         let chain = self
@@ -354,7 +354,7 @@ impl CertInfo {
     /// # let ck = rcgen::generate_simple_self_signed(vec!["a.example".into()]).unwrap();
     /// let info = certrotate::CertInfo::from_der(ck.cert.der())?;
     /// assert_eq!(info.dns_names, ["a.example"]);
-    /// # Ok::<(), certrotate::BundleError>(())
+    /// # Ok::<(), certrotate::bundle::BundleError>(())
     /// ```
     pub fn from_der(cert: &CertificateDer<'_>) -> Result<Self, BundleError> {
         Self::parse(&[cert.clone().into_owned()])
@@ -606,7 +606,7 @@ impl BundleError {
     /// output: the variant's name in snake case (`"not_pem"`, `"swapped"`...).
     ///
     /// ```
-    /// assert_eq!(certrotate::BundleError::Swapped.code(), "swapped");
+    /// assert_eq!(certrotate::bundle::BundleError::Swapped.code(), "swapped");
     /// ```
     pub fn code(&self) -> &'static str {
         match self {

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 ///
 /// ```
 /// use std::time::SystemTime;
-/// use certrotate::Clock;
+/// use certrotate::danger::Clock;
 ///
 /// #[derive(Debug)]
 /// struct Frozen(SystemTime);
@@ -38,7 +38,7 @@ pub trait Clock: fmt::Debug + Send + Sync + 'static {
 /// The real wall clock, [`SystemTime::now`].
 ///
 /// ```
-/// use certrotate::{Clock, SystemClock};
+/// use certrotate::danger::{Clock, SystemClock};
 /// assert!(SystemClock.now() > std::time::UNIX_EPOCH);
 /// ```
 #[derive(Debug, Clone, Copy, Default)]

@@ -45,7 +45,7 @@ use crate::store::CertStore;
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use certrotate::MaxConnectionAge;
+/// use certrotate::serve::MaxConnectionAge;
 /// use hyper_util::rt::{TokioExecutor, TokioIo};
 /// use hyper_util::server::conn::auto;
 ///

@@ -36,7 +36,7 @@ pub struct OnDemandStats {
     pub failed_orders: u64,
     /// Names dropped from memory (they stay in storage).
     pub evictions: u64,
-    /// Refused handshakes, by [reason](crate::OnDemandError::reason).
+    /// Refused handshakes, by [reason](crate::on_demand::OnDemandError::reason).
     pub refusals: BTreeMap<&'static str, u64>,
 }
 
@@ -232,7 +232,7 @@ pub struct HealthSnapshot {
     pub last_error: Option<String>,
     /// The machine code of [`last_error`](Self::last_error): a
     /// [`SourceError::code`](crate::SourceError::code) or a
-    /// [`Refusal::code`](crate::Refusal::code).
+    /// [`Refusal::code`](crate::policy::Refusal::code).
     pub last_error_code: Option<&'static str>,
     /// The worst alert level over all certificates.
     pub alert: AlertLevel,
@@ -257,7 +257,8 @@ impl AlertCounts {
     /// The count at `level`.
     ///
     /// ```
-    /// use certrotate::{AlertCounts, AlertLevel};
+    /// use certrotate::AlertLevel;
+    /// use certrotate::health::AlertCounts;
     /// assert_eq!(AlertCounts::default().at(AlertLevel::Critical), 0);
     /// ```
     pub fn at(&self, level: AlertLevel) -> usize {
@@ -401,7 +402,7 @@ mod tests {
     #[test]
     fn level_times_follow_the_rule_at_every_boundary() {
         let ck = rcgen::generate_simple_self_signed(vec!["a.example".into()]).unwrap();
-        let bundle = crate::CertBundle::from_pem(
+        let bundle = crate::bundle::CertBundle::from_pem(
             ck.cert.pem().as_bytes(),
             ck.signing_key.serialize_pem().as_bytes(),
         )

@@ -53,7 +53,7 @@
 //! - `acme`: [`AcmeSource`], certificates from Let's Encrypt or any
 //!   RFC 8555 CA, and [`OnDemand`], certificates ordered at the first
 //!   handshake for names the application allows (adds `instant-acme`); needs neither `axum` nor `ca`
-//!   ([`Http01Responder`] is a tower `Service`; with `axum`, also a `Router`).
+//!   ([`Http01Responder`](acme::Http01Responder) is a tower `Service`; with `axum`, also a `Router`).
 //! - `health`: [`HealthService`], the health snapshot over HTTP as
 //!   a tower `Service`.
 //! - `metrics`: the metrics below, through the `metrics` facade.
@@ -65,13 +65,13 @@
 //! - **Alerts**: each serving certificate has an [`AlertLevel`] (ok,
 //!   renew-overdue, critical, expired); each escalation is a
 //!   [`RotationEvent::ExpiryWarning`] and a `tracing` warning (error once
-//!   critical), repeated every [`alert_repeat`](RotatorBuilder::alert_repeat)
+//!   critical), repeated every [`alert_repeat`](rotator::RotatorBuilder::alert_repeat)
 //!   while it lasts.
 //! - **Health**: [`HealthService`] answers JSON or Prometheus text, `503`
 //!   once a certificate is critical.
 //! - **Triggers**: [`Rotator::rotate_on_sighup`], [`Rotator::rotate_now`],
 //!   [`Rotator::rollback`].
-//! - **Old connections**: [`MaxConnectionAge`] closes connections that
+//! - **Old connections**: [`MaxConnectionAge`](serve::MaxConnectionAge) closes connections that
 //!   outlived a rotation gracefully, after a maximum age.
 //!
 //! ## Metrics
@@ -98,7 +98,7 @@
 //! | `certrotate_on_demand_waiting_handshakes` | gauge | | handshakes waiting for an on-demand certificate |
 //!
 //! Per-slot series stop past the store's `metric_slots` (default 100, see
-//! [`CertStoreBuilder::metric_slots`]): above it no slot gets per-slot gauges
+//! [`CertStoreBuilder::metric_slots`](store::CertStoreBuilder::metric_slots)): above it no slot gets per-slot gauges
 //! and counters drop the `slot` label, so 10⁵ certificates do not make 10⁵
 //! series; the two totals above are always recorded.
 //!
@@ -112,71 +112,68 @@
 compile_error!("certrotate needs a crypto provider: enable the `aws-lc-rs` or the `ring` feature");
 
 #[cfg(feature = "acme")]
-mod acme;
+pub mod acme;
 #[cfg(any(feature = "ca", feature = "acme", feature = "file"))]
 mod atomic;
-mod bundle;
+pub mod bundle;
 mod clock;
 #[cfg(feature = "file")]
-mod directory;
+pub mod directory;
 mod drain;
 mod engine;
-mod events;
-mod health;
+pub mod events;
+pub mod health;
 mod mark;
 mod metrics;
-mod mtls;
+pub mod mtls;
 #[cfg(feature = "acme")]
-mod on_demand;
-mod policy;
+pub mod on_demand;
+pub mod policy;
 #[cfg(feature = "acme")]
 mod random;
 mod read;
 mod renewal;
 mod resolver;
-mod rotator;
-mod serve;
-mod source;
+pub mod rotator;
+pub mod serve;
+pub mod source;
 mod source_error;
-mod store;
+pub mod store;
 mod sync;
 mod util;
 
+// The everyday types; the rest is in the modules above, by domain.
 #[cfg(feature = "acme")]
-pub use acme::{
-    AcmeBuilder, AcmeSource, BoxFuture, Dns01Solver, FileStorage, Http01Responder, Lease, Storage,
-};
-#[cfg(feature = "redis")]
-pub use acme::{RedisBuilder, RedisStorage};
-pub use bundle::{BundleError, CertBundle, CertInfo, ChainLink, KeyAlgorithm};
-pub use clock::{Clock, SystemClock};
+pub use acme::AcmeSource;
+pub use bundle::{CertBundle, CertInfo};
 #[cfg(feature = "file")]
-pub use directory::{CertDirectory, CertDirectoryBuilder};
-pub use drain::{MaxConnectionAge, StaleConnection};
-pub use events::{RotationEvent, Trigger};
-pub use health::{
-    AlertCounts, AlertLevel, CertHealth, HealthSnapshot, UnservedSlot, HEALTH_LIMIT, SOONEST,
-};
-pub use mark::{HighWaterMark, MarkUnreadable};
-pub use mtls::{RevocationPolicy, TrustError, TrustStore};
+pub use directory::CertDirectory;
+pub use events::RotationEvent;
+pub use health::{AlertLevel, HealthSnapshot};
+pub use mtls::TrustStore;
 #[cfg(feature = "acme")]
-pub use on_demand::{AllowList, Decide, OnDemand, OnDemandBuilder, OnDemandError, OnDemandStats};
-pub use policy::{
-    Policy, PolicyBuilder, PolicyConfigError, Refusal, Usage, ValidatedCert, ValidationError,
-};
-pub use resolver::{RotatingResolver, ACME_TLS_ALPN};
-pub use rotator::{RotateError, Rotation, Rotator, RotatorBuilder};
-#[cfg(feature = "acme")]
-pub use serve::IssuesOnDemand;
-pub use serve::TlsListener;
+pub use on_demand::OnDemand;
+pub use policy::Policy;
+pub use rotator::{RotateError, Rotator};
 #[cfg(feature = "health")]
-pub use serve::{HealthService, MAX_PAGE};
-pub use source::{BoxError, CertSource, SourceError, SourceWarning, StaticSource};
-#[cfg(feature = "ca")]
-pub use source::{CaError, CaSource, InternalCa, LeafSpec};
+pub use serve::HealthService;
+pub use serve::TlsListener;
 #[cfg(feature = "file")]
-pub use source::{FileOptions, FileSource, TrustFile, WatchMode};
-pub use store::{CertStore, CertStoreBuilder, RollbackError, DEFAULT_SLOT};
+pub use source::FileSource;
+#[cfg(feature = "ca")]
+pub use source::InternalCa;
+pub use source::{CertSource, SourceError, StaticSource};
+pub use store::{CertStore, RotatingResolver};
+
+/// Escape hatches: what tests and storage back ends need and ordinary
+/// servers should not touch. A [`Clock`](danger::Clock) that is not the
+/// system's moves every renewal and alert; a
+/// [`HighWaterMark`](danger::HighWaterMark) written by hand can refuse every
+/// certificate as a replay, or accept an old one.
+pub mod danger {
+    pub use crate::clock::{Clock, SystemClock};
+    pub use crate::mark::{HighWaterMark, MarkUnreadable};
+}
 
 /// The rustls this crate is built against: its `ServerConfig`,
 /// `ClientConfig` and key types are what the API takes and gives.

@@ -28,7 +28,7 @@ pub(crate) const STATE_FILE_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// ```
 /// use std::time::{Duration, UNIX_EPOCH};
-/// use certrotate::HighWaterMark;
+/// use certrotate::danger::HighWaterMark;
 ///
 /// let mark = HighWaterMark {
 ///     not_before: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
@@ -102,12 +102,12 @@ impl std::str::FromStr for HighWaterMark {
 ///
 /// The rotator then fails closed without failing down: it installs nothing
 /// older than what serves now (or than `known`), keeps serving, reports the
-/// condition in health (a [`SourceWarning`](crate::SourceWarning)) and asks
+/// condition in health (a [`SourceWarning`](crate::source::SourceWarning)) and asks
 /// again at each attempt; and it records no mark until it can read one, so
 /// that a mark is never lowered.
 ///
 /// ```
-/// let error = certrotate::MarkUnreadable::new("Redis at redis://10.0.0.5:6379/0: timed out");
+/// let error = certrotate::danger::MarkUnreadable::new("Redis at redis://10.0.0.5:6379/0: timed out");
 /// assert!(error.known.is_none());
 /// assert!(error.to_string().contains("timed out"));
 /// ```

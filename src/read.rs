@@ -16,8 +16,6 @@ use std::io::Read;
 use std::path::Path;
 
 #[cfg(feature = "file")]
-use std::path::PathBuf;
-#[cfg(feature = "file")]
 use std::sync::Arc;
 #[cfg(feature = "file")]
 use std::time::Duration;
@@ -138,28 +136,6 @@ impl From<ReadFailure> for std::io::Error {
     }
 }
 
-#[cfg(feature = "file")]
-impl ReadFailure {
-    /// The source error for this failure of `from` reading `path`.
-    pub(crate) fn into_source_error(self, from: String, path: &Path) -> crate::SourceError {
-        let path = path.to_owned();
-        match self {
-            Self::Io(error) => crate::SourceError::Read {
-                from,
-                path,
-                source: Arc::new(error),
-            },
-            Self::NotAFile(found) => crate::SourceError::NotAFile { from, path, found },
-            Self::TooLarge { size, limit } => crate::SourceError::TooLarge {
-                from,
-                path,
-                size,
-                limit,
-            },
-        }
-    }
-}
-
 /// A size in words: `1 MiB`, `64 KiB`, `1500 bytes`.
 pub(crate) fn bytes(n: u64) -> String {
     match n {
@@ -208,24 +184,6 @@ impl OneAtATime {
             Ok(Ok(result)) => Ok(result),
             // The read panicked: reported like a hang, the caller retries.
             Ok(Err(_)) | Err(_) => Err(Stuck { waited: timeout }),
-        }
-    }
-}
-
-#[cfg(feature = "file")]
-impl Stuck {
-    /// The source error for a read of `path` by `from` that did not finish.
-    pub(crate) fn into_source_error(self, from: String, path: PathBuf) -> crate::SourceError {
-        crate::SourceError::Read {
-            from,
-            path,
-            source: Arc::new(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "no answer within {} (the file system may be hung)",
-                    crate::clock::human(self.waited)
-                ),
-            )),
         }
     }
 }

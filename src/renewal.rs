@@ -4,7 +4,7 @@
 //! A source that knows better (ACME, following the CA's renewal
 //! information) says so through [`CertSource::renew_at`](crate::CertSource::renew_at);
 //! otherwise a certificate is renewed when a fraction of its lifetime is
-//! left ([`RotatorBuilder::renew_before_fraction`](crate::RotatorBuilder::renew_before_fraction)),
+//! left ([`RotatorBuilder::renew_before_fraction`](crate::rotator::RotatorBuilder::renew_before_fraction)),
 //! a little earlier at random. A failed attempt is retried after
 //! [`retry_delay`].
 

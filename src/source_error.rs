@@ -28,10 +28,10 @@ pub enum SourceWarning {
         reason: String,
     },
     /// The record of the newest certificate served (the
-    /// [`HighWaterMark`](crate::HighWaterMark)) cannot be read: until it
+    /// [`HighWaterMark`](crate::danger::HighWaterMark)) cannot be read: until it
     /// can, only certificates newer than the one serving are installed, and
     /// no mark is recorded (so none is lowered).
-    MarkUnreadable(Box<crate::MarkUnreadable>),
+    MarkUnreadable(Box<crate::mark::MarkUnreadable>),
 }
 
 impl fmt::Display for SourceWarning {
@@ -117,7 +117,7 @@ pub enum SourceError {
         found: &'static str,
     },
     /// The file is larger than the source's size limit
-    /// ([`FileOptions::max_file_size`](crate::FileOptions::max_file_size)).
+    /// ([`FileOptions::max_file_size`](crate::source::FileOptions::max_file_size)).
     /// Nothing past the limit was read.
     #[error("{from}: {} is {size} bytes, over the {} limit", path.display(), crate::read::bytes(*limit))]
     TooLarge {
@@ -158,7 +158,7 @@ pub enum SourceError {
 }
 
 /// A boxed error: what [`SourceError::unavailable`] and a
-/// [`Dns01Solver`](crate::Dns01Solver) take.
+/// [`Dns01Solver`](crate::acme::Dns01Solver) take.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl SourceError {
@@ -209,6 +209,47 @@ impl SourceError {
         Self::Unavailable {
             from: from.into(),
             source: Arc::from(reason.into()),
+        }
+    }
+}
+
+// What a failed or stuck read of a source's file is, as a source error.
+#[cfg(feature = "file")]
+impl crate::read::ReadFailure {
+    /// The source error for this failure of `from` reading `path`.
+    pub(crate) fn into_source_error(self, from: String, path: &std::path::Path) -> SourceError {
+        let path = path.to_owned();
+        match self {
+            Self::Io(error) => SourceError::Read {
+                from,
+                path,
+                source: Arc::new(error),
+            },
+            Self::NotAFile(found) => SourceError::NotAFile { from, path, found },
+            Self::TooLarge { size, limit } => SourceError::TooLarge {
+                from,
+                path,
+                size,
+                limit,
+            },
+        }
+    }
+}
+
+#[cfg(feature = "file")]
+impl crate::read::Stuck {
+    /// The source error for a read of `path` by `from` that did not finish.
+    pub(crate) fn into_source_error(self, from: String, path: PathBuf) -> SourceError {
+        SourceError::Read {
+            from,
+            path,
+            source: Arc::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no answer within {} (the file system may be hung)",
+                    crate::clock::human(self.waited)
+                ),
+            )),
         }
     }
 }

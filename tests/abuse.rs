@@ -304,13 +304,13 @@ async fn ipv6_prefixes_share_their_group_s_places() {
 /// lease at once: the next instance does not wait out the lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_cut_right_after_taking_the_lease_lets_go_of_it() {
-    use certrotate::Storage;
+    use certrotate::acme::Storage;
     let dir = common::TempDir::new("abuse-lease");
     let directory = "https://127.0.0.1:9/directory";
     let name = "a.example";
     let (cert_key, _, _) = common::acme_keys(directory, name);
     let lock = format!("renew-{cert_key}");
-    let inner = certrotate::FileStorage::new(dir.path());
+    let inner = certrotate::acme::FileStorage::new(dir.path());
     // Reads of the certificate hang while a renewal lease is held: the
     // attempt that took the lease is cut by the fetch timeout right after.
     let lease_file = dir.path().join(format!("{lock}.lease"));

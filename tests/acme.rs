@@ -7,9 +7,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use certrotate::{
-    AcmeSource, CertStore, FileStorage, Http01Responder, Policy, Rotator, ACME_TLS_ALPN,
-};
+use certrotate::acme::{FileStorage, Http01Responder};
+use certrotate::store::ACME_TLS_ALPN;
+use certrotate::{AcmeSource, CertStore, Policy, Rotator};
 use common::pebble::challtestsrv::ChallTestSrv;
 use common::pebble::{client, first_certificate, Config, Fault, Pebble};
 use common::TempDir;
@@ -18,7 +18,7 @@ use rustls::pki_types::pem::PemObject;
 const NAME: &str = "a.certrotate.test";
 
 /// A source for NAME from `pebble`, with its own storage.
-fn builder(pebble: &Pebble) -> certrotate::AcmeBuilder {
+fn builder(pebble: &Pebble) -> certrotate::acme::AcmeBuilder {
     AcmeSource::builder(&pebble.directory, [NAME])
         .directory_root(&pebble.https_root)
         .storage(pebble.storage())
@@ -406,11 +406,11 @@ struct Faulty {
     unreadable: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl certrotate::Storage for Faulty {
+impl certrotate::acme::Storage for Faulty {
     fn load<'a>(
         &'a self,
         _: &'a str,
-    ) -> certrotate::BoxFuture<'a, std::io::Result<Option<Vec<u8>>>> {
+    ) -> certrotate::acme::BoxFuture<'a, std::io::Result<Option<Vec<u8>>>> {
         let unreadable = self.unreadable.load(std::sync::atomic::Ordering::SeqCst);
         Box::pin(async move {
             match unreadable {
@@ -424,7 +424,7 @@ impl certrotate::Storage for Faulty {
         &'a self,
         _: &'a str,
         _: &'a [u8],
-    ) -> certrotate::BoxFuture<'a, std::io::Result<()>> {
+    ) -> certrotate::acme::BoxFuture<'a, std::io::Result<()>> {
         Box::pin(async { Err(std::io::Error::from_raw_os_error(28)) })
     }
 }
@@ -504,7 +504,7 @@ async fn an_instance_orders_alone_when_storage_is_down_only_if_told_and_near_exp
         match alone {
             // Expiring within the window: ordered without the lock.
             true => {
-                let Ok(certrotate::Rotation::Rotated { new, .. }) = rotation else {
+                let Ok(certrotate::rotator::Rotation::Rotated { new, .. }) = rotation else {
                     panic!("not renewed alone: {rotation:?}");
                 };
                 assert_ne!(new.serial, first.serial);
@@ -642,7 +642,7 @@ async fn a_fetch_timeout_mid_order_cleans_up_and_the_order_resumes() {
 #[derive(Debug)]
 struct Ahead(Duration);
 
-impl certrotate::Clock for Ahead {
+impl certrotate::danger::Clock for Ahead {
     fn now(&self) -> std::time::SystemTime {
         std::time::SystemTime::now() + self.0
     }

@@ -221,7 +221,7 @@ async fn a_poll_reads_only_the_pairs_whose_files_changed() {
     let (a, b) = (leaf(&ca, "a.example", 3600), leaf(&ca, "b.example", 3600));
     write_pair(&dir.join("a.crt"), &dir.join("a.key"), &a);
     write_pair(&dir.join("b.crt"), &dir.join("b.key"), &b);
-    let options = file_options().watch(certrotate::WatchMode::Poll {
+    let options = file_options().watch(certrotate::source::WatchMode::Poll {
         every: Duration::from_millis(100),
     });
     let certs = CertDirectory::builder(dir.path(), Policy::default())

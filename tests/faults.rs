@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use certrotate::danger::Clock;
 use certrotate::{
-    AlertLevel, CertBundle, CertSource, Clock, FileSource, Policy, RotateError, RotationEvent,
-    Rotator, SourceError, StaticSource, TlsListener,
+    AlertLevel, CertBundle, CertSource, FileSource, Policy, RotateError, RotationEvent, Rotator,
+    SourceError, StaticSource, TlsListener,
 };
 use common::{client_config, serial_seen, Ca, Leaf, TempDir, TokioClock, HOST, WITHIN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -466,7 +467,7 @@ impl Drop for ReadOnly {
 
 #[tokio::test]
 async fn acme_state_in_a_read_only_directory_is_not_half_written() {
-    use certrotate::{FileStorage, Storage};
+    use certrotate::acme::{FileStorage, Storage};
     let ro = ReadOnly::new(|dir| {
         std::fs::write(dir.join("account"), b"{\"old\": true}").unwrap();
     });

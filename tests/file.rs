@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use certrotate::{
-    BundleError, FileOptions, FileSource, Policy, Refusal, RotationEvent, Rotator, SourceError,
-    SourceWarning, WatchMode,
-};
+use certrotate::bundle::BundleError;
+use certrotate::policy::Refusal;
+use certrotate::source::{FileOptions, SourceWarning, WatchMode};
+use certrotate::{FileSource, Policy, RotationEvent, Rotator, SourceError};
 use common::{file_options, write_atomic, WITHIN};
 use common::{Ca, Issued, Leaf, TempDir, HOST};
 use tokio::sync::broadcast;

@@ -12,7 +12,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use certrotate::{AcmeSource, Policy, RedisStorage, Rotator};
+use certrotate::acme::RedisStorage;
+use certrotate::{AcmeSource, Policy, Rotator};
 use common::pebble::challtestsrv::ChallTestSrv;
 use common::pebble::{client, first_certificate, Config, Pebble};
 use common::redis::{Redis, KEY};
@@ -66,7 +67,7 @@ async fn three_on_demand_replicas_share_one_order_for_a_new_name() {
             .directory_root(&pebble.https_root)
             .storage(storage)
             .dns_01(ChallTestSrv(pebble.dns_management));
-        let allowed = certrotate::AllowList::new().suffix("fleet.certrotate.test");
+        let allowed = certrotate::on_demand::AllowList::new().suffix("fleet.certrotate.test");
         let on_demand = certrotate::OnDemand::builder(acme, allowed).build();
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let config = Arc::new(on_demand.server_config().unwrap());

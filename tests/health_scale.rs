@@ -9,7 +9,8 @@ use std::convert::Infallible;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use certrotate::{AlertLevel, CertStore, HealthService, Policy, ValidatedCert};
+use certrotate::policy::ValidatedCert;
+use certrotate::{AlertLevel, CertStore, HealthService, Policy};
 use common::{Ca, Leaf};
 use http_body_util::{BodyExt, Full};
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -64,12 +65,12 @@ async fn a_thousand_slots_are_summed_up_paged_and_not_named_in_metrics() {
         (998, 1, 1)
     );
     assert_eq!(health.alert, AlertLevel::Critical);
-    assert_eq!(health.certificates.len(), certrotate::HEALTH_LIMIT);
-    assert_eq!(health.next_offset, Some(certrotate::HEALTH_LIMIT));
+    assert_eq!(health.certificates.len(), certrotate::health::HEALTH_LIMIT);
+    assert_eq!(health.next_offset, Some(certrotate::health::HEALTH_LIMIT));
     // The two that need attention come first, though neither is on page one.
     let soonest: Vec<&str> = health.soonest.iter().map(|c| c.slot.as_str()).collect();
     assert_eq!(&soonest[..2], ["s0700", "s0300"]);
-    assert_eq!(soonest.len(), certrotate::SOONEST);
+    assert_eq!(soonest.len(), certrotate::health::SOONEST);
     assert_eq!(health.soonest_expiry, Some(critical.info().not_after));
 
     // Pages list every slot once, in creation order.
@@ -98,7 +99,7 @@ async fn a_thousand_slots_are_summed_up_paged_and_not_named_in_metrics() {
     let huge: serde_json::Value = serde_json::from_str(&huge).unwrap();
     assert_eq!(
         huge["certificates"].as_array().unwrap().len(),
-        certrotate::MAX_PAGE
+        certrotate::serve::MAX_PAGE
     );
     let mut public = HealthService::new(store.clone());
     let json: serde_json::Value = serde_json::from_str(&get(&mut public, "/").await).unwrap();

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use certrotate::{FileOptions, FileSource, Policy, RotationEvent, Rotator};
+use certrotate::source::FileOptions;
+use certrotate::{FileSource, Policy, RotationEvent, Rotator};
 use common::{file_options, write_atomic, Ca, Issued, Leaf, TempDir, HOST, WITHIN};
 use tokio::sync::broadcast;
 

@@ -9,7 +9,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use certrotate::{InternalCa, LeafSpec, Policy, Rotator, StaticSource, TrustStore, Usage};
+use certrotate::policy::Usage;
+use certrotate::source::LeafSpec;
+use certrotate::{InternalCa, Policy, Rotator, StaticSource, TrustStore};
 use common::{Ca, Leaf, HOST};
 use rcgen::ExtendedKeyUsagePurpose;
 

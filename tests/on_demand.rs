@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use certrotate::{AcmeSource, AllowList, FileStorage, OnDemand, OnDemandBuilder, TlsListener};
+use certrotate::acme::FileStorage;
+use certrotate::on_demand::{AllowList, OnDemandBuilder};
+use certrotate::{AcmeSource, OnDemand, TlsListener};
 use common::pebble::{client, Config, Pebble};
 use common::TempDir;
 
@@ -27,7 +29,7 @@ fn on_demand(pebble: &Pebble, storage: &TempDir) -> OnDemandBuilder {
 }
 
 /// The ACME template of these tests: `pebble`, TLS-ALPN-01, `storage`.
-fn template(pebble: &Pebble, storage: &TempDir) -> certrotate::AcmeBuilder {
+fn template(pebble: &Pebble, storage: &TempDir) -> certrotate::acme::AcmeBuilder {
     AcmeSource::template(&pebble.directory)
         .directory_root(&pebble.https_root)
         .storage(FileStorage::new(storage.path()))
@@ -35,7 +37,7 @@ fn template(pebble: &Pebble, storage: &TempDir) -> certrotate::AcmeBuilder {
 }
 
 /// The allow list of SUFFIX as a hook that counts how often it is asked.
-fn counted_allow_list() -> (Arc<AtomicUsize>, impl certrotate::Decide) {
+fn counted_allow_list() -> (Arc<AtomicUsize>, impl certrotate::on_demand::Decide) {
     let asked = Arc::new(AtomicUsize::new(0));
     let allowed = AllowList::new().suffix(SUFFIX);
     let hook = {
@@ -587,18 +589,18 @@ async fn health_reports_on_demand_and_an_empty_store_is_healthy() {
 #[tokio::test]
 async fn a_storage_that_hangs_fails_the_name_within_the_step_timeout() {
     struct Hanging;
-    impl certrotate::Storage for Hanging {
+    impl certrotate::acme::Storage for Hanging {
         fn load<'a>(
             &'a self,
             _: &'a str,
-        ) -> certrotate::BoxFuture<'a, std::io::Result<Option<Vec<u8>>>> {
+        ) -> certrotate::acme::BoxFuture<'a, std::io::Result<Option<Vec<u8>>>> {
             Box::pin(std::future::pending())
         }
         fn store<'a>(
             &'a self,
             _: &'a str,
             _: &'a [u8],
-        ) -> certrotate::BoxFuture<'a, std::io::Result<()>> {
+        ) -> certrotate::acme::BoxFuture<'a, std::io::Result<()>> {
             Box::pin(std::future::pending())
         }
     }

@@ -7,9 +7,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use certrotate::danger::Clock;
 use certrotate::{
-    AlertLevel, CertBundle, CertSource, CertStore, Clock, HealthService, Policy, RotationEvent,
-    Rotator, SourceError,
+    AlertLevel, CertBundle, CertSource, CertStore, HealthService, Policy, RotationEvent, Rotator,
+    SourceError,
 };
 use common::{Ca, Leaf, HOST};
 use http_body_util::{BodyExt, Empty};

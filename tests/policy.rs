@@ -6,9 +6,9 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use certrotate::{
-    CertBundle, Policy, Refusal, RotateError, Rotation, RotationEvent, Rotator, StaticSource,
-};
+use certrotate::policy::Refusal;
+use certrotate::rotator::Rotation;
+use certrotate::{CertBundle, Policy, RotateError, RotationEvent, Rotator, StaticSource};
 use common::{Ca, Leaf, HOST};
 use rcgen::ExtendedKeyUsagePurpose;
 

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use certrotate::{RedisStorage, Storage};
+use certrotate::acme::{RedisStorage, Storage};
 use common::redis::Redis;
 
 use common::redis::KEY;

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use certrotate::danger::Clock;
 use certrotate::{
-    AlertLevel, CertBundle, CertSource, CertStore, Clock, Policy, RotationEvent, Rotator,
-    SourceError,
+    AlertLevel, CertBundle, CertSource, CertStore, Policy, RotationEvent, Rotator, SourceError,
 };
 use common::{Ca, Leaf, TokioClock};
 use tokio::time::Instant;
@@ -458,7 +458,7 @@ async fn a_sources_later_renewal_time_is_not_overdue() {
     // Asked early, the source gives what serves: no failure.
     assert!(matches!(
         rotator.rotate_now().await.unwrap(),
-        certrotate::Rotation::Unchanged(_)
+        certrotate::rotator::Rotation::Unchanged(_)
     ));
     assert_eq!(rotator.health().last_error, None);
     tokio::time::sleep(day(71).duration_since(clock.now()).unwrap()).await;

@@ -127,7 +127,8 @@ async fn no_key_material_in_logs_events_health_or_debug_output() {
 #[cfg(all(unix, feature = "file", feature = "acme"))]
 #[tokio::test(flavor = "current_thread")]
 async fn no_key_material_from_combined_files_or_acme_storage() {
-    use certrotate::{AcmeSource, CertSource, FileSource, FileStorage, Storage};
+    use certrotate::acme::{FileStorage, Storage};
+    use certrotate::{AcmeSource, CertSource, FileSource};
 
     let (captured, _guard) = Captured::start();
 
@@ -194,7 +195,8 @@ async fn no_key_material_from_combined_files_or_acme_storage() {
 #[cfg(all(unix, feature = "redis"))]
 #[tokio::test(flavor = "current_thread")]
 async fn no_key_material_from_an_acme_order_or_redis() {
-    use certrotate::{AcmeSource, CertStore, FileStorage, RedisStorage, Storage};
+    use certrotate::acme::{FileStorage, RedisStorage, Storage};
+    use certrotate::{AcmeSource, CertStore};
     use common::pebble::{Config, Pebble};
 
     let (captured, _guard) = Captured::start();

@@ -101,7 +101,7 @@ async fn public_health_tells_no_names_paths_hosts_or_messages() {
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_nonces_never_repeat_even_when_fastrand_is_reseeded() {
-    use certrotate::{RedisStorage, Storage};
+    use certrotate::acme::{RedisStorage, Storage};
     let redis = common::redis::Redis::start();
     let storage = RedisStorage::connect(&redis.url(), common::redis::KEY)
         .await
@@ -132,7 +132,7 @@ async fn redis_credentials_never_reach_a_message() {
         "redis+unix:///nonexistent/redis.sock?db=2&user=admin&pass=hunter2-secret".to_owned(),
         "unix:///nonexistent/redis.sock?pass=hunter2-secret".to_owned(),
     ] {
-        let builder = certrotate::RedisStorage::builder(&url, common::redis::KEY);
+        let builder = certrotate::acme::RedisStorage::builder(&url, common::redis::KEY);
         let debug = format!("{builder:?}");
         let error = builder.connect().await.unwrap_err().to_string();
         for seen in [&debug, &error] {
@@ -151,7 +151,7 @@ async fn redis_credentials_never_reach_a_message() {
 #[cfg(all(unix, feature = "acme"))]
 #[tokio::test]
 async fn acme_state_directories_are_created_0700_and_files_0600() {
-    use certrotate::{FileStorage, Storage};
+    use certrotate::acme::{FileStorage, Storage};
     use std::os::unix::fs::PermissionsExt;
     let dir = common::TempDir::new("security-state");
     let state = dir.join("var/lib/acme");
@@ -173,7 +173,7 @@ async fn acme_state_directories_are_created_0700_and_files_0600() {
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn a_redis_value_put_back_is_read_and_its_version_cannot_be_forged() {
-    use certrotate::{RedisStorage, Storage};
+    use certrotate::acme::{RedisStorage, Storage};
     let redis = common::redis::Redis::start();
     let storage = RedisStorage::connect(&redis.url(), common::redis::KEY)
         .await

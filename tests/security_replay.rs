@@ -7,7 +7,8 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use certrotate::{Policy, Refusal, RotateError, Rotator};
+use certrotate::policy::Refusal;
+use certrotate::{Policy, RotateError, Rotator};
 use common::{Ca, Issued, Leaf};
 
 /// An older and a newer certificate of `ca` for `name`.
@@ -95,7 +96,8 @@ async fn a_file_source_with_a_state_file_refuses_an_older_pair_after_a_restart()
 #[cfg(feature = "acme")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acme_source_refuses_a_restored_older_certificate_after_a_restart() {
-    use certrotate::{AcmeSource, FileStorage, Storage};
+    use certrotate::acme::{FileStorage, Storage};
+    use certrotate::AcmeSource;
     let dir = common::TempDir::new("replay-acme");
     let storage = FileStorage::new(dir.join("state"));
     // The CA is out of reach: whatever is served comes from the storage.
@@ -186,7 +188,7 @@ fn mark_of(issued: &Issued) -> String {
 #[cfg(feature = "acme")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_mark_fails_closed_without_failing_down() {
-    use certrotate::{FileStorage, Storage};
+    use certrotate::acme::{FileStorage, Storage};
     let dir = common::TempDir::new("replay-unreadable");
     let directory = "https://127.0.0.1:9/directory";
     let name = "a.example";

@@ -7,7 +7,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use certrotate::{CertBundle, CertSource, Policy, RotationEvent, Rotator, SourceError, Trigger};
+use certrotate::events::Trigger;
+use certrotate::{CertBundle, CertSource, Policy, RotationEvent, Rotator, SourceError};
 use common::Ca;
 
 /// A bundle that changes without telling anyone: only a trigger fetches it.

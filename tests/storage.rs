@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use certrotate::FileStorage;
+use certrotate::acme::FileStorage;
 use common::TempDir;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,7 +24,7 @@ async fn file_storage_lease_lock_is_exclusive_expires_and_fences_stale_holders()
 /// abandoned: nobody gets in beside the holder.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_storage_never_admits_a_second_holder_of_an_old_looking_mutex() {
-    use certrotate::Storage;
+    use certrotate::acme::Storage;
     let dir = TempDir::new("storage-skew");
     let storage = FileStorage::new(dir.path());
     // Another replica inside the mutex, whose file's mtime is an hour old.
@@ -55,7 +55,7 @@ async fn file_storage_never_admits_a_second_holder_of_an_old_looking_mutex() {
 /// lock: it is taken, with a token above any before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planted_lease_or_fence_file_does_not_wedge_the_lock() {
-    use certrotate::Storage;
+    use certrotate::acme::Storage;
     use std::time::Duration;
     let dir = TempDir::new("storage-planted");
     let storage = FileStorage::new(dir.path());

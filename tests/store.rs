@@ -10,7 +10,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use certrotate::{CertStore, Policy, ValidatedCert};
+use certrotate::policy::ValidatedCert;
+use certrotate::{CertStore, Policy};
 use common::{Ca, Leaf};
 
 /// A small deterministic generator (xorshift): the test is repeatable.

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use certrotate::{FileSource, Policy, Rotator, TrustFile};
+use certrotate::source::TrustFile;
+use certrotate::{FileSource, Policy, Rotator};
 use common::{client_leaf, request, resuming_client, Ca, TempDir, HOST};
 use common::{file_options, write_atomic, WITHIN};
 

@@ -6,7 +6,8 @@
 
 mod common;
 
-use certrotate::{RevocationPolicy, TrustStore};
+use certrotate::mtls::RevocationPolicy;
+use certrotate::TrustStore;
 use common::{client_leaf, Ca, Issued};
 use rustls::pki_types::{CertificateDer, UnixTime};
 
@@ -128,7 +129,7 @@ async fn trust_file_reloads_apply_crls_per_issuer() {
         format!("{}{}{crl_pem}", ca1.pem, ca2.pem)
     };
     common::write_atomic(&path, &bundle(&[1001]));
-    let file = certrotate::TrustFile::open(&path, common::file_options())
+    let file = certrotate::source::TrustFile::open(&path, common::file_options())
         .await
         .unwrap();
     let trust = file.trust();

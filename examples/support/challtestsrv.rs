@@ -1,7 +1,7 @@
 //! A DNS-01 solver for pebble-challtestsrv, the test DNS server shipped
 //! with Pebble: it publishes the TXT records through the server's
 //! management API. Shared by the `acme` example and the tests; a real
-//! deployment implements [`certrotate::Dns01Solver`] on its DNS provider's
+//! deployment implements [`certrotate::acme::Dns01Solver`] on its DNS provider's
 //! API instead.
 
 use std::net::SocketAddr;
@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 pub struct ChallTestSrv(pub SocketAddr);
 
 impl ChallTestSrv {
-    async fn post(&self, path: &str, body: String) -> Result<(), certrotate::BoxError> {
+    async fn post(&self, path: &str, body: String) -> Result<(), certrotate::source::BoxError> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut tcp = tokio::net::TcpStream::connect(self.0).await?;
         let request = format!(
@@ -33,12 +33,12 @@ impl ChallTestSrv {
     }
 }
 
-impl certrotate::Dns01Solver for ChallTestSrv {
+impl certrotate::acme::Dns01Solver for ChallTestSrv {
     fn present<'a>(
         &'a self,
         domain: &'a str,
         value: &'a str,
-    ) -> certrotate::BoxFuture<'a, Result<(), certrotate::BoxError>> {
+    ) -> certrotate::acme::BoxFuture<'a, Result<(), certrotate::source::BoxError>> {
         Box::pin(self.post(
             "/set-txt",
             format!(r#"{{"host": "_acme-challenge.{domain}.", "value": "{value}"}}"#),
@@ -49,7 +49,7 @@ impl certrotate::Dns01Solver for ChallTestSrv {
         &'a self,
         domain: &'a str,
         _value: &'a str,
-    ) -> certrotate::BoxFuture<'a, Result<(), certrotate::BoxError>> {
+    ) -> certrotate::acme::BoxFuture<'a, Result<(), certrotate::source::BoxError>> {
         Box::pin(self.post(
             "/clear-txt",
             format!(r#"{{"host": "_acme-challenge.{domain}."}}"#),

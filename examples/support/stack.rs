@@ -27,7 +27,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use certrotate::{InternalCa, LeafSpec, Policy, RotationEvent, Rotator, Usage};
+use certrotate::policy::Usage;
+use certrotate::source::LeafSpec;
+use certrotate::{InternalCa, Policy, RotationEvent, Rotator};
 
 pub struct Args {
     pub listen: SocketAddr,

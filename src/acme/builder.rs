@@ -59,7 +59,7 @@ impl AcmeBuilder {
     /// Answers TLS-ALPN-01 challenges (the default) from the resolver of
     /// the store the [`Rotator`](crate::Rotator) running this source fills;
     /// [`Rotator::server_config`](crate::Rotator::server_config) then offers
-    /// [`ACME_TLS_ALPN`](crate::ACME_TLS_ALPN). The server must be reachable
+    /// [`ACME_TLS_ALPN`](crate::store::ACME_TLS_ALPN). The server must be reachable
     /// on port 443 of the names.
     pub fn tls_alpn_01(mut self) -> Self {
         self.challenge = Challenge::TlsAlpn01;
@@ -80,7 +80,7 @@ impl AcmeBuilder {
     }
 
     /// Where the account and certificates are kept (default: a
-    /// [`FileStorage`](crate::FileStorage) in `$STATE_DIRECTORY/acme` under systemd, else
+    /// [`FileStorage`](crate::acme::FileStorage) in `$STATE_DIRECTORY/acme` under systemd, else
     /// `$XDG_STATE_HOME/certrotate/acme`, else
     /// `~/.local/state/certrotate/acme`, else `./certrotate-acme`).
     pub fn storage(mut self, storage: impl Storage) -> Self {
@@ -159,7 +159,7 @@ impl AcmeBuilder {
     /// on their own spend the CA's rate limits and serve different
     /// certificates. Turn it on where an expired certificate costs more.
     /// What is ordered this way is served at once; saving it is attempted,
-    /// and reported as [`SourceWarning::StateNotSaved`](crate::SourceWarning::StateNotSaved) when it fails. The
+    /// and reported as [`SourceWarning::StateNotSaved`](crate::source::SourceWarning::StateNotSaved) when it fails. The
     /// account must be known already (this instance loaded or made it
     /// earlier).
     ///

@@ -52,7 +52,7 @@ const CHALLENGE_PATH_ROUTE: &str = "/.well-known/acme-challenge/{token}";
 /// [`router`](Self::router) gives it as an axum `Router` to merge.
 ///
 /// ```no_run
-/// # async fn demo(http01: certrotate::Http01Responder) -> std::io::Result<()> {
+/// # async fn demo(http01: certrotate::acme::Http01Responder) -> std::io::Result<()> {
 /// let tcp = tokio::net::TcpListener::bind("0.0.0.0:80").await?;
 /// axum::serve(tcp, http01.router()).await
 /// # }

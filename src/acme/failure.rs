@@ -158,7 +158,7 @@ impl From<std::io::Error> for Cause {
     }
 }
 
-impl crate::SourceError {
+impl crate::source_error::SourceError {
     /// The type of the ACME CA's problem document (RFC 8555 §6.7) behind
     /// this error, without the `urn:ietf:params:acme:error:` prefix:
     /// `"connection"` (the CA could not reach the challenge answer),
@@ -170,7 +170,7 @@ impl crate::SourceError {
     /// assert_eq!(error.acme_problem(), None);
     /// ```
     pub fn acme_problem(&self) -> Option<&str> {
-        let crate::SourceError::Unavailable { source, .. } = self else {
+        let crate::source_error::SourceError::Unavailable { source, .. } = self else {
             return None;
         };
         source.downcast_ref::<Failure>()?.problem()

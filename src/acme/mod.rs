@@ -88,7 +88,8 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
-/// use certrotate::{AcmeSource, FileStorage, Policy, Rotator};
+/// use certrotate::{AcmeSource, Policy, Rotator};
+/// use certrotate::acme::FileStorage;
 ///
 /// let acme = AcmeSource::builder("https://acme-staging-v02.api.letsencrypt.org/directory", ["api.example.com"])
 ///     .contact("mailto:ops@example.com")
@@ -176,7 +177,7 @@ impl AcmeSource {
     /// ```
     /// let acme = certrotate::AcmeSource::template("https://acme-v02.api.letsencrypt.org/directory")
     ///     .contact("mailto:ops@example.com");
-    /// let on_demand = certrotate::OnDemand::builder(acme, certrotate::AllowList::new().suffix("example.com")).build();
+    /// let on_demand = certrotate::OnDemand::builder(acme, certrotate::on_demand::AllowList::new().suffix("example.com")).build();
     /// ```
     pub fn template(directory: impl Into<String>) -> AcmeBuilder {
         Self::builder(directory, Vec::<String>::new())

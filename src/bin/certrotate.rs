@@ -15,7 +15,9 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use certrotate::{CertBundle, CertInfo, InternalCa, LeafSpec, Policy, Usage};
+use certrotate::policy::Usage;
+use certrotate::source::LeafSpec;
+use certrotate::{CertBundle, CertInfo, InternalCa, Policy};
 use clap::{Parser, Subcommand, ValueEnum};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
@@ -344,7 +346,7 @@ fn inspect(files: &[PathBuf], json: bool) -> u8 {
 /// Reads a PEM file named on the command line under the library's rules
 /// (a regular file, opened without blocking, at most 1 MiB).
 fn read_pem(path: &Path) -> Result<Vec<u8>, certrotate::SourceError> {
-    certrotate::FileOptions::default().read_file(path)
+    certrotate::source::FileOptions::default().read_file(path)
 }
 
 fn certificates_in(file: &Path) -> Result<Vec<CertInfo>, String> {

@@ -104,13 +104,13 @@ impl CertDirectoryBuilder {
 
     /// Reads again a pair that failed after `min`, doubling up to `max`
     /// (default 1 s to 5 min), in case its fix went unnoticed; see
-    /// [`RotatorBuilder::retry_backoff`](crate::RotatorBuilder::retry_backoff).
+    /// [`RotatorBuilder::retry_backoff`](crate::rotator::RotatorBuilder::retry_backoff).
     pub fn retry_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.retry = (min, max);
         self
     }
 
-    /// Keeps each pair's [`HighWaterMark`](crate::HighWaterMark) in `dir`
+    /// Keeps each pair's [`HighWaterMark`](crate::danger::HighWaterMark) in `dir`
     /// (one file `<pair>.mark` each, written 0600 when the pair serves a
     /// newer certificate), so that after a restart a pair put back older
     /// (a revoked, unexpired certificate) is refused as it is while the
@@ -175,7 +175,7 @@ impl CertDirectoryBuilder {
 impl CertDirectory {
     /// Starts configuring a directory whose pairs must pass `policy`.
     ///
-    /// A policy's required [`server_name`](crate::PolicyBuilder::server_name)s
+    /// A policy's required [`server_name`](crate::policy::PolicyBuilder::server_name)s
     /// apply to every pair; leave them out to let each certificate's own
     /// names decide.
     pub fn builder(dir: impl Into<PathBuf>, policy: Policy) -> CertDirectoryBuilder {

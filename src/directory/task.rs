@@ -558,7 +558,7 @@ impl DirTask {
     /// what their slots serve, spread over the blocking pool.
     async fn validate(
         &self,
-        candidates: Vec<(Arc<str>, Result<crate::CertBundle, SourceError>)>,
+        candidates: Vec<(Arc<str>, Result<crate::bundle::CertBundle, SourceError>)>,
         trigger: Trigger,
     ) -> Vec<(Arc<str>, Verdict, Option<MarkRead>)> {
         let mut verdicts = Vec::new();

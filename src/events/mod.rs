@@ -102,7 +102,7 @@ pub enum RotationEvent {
         cert: Option<Arc<CertInfo>>,
     },
     /// The serving certificate's expiry [`AlertLevel`] got worse, or is still
-    /// not `ok` an [`alert_repeat`](crate::RotatorBuilder::alert_repeat)
+    /// not `ok` an [`alert_repeat`](crate::rotator::RotatorBuilder::alert_repeat)
     /// after the last warning. A [`Rotated`](Self::Rotated) event ends it.
     ExpiryWarning {
         /// The store slot.
@@ -161,7 +161,7 @@ pub(crate) struct Events {
     sender: broadcast::Sender<RotationEvent>,
     clock: Arc<dyn Clock>,
     /// Whether metrics name each slot: off while the store has more slots
-    /// than its [`metric_slots`](crate::CertStoreBuilder::metric_slots).
+    /// than its [`metric_slots`](crate::store::CertStoreBuilder::metric_slots).
     per_slot: Arc<AtomicBool>,
 }
 

@@ -14,19 +14,19 @@ pub enum OnDemandError {
     /// The name is not a DNS name a certificate can be ordered for.
     #[error("{0:?} is not a DNS name a certificate can be ordered for")]
     InvalidName(String),
-    /// The [`Decide`](crate::Decide) hook refused the name (now, or recently).
+    /// The [`Decide`](crate::on_demand::Decide) hook refused the name (now, or recently).
     #[error("certificates for {0:?} are not allowed")]
     NotAllowed(String),
     /// As many names as allowed are being obtained already.
     #[error("{limit} names are waiting for their certificates already")]
     TooManyPending {
-        /// [`OnDemandBuilder::max_pending_names`](crate::OnDemandBuilder::max_pending_names).
+        /// [`OnDemandBuilder::max_pending_names`](crate::on_demand::OnDemandBuilder::max_pending_names).
         limit: usize,
     },
     /// As many handshakes as allowed are waiting for certificates already.
     #[error("{limit} handshakes are waiting for certificates already")]
     TooManyWaiting {
-        /// [`OnDemandBuilder::max_waiting_handshakes`](crate::OnDemandBuilder::max_waiting_handshakes).
+        /// [`OnDemandBuilder::max_waiting_handshakes`](crate::on_demand::OnDemandBuilder::max_waiting_handshakes).
         limit: usize,
     },
     /// The last order for the name failed; it is not ordered again yet.
@@ -40,7 +40,7 @@ pub enum OnDemandError {
     /// As many orders as allowed started in the last window.
     #[error("{limit} certificates were ordered in the last {window:?} already")]
     RateLimited {
-        /// [`OnDemandBuilder::orders_per_window`](crate::OnDemandBuilder::orders_per_window)'s count.
+        /// [`OnDemandBuilder::orders_per_window`](crate::on_demand::OnDemandBuilder::orders_per_window)'s count.
         limit: usize,
         /// Its window.
         window: Duration,
@@ -49,7 +49,7 @@ pub enum OnDemandError {
     /// were started in the last window already.
     #[error("{limit} new names were asked for in the last {window:?} already")]
     TooManyNewNames {
-        /// [`OnDemandBuilder::new_names_per_window`](crate::OnDemandBuilder::new_names_per_window)'s count.
+        /// [`OnDemandBuilder::new_names_per_window`](crate::on_demand::OnDemandBuilder::new_names_per_window)'s count.
         limit: usize,
         /// Its window.
         window: Duration,
@@ -59,7 +59,7 @@ pub enum OnDemandError {
     ClientBudget {
         /// The client, as the listener groups it (an IPv4 address, an IPv6 /64).
         client: std::net::IpAddr,
-        /// [`OnDemandBuilder::new_names_per_client`](crate::OnDemandBuilder::new_names_per_client)'s count.
+        /// [`OnDemandBuilder::new_names_per_client`](crate::on_demand::OnDemandBuilder::new_names_per_client)'s count.
         limit: usize,
         /// Its window.
         window: Duration,
@@ -70,7 +70,7 @@ pub enum OnDemandError {
     DomainBudget {
         /// The registered domain (by the public suffix list).
         domain: String,
-        /// [`OnDemandBuilder::orders_per_registered_domain`](crate::OnDemandBuilder::orders_per_registered_domain)'s count.
+        /// [`OnDemandBuilder::orders_per_registered_domain`](crate::on_demand::OnDemandBuilder::orders_per_registered_domain)'s count.
         limit: usize,
         /// Its window.
         window: Duration,
@@ -78,7 +78,7 @@ pub enum OnDemandError {
     /// As many orders as allowed are in flight.
     #[error("{limit} orders are in flight already")]
     TooManyOrders {
-        /// [`OnDemandBuilder::max_orders_in_flight`](crate::OnDemandBuilder::max_orders_in_flight).
+        /// [`OnDemandBuilder::max_orders_in_flight`](crate::on_demand::OnDemandBuilder::max_orders_in_flight).
         limit: usize,
     },
     /// The certificate could not be loaded or ordered.
@@ -106,7 +106,7 @@ pub enum OnDemandError {
         /// The name.
         name: String,
     },
-    /// The certificate did not arrive within [`OnDemandBuilder::wait`](crate::OnDemandBuilder::wait)
+    /// The certificate did not arrive within [`OnDemandBuilder::wait`](crate::on_demand::OnDemandBuilder::wait)
     /// (it may still: the order goes on).
     #[error("no certificate for {name:?} after {waited:?}")]
     TimedOut {

@@ -54,7 +54,7 @@ use tokio::sync::watch;
 /// // same bundle again changes nothing.
 /// trust.replace_pem(ca_pem.as_bytes())?;
 /// assert_eq!(trust.generation(), 1);
-/// # Ok::<(), certrotate::TrustError>(())
+/// # Ok::<(), certrotate::mtls::TrustError>(())
 /// ```
 #[derive(Clone)]
 pub struct TrustStore {
@@ -83,12 +83,13 @@ struct Inner {
 ///
 /// ```
 /// # let ca = rcgen::generate_simple_self_signed(vec!["ca.internal".into()]).unwrap();
-/// use certrotate::{RevocationPolicy, TrustStore};
+/// use certrotate::TrustStore;
+/// use certrotate::mtls::RevocationPolicy;
 ///
 /// let trust = TrustStore::from_pem(ca.cert.pem().as_bytes())?;
 /// // Every CA in the chain must have published a CRL, or the peer is refused.
 /// trust.set_revocation_policy(RevocationPolicy::Strict)?;
-/// # Ok::<(), certrotate::TrustError>(())
+/// # Ok::<(), certrotate::mtls::TrustError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]

@@ -12,14 +12,14 @@ use crate::acme::BoxFuture;
 /// It may take its time (query a database, call an API): only the first
 /// handshakes for a name wait for it, one call per name at a time, and a
 /// refusal is remembered for a while
-/// ([`OnDemandBuilder::refusal_ttl`](crate::OnDemandBuilder::refusal_ttl)).
+/// ([`OnDemandBuilder::refusal_ttl`](crate::on_demand::OnDemandBuilder::refusal_ttl)).
 /// Names reach it lowercase, without a trailing dot, and shaped like a DNS
 /// name; anything else is refused before.
 ///
 /// An async closure taking the name as a `String` is a `Decide`:
 ///
 /// ```
-/// # fn demo(acme: certrotate::AcmeBuilder) {
+/// # fn demo(acme: certrotate::acme::AcmeBuilder) {
 /// let on_demand = certrotate::OnDemand::builder(acme, |name: String| async move {
 ///     // Look the customer's domain up, say.
 ///     name.ends_with(".customers.example.com")
@@ -45,7 +45,7 @@ where
 /// rest.
 ///
 /// ```
-/// use certrotate::AllowList;
+/// use certrotate::on_demand::AllowList;
 ///
 /// let allowed = AllowList::new()
 ///     .name("api.example.com")

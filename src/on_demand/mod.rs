@@ -2,9 +2,10 @@
 //! application allows (Caddy's "on-demand TLS").
 //!
 //! The first handshake for a name the store does not serve asks the
-//! [`Decide`] hook, then, within the [limits](limits), loads the name's
-//! certificate from the [`Storage`](crate::Storage) or orders one, through
-//! a [`Rotator`] of its own over an [`AcmeSource`] for that name alone,
+//! [`Decide`] hook, then, within its limits (budgets per client, per window and per registered
+//! domain), loads the name's
+//! certificate from the [`Storage`](crate::acme::Storage) or orders one, through
+//! a [`Rotator`] of its own over an [`AcmeSource`](crate::AcmeSource) for that name alone,
 //! filling a slot named after it in the shared [`CertStore`]. The rotator
 //! renews it like any other; the policy checks it like any other. The
 //! handshake waits before rustls sees it ([`OnDemand::accept`]): the
@@ -41,12 +42,13 @@ mod limits;
 
 pub use crate::events::OnDemandError;
 pub use crate::health::OnDemandStats;
+pub use crate::serve::IssuesOnDemand;
 pub use decide::{AllowList, Decide};
 use limits::{LimitConfig, Limits};
 
 /// Issues certificates at the first handshake for names the application
 /// allows, within abuse limits, and keeps them: in the
-/// [`Storage`](crate::Storage) for good, in memory for the most recently
+/// [`Storage`](crate::acme::Storage) for good, in memory for the most recently
 /// used [`cache_size`](OnDemandBuilder::cache_size) names.
 ///
 /// - A name the [`Decide`] hook refuses fails its handshake at once (TLS
@@ -56,7 +58,7 @@ use limits::{LimitConfig, Limits};
 /// - The handshakes for a new allowed name wait for its certificate, up to
 ///   [`wait`](OnDemandBuilder::wait), then fail cleanly; the order goes on.
 ///   Concurrent first handshakes for a name share one order; replicas
-///   sharing a [`Storage`](crate::Storage) (Redis) share one through its
+///   sharing a [`Storage`](crate::acme::Storage) (Redis) share one through its
 ///   renewal lock.
 /// - Limits: orders per window, orders in flight, names pending at once,
 ///   and a backoff per name after a failed order. A client sending random
@@ -75,7 +77,9 @@ use limits::{LimitConfig, Limits};
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
-/// use certrotate::{AcmeSource, AllowList, FileStorage, OnDemand, TlsListener};
+/// use certrotate::{AcmeSource, OnDemand, TlsListener};
+/// use certrotate::acme::FileStorage;
+/// use certrotate::on_demand::AllowList;
 ///
 /// let acme = AcmeSource::template("https://acme-v02.api.letsencrypt.org/directory")
 ///     .contact("mailto:ops@example.com")
@@ -235,7 +239,7 @@ impl OnDemandBuilder {
     /// week): random names under one domain cannot spend its CA limit.
     ///
     /// ```
-    /// # fn demo(builder: certrotate::OnDemandBuilder) -> certrotate::OnDemandBuilder {
+    /// # fn demo(builder: certrotate::on_demand::OnDemandBuilder) -> certrotate::on_demand::OnDemandBuilder {
     /// use std::time::Duration;
     /// builder.orders_per_registered_domain(20, Duration::from_secs(7 * 24 * 3600))
     /// # }
@@ -960,7 +964,7 @@ impl ResolvesServerCert for Refuse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AcmeSource, AllowList, CertBundle, StaticSource};
+    use crate::{AcmeSource, CertBundle, StaticSource};
 
     const A: &str = "a.on-demand.example";
     const B: &str = "b.on-demand.example";

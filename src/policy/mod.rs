@@ -189,7 +189,7 @@ pub(crate) fn dns_matches(san: &str, name: &str) -> bool {
 ///     .server_name("10.0.0.7")
 ///     .min_remaining(Duration::from_secs(24 * 3600))
 ///     .build()?;
-/// # Ok::<(), certrotate::PolicyConfigError>(())
+/// # Ok::<(), certrotate::policy::PolicyConfigError>(())
 /// ```
 #[derive(Debug, Default)]
 #[must_use]
@@ -366,8 +366,8 @@ impl Policy {
     /// and `http/1.1`, and ACME's `acme-tls/1` if `tls_alpn_01`.
     pub(crate) fn server_config(
         &self,
-        resolver: Arc<crate::RotatingResolver>,
-        clients: Option<&crate::TrustStore>,
+        resolver: Arc<crate::resolver::RotatingResolver>,
+        clients: Option<&crate::mtls::TrustStore>,
         tls_alpn_01: bool,
     ) -> Result<rustls::ServerConfig, rustls::Error> {
         let builder = rustls::ServerConfig::builder_with_provider(self.provider.clone())

@@ -77,7 +77,7 @@ pub enum Refusal {
     TooManyNames {
         /// How many it carries.
         count: usize,
-        /// The policy's [`max_names`](crate::PolicyBuilder::max_names).
+        /// The policy's [`max_names`](crate::policy::PolicyBuilder::max_names).
         limit: usize,
     },
     /// A configured server name is not covered.
@@ -93,7 +93,7 @@ pub enum Refusal {
     #[error("its extended key usage does not allow TLS server authentication")]
     NotForServerAuth,
     /// The leaf's extended key usage does not allow client authentication
-    /// (for a [`Usage::Client`](crate::Usage::Client) policy).
+    /// (for a [`Usage::Client`](crate::policy::Usage::Client) policy).
     #[error("its extended key usage does not allow TLS client authentication")]
     NotForClientAuth,
     /// The key is too weak or of an unsupported kind.
@@ -149,7 +149,7 @@ impl Refusal {
     /// (`"key_mismatch"`, `"name_not_covered"`, `"expires_too_soon"`...).
     ///
     /// ```
-    /// assert_eq!(certrotate::Refusal::KeyMismatch.code(), "key_mismatch");
+    /// assert_eq!(certrotate::policy::Refusal::KeyMismatch.code(), "key_mismatch");
     /// ```
     pub fn code(&self) -> &'static str {
         match self {

@@ -142,7 +142,7 @@ impl<S: CertSource> RotatorBuilder<S> {
 
     /// Accepts a certificate older than the newest one served so far, as
     /// the source recorded it (default: refused as a replay, with
-    /// [`Refusal::OlderThanServing`](crate::Refusal::OlderThanServing)).
+    /// [`Refusal::OlderThanServing`](crate::policy::Refusal::OlderThanServing)).
     /// For going back to an older certificate on purpose after a restart;
     /// logged as a warning. While running, prefer
     /// [`Rotator::install_allowing_older`].
@@ -319,7 +319,7 @@ impl Rotator {
     /// ```
     pub fn server_config_with_client_auth(
         &self,
-        clients: &crate::TrustStore,
+        clients: &crate::mtls::TrustStore,
     ) -> Result<ServerConfig, rustls::Error> {
         let tls_alpn_01 = self.inner.tls_alpn_01;
         (self.inner.policy).server_config(self.resolver(), Some(clients), tls_alpn_01)
@@ -403,7 +403,7 @@ impl Rotator {
 
     /// Restores the previous good certificate of this slot at once.
     ///
-    /// The store keeps the last [`history`](crate::CertStoreBuilder::history)
+    /// The store keeps the last [`history`](crate::store::CertStoreBuilder::history)
     /// good certificates of each slot (default 3: the serving one and two
     /// before it), and skips those that have expired since. Use it when a
     /// certificate that passed every check still turns out wrong in

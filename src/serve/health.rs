@@ -49,7 +49,7 @@ const JSON: &str = "application/json";
 /// The Prometheus text holds `certrotate_certificates` per alert level,
 /// `certrotate_soonest_expiry_timestamp_seconds`, `certrotate_healthy` (1
 /// or 0) and `certrotate_unserved_slots`, and, while the store has at most
-/// [`metric_slots`](crate::CertStoreBuilder::metric_slots) slots, the
+/// [`metric_slots`](crate::store::CertStoreBuilder::metric_slots) slots, the
 /// per-certificate gauges of the [metrics table](crate#metrics) (expiry,
 /// remaining seconds, alert level, computed at the request); the counters
 /// come from the `metrics` feature.
@@ -114,7 +114,7 @@ struct WithOnDemand<'a, T: Serialize> {
     health: &'a T,
     #[cfg(feature = "acme")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    on_demand: Option<crate::OnDemandStats>,
+    on_demand: Option<crate::health::OnDemandStats>,
 }
 
 #[derive(Serialize)]
@@ -204,7 +204,7 @@ impl HealthService {
 
     /// What on-demand issuance did, if this service reports it.
     #[cfg(feature = "acme")]
-    fn on_demand_stats(&self) -> Option<crate::OnDemandStats> {
+    fn on_demand_stats(&self) -> Option<crate::health::OnDemandStats> {
         self.on_demand.as_ref().map(|on_demand| on_demand.stats())
     }
 
@@ -379,7 +379,7 @@ fn prometheus_text(health: &HealthSnapshot, healthy: bool, detailed: bool) -> St
 /// What on-demand issuance did, as the recorder's metrics of the same
 /// names would show it.
 #[cfg(feature = "acme")]
-fn on_demand_text(stats: &crate::OnDemandStats) -> String {
+fn on_demand_text(stats: &crate::health::OnDemandStats) -> String {
     let mut out = String::new();
     let refusals: Vec<(&str, u64)> = stats.refusals.iter().map(|(r, n)| (*r, *n)).collect();
     counters(&mut out, metrics::ON_DEMAND_REFUSALS, "reason", &refusals);

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
+pub use crate::drain::{MaxConnectionAge, StaleConnection};
 #[cfg(feature = "acme")]
 pub(crate) use admission::client_groups;
 use admission::{Admission, Verdict};
@@ -97,7 +98,7 @@ pub trait IssuesOnDemand: std::fmt::Debug + Send + Sync + 'static {
     ) -> crate::util::BoxFuture<'static, io::Result<TlsStream<TcpStream>>>;
 
     /// What was done so far (counts, no names), for health.
-    fn stats(&self) -> crate::OnDemandStats;
+    fn stats(&self) -> crate::health::OnDemandStats;
 }
 
 impl TlsListener {

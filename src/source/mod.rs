@@ -70,7 +70,7 @@ pub trait CertSource: Send + Sync + 'static {
     /// hand (files on disk, a CA in the process, a stored ACME
     /// certificate), rather than only after a first order from a remote CA.
     ///
-    /// [`RotatorBuilder::launch`](crate::RotatorBuilder::launch) waits for the
+    /// [`RotatorBuilder::launch`](crate::rotator::RotatorBuilder::launch) waits for the
     /// first certificate only when this says yes, so that a restarted server
     /// serves its stored certificate from the first connection, and a new
     /// one still starts listening (an ACME TLS-ALPN-01 challenge needs the
@@ -110,7 +110,7 @@ pub trait CertSource: Send + Sync + 'static {
     /// that gives the same certificate is no failure.
     ///
     /// The default, `None`, leaves it to the rotator's rule: when
-    /// [`renew_before_fraction`](crate::RotatorBuilder::renew_before_fraction)
+    /// [`renew_before_fraction`](crate::rotator::RotatorBuilder::renew_before_fraction)
     /// of the lifetime is left, a little earlier at random. A source that
     /// knows better says so: [`AcmeSource`](crate::AcmeSource) follows the
     /// CA's renewal information (RFC 9773). The rotator asks again each
@@ -123,14 +123,14 @@ pub trait CertSource: Send + Sync + 'static {
     /// Called by the [`Rotator`](crate::Rotator) that runs this source,
     /// before its first fetch, with the store it fills: a source that must
     /// serve something itself (ACME TLS-ALPN-01 challenge answers) serves it
-    /// there, and takes the store's [`Clock`](crate::Clock). The default
+    /// there, and takes the store's [`Clock`](crate::danger::Clock). The default
     /// does nothing.
     fn attach(&self, store: &CertStore) {
         let _ = store;
     }
 
     /// Whether handshakes must offer the ACME TLS-ALPN-01 protocol
-    /// ([`ACME_TLS_ALPN`](crate::ACME_TLS_ALPN)) for this source to work:
+    /// ([`ACME_TLS_ALPN`](crate::store::ACME_TLS_ALPN)) for this source to work:
     /// [`Rotator::server_config`](crate::Rotator::server_config) then lists
     /// it. The default is `false`.
     fn answers_tls_alpn_01(&self) -> bool {

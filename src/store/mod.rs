@@ -2,7 +2,7 @@
 //!
 //! Writers (rotators, [`CertStore::rollback`]) take a mutex, change the slot
 //! they own, and republish only the names it serves (see
-//! [`resolver`](crate::resolver) for the sharded view handshakes read): a
+//! [`RotatingResolver`] for the handshake path): a
 //! change costs the same with ten slots as with a hundred thousand.
 //! Handshakes never take the lock.
 
@@ -24,7 +24,7 @@ use crate::health::{
     AlertCounts, AlertLevel, Failure, HealthSnapshot, UnservedSlot, HEALTH_LIMIT, SOONEST,
 };
 use crate::policy::ValidatedCert;
-use crate::resolver::RotatingResolver;
+pub use crate::resolver::{RotatingResolver, ACME_TLS_ALPN};
 use slots::{Installed, Slots};
 
 /// The slot a [`Rotator`](crate::Rotator) fills unless told otherwise, and the
@@ -46,7 +46,8 @@ pub const DEFAULT_SLOT: &str = "default";
 /// # let ck = rcgen::generate_simple_self_signed(vec!["api.example.com".into()]).unwrap();
 /// # let (cert_pem, key_pem) = (ck.cert.pem(), ck.signing_key.serialize_pem());
 /// use std::time::SystemTime;
-/// use certrotate::{CertBundle, CertStore, Policy, DEFAULT_SLOT};
+/// use certrotate::{CertBundle, CertStore, Policy};
+/// use certrotate::store::DEFAULT_SLOT;
 ///
 /// let store = CertStore::new();
 /// let bundle = CertBundle::from_pem(cert_pem.as_bytes(), key_pem.as_bytes())?;

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use certrotate::{CertBundle, Clock, TlsListener};
+use certrotate::danger::Clock;
+use certrotate::{CertBundle, TlsListener};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     SignatureAlgorithm,
@@ -292,8 +293,8 @@ pub async fn push_and_rotate(
     let serial = bundle.info().serial.clone();
     source.push(bundle);
     match rotator.rotate_now().await {
-        Ok(certrotate::Rotation::Rotated { new, .. })
-        | Ok(certrotate::Rotation::Unchanged(new))
+        Ok(certrotate::rotator::Rotation::Rotated { new, .. })
+        | Ok(certrotate::rotator::Rotation::Unchanged(new))
             if new.serial == serial => {}
         other => panic!("rotation to {serial} failed: {other:?}"),
     }
@@ -761,9 +762,9 @@ pub const WITHIN: Duration = Duration::from_secs(10);
 /// Quick settle and grace for tests; events only, so that polling cannot
 /// hide a missed event.
 #[cfg(feature = "file")]
-pub fn file_options() -> certrotate::FileOptions {
-    certrotate::FileOptions::default()
-        .watch(certrotate::WatchMode::Events)
+pub fn file_options() -> certrotate::source::FileOptions {
+    certrotate::source::FileOptions::default()
+        .watch(certrotate::source::WatchMode::Events)
         .settle(Duration::from_millis(50))
         .grace(Duration::from_millis(500))
 }

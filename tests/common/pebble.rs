@@ -191,8 +191,10 @@ impl Pebble {
     }
 
     /// A storage of ACME state for a test against this Pebble, removed with it.
-    pub fn storage(&self) -> certrotate::FileStorage {
-        certrotate::FileStorage::new(self.dir.join(&format!("state-{}", super::rand_serial())))
+    pub fn storage(&self) -> certrotate::acme::FileStorage {
+        certrotate::acme::FileStorage::new(
+            self.dir.join(&format!("state-{}", super::rand_serial())),
+        )
     }
 
     /// Kills Pebble and starts a new, empty one on the same ports: new

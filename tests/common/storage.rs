@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use certrotate::{BoxFuture, FileStorage, Lease, Storage};
+use certrotate::acme::{BoxFuture, FileStorage, Lease, Storage};
 
 /// Two instances `a` and `b` of one storage: the lock is exclusive, expires
 /// with its lease, its tokens grow, a stale holder is fenced out, and only

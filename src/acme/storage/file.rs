@@ -13,13 +13,13 @@ use super::{BoxFuture, Lease, Storage};
 /// Instances sharing the directory (a volume mounted by several replicas)
 /// take turns through a lease lock whose end each judges by its own clock:
 /// keep their clocks within a fraction of
-/// [`lock_lease`](crate::AcmeBuilder::lock_lease) of each other (NTP does;
+/// [`lock_lease`](crate::acme::AcmeBuilder::lock_lease) of each other (NTP does;
 /// 10 s by default), or a replica ahead may take a live holder's lock (the
 /// holder's writes are then fenced out, and the certificate ordered twice).
 /// A lease ending further away than three leases is taken over.
 ///
 /// ```
-/// let storage = certrotate::FileStorage::new("/var/lib/myapp/acme");
+/// let storage = certrotate::acme::FileStorage::new("/var/lib/myapp/acme");
 /// ```
 #[derive(Debug, Clone)]
 pub struct FileStorage {

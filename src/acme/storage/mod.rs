@@ -148,7 +148,7 @@ impl Lease {
     /// be unique, not secret).
     ///
     /// ```
-    /// let owner = certrotate::Lease::new_owner();
+    /// let owner = certrotate::acme::Lease::new_owner();
     /// let pid = owner.split('-').next().unwrap();
     /// assert_eq!(pid, std::process::id().to_string());
     /// ```
@@ -183,7 +183,7 @@ impl Lease {
     /// [`Storage`] implementations.
     ///
     /// ```
-    /// let lease = certrotate::Lease::new("renew-cert", "42-00ff", 7);
+    /// let lease = certrotate::acme::Lease::new("renew-cert", "42-00ff", 7);
     /// let error = lease.fenced_out();
     /// assert_eq!(error.kind(), std::io::ErrorKind::PermissionDenied);
     /// assert!(error.to_string().contains("renew-cert"));
@@ -349,7 +349,7 @@ impl AcmeSource {
                 let left = crate::clock::human(left);
                 let why = format!("another instance has held the renewal lock {name:?} for the {waited} this one waited, and the certificate served expires in {left}");
                 return Err(Trouble::Failed(SourceError::unavailable(
-                    crate::CertSource::describe(self),
+                    crate::source::CertSource::describe(self),
                     why,
                 )));
             }

@@ -137,7 +137,7 @@ return 0";
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let key: [u8; 32] = *b"0123456789abcdef0123456789abcdef"; // from your secret manager
-/// let storage = certrotate::RedisStorage::connect("redis://127.0.0.1:6379/0", key).await?;
+/// let storage = certrotate::acme::RedisStorage::connect("redis://127.0.0.1:6379/0", key).await?;
 /// let acme = certrotate::AcmeSource::builder(
 ///     "https://acme-v02.api.letsencrypt.org/directory",
 ///     ["api.example.com"],
@@ -305,7 +305,7 @@ impl RedisStorage {
     ///
     /// ```no_run
     /// # async fn demo(key: [u8; 32]) -> Result<(), Box<dyn std::error::Error>> {
-    /// let storage = certrotate::RedisStorage::builder("rediss://certrotate:secret@redis.internal:6380/0", key)
+    /// let storage = certrotate::acme::RedisStorage::builder("rediss://certrotate:secret@redis.internal:6380/0", key)
     ///     .root_certificates(std::fs::read("/etc/redis-tls/ca.pem")?)
     ///     .prefix("{certrotate}:")
     ///     .connect()

@@ -42,7 +42,9 @@ use crate::policy::Usage;
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
-/// use certrotate::{InternalCa, LeafSpec, Policy, Rotator, Usage};
+/// use certrotate::{InternalCa, Policy, Rotator};
+/// use certrotate::policy::Usage;
+/// use certrotate::source::LeafSpec;
 ///
 /// // Made once and kept in /var/lib/myapp/ca (key file mode 0600).
 /// let ca = InternalCa::open("/var/lib/myapp/ca", "myapp internal CA")?;
@@ -102,7 +104,7 @@ pub enum CaError {
 }
 
 impl CaError {
-    fn unusable(why: impl Into<crate::BoxError>) -> Self {
+    fn unusable(why: impl Into<crate::source_error::BoxError>) -> Self {
         Self::Unusable(Arc::from(why.into()))
     }
 }
@@ -111,7 +113,8 @@ impl CaError {
 ///
 /// ```
 /// use std::time::Duration;
-/// use certrotate::{LeafSpec, Usage};
+/// use certrotate::policy::Usage;
+/// use certrotate::source::LeafSpec;
 ///
 /// let spec = LeafSpec::new(["orders.internal", "10.0.0.7"])
 ///     .uri("spiffe://example.org/orders")
@@ -504,7 +507,7 @@ impl CertSource for CaSource {
     }
 
     /// Issuance follows the store's clock.
-    fn attach(&self, store: &crate::CertStore) {
+    fn attach(&self, store: &crate::store::CertStore) {
         *crate::sync::lock(&self.ca.inner.clock) = store.clock().clone();
     }
 

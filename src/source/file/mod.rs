@@ -84,7 +84,7 @@ impl WatchMode {
 ///
 /// ```
 /// use std::time::Duration;
-/// use certrotate::{FileOptions, WatchMode};
+/// use certrotate::source::{FileOptions, WatchMode};
 ///
 /// let options = FileOptions::default()
 ///     .watch(WatchMode::Poll { every: Duration::from_secs(5) }) // NFS
@@ -161,7 +161,7 @@ impl FileOptions {
     /// a directory is a [`SourceError::NotAFile`], found without blocking.
     ///
     /// ```
-    /// let options = certrotate::FileOptions::default().max_file_size(8 << 20);
+    /// let options = certrotate::source::FileOptions::default().max_file_size(8 << 20);
     /// ```
     pub fn max_file_size(mut self, bytes: u64) -> Self {
         self.max_file_size = bytes;
@@ -169,17 +169,17 @@ impl FileOptions {
     }
 
     /// Where the source records the newest certificate it had served (its
-    /// [`HighWaterMark`](crate::HighWaterMark), one line, written 0600 and
+    /// [`HighWaterMark`](crate::danger::HighWaterMark), one line, written 0600 and
     /// atomically), so that after a restart an older pair put back in the
     /// files is refused as a replay, as a running rotator refuses it
     /// (default: none, and replay protection is per process). Keep it where
     /// whoever writes the certificates cannot write (the service's own state
     /// directory), or it protects nothing. To go back to an older pair on
-    /// purpose, use [`RotatorBuilder::allow_older`](crate::RotatorBuilder::allow_older)
+    /// purpose, use [`RotatorBuilder::allow_older`](crate::rotator::RotatorBuilder::allow_older)
     /// or remove the file.
     ///
     /// ```
-    /// let options = certrotate::FileOptions::default()
+    /// let options = certrotate::source::FileOptions::default()
     ///     .state_file("/var/lib/api/tls-served.txt");
     /// ```
     pub fn state_file(mut self, path: impl Into<PathBuf>) -> Self {
@@ -193,7 +193,7 @@ impl FileOptions {
     /// files an operator names, such as certificates to inspect.
     ///
     /// ```no_run
-    /// let pem = certrotate::FileOptions::default().read_file("/etc/tls/ca.crt")?;
+    /// let pem = certrotate::source::FileOptions::default().read_file("/etc/tls/ca.crt")?;
     /// # Ok::<(), certrotate::SourceError>(())
     /// ```
     pub fn read_file(&self, path: impl AsRef<Path>) -> Result<Vec<u8>, SourceError> {

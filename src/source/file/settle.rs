@@ -1,5 +1,5 @@
 //! The settle engine shared by [`FileSource`](crate::FileSource) and
-//! [`TrustFile`](crate::TrustFile): wait for the files to change (events or
+//! [`TrustFile`](crate::source::TrustFile): wait for the files to change (events or
 //! polls), let writes settle, read them off the runtime, and take up a
 //! reading that is whole and new.
 

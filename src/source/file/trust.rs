@@ -27,7 +27,7 @@ use crate::sync::lock;
 ///
 /// ```no_run
 /// # async fn demo(rotator: certrotate::Rotator) -> Result<(), Box<dyn std::error::Error>> {
-/// use certrotate::{FileOptions, TrustFile};
+/// use certrotate::source::{FileOptions, TrustFile};
 ///
 /// let client_ca = TrustFile::open("/etc/tls/client-ca.pem", FileOptions::default()).await?;
 /// let tls = rotator.server_config_with_client_auth(&client_ca.trust())?;
