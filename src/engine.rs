@@ -131,8 +131,8 @@ pub(crate) struct SlotState {
     pub(crate) retry_at: Option<Instant>,
     /// The alert level last reported.
     reported: AlertLevel,
-    /// When the last expiry warning was emitted.
-    last_alert: Option<Instant>,
+    /// When the expiry warning is next repeated, if one is out.
+    next_repeat: Option<Instant>,
     /// The warnings shown in health.
     warnings: Vec<SourceWarning>,
 }
@@ -144,7 +144,7 @@ impl Default for SlotState {
             mark_failures: 0,
             retry_at: None,
             reported: AlertLevel::Ok,
-            last_alert: None,
+            next_repeat: None,
             warnings: Vec::new(),
         }
     }
@@ -233,19 +233,21 @@ impl Slot<'_> {
 
     /// Plans what follows an attempt that gave `result`: no retry after a
     /// success, unless renewal is due (`renewal_due`: nothing newer came;
-    /// look again later, not in a hot loop); after a failure, a retry.
+    /// look again later with backoff, up to the range's end, not in a hot
+    /// loop, expired or not); after a failure, a retry. A validation that
+    /// did not finish (`Stopped`: it panicked on the blocking pool) is a
+    /// failure like any other.
     pub(crate) fn plan(&mut self, result: &Result<Rotation, RotateError>, renewal_due: bool) {
         match result {
-            Ok(Rotation::Unchanged(_)) if renewal_due => self.failed(None),
+            Ok(Rotation::Unchanged(_)) if renewal_due => self.retry(None, false),
             Ok(_) => {
                 self.state.failures = 0;
                 self.state.retry_at = None;
             }
             Err(RotateError::Source(SourceError::RateLimited { retry_after, .. })) => {
-                self.failed(Some(*retry_after))
+                self.retry(Some(*retry_after), true)
             }
-            Err(RotateError::Stopped) => {}
-            Err(_) => self.failed(None),
+            Err(_) => self.retry(None, true),
         }
     }
 
@@ -264,15 +266,17 @@ impl Slot<'_> {
     }
 
     /// Schedules the retry: exponential within the rules' range, no sooner
-    /// than a source's `retry_after`, and lifetime-aware above all: never
-    /// more than an eighth of the serving certificate's remaining validity
-    /// (but not under the range's start), so a short-lived certificate gets
-    /// several attempts before it expires however long the outage.
-    fn failed(&mut self, retry_after: Option<Duration>) {
+    /// than a source's `retry_after`, and, after a failure
+    /// (`lifetime_aware`), never more than an eighth of the serving
+    /// certificate's remaining validity (but not under the range's start),
+    /// so a short-lived certificate gets several attempts before it expires
+    /// however long the outage.
+    fn retry(&mut self, retry_after: Option<Duration>, lifetime_aware: bool) {
         let now = self.store.clock().now();
         let remaining = self
             .store
             .current(self.name)
+            .filter(|_| lifetime_aware)
             .map(|cert| cert.not_after.duration_since(now).unwrap_or_default());
         let failures = self.state.failures;
         let delay = renewal::retry_delay(failures, self.rules.retry, retry_after, remaining);
@@ -310,9 +314,7 @@ impl Slot<'_> {
         let level = AlertLevel::at(&cert, now, renew_at);
         self.store.report_level(self.name, &cert, level);
         let state = &mut *self.state;
-        let repeat_due = state
-            .last_alert
-            .is_some_and(|t| t + self.rules.alert_repeat <= Instant::now());
+        let repeat_due = state.next_repeat.is_some_and(|t| t <= Instant::now());
         if level > state.reported || (level > AlertLevel::Ok && repeat_due) {
             self.store.events().emit(RotationEvent::ExpiryWarning {
                 slot: self.name.clone(),
@@ -320,16 +322,19 @@ impl Slot<'_> {
                 cert: cert.clone(),
                 level,
             });
-            state.last_alert = Some(Instant::now());
+            // A tenth later at random: slots alerted together (a directory
+            // of pairs that expire alike) do not repeat all at once.
+            let every = self.rules.alert_repeat;
+            let every = every + every.mul_f64(0.1 * fastrand::f64());
+            state.next_repeat = Some(Instant::now() + every);
         } else if level == AlertLevel::Ok {
-            state.last_alert = None;
+            state.next_repeat = None;
         }
         state.reported = level;
         let change = AlertLevel::next_change(&cert, renew_at, now);
-        let repeat = state.last_alert.map(|t| {
-            let left = (t + self.rules.alert_repeat).saturating_duration_since(Instant::now());
-            now + left
-        });
+        let repeat = state
+            .next_repeat
+            .map(|t| now + t.saturating_duration_since(Instant::now()));
         Some((level, change.into_iter().chain(repeat).min()))
     }
 }

@@ -380,3 +380,48 @@ async fn an_unusable_pair_mark_is_reported_and_replaced_by_what_serves() {
     until("b's warning cleared", || (!warned("b")).then_some(())).await;
     certs.shutdown().await;
 }
+
+/// A pair past its renewal time whose files do not change is not re-read
+/// on retries of its own, even after one failed read put it on the retry
+/// path: a directory of many overdue (or expired) pairs is read at their
+/// alert checks and file changes, not over and over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_overdue_pair_is_not_read_again_and_again() {
+    let (dir, ca) = (TempDir::new("dir-overdue"), Ca::new());
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    // Ten days left of ninety: past its renewal time (a third left).
+    let overdue = ca.issue(
+        Leaf::default()
+            .names(&["a.example"])
+            .lifetime(now - 80 * day, now + 10 * day),
+    );
+    write_pair(&dir.join("a.crt"), &dir.join("a.key"), &overdue);
+    let certs = start(&dir).await;
+    let mut events = certs.subscribe();
+    // One failed read (a truncated file), then the same pair back.
+    std::fs::write(dir.join("a.crt"), b"-----BEGIN CERTIFICATE-----\n").unwrap();
+    until("the failed read", || {
+        certs.health().certificates[0].last_error.clone()
+    })
+    .await;
+    write_pair(&dir.join("a.crt"), &dir.join("a.key"), &overdue);
+    until("the pair back", || {
+        certs.health().certificates[0]
+            .last_error
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    while events.try_recv().is_ok() {}
+    // Retries are 100 to 400 ms apart in these tests: several would come.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut attempts = 0;
+    while let Ok(event) = events.try_recv() {
+        if matches!(event, RotationEvent::Attempted { .. }) {
+            attempts += 1;
+        }
+    }
+    assert!(attempts <= 1, "{attempts} reads of an unchanged pair");
+    certs.shutdown().await;
+}

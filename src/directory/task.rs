@@ -694,8 +694,11 @@ impl DirTask {
         let now = self.store.clock().now();
         let result = self.with_slot(&name, |slot| {
             let result = slot.conclude(verdict, |_| None);
-            let due = slot.renewal(|_| None).is_some_and(|(_, at)| at <= now);
-            slot.plan(&result, due);
+            // Files do not renew when asked: an unchanged pair past its
+            // renewal time is read again at its alert checks (and when its
+            // files change), not on a retry of its own, which would re-read
+            // every overdue pair of a large directory over and over.
+            slot.plan(&result, false);
             result
         })?;
         let Ok(engine::Rotation::Rotated { new, .. }) = result else {

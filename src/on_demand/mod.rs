@@ -486,41 +486,44 @@ impl OnDemand {
 
     async fn prepared(&self, name: &str, client: Option<IpAddr>) -> Result<(), OnDemandError> {
         let inner = &self.inner;
-        // Whether a name is served, only the resolver knows; the names
-        // here are what this issuer is obtaining, and the rotators it runs.
-        let served = inner.resolver.claims(name);
-        let (pending, settling, stopping) = {
+        let (started, stopping) = {
             let mut names = lock(&inner.names);
             names.tick += 1;
             let tick = names.tick;
+            // Whether a name is served, only the resolver knows (asked under
+            // the lock: a name settles under it); the names here are what
+            // this issuer is obtaining, and the rotators it runs.
+            let served = inner.resolver.claims(name);
             match (names.entries.get_mut(name), served) {
-                (Some(Entry::Pending(outcome)), _) => (Some(outcome.clone()), None, None),
+                (Some(Entry::Pending(outcome)), _) => (Ok((Some(outcome.clone()), None)), None),
                 (Some(Entry::Cached { used, .. }), true) => {
                     *used = tick;
-                    (None, None, None)
+                    (Ok((None, None)), None)
                 }
                 // Served otherwise (an evicted name's slot is gone at once).
-                (None, true) => (None, None, None),
-                // Its slot was removed from the store: obtained again.
+                (None, true) => (Ok((None, None)), None),
+                // Its slot was removed from the store: obtained again, and
+                // its rotator stopped whether or not that may start.
                 (Some(Entry::Cached { .. }), false) => {
                     let stopping = self.evict(&mut names, name);
-                    let (outcome, settling) = self.start(&mut names, name, client)?;
-                    (Some(outcome), Some(settling), stopping)
+                    let started = self.start(&mut names, name, client);
+                    (started.map(|(o, s)| (Some(o), Some(s))), stopping)
                 }
                 (None, false) => {
-                    let (outcome, settling) = self.start(&mut names, name, client)?;
-                    (Some(outcome), Some(settling), None)
+                    let started = self.start(&mut names, name, client);
+                    (started.map(|(o, s)| (Some(o), Some(s))), None)
                 }
             }
         };
+        if let Some((name, rotator)) = stopping {
+            self.stop(name, rotator);
+        }
+        let (pending, settling) = started?;
         // Spawned once the names are unlocked: a runtime that is stopping
         // drops the task at once, and its guard settles the name, which
         // locks the names.
         if let Some(settling) = settling {
             tokio::spawn(settling.run());
-        }
-        if let Some((name, rotator)) = stopping {
-            self.stop(name, rotator);
         }
         match pending {
             None => {
@@ -1102,6 +1105,28 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(stopping(&on_demand, A), None);
+    }
+
+    /// A cached name whose slot was removed, and whose restart is refused
+    /// (remembered as refused), still has its old rotator stopped: nothing
+    /// keeps renewing a slot no entry accounts for.
+    #[tokio::test]
+    async fn a_refused_restart_still_stops_the_old_rotator() {
+        let on_demand = on_demand(2);
+        obtained(&on_demand, A).await;
+        let now = Instant::now();
+        lock(&on_demand.inner.limits).remember_refusal(&Arc::from(A), now);
+        assert!(on_demand.store().remove(A));
+        let error = on_demand.prepare(A).await.unwrap_err();
+        assert!(matches!(error, OnDemandError::NotAllowed(_)), "{error}");
+        for _ in 0..100 {
+            if stopping(&on_demand, A).is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stopping(&on_demand, A), None);
+        assert!(on_demand.store().current(A).is_none());
     }
 
     /// A name another slot serves (an operator's wildcard) stays served
