@@ -379,3 +379,91 @@ impl fmt::Debug for RotatingResolver {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Arc<CertifiedKey> {
+        let ck = rcgen::generate_simple_self_signed(vec![name.into()]).unwrap();
+        let der = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der());
+        let provider = crate::default_provider();
+        let signing = provider.key_provider.load_private_key(der.unwrap());
+        Arc::new(CertifiedKey::new(
+            vec![ck.cert.der().clone()],
+            signing.unwrap(),
+        ))
+    }
+
+    fn set(writer: &mut ViewWriter, kind: NameKind, name: &str, key: Option<&Arc<CertifiedKey>>) {
+        writer.apply(vec![(kind, name.into(), key.cloned())]);
+    }
+
+    fn same(a: Option<Arc<CertifiedKey>>, b: &Arc<CertifiedKey>) -> bool {
+        a.is_some_and(|a| Arc::ptr_eq(&a, b))
+    }
+
+    #[test]
+    fn exact_then_a_wildcard_one_label_up_then_the_default() {
+        let (exact, wild, default) = (key("a.example"), key("*.example"), key("d.example"));
+        let mut writer = ViewWriter::default();
+        let resolver = writer.resolver();
+        assert!(resolver.lookup(Some("a.example")).is_none());
+        set(&mut writer, NameKind::Wildcard, "example", Some(&wild));
+        set(&mut writer, NameKind::Exact, "a.example", Some(&exact));
+        writer.set_default(Some(default.clone()));
+        assert!(same(resolver.lookup(Some("a.example")), &exact));
+        assert!(same(resolver.lookup(Some("b.example")), &wild));
+        // A wildcard covers one label, not two.
+        assert!(same(resolver.lookup(Some("x.b.example")), &default));
+        assert!(same(resolver.lookup(None), &default));
+        set(&mut writer, NameKind::Exact, "a.example", None);
+        assert!(same(resolver.lookup(Some("a.example")), &wild));
+    }
+
+    #[cfg(feature = "acme")]
+    #[test]
+    fn a_name_is_claimed_by_a_certificate_not_by_the_default() {
+        let (exact, wild) = (key("a.example"), key("*.example"));
+        let mut writer = ViewWriter::default();
+        let resolver = writer.resolver();
+        writer.set_default(Some(exact.clone()));
+        assert!(!resolver.claims("a.example"));
+        set(&mut writer, NameKind::Exact, "a.example", Some(&exact));
+        set(&mut writer, NameKind::Wildcard, "w.example", Some(&wild));
+        assert!(resolver.claims("a.example"));
+        assert!(resolver.claims("x.w.example"));
+        assert!(!resolver.claims("y.x.w.example"));
+    }
+
+    #[test]
+    fn growing_rehomes_every_name_and_removal_forgets_them() {
+        let one = key("n.example");
+        let mut writer = ViewWriter::default();
+        let resolver = writer.resolver();
+        let names: Vec<String> = (0..5_000).map(|i| format!("n{i}.example")).collect();
+        for chunk in names.chunks(700) {
+            let changes = chunk
+                .iter()
+                .map(|n| (NameKind::Exact, Arc::from(n.as_str()), Some(one.clone())))
+                .collect();
+            writer.apply(changes);
+        }
+        assert!(writer.view.load().shards * SHARD_FILL >= names.len());
+        assert!(names.iter().all(|n| same(resolver.lookup(Some(n)), &one)));
+        let gone = names.iter().step_by(2);
+        writer.apply(
+            gone.map(|n| (NameKind::Exact, Arc::from(n.as_str()), None))
+                .collect(),
+        );
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(resolver.lookup(Some(name)).is_some(), i % 2 == 1, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_offered_protocols() {
+        assert_eq!(server_alpn(false), [&b"h2"[..], b"http/1.1"]);
+        assert_eq!(server_alpn(true), [&b"h2"[..], b"http/1.1", ACME_TLS_ALPN]);
+    }
+}

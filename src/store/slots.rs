@@ -384,3 +384,66 @@ impl Slots {
         slot.current.as_ref().map(|c| c.cert.key.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::CertBundle;
+    use crate::policy::Policy;
+
+    fn cert(names: &[&str]) -> Installed {
+        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let ck = rcgen::generate_simple_self_signed(names).unwrap();
+        let key = ck.signing_key.serialize_pem();
+        let bundle = CertBundle::from_pem(ck.cert.pem().as_bytes(), key.as_bytes()).unwrap();
+        let cert = Policy::default()
+            .validate(&bundle, SystemTime::now())
+            .unwrap();
+        let renew_at = cert.info.renewal_time();
+        Installed { cert, renew_at }
+    }
+
+    fn slots() -> Slots {
+        let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
+        Slots::new(Events::new(16, clock), 100)
+    }
+
+    fn serve(slots: &mut Slots, slot: &str, cert: &Installed) {
+        slots.change(slot, |s| s.current = Some(cert.clone()));
+    }
+
+    fn winner_is(slots: &Slots, name: &str, cert: &Installed) -> bool {
+        slots
+            .winner(name)
+            .is_some_and(|k| Arc::ptr_eq(&k, &cert.cert.key))
+    }
+
+    #[test]
+    fn the_oldest_slot_claiming_a_name_wins_and_hands_it_on_when_it_goes() {
+        let (first, second) = (cert(&["a.example", "b.example"]), cert(&["a.example"]));
+        let mut slots = slots();
+        serve(&mut slots, "first", &first);
+        serve(&mut slots, "second", &second);
+        // Adding a slot never steals a name from one already serving.
+        assert!(winner_is(&slots, "a.example", &first));
+        // A slot that changes keeps its age.
+        let renewed = cert(&["a.example", "b.example"]);
+        serve(&mut slots, "first", &renewed);
+        assert!(winner_is(&slots, "a.example", &renewed));
+        slots.remove("first");
+        assert!(winner_is(&slots, "a.example", &second));
+        assert!(slots.winner("b.example").is_none());
+        assert_eq!(slots.served(), 1);
+    }
+
+    #[test]
+    fn a_slot_that_stops_claiming_a_name_lets_it_go() {
+        let (both, one) = (cert(&["a.example", "b.example"]), cert(&["a.example"]));
+        let mut slots = slots();
+        serve(&mut slots, "s", &both);
+        serve(&mut slots, "s", &one);
+        assert!(winner_is(&slots, "a.example", &one));
+        assert!(slots.winner("b.example").is_none());
+        assert_eq!(slots.claims.len(), 1);
+    }
+}
