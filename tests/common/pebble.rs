@@ -65,7 +65,24 @@ pub struct Pebble {
 }
 
 impl Pebble {
+    /// Starts Pebble and its DNS server on free ports. A port found free
+    /// can be taken before Pebble binds it (by another test's outgoing
+    /// connection, say): then Pebble exits, and it is started again on
+    /// other ports.
     pub fn start(config: Config) -> Self {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut pebble = Self::spawn_all(config.clone());
+            match pebble.until_up() {
+                Ok(()) => return pebble,
+                Err(why) if tries < 3 => eprintln!("starting pebble again: {why}"),
+                Err(why) => panic!("{why}"),
+            }
+        }
+    }
+
+    fn spawn_all(config: Config) -> Self {
         let dir = TempDir::new("pebble");
         // Pebble's HTTPS: a leaf under a throwaway CA (rustls refuses a
         // self-signed CA certificate as a server certificate).
@@ -131,7 +148,6 @@ impl Pebble {
             management_port,
             dns_port,
         };
-        pebble.wait_until_up();
         pebble
     }
 
@@ -154,7 +170,15 @@ impl Pebble {
             .expect("pebble is installed (Debian package pebble; .ci/run installs it)")
     }
 
-    fn wait_until_up(&self) {
+    fn wait_until_up(&mut self) {
+        if let Err(why) = self.until_up() {
+            panic!("{why}");
+        }
+    }
+
+    /// Waits for Pebble and its DNS server to listen; an error if either
+    /// exited (a port taken meanwhile) or 20 s went by.
+    fn until_up(&mut self) -> Result<(), String> {
         for port in [
             self.pebble_port,
             self.management_port,
@@ -162,13 +186,20 @@ impl Pebble {
         ] {
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "pebble did not come up on {port}"
-                );
+                for child in [&mut self.pebble, &mut self.challtestsrv] {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return Err(format!(
+                            "pebble exited ({status}) before listening on {port}"
+                        ));
+                    }
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(format!("pebble did not come up on {port}"));
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        Ok(())
     }
 
     /// The root that signs Pebble's certificates (it changes when Pebble restarts).
