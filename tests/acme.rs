@@ -689,3 +689,36 @@ async fn a_restart_serves_its_due_certificate_while_the_ca_is_down() {
     );
     restarted.shutdown().await;
 }
+
+/// The configs serving a store offer `acme-tls/1` once any source filling
+/// it answers TLS-ALPN-01 from it, whichever rotator's config the server
+/// uses: a server listening with the config of its file-backed rotator
+/// still lets the CA validate the ACME one sharing its store.
+#[tokio::test]
+async fn every_config_of_a_store_an_acme_source_answers_from_offers_acme_tls() {
+    let store = CertStore::new();
+    let bundle = common::Ca::new().nth(0);
+    let files = Rotator::builder(certrotate::StaticSource::new(bundle), Policy::default())
+        .store(store.clone())
+        .start()
+        .await
+        .unwrap();
+    let offers = |rotator: &Rotator| {
+        let config = rotator.server_config().unwrap();
+        config.alpn_protocols.iter().any(|p| p == ACME_TLS_ALPN)
+    };
+    assert!(!offers(&files));
+    let state = TempDir::new("acme-alpn");
+    let acme = AcmeSource::builder("https://acme.invalid/directory", [NAME])
+        .storage(FileStorage::new(state.path()))
+        .tls_alpn_01()
+        .build();
+    let ordering = Rotator::builder(acme, Policy::default())
+        .store(store.clone())
+        .slot("acme")
+        .spawn();
+    assert!(offers(&files));
+    assert!(offers(&ordering));
+    ordering.shutdown().await;
+    files.shutdown().await;
+}

@@ -351,12 +351,13 @@ impl CertSource for AcmeSource {
         Some(self.renewal_time(cert))
     }
 
+    /// Answers TLS-ALPN-01 challenges from `store` (if that is its
+    /// challenge), whose configs then offer `acme-tls/1`.
     fn attach(&self, store: &CertStore) {
+        if matches!(self.inner.config.challenge, Challenge::TlsAlpn01) {
+            store.answer_tls_alpn_01();
+        }
         *lock(&self.inner.attached) = Some(store.clone());
-    }
-
-    fn answers_tls_alpn_01(&self) -> bool {
-        matches!(self.inner.config.challenge, Challenge::TlsAlpn01)
     }
 
     async fn fetch(&self) -> Result<CertBundle, SourceError> {

@@ -205,10 +205,13 @@ impl CertDirectory {
     }
 
     /// A rustls `ServerConfig` whose certificates follow the directory,
-    /// offering `h2` and `http/1.1` by ALPN; see
+    /// offering `h2` and `http/1.1` by ALPN (and `acme-tls/1` if an ACME
+    /// source fills the same store); see
     /// [`Rotator::server_config`](crate::Rotator::server_config).
     pub fn server_config(&self) -> Result<ServerConfig, rustls::Error> {
-        self.policy.server_config(self.resolver(), None, false)
+        let tls_alpn_01 = self.store.answers_tls_alpn_01();
+        self.policy
+            .server_config(self.resolver(), None, tls_alpn_01)
     }
 
     /// The health of the pairs (see [`CertStore::health`]).

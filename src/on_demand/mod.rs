@@ -375,7 +375,8 @@ impl OnDemand {
     /// auth, the policy's crypto provider, ALPN `h2` and `http/1.1`, and
     /// `acme-tls/1` when the CA validates with TLS-ALPN-01.
     pub fn server_config(&self) -> Result<ServerConfig, rustls::Error> {
-        let tls_alpn_01 = self.inner.template.answers_tls_alpn_01();
+        let tls_alpn_01 =
+            self.inner.template.answers_tls_alpn_01() || self.inner.store.answers_tls_alpn_01();
         let resolver = self.inner.store.resolver();
         (self.inner.policy).server_config(resolver, None, tls_alpn_01)
     }

@@ -58,8 +58,6 @@ struct Handle {
     store: CertStore,
     slot: Arc<str>,
     policy: Policy,
-    /// Whether handshakes must offer ACME's TLS-ALPN-01 protocol.
-    tls_alpn_01: bool,
     commands: mpsc::Sender<Command>,
     stop: watch::Sender<bool>,
     /// The task, until a shutdown has waited for it.
@@ -220,7 +218,6 @@ impl<S: CertSource> RotatorBuilder<S> {
             store: store.clone(),
             slot: slot.clone(),
             policy: self.policy.clone(),
-            tls_alpn_01: self.source.answers_tls_alpn_01(),
             commands,
             stop,
         };
@@ -247,7 +244,6 @@ struct Unstarted {
     store: CertStore,
     slot: Arc<str>,
     policy: Policy,
-    tls_alpn_01: bool,
     commands: mpsc::Sender<Command>,
     stop: watch::Sender<bool>,
 }
@@ -259,7 +255,6 @@ impl Unstarted {
                 store: self.store,
                 slot: self.slot,
                 policy: self.policy,
-                tls_alpn_01: self.tls_alpn_01,
                 commands: self.commands,
                 stop: self.stop,
                 task: tokio::sync::Mutex::new(Some(tokio::spawn(task.run()))),
@@ -299,10 +294,10 @@ impl Rotator {
     /// A rustls `ServerConfig` (safe default protocol versions, no client
     /// auth, this rotator's crypto provider) whose certificates follow the
     /// store. ALPN offers `h2` and `http/1.1`, and ACME's `acme-tls/1`
-    /// when the source answers TLS-ALPN-01 challenges; change
+    /// when a source filling the store answers TLS-ALPN-01 challenges; change
     /// `alpn_protocols` and other options before wrapping it in an `Arc`.
     pub fn server_config(&self) -> Result<ServerConfig, rustls::Error> {
-        let tls_alpn_01 = self.inner.tls_alpn_01;
+        let tls_alpn_01 = self.inner.store.answers_tls_alpn_01();
         (self.inner.policy).server_config(self.resolver(), None, tls_alpn_01)
     }
 
@@ -323,7 +318,7 @@ impl Rotator {
         &self,
         clients: &crate::mtls::TrustStore,
     ) -> Result<ServerConfig, rustls::Error> {
-        let tls_alpn_01 = self.inner.tls_alpn_01;
+        let tls_alpn_01 = self.inner.store.answers_tls_alpn_01();
         (self.inner.policy).server_config(self.resolver(), Some(clients), tls_alpn_01)
     }
 

@@ -123,18 +123,11 @@ pub trait CertSource: Send + Sync + 'static {
     /// Called by the [`Rotator`](crate::Rotator) that runs this source,
     /// before its first fetch, with the store it fills: a source that must
     /// serve something itself (ACME TLS-ALPN-01 challenge answers) serves it
-    /// there, and takes the store's [`Clock`](crate::danger::Clock). The default
-    /// does nothing.
+    /// there (and the configs serving the store then offer its ALPN
+    /// protocol), and takes the store's [`Clock`](crate::danger::Clock). The
+    /// default does nothing.
     fn attach(&self, store: &CertStore) {
         let _ = store;
-    }
-
-    /// Whether handshakes must offer the ACME TLS-ALPN-01 protocol
-    /// ([`ACME_TLS_ALPN`](crate::store::ACME_TLS_ALPN)) for this source to work:
-    /// [`Rotator::server_config`](crate::Rotator::server_config) then lists
-    /// it. The default is `false`.
-    fn answers_tls_alpn_01(&self) -> bool {
-        false
     }
 
     /// Names the source in messages: `"file /etc/tls/tls.crt"`.
@@ -187,10 +180,6 @@ impl<S: CertSource> CertSource for Arc<S> {
 
     fn attach(&self, store: &CertStore) {
         S::attach(self, store)
-    }
-
-    fn answers_tls_alpn_01(&self) -> bool {
-        S::answers_tls_alpn_01(self)
     }
 
     fn describe(&self) -> String {

@@ -77,6 +77,9 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Counts changes of what is served: installs, rollbacks, removals.
     changes: watch::Sender<u64>,
+    /// Whether a source filling it answers ACME TLS-ALPN-01 challenges
+    /// from it (so that its handshakes must offer `acme-tls/1`).
+    tls_alpn_01: std::sync::atomic::AtomicBool,
 }
 
 /// Builds a [`CertStore`].
@@ -144,6 +147,7 @@ impl CertStoreBuilder {
                 events,
                 clock: self.clock,
                 changes: watch::Sender::new(0),
+                tls_alpn_01: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -446,6 +450,20 @@ impl CertStore {
     pub(crate) fn record_success(&self, slot: &str) {
         let mut slots = self.lock();
         slots.entry(slot).last_error = None;
+    }
+
+    /// A source filling this store answers TLS-ALPN-01 challenges from it:
+    /// the configs serving it offer `acme-tls/1` from now on.
+    #[cfg(feature = "acme")]
+    pub(crate) fn answer_tls_alpn_01(&self) {
+        use std::sync::atomic::Ordering;
+        self.inner.tls_alpn_01.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a source filling this store answers TLS-ALPN-01 challenges.
+    pub(crate) fn answers_tls_alpn_01(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.inner.tls_alpn_01.load(Ordering::Relaxed)
     }
 
     /// Answers TLS-ALPN-01 validation for `name` with `key` (RFC 8737) until
