@@ -12,7 +12,8 @@
 //! ## Quick start
 //!
 //! With the `axum` feature (`certrotate = { version = "0.1", features =
-//! ["axum"] }`):
+//! ["axum"] }`), and axum's `http2` feature (the configs offer `h2` by
+//! ALPN):
 //!
 //! ```no_run
 //! use std::sync::Arc;

@@ -45,6 +45,8 @@ pub use health::{HealthService, MAX_PAGE};
 ///
 /// With the `axum` feature it is an [`axum::serve::Listener`]; without axum,
 /// call [`accept`](Self::accept) in a loop and hand each stream to hyper.
+/// The configs this crate builds offer `h2` by ALPN: give axum its `http2`
+/// feature (or hyper-util's `auto::Builder`), or offer `http/1.1` alone.
 ///
 /// # Example
 ///
