@@ -114,6 +114,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let tcp = tokio::net::TcpListener::bind(args.listen).await?;
     let bound = tcp.local_addr()?;
+    // ALPN offers h2 and http/1.1: axum serves h2 with its `http2` feature
+    // (on here); without it, set `tls.alpn_protocols` to http/1.1 alone.
     let tls = certs.server_config()?;
     let listener = TlsListener::new(tcp, Arc::new(tls));
     let app = Router::new()

@@ -128,6 +128,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => Some(Arc::new(TrustFile::open(path, options).await?)),
         None => None,
     };
+    // ALPN offers h2 and http/1.1: axum serves h2 with its `http2` feature
+    // (on here); without it, set `tls.alpn_protocols` to http/1.1 alone.
     let tls = match &client_ca {
         Some(client_ca) => rotator.server_config_with_client_auth(&client_ca.trust())?,
         None => rotator.server_config()?,
