@@ -65,6 +65,15 @@ pub(crate) struct Rules {
     pub(crate) alert_repeat: Duration,
 }
 
+impl Rules {
+    /// Retries from `min` (at least a millisecond: never a hot loop),
+    /// doubling up to `max` (at least `min`).
+    pub(crate) fn set_retry(&mut self, min: Duration, max: Duration) {
+        let min = min.max(Duration::from_millis(1));
+        self.retry = (min, max.max(min));
+    }
+}
+
 impl Default for Rules {
     fn default() -> Self {
         Self {

@@ -14,6 +14,7 @@ use rustls::ServerConfig;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
+use crate::engine::Rules;
 use crate::events::RotationEvent;
 use crate::health::HealthSnapshot;
 use crate::policy::Policy;
@@ -83,7 +84,7 @@ pub struct CertDirectoryBuilder {
     policy: Policy,
     options: FileOptions,
     store: Option<CertStore>,
-    retry: (Duration, Duration),
+    rules: Rules,
     state_dir: Option<PathBuf>,
 }
 
@@ -106,7 +107,7 @@ impl CertDirectoryBuilder {
     /// (default 1 s to 5 min), in case its fix went unnoticed; see
     /// [`RotatorBuilder::retry_backoff`](crate::rotator::RotatorBuilder::retry_backoff).
     pub fn retry_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.retry = (min, max);
+        self.rules.set_retry(min, max);
         self
     }
 
@@ -184,7 +185,7 @@ impl CertDirectory {
             policy,
             options: FileOptions::default(),
             store: None,
-            retry: (Duration::from_secs(1), Duration::from_secs(300)),
+            rules: Rules::default(),
             state_dir: None,
         }
     }

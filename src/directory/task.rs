@@ -111,10 +111,7 @@ impl DirTask {
             policy: builder.policy,
             options: builder.options,
             store: builder.store.unwrap_or_default(),
-            rules: Rules {
-                retry: builder.retry,
-                ..Rules::default()
-            },
+            rules: builder.rules,
             wakeups,
             pairs: BTreeMap::new(),
             subdirs: BTreeSet::new(),

@@ -1,7 +1,9 @@
 //! The abuse limits of on-demand issuance: budgets of new names (in all,
-//! and per client) and of orders (in all, and per registered domain), all
-//! checked before the hook and the storage are asked, so that a refused
-//! name costs nothing; orders in flight; a backoff per name after a failed
+//! and per client), checked before the hook and the storage are asked, so
+//! that a refused name costs nothing; budgets of orders (in all, and per
+//! registered domain), checked when an order is about to start, so that a
+//! spent budget never keeps a stored certificate from loading; orders in
+//! flight; a backoff per name after a failed
 //! order; and the refusals remembered so that a flood of handshakes for a
 //! refused name does not reach the hook.
 //!

@@ -226,8 +226,9 @@ impl OnDemandBuilder {
 
     /// At most `orders` orders start in any `window` (default 250 in 3
     /// hours, below Let's Encrypt's 300 new orders per account per 3
-    /// hours); past it, new names are refused, before the hook is asked,
-    /// until the window slides. Loads from storage do not count.
+    /// hours); past it, a name that needs an order is refused until the
+    /// window slides (checked once the storage said the name is not there:
+    /// loads from storage neither count nor are refused).
     pub fn orders_per_window(mut self, orders: usize, window: Duration) -> Self {
         self.limits.orders = limits::Budget::new(orders, window);
         self

@@ -114,8 +114,7 @@ impl<S: CertSource> RotatorBuilder<S> {
     /// validity (nor less than `min`): short-lived certificates survive an
     /// outage of a good part of their life.
     pub fn retry_backoff(mut self, min: Duration, max: Duration) -> Self {
-        let min = min.max(Duration::from_millis(1));
-        self.rules.retry = (min, max.max(min));
+        self.rules.set_retry(min, max);
         self
     }
 
