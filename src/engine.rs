@@ -63,6 +63,8 @@ pub(crate) struct Rules {
     pub(crate) retry: (Duration, Duration),
     /// Repeat an expiry warning this often while it lasts.
     pub(crate) alert_repeat: Duration,
+    /// Each repeat up to this fraction of `alert_repeat` later, at random.
+    pub(crate) alert_spread: f64,
 }
 
 impl Rules {
@@ -81,6 +83,7 @@ impl Default for Rules {
             jitter: renewal::DEFAULT_JITTER,
             retry: (Duration::from_secs(1), Duration::from_secs(300)),
             alert_repeat: Duration::from_secs(3600),
+            alert_spread: 0.0,
         }
     }
 }
@@ -331,10 +334,8 @@ impl Slot<'_> {
                 cert: cert.clone(),
                 level,
             });
-            // A tenth later at random: slots alerted together (a directory
-            // of pairs that expire alike) do not repeat all at once.
             let every = self.rules.alert_repeat;
-            let every = every + every.mul_f64(0.1 * fastrand::f64());
+            let every = every + every.mul_f64(self.rules.alert_spread * fastrand::f64());
             state.next_repeat = Some(Instant::now() + every);
         } else if level == AlertLevel::Ok {
             state.next_repeat = None;

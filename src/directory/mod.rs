@@ -185,7 +185,13 @@ impl CertDirectory {
             policy,
             options: FileOptions::default(),
             store: None,
-            rules: Rules::default(),
+            // Pairs alerted together (a directory of certificates that
+            // expire alike) repeat their warnings spread over a tenth of
+            // the period, not all at once.
+            rules: Rules {
+                alert_spread: 0.1,
+                ..Rules::default()
+            },
             state_dir: None,
         }
     }

@@ -121,9 +121,7 @@ impl<S: CertSource> RotatorBuilder<S> {
     /// While the serving certificate is past its renewal time, repeats its
     /// [`RotationEvent::ExpiryWarning`] (and log line) this often, on top of
     /// one at each escalation of its [`AlertLevel`](crate::AlertLevel) (default 1 h, at least
-    /// 1 s; each repeat up to a tenth later at random, so that slots
-    /// alerted together do not repeat together). A stuck renewal keeps
-    /// being reported, at a bounded rate.
+    /// 1 s). A stuck renewal keeps being reported, at a bounded rate.
     pub fn alert_repeat(mut self, every: Duration) -> Self {
         self.rules.alert_repeat = every.max(Duration::from_secs(1));
         self
