@@ -210,8 +210,7 @@ fn variants(f: &Fixture) -> Vec<Variant> {
 fn interleaved(variants: &[Variant], client: &Arc<ClientConfig>) -> Vec<Vec<f64>> {
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for round in 0..ROUNDS {
-        let mut order: Vec<usize> = (0..variants.len()).collect();
-        fastrand::Rng::with_seed(round as u64).shuffle(&mut order);
+        let order = support::round_order(round as u64, variants.len());
         for i in order {
             let start = Instant::now();
             for _ in 0..PER_ROUND {
@@ -332,8 +331,7 @@ fn rotation_rates() {
     ];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); periods.len()];
     for round in 0..ROTATION_ROUNDS {
-        let mut order: Vec<usize> = (0..periods.len()).collect();
-        fastrand::Rng::with_seed(round).shuffle(&mut order);
+        let order = support::round_order(round, periods.len());
         for i in order {
             rates[i].push(rate_while_rotating(
                 &f,

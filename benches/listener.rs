@@ -90,8 +90,7 @@ fn main() {
         handshakes(&client, listener_addr, 50).await;
         let mut rates = vec![Vec::new(); variants.len()];
         for round in 0..ROUNDS {
-            let mut order: Vec<usize> = (0..variants.len()).collect();
-            fastrand::Rng::with_seed(round as u64).shuffle(&mut order);
+            let order = support::round_order(round as u64, variants.len());
             for i in order {
                 let start = Instant::now();
                 handshakes(&client, variants[i].1, PER_ROUND).await;

@@ -85,8 +85,7 @@ fn main() {
         let variants = [("tls-acceptor", Variant::Plain), ("on-demand", Variant::OnDemand)];
         let mut rates = vec![Vec::new(); variants.len()];
         for round in 0..ROUNDS {
-            let mut order: Vec<usize> = (0..variants.len()).collect();
-            fastrand::Rng::with_seed(round as u64).shuffle(&mut order);
+            let order = support::round_order(round as u64, variants.len());
             for i in order {
                 let start = Instant::now();
                 for _ in 0..PER_ROUND {

@@ -26,6 +26,15 @@ pub fn leaf_and_roots(name: &str) -> (CertBundle, RootCertStore) {
     (bundle, roots)
 }
 
+/// The order in which round `round` runs `variants` variants: shuffled,
+/// the same for every run of the bench, so that no variant always runs
+/// first (A/B interleaving).
+pub fn round_order(round: u64, variants: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..variants).collect();
+    fastrand::Rng::with_seed(round).shuffle(&mut order);
+    order
+}
+
 /// The median of `v` (sorted in place).
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
