@@ -76,7 +76,7 @@ pub(crate) fn ser_opt_time<S: serde::Serializer>(
 }
 
 /// The longest delay outside input can impose on a retry: a CA's
-/// `Retry-After` or a source's [`SourceError::RateLimited`](crate::SourceError::RateLimited)
+/// `Retry-After` or a source's [`SourceErrorKind::RateLimited`](crate::source::SourceErrorKind::RateLimited)
 /// asking for more is taken as this much (and the serving certificate's
 /// remaining validity caps retries further).
 pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);

@@ -256,9 +256,7 @@ impl Slot<'_> {
                 self.state.failures = 0;
                 self.state.retry_at = None;
             }
-            Err(RotateError::Source(SourceError::RateLimited { retry_after, .. })) => {
-                self.retry(Some(*retry_after), true)
-            }
+            Err(RotateError::Source(error)) => self.retry(error.retry_after(), true),
             Err(_) => self.retry(None, true),
         }
     }

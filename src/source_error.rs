@@ -54,63 +54,64 @@ impl fmt::Display for SourceWarning {
     }
 }
 
-/// A [`CertSource`](crate::CertSource) could not produce a bundle.
+/// A [`CertSource`](crate::CertSource) could not produce a bundle: which
+/// source ([`from`](Self::from)) and what went wrong ([`kind`](Self::kind)).
+///
+/// ```
+/// use certrotate::source::SourceErrorKind;
+/// use certrotate::SourceError;
+///
+/// let error = SourceError::empty("pushed certificates");
+/// assert_eq!(error.from(), "pushed certificates");
+/// assert!(matches!(error.kind(), SourceErrorKind::Empty));
+/// assert_eq!(error.to_string(), "pushed certificates has no certificate yet");
+/// ```
+#[derive(Debug, Clone)]
+pub struct SourceError {
+    from: String,
+    kind: SourceErrorKind,
+}
+
+/// What went wrong with a source: the [`kind`](SourceError::kind) of a
+/// [`SourceError`].
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
-pub enum SourceError {
+pub enum SourceErrorKind {
     /// The source produced bytes that are not a usable bundle.
-    #[error("{from} gave an unusable certificate: {error}")]
-    Bundle {
-        /// The source, as it describes itself.
-        from: String,
-        /// What is wrong with the bytes.
-        error: BundleError,
-    },
-    /// The source could not be reached or read.
-    #[error("{from} is unavailable: {source}")]
-    Unavailable {
-        /// The source, as it describes itself.
-        from: String,
-        /// Why: the error itself (an I/O error, an ACME failure with the
-        /// CA's problem document...), kept for
-        /// [`Error::source`](std::error::Error::source).
-        source: Arc<dyn std::error::Error + Send + Sync>,
-    },
+    #[error("unusable certificate: {0}")]
+    Bundle(#[source] BundleError),
+    /// The source could not be reached or read. The error itself (an I/O
+    /// error, an ACME failure with the CA's problem document...) is kept for
+    /// [`Error::source`](std::error::Error::source).
+    #[error("unavailable: {0}")]
+    Unavailable(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// The source has no certificate to give yet.
-    #[error("{from} has no certificate yet")]
-    Empty {
-        /// The source, as it describes itself.
-        from: String,
-    },
+    #[error("no certificate yet")]
+    Empty,
     /// The source asked to be called again no sooner than `retry_after`
     /// (an ACME CA's rate limit, or its `Retry-After` on an error). The
     /// rotator waits that long, unless the serving certificate's remaining
     /// validity cannot afford it.
-    #[error("{from} is rate-limited (retry in {}): {reason}", crate::clock::human(*retry_after))]
+    #[error("rate-limited (retry in {}): {reason}", crate::clock::human(*retry_after))]
     RateLimited {
-        /// The source, as it describes itself.
-        from: String,
         /// What the source said.
         reason: String,
         /// How long it asked to wait.
         retry_after: std::time::Duration,
     },
     /// A file could not be read: missing, unreadable, or a read that hung.
-    #[error("{from}: cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {source}", path.display())]
     Read {
-        /// The source, as it describes itself.
-        from: String,
         /// The file.
         path: PathBuf,
         /// The I/O error.
+        #[source]
         source: Arc<std::io::Error>,
     },
     /// The path names a FIFO, a device, a directory or a socket instead of
     /// a regular file (after following symlinks). Nothing was read from it.
-    #[error("{from}: {} is {found}, not a regular file", path.display())]
+    #[error("{} is {found}, not a regular file", path.display())]
     NotAFile {
-        /// The source, as [`CertSource::describe`](crate::CertSource::describe) says.
-        from: String,
         /// The path as configured.
         path: PathBuf,
         /// What it is instead, in words: "a FIFO", "a character device"...
@@ -119,10 +120,8 @@ pub enum SourceError {
     /// The file is larger than the source's size limit
     /// ([`FileOptions::max_file_size`](crate::source::FileOptions::max_file_size)).
     /// Nothing past the limit was read.
-    #[error("{from}: {} is {size} bytes, over the {} limit", path.display(), crate::read::bytes(*limit))]
+    #[error("{} is {size} bytes, over the {} limit", path.display(), crate::read::bytes(*limit))]
     TooLarge {
-        /// The source, as [`CertSource::describe`](crate::CertSource::describe) says.
-        from: String,
         /// The path as configured.
         path: PathBuf,
         /// The file's size (or as much as was read, if it grew).
@@ -130,31 +129,35 @@ pub enum SourceError {
         /// The limit in force.
         limit: u64,
     },
-    /// A trust bundle (CA certificates) could not be used.
-    #[error("{from}: {error}")]
-    Trust {
-        /// The source, as it describes itself.
-        from: String,
-        /// What is wrong with the bundle.
-        error: crate::mtls::TrustError,
-    },
     /// The source is configured in a way it cannot honour (an option that
-    /// would otherwise be ignored).
-    #[error("{from} is misconfigured: {reason}")]
-    Config {
-        /// The source, as it describes itself.
-        from: String,
-        /// What is wrong, and what to use instead.
-        reason: String,
-    },
+    /// would otherwise be ignored): what is wrong, and what to use instead.
+    #[error("misconfigured: {0}")]
+    Config(String),
     /// The source works but is unsafe, and the configuration says to refuse it.
-    #[error("{from} is refused: {warning}")]
-    Insecure {
-        /// The source, as it describes itself.
-        from: String,
-        /// What is unsafe.
-        warning: SourceWarning,
-    },
+    #[error("refused: {0}")]
+    Insecure(SourceWarning),
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let from = &self.from;
+        match &self.kind {
+            SourceErrorKind::Bundle(error) => {
+                write!(f, "{from} gave an unusable certificate: {error}")
+            }
+            SourceErrorKind::Empty => write!(f, "{from} has no certificate yet"),
+            SourceErrorKind::Read { .. }
+            | SourceErrorKind::NotAFile { .. }
+            | SourceErrorKind::TooLarge { .. } => write!(f, "{from}: {}", self.kind),
+            kind => write!(f, "{from} is {kind}"),
+        }
+    }
+}
+
+impl std::error::Error for SourceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.kind)
+    }
 }
 
 /// A boxed error: what [`SourceError::unavailable`] and a
@@ -162,54 +165,108 @@ pub enum SourceError {
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl SourceError {
+    /// The error `kind` of the source that describes itself as `from`.
+    pub fn new(from: impl Into<String>, kind: SourceErrorKind) -> Self {
+        Self {
+            from: from.into(),
+            kind,
+        }
+    }
+
+    /// The source, as it [describes](crate::CertSource::describe) itself.
+    pub fn from(&self) -> &str {
+        &self.from
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> &SourceErrorKind {
+        &self.kind
+    }
+
     /// A short constant naming the kind of failure, for metric labels and
     /// machine-readable output: `"bundle"`, `"unavailable"`, `"empty"`,
-    /// `"rate_limited"`, `"read"`, `"trust"`, `"insecure"`, `"config"`.
+    /// `"rate_limited"`, `"read"`, `"not_a_file"`, `"too_large"`,
+    /// `"insecure"`, `"config"`.
     ///
     /// ```
     /// let error = certrotate::SourceError::unavailable("ACME", "connection refused");
     /// assert_eq!(error.code(), "unavailable");
     /// ```
     pub fn code(&self) -> &'static str {
-        match self {
-            Self::Bundle { .. } => "bundle",
-            Self::Unavailable { .. } => "unavailable",
-            Self::Empty { .. } => "empty",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::Read { .. } => "read",
-            Self::NotAFile { .. } => "not_a_file",
-            Self::TooLarge { .. } => "too_large",
-            Self::Trust { .. } => "trust",
-            Self::Insecure { .. } => "insecure",
-            Self::Config { .. } => "config",
+        match self.kind {
+            SourceErrorKind::Bundle(_) => "bundle",
+            SourceErrorKind::Unavailable(_) => "unavailable",
+            SourceErrorKind::Empty => "empty",
+            SourceErrorKind::RateLimited { .. } => "rate_limited",
+            SourceErrorKind::Read { .. } => "read",
+            SourceErrorKind::NotAFile { .. } => "not_a_file",
+            SourceErrorKind::TooLarge { .. } => "too_large",
+            SourceErrorKind::Insecure(_) => "insecure",
+            SourceErrorKind::Config(_) => "config",
+        }
+    }
+
+    /// How long the source asked to wait before it is called again, if it
+    /// is [rate-limited](SourceErrorKind::RateLimited).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self.kind {
+            SourceErrorKind::RateLimited { retry_after, .. } => Some(retry_after),
+            _ => None,
         }
     }
 
     /// The source's bytes did not parse into a bundle.
     pub fn bundle(from: impl Into<String>, error: BundleError) -> Self {
-        Self::Bundle {
-            from: from.into(),
-            error,
-        }
+        Self::new(from, SourceErrorKind::Bundle(error))
+    }
+
+    /// The source has no certificate to give yet.
+    pub fn empty(from: impl Into<String>) -> Self {
+        Self::new(from, SourceErrorKind::Empty)
     }
 
     /// The source could not be reached or read, because of `reason`: an
     /// error (kept as this error's source) or a message.
     ///
     /// ```
+    /// use certrotate::source::SourceErrorKind;
     /// use certrotate::SourceError;
     /// let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
     /// let error = SourceError::unavailable("ACME", io);
-    /// let SourceError::Unavailable { source, .. } = &error else { unreachable!() };
+    /// let SourceErrorKind::Unavailable(source) = error.kind() else { unreachable!() };
     /// let cause = source.downcast_ref::<std::io::Error>().unwrap();
     /// assert_eq!(cause.kind(), std::io::ErrorKind::ConnectionRefused);
     /// assert!(std::error::Error::source(&error).is_some());
     /// ```
     pub fn unavailable(from: impl Into<String>, reason: impl Into<BoxError>) -> Self {
-        Self::Unavailable {
-            from: from.into(),
-            source: Arc::from(reason.into()),
-        }
+        Self::new(from, SourceErrorKind::Unavailable(Arc::from(reason.into())))
+    }
+
+    /// The source asks to be called again no sooner than `retry_after`,
+    /// because of `reason`.
+    pub fn rate_limited(
+        from: impl Into<String>,
+        reason: impl Into<String>,
+        retry_after: std::time::Duration,
+    ) -> Self {
+        Self::new(
+            from,
+            SourceErrorKind::RateLimited {
+                reason: reason.into(),
+                retry_after,
+            },
+        )
+    }
+
+    /// `path` could not be read because of `error`.
+    pub fn read(from: impl Into<String>, path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        Self::new(
+            from,
+            SourceErrorKind::Read {
+                path: path.into(),
+                source: Arc::new(error),
+            },
+        )
     }
 }
 
@@ -220,18 +277,13 @@ impl crate::read::ReadFailure {
     pub(crate) fn into_source_error(self, from: String, path: &std::path::Path) -> SourceError {
         let path = path.to_owned();
         match self {
-            Self::Io(error) => SourceError::Read {
-                from,
-                path,
-                source: Arc::new(error),
-            },
-            Self::NotAFile(found) => SourceError::NotAFile { from, path, found },
-            Self::TooLarge { size, limit } => SourceError::TooLarge {
-                from,
-                path,
-                size,
-                limit,
-            },
+            Self::Io(error) => SourceError::read(from, path, error),
+            Self::NotAFile(found) => {
+                SourceError::new(from, SourceErrorKind::NotAFile { path, found })
+            }
+            Self::TooLarge { size, limit } => {
+                SourceError::new(from, SourceErrorKind::TooLarge { path, size, limit })
+            }
         }
     }
 }
@@ -240,16 +292,16 @@ impl crate::read::ReadFailure {
 impl crate::read::Stuck {
     /// The source error for a read of `path` by `from` that did not finish.
     pub(crate) fn into_source_error(self, from: String, path: PathBuf) -> SourceError {
-        SourceError::Read {
+        SourceError::read(
             from,
             path,
-            source: Arc::new(std::io::Error::new(
+            std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!(
                     "no answer within {} (the file system may be hung)",
                     crate::clock::human(self.waited)
                 ),
-            )),
-        }
+            ),
+        )
     }
 }

@@ -35,11 +35,11 @@ impl CertSource for Failing {
         self.started.lock().unwrap().push(Instant::now());
         match self.fetches.fetch_add(1, Ordering::SeqCst) {
             0 => Ok(self.first.clone()),
-            n if n % 3 == 1 => Err(SourceError::Read {
-                from: self.describe(),
-                path: "/etc/tls/tls.crt".into(),
-                source: Arc::new(std::io::Error::from_raw_os_error(5)), // EIO
-            }),
+            n if n % 3 == 1 => Err(SourceError::read(
+                self.describe(),
+                "/etc/tls/tls.crt",
+                std::io::Error::from_raw_os_error(5), // EIO
+            )),
             n if n % 3 == 2 => std::future::pending().await,
             _ => Err(SourceError::bundle(
                 self.describe(),

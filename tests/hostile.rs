@@ -341,11 +341,11 @@ impl certrotate::CertSource for AskingForever {
         {
             return Ok(first);
         }
-        Err(certrotate::SourceError::RateLimited {
-            from: "a hostile CA".into(),
-            reason: "come back never".into(),
-            retry_after: Duration::MAX,
-        })
+        Err(certrotate::SourceError::rate_limited(
+            "a hostile CA",
+            "come back never",
+            Duration::MAX,
+        ))
     }
 
     fn describe(&self) -> String {
@@ -365,9 +365,7 @@ async fn a_huge_retry_after_neither_panics_nor_stops_the_rotator() {
     let started = Rotator::builder(hostile.clone(), policy()).start().await;
     assert!(matches!(
         started,
-        Err(certrotate::RotateError::Source(
-            certrotate::SourceError::RateLimited { .. }
-        ))
+        Err(certrotate::RotateError::Source(error)) if error.retry_after() == Some(Duration::MAX)
     ));
 
     let spawned = Rotator::builder(hostile, policy()).spawn();

@@ -31,11 +31,11 @@ impl CertSource for IssuingSource {
         self.fetches.lock().unwrap().push(Instant::now());
         if self.failing.load(Ordering::SeqCst) {
             if let Some(retry_after) = *self.rate_limit.lock().unwrap() {
-                return Err(SourceError::RateLimited {
-                    from: self.describe(),
-                    reason: "too many certificates".into(),
+                return Err(SourceError::rate_limited(
+                    self.describe(),
+                    "too many certificates",
                     retry_after,
-                });
+                ));
             }
             return Err(SourceError::unavailable(self.describe(), "CA is down"));
         }

@@ -170,7 +170,7 @@ impl crate::source_error::SourceError {
     /// assert_eq!(error.acme_problem(), None);
     /// ```
     pub fn acme_problem(&self) -> Option<&str> {
-        let crate::source_error::SourceError::Unavailable { source, .. } = self else {
+        let crate::source_error::SourceErrorKind::Unavailable(source) = self.kind() else {
             return None;
         };
         source.downcast_ref::<Failure>()?.problem()

@@ -135,11 +135,9 @@ impl AcmeSource {
         let ordered = self.order(replacing).await;
         let rate_limited = lock(&self.inner.rate_limited).take();
         let bundle = ordered.map_err(|failure| match rate_limited {
-            Some(retry_after) => SourceError::RateLimited {
-                from: self.describe(),
-                reason: failure.to_string(),
-                retry_after,
-            },
+            Some(retry_after) => {
+                SourceError::rate_limited(self.describe(), failure.to_string(), retry_after)
+            }
             None => SourceError::unavailable(self.describe(), failure),
         })?;
         self.advise(&bundle).await;

@@ -20,7 +20,7 @@ use crate::health::HealthSnapshot;
 use crate::policy::Policy;
 use crate::resolver::RotatingResolver;
 use crate::source::file::FileOptions;
-use crate::source::SourceError;
+use crate::source::{SourceError, SourceErrorKind};
 use crate::store::CertStore;
 use crate::sync::lock;
 use task::DirTask;
@@ -143,20 +143,18 @@ impl CertDirectoryBuilder {
     /// cannot be read fails the start. Must be called within a tokio runtime.
     ///
     /// A [`FileOptions::state_file`] fails the start with
-    /// [`SourceError::Config`]: it names one file, and a directory keeps a
+    /// [`SourceErrorKind::Config`]: it names one file, and a directory keeps a
     /// mark per pair ([`state_dir`](Self::state_dir)).
     pub async fn start(self) -> Result<CertDirectory, SourceError> {
         if self.options.state_file.is_some() {
-            return Err(SourceError::Config {
-                from: format!("directory {}", self.dir.display()),
-                reason: "FileOptions::state_file names one file, and a directory keeps a mark per pair: use CertDirectoryBuilder::state_dir".into(),
-            });
+            return Err(SourceError::new(
+                format!("directory {}", self.dir.display()),
+                SourceErrorKind::Config("FileOptions::state_file names one file, and a directory keeps a mark per pair: use CertDirectoryBuilder::state_dir".into()),
+            ));
         }
         if let Some(state) = &self.state_dir {
-            crate::atomic::create_private_dir(state).map_err(|error| SourceError::Read {
-                from: format!("directory {}", self.dir.display()),
-                path: state.clone(),
-                source: Arc::new(error),
+            crate::atomic::create_private_dir(state).map_err(|error| {
+                SourceError::read(format!("directory {}", self.dir.display()), state, error)
             })?;
         }
         let (stop, gone) = watch::channel(());

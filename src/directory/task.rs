@@ -306,11 +306,8 @@ impl DirTask {
                 .collect();
             Ok::<_, std::io::Error>((stamps, subdirs))
         });
-        let read_error = |source: std::io::Error| SourceError::Read {
-            from: self.describe.clone(),
-            path: self.dir.clone(),
-            source: Arc::new(source),
-        };
+        let read_error =
+            |source: std::io::Error| SourceError::read(self.describe.clone(), &self.dir, source);
         let (stamps, subdirs) = match listed.await {
             Ok(listed) => listed.map_err(read_error)?,
             Err(stuck) => {

@@ -661,8 +661,8 @@ impl OnDemand {
             let mut limits = lock(&inner.limits);
             match &started {
                 Ok(_) => limits.succeeded(name),
-                Err(RotateError::Source(SourceError::RateLimited { retry_after, .. })) => {
-                    limits.failed(name, Some(*retry_after), Instant::now())
+                Err(RotateError::Source(error)) => {
+                    limits.failed(name, error.retry_after(), Instant::now())
                 }
                 Err(_) => limits.failed(name, None, Instant::now()),
             }

@@ -128,7 +128,7 @@ impl<S: CertSource> RotatorBuilder<S> {
     }
 
     /// Gives up on a fetch that takes longer than this (default 10 min): it
-    /// fails as [`SourceError::Unavailable`](crate::SourceError::Unavailable) and is retried with backoff, so
+    /// fails as [`SourceErrorKind::Unavailable`](crate::source::SourceErrorKind::Unavailable) and is retried with backoff, so
     /// a source that hangs cannot stop the rotator's retries and alerts.
     /// ACME orders finish within their own per-step timeouts; keep this
     /// above the slowest legitimate fetch.

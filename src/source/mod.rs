@@ -14,11 +14,11 @@ mod ca;
 pub(crate) mod file;
 mod r#static;
 
-pub use crate::source_error::{BoxError, SourceError, SourceWarning};
+pub use crate::source_error::{BoxError, SourceError, SourceErrorKind, SourceWarning};
 #[cfg(feature = "ca")]
 pub use ca::{CaError, CaSource, InternalCa, LeafSpec};
 #[cfg(feature = "file")]
-pub use file::{FileOptions, FileSource, TrustFile, WatchMode};
+pub use file::{FileOptions, FileSource, TrustFile, TrustFileError, WatchMode};
 pub use r#static::StaticSource;
 
 /// Something that produces certificate bundles: files on disk, an ACME CA,

@@ -65,9 +65,9 @@ impl StaticSource {
 
 impl CertSource for StaticSource {
     async fn fetch(&self) -> Result<CertBundle, SourceError> {
-        self.latest().clone().ok_or_else(|| SourceError::Empty {
-            from: self.describe(),
-        })
+        self.latest()
+            .clone()
+            .ok_or_else(|| SourceError::empty(self.describe()))
     }
 
     async fn changed(&self) {

@@ -28,7 +28,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use super::{CertSource, SourceError, SourceWarning};
+use super::{CertSource, SourceError, SourceErrorKind, SourceWarning};
 use crate::bundle::CertBundle;
 use crate::mark::{HighWaterMark, MarkUnreadable};
 use crate::read::{self, OneAtATime};
@@ -39,7 +39,7 @@ mod trust;
 
 use crate::sync::lock;
 pub(crate) use settle::{spawn_settle, Wake, Wakeups, Watched, MAX_BUSY_WINDOWS};
-pub use trust::TrustFile;
+pub use trust::{TrustFile, TrustFileError};
 
 /// A read that takes longer than this (a hung NFS server) is reported as an
 /// error; the rotator carries on and retries, and change detection looks
@@ -155,10 +155,10 @@ impl FileOptions {
 
     /// The largest file that is read (default 1 MiB, far above any real
     /// chain, key or trust bundle; raise it for a CA bundle with large
-    /// CRLs). A larger file is a [`SourceError::TooLarge`] and is not read
+    /// CRLs). A larger file is a [`SourceErrorKind::TooLarge`] and is not read
     /// past the limit, so a symlink to a 64 GiB sparse file costs nothing.
     /// Whatever the limit, only regular files are read: a FIFO, a device or
-    /// a directory is a [`SourceError::NotAFile`], found without blocking.
+    /// a directory is a [`SourceErrorKind::NotAFile`], found without blocking.
     ///
     /// ```
     /// let options = certrotate::source::FileOptions::default().max_file_size(8 << 20);
@@ -224,7 +224,7 @@ impl FileOptions {
 /// grace period, so neither a half-written file nor a new certificate with
 /// the old key reaches the policy while an update is still on its way.
 ///
-/// Missing or unreadable files are a [`SourceError::Read`]: the last good
+/// Missing or unreadable files are a [`SourceErrorKind::Read`]: the last good
 /// certificate keeps serving, the error is in health and events, and the
 /// files are picked up when they come back.
 ///
@@ -310,7 +310,14 @@ impl Loaded {
     pub(crate) fn whole(&self) -> bool {
         match &self.bundle {
             Ok(bundle) => !bundle.key_mismatches(),
-            Err(SourceError::Bundle { .. } | SourceError::Read { .. }) => false,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    SourceErrorKind::Bundle(_) | SourceErrorKind::Read { .. }
+                ) =>
+            {
+                false
+            }
             Err(_) => true,
         }
     }
@@ -499,10 +506,10 @@ impl Files {
             });
         let bundle = contents.and_then(|contents| {
             if let Some(warning) = warning.clone().filter(|_| options.strict_permissions) {
-                return Err(SourceError::Insecure {
-                    from: self.describe(),
-                    warning,
-                });
+                return Err(SourceError::new(
+                    self.describe(),
+                    SourceErrorKind::Insecure(warning),
+                ));
             }
             let bundle = match self {
                 Files::Pair { .. } => CertBundle::from_pem(&contents.cert, &contents.key),

@@ -52,6 +52,38 @@ struct Shared {
     reads: OneAtATime,
 }
 
+/// Why a version of a [`TrustFile`] cannot be used.
+///
+/// ```
+/// use certrotate::source::{FileOptions, TrustFile, TrustFileError};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let dir = std::env::temp_dir().join(format!("trust-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("ca.pem");
+/// std::fs::write(&path, "not a bundle").unwrap();
+/// let error = TrustFile::open(&path, FileOptions::default()).await.unwrap_err();
+/// assert!(matches!(error, TrustFileError::Unusable { .. }), "{error}");
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// # }
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustFileError {
+    /// The file could not be read: missing, unreadable, not a regular
+    /// file, over the size limit, or a read that hung.
+    #[error(transparent)]
+    Read(#[from] SourceError),
+    /// The file was read, but its bundle cannot be used as trust.
+    #[error("CA bundle {}: {error}", path.display())]
+    Unusable {
+        /// The bundle file, as configured.
+        path: PathBuf,
+        /// What is wrong with the bundle.
+        #[source]
+        error: TrustError,
+    },
+}
+
 /// One reading of the bundle file.
 struct Reading {
     fingerprint: Fingerprint,
@@ -61,7 +93,10 @@ struct Reading {
 impl TrustFile {
     /// Reads (off the runtime), validates and starts watching the bundle at
     /// `path`. Fails if the first version cannot be used.
-    pub async fn open(path: impl Into<PathBuf>, options: FileOptions) -> Result<Self, SourceError> {
+    pub async fn open(
+        path: impl Into<PathBuf>,
+        options: FileOptions,
+    ) -> Result<Self, TrustFileError> {
         let path = path.into();
         let from = describe(&path);
         let reads = OneAtATime::default();
@@ -71,8 +106,10 @@ impl TrustFile {
             .await
             .map_err(|stuck| stuck.into_source_error(from.clone(), path.clone()))?;
         let pem = first.parsed?;
-        let trust =
-            TrustStore::from_pem(&pem).map_err(|error| SourceError::Trust { from, error })?;
+        let trust = TrustStore::from_pem(&pem).map_err(|error| TrustFileError::Unusable {
+            path: path.clone(),
+            error,
+        })?;
         let shared = Arc::new(Shared {
             path,
             options,
@@ -159,12 +196,17 @@ impl Watched for Shared {
 
     fn settled(&self, reading: Reading) {
         *lock(&self.applied) = reading.fingerprint;
-        let from = self.describe();
-        let applied = reading.parsed.and_then(|pem| {
-            self.trust
-                .replace_pem(&pem)
-                .map_err(|error: TrustError| SourceError::Trust { from, error })
-        });
+        let applied = reading
+            .parsed
+            .map_err(TrustFileError::Read)
+            .and_then(|pem| {
+                self.trust
+                    .replace_pem(&pem)
+                    .map_err(|error| TrustFileError::Unusable {
+                        path: self.path.clone(),
+                        error,
+                    })
+            });
         let mut last_error = lock(&self.last_error);
         match applied {
             Ok(_) => *last_error = None,
