@@ -315,6 +315,10 @@ pub struct CertHealth {
     pub alert: AlertLevel,
     /// SHA-256 fingerprint of the serving leaf.
     pub fingerprint_sha256: String,
+    /// Where the serving certificate came from
+    /// ([`CertInfo::origin`](crate::CertInfo::origin)): its file, or
+    /// `ACME <directory> for <names>` naming the CA that issued it.
+    pub origin: String,
     /// Why the most recent candidate for this slot failed, if it did.
     pub last_error: Option<String>,
     /// The machine code of [`last_error`](Self::last_error).
@@ -370,6 +374,7 @@ impl CertHealth {
             renew_at,
             alert: AlertLevel::at(info, now, renew_at),
             fingerprint_sha256: info.fingerprint_sha256.clone(),
+            origin: info.origin.clone(),
             last_error_code: last_error.as_ref().map(|f| f.code),
             last_error: last_error.map(|f| f.message),
             warnings,

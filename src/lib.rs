@@ -97,6 +97,7 @@
 //! | `certrotate_on_demand_orders_total` | counter | `result` | orders on demand: `issued` or `failed` |
 //! | `certrotate_on_demand_cache_total` | counter | `event` | on-demand names: `hit` (served already), `miss` (to obtain), `load` (from storage, no order), `eviction` (dropped from memory) |
 //! | `certrotate_on_demand_waiting_handshakes` | gauge | | handshakes waiting for an on-demand certificate |
+//! | `certrotate_acme_orders_total` | counter | `ca`, `result` | ACME orders by CA (its directory URL) and `result` (`issued`, `failed`): a first CA failing while a fallback issues shows here |
 //!
 //! Per-slot series stop past the store's `metric_slots` (default 100, see
 //! [`CertStoreBuilder::metric_slots`](store::CertStoreBuilder::metric_slots)): above it no slot gets per-slot gauges

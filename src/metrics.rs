@@ -93,6 +93,10 @@ pub(crate) const ON_DEMAND_CACHE: Metric = Metric {
     name: "certrotate_on_demand_cache_total",
     help: "On-demand names looked up (hit, miss), loaded from storage (load), dropped from memory (eviction).",
 };
+pub(crate) const ACME_ORDERS: Metric = Metric {
+    name: "certrotate_acme_orders_total",
+    help: "ACME orders, by CA (its directory URL) and result (issued, failed).",
+};
 pub(crate) const ON_DEMAND_WAITING: Metric = Metric {
     name: "certrotate_on_demand_waiting_handshakes",
     help: "Handshakes waiting for a certificate on demand.",
@@ -174,6 +178,7 @@ mod recording {
                 ON_DEMAND_REFUSALS,
                 ON_DEMAND_ORDERS,
                 ON_DEMAND_CACHE,
+                ACME_ORDERS,
             ] {
                 describe_counter!(count.name, count.help);
             }
@@ -242,6 +247,14 @@ mod recording {
         };
         let extra = [("source", source), ("result", result)];
         counter!(ROTATIONS.name, labels(slot, &extra)).increment(1);
+    }
+
+    /// An order with the ACME CA at `ca` issued (`ok`) or failed.
+    #[cfg(feature = "acme")]
+    pub(crate) fn acme_order(ca: &str, ok: bool) {
+        describe();
+        let result = if ok { "issued" } else { "failed" };
+        counter!(ACME_ORDERS.name, "ca" => ca.to_owned(), "result" => result).increment(1);
     }
 
     /// What on-demand issuance did.

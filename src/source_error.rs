@@ -32,6 +32,14 @@ pub enum SourceWarning {
     /// can, only certificates newer than the one serving are installed, and
     /// no mark is recorded (so none is lowered).
     MarkUnreadable(Box<crate::mark::MarkUnreadable>),
+    /// An ACME CA failed to issue at its last turn (another CA may have
+    /// issued instead): reported until it issues again.
+    CaFailing {
+        /// The CA's directory URL.
+        directory: String,
+        /// Its failure.
+        reason: String,
+    },
 }
 
 impl fmt::Display for SourceWarning {
@@ -46,6 +54,9 @@ impl fmt::Display for SourceWarning {
                 f,
                 "could not save the {what} ({reason}): it is used now, but after a restart it must be obtained again"
             ),
+            Self::CaFailing { directory, reason } => {
+                write!(f, "the ACME CA {directory} failed at its last turn: {reason}")
+            }
             Self::MarkUnreadable(error) => write!(
                 f,
                 "{error}; only certificates newer than the one serving are installed until it can be read (retried at each attempt)"

@@ -20,25 +20,29 @@ pub(super) enum Challenge {
     Dns01(Arc<dyn Dns01Solver>),
 }
 
-/// Configures an [`AcmeSource`]. Cloning it copies the configuration (the
-/// storage and solvers are shared).
+/// One ACME CA an [`AcmeSource`] may order from: its directory URL, and
+/// what ordering there needs (the root of its HTTPS, external account
+/// binding, a profile). The first is given to
+/// [`AcmeSource::builder`]; others are [fallbacks](AcmeBuilder::fallback),
+/// tried in order when the ones before them fail.
+///
+/// ```
+/// use certrotate::acme::AcmeCa;
+///
+/// let zerossl = AcmeCa::new("https://acme.zerossl.com/v2/DV90")
+///     .external_account("kid-from-zerossl", b"hmac-key-from-zerossl");
+/// # let _ = zerossl;
+/// ```
 #[derive(Clone)]
 #[must_use]
-pub struct AcmeBuilder {
+pub struct AcmeCa {
     pub(super) directory: String,
-    pub(super) domains: Vec<String>,
-    pub(super) challenge: Challenge,
-    pub(super) storage: Arc<dyn Storage>,
-    pub(super) contact: Vec<String>,
     pub(super) root: Option<PathBuf>,
     pub(super) eab: Option<(String, Vec<u8>)>,
     pub(super) profile: Option<String>,
-    pub(super) timeout: Duration,
-    pub(super) lock_lease: Duration,
-    pub(super) order_alone_within: Option<Duration>,
-    pub(super) state_file: Option<PathBuf>,
-    /// The account, shared with the other sources built from the same
-    /// template (on-demand names), so that their first orders make one.
+    /// The account at this CA, shared with the other sources built from
+    /// the same template (on-demand names), so that their first orders
+    /// make one.
     pub(super) account: SharedAccount,
 }
 
@@ -46,16 +50,105 @@ pub struct AcmeBuilder {
 /// account.
 pub(super) type SharedAccount = Arc<tokio::sync::Mutex<Option<instant_acme::Account>>>;
 
+impl fmt::Debug for AcmeCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the HMAC key.
+        f.debug_struct("AcmeCa")
+            .field("directory", &self.directory)
+            .field("root", &self.root)
+            .field("external_account", &self.eab.as_ref().map(|(kid, _)| kid))
+            .field("profile", &self.profile)
+            .finish()
+    }
+}
+
+impl AcmeCa {
+    /// The CA whose ACME directory is at `directory`, trusted through the
+    /// platform's roots, without external account binding or profile.
+    pub fn new(directory: impl Into<String>) -> Self {
+        Self {
+            directory: directory.into(),
+            root: None,
+            eab: None,
+            profile: None,
+            account: SharedAccount::default(),
+        }
+    }
+
+    /// Trusts this PEM root for the CA's own HTTPS (Pebble, a private CA).
+    pub fn directory_root(mut self, pem: impl Into<PathBuf>) -> Self {
+        self.root = Some(pem.into());
+        self
+    }
+
+    /// External account binding (ZeroSSL, Google, some private CAs): the key
+    /// id and the HMAC key the CA gave you.
+    pub fn external_account(mut self, key_id: impl Into<String>, hmac_key: &[u8]) -> Self {
+        self.eab = Some((key_id.into(), hmac_key.to_vec()));
+        self
+    }
+
+    /// Asks this CA for this certificate profile (`"shortlived"`,
+    /// `"tlsserver"`), where it offers profiles.
+    pub fn profile(mut self, profile: impl Into<String>) -> Self {
+        self.profile = Some(profile.into());
+        self
+    }
+
+    /// The directory URL.
+    pub fn directory(&self) -> &str {
+        &self.directory
+    }
+}
+
+/// Configures an [`AcmeSource`]. Cloning it copies the configuration (the
+/// storage, solvers and accounts are shared).
+#[derive(Clone)]
+#[must_use]
+pub struct AcmeBuilder {
+    /// The CAs in order of preference; never empty.
+    pub(super) cas: Vec<AcmeCa>,
+    pub(super) domains: Vec<String>,
+    pub(super) challenge: Challenge,
+    pub(super) storage: Arc<dyn Storage>,
+    pub(super) contact: Vec<String>,
+    pub(super) timeout: Duration,
+    pub(super) lock_lease: Duration,
+    pub(super) order_alone_within: Option<Duration>,
+    pub(super) state_file: Option<PathBuf>,
+}
+
 impl fmt::Debug for AcmeBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AcmeBuilder")
-            .field("directory", &self.directory)
+            .field("cas", &self.cas)
             .field("domains", &self.domains)
             .finish_non_exhaustive()
     }
 }
 
 impl AcmeBuilder {
+    /// Orders from `ca` when every CA before it fails (down, hanging past
+    /// the [step timeout](Self::timeout), rate-limited, refusing the names).
+    /// Each attempt starts again with the first CA, so the preferred one
+    /// is used again as soon as it works. Certificates are stored under the
+    /// same keys whichever CA issued them, so a restart or another replica
+    /// serves them as they are.
+    ///
+    /// ```
+    /// use certrotate::acme::AcmeCa;
+    /// use certrotate::AcmeSource;
+    ///
+    /// let source = AcmeSource::builder("https://acme-v02.api.letsencrypt.org/directory", ["api.example.com"])
+    ///     .fallback(AcmeCa::new("https://acme.zerossl.com/v2/DV90").external_account("kid", b"hmac"))
+    ///     .build();
+    /// # let _ = source;
+    /// ```
+    pub fn fallback(mut self, ca: AcmeCa) -> Self {
+        self.cas.push(ca);
+        self
+    }
+
     /// Answers TLS-ALPN-01 challenges (the default) from the resolver of
     /// the store the [`Rotator`](crate::Rotator) running this source fills;
     /// [`Rotator::server_config`](crate::Rotator::server_config) then offers
@@ -94,24 +187,26 @@ impl AcmeBuilder {
         self
     }
 
-    /// Trusts this PEM root for the ACME server's own HTTPS (Pebble, a
-    /// private CA).
+    /// Trusts this PEM root for the first CA's own HTTPS (Pebble, a
+    /// private CA); see [`AcmeCa::directory_root`] for the others.
     pub fn directory_root(mut self, pem: impl Into<PathBuf>) -> Self {
-        self.root = Some(pem.into());
+        self.cas[0].root = Some(pem.into());
         self
     }
 
-    /// External account binding (ZeroSSL, Google, some private CAs): the key
-    /// id and the HMAC key the CA gave you.
+    /// External account binding at the first CA (ZeroSSL, Google, some
+    /// private CAs): the key id and the HMAC key the CA gave you; see
+    /// [`AcmeCa::external_account`] for the others.
     pub fn external_account(mut self, key_id: impl Into<String>, hmac_key: &[u8]) -> Self {
-        self.eab = Some((key_id.into(), hmac_key.to_vec()));
+        self.cas[0].eab = Some((key_id.into(), hmac_key.to_vec()));
         self
     }
 
-    /// Asks for this certificate profile (`"shortlived"`, `"tlsserver"`),
-    /// where the CA offers profiles.
+    /// Asks the first CA for this certificate profile (`"shortlived"`,
+    /// `"tlsserver"`), where it offers profiles; see [`AcmeCa::profile`]
+    /// for the others.
     pub fn profile(mut self, profile: impl Into<String>) -> Self {
-        self.profile = Some(profile.into());
+        self.cas[0].profile = Some(profile.into());
         self
     }
 
@@ -199,16 +294,28 @@ impl AcmeBuilder {
     pub fn build(self) -> AcmeSource {
         let mut names = self.domains.clone();
         names.sort();
-        let directory = crate::util::hex(&Sha256::digest(&self.directory));
+        // The keys of what is kept follow the first CA (as before there
+        // were fallbacks), whichever CA issues: adding or removing a
+        // fallback keeps the stored certificate, changing the first CA
+        // (staging to production) does not serve the old one.
         let id = crate::util::hex(&Sha256::digest(format!(
             "{}|{}",
-            self.directory,
+            self.cas[0].directory,
             names.join(",")
         )));
+        let account_keys = self
+            .cas
+            .iter()
+            .map(|ca| {
+                let directory = crate::util::hex(&Sha256::digest(&ca.directory));
+                format!("account-{}.json", &directory[..16])
+            })
+            .collect();
         let storage_changes = tokio::sync::Mutex::new(self.storage.changes());
+        let cas = Mutex::new(vec![super::fallback::CaState::default(); self.cas.len()]);
         AcmeSource {
             inner: Arc::new(Inner {
-                account_key: format!("account-{}.json", &directory[..16]),
+                account_keys,
                 cert_key: format!("cert-{}.pem", &id[..16]),
                 renewal_key: format!("renewal-{}.txt", &id[..16]),
                 served_key: format!("served-{}.txt", &id[..16]),
@@ -219,6 +326,7 @@ impl AcmeBuilder {
                 storage_changes,
                 rate_limited: Arc::default(),
                 provided: Mutex::default(),
+                cas,
                 pending: Mutex::default(),
                 attached: Mutex::default(),
             }),

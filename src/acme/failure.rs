@@ -173,7 +173,14 @@ impl crate::source_error::SourceError {
         let crate::source_error::SourceErrorKind::Unavailable(source) = self.kind() else {
             return None;
         };
-        source.downcast_ref::<Failure>()?.problem()
+        match source.downcast_ref::<Failure>() {
+            Some(failure) => failure.problem(),
+            // With fallback CAs: the first CA's.
+            None => source
+                .downcast_ref::<super::fallback::EveryCaFailed>()?
+                .first_failure()?
+                .problem(),
+        }
     }
 }
 

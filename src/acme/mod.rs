@@ -40,13 +40,14 @@ macro_rules! step {
 mod builder;
 mod challenge;
 mod failure;
+mod fallback;
 mod http;
 mod order;
 mod renewal;
 mod storage;
 
-pub use builder::AcmeBuilder;
 use builder::Challenge;
+pub use builder::{AcmeBuilder, AcmeCa};
 pub use challenge::{Dns01Solver, Http01Responder};
 use failure::{Context, Failure};
 use http::NotingClient;
@@ -109,7 +110,10 @@ pub struct AcmeSource {
 struct Inner {
     /// What the builder was told.
     config: AcmeBuilder,
-    account_key: String,
+    /// Where each CA's account is kept, in the order of the CAs.
+    account_keys: Vec<String>,
+    /// What is known of each CA between attempts, in the order of the CAs.
+    cas: Mutex<Vec<fallback::CaState>>,
     cert_key: String,
     /// Where the renewal time is shared: `<fingerprint> <unix seconds>`.
     renewal_key: String,
@@ -139,7 +143,7 @@ struct Inner {
 impl fmt::Debug for AcmeSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AcmeSource")
-            .field("directory", &self.inner.config.directory)
+            .field("cas", &self.inner.config.cas)
             .field("domains", &self.inner.config.domains)
             .finish_non_exhaustive()
     }
@@ -155,19 +159,15 @@ impl AcmeSource {
         S: Into<String>,
     {
         AcmeBuilder {
-            directory: directory.into(),
+            cas: vec![AcmeCa::new(directory)],
             domains: domains.into_iter().map(Into::into).collect(),
             challenge: Challenge::TlsAlpn01,
             storage: Arc::new(FileStorage::new(default_storage_dir())),
             contact: Vec::new(),
-            root: None,
-            eab: None,
-            profile: None,
             timeout: STEP_TIMEOUT,
             lock_lease: Duration::from_secs(10),
             order_alone_within: None,
             state_file: None,
-            account: Arc::default(),
         }
     }
 
@@ -196,7 +196,7 @@ impl AcmeSource {
         // The certificate's private key is in it.
         let pem = zeroize::Zeroizing::new(pem);
         match CertBundle::from_combined_pem(&pem) {
-            Ok(bundle) => Ok(Some(bundle.with_origin(self.describe()))),
+            Ok(bundle) => Ok(Some(bundle.with_origin(self.stored_origin(&pem)))),
             Err(error) => {
                 tracing::warn!(target: "certrotate", key = %self.inner.cert_key, "the stored ACME certificate is unusable, ordering a new one: {error}");
                 Ok(None)
@@ -265,14 +265,16 @@ impl AcmeSource {
         }
     }
 
-    /// The account: loaded from storage, or made (and stored).
-    async fn account(&self, fresh: bool) -> Result<Account, Failure> {
-        let mut cached = self.inner.config.account.lock().await;
+    /// The account at CA number `ca`: loaded from storage, or made (and
+    /// stored).
+    async fn account(&self, ca: usize, fresh: bool) -> Result<Account, Failure> {
+        let (config, key) = (&self.inner.config.cas[ca], &self.inner.account_keys[ca]);
+        let mut cached = config.account.lock().await;
         if let (Some(account), false) = (&*cached, fresh) {
             return Ok(account.clone());
         }
         let http = NotingClient::new(
-            self.inner.config.root.as_deref(),
+            config.root.as_deref(),
             self.inner.rate_limited.clone(),
             self.clock(),
         )
@@ -281,13 +283,8 @@ impl AcmeSource {
         let stored = match fresh {
             true => None,
             false => {
-                let loaded = self
-                    .inner
-                    .config
-                    .storage
-                    .load(&self.inner.account_key)
-                    .await;
-                unusable_is_none(loaded, &self.inner.account_key, "ACME account")
+                let loaded = self.inner.config.storage.load(key).await;
+                unusable_is_none(loaded, key, "ACME account")
                     .context("reading the stored ACME account")?
             }
         };
@@ -296,7 +293,7 @@ impl AcmeSource {
         let credentials = stored.as_ref().and_then(|json| {
             serde_json::from_slice::<AccountCredentials>(json)
                 .inspect_err(|error| {
-                    tracing::warn!(target: "certrotate", key = %self.inner.account_key, "the stored ACME account is unusable, making a new one: {error}");
+                    tracing::warn!(target: "certrotate", %key, "the stored ACME account is unusable, making a new one: {error}");
                 })
                 .ok()
         });
@@ -322,22 +319,19 @@ impl AcmeSource {
                     terms_of_service_agreed: true,
                     only_return_existing: false,
                 };
-                let eab = self
-                    .inner
-                    .config
+                let eab = config
                     .eab
                     .as_ref()
                     .map(|(kid, key)| ExternalAccountKey::new(kid.clone(), key));
                 let (account, credentials) = step!(
                     self,
                     "creating the ACME account",
-                    builder().create(&new, self.inner.config.directory.clone(), eab.as_ref())
+                    builder().create(&new, config.directory.clone(), eab.as_ref())
                 )?;
                 let json = serde_json::to_vec(&credentials).context("saving the ACME account")?;
                 let json = zeroize::Zeroizing::new(json);
-                self.save(&self.inner.account_key, &json, "ACME account")
-                    .await;
-                tracing::info!(target: "certrotate", directory = %self.inner.config.directory, "ACME account created");
+                self.save(key, &json, "ACME account").await;
+                tracing::info!(target: "certrotate", directory = %config.directory, "ACME account created");
                 account
             }
         };
@@ -448,20 +442,31 @@ impl CertSource for AcmeSource {
         matches!(self.stored().await, Ok(Some(bundle)) if bundle.info().not_after > self.now())
     }
 
+    /// `ACME <first CA's directory> for <names>`, and how many fallback
+    /// CAs there are.
     fn describe(&self) -> String {
-        format!(
-            "ACME {} for {}",
-            self.inner.config.directory,
-            self.inner.config.domains.join(", ")
-        )
+        let cas = &self.inner.config.cas;
+        match cas.len() {
+            1 => self.origin(&cas[0].directory),
+            n => format!(
+                "{} (and {} fallback CA{})",
+                self.origin(&cas[0].directory),
+                n - 1,
+                if n == 2 { "" } else { "s" }
+            ),
+        }
     }
 
     fn kind(&self) -> &'static str {
         "acme"
     }
 
+    /// State that could not be saved, and each CA that failed at its
+    /// last turn.
     fn warnings(&self) -> Vec<SourceWarning> {
-        lock(&self.inner.unsaved).clone()
+        let mut warnings = lock(&self.inner.unsaved).clone();
+        warnings.extend(self.ca_warnings());
+        warnings
     }
 }
 

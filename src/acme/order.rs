@@ -12,7 +12,6 @@ use super::failure::{rate_limit_wait, Cause, Context, Failure, Step, Unexpected}
 use super::storage::{Holding, Renewal, Trouble};
 use super::AcmeSource;
 use crate::bundle::CertBundle;
-use crate::source::{CertSource, SourceError};
 use crate::sync::lock;
 
 /// An order placed with the CA and not finished yet: the next attempt
@@ -20,6 +19,8 @@ use crate::sync::lock;
 /// authorizations it won are not validated again (nor the CA's rate limits
 /// spent) after a transient error.
 pub(super) struct PendingOrder {
+    /// The number of the CA it was placed with.
+    pub(super) ca: usize,
     /// The order's URL, as the CA gave it.
     pub(super) url: String,
     /// The key of the certificate request, once the order was finalized.
@@ -124,39 +125,21 @@ impl AcmeSource {
             .is_none_or(|b| b.info().not_after < crate::clock::saturating_add(self.now(), window))
     }
 
-    /// Orders a new certificate, with what the CA said about rate limits in
-    /// the error, and takes the CA's renewal advice for it.
-    pub(super) async fn ordered(
-        &self,
-        replacing: Option<&CertBundle>,
-    ) -> Result<CertBundle, SourceError> {
-        // Only what the CA says during this attempt counts.
-        lock(&self.inner.rate_limited).take();
-        let ordered = self.order(replacing).await;
-        let rate_limited = lock(&self.inner.rate_limited).take();
-        let bundle = ordered.map_err(|failure| match rate_limited {
-            Some(retry_after) => {
-                SourceError::rate_limited(self.describe(), failure.to_string(), retry_after)
-            }
-            None => SourceError::unavailable(self.describe(), failure),
-        })?;
-        self.advise(&bundle).await;
-        Ok(bundle)
-    }
-
-    /// Orders, validates, finalizes and downloads a new certificate.
+    /// Orders, validates, finalizes and downloads a new certificate from
+    /// CA number `ca`.
     pub(super) async fn order(
         &self,
+        ca: usize,
         replacing: Option<&CertBundle>,
     ) -> Result<CertBundle, Failure> {
-        let account = self.account(false).await?;
-        match self.order_with(&account, replacing).await {
+        let account = self.account(ca, false).await?;
+        match self.order_with(ca, &account, replacing).await {
             // The CA forgot the account (a reset CA, a deactivated account):
             // make a new one and try once more.
             Err(failure) if failure.forgotten_account() => {
                 tracing::warn!(target: "certrotate", reason = %failure, "the ACME CA no longer knows the account; creating a new one");
-                let account = self.account(true).await?;
-                self.order_with(&account, None).await
+                let account = self.account(ca, true).await?;
+                self.order_with(ca, &account, None).await
             }
             other => other,
         }
@@ -164,18 +147,19 @@ impl AcmeSource {
 
     pub(super) async fn order_with(
         &self,
+        ca: usize,
         account: &Account,
         replacing: Option<&CertBundle>,
     ) -> Result<CertBundle, Failure> {
-        let mut order = match self.resume(account).await {
+        let mut order = match self.resume(ca, account).await {
             Some(order) => order,
-            None => self.new_order(account, replacing).await?,
+            None => self.new_order(ca, account, replacing).await?,
         };
         // Whatever ends this attempt (an answer, an error, or the rotator's
         // fetch timeout dropping it), the challenge answers are taken down.
         let mut cleanup = Cleanup::default();
         let result = match self.answer_challenges(&mut order, &mut cleanup).await {
-            Ok(()) => self.finish(&mut order).await,
+            Ok(()) => self.finish(ca, &mut order).await,
             Err(e) => Err(e),
         };
         cleanup.run().await;
@@ -188,11 +172,16 @@ impl AcmeSource {
         result
     }
 
-    /// The order an earlier attempt left unfinished, as the CA has it now,
-    /// if it can still be finished: not invalid, and if it was finalized
-    /// already, the key of its certificate request is known.
-    pub(super) async fn resume(&self, account: &Account) -> Option<instant_acme::Order> {
-        let url = lock(&self.inner.pending).as_ref()?.url.clone();
+    /// The order an earlier attempt left unfinished with CA number `ca`,
+    /// as the CA has it now, if it can still be finished: not invalid, and
+    /// if it was finalized already, the key of its certificate request is
+    /// known.
+    pub(super) async fn resume(&self, ca: usize, account: &Account) -> Option<instant_acme::Order> {
+        let url = lock(&self.inner.pending)
+            .as_ref()
+            .filter(|p| p.ca == ca)?
+            .url
+            .clone();
         let resumed = step!(self, "resuming the order", account.order(url.clone()));
         let finalized = lock(&self.inner.pending)
             .as_ref()
@@ -222,6 +211,7 @@ impl AcmeSource {
     /// Places a new order, and remembers it for the attempts after this one.
     pub(super) async fn new_order(
         &self,
+        ca: usize,
         account: &Account,
         replacing: Option<&CertBundle>,
     ) -> Result<instant_acme::Order, Failure> {
@@ -235,7 +225,7 @@ impl AcmeSource {
         let replaces = replacing.and_then(|b| CertificateIdentifier::try_from(&b.chain()[0]).ok());
         let new_order = |replacing: bool| {
             let mut new = NewOrder::new(&identifiers);
-            if let Some(profile) = &self.inner.config.profile {
+            if let Some(profile) = &self.inner.config.cas[ca].profile {
                 new = new.profile(profile);
             }
             match (&replaces, replacing) {
@@ -243,8 +233,12 @@ impl AcmeSource {
                 _ => new,
             }
         };
-        // `replaces` only where the CA gave renewal advice (it has ARI).
-        let ari = lock(&self.inner.advice).is_some();
+        // `replaces` only where this CA gave renewal advice (it has ARI)
+        // for the certificate replaced.
+        let ari = lock(&self.inner.advice)
+            .as_ref()
+            .zip(replacing)
+            .is_some_and(|(advice, r)| advice.fingerprint == r.info().fingerprint_sha256);
         let order = match step!(
             self,
             Step::CreatingOrder,
@@ -260,6 +254,7 @@ impl AcmeSource {
             other => other?,
         };
         *lock(&self.inner.pending) = Some(PendingOrder {
+            ca,
             url: order.url().to_owned(),
             key_pem: None,
         });
@@ -296,6 +291,7 @@ impl AcmeSource {
     /// finalized already), and downloads the certificate.
     pub(super) async fn finish(
         &self,
+        ca: usize,
         order: &mut instant_acme::Order,
     ) -> Result<CertBundle, Failure> {
         let retries = RetryPolicy::default().timeout(self.inner.config.timeout);
@@ -336,13 +332,11 @@ impl AcmeSource {
         let combined = zeroize::Zeroizing::new(format!("{chain_pem}{}", *key_pem));
         let bundle = CertBundle::from_combined_pem(combined.as_bytes())
             .context("reading the certificate the CA issued")?;
-        self.save(
-            &self.inner.cert_key,
-            combined.as_bytes(),
-            "ACME certificate",
-        )
-        .await;
-        tracing::info!(target: "certrotate", serial = %bundle.info().serial, "ACME certificate issued");
-        Ok(bundle.with_origin(self.describe()))
+        let stored = self.stored_form(ca, &combined);
+        self.save(&self.inner.cert_key, stored.as_bytes(), "ACME certificate")
+            .await;
+        let directory = &self.inner.config.cas[ca].directory;
+        tracing::info!(target: "certrotate", serial = %bundle.info().serial, ca = %directory, "ACME certificate issued");
+        Ok(bundle.with_origin(self.origin(directory)))
     }
 }

@@ -119,7 +119,9 @@ impl AcmeSource {
     /// A random time in the renewal window the CA suggests for `cert`, to
     /// the second; none if the CA has no renewal information.
     pub(super) async fn ask_renewal_time(&self, cert: &CertBundle) -> Option<SystemTime> {
-        let account = self.account(false).await.ok()?;
+        // Asked of the CA that issued it: another knows nothing of it.
+        let ca = self.issuer(cert.info())?;
+        let account = self.account(ca, false).await.ok()?;
         let id = CertificateIdentifier::try_from(&cert.chain()[0]).ok()?;
         let (info, _) = tokio::time::timeout(self.inner.config.timeout, account.renewal_info(&id))
             .await

@@ -245,6 +245,15 @@ impl Events {
         let _ = what;
     }
 
+    /// An order with the ACME CA at `ca` issued (`ok`) or failed.
+    #[cfg(feature = "acme")]
+    pub(crate) fn acme_order(&self, ca: &str, ok: bool) {
+        #[cfg(feature = "metrics")]
+        metrics::acme_order(ca, ok);
+        #[cfg(not(feature = "metrics"))]
+        let _ = (ca, ok);
+    }
+
     /// A rotation attempt on `slot`, from a source of kind `source`, ended
     /// with `outcome` (its events were emitted already).
     pub(crate) fn attempted(&self, slot: &str, source: &'static str, outcome: Outcome) {

@@ -228,6 +228,13 @@ impl Pebble {
         )
     }
 
+    /// Kills Pebble (its DNS server stays): a CA that is down, until
+    /// [`restart_empty`](Self::restart_empty).
+    pub fn kill(&mut self) {
+        let _ = self.pebble.kill();
+        let _ = self.pebble.wait();
+    }
+
     /// Kills Pebble and starts a new, empty one on the same ports: new
     /// roots, no accounts, no orders.
     pub fn restart_empty(&mut self) {

@@ -1,0 +1,252 @@
+//! Falling back across CAs: each attempt tries the configured CAs in order
+//! ([`AcmeBuilder::fallback`](super::AcmeBuilder::fallback)), skips one that
+//! asked to be left alone, and remembers every CA's last failure so that an
+//! operator learns the first CA is down while a later one still issues.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use super::failure::Failure;
+use super::AcmeSource;
+use crate::bundle::{CertBundle, CertInfo};
+use crate::source::{CertSource, SourceError, SourceWarning};
+use crate::sync::lock;
+
+/// The line that names, in a stored certificate, the CA that issued it
+/// (text outside the PEM sections, which PEM readers skip).
+const ISSUER_LINE: &str = "certrotate-acme-ca: ";
+
+/// The longest rest a rate-limited CA gets before it is asked again: its
+/// wait may be days, but the CAs after it may fail meanwhile.
+const LONGEST_REST: Duration = Duration::from_secs(3600);
+
+/// What this source knows of one CA, between attempts.
+#[derive(Debug, Clone, Default)]
+pub(super) struct CaState {
+    /// Not asked again before then: it said it is rate-limited.
+    resting_until: Option<SystemTime>,
+    /// Its last failure, until it issues again.
+    failure: Option<String>,
+}
+
+/// Every CA failed this attempt: each one's reason, in order.
+#[derive(Debug)]
+pub(super) struct EveryCaFailed(Vec<(String, Tried)>);
+
+/// How one CA's turn in an attempt ended.
+#[derive(Debug)]
+enum Tried {
+    Failed(Failure),
+    /// Skipped: it asked not to be asked again before then.
+    Resting(SystemTime),
+}
+
+impl fmt::Display for EveryCaFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "every CA failed")?;
+        for (directory, tried) in &self.0 {
+            match tried {
+                Tried::Failed(failure) => write!(f, "; {directory}: {failure}")?,
+                Tried::Resting(until) => write!(
+                    f,
+                    "; {directory}: rate-limited, not asked again before {}",
+                    crate::clock::rfc3339(*until)
+                )?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for EveryCaFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.first_failure()
+            .map(|f| f as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl EveryCaFailed {
+    /// The failure of the first CA that was asked.
+    pub(super) fn first_failure(&self) -> Option<&Failure> {
+        self.0.iter().find_map(|(_, tried)| match tried {
+            Tried::Failed(failure) => Some(failure),
+            Tried::Resting(_) => None,
+        })
+    }
+}
+
+impl AcmeSource {
+    /// Orders a new certificate from the first CA that issues one, with
+    /// what the CAs said about rate limits in the error, and takes the
+    /// issuing CA's renewal advice for it.
+    pub(super) async fn ordered(
+        &self,
+        replacing: Option<&CertBundle>,
+    ) -> Result<CertBundle, SourceError> {
+        let cas = &self.inner.config.cas;
+        let mut failed = Vec::new();
+        // The soonest a CA may be asked again, while every one asks to wait.
+        let mut every_wait: Option<Duration> = Some(Duration::MAX);
+        for ca in 0..cas.len() {
+            let now = self.now();
+            let resting = lock(&self.inner.cas)[ca].resting_until.filter(|&t| t > now);
+            if let Some(until) = resting {
+                let wait = until.duration_since(now).unwrap_or_default();
+                every_wait = every_wait.map(|w| w.min(wait));
+                tracing::info!(target: "certrotate", ca = %cas[ca].directory, "skipping a rate-limited CA this attempt");
+                failed.push((cas[ca].directory.clone(), Tried::Resting(until)));
+                continue;
+            }
+            // Only what the CA says during this attempt counts.
+            lock(&self.inner.rate_limited).take();
+            // `replaces` names a certificate of the CA ordered from.
+            let replacing = replacing.filter(|r| self.issuer(r.info()) == Some(ca));
+            let ordered = self.order(ca, replacing).await;
+            let rate_limited = lock(&self.inner.rate_limited).take();
+            match ordered {
+                Ok(bundle) => {
+                    lock(&self.inner.cas)[ca] = CaState::default();
+                    if ca > 0 {
+                        tracing::warn!(target: "certrotate", ca = %cas[ca].directory, serial = %bundle.info().serial, "issued by a fallback CA: the CAs before it failed");
+                    }
+                    self.count_order(ca, true);
+                    self.advise(&bundle).await;
+                    return Ok(bundle);
+                }
+                Err(failure) => {
+                    tracing::warn!(target: "certrotate", ca = %cas[ca].directory, reason = %failure, "the CA failed to issue");
+                    self.count_order(ca, false);
+                    let mut state = lock(&self.inner.cas);
+                    let state = &mut state[ca];
+                    state.failure = Some(failure.to_string());
+                    state.resting_until = rate_limited
+                        .map(|wait| crate::clock::saturating_add(now, wait.min(LONGEST_REST)));
+                    every_wait = every_wait.zip(rate_limited).map(|(w, r)| w.min(r));
+                    failed.push((cas[ca].directory.clone(), Tried::Failed(failure)));
+                }
+            }
+        }
+        Err(self.every_ca_failed(failed, every_wait))
+    }
+
+    /// The error of an attempt in which no CA issued: rate-limited if
+    /// every CA asked to wait (for the shortest of their waits); with one
+    /// CA, its own failure as it was before there were fallbacks.
+    fn every_ca_failed(
+        &self,
+        mut failed: Vec<(String, Tried)>,
+        every_wait: Option<Duration>,
+    ) -> SourceError {
+        let from = self.describe();
+        let one = (failed.len() == 1).then(|| failed.pop()).flatten();
+        match (one, every_wait) {
+            (Some((_, Tried::Failed(failure))), Some(wait)) => {
+                SourceError::rate_limited(from, failure.to_string(), wait)
+            }
+            (Some((_, Tried::Failed(failure))), None) => SourceError::unavailable(from, failure),
+            (Some(resting), wait) => {
+                let every = EveryCaFailed(vec![resting]);
+                SourceError::rate_limited(from, every.to_string(), wait.unwrap_or_default())
+            }
+            (None, Some(wait)) => {
+                SourceError::rate_limited(from, EveryCaFailed(failed).to_string(), wait)
+            }
+            (None, None) => SourceError::unavailable(from, EveryCaFailed(failed)),
+        }
+    }
+
+    /// Counts an order with CA `ca` in the metrics of the store this
+    /// source is attached to.
+    fn count_order(&self, ca: usize, ok: bool) {
+        if let Some(store) = &*lock(&self.inner.attached) {
+            store
+                .events()
+                .acme_order(&self.inner.config.cas[ca].directory, ok);
+        }
+    }
+
+    /// Each CA's last failure, while it has not issued since: reported
+    /// also when a later CA issued, so that the first being down is known
+    /// before the last is down too.
+    pub(super) fn ca_warnings(&self) -> Vec<SourceWarning> {
+        let cas = &self.inner.config.cas;
+        lock(&self.inner.cas)
+            .iter()
+            .zip(cas)
+            .filter_map(|(state, ca)| {
+                let reason = state.failure.clone()?;
+                Some(SourceWarning::CaFailing {
+                    directory: ca.directory.clone(),
+                    reason,
+                })
+            })
+            .collect()
+    }
+
+    /// What a certificate from CA `ca` says of where it came from.
+    pub(super) fn origin(&self, ca: &str) -> String {
+        format!("ACME {ca} for {}", self.inner.config.domains.join(", "))
+    }
+
+    /// Which of the configured CAs issued `cert`, as its origin says.
+    pub(super) fn issuer(&self, cert: &CertInfo) -> Option<usize> {
+        let cas = &self.inner.config.cas;
+        (0..cas.len()).find(|&i| cert.origin == self.origin(&cas[i].directory))
+    }
+
+    /// What is stored for a certificate CA `ca` issued: the line naming
+    /// the CA, then the chain and key.
+    pub(super) fn stored_form(&self, ca: usize, combined: &str) -> zeroize::Zeroizing<String> {
+        let directory = &self.inner.config.cas[ca].directory;
+        zeroize::Zeroizing::new(format!("{ISSUER_LINE}{directory}\n{combined}"))
+    }
+
+    /// The origin of a stored certificate: the CA its first line names
+    /// (shown as stored only if it is a plain URL, whatever the storage
+    /// holds), else the first CA (stored before there were fallbacks).
+    pub(super) fn stored_origin(&self, pem: &[u8]) -> String {
+        let first = pem.split(|&b| b == b'\n').next().unwrap_or_default();
+        let named = std::str::from_utf8(first)
+            .ok()
+            .and_then(|line| line.strip_prefix(ISSUER_LINE))
+            .map(str::trim)
+            .filter(|d| d.len() <= 512 && d.bytes().all(|b| b.is_ascii_graphic()));
+        let primary = &self.inner.config.cas[0].directory;
+        self.origin(named.unwrap_or(primary))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::AcmeSource;
+
+    use super::super::AcmeCa;
+
+    fn source() -> AcmeSource {
+        AcmeSource::builder("https://a.invalid/dir", ["a.example"])
+            .fallback(AcmeCa::new("https://b.invalid/dir"))
+            .build()
+    }
+
+    /// The issuing CA survives storage; a value stored before there were
+    /// fallbacks is the first CA's; what a hostile storage names is shown
+    /// only as a plain URL and is no configured CA.
+    #[test]
+    fn the_issuer_is_read_back_from_what_is_stored() {
+        let source = source();
+        let stored = source.stored_form(1, "-----BEGIN CERTIFICATE-----\n");
+        assert_eq!(
+            source.stored_origin(stored.as_bytes()),
+            "ACME https://b.invalid/dir for a.example"
+        );
+        assert_eq!(
+            source.stored_origin(b"-----BEGIN CERTIFICATE-----\n"),
+            "ACME https://a.invalid/dir for a.example"
+        );
+        let hostile = b"certrotate-acme-ca: https://evil\x1b[2J/dir\n";
+        assert_eq!(
+            source.stored_origin(hostile),
+            "ACME https://a.invalid/dir for a.example"
+        );
+    }
+}

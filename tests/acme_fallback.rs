@@ -1,0 +1,189 @@
+//! Falling back across ACME CAs, against two real Pebbles (each with its own
+//! roots) validating the same server.
+
+#![cfg(feature = "acme")]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use certrotate::acme::AcmeCa;
+use certrotate::store::ACME_TLS_ALPN;
+use certrotate::{AcmeSource, CertStore, Policy, Rotator, TrustStore};
+use common::pebble::{first_certificate, Config, Pebble};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+const NAME: &str = "fallback.certrotate.test";
+
+fn policy() -> Policy {
+    Policy::builder().server_name(NAME).build().unwrap()
+}
+
+/// Two Pebbles validating on the same TLS-ALPN-01 port, issuing
+/// certificates of `validity`.
+fn two_pebbles(validity: Duration) -> (Pebble, Pebble) {
+    let first = Pebble::start(Config {
+        validity,
+        ..Config::default()
+    });
+    let second = Pebble::start(Config {
+        validity,
+        tls_port: first.config.tls_port,
+        ..Config::default()
+    });
+    (first, second)
+}
+
+/// `first`, then `second` as its fallback, kept in `storage`.
+fn source(
+    first: &Pebble,
+    second: &Pebble,
+    storage: &certrotate::acme::FileStorage,
+) -> certrotate::acme::AcmeBuilder {
+    AcmeSource::builder(&first.directory, [NAME])
+        .directory_root(&first.https_root)
+        .fallback(AcmeCa::new(&second.directory).directory_root(&second.https_root))
+        .storage(storage.clone())
+        .timeout(Duration::from_secs(2))
+}
+
+/// Adds the roots `pebble` issues under now to `trust`.
+fn trust_also(trust: &TrustStore, pebble: &Pebble) {
+    let mut roots = trust.roots();
+    for cert in CertificateDer::pem_slice_iter(pebble.issuing_root().as_bytes()) {
+        roots.push(cert.unwrap());
+    }
+    trust.replace(roots, Vec::new()).unwrap();
+}
+
+/// Waits up to `within` for `rotator`'s health to satisfy `check`.
+async fn until_health(
+    rotator: &Rotator,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&certrotate::HealthSnapshot) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let health = rotator.health();
+        if check(&health) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {health:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The first CA killed: the next certificate comes from the second before
+/// expiry, under load, with no failed handshake, and the first's failure is
+/// reported while the second issues; a restart meanwhile serves the stored
+/// certificate at once; the first back (empty, new roots): preferred again,
+/// its failure no longer reported; both down: the last certificate keeps
+/// serving and both failures are reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fallback_ca_issues_while_the_first_is_down_and_the_first_is_preferred_again() {
+    let (mut first, mut second) = two_pebbles(Duration::from_secs(30));
+    let storage = first.storage();
+    let rotator = Rotator::builder(source(&first, &second, &storage).build(), policy())
+        .store(CertStore::new())
+        .retry_backoff(Duration::from_millis(500), Duration::from_secs(2))
+        .spawn();
+    let mut config = rotator.server_config().unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+    let server = common::serve_at(first.config.tls_port, Arc::new(config)).await;
+    let issued_by = |pebble: &Pebble| format!("ACME {} for {NAME}", pebble.directory);
+
+    let one = first_certificate(&rotator).await;
+    assert_eq!(one.origin, issued_by(&first));
+    assert_eq!(
+        second.issued(),
+        0,
+        "the fallback was asked though the first CA works"
+    );
+    let trust = TrustStore::from_pem(first.issuing_root().as_bytes()).unwrap();
+    trust_also(&trust, &second);
+    let mut clients = trust.client_config().unwrap();
+    clients.resumption = rustls::client::Resumption::disabled();
+    let load = common::load(&Arc::new(clients), server.addr, NAME, 2);
+    let mut events = rotator.subscribe();
+
+    // The first CA down: the renewal comes from the second, in time.
+    first.kill();
+    let two = common::rotation_from(&mut events, &one, Duration::from_secs(30)).await;
+    assert!(
+        std::time::SystemTime::now() < one.not_after,
+        "renewed after expiry"
+    );
+    assert_eq!(two.origin, issued_by(&second));
+    let health = rotator.health();
+    assert_eq!(health.certificates[0].origin, issued_by(&second));
+    assert!(
+        health.certificates[0]
+            .warnings
+            .iter()
+            .any(|w| w.contains(&first.directory) && w.contains("failed")),
+        "the first CA's failure is not reported: {health:#?}"
+    );
+
+    // A restart while the first CA is down serves the stored certificate
+    // from the first connection, whichever CA issued it.
+    let restarted = Rotator::builder(source(&first, &second, &storage).build(), policy())
+        .launch()
+        .await;
+    let served = restarted.current().expect("the stored certificate at once");
+    assert_eq!(served.fingerprint_sha256, two.fingerprint_sha256);
+    assert_eq!(
+        restarted.health().certificates[0].origin,
+        issued_by(&second)
+    );
+    restarted.shutdown().await;
+
+    // The first CA back, empty, with new roots: preferred again.
+    first.restart_empty();
+    trust_also(&trust, &first);
+    let three = common::rotation_from(&mut events, &two, Duration::from_secs(30)).await;
+    assert!(
+        std::time::SystemTime::now() < two.not_after,
+        "renewed after expiry"
+    );
+    assert_eq!(three.origin, issued_by(&first));
+    until_health(
+        &rotator,
+        Duration::from_secs(5),
+        "the recovered CA still reported",
+        |h| h.certificates[0].warnings.is_empty(),
+    )
+    .await;
+
+    // Both down: the last certificate keeps serving, both failures reported.
+    first.kill();
+    second.kill();
+    let renew_at = rotator.health().certificates[0].renew_at;
+    let both = |h: &certrotate::HealthSnapshot| {
+        let error = h.certificates[0].last_error.clone().unwrap_or_default();
+        error.contains(&first.directory) && error.contains(&second.directory)
+    };
+    let wait = renew_at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    until_health(
+        &rotator,
+        wait + Duration::from_secs(8),
+        "both failures",
+        both,
+    )
+    .await;
+    assert!(std::time::SystemTime::now() < three.not_after);
+    assert_eq!(
+        rotator.current().unwrap().fingerprint_sha256,
+        three.fingerprint_sha256
+    );
+    let handshakes = load.finish().await;
+    println!("{handshakes} handshakes, none failed");
+    rotator.shutdown().await;
+}
