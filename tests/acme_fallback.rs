@@ -187,3 +187,96 @@ async fn a_fallback_ca_issues_while_the_first_is_down_and_the_first_is_preferred
     println!("{handshakes} handshakes, none failed");
     rotator.shutdown().await;
 }
+
+/// On demand: a new name is issued by the fallback while the first CA is
+/// down, and by the first again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_demand_names_fall_back_and_come_back() {
+    let (mut first, second) = two_pebbles(Duration::from_secs(3600));
+    let storage = first.storage();
+    let template = AcmeSource::template(&first.directory)
+        .directory_root(&first.https_root)
+        .fallback(AcmeCa::new(&second.directory).directory_root(&second.https_root))
+        .storage(storage)
+        .timeout(Duration::from_secs(2));
+    let allowed = certrotate::on_demand::AllowList::new().suffix(NAME);
+    let on_demand = certrotate::OnDemand::builder(template, allowed)
+        .wait(Duration::from_secs(20))
+        .build();
+    let tcp = tokio::net::TcpListener::bind(("127.0.0.1", first.config.tls_port))
+        .await
+        .unwrap();
+    let config = Arc::new(on_demand.server_config().unwrap());
+    let listener = certrotate::TlsListener::new(tcp, config).on_demand(on_demand.clone());
+    let _server = common::serve_listener(listener);
+    let origin = |name: &str| {
+        let health = on_demand.store().health();
+        let cert = health.certificates.iter().find(|c| c.slot == name);
+        cert.map(|c| c.origin.clone()).unwrap_or_default()
+    };
+
+    first.kill();
+    let down = format!("a.{NAME}");
+    on_demand.prepare(&down).await.unwrap();
+    assert_eq!(origin(&down), format!("ACME {} for {down}", second.directory));
+
+    first.restart_empty();
+    let back = format!("b.{NAME}");
+    on_demand.prepare(&back).await.unwrap();
+    assert_eq!(origin(&back), format!("ACME {} for {back}", first.directory));
+    assert_eq!(second.issued(), 1);
+    on_demand.shutdown().await;
+}
+
+/// A fleet on Redis whose first CA is down: one order for the whole fleet,
+/// at the fallback, served by every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_orders_once_from_the_fallback() {
+    use certrotate::acme::{Http01Responder, RedisStorage};
+    use common::redis::{Redis, KEY};
+
+    let (mut first, second) = {
+        let first = Pebble::start(Config::default());
+        let second = Pebble::start(Config {
+            http_port: first.config.http_port,
+            ..Config::default()
+        });
+        (first, second)
+    };
+    // The replicas' HTTP-01 answers, as a load balancer would route them.
+    let responder = Http01Responder::new();
+    let http = tokio::net::TcpListener::bind(("127.0.0.1", first.config.http_port))
+        .await
+        .unwrap();
+    let app: axum::Router = responder.router();
+    let http = tokio::spawn(async move { axum::serve(http, app).await });
+    let redis = Redis::start();
+    first.kill();
+
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let storage = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
+        let source = AcmeSource::builder(&first.directory, [NAME])
+            .directory_root(&first.https_root)
+            .fallback(AcmeCa::new(&second.directory).directory_root(&second.https_root))
+            .storage(storage)
+            .http_01(&responder)
+            .timeout(Duration::from_secs(2))
+            .build();
+        replicas.push(Rotator::builder(source, policy()).spawn());
+    }
+    let mut served = Vec::new();
+    for rotator in &replicas {
+        served.push(first_certificate(rotator).await);
+    }
+    assert!(
+        served.iter().all(|c| c.serial == served[0].serial),
+        "{served:?}"
+    );
+    assert_eq!(served[0].origin, format!("ACME {} for {NAME}", second.directory));
+    assert_eq!((second.orders(), second.issued()), (1, 1));
+    for rotator in replicas {
+        rotator.shutdown().await;
+    }
+    http.abort();
+}
