@@ -218,12 +218,18 @@ async fn on_demand_names_fall_back_and_come_back() {
     first.kill();
     let down = format!("a.{NAME}");
     on_demand.prepare(&down).await.unwrap();
-    assert_eq!(origin(&down), format!("ACME {} for {down}", second.directory));
+    assert_eq!(
+        origin(&down),
+        format!("ACME {} for {down}", second.directory)
+    );
 
     first.restart_empty();
     let back = format!("b.{NAME}");
     on_demand.prepare(&back).await.unwrap();
-    assert_eq!(origin(&back), format!("ACME {} for {back}", first.directory));
+    assert_eq!(
+        origin(&back),
+        format!("ACME {} for {back}", first.directory)
+    );
     assert_eq!(second.issued(), 1);
     on_demand.shutdown().await;
 }
@@ -273,10 +279,79 @@ async fn a_fleet_orders_once_from_the_fallback() {
         served.iter().all(|c| c.serial == served[0].serial),
         "{served:?}"
     );
-    assert_eq!(served[0].origin, format!("ACME {} for {NAME}", second.directory));
+    assert_eq!(
+        served[0].origin,
+        format!("ACME {} for {NAME}", second.directory)
+    );
     assert_eq!((second.orders(), second.issued()), (1, 1));
     for rotator in replicas {
         rotator.shutdown().await;
     }
     http.abort();
+}
+
+/// A first CA that refuses orders for a rate limit is skipped: the
+/// fallback issues at once, and the renewal after does not ask the first
+/// again while it asked to be left alone (its failure still reported).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limited_first_ca_is_skipped_while_it_asks_to_wait() {
+    use common::pebble::{Fault, FlakyProxy};
+
+    let (first, second) = two_pebbles(Duration::from_secs(20));
+    let limited = FlakyProxy::start(&first, "order-plz", Fault::RateLimited, usize::MAX).await;
+    let source = AcmeSource::builder(&limited.directory, [NAME])
+        .directory_root(&first.https_root)
+        .fallback(AcmeCa::new(&second.directory).directory_root(&second.https_root))
+        .storage(first.storage())
+        .timeout(Duration::from_secs(2))
+        .build();
+    let rotator = Rotator::builder(source, policy())
+        .retry_backoff(Duration::from_millis(500), Duration::from_secs(2))
+        .spawn();
+    let mut config = rotator.server_config().unwrap();
+    config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+    let _server = common::serve_at(first.config.tls_port, Arc::new(config)).await;
+    let mut events = rotator.subscribe();
+
+    let one = first_certificate(&rotator).await;
+    assert_eq!(one.origin, format!("ACME {} for {NAME}", second.directory));
+    let asked = limited.spoiled.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(asked, 1);
+    let two = common::rotation_from(&mut events, &one, Duration::from_secs(25)).await;
+    assert_eq!(two.origin, one.origin);
+    assert_eq!(
+        limited.spoiled.load(std::sync::atomic::Ordering::SeqCst),
+        asked,
+        "the rate-limited CA was asked again before its wait was over"
+    );
+    let warnings = &rotator.health().certificates[0].warnings;
+    assert!(
+        warnings.iter().any(|w| w.contains("too many new orders")),
+        "{warnings:?}"
+    );
+    rotator.shutdown().await;
+}
+
+/// A first CA that hangs is given up at the step timeout, and the fallback
+/// issues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_first_ca_is_given_up_at_the_step_timeout() {
+    let (first, second) = two_pebbles(Duration::from_secs(3600));
+    first.freeze(true);
+    let rotator =
+        Rotator::builder(source(&first, &second, &first.storage()).build(), policy()).spawn();
+    let mut config = rotator.server_config().unwrap();
+    config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+    let _server = common::serve_at(first.config.tls_port, Arc::new(config)).await;
+    let started = std::time::Instant::now();
+    let cert = first_certificate(&rotator).await;
+    println!("issued by the fallback after {:?}", started.elapsed());
+    assert_eq!(cert.origin, format!("ACME {} for {NAME}", second.directory));
+    let warnings = &rotator.health().certificates[0].warnings;
+    assert!(
+        warnings.iter().any(|w| w.contains("no answer within")),
+        "{warnings:?}"
+    );
+    first.freeze(false);
+    rotator.shutdown().await;
 }

@@ -358,6 +358,9 @@ pub enum Fault {
     /// Holds the request this long, then closes the connection without
     /// forwarding it: a CA that hangs.
     Hang(Duration),
+    /// Answers 429 with an ACME `rateLimited` problem and `Retry-After:
+    /// 600`, as a CA refusing more orders does.
+    RateLimited,
 }
 
 type Body = http_body_util::Full<hyper::body::Bytes>;
@@ -490,6 +493,15 @@ impl Rules {
                     return hyper::Response::builder()
                         .status(503)
                         .header("content-type", "application/problem+json")
+                        .body(Body::from(problem))
+                        .map_err(Error::other);
+                }
+                Fault::RateLimited => {
+                    let problem = r#"{"type":"urn:ietf:params:acme:error:rateLimited","detail":"too many new orders recently","status":429}"#;
+                    return hyper::Response::builder()
+                        .status(429)
+                        .header("content-type", "application/problem+json")
+                        .header("retry-after", "600")
                         .body(Body::from(problem))
                         .map_err(Error::other);
                 }
