@@ -4,14 +4,18 @@
 //!
 //! ```text
 //! cargo run --release --example acme [--features redis] -- \
-//!     --directory URL [--directory-root PEM] [--on-demand SUFFIX]... [--domain NAME]... --listen ADDR \
+//!     (--directory URL)... [--directory-root PEM]... [--on-demand SUFFIX]... [--domain NAME]... --listen ADDR \
 //!     --challenge tls-alpn-01|http-01|dns-01 [--http-listen ADDR] [--challtestsrv ADDR] \
 //!     (--storage DIR | --redis URL --redis-key-file FILE [--redis-root PEM]) [--lock-lease SECONDS] \
 //!     [--admin ADDR]
 //! ```
 //!
-//! - `--directory-root`: a root certificate to trust for the ACME server's
-//!   own HTTPS (Pebble uses a private one).
+//! - `--directory`: the ACME CA; given more than once, the CAs are tried
+//!   in that order at each attempt (a CA that is down, hangs, is
+//!   rate-limited or refuses the names is skipped for the next).
+//! - `--directory-root`: a root certificate to trust for the ACME servers'
+//!   own HTTPS (Pebble uses a private one): once for every CA, or once per
+//!   `--directory`, in the same order.
 //! - `--challenge tls-alpn-01`: the CA validates on port 443 of the names,
 //!   which must reach `--listen`; `http-01`: on port 80, which must reach
 //!   `--http-listen`; `dns-01`: through TXT records, published here in
@@ -39,7 +43,9 @@
 //! summary (counts and codes: no names). With `--admin ADDR` (a loopback
 //! address), `GET /certs` there (plain HTTP) shows the detailed health
 //! snapshot as JSON, with `last_error` (string, or null), every name's
-//! certificate among `certificates`, and with `--on-demand`, `on_demand`
+//! certificate among `certificates` (its `origin` names the CA that issued
+//! it), `cas` (each CA in order: `directory`, `last_failure` while it fails,
+//! `failing_since`, `issued`, `failed`), and with `--on-demand`, `on_demand`
 //! (what on-demand issuance did: orders, refusals by reason...). Standard
 //! output says `listening on https://ADDR`, with `--admin` then `admin on
 //! http://ADDR`, then `serving SERIAL` at each new certificate.
@@ -51,7 +57,7 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::{Json, Router};
-use certrotate::acme::{AcmeBuilder, FileStorage, Http01Responder};
+use certrotate::acme::{AcmeBuilder, AcmeCa, FileStorage, Http01Responder};
 use certrotate::on_demand::AllowList;
 use certrotate::{AcmeSource, CertStore, HealthService, OnDemand, Policy, Rotator, TlsListener};
 use tokio::sync::broadcast::error::RecvError;
@@ -62,7 +68,7 @@ mod admin;
 mod challtestsrv;
 
 const USAGE: &str =
-    "usage: acme --directory URL [--directory-root PEM] [--on-demand SUFFIX]... [--domain NAME]... \
+    "usage: acme (--directory URL)... [--directory-root PEM]... [--on-demand SUFFIX]... [--domain NAME]... \
                      --listen ADDR --challenge tls-alpn-01|http-01|dns-01 [--http-listen ADDR] \
                      [--challtestsrv ADDR] (--storage DIR | --redis URL --redis-key-file FILE [--redis-root PEM]) \
                      [--lock-lease SECONDS] [--admin ADDR]";
@@ -85,8 +91,8 @@ enum Storage {
 }
 
 struct Args {
-    directory: String,
-    directory_root: Option<PathBuf>,
+    /// The CAs in order, each with the root of its HTTPS if one is given.
+    directories: Vec<(String, Option<PathBuf>)>,
     domains: Vec<String>,
     on_demand: Vec<String>,
     listen: SocketAddr,
@@ -97,7 +103,7 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let (mut directory, mut directory_root, mut domains) = (None, None, Vec::new());
+    let (mut directories, mut roots, mut domains) = (Vec::new(), Vec::new(), Vec::new());
     let mut on_demand = Vec::new();
     let (mut listen, mut challenge, mut http_listen, mut challtestsrv) = (None, None, None, None);
     let (mut storage, mut redis, mut redis_key_file, mut lock_lease) = (None, None, None, None);
@@ -107,8 +113,8 @@ fn parse_args() -> Result<Args, String> {
         let value = argv.next().ok_or(format!("{arg} needs a value; {USAGE}"))?;
         let addr = |v: &str| v.parse::<SocketAddr>().map_err(|e| format!("{arg}: {e}"));
         match arg.as_str() {
-            "--directory" => directory = Some(value),
-            "--directory-root" => directory_root = Some(PathBuf::from(value)),
+            "--directory" => directories.push(value),
+            "--directory-root" => roots.push(PathBuf::from(value)),
             "--domain" => domains.push(value),
             "--on-demand" => on_demand.push(value),
             "--listen" => listen = Some(addr(&value)?),
@@ -150,9 +156,21 @@ fn parse_args() -> Result<Args, String> {
             ))
         }
     };
+    if directories.is_empty() {
+        return Err(missing("--directory"));
+    }
+    let roots: Vec<Option<PathBuf>> = match roots.len() {
+        0 => vec![None; directories.len()],
+        1 => vec![roots.pop(); directories.len()],
+        n if n == directories.len() => roots.into_iter().map(Some).collect(),
+        _ => {
+            return Err(format!(
+                "--directory-root is given once for every CA or once per --directory; {USAGE}"
+            ))
+        }
+    };
     let args = Args {
-        directory: directory.ok_or_else(|| missing("--directory"))?,
-        directory_root,
+        directories: directories.into_iter().zip(roots).collect(),
         listen: listen.ok_or_else(|| missing("--listen"))?,
         challenge,
         storage,
@@ -225,7 +243,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
-    let mut acme = AcmeSource::builder(&args.directory, args.domains.clone());
+    let (first, first_root) = &args.directories[0];
+    let mut acme = AcmeSource::builder(first, args.domains.clone());
+    if let Some(root) = first_root {
+        acme = acme.directory_root(root);
+    }
+    for (directory, root) in &args.directories[1..] {
+        let mut ca = AcmeCa::new(directory);
+        if let Some(root) = root {
+            ca = ca.directory_root(root);
+        }
+        acme = acme.fallback(ca);
+    }
     acme = match with_storage(acme, &args.storage).await {
         Ok(acme) => acme,
         Err(error) => {
@@ -233,9 +262,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(1);
         }
     };
-    if let Some(root) = &args.directory_root {
-        acme = acme.directory_root(root);
-    }
     if let Some(lease) = args.lock_lease {
         acme = acme.lock_lease(lease);
     }
@@ -251,6 +277,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Challenge::Dns01(management) => acme.dns_01(challtestsrv::ChallTestSrv(management)),
     };
+    let acme_view = acme.clone().build();
     // One store for the names of its own and those ordered on demand.
     let store = CertStore::new();
     // Launched, not started: a stored certificate (a restart) is served
@@ -301,12 +328,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route_service("/certs", public);
     println!("listening on https://{bound}");
     if let Some(addr) = args.admin {
+        // Every source built from one builder shares what is known of its
+        // CAs: this one only reads it.
+        let cas = acme_view;
         let health = (store.clone(), on_demand.clone());
         let detailed = Router::new().route(
             "/certs",
             get(move || async move {
                 let (store, on_demand) = &health;
                 let mut snapshot = serde_json::to_value(store.health()).unwrap_or_default();
+                snapshot["cas"] = serde_json::to_value(cas.ca_health()).unwrap_or_default();
                 if let Some(on_demand) = on_demand {
                     snapshot["on_demand"] =
                         serde_json::to_value(on_demand.stats()).unwrap_or_default();

@@ -232,3 +232,53 @@ async fn acme_example_issues_on_demand_and_restarts_from_storage() {
     child.kill().await.unwrap();
     child.wait().await.unwrap();
 }
+
+/// `--directory` given twice: the CAs are tried in that order. The first
+/// down, the second issues; the detailed /certs names the issuing CA and
+/// the first CA's failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_example_falls_back_to_the_next_directory() {
+    let mut first = Pebble::start(Config::default());
+    let second = Pebble::start(Config {
+        tls_port: first.config.tls_port,
+        ..Config::default()
+    });
+    first.kill();
+    let (dir, storage) = (
+        TempDir::new("example-acme-fallback"),
+        TempDir::new("example-acme-fallback-storage"),
+    );
+    let root = dir.join("pebble-root.pem");
+    std::fs::write(&root, second.issuing_root()).unwrap();
+    let listen = format!("127.0.0.1:{}", first.config.tls_port);
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    for pebble in [&first, &second] {
+        args.extend(["--directory".into(), pebble.directory.clone().into()]);
+        args.extend(["--directory-root".into(), pebble.https_root.clone().into()]);
+    }
+    for arg in [
+        "--storage",
+        storage.path().to_str().unwrap(),
+        "--domain",
+        NAME,
+    ] {
+        args.push(arg.into());
+    }
+    for arg in ["--listen", &listen, "--challenge", "tls-alpn-01"] {
+        args.push(arg.into());
+    }
+
+    let (mut child, _, admin) = run(&args).await;
+    let report = until_serving(&root, first.config.tls_port, admin, Duration::from_secs(60)).await;
+    let issued_by = format!("ACME {} for {NAME}", second.directory);
+    assert_eq!(report["certificates"][0]["origin"], issued_by.as_str());
+    let cas = report["cas"].as_array().unwrap();
+    assert_eq!(cas.len(), 2);
+    assert_eq!(cas[0]["directory"], first.directory.as_str());
+    assert!(cas[0]["last_failure"].is_string(), "{report:#}");
+    assert!(cas[0]["failed"].as_u64().unwrap() >= 1);
+    assert_eq!(cas[1]["last_failure"], serde_json::Value::Null);
+    assert_eq!(cas[1]["issued"], 1);
+    child.kill().await.unwrap();
+    child.wait().await.unwrap();
+}

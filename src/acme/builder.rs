@@ -44,6 +44,9 @@ pub struct AcmeCa {
     /// the same template (on-demand names), so that their first orders
     /// make one.
     pub(super) account: SharedAccount,
+    /// What is known of the CA between attempts, shared the same way: a
+    /// rate limit holds for the account, and an outage for every name.
+    pub(super) state: Arc<Mutex<super::fallback::CaState>>,
 }
 
 /// The ACME account once loaded or made, shared by the sources of one
@@ -72,6 +75,7 @@ impl AcmeCa {
             eab: None,
             profile: None,
             account: SharedAccount::default(),
+            state: Arc::default(),
         }
     }
 
@@ -312,7 +316,6 @@ impl AcmeBuilder {
             })
             .collect();
         let storage_changes = tokio::sync::Mutex::new(self.storage.changes());
-        let cas = Mutex::new(vec![super::fallback::CaState::default(); self.cas.len()]);
         AcmeSource {
             inner: Arc::new(Inner {
                 account_keys,
@@ -326,7 +329,6 @@ impl AcmeBuilder {
                 storage_changes,
                 rate_limited: Arc::default(),
                 provided: Mutex::default(),
-                cas,
                 pending: Mutex::default(),
                 attached: Mutex::default(),
             }),

@@ -20,13 +20,72 @@ const ISSUER_LINE: &str = "certrotate-acme-ca: ";
 /// wait may be days, but the CAs after it may fail meanwhile.
 const LONGEST_REST: Duration = Duration::from_secs(3600);
 
-/// What this source knows of one CA, between attempts.
-#[derive(Debug, Clone, Default)]
+/// What is known of one CA, between attempts, by the sources built from
+/// one builder.
+#[derive(Debug, Default)]
 pub(super) struct CaState {
     /// Not asked again before then: it said it is rate-limited.
     resting_until: Option<SystemTime>,
     /// Its last failure, until it issues again.
     failure: Option<String>,
+    /// Since when it has been failing.
+    failing_since: Option<SystemTime>,
+    /// Orders it issued and failed.
+    issued: u64,
+    failed: u64,
+}
+
+impl CaState {
+    /// The CA issued: it is no longer failing.
+    fn issued(&mut self) {
+        self.issued += 1;
+        (self.failure, self.failing_since, self.resting_until) = (None, None, None);
+    }
+
+    /// The CA failed at `now`, asking to wait `rate_limited` if it did.
+    fn failed(&mut self, failure: &Failure, rate_limited: Option<Duration>, now: SystemTime) {
+        self.failed += 1;
+        self.failing_since.get_or_insert(now);
+        self.failure = Some(failure.to_string());
+        self.resting_until =
+            rate_limited.map(|wait| crate::clock::saturating_add(now, wait.min(LONGEST_REST)));
+    }
+}
+
+/// How one ACME CA of an [`AcmeSource`] has fared: whether it failed at
+/// its last turn, and how often it issued and failed. Shared by the sources
+/// built from one [`AcmeBuilder`](super::AcmeBuilder) (on-demand names
+/// included).
+///
+/// ```
+/// use certrotate::acme::AcmeCa;
+/// use certrotate::AcmeSource;
+///
+/// let source = AcmeSource::builder("https://a.example/dir", ["api.example.com"])
+///     .fallback(AcmeCa::new("https://b.example/dir"))
+///     .build();
+/// let cas = source.ca_health();
+/// assert_eq!(cas[1].directory, "https://b.example/dir");
+/// assert_eq!((cas[1].issued, cas[1].failed, cas[1].last_failure.as_deref()), (0, 0, None));
+/// ```
+#[derive(Debug, Clone, serde::Serialize)]
+#[non_exhaustive]
+pub struct CaHealth {
+    /// The CA's directory URL.
+    pub directory: String,
+    /// Why it failed at its last turn, while it has not issued since.
+    pub last_failure: Option<String>,
+    /// Since when it has been failing (its first failure since it last
+    /// issued).
+    #[serde(serialize_with = "crate::clock::ser_opt_time")]
+    pub failing_since: Option<SystemTime>,
+    /// Until when it is skipped, having said it is rate-limited.
+    #[serde(serialize_with = "crate::clock::ser_opt_time")]
+    pub resting_until: Option<SystemTime>,
+    /// Certificates it issued since the process started.
+    pub issued: u64,
+    /// Orders that failed with it since the process started.
+    pub failed: u64,
 }
 
 /// Every CA failed this attempt: each one's reason, in order.
@@ -87,14 +146,14 @@ impl AcmeSource {
         let mut failed = Vec::new();
         // The soonest a CA may be asked again, while every one asks to wait.
         let mut every_wait: Option<Duration> = Some(Duration::MAX);
-        for ca in 0..cas.len() {
+        for (ca, config) in cas.iter().enumerate() {
             let now = self.now();
-            let resting = lock(&self.inner.cas)[ca].resting_until.filter(|&t| t > now);
+            let resting = lock(&config.state).resting_until.filter(|&t| t > now);
             if let Some(until) = resting {
                 let wait = until.duration_since(now).unwrap_or_default();
                 every_wait = every_wait.map(|w| w.min(wait));
-                tracing::info!(target: "certrotate", ca = %cas[ca].directory, "skipping a rate-limited CA this attempt");
-                failed.push((cas[ca].directory.clone(), Tried::Resting(until)));
+                tracing::info!(target: "certrotate", ca = %config.directory, "skipping a rate-limited CA this attempt");
+                failed.push((config.directory.clone(), Tried::Resting(until)));
                 continue;
             }
             // Only what the CA says during this attempt counts.
@@ -105,24 +164,20 @@ impl AcmeSource {
             let rate_limited = lock(&self.inner.rate_limited).take();
             match ordered {
                 Ok(bundle) => {
-                    lock(&self.inner.cas)[ca] = CaState::default();
+                    lock(&config.state).issued();
                     if ca > 0 {
-                        tracing::warn!(target: "certrotate", ca = %cas[ca].directory, serial = %bundle.info().serial, "issued by a fallback CA: the CAs before it failed");
+                        tracing::warn!(target: "certrotate", ca = %config.directory, serial = %bundle.info().serial, "issued by a fallback CA: the CAs before it failed");
                     }
                     self.count_order(ca, true);
                     self.advise(&bundle).await;
                     return Ok(bundle);
                 }
                 Err(failure) => {
-                    tracing::warn!(target: "certrotate", ca = %cas[ca].directory, reason = %failure, "the CA failed to issue");
+                    tracing::warn!(target: "certrotate", ca = %config.directory, reason = %failure, "the CA failed to issue");
                     self.count_order(ca, false);
-                    let mut state = lock(&self.inner.cas);
-                    let state = &mut state[ca];
-                    state.failure = Some(failure.to_string());
-                    state.resting_until = rate_limited
-                        .map(|wait| crate::clock::saturating_add(now, wait.min(LONGEST_REST)));
+                    lock(&config.state).failed(&failure, rate_limited, now);
                     every_wait = every_wait.zip(rate_limited).map(|(w, r)| w.min(r));
-                    failed.push((cas[ca].directory.clone(), Tried::Failed(failure)));
+                    failed.push((config.directory.clone(), Tried::Failed(failure)));
                 }
             }
         }
@@ -169,16 +224,36 @@ impl AcmeSource {
     /// also when a later CA issued, so that the first being down is known
     /// before the last is down too.
     pub(super) fn ca_warnings(&self) -> Vec<SourceWarning> {
-        let cas = &self.inner.config.cas;
-        lock(&self.inner.cas)
+        self.inner
+            .config
+            .cas
             .iter()
-            .zip(cas)
-            .filter_map(|(state, ca)| {
-                let reason = state.failure.clone()?;
+            .filter_map(|ca| {
+                let reason = lock(&ca.state).failure.clone()?;
                 Some(SourceWarning::CaFailing {
                     directory: ca.directory.clone(),
                     reason,
                 })
+            })
+            .collect()
+    }
+
+    /// How each CA has fared, in the order they are tried.
+    pub fn ca_health(&self) -> Vec<CaHealth> {
+        self.inner
+            .config
+            .cas
+            .iter()
+            .map(|ca| {
+                let state = lock(&ca.state);
+                CaHealth {
+                    directory: ca.directory.clone(),
+                    last_failure: state.failure.clone(),
+                    failing_since: state.failing_since,
+                    resting_until: state.resting_until,
+                    issued: state.issued,
+                    failed: state.failed,
+                }
             })
             .collect()
     }

@@ -50,6 +50,7 @@ use builder::Challenge;
 pub use builder::{AcmeBuilder, AcmeCa};
 pub use challenge::{Dns01Solver, Http01Responder};
 use failure::{Context, Failure};
+pub use fallback::CaHealth;
 use http::NotingClient;
 use order::PendingOrder;
 use renewal::Advice;
@@ -112,8 +113,6 @@ struct Inner {
     config: AcmeBuilder,
     /// Where each CA's account is kept, in the order of the CAs.
     account_keys: Vec<String>,
-    /// What is known of each CA between attempts, in the order of the CAs.
-    cas: Mutex<Vec<fallback::CaState>>,
     cert_key: String,
     /// Where the renewal time is shared: `<fingerprint> <unix seconds>`.
     renewal_key: String,
