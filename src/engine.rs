@@ -18,7 +18,7 @@ use crate::health::AlertLevel;
 use crate::mark::HighWaterMark;
 use crate::metrics::Outcome;
 use crate::policy::{Policy, ValidatedCert, ValidationError};
-use crate::renewal;
+use crate::renewal::{self, Renewal};
 use crate::source::{SourceError, SourceWarning};
 use crate::store::CertStore;
 
@@ -179,7 +179,7 @@ impl Slot<'_> {
     pub(crate) fn conclude(
         &mut self,
         verdict: Verdict,
-        decided: impl Fn(&CertInfo) -> Option<SystemTime>,
+        decided: impl Fn(&CertInfo) -> Option<Renewal>,
     ) -> Result<Rotation, RotateError> {
         let (store, name) = (self.store, self.name);
         let events = store.events();
@@ -220,10 +220,15 @@ impl Slot<'_> {
     /// When `cert`, about to serve, is due for renewal: when its source
     /// decided, else when the rules' fraction of its lifetime is left,
     /// earlier by a random part of the jitter (drawn once, here).
-    fn renewal_time_of(&self, cert: &CertInfo, decided: Option<SystemTime>) -> SystemTime {
+    fn renewal_time_of(&self, cert: &CertInfo, decided: Option<Renewal>) -> Renewal {
         decided.unwrap_or_else(|| {
             let (fraction, jitter) = (self.rules.renew_before_fraction, self.rules.jitter);
-            renewal::at_fraction(cert, fraction, jitter, fastrand::f64())
+            Renewal::new(renewal::at_fraction(
+                cert,
+                fraction,
+                jitter,
+                fastrand::f64(),
+            ))
         })
     }
 
@@ -231,15 +236,15 @@ impl Slot<'_> {
     /// the time its source decides now (`decided`), if that changed.
     pub(crate) fn renewal(
         &self,
-        decided: impl Fn(&CertInfo) -> Option<SystemTime>,
+        decided: impl Fn(&CertInfo) -> Option<Renewal>,
     ) -> Option<(Arc<CertInfo>, SystemTime)> {
         let (cert, installed) = self.store.serving(self.name)?;
         match decided(&cert) {
-            Some(at) if at != installed => {
-                self.store.set_renew_at(self.name, at);
-                Some((cert, at))
+            Some(renewal) if renewal != installed => {
+                self.store.set_renew_at(self.name, renewal);
+                Some((cert, renewal.at))
             }
-            _ => Some((cert, installed)),
+            _ => Some((cert, installed.at)),
         }
     }
 
@@ -318,7 +323,7 @@ impl Slot<'_> {
     pub(crate) fn check_expiry(
         &mut self,
         now: SystemTime,
-        decided: impl Fn(&CertInfo) -> Option<SystemTime>,
+        decided: impl Fn(&CertInfo) -> Option<Renewal>,
     ) -> Option<(AlertLevel, Option<SystemTime>)> {
         let (cert, renew_at) = self.renewal(decided)?;
         let level = AlertLevel::at(&cert, now, renew_at);

@@ -311,6 +311,9 @@ pub struct CertHealth {
     /// and it is `renew-overdue` from then on while it still serves.
     #[serde(serialize_with = "crate::clock::ser_time")]
     pub renew_at: SystemTime,
+    /// The renewal window the certificate's CA suggested (RFC 9773), in
+    /// which [`renew_at`](Self::renew_at) was chosen, if it suggested one.
+    pub renewal_window: Option<crate::renewal::RenewalWindow>,
     /// The expiry alert level.
     pub alert: AlertLevel,
     /// SHA-256 fingerprint of the serving leaf.
@@ -355,7 +358,7 @@ impl CertHealth {
         slot: &str,
         info: &CertInfo,
         now: SystemTime,
-        renew_at: SystemTime,
+        renewal: crate::renewal::Renewal,
         last_error: Option<Failure>,
         warnings: Vec<String>,
     ) -> Self {
@@ -371,8 +374,9 @@ impl CertHealth {
                 .duration_since(now)
                 .unwrap_or(Duration::ZERO)
                 .as_secs(),
-            renew_at,
-            alert: AlertLevel::at(info, now, renew_at),
+            renew_at: renewal.at,
+            renewal_window: renewal.window,
+            alert: AlertLevel::at(info, now, renewal.at),
             fingerprint_sha256: info.fingerprint_sha256.clone(),
             origin: info.origin.clone(),
             last_error_code: last_error.as_ref().map(|f| f.code),

@@ -12,6 +12,61 @@ use std::time::{Duration, SystemTime};
 
 use crate::bundle::CertInfo;
 
+/// When a certificate should be replaced, as its source decides
+/// ([`CertSource::renew_at`](crate::CertSource::renew_at)): the time, and
+/// the window a CA suggested for it (RFC 9773), if one did. A
+/// [`SystemTime`] converts into one without a window.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use certrotate::source::{Renewal, RenewalWindow};
+///
+/// let start = SystemTime::now() + Duration::from_secs(86_400);
+/// let window = RenewalWindow { start, end: start + Duration::from_secs(3_600) };
+/// let renewal = Renewal::new(start + Duration::from_secs(600)).in_window(window);
+/// assert_eq!(renewal.window, Some(window));
+/// assert_eq!(Renewal::from(start).window, None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Renewal {
+    /// When to replace the certificate.
+    pub at: SystemTime,
+    /// The window its CA suggested, `at` chosen in it (or at once, if it
+    /// is past).
+    pub window: Option<RenewalWindow>,
+}
+
+/// A renewal window a CA suggested (RFC 9773 `suggestedWindow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RenewalWindow {
+    /// Its start.
+    #[serde(serialize_with = "crate::clock::ser_time")]
+    pub start: SystemTime,
+    /// Its end.
+    #[serde(serialize_with = "crate::clock::ser_time")]
+    pub end: SystemTime,
+}
+
+impl Renewal {
+    /// Renewal at `at`, with no window.
+    pub fn new(at: SystemTime) -> Self {
+        Self { at, window: None }
+    }
+
+    /// The same time, chosen in `window`.
+    pub fn in_window(mut self, window: RenewalWindow) -> Self {
+        self.window = Some(window);
+        self
+    }
+}
+
+impl From<SystemTime> for Renewal {
+    fn from(at: SystemTime) -> Self {
+        Self::new(at)
+    }
+}
+
 /// Renew when a third of the certificate's lifetime is left, as for 90-day
 /// certificates renewed 30 days before expiry.
 pub(crate) const DEFAULT_FRACTION: f64 = 1.0 / 3.0;

@@ -417,8 +417,8 @@ impl CertSource for DecidingSource {
         Ok(new)
     }
 
-    fn renew_at(&self, cert: &certrotate::CertInfo) -> Option<SystemTime> {
-        Some(Self::renewal(cert))
+    fn renew_at(&self, cert: &certrotate::CertInfo) -> Option<certrotate::source::Renewal> {
+        Some(Self::renewal(cert).into())
     }
 
     fn describe(&self) -> String {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::challenge::{Dns01Solver, Http01Responder};
+use super::pace::Pace;
 use super::storage::Storage;
 use super::{AcmeSource, Inner};
 
@@ -120,6 +121,12 @@ pub struct AcmeBuilder {
     pub(super) lock_lease: Duration,
     pub(super) order_alone_within: Option<Duration>,
     pub(super) state_file: Option<PathBuf>,
+    /// The bounds a CA's `Retry-After` for renewal information is held to.
+    pub(super) renewal_info_interval: (Duration, Duration),
+    /// Turns to ask for renewal information, shared by the sources built.
+    pub(super) renewal_info_pace: Arc<Pace>,
+    /// Turns to renew, shared by the sources built.
+    pub(super) renewal_pace: Arc<Pace>,
 }
 
 impl fmt::Debug for AcmeBuilder {
@@ -275,6 +282,36 @@ impl AcmeBuilder {
         self
     }
 
+    /// How often each certificate's renewal information (RFC 9773) is asked
+    /// for again: when the CA's `Retry-After` says, but no sooner than
+    /// `min` and no later than `max` (default 1 minute and 24 hours). A CA
+    /// that moves a window into the past (ahead of a revocation) is
+    /// followed within `max` at worst.
+    pub fn renewal_info_interval(mut self, min: Duration, max: Duration) -> Self {
+        let min = min.max(Duration::from_millis(1));
+        self.renewal_info_interval = (min, max.max(min));
+        self
+    }
+
+    /// At most this many renewal-information requests per second from all
+    /// the sources this builder builds (default 10): 10,000 certificates
+    /// ask within about 17 minutes, never all at once.
+    pub fn renewal_info_rate(mut self, per_second: u32) -> Self {
+        self.renewal_info_pace = Arc::new(Pace::new(per_second, Duration::from_secs(1)));
+        self
+    }
+
+    /// At most `orders` renewals per `window` from all the sources this
+    /// builder builds (default 60 per minute): when the CA moves every
+    /// window into the past at once (a mass revocation), 10,000
+    /// certificates are renewed at that pace instead of all at once, each
+    /// waiting its turn as a rate limit (the rotator comes back then). Set
+    /// it within your CA's limits. A first order for a name is not paced.
+    pub fn renewals_per_window(mut self, orders: u32, window: Duration) -> Self {
+        self.renewal_pace = Arc::new(Pace::new(orders, window));
+        self
+    }
+
     /// A source for `name` alone, as this template has it otherwise (the
     /// one place on-demand issuance makes its sources).
     pub(crate) fn build_for(&self, name: &str) -> AcmeSource {
@@ -330,6 +367,7 @@ impl AcmeBuilder {
                 rate_limited: Arc::default(),
                 provided: Mutex::default(),
                 pending: Mutex::default(),
+                renewal_turn: Mutex::default(),
                 attached: Mutex::default(),
             }),
         }

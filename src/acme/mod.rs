@@ -43,6 +43,7 @@ mod failure;
 mod fallback;
 mod http;
 mod order;
+mod pace;
 mod renewal;
 mod storage;
 
@@ -132,6 +133,8 @@ struct Inner {
     storage_changes: tokio::sync::Mutex<Option<tokio::sync::watch::Receiver<u64>>>,
     /// The certificate the last successful fetch returned.
     provided: Mutex<Option<CertBundle>>,
+    /// This source's turn to renew, once reserved and until taken.
+    renewal_turn: Mutex<Option<tokio::time::Instant>>,
     /// The order in progress, for the next attempt to resume.
     pending: Mutex<Option<PendingOrder>>,
     /// The store of the rotator running this source: TLS-ALPN-01 answers
@@ -167,6 +170,9 @@ impl AcmeSource {
             lock_lease: Duration::from_secs(10),
             order_alone_within: None,
             state_file: None,
+            renewal_info_interval: (Duration::from_secs(60), Duration::from_secs(86_400)),
+            renewal_info_pace: Arc::new(pace::Pace::new(10, Duration::from_secs(1))),
+            renewal_pace: Arc::new(pace::Pace::new(60, Duration::from_secs(60))),
         }
     }
 
@@ -340,7 +346,7 @@ impl AcmeSource {
 }
 
 impl CertSource for AcmeSource {
-    fn renew_at(&self, cert: &CertInfo) -> Option<SystemTime> {
+    fn renew_at(&self, cert: &CertInfo) -> Option<crate::renewal::Renewal> {
         Some(self.renewal_time(cert))
     }
 
@@ -537,13 +543,19 @@ mod tests {
         params.not_after = (start + lifetime).into();
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
-        CertBundle::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap()
+        CertBundle::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+            .unwrap()
+            .with_origin("ACME https://acme.invalid/directory for a.example")
     }
 
     fn advise(source: &AcmeSource, cert: &CertBundle, at: SystemTime) {
         *lock(&source.inner.advice) = Some(Advice {
             fingerprint: cert.info().fingerprint_sha256.clone(),
+            leaf: cert.chain()[0].clone(),
+            ca: 0,
             at,
+            window: None,
+            next_poll: SystemTime::now() + 365 * DAY,
             fired: false,
         });
     }

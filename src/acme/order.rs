@@ -12,6 +12,7 @@ use super::failure::{rate_limit_wait, Cause, Context, Failure, Step, Unexpected}
 use super::storage::{Holding, Renewal, Trouble};
 use super::AcmeSource;
 use crate::bundle::CertBundle;
+use crate::source::{CertSource, SourceError};
 use crate::sync::lock;
 
 /// An order placed with the CA and not finished yet: the next attempt
@@ -77,8 +78,19 @@ impl AcmeSource {
         // the storage holds (a value planted to make the fleet order, and
         // spend the CA's rate limits, is replaced at the next renewal).
         let provided = lock(&self.inner.provided).clone();
+        let replacing = stored.is_some() || provided.is_some();
         if let Some(provided) = provided.filter(|p| !self.due(p.info(), self.now())) {
             return Ok(provided);
+        }
+        if replacing {
+            if let Err(wait) = self.renewal_turn() {
+                // Nothing served yet (a restart in a mass renewal): the
+                // stored certificate serves while the turn comes.
+                return match stored {
+                    Some(stored) if self.serves_meanwhile(&stored) => Ok(stored),
+                    _ => Err(Trouble::Failed(wait)),
+                };
+            }
         }
         // One instance of a fleet orders; the others wait for its result.
         let lease = match self.renewal_lock().await? {
@@ -104,14 +116,40 @@ impl AcmeSource {
             // Nothing served yet (a restart, an on-demand name loaded back)
             // and the renewal failed: the stored certificate still serves
             // better than none; the rotator retries the renewal, due as it is.
-            (Err(error), Some(stored))
-                if lock(&self.inner.provided).is_none() && stored.info().not_after > self.now() =>
-            {
+            (Err(error), Some(stored)) if self.serves_meanwhile(&stored) => {
                 tracing::warn!(target: "certrotate", serial = %stored.info().serial, "renewal failed; serving the stored certificate meanwhile: {error}");
                 Ok(stored)
             }
             (Err(error), _) => Err(Trouble::Failed(error)),
         }
+    }
+
+    /// Takes this source's turn to renew among the sources of its builder
+    /// ([`AcmeBuilder::renewals_per_window`](super::AcmeBuilder::renewals_per_window)):
+    /// a turn still to come is kept, and the rotator is told to come back
+    /// then, as for a rate limit.
+    fn renewal_turn(&self) -> Result<(), SourceError> {
+        let mut turn = lock(&self.inner.renewal_turn);
+        let at = *turn.get_or_insert_with(|| self.inner.config.renewal_pace.reserve());
+        let now = tokio::time::Instant::now();
+        if at <= now {
+            *turn = None;
+            return Ok(());
+        }
+        let wait = at - now;
+        tracing::debug!(target: "certrotate", wait = %crate::clock::human(wait), "renewal paced: waiting for its turn");
+        let reason = format!(
+            "renewals are paced (AcmeBuilder::renewals_per_window): this one's turn comes in {}",
+            crate::clock::human(wait)
+        );
+        Err(SourceError::rate_limited(self.describe(), reason, wait))
+    }
+
+    /// Whether the stored certificate, due for renewal, is served until it
+    /// is renewed: when nothing was served yet (a restart, an on-demand
+    /// name loaded back) and it is still valid.
+    fn serves_meanwhile(&self, stored: &CertBundle) -> bool {
+        lock(&self.inner.provided).is_none() && stored.info().not_after > self.now()
     }
 
     /// Whether the storage being down lets this instance order on its own

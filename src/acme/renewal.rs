@@ -1,14 +1,16 @@
-//! When to renew: the CA's renewal information (RFC 9773), shared through
-//! the storage, else fractions of the lifetime. The one rule the rotator's
-//! schedule and health follow ([`CertSource::renew_at`](crate::CertSource::renew_at)).
+//! When to renew: the CA's renewal information (RFC 9773), polled as the CA
+//! asks and shared through the storage, else fractions of the lifetime. The
+//! one rule the rotator's schedule and health follow
+//! ([`CertSource::renew_at`](crate::CertSource::renew_at)).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use instant_acme::CertificateIdentifier;
+use rustls::pki_types::CertificateDer;
 
 use super::AcmeSource;
 use crate::bundle::{CertBundle, CertInfo};
-use crate::renewal;
+use crate::renewal::{self, Renewal, RenewalWindow};
 use crate::sync::lock;
 
 /// Renew regardless of the CA's advice when this fraction of the lifetime is
@@ -20,88 +22,210 @@ const EMERGENCY_FRACTION: f64 = 0.1;
 /// the remaining 40% for retries.
 const DEFAULT_RENEW_FRACTION: f64 = 0.4;
 
+/// How long to wait before asking again when the CA could not be asked
+/// (RFC 9773 §4.3.3 suggests a few hours; clamped like a `Retry-After`).
+const POLL_AFTER_FAILURE: Duration = Duration::from_secs(3600);
+
 /// The CA's advice for one certificate: renew at `at`, a random time in the
-/// window it suggested.
+/// window it suggested, and ask again at `next_poll`.
 #[derive(Debug, Clone)]
 pub(super) struct Advice {
     pub(super) fingerprint: String,
+    /// The certificate, to ask about it again, and the number of the CA
+    /// that issued it (the one to ask).
+    pub(super) leaf: CertificateDer<'static>,
+    pub(super) ca: usize,
     pub(super) at: SystemTime,
+    /// The window `at` was chosen in (none for a time stored by an older
+    /// version).
+    pub(super) window: Option<RenewalWindow>,
+    /// When to ask the CA again (its `Retry-After`, clamped).
+    pub(super) next_poll: SystemTime,
     /// Whether `changed()` has woken the rotator for it.
     pub(super) fired: bool,
 }
 
+/// What the CA answered about one certificate.
+struct Answer {
+    window: RenewalWindow,
+    retry_after: Duration,
+}
+
 impl AcmeSource {
-    /// Completes at the renewal time the CA advised (once per advice).
+    /// Completes at the renewal time the CA advised (once per advice),
+    /// asking the CA again whenever it said to (its `Retry-After`), so that
+    /// a window it moves (a revocation ahead) is followed.
     pub(super) async fn advised_time(&self) {
         loop {
-            let at = lock(&self.inner.advice)
+            let next = lock(&self.inner.advice)
                 .as_ref()
-                .filter(|a| !a.fired)
-                .map(|a| a.at);
-            let Some(at) = at else {
+                .map(|a| (a.next_poll, (!a.fired).then_some(a.at)));
+            let Some((poll, at)) = next else {
                 // Advice comes with the next fetch; look again later.
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 continue;
             };
-            tokio::time::sleep(at.duration_since(self.now()).unwrap_or_default()).await;
-            let mut advice = lock(&self.inner.advice);
-            if let Some(advice) = advice.as_mut().filter(|a| a.at == at && !a.fired) {
-                advice.fired = true;
-                return;
+            // What comes first is done when its time comes, as the timer
+            // (not the wall clock, which may differ a little) says.
+            let fire = at.filter(|&at| at <= poll);
+            let wake = fire.unwrap_or(poll);
+            tokio::time::sleep(wake.duration_since(self.now()).unwrap_or_default()).await;
+            if let Some(at) = fire {
+                let mut advice = lock(&self.inner.advice);
+                if let Some(advice) = advice.as_mut().filter(|a| a.at == at && !a.fired) {
+                    advice.fired = true;
+                    return;
+                }
+                continue;
             }
+            self.poll().await;
         }
+    }
+
+    /// Asks the CA again about the advised certificate, in its turn among
+    /// the sources of this builder.
+    async fn poll(&self) {
+        let Some((fingerprint, leaf, ca)) = lock(&self.inner.advice)
+            .as_ref()
+            .map(|a| (a.fingerprint.clone(), a.leaf.clone(), a.ca))
+        else {
+            return;
+        };
+        self.inner.config.renewal_info_pace.turn().await;
+        let answer = self.ask(ca, &leaf).await;
+        let now = self.now();
+        let Some(answer) = answer else {
+            let mut advice = lock(&self.inner.advice);
+            if let Some(advice) = advice.as_mut().filter(|a| a.fingerprint == fingerprint) {
+                advice.next_poll = crate::clock::saturating_add(now, self.poll_interval(None));
+            }
+            return;
+        };
+        self.take(&fingerprint, (ca, &leaf), answer, now).await;
+    }
+
+    /// Takes the CA's answer for the certificate `fingerprint`: a new time
+    /// only if the window moved (a time once chosen in a window stays), and
+    /// when to ask again; shared through the storage if the time is new.
+    async fn take(
+        &self,
+        fingerprint: &str,
+        (ca, leaf): (usize, &CertificateDer<'static>),
+        answer: Answer,
+        now: SystemTime,
+    ) {
+        let next_poll =
+            crate::clock::saturating_add(now, self.poll_interval(Some(answer.retry_after)));
+        let moved = {
+            let mut advice = lock(&self.inner.advice);
+            let kept = advice
+                .as_ref()
+                .filter(|a| a.fingerprint == fingerprint && a.window == Some(answer.window));
+            match kept {
+                Some(_) => {
+                    if let Some(advice) = advice.as_mut() {
+                        advice.next_poll = next_poll;
+                    }
+                    None
+                }
+                None => {
+                    let at = pick(answer.window);
+                    *advice = Some(Advice {
+                        fingerprint: fingerprint.to_owned(),
+                        leaf: leaf.clone(),
+                        ca,
+                        at,
+                        window: Some(answer.window),
+                        next_poll,
+                        fired: false,
+                    });
+                    Some(at)
+                }
+            }
+        };
+        if let Some(at) = moved {
+            tracing::info!(target: "certrotate", %fingerprint, at = %crate::clock::rfc3339(at), start = %crate::clock::rfc3339(answer.window.start), end = %crate::clock::rfc3339(answer.window.end), "the CA advises renewal (ARI)");
+            let shared = format!(
+                "{fingerprint} {} {} {}",
+                seconds(at),
+                seconds(answer.window.start),
+                seconds(answer.window.end)
+            );
+            self.save(
+                &self.inner.renewal_key,
+                shared.as_bytes(),
+                "ARI renewal time",
+            )
+            .await;
+        }
+    }
+
+    /// How long to wait before asking again: the CA's `Retry-After` (or an
+    /// hour if it could not be asked) within the configured bounds.
+    fn poll_interval(&self, retry_after: Option<Duration>) -> Duration {
+        let (min, max) = self.inner.config.renewal_info_interval;
+        retry_after.unwrap_or(POLL_AFTER_FAILURE).clamp(min, max)
     }
 
     /// When `cert` should be replaced: at the time the CA advised, else
     /// with 40% of its lifetime left; with 10% left whatever the advice.
-    pub(super) fn renewal_time(&self, cert: &CertInfo) -> SystemTime {
+    pub(super) fn renewal_time(&self, cert: &CertInfo) -> Renewal {
         let left = |fraction| renewal::at_fraction(cert, fraction, 0.0, 0.0);
-        let planned = match &*lock(&self.inner.advice) {
-            Some(advice) if advice.fingerprint == cert.fingerprint_sha256 => advice.at,
-            _ => left(DEFAULT_RENEW_FRACTION),
-        };
-        planned.min(left(EMERGENCY_FRACTION))
+        let emergency = left(EMERGENCY_FRACTION);
+        match &*lock(&self.inner.advice) {
+            Some(advice) if advice.fingerprint == cert.fingerprint_sha256 => {
+                let planned = Renewal::new(advice.at.min(emergency));
+                match advice.window {
+                    Some(window) => planned.in_window(window),
+                    None => planned,
+                }
+            }
+            _ => Renewal::new(left(DEFAULT_RENEW_FRACTION).min(emergency)),
+        }
     }
 
     /// Whether `cert` should be replaced now.
     pub(super) fn due(&self, cert: &CertInfo, now: SystemTime) -> bool {
-        now >= self.renewal_time(cert)
+        now >= self.renewal_time(cert).at
     }
 
-    /// Asks the CA when to renew `cert` (RFC 9773), and remembers a random
-    /// time in the suggested window. The time is shared through the storage:
-    /// an instance that finds one stored for `cert` takes it instead of
-    /// asking, so that a fleet asks the CA once per certificate and agrees
-    /// on when to renew.
+    /// Takes the CA's advice on when to renew `cert` (RFC 9773): the time
+    /// stored for it by an instance that asked (a fleet asks the CA once
+    /// per certificate and agrees on when to renew), else the CA's answer.
+    /// Either way the CA is asked again when it said to.
     pub(super) async fn advise(&self, cert: &CertBundle) {
         let fingerprint = &cert.info().fingerprint_sha256;
-        let at = match self.shared_renewal_time(fingerprint).await {
-            Some(at) => at,
-            None => {
-                let Some(at) = self.ask_renewal_time(cert).await else {
-                    return;
-                };
-                tracing::info!(target: "certrotate", serial = %cert.info().serial, at = %crate::clock::rfc3339(at), "the CA advises renewal (ARI)");
-                let seconds = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-                let shared = format!("{fingerprint} {seconds}");
-                self.save(
-                    &self.inner.renewal_key,
-                    shared.as_bytes(),
-                    "ARI renewal time",
-                )
-                .await;
-                at
-            }
+        // Asked of the CA that issued it: another knows nothing of it.
+        let Some(ca) = self.issuer(cert.info()) else {
+            return;
         };
-        *lock(&self.inner.advice) = Some(Advice {
-            fingerprint: fingerprint.clone(),
-            at,
-            fired: false,
-        });
+        let leaf = cert.chain()[0].clone();
+        let now = self.now();
+        if let Some((at, window)) = self.shared_renewal_time(fingerprint).await {
+            *lock(&self.inner.advice) = Some(Advice {
+                fingerprint: fingerprint.clone(),
+                leaf,
+                ca,
+                at,
+                window,
+                // Polled by this instance too, in its turn.
+                next_poll: crate::clock::saturating_add(now, self.poll_interval(None)),
+                fired: false,
+            });
+            return;
+        }
+        self.inner.config.renewal_info_pace.turn().await;
+        if let Some(answer) = self.ask(ca, &leaf).await {
+            self.take(fingerprint, (ca, &leaf), answer, now).await;
+        }
     }
 
-    /// The renewal time stored for the certificate with `fingerprint`.
-    pub(super) async fn shared_renewal_time(&self, fingerprint: &str) -> Option<SystemTime> {
+    /// The renewal time (and window) stored for the certificate with
+    /// `fingerprint`.
+    pub(super) async fn shared_renewal_time(
+        &self,
+        fingerprint: &str,
+    ) -> Option<(SystemTime, Option<RenewalWindow>)> {
         let stored = self
             .inner
             .config
@@ -109,34 +233,54 @@ impl AcmeSource {
             .load(&self.inner.renewal_key)
             .await
             .ok()??;
-        let (stored_for, seconds) = std::str::from_utf8(&stored).ok()?.split_once(' ')?;
-        let seconds = seconds.trim().parse().ok()?;
+        let text = std::str::from_utf8(&stored).ok()?;
+        let mut fields = text.split_whitespace();
+        if fields.next()? != fingerprint {
+            return None;
+        }
         // Whatever is stored (a hostile or corrupt value) cannot overflow.
-        (stored_for == fingerprint)
-            .then(|| crate::clock::saturating_add(UNIX_EPOCH, Duration::from_secs(seconds)))
+        let mut time = || -> Option<SystemTime> {
+            let seconds = fields.next()?.parse().ok()?;
+            Some(crate::clock::saturating_add(
+                UNIX_EPOCH,
+                Duration::from_secs(seconds),
+            ))
+        };
+        let at = time()?;
+        let window = time()
+            .zip(time())
+            .filter(|(start, end)| start <= end)
+            .map(|(start, end)| RenewalWindow { start, end });
+        Some((at, window))
     }
 
-    /// A random time in the renewal window the CA suggests for `cert`, to
-    /// the second; none if the CA has no renewal information.
-    pub(super) async fn ask_renewal_time(&self, cert: &CertBundle) -> Option<SystemTime> {
-        // Asked of the CA that issued it: another knows nothing of it.
-        let ca = self.issuer(cert.info())?;
+    /// The window CA number `ca` suggests for the certificate `leaf` and
+    /// when to ask again; none if the CA has no renewal information or did
+    /// not answer within the step timeout.
+    async fn ask(&self, ca: usize, leaf: &CertificateDer<'static>) -> Option<Answer> {
         let account = self.account(ca, false).await.ok()?;
-        let id = CertificateIdentifier::try_from(&cert.chain()[0]).ok()?;
-        let (info, _) = tokio::time::timeout(self.inner.config.timeout, account.renewal_info(&id))
-            .await
-            .ok()?
-            .ok()?;
-        let (start, end): (SystemTime, SystemTime) = (
-            info.suggested_window.start.into(),
-            info.suggested_window.end.into(),
-        );
-        let span = end.duration_since(start).unwrap_or_default();
-        let at = crate::clock::saturating_add(start, span.mul_f64(fastrand::f64()));
-        let seconds = at.duration_since(UNIX_EPOCH).ok()?.as_secs();
-        Some(crate::clock::saturating_add(
-            UNIX_EPOCH,
-            Duration::from_secs(seconds),
-        ))
+        let id = CertificateIdentifier::try_from(leaf).ok()?;
+        let asked = tokio::time::timeout(self.inner.config.timeout, account.renewal_info(&id));
+        let (info, retry_after) = asked.await.ok()?.ok()?;
+        let window = RenewalWindow {
+            start: info.suggested_window.start.into(),
+            end: info.suggested_window.end.into(),
+        };
+        (window.start <= window.end).then_some(Answer {
+            window,
+            retry_after,
+        })
     }
+}
+
+/// A uniformly random time in `window`, to the second (RFC 9773 §4.2; in
+/// the past if the window is, which renews at once).
+fn pick(window: RenewalWindow) -> SystemTime {
+    let span = window.end.duration_since(window.start).unwrap_or_default();
+    let at = crate::clock::saturating_add(window.start, span.mul_f64(fastrand::f64()));
+    crate::clock::saturating_add(UNIX_EPOCH, Duration::from_secs(seconds(at)))
+}
+
+fn seconds(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }

@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use crate::bundle::{CertBundle, CertInfo};
 use crate::mark::{HighWaterMark, MarkUnreadable};
@@ -14,6 +13,7 @@ mod ca;
 pub(crate) mod file;
 mod r#static;
 
+pub use crate::renewal::{Renewal, RenewalWindow};
 pub use crate::source_error::{BoxError, SourceError, SourceErrorKind, SourceWarning};
 #[cfg(feature = "ca")]
 pub use ca::{CaError, CaSource, InternalCa, LeafSpec};
@@ -113,9 +113,10 @@ pub trait CertSource: Send + Sync + 'static {
     /// [`renew_before_fraction`](crate::rotator::RotatorBuilder::renew_before_fraction)
     /// of the lifetime is left, a little earlier at random. A source that
     /// knows better says so: [`AcmeSource`](crate::AcmeSource) follows the
-    /// CA's renewal information (RFC 9773). The rotator asks again each
-    /// time it plans, so the answer may change.
-    fn renew_at(&self, cert: &CertInfo) -> Option<SystemTime> {
+    /// CA's renewal information (RFC 9773), and says which window the CA
+    /// suggested (health shows it). The rotator asks again each time it
+    /// plans, so the answer may change.
+    fn renew_at(&self, cert: &CertInfo) -> Option<Renewal> {
         let _ = cert;
         None
     }
@@ -174,7 +175,7 @@ impl<S: CertSource> CertSource for Arc<S> {
         S::record_high_water_mark(self, mark)
     }
 
-    fn renew_at(&self, cert: &CertInfo) -> Option<SystemTime> {
+    fn renew_at(&self, cert: &CertInfo) -> Option<Renewal> {
         S::renew_at(self, cert)
     }
 

@@ -11,7 +11,6 @@ mod slots;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
 
 #[cfg(feature = "acme")]
 use rustls::sign::CertifiedKey;
@@ -24,6 +23,7 @@ use crate::health::{
     AlertCounts, AlertLevel, Failure, HealthSnapshot, UnservedSlot, HEALTH_LIMIT, SOONEST,
 };
 use crate::policy::ValidatedCert;
+use crate::renewal::Renewal;
 pub use crate::resolver::{RotatingResolver, ACME_TLS_ALPN};
 use slots::{Installed, Slots};
 
@@ -192,14 +192,14 @@ impl CertStore {
         &self,
         slot: &str,
         cert: ValidatedCert,
-        renew_at: SystemTime,
+        renew_at: impl Into<Renewal>,
     ) -> Option<Arc<CertInfo>> {
         let mut slots = self.lock();
         let now = self.inner.clock.now();
         let history = self.inner.history;
         let installed = Installed {
             cert: cert.clone(),
-            renew_at,
+            renewal: renew_at.into(),
         };
         let (name, old) = slots.change(slot, |entry| {
             let old = entry.current.replace(installed);
@@ -490,15 +490,15 @@ impl CertStore {
     }
 
     /// The certificate serving in `slot`, and when it is due for renewal.
-    pub(crate) fn serving(&self, slot: &str) -> Option<(Arc<CertInfo>, SystemTime)> {
+    pub(crate) fn serving(&self, slot: &str) -> Option<(Arc<CertInfo>, Renewal)> {
         let slots = self.lock();
         let current = slots.get(slot)?.current.as_ref()?;
-        Some((current.cert.info.clone(), current.renew_at))
+        Some((current.cert.info.clone(), current.renewal))
     }
 
     /// Moves when `slot`'s serving certificate is due for renewal (its
     /// source learnt a new time).
-    pub(crate) fn set_renew_at(&self, slot: &str, at: SystemTime) {
+    pub(crate) fn set_renew_at(&self, slot: &str, at: Renewal) {
         if let Some(slot) = self.lock().get_mut(slot) {
             slot.set_renew_at(at);
         }

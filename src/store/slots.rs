@@ -11,6 +11,7 @@ use super::DEFAULT_SLOT;
 use crate::events::Events;
 use crate::health::{AlertCounts, AlertLevel, CertHealth, Failure, LevelTimes};
 use crate::policy::ValidatedCert;
+use crate::renewal::Renewal;
 #[cfg(feature = "acme")]
 use crate::resolver::NameMap;
 use crate::resolver::{NameKind, RotatingResolver, ViewWriter};
@@ -73,7 +74,7 @@ pub(super) struct Slot {
 #[derive(Clone, Debug)]
 pub(super) struct Installed {
     pub(super) cert: ValidatedCert,
-    pub(super) renew_at: SystemTime,
+    pub(super) renewal: Renewal,
 }
 
 /// The slots claiming one name, oldest first: nearly always one.
@@ -91,7 +92,7 @@ impl Slot {
             &self.name,
             &current.cert.info,
             now,
-            current.renew_at,
+            current.renewal,
             self.last_error.clone().map(|(_, f)| f),
             self.warnings.clone(),
         )
@@ -104,9 +105,9 @@ impl Slot {
 
     /// Sets when its serving certificate is due for renewal (its source
     /// learnt a new time); nothing if it serves none.
-    pub(super) fn set_renew_at(&mut self, at: SystemTime) {
+    pub(super) fn set_renew_at(&mut self, at: Renewal) {
         if let Some(current) = &mut self.current {
-            current.renew_at = at;
+            current.renewal = at;
         }
         self.retime();
     }
@@ -117,7 +118,7 @@ impl Slot {
         self.times = self
             .current
             .as_ref()
-            .map(|c| LevelTimes::of(&c.cert.info, c.renew_at));
+            .map(|c| LevelTimes::of(&c.cert.info, c.renewal.at));
     }
 
     /// Its creation number: slots are listed in this order.
@@ -399,8 +400,8 @@ mod tests {
         let cert = Policy::default()
             .validate(&bundle, SystemTime::now())
             .unwrap();
-        let renew_at = cert.info.renewal_time();
-        Installed { cert, renew_at }
+        let renewal = cert.info.renewal_time().into();
+        Installed { cert, renewal }
     }
 
     fn slots() -> Slots {

@@ -283,6 +283,24 @@ impl Drop for Pebble {
     }
 }
 
+/// Decodes unpadded base64url (a JWS payload).
+fn base64url_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let (mut out, mut bits, mut n) = (Vec::new(), 0u32, 0u32);
+    for c in text.bytes() {
+        let Some(value) = ALPHABET.iter().position(|&a| a == c) else {
+            continue;
+        };
+        n = (n << 6 | value as u32) & 0xffff;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((n >> bits) as u8);
+        }
+    }
+    out
+}
+
 /// Unpadded base64url, as Pebble reads its MAC keys.
 fn base64url(bytes: &[u8]) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -388,6 +406,66 @@ impl Drop for FlakyProxy {
     }
 }
 
+/// Renewal information (RFC 9773) that a [`FlakyProxy`] serves in front of
+/// Pebble (which has none): the window and `Retry-After` the test sets,
+/// and what clients did with it.
+pub struct Ari {
+    /// The suggested window.
+    pub window: std::sync::Mutex<(std::time::SystemTime, std::time::SystemTime)>,
+    /// The `Retry-After` of each answer, in seconds.
+    pub retry_after: std::sync::atomic::AtomicU64,
+    /// When each renewal-information request came.
+    pub polls: std::sync::Mutex<Vec<std::time::Instant>>,
+    /// The `replaces` of each new order (empty when it had none).
+    pub replaces: std::sync::Mutex<Vec<String>>,
+}
+
+impl Ari {
+    pub fn new(window: (std::time::SystemTime, std::time::SystemTime), retry_after: u64) -> Self {
+        Self {
+            window: std::sync::Mutex::new(window),
+            retry_after: retry_after.into(),
+            polls: Default::default(),
+            replaces: Default::default(),
+        }
+    }
+
+    /// The answer to a renewal-information request.
+    fn answer(&self) -> std::io::Result<hyper::Response<Body>> {
+        let rfc3339 = |t: std::time::SystemTime| {
+            time::OffsetDateTime::from(t)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        };
+        self.polls.lock().unwrap().push(std::time::Instant::now());
+        let (start, end) = *self.window.lock().unwrap();
+        let body = format!(
+            r#"{{"suggestedWindow":{{"start":"{}","end":"{}"}}}}"#,
+            rfc3339(start),
+            rfc3339(end)
+        );
+        let retry_after = self.retry_after.load(std::sync::atomic::Ordering::SeqCst);
+        hyper::Response::builder()
+            .header("content-type", "application/json")
+            .header("retry-after", retry_after.to_string())
+            .body(Body::from(body))
+            .map_err(std::io::Error::other)
+    }
+
+    /// Notes the `replaces` of a new order's JWS body, and returns it.
+    fn note_order(&self, body: &[u8]) -> String {
+        let jws: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let payload = jws["payload"]
+            .as_str()
+            .map(base64url_decode)
+            .unwrap_or_default();
+        let order: serde_json::Value = serde_json::from_slice(&payload).unwrap_or_default();
+        let replaces = order["replaces"].as_str().unwrap_or_default().to_owned();
+        self.replaces.lock().unwrap().push(replaces.clone());
+        replaces
+    }
+}
+
 /// How the proxy treats requests.
 struct Rules {
     upstream: String,
@@ -396,10 +474,27 @@ struct Rules {
     fault: Fault,
     times: usize,
     spoiled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Renewal information to serve, at `<proxy>/renewal-info`.
+    ari: Option<(std::sync::Arc<Ari>, u16)>,
 }
 
 impl FlakyProxy {
     pub async fn start(pebble: &Pebble, path: &'static str, fault: Fault, times: usize) -> Self {
+        Self::start_with(pebble, path, fault, times, None).await
+    }
+
+    /// A proxy that spoils nothing and serves the renewal information `ari`.
+    pub async fn with_ari(pebble: &Pebble, ari: std::sync::Arc<Ari>) -> Self {
+        Self::start_with(pebble, "", Fault::Unavailable, 0, Some(ari)).await
+    }
+
+    async fn start_with(
+        pebble: &Pebble,
+        path: &'static str,
+        fault: Fault,
+        times: usize,
+        ari: Option<std::sync::Arc<Ari>>,
+    ) -> Self {
         use rustls::pki_types::pem::PemObject;
         use std::sync::Arc;
 
@@ -427,6 +522,8 @@ impl FlakyProxy {
             .enable_http1()
             .build();
         let spoiled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = tcp.local_addr().unwrap().port();
         let rules = Arc::new(Rules {
             upstream: pebble.directory.trim_end_matches("/dir").to_owned(),
             client: hyper_util::client::legacy::Client::builder(
@@ -437,10 +534,9 @@ impl FlakyProxy {
             fault,
             times,
             spoiled: spoiled.clone(),
+            ari: ari.map(|ari| (ari, port)),
         });
 
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = tcp.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = tcp.accept().await else {
@@ -514,6 +610,17 @@ impl Rules {
         }
         let (mut parts, body) = request.into_parts();
         let body = body.collect().await.map_err(Error::other)?.to_bytes();
+        // The order's `replaces`, which a CA with ARI echoes (Pebble drops it).
+        let mut replaces = String::new();
+        if let Some((ari, _)) = &self.ari {
+            if parts.uri.path().starts_with("/renewal-info/") {
+                return ari.answer();
+            }
+            if parts.uri.path().contains("order-plz") {
+                replaces = ari.note_order(&body);
+            }
+        }
+        let is_directory = parts.uri.path() == "/dir";
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         parts.uri = format!("{}{path}", self.upstream)
             .parse()
@@ -523,8 +630,22 @@ impl Rules {
             .request(hyper::Request::from_parts(parts, Body::new(body)))
             .await
             .map_err(Error::other)?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(Error::other)?.to_bytes();
+        let (mut parts, body) = response.into_parts();
+        let mut body = body.collect().await.map_err(Error::other)?.to_bytes();
+        if let (Some((_, port)), true) = (&self.ari, is_directory) {
+            let mut directory: serde_json::Value =
+                serde_json::from_slice(&body).map_err(Error::other)?;
+            directory["renewalInfo"] = format!("https://127.0.0.1:{port}/renewal-info").into();
+            body = serde_json::to_vec(&directory).unwrap().into();
+            parts.headers.remove(hyper::header::CONTENT_LENGTH);
+        }
+        if !replaces.is_empty() {
+            let mut order: serde_json::Value =
+                serde_json::from_slice(&body).map_err(Error::other)?;
+            order["replaces"] = replaces.into();
+            body = serde_json::to_vec(&order).unwrap().into();
+            parts.headers.remove(hyper::header::CONTENT_LENGTH);
+        }
         Ok(hyper::Response::from_parts(parts, Body::new(body)))
     }
 }

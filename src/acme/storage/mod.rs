@@ -362,7 +362,7 @@ impl AcmeSource {
         let provided = lock(&self.inner.provided).clone()?;
         let info = provided.info();
         let now = self.now();
-        let renew_at = self.renewal_time(info);
+        let renew_at = self.renewal_time(info).at;
         let grace = info.not_after.duration_since(renew_at).unwrap_or_default() / 2;
         let left = info.not_after.duration_since(now).unwrap_or_default();
         (now >= crate::clock::saturating_add(renew_at, grace)).then_some(left)

@@ -1,0 +1,115 @@
+//! Pacing what many certificates would otherwise do at once: asking the CA
+//! for renewal information, and renewing when the CA moves every window
+//! into the past (a mass revocation). Shared by the sources built from one
+//! builder (on-demand names included), like the account.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::sync::lock;
+
+/// At most `turns` turns in any span of `window`: a turn comes at once
+/// unless `turns` came within the window before it, then when the oldest of
+/// them leaves the window.
+#[derive(Debug)]
+pub(super) struct Pace {
+    turns: usize,
+    window: Duration,
+    /// The last `turns` turns given (or to come), oldest first.
+    given: Mutex<VecDeque<Instant>>,
+}
+
+impl Pace {
+    /// `turns` turns per `window` (at least one).
+    pub(super) fn new(turns: u32, window: Duration) -> Self {
+        let turns = (turns as usize).max(1);
+        Self {
+            turns,
+            window,
+            given: Mutex::new(VecDeque::with_capacity(turns.min(1024))),
+        }
+    }
+
+    /// Reserves the next turn: when it is (now, or later).
+    pub(super) fn reserve(&self) -> Instant {
+        let now = Instant::now();
+        let mut given = lock(&self.given);
+        let mut at = given.back().map_or(now, |&last| last.max(now));
+        if given.len() == self.turns {
+            let oldest = given.pop_front().expect("turns are at least one");
+            at = at.max(oldest + self.window);
+        }
+        given.push_back(at);
+        at
+    }
+
+    /// Waits for a turn.
+    pub(super) async fn turn(&self) {
+        tokio::time::sleep_until(self.reserve()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The most turns in any span of `window` among `turns` (sorted).
+    fn most_in(turns: &[Instant], window: Duration) -> usize {
+        let mut most = 0;
+        let mut first = 0;
+        for (last, at) in turns.iter().enumerate() {
+            while *at - turns[first] >= window {
+                first += 1;
+            }
+            most = most.max(last - first + 1);
+        }
+        most
+    }
+
+    /// 10,000 certificates asking at once get their turns at the rate,
+    /// one after another: no span of a second holds more than the rate
+    /// allows, and the last comes when the rate says, not later.
+    #[tokio::test(start_paused = true)]
+    async fn ten_thousand_at_once_are_spread_at_the_rate() {
+        let pace = std::sync::Arc::new(Pace::new(50, Duration::from_secs(1)));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..10_000)
+            .map(|_| {
+                let pace = pace.clone();
+                tokio::spawn(async move {
+                    pace.turn().await;
+                    Instant::now()
+                })
+            })
+            .collect();
+        let mut turns = Vec::new();
+        for task in tasks {
+            turns.push(task.await.unwrap());
+        }
+        turns.sort();
+        assert_eq!(most_in(&turns, Duration::from_secs(1)), 50);
+        let last = turns[turns.len() - 1] - start;
+        assert!(
+            last >= Duration::from_secs(198) && last <= Duration::from_secs(200),
+            "{last:?}"
+        );
+    }
+
+    /// A window's turns come at once, the next when the first leaves the
+    /// window; after a quiet spell, a whole window's again, never more.
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_then_the_rate() {
+        let pace = Pace::new(3, Duration::from_secs(3));
+        let now = Instant::now();
+        let first: Vec<_> = (0..5).map(|_| pace.reserve() - now).collect();
+        let s = Duration::from_secs;
+        assert_eq!(first, [s(0), s(0), s(0), s(3), s(3)]);
+        tokio::time::sleep(s(60)).await;
+        let now = Instant::now();
+        let again: Vec<_> = (0..4).map(|_| pace.reserve() - now).collect();
+        assert_eq!(again, [s(0), s(0), s(0), s(3)]);
+    }
+}

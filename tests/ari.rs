@@ -1,0 +1,108 @@
+//! ACME Renewal Information (RFC 9773), proven end to end: Pebble (which has
+//! none) behind a proxy that adds `renewalInfo` with the window and
+//! `Retry-After` the test sets.
+
+#![cfg(feature = "acme")]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use certrotate::store::ACME_TLS_ALPN;
+use certrotate::{AcmeSource, Policy, Rotator};
+use common::pebble::{first_certificate, Ari, Config, FlakyProxy, Pebble};
+
+const NAME: &str = "ari.certrotate.test";
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// A window in the future is followed instead of the lifetime rule (the
+/// time chosen inside it, shown in health with the window); the CA is asked
+/// again as its `Retry-After` says, not more often; a window moved into the
+/// past (a revocation drill) renews at once, the new order saying which
+/// certificate it replaces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cas_window_is_followed_polled_and_a_past_one_renews_at_once() {
+    let pebble = Pebble::start(Config {
+        validity: Duration::from_secs(3600),
+        ..Config::default()
+    });
+    let now = SystemTime::now();
+    // Without the CA's word: renewed with 40% of the hour left, at 36 min.
+    let window = (now + 50 * MINUTE, now + 55 * MINUTE);
+    let ari = Arc::new(Ari::new(window, 2));
+    let proxy = FlakyProxy::with_ari(&pebble, ari.clone()).await;
+    let source = AcmeSource::builder(&proxy.directory, [NAME])
+        .directory_root(&pebble.https_root)
+        .storage(pebble.storage())
+        .renewal_info_interval(Duration::from_secs(1), Duration::from_secs(60))
+        .build();
+    let rotator =
+        Rotator::builder(source, Policy::builder().server_name(NAME).build().unwrap()).spawn();
+    let mut config = rotator.server_config().unwrap();
+    config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+    let _server = common::serve_at(pebble.config.tls_port, Arc::new(config)).await;
+    let first = first_certificate(&rotator).await;
+    let mut events = rotator.subscribe();
+
+    // The window and the time chosen in it are in health.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let health = rotator.health().certificates[0].clone();
+        if health.renewal_window.is_some() {
+            break health;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no window in health: {health:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let shown = health.renewal_window.unwrap();
+    let whole_seconds = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(
+        (whole_seconds(shown.start), whole_seconds(shown.end)),
+        (whole_seconds(window.0), whole_seconds(window.1))
+    );
+    assert!(
+        health.renew_at >= shown.start && health.renew_at <= shown.end,
+        "{health:#?}"
+    );
+
+    // Asked again every 2 s, as the CA says: over 7 s, three or four times.
+    let before = ari.polls.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let polls = ari.polls.lock().unwrap().clone();
+    let asked = polls.len() - before;
+    assert!((3..=4).contains(&asked), "asked {asked} times in 7 s");
+    for pair in polls[before..].windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(1900),
+            "{polls:?}"
+        );
+    }
+    assert_eq!(rotator.current().unwrap().serial, first.serial);
+
+    // A revocation drill: the window moves into the past; renewed at once.
+    *ari.window.lock().unwrap() = (now - 2 * MINUTE, now - MINUTE);
+    let moved = tokio::time::Instant::now();
+    let renewed = tokio::select! {
+        renewed = common::rotation_from(&mut events, &first, Duration::from_secs(20)) => renewed,
+        () = tokio::time::sleep(Duration::from_secs(19)) => panic!(
+            "not renewed: {:#?} {:?} polls {}",
+            rotator.health(),
+            ari.replaces.lock().unwrap(),
+            ari.polls.lock().unwrap().len()
+        ),
+    };
+    println!("renewed {:?} after the window moved", moved.elapsed());
+    assert_ne!(renewed.serial, first.serial);
+    let replaces = ari.replaces.lock().unwrap().clone();
+    assert_eq!(replaces.len(), 2, "{replaces:?}");
+    assert_eq!(replaces[0], "", "the first order replaced nothing");
+    assert!(
+        !replaces[1].is_empty(),
+        "the renewal did not say what it replaces"
+    );
+    rotator.shutdown().await;
+}
