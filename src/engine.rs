@@ -65,6 +65,8 @@ pub(crate) struct Rules {
     pub(crate) alert_repeat: Duration,
     /// Each repeat up to this fraction of `alert_repeat` later, at random.
     pub(crate) alert_spread: f64,
+    /// Critical once less than this is left while renewal keeps failing.
+    pub(crate) outage_budget: Option<Duration>,
 }
 
 impl Rules {
@@ -84,6 +86,7 @@ impl Default for Rules {
             retry: (Duration::from_secs(1), Duration::from_secs(300)),
             alert_repeat: Duration::from_secs(3600),
             alert_spread: 0.0,
+            outage_budget: None,
         }
     }
 }
@@ -326,7 +329,22 @@ impl Slot<'_> {
         decided: impl Fn(&CertInfo) -> Option<Renewal>,
     ) -> Option<(AlertLevel, Option<SystemTime>)> {
         let (cert, renew_at) = self.renewal(decided)?;
-        let level = AlertLevel::at(&cert, now, renew_at);
+        let mut level = AlertLevel::at(&cert, now, renew_at);
+        // While renewal keeps failing, less than the outage budget left is
+        // critical: the CA's outage may outlast the certificate.
+        let budget_from = self
+            .rules
+            .outage_budget
+            .filter(|_| self.state.failures > 0)
+            .map(|budget| {
+                cert.not_after
+                    .checked_sub(budget)
+                    .unwrap_or(cert.not_before)
+            });
+        if budget_from.is_some_and(|from| now >= from) && level < AlertLevel::Critical {
+            level = AlertLevel::Critical;
+        }
+        self.store.set_outage_critical(self.name, budget_from);
         self.store.report_level(self.name, &cert, level);
         let state = &mut *self.state;
         let repeat_due = state.next_repeat.is_some_and(|t| t <= Instant::now());
@@ -344,7 +362,10 @@ impl Slot<'_> {
             state.next_repeat = None;
         }
         state.reported = level;
-        let change = AlertLevel::next_change(&cert, renew_at, now);
+        let change = AlertLevel::next_change(&cert, renew_at, now)
+            .into_iter()
+            .chain(budget_from.filter(|&from| from > now))
+            .min();
         let repeat = state
             .next_repeat
             .map(|t| now + t.saturating_duration_since(Instant::now()));

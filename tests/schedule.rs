@@ -16,9 +16,11 @@ use tokio::time::Instant;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
-/// Issues a fresh 90-day certificate at every fetch, or fails while told to.
+/// Issues a fresh certificate (90 days unless told) at every fetch, or
+/// fails while told to.
 struct IssuingSource {
     ca: Ca,
+    lifetime: Mutex<Duration>,
     clock: Arc<TokioClock>,
     failing: AtomicBool,
     /// While failing, fail with a rate limit asking for this wait.
@@ -42,7 +44,10 @@ impl CertSource for IssuingSource {
         let now = self.clock.now();
         Ok(self
             .ca
-            .issue(Leaf::default().lifetime(now - Duration::from_secs(60), now + 90 * DAY))
+            .issue(Leaf::default().lifetime(
+                now - Duration::from_secs(60),
+                now + *self.lifetime.lock().unwrap(),
+            ))
             .bundle)
     }
 
@@ -55,6 +60,7 @@ fn setup() -> (Arc<IssuingSource>, Arc<TokioClock>, CertStore) {
     let clock = TokioClock::new();
     let source = Arc::new(IssuingSource {
         ca: Ca::new(),
+        lifetime: Mutex::new(90 * DAY),
         clock: clock.clone(),
         failing: AtomicBool::new(false),
         rate_limit: Mutex::new(None),
@@ -547,4 +553,85 @@ async fn a_validation_that_panics_is_retried_with_backoff() {
     let fetches = source.1.load(Ordering::SeqCst);
     assert!((1..5).contains(&fetches), "{fetches} fetches in 500 ms");
     rotator.shutdown().await;
+}
+
+/// The short-lived era: 6-day, 45-day and 90-day certificates are each
+/// renewed with a third of their lifetime left (jitter off), not at a
+/// fixed number of days.
+#[tokio::test(start_paused = true)]
+async fn renewal_stays_a_fraction_of_short_lifetimes() {
+    for lifetime in [6 * DAY, 45 * DAY, 90 * DAY] {
+        let (source, clock, store) = setup();
+        *source.lifetime.lock().unwrap() = lifetime;
+        let rotator = Rotator::builder(source.clone(), Policy::default())
+            .store(store)
+            .renewal_jitter(0.0)
+            .start()
+            .await
+            .unwrap();
+        let serving = rotator.current().unwrap();
+        let mut events = rotator.subscribe();
+        loop {
+            if let RotationEvent::Rotated { .. } = events.recv().await.unwrap() {
+                break;
+            }
+        }
+        let left = serving.not_after.duration_since(clock.now()).unwrap();
+        let third = (lifetime + Duration::from_secs(60)) / 3;
+        assert!(
+            left <= third && left + Duration::from_secs(2) >= third,
+            "{lifetime:?}: renewed with {left:?} left"
+        );
+    }
+}
+
+/// With an outage budget, the critical alert comes when less than the
+/// budget is left while renewal keeps failing (36 h into 6-day
+/// certificates, not the default 14.4 h); a budget wider than the renewal
+/// window raises nothing while renewal works.
+#[tokio::test(start_paused = true)]
+async fn an_outage_budget_alerts_while_renewal_keeps_failing() {
+    let budget = Duration::from_secs(36 * 3600);
+    let critical_left = |failing: bool, budget: Duration| async move {
+        let (source, clock, store) = setup();
+        *source.lifetime.lock().unwrap() = 6 * DAY;
+        let rotator = Rotator::builder(source.clone(), Policy::default())
+            .store(store)
+            .renewal_jitter(0.0)
+            .retry_backoff(Duration::from_secs(60), Duration::from_secs(3600))
+            .outage_budget(budget)
+            .start()
+            .await
+            .unwrap();
+        source.failing.store(failing, Ordering::SeqCst);
+        let cert = rotator.current().unwrap();
+        let mut events = rotator.subscribe();
+        let found = tokio::time::timeout(7 * DAY, async {
+            loop {
+                match events.recv().await.unwrap() {
+                    RotationEvent::ExpiryWarning {
+                        level: AlertLevel::Critical,
+                        ..
+                    } => {
+                        assert_eq!(rotator.health().alert, AlertLevel::Critical);
+                        return cert.not_after.duration_since(clock.now()).unwrap();
+                    }
+                    RotationEvent::Rotated { .. } if !failing => return Duration::ZERO,
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        found.ok()
+    };
+    let left = critical_left(true, budget)
+        .await
+        .expect("no critical alert");
+    assert!(
+        left <= budget && left + Duration::from_secs(2) >= budget,
+        "critical with {left:?} left"
+    );
+    // Renewal working, a budget wider than the renewal window: renewed,
+    // nothing critical first.
+    assert_eq!(critical_left(false, 3 * DAY).await, Some(Duration::ZERO));
 }

@@ -137,6 +137,26 @@ impl<S: CertSource> RotatorBuilder<S> {
         self
     }
 
+    /// Raises a critical expiry warning when less than `budget` of the
+    /// serving certificate's validity is left while renewal keeps failing
+    /// (default: none; the critical level then comes with a tenth of the
+    /// lifetime left, at least a day). Set it to the longest CA outage you
+    /// want to ride out: with 6-day certificates, renewal at two days left
+    /// and a 36-hour budget, the alert comes 12 hours into an outage rather
+    /// than with 14 hours to go.
+    ///
+    /// ```
+    /// # let source = certrotate::StaticSource::empty();
+    /// use std::time::Duration;
+    /// let rotator = certrotate::Rotator::builder(source, certrotate::Policy::default())
+    ///     .outage_budget(Duration::from_secs(36 * 3600));
+    /// # drop(rotator);
+    /// ```
+    pub fn outage_budget(mut self, budget: Duration) -> Self {
+        self.rules.outage_budget = Some(budget);
+        self
+    }
+
     /// Accepts a certificate older than the newest one served so far, as
     /// the source recorded it (default: refused as a replay, with
     /// [`Refusal::OlderThanServing`](crate::policy::Refusal::OlderThanServing)).

@@ -496,6 +496,14 @@ impl CertStore {
         Some((current.cert.info.clone(), current.renewal))
     }
 
+    /// Makes `slot`'s serving certificate critical from `from` on (renewal
+    /// keeps failing with less than the outage budget left), or no longer.
+    pub(crate) fn set_outage_critical(&self, slot: &str, from: Option<std::time::SystemTime>) {
+        if let Some(slot) = self.lock().get_mut(slot) {
+            slot.set_outage_critical(from);
+        }
+    }
+
     /// Moves when `slot`'s serving certificate is due for renewal (its
     /// source learnt a new time).
     pub(crate) fn set_renew_at(&self, slot: &str, at: Renewal) {

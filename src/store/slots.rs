@@ -66,6 +66,9 @@ pub(super) struct Slot {
     /// When its serving certificate's level changes (kept here so that a
     /// health check need not read every certificate).
     times: Option<LevelTimes>,
+    /// From when it is critical because renewal keeps failing with less
+    /// than the outage budget left.
+    outage_critical: Option<SystemTime>,
 }
 
 /// A certificate installed in a slot, with when it is due for renewal: the
@@ -88,19 +91,31 @@ impl Slot {
     /// Its health, if it serves a certificate.
     pub(super) fn health(&self, now: SystemTime) -> CertHealth {
         let current = self.current.as_ref().expect("a serving slot");
-        CertHealth::new(
+        let mut health = CertHealth::new(
             &self.name,
             &current.cert.info,
             now,
             current.renewal,
             self.last_error.clone().map(|(_, f)| f),
             self.warnings.clone(),
-        )
+        );
+        health.alert = self.level(now).unwrap_or(health.alert);
+        health
     }
 
     /// Its alert level at `now`, if it serves.
     pub(super) fn level(&self, now: SystemTime) -> Option<AlertLevel> {
-        Some(self.times?.at(now))
+        let level = self.times?.at(now);
+        match self.outage_critical {
+            Some(from) if now >= from => Some(level.max(AlertLevel::Critical)),
+            _ => Some(level),
+        }
+    }
+
+    /// Makes it critical from `from` on (renewal keeps failing and the
+    /// outage budget runs out then), or no longer.
+    pub(super) fn set_outage_critical(&mut self, from: Option<SystemTime>) {
+        self.outage_critical = from;
     }
 
     /// Sets when its serving certificate is due for renewal (its source
@@ -115,6 +130,7 @@ impl Slot {
     /// Works out the level times again, after its certificate or its
     /// renewal time changed.
     fn retime(&mut self) {
+        self.outage_critical = None;
         self.times = self
             .current
             .as_ref()
@@ -203,6 +219,7 @@ impl Slots {
                 last_error: None,
                 warnings: Vec::new(),
                 level: None,
+                outage_critical: None,
                 times: None,
             };
             self.by_name.insert(name, slot);
