@@ -341,6 +341,14 @@ impl Slot<'_> {
                     .checked_sub(budget)
                     .unwrap_or(cert.not_before)
             });
+        // A source's critical warning (a last-resort certificate) is
+        // critical from the start.
+        let critical = self.state.warnings.iter().any(SourceWarning::is_critical);
+        let budget_from = if critical {
+            Some(cert.not_before)
+        } else {
+            budget_from
+        };
         if budget_from.is_some_and(|from| now >= from) && level < AlertLevel::Critical {
             level = AlertLevel::Critical;
         }

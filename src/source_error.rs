@@ -32,6 +32,15 @@ pub enum SourceWarning {
     /// can, only certificates newer than the one serving are installed, and
     /// no mark is recorded (so none is lowered).
     MarkUnreadable(Box<crate::mark::MarkUnreadable>),
+    /// Every ACME CA failed and the certificate serving comes from the
+    /// internal CA configured as the last resort
+    /// ([`AcmeBuilder::last_resort`](crate::acme::AcmeBuilder::last_resort)):
+    /// clients that trust only public roots reject it. Critical: the
+    /// slot's alert level is `critical` while it serves.
+    LastResort {
+        /// Why the ACME CAs did not issue.
+        reason: String,
+    },
     /// An ACME CA failed to issue at its last turn (another CA may have
     /// issued instead): reported until it issues again.
     CaFailing {
@@ -40,6 +49,20 @@ pub enum SourceWarning {
         /// Its failure.
         reason: String,
     },
+}
+
+impl SourceWarning {
+    /// Whether the slot is critical while this lasts (its alert level is
+    /// raised to [`Critical`](crate::AlertLevel::Critical)).
+    ///
+    /// ```
+    /// use certrotate::source::SourceWarning;
+    /// let warning = SourceWarning::LastResort { reason: "every CA is down".into() };
+    /// assert!(warning.is_critical());
+    /// ```
+    pub fn is_critical(&self) -> bool {
+        matches!(self, Self::LastResort { .. })
+    }
 }
 
 impl fmt::Display for SourceWarning {
@@ -53,6 +76,10 @@ impl fmt::Display for SourceWarning {
             Self::StateNotSaved { what, reason } => write!(
                 f,
                 "could not save the {what} ({reason}): it is used now, but after a restart it must be obtained again"
+            ),
+            Self::LastResort { reason } => write!(
+                f,
+                "serving a certificate from the internal last-resort CA, as every ACME CA failed ({reason})"
             ),
             Self::CaFailing { directory, reason } => {
                 write!(f, "the ACME CA {directory} failed at its last turn: {reason}")

@@ -355,3 +355,54 @@ async fn a_hung_first_ca_is_given_up_at_the_step_timeout() {
     first.freeze(false);
     rotator.shutdown().await;
 }
+
+/// Every ACME CA down and an internal CA as the last resort: its
+/// certificate serves, the slot is critical while it does, and the stored
+/// high-water mark is left alone (the fleet would otherwise refuse the
+/// stored ACME certificate as older).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_internal_last_resort_serves_critically_when_every_ca_is_down() {
+    let (mut first, mut second) = two_pebbles(Duration::from_secs(3600));
+    first.kill();
+    second.kill();
+    let state = common::TempDir::new("last-resort");
+    let storage = certrotate::acme::FileStorage::new(state.path());
+    let internal = certrotate::InternalCa::generate("last resort").unwrap();
+    let source = source(&first, &second, &storage)
+        .last_resort(internal.clone())
+        .build();
+    let rotator = Rotator::builder(source, policy())
+        .retry_backoff(Duration::from_millis(200), Duration::from_secs(1))
+        .spawn();
+    let cert = first_certificate(&rotator).await;
+    assert_eq!(cert.origin, format!("internal last-resort CA for {NAME}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let health = rotator.health();
+        let warned = health.certificates[0]
+            .warnings
+            .iter()
+            .any(|w| w.contains("last-resort"));
+        if warned && health.alert == certrotate::AlertLevel::Critical {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{health:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Served, not stored; no mark recorded for it; not issued again while
+    // the ACME CAs stay down.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rotator.current().unwrap().serial, cert.serial);
+    let kept: Vec<_> = std::fs::read_dir(state.path())
+        .map(|dir| {
+            dir.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        kept.iter()
+            .all(|k| !k.starts_with("cert-") && !k.starts_with("served-")),
+        "{kept:?}"
+    );
+    rotator.shutdown().await;
+}

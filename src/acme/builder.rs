@@ -127,6 +127,9 @@ pub struct AcmeBuilder {
     pub(super) renewal_info_pace: Arc<Pace>,
     /// Turns to renew, shared by the sources built.
     pub(super) renewal_pace: Arc<Pace>,
+    /// The internal CA behind every ACME CA.
+    #[cfg(feature = "ca")]
+    pub(super) last_resort: Option<crate::source::InternalCa>,
 }
 
 impl fmt::Debug for AcmeBuilder {
@@ -282,6 +285,31 @@ impl AcmeBuilder {
         self
     }
 
+    /// Behind every ACME CA, this internal CA (off by default): when every
+    /// ACME CA fails and nothing is served, or what is served is past its
+    /// emergency point (a tenth of its lifetime left), a certificate for
+    /// the names is issued here (valid 24 hours), served, and never stored.
+    /// While it serves, the slot is critical
+    /// ([`SourceWarning::LastResort`](crate::source::SourceWarning::LastResort)),
+    /// and the ACME CAs are tried again with the rotator's backoff. Only
+    /// clients that trust this CA accept it: for internal services, not
+    /// for browsers.
+    ///
+    /// ```
+    /// # fn demo() -> Result<(), certrotate::source::CaError> {
+    /// let internal = certrotate::InternalCa::generate("api fallback CA")?;
+    /// let source = certrotate::AcmeSource::builder("https://acme.example/dir", ["api.internal"])
+    ///     .last_resort(internal)
+    ///     .build();
+    /// # let _ = source; Ok(()) }
+    /// ```
+    #[cfg(feature = "ca")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "ca")))]
+    pub fn last_resort(mut self, ca: crate::source::InternalCa) -> Self {
+        self.last_resort = Some(ca);
+        self
+    }
+
     /// How often each certificate's renewal information (RFC 9773) is asked
     /// for again: when the CA's `Retry-After` says, but no sooner than
     /// `min` and no later than `max` (default 1 minute and 24 hours). A CA
@@ -368,6 +396,7 @@ impl AcmeBuilder {
                 provided: Mutex::default(),
                 pending: Mutex::default(),
                 renewal_turn: Mutex::default(),
+                last_resort: Mutex::default(),
                 attached: Mutex::default(),
             }),
         }

@@ -181,7 +181,49 @@ impl AcmeSource {
                 }
             }
         }
-        Err(self.every_ca_failed(failed, every_wait))
+        let error = self.every_ca_failed(failed, every_wait);
+        #[cfg(feature = "ca")]
+        if let Some(bundle) = self.last_resort(&error) {
+            return Ok(bundle);
+        }
+        Err(error)
+    }
+
+    /// A certificate from the internal last-resort CA, if one is configured
+    /// and needed: nothing served, or what serves past its emergency point.
+    #[cfg(feature = "ca")]
+    fn last_resort(&self, error: &SourceError) -> Option<CertBundle> {
+        let ca = self.inner.config.last_resort.as_ref()?;
+        let now = self.now();
+        let provided = lock(&self.inner.provided).clone();
+        if provided.is_some_and(|p| !self.past_emergency(p.info(), now)) {
+            return None;
+        }
+        let spec = crate::source::LeafSpec::new(self.inner.config.domains.clone());
+        match ca.issue(&spec) {
+            Ok(bundle) => {
+                tracing::error!(target: "certrotate", names = %self.inner.config.domains.join(", "), "every ACME CA failed: serving a certificate from the internal last-resort CA ({error})");
+                *lock(&self.inner.last_resort) = Some(error.to_string());
+                Some(bundle.with_origin(self.last_resort_origin()))
+            }
+            Err(issue) => {
+                tracing::error!(target: "certrotate", "the internal last-resort CA failed too: {issue}");
+                None
+            }
+        }
+    }
+
+    /// What a last-resort certificate says of where it came from.
+    pub(super) fn last_resort_origin(&self) -> String {
+        format!(
+            "internal last-resort CA for {}",
+            self.inner.config.domains.join(", ")
+        )
+    }
+
+    /// Whether `cert` came from the last-resort CA.
+    pub(super) fn is_last_resort(&self, cert: &CertInfo) -> bool {
+        cert.origin == self.last_resort_origin()
     }
 
     /// The error of an attempt in which no CA issued: rate-limited if
@@ -224,18 +266,21 @@ impl AcmeSource {
     /// also when a later CA issued, so that the first being down is known
     /// before the last is down too.
     pub(super) fn ca_warnings(&self) -> Vec<SourceWarning> {
-        self.inner
-            .config
-            .cas
-            .iter()
-            .filter_map(|ca| {
-                let reason = lock(&ca.state).failure.clone()?;
-                Some(SourceWarning::CaFailing {
-                    directory: ca.directory.clone(),
-                    reason,
-                })
+        let serving_last_resort = lock(&self.inner.provided)
+            .as_ref()
+            .is_some_and(|p| self.is_last_resort(p.info()));
+        let last_resort = lock(&self.inner.last_resort)
+            .clone()
+            .filter(|_| serving_last_resort)
+            .map(|reason| SourceWarning::LastResort { reason });
+        let failing = self.inner.config.cas.iter().filter_map(|ca| {
+            let reason = lock(&ca.state).failure.clone()?;
+            Some(SourceWarning::CaFailing {
+                directory: ca.directory.clone(),
+                reason,
             })
-            .collect()
+        });
+        last_resort.into_iter().chain(failing).collect()
     }
 
     /// How each CA has fared, in the order they are tried.

@@ -133,6 +133,8 @@ struct Inner {
     storage_changes: tokio::sync::Mutex<Option<tokio::sync::watch::Receiver<u64>>>,
     /// The certificate the last successful fetch returned.
     provided: Mutex<Option<CertBundle>>,
+    /// Why the last-resort CA was last turned to.
+    last_resort: Mutex<Option<String>>,
     /// This source's turn to renew, once reserved and until taken.
     renewal_turn: Mutex<Option<tokio::time::Instant>>,
     /// The order in progress, for the next attempt to resume.
@@ -173,6 +175,8 @@ impl AcmeSource {
             renewal_info_interval: (Duration::from_secs(60), Duration::from_secs(86_400)),
             renewal_info_pace: Arc::new(pace::Pace::new(10, Duration::from_secs(1))),
             renewal_pace: Arc::new(pace::Pace::new(60, Duration::from_secs(60))),
+            #[cfg(feature = "ca")]
+            last_resort: None,
         }
     }
 
@@ -420,6 +424,15 @@ impl CertSource for AcmeSource {
     /// not answer: a mark is never lowered. A value there that does not
     /// parse or decrypt is replaced.
     async fn record_high_water_mark(&self, mark: HighWaterMark) {
+        // A last-resort certificate is this instance's alone: recorded, it
+        // would make the fleet (and this instance after a restart) refuse
+        // the stored ACME certificate as older.
+        let last_resort = lock(&self.inner.provided)
+            .as_ref()
+            .is_some_and(|p| self.is_last_resort(p.info()) && p.info().serial == mark.serial);
+        if last_resort {
+            return;
+        }
         let local = async {
             if let Some(path) = &self.inner.config.state_file {
                 mark.record_file(path, &self.describe()).await;

@@ -170,6 +170,10 @@ impl AcmeSource {
     /// When `cert` should be replaced: at the time the CA advised, else
     /// with 40% of its lifetime left; with 10% left whatever the advice.
     pub(super) fn renewal_time(&self, cert: &CertInfo) -> Renewal {
+        // A last-resort certificate is replaced as soon as a CA issues.
+        if self.is_last_resort(cert) {
+            return Renewal::new(cert.not_before);
+        }
         let left = |fraction| renewal::at_fraction(cert, fraction, 0.0, 0.0);
         let emergency = left(EMERGENCY_FRACTION);
         match &*lock(&self.inner.advice) {
@@ -182,6 +186,12 @@ impl AcmeSource {
             }
             _ => Renewal::new(left(DEFAULT_RENEW_FRACTION).min(emergency)),
         }
+    }
+
+    /// Whether less than a tenth of `cert`'s lifetime is left at `now`.
+    #[cfg_attr(not(feature = "ca"), allow(dead_code))]
+    pub(super) fn past_emergency(&self, cert: &CertInfo, now: SystemTime) -> bool {
+        now >= renewal::at_fraction(cert, EMERGENCY_FRACTION, 0.0, 0.0)
     }
 
     /// Whether `cert` should be replaced now.
