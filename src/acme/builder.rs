@@ -45,8 +45,9 @@ pub struct AcmeCa {
     /// the same template (on-demand names), so that their first orders
     /// make one.
     pub(super) account: SharedAccount,
-    /// What is known of the CA between attempts, shared the same way: a
-    /// rate limit holds for the account, and an outage for every name.
+    /// How the CA has fared, shared the same way (for
+    /// [`AcmeSource::ca_health`]); a rate limit rests the CA only for the
+    /// source that met it (most CA limits are per name).
     pub(super) state: Arc<Mutex<super::fallback::CaState>>,
 }
 
@@ -381,6 +382,7 @@ impl AcmeBuilder {
             })
             .collect();
         let storage_changes = tokio::sync::Mutex::new(self.storage.changes());
+        let cas_count = self.cas.len();
         AcmeSource {
             inner: Arc::new(Inner {
                 account_keys,
@@ -397,6 +399,9 @@ impl AcmeBuilder {
                 pending: Mutex::default(),
                 renewal_turn: Mutex::default(),
                 last_resort: Mutex::default(),
+                advising: Default::default(),
+                unadvised: Mutex::default(),
+                turns: Mutex::new(vec![Default::default(); cas_count]),
                 attached: Mutex::default(),
             }),
         }

@@ -20,12 +20,33 @@ const ISSUER_LINE: &str = "certrotate-acme-ca: ";
 /// wait may be days, but the CAs after it may fail meanwhile.
 const LONGEST_REST: Duration = Duration::from_secs(3600);
 
-/// What is known of one CA, between attempts, by the sources built from
-/// one builder.
-#[derive(Debug, Default)]
-pub(super) struct CaState {
+/// The longest failure reason kept (a CA's problem detail can be long).
+const LONGEST_REASON: usize = 1024;
+
+/// One CA as one source met it: its rest after a rate limit (for this
+/// source's names alone: most CA limits are per name), and its failure.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Turn {
     /// Not asked again before then: it said it is rate-limited.
     resting_until: Option<SystemTime>,
+    /// Its last failure for this source, until it issues again.
+    failure: Option<String>,
+}
+
+impl Turn {
+    /// Until when the CA rests, if it does at `now`. A rest longer than
+    /// the longest (the clock went back) is over.
+    fn resting(&self, now: SystemTime) -> Option<SystemTime> {
+        self.resting_until
+            .filter(|&t| t.duration_since(now).is_ok_and(|left| left <= LONGEST_REST))
+            .filter(|&t| t > now)
+    }
+}
+
+/// What is known of one CA, between attempts, by all the sources built
+/// from one builder (for [`AcmeSource::ca_health`]).
+#[derive(Debug, Default)]
+pub(super) struct CaState {
     /// Its last failure, until it issues again.
     failure: Option<String>,
     /// Since when it has been failing.
@@ -39,17 +60,29 @@ impl CaState {
     /// The CA issued: it is no longer failing.
     fn issued(&mut self) {
         self.issued += 1;
-        (self.failure, self.failing_since, self.resting_until) = (None, None, None);
+        (self.failure, self.failing_since) = (None, None);
     }
 
-    /// The CA failed at `now`, asking to wait `rate_limited` if it did.
-    fn failed(&mut self, failure: &Failure, rate_limited: Option<Duration>, now: SystemTime) {
+    /// The CA failed at `now`, for `reason`.
+    fn failed(&mut self, reason: &str, now: SystemTime) {
         self.failed += 1;
         self.failing_since.get_or_insert(now);
-        self.failure = Some(failure.to_string());
-        self.resting_until =
-            rate_limited.map(|wait| crate::clock::saturating_add(now, wait.min(LONGEST_REST)));
+        self.failure = Some(reason.to_owned());
     }
+}
+
+/// `failure` as kept: at most [`LONGEST_REASON`] bytes.
+fn reason(failure: &Failure) -> String {
+    let mut reason = failure.to_string();
+    if reason.len() > LONGEST_REASON {
+        let mut end = LONGEST_REASON;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push('…');
+    }
+    reason
 }
 
 /// How one ACME CA of an [`AcmeSource`] has fared: whether it failed at
@@ -79,9 +112,6 @@ pub struct CaHealth {
     /// issued).
     #[serde(serialize_with = "crate::clock::ser_opt_time")]
     pub failing_since: Option<SystemTime>,
-    /// Until when it is skipped, having said it is rate-limited.
-    #[serde(serialize_with = "crate::clock::ser_opt_time")]
-    pub resting_until: Option<SystemTime>,
     /// Certificates it issued since the process started.
     pub issued: u64,
     /// Orders that failed with it since the process started.
@@ -148,7 +178,7 @@ impl AcmeSource {
         let mut every_wait: Option<Duration> = Some(Duration::MAX);
         for (ca, config) in cas.iter().enumerate() {
             let now = self.now();
-            let resting = lock(&config.state).resting_until.filter(|&t| t > now);
+            let resting = lock(&self.inner.turns)[ca].resting(now);
             if let Some(until) = resting {
                 let wait = until.duration_since(now).unwrap_or_default();
                 every_wait = every_wait.map(|w| w.min(wait));
@@ -165,17 +195,28 @@ impl AcmeSource {
             match ordered {
                 Ok(bundle) => {
                     lock(&config.state).issued();
+                    lock(&self.inner.turns)[ca] = Turn::default();
+                    // What the CA advises is for this one now.
+                    *lock(&self.inner.provided) = Some(bundle.clone());
                     if ca > 0 {
                         tracing::warn!(target: "certrotate", ca = %config.directory, serial = %bundle.info().serial, "issued by a fallback CA: the CAs before it failed");
                     }
                     self.count_order(ca, true);
-                    self.advise(&bundle).await;
+                    // In the background: its turn to ask may be a while.
+                    let (source, issued) = (self.clone(), bundle.clone());
+                    tokio::spawn(async move { source.advise(&issued).await });
                     return Ok(bundle);
                 }
                 Err(failure) => {
                     tracing::warn!(target: "certrotate", ca = %config.directory, reason = %failure, "the CA failed to issue");
                     self.count_order(ca, false);
-                    lock(&config.state).failed(&failure, rate_limited, now);
+                    let reason = reason(&failure);
+                    lock(&config.state).failed(&reason, now);
+                    lock(&self.inner.turns)[ca] = Turn {
+                        resting_until: rate_limited
+                            .map(|wait| crate::clock::saturating_add(now, wait.min(LONGEST_REST))),
+                        failure: Some(reason),
+                    };
                     every_wait = every_wait.zip(rate_limited).map(|(w, r)| w.min(r));
                     failed.push((config.directory.clone(), Tried::Failed(failure)));
                 }
@@ -273,13 +314,19 @@ impl AcmeSource {
             .clone()
             .filter(|_| serving_last_resort)
             .map(|reason| SourceWarning::LastResort { reason });
-        let failing = self.inner.config.cas.iter().filter_map(|ca| {
-            let reason = lock(&ca.state).failure.clone()?;
-            Some(SourceWarning::CaFailing {
-                directory: ca.directory.clone(),
-                reason,
-            })
-        });
+        let turns = lock(&self.inner.turns).clone();
+        let failing = self
+            .inner
+            .config
+            .cas
+            .iter()
+            .zip(turns)
+            .filter_map(|(ca, turn)| {
+                Some(SourceWarning::CaFailing {
+                    directory: ca.directory.clone(),
+                    reason: turn.failure?,
+                })
+            });
         last_resort.into_iter().chain(failing).collect()
     }
 
@@ -295,7 +342,6 @@ impl AcmeSource {
                     directory: ca.directory.clone(),
                     last_failure: state.failure.clone(),
                     failing_since: state.failing_since,
-                    resting_until: state.resting_until,
                     issued: state.issued,
                     failed: state.failed,
                 }
@@ -346,6 +392,21 @@ mod tests {
         AcmeSource::builder("https://a.invalid/dir", ["a.example"])
             .fallback(AcmeCa::new("https://b.invalid/dir"))
             .build()
+    }
+
+    /// A rest longer than the longest a CA gets (the clock went back after
+    /// it was set) is over: the CA is not skipped for days.
+    #[test]
+    fn a_rest_from_before_a_clock_jump_is_over() {
+        let now = std::time::SystemTime::now();
+        let turn = |left: std::time::Duration| super::Turn {
+            resting_until: Some(now + left),
+            failure: None,
+        };
+        let minute = std::time::Duration::from_secs(60);
+        assert_eq!(turn(minute).resting(now), Some(now + minute));
+        assert_eq!(turn(3 * 24 * 60 * minute).resting(now), None);
+        assert_eq!(turn(minute).resting(now + 2 * minute), None);
     }
 
     /// The issuing CA survives storage; a value stored before there were

@@ -133,6 +133,14 @@ struct Inner {
     storage_changes: tokio::sync::Mutex<Option<tokio::sync::watch::Receiver<u64>>>,
     /// The certificate the last successful fetch returned.
     provided: Mutex<Option<CertBundle>>,
+    /// Whether this source is asking the CA for renewal advice now.
+    advising: std::sync::atomic::AtomicBool,
+    /// A certificate the CA was asked about without an answer, and until
+    /// when it is not asked again.
+    unadvised: Mutex<Option<(String, SystemTime)>>,
+    /// Each CA's rest and last failure as this source met them, in the
+    /// order of the CAs.
+    turns: Mutex<Vec<fallback::Turn>>,
     /// Why the last-resort CA was last turned to.
     last_resort: Mutex<Option<String>>,
     /// This source's turn to renew, once reserved and until taken.

@@ -56,9 +56,7 @@ impl AcmeSource {
     pub(super) async fn obtain(&self) -> Result<CertBundle, Trouble> {
         let stored = self.stored().await.map_err(Trouble::StorageDown)?;
         if let Some(bundle) = &stored {
-            let advised = lock(&self.inner.advice)
-                .as_ref()
-                .is_some_and(|a| a.fingerprint == bundle.info().fingerprint_sha256);
+            let advised = self.advised(bundle.info());
             // The CA's advice can only matter now if the certificate looks
             // due without it; otherwise it is asked for in the background,
             // so that a restart serves the stored certificate at once even
@@ -129,8 +127,13 @@ impl AcmeSource {
     /// a turn still to come is kept, and the rotator is told to come back
     /// then, as for a rate limit.
     fn renewal_turn(&self) -> Result<(), SourceError> {
+        let pace = &self.inner.config.renewal_pace;
         let mut turn = lock(&self.inner.renewal_turn);
-        let at = *turn.get_or_insert_with(|| self.inner.config.renewal_pace.reserve());
+        // A turn kept from an attempt long ago does not skip the pace.
+        if turn.is_some_and(|at| !pace.holds(at)) {
+            *turn = None;
+        }
+        let at = *turn.get_or_insert_with(|| pace.reserve());
         let now = tokio::time::Instant::now();
         if at <= now {
             *turn = None;

@@ -18,17 +18,18 @@ use crate::sync::lock;
 pub(super) struct Pace {
     turns: usize,
     window: Duration,
-    /// The last `turns` turns given (or to come), oldest first.
+    /// The turns given within a window, and those to come, oldest first.
     given: Mutex<VecDeque<Instant>>,
 }
 
 impl Pace {
-    /// `turns` turns per `window` (at least one).
+    /// `turns` turns per `window` (at least one; a window of at most a
+    /// year).
     pub(super) fn new(turns: u32, window: Duration) -> Self {
         let turns = (turns as usize).max(1);
         Self {
             turns,
-            window,
+            window: window.min(Duration::from_secs(365 * 86_400)),
             given: Mutex::new(VecDeque::with_capacity(turns.min(1024))),
         }
     }
@@ -36,19 +37,68 @@ impl Pace {
     /// Reserves the next turn: when it is (now, or later).
     pub(super) fn reserve(&self) -> Instant {
         let now = Instant::now();
+        let end = |t: Instant| t.checked_add(self.window).unwrap_or(now + FAR);
         let mut given = lock(&self.given);
+        // Turns a window old constrain no turn to come.
+        while given.front().is_some_and(|&t| end(t) <= now) {
+            given.pop_front();
+        }
         let mut at = given.back().map_or(now, |&last| last.max(now));
-        if given.len() == self.turns {
-            let oldest = given.pop_front().expect("turns are at least one");
-            at = at.max(oldest + self.window);
+        if given.len() >= self.turns {
+            at = at.max(end(given[given.len() - self.turns]));
         }
         given.push_back(at);
         at
     }
 
-    /// Waits for a turn.
-    pub(super) async fn turn(&self) {
-        tokio::time::sleep_until(self.reserve()).await;
+    /// Waits for a turn, if it comes within `limit`; a turn not taken (too
+    /// far off, or the wait dropped) is given back.
+    pub(super) async fn turn_within(&self, limit: Duration) -> bool {
+        let at = self.reserve();
+        let mut reserved = Reserved {
+            pace: self,
+            at,
+            taken: false,
+        };
+        if at.saturating_duration_since(Instant::now()) > limit {
+            return false;
+        }
+        tokio::time::sleep_until(at).await;
+        reserved.taken = true;
+        true
+    }
+
+    /// Whether a turn reserved for `at` still holds: not older than a
+    /// window (a turn kept from long ago does not skip the pace).
+    pub(super) fn holds(&self, at: Instant) -> bool {
+        at.checked_add(self.window)
+            .is_none_or(|end| end > Instant::now())
+    }
+
+    /// Gives back the turn reserved for `at`.
+    fn give_back(&self, at: Instant) {
+        let mut given = lock(&self.given);
+        if let Some(position) = given.iter().rposition(|&t| t == at) {
+            given.remove(position);
+        }
+    }
+}
+
+/// What is added to a window too long to add to an instant.
+const FAR: Duration = Duration::from_secs(86_400);
+
+/// A turn reserved: given back unless taken.
+struct Reserved<'a> {
+    pace: &'a Pace,
+    at: Instant,
+    taken: bool,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if !self.taken {
+            self.pace.give_back(self.at);
+        }
     }
 }
 
@@ -80,7 +130,7 @@ mod tests {
             .map(|_| {
                 let pace = pace.clone();
                 tokio::spawn(async move {
-                    pace.turn().await;
+                    assert!(pace.turn_within(Duration::MAX).await);
                     Instant::now()
                 })
             })
@@ -96,6 +146,26 @@ mod tests {
             last >= Duration::from_secs(198) && last <= Duration::from_secs(200),
             "{last:?}"
         );
+    }
+
+    /// A turn too far off, or whose wait is dropped, is given back: the
+    /// pace does not fill with turns nobody takes.
+    #[tokio::test(start_paused = true)]
+    async fn turns_not_taken_are_given_back() {
+        let pace = Pace::new(1, Duration::from_secs(10));
+        assert!(pace.turn_within(Duration::ZERO).await);
+        for _ in 0..1000 {
+            assert!(!pace.turn_within(Duration::from_secs(1)).await);
+            let dropped =
+                tokio::time::timeout(Duration::from_millis(1), pace.turn_within(Duration::MAX));
+            assert!(dropped.await.is_err());
+        }
+        let now = Instant::now();
+        assert!(pace.reserve() - now <= Duration::from_secs(10));
+        // And a window too long waits (a year at most) instead of panicking.
+        let endless = Pace::new(1, Duration::MAX);
+        endless.reserve();
+        assert!(endless.reserve() > now);
     }
 
     /// A window's turns come at once, the next when the first leaves the

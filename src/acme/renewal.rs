@@ -60,11 +60,20 @@ impl AcmeSource {
             let next = lock(&self.inner.advice)
                 .as_ref()
                 .map(|a| (a.next_poll, (!a.fired).then_some(a.at)));
-            let Some((poll, at)) = next else {
+            let Some((mut poll, at)) = next else {
                 // Advice comes with the next fetch; look again later.
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 continue;
             };
+            // A poll further off than the longest interval (the clock went
+            // back) happens now.
+            let longest = self.inner.config.renewal_info_interval.1;
+            if poll
+                .duration_since(self.now())
+                .is_ok_and(|wait| wait > longest)
+            {
+                poll = self.now();
+            }
             // What comes first is done when its time comes, as the timer
             // (not the wall clock, which may differ a little) says.
             let fire = at.filter(|&at| at <= poll);
@@ -85,23 +94,23 @@ impl AcmeSource {
     /// Asks the CA again about the advised certificate, in its turn among
     /// the sources of this builder.
     async fn poll(&self) {
-        let Some((fingerprint, leaf, ca)) = lock(&self.inner.advice)
-            .as_ref()
-            .map(|a| (a.fingerprint.clone(), a.leaf.clone(), a.ca))
-        else {
+        // The next poll moves first: a poll cut short (the rotator woken
+        // by something else) is not repeated at once.
+        let later = crate::clock::saturating_add(self.now(), self.poll_interval(None));
+        let Some((fingerprint, leaf, ca)) = lock(&self.inner.advice).as_mut().map(|a| {
+            a.next_poll = later;
+            (a.fingerprint.clone(), a.leaf.clone(), a.ca)
+        }) else {
             return;
         };
-        self.inner.config.renewal_info_pace.turn().await;
-        let answer = self.ask(ca, &leaf).await;
-        let now = self.now();
-        let Some(answer) = answer else {
-            let mut advice = lock(&self.inner.advice);
-            if let Some(advice) = advice.as_mut().filter(|a| a.fingerprint == fingerprint) {
-                advice.next_poll = crate::clock::saturating_add(now, self.poll_interval(None));
-            }
+        let pace = &self.inner.config.renewal_info_pace;
+        if !pace.turn_within(self.poll_interval(None)).await {
             return;
-        };
-        self.take(&fingerprint, (ca, &leaf), answer, now).await;
+        }
+        if let Some(answer) = self.ask(ca, &leaf).await {
+            self.take(&fingerprint, (ca, &leaf), answer, self.now())
+                .await;
+        }
     }
 
     /// Takes the CA's answer for the certificate `fingerprint`: a new time
@@ -118,6 +127,16 @@ impl AcmeSource {
             crate::clock::saturating_add(now, self.poll_interval(Some(answer.retry_after)));
         let moved = {
             let mut advice = lock(&self.inner.advice);
+            // An answer about a certificate no longer served (a late one
+            // for the replaced certificate) does not replace the advice.
+            let served = lock(&self.inner.provided)
+                .as_ref()
+                .map(|p| p.info().fingerprint_sha256.clone());
+            let current = advice.as_ref().map(|a| a.fingerprint.clone());
+            if current.is_some_and(|c| c != fingerprint) && served.is_some_and(|s| s != fingerprint)
+            {
+                return;
+            }
             let kept = advice
                 .as_ref()
                 .filter(|a| a.fingerprint == fingerprint && a.window == Some(answer.window));
@@ -194,6 +213,19 @@ impl AcmeSource {
         now >= renewal::at_fraction(cert, EMERGENCY_FRACTION, 0.0, 0.0)
     }
 
+    /// Whether the CA's advice on `cert` is known, or was asked for lately
+    /// without an answer (not asked again before the next poll's time).
+    pub(super) fn advised(&self, cert: &CertInfo) -> bool {
+        let fingerprint = &cert.fingerprint_sha256;
+        let now = self.now();
+        lock(&self.inner.advice)
+            .as_ref()
+            .is_some_and(|a| a.fingerprint == *fingerprint)
+            || lock(&self.inner.unadvised)
+                .as_ref()
+                .is_some_and(|(f, until)| f == fingerprint && *until > now)
+    }
+
     /// Whether `cert` should be replaced now.
     pub(super) fn due(&self, cert: &CertInfo, now: SystemTime) -> bool {
         now >= self.renewal_time(cert).at
@@ -204,6 +236,22 @@ impl AcmeSource {
     /// per certificate and agrees on when to renew), else the CA's answer.
     /// Either way the CA is asked again when it said to.
     pub(super) async fn advise(&self, cert: &CertBundle) {
+        // One at a time per source: attempts that come while one asks do
+        // not queue more.
+        if self
+            .inner
+            .advising
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        self.advise_alone(cert).await;
+        self.inner
+            .advising
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    async fn advise_alone(&self, cert: &CertBundle) {
         let fingerprint = &cert.info().fingerprint_sha256;
         // Asked of the CA that issued it: another knows nothing of it.
         let Some(ca) = self.issuer(cert.info()) else {
@@ -224,9 +272,19 @@ impl AcmeSource {
             });
             return;
         }
-        self.inner.config.renewal_info_pace.turn().await;
-        if let Some(answer) = self.ask(ca, &leaf).await {
-            self.take(fingerprint, (ca, &leaf), answer, now).await;
+        // In its turn, if that comes within a step; else (or without an
+        // answer) the lifetime rule holds until the next poll's time.
+        let pace = &self.inner.config.renewal_info_pace;
+        let answer = match pace.turn_within(self.inner.config.timeout).await {
+            true => self.ask(ca, &leaf).await,
+            false => None,
+        };
+        match answer {
+            Some(answer) => self.take(fingerprint, (ca, &leaf), answer, now).await,
+            None => {
+                let until = crate::clock::saturating_add(now, self.poll_interval(None));
+                *lock(&self.inner.unadvised) = Some((fingerprint.clone(), until));
+            }
         }
     }
 
