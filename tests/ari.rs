@@ -106,3 +106,113 @@ async fn the_cas_window_is_followed_polled_and_a_past_one_renews_at_once() {
     );
     rotator.shutdown().await;
 }
+
+/// The most events of `times` in any span of `window`.
+fn most_in(times: &[std::time::Instant], window: Duration) -> usize {
+    let mut times = times.to_vec();
+    times.sort();
+    let (mut most, mut first) = (0, 0);
+    for (last, at) in times.iter().enumerate() {
+        while *at - times[first] >= window {
+            first += 1;
+        }
+        most = most.max(last - first + 1);
+    }
+    most
+}
+
+/// Many certificates (100 on-demand names here; the pace itself is proven
+/// with 10,000 in its unit tests): renewal information asked every second
+/// by each (Retry-After 1 s) stays within `renewal_info_rate`, and a
+/// window moved into the past for all of them renews them at
+/// `renewals_per_window`, not all at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_certificates_poll_and_renew_within_their_pace() {
+    const NAMES: usize = 100;
+    let pebble = Pebble::start(Config {
+        validity: Duration::from_secs(3600),
+        ..Config::default()
+    });
+    let now = SystemTime::now();
+    let ari = Arc::new(Ari::new((now + 50 * MINUTE, now + 55 * MINUTE), 1));
+    let proxy = FlakyProxy::with_ari(&pebble, ari.clone()).await;
+    let template = AcmeSource::template(&proxy.directory)
+        .directory_root(&pebble.https_root)
+        .storage(pebble.storage())
+        .renewal_info_interval(Duration::from_secs(1), Duration::from_secs(60))
+        .renewal_info_rate(10)
+        .renewals_per_window(10, Duration::from_secs(1));
+    let suffix = "many.ari.certrotate.test";
+    let on_demand = certrotate::OnDemand::builder(
+        template,
+        certrotate::on_demand::AllowList::new().suffix(suffix),
+    )
+    .max_orders_in_flight(20)
+    .orders_per_window(1000, Duration::from_secs(3600))
+    .new_names_per_window(1000, Duration::from_secs(3600))
+    .max_pending_names(1000)
+    .orders_per_registered_domain(1000, Duration::from_secs(3600))
+    .wait(Duration::from_secs(60))
+    .build();
+    let tcp = tokio::net::TcpListener::bind(("127.0.0.1", pebble.config.tls_port))
+        .await
+        .unwrap();
+    let config = Arc::new(on_demand.server_config().unwrap());
+    let listener = certrotate::TlsListener::new(tcp, config)
+        .max_pending_handshakes_per_client(1000)
+        .on_demand(on_demand.clone());
+    let _server = common::serve_listener(listener);
+    let names: Vec<String> = (0..NAMES).map(|i| format!("n{i}.{suffix}")).collect();
+    // Twenty at a time, the orders allowed in flight.
+    for batch in names.chunks(20) {
+        let prepared: Vec<_> = batch
+            .iter()
+            .map(|name| {
+                let (on_demand, name) = (on_demand.clone(), name.clone());
+                tokio::spawn(async move { on_demand.prepare(&name).await })
+            })
+            .collect();
+        for prepared in prepared {
+            prepared.await.unwrap().unwrap();
+        }
+    }
+    let first_orders = ari.orders.lock().unwrap().len();
+    assert_eq!(first_orders, NAMES);
+
+    // Each asks every second; together 10 a second (counted as they reach
+    // the CA, so a little arrival jitter is allowed; unpaced they would be
+    // 500 in 5 s).
+    let before = ari.polls.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let polls = ari.polls.lock().unwrap()[before..].to_vec();
+    let most = most_in(&polls, Duration::from_secs(1));
+    println!("{} polls in 5 s, at most {most} in a second", polls.len());
+    assert!(
+        (30..=60).contains(&polls.len()) && most <= 20,
+        "{} polls, {most} in a second",
+        polls.len()
+    );
+
+    // A mass revocation: every window in the past. Renewed at 10 a second.
+    let started = std::time::Instant::now();
+    *ari.window.lock().unwrap() = (now - 2 * MINUTE, now - MINUTE);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while ari.orders.lock().unwrap().len() < 2 * NAMES {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {NAMES} renewed",
+            ari.orders.lock().unwrap().len() - NAMES
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let renewals = ari.orders.lock().unwrap()[NAMES..].to_vec();
+    let most = most_in(&renewals, Duration::from_secs(1));
+    let took = started.elapsed();
+    println!("{NAMES} renewals in {took:?}, at most {most} in a second");
+    // 100 at 10 a second take 9 s at least (unpaced: about 2 s).
+    assert!(
+        took >= Duration::from_secs(9) && most <= 20,
+        "{most} in a second, {took:?}"
+    );
+    on_demand.shutdown().await;
+}

@@ -418,6 +418,8 @@ pub struct Ari {
     pub polls: std::sync::Mutex<Vec<std::time::Instant>>,
     /// The `replaces` of each new order (empty when it had none).
     pub replaces: std::sync::Mutex<Vec<String>>,
+    /// When each new order came.
+    pub orders: std::sync::Mutex<Vec<std::time::Instant>>,
 }
 
 impl Ari {
@@ -427,6 +429,7 @@ impl Ari {
             retry_after: retry_after.into(),
             polls: Default::default(),
             replaces: Default::default(),
+            orders: Default::default(),
         }
     }
 
@@ -462,6 +465,7 @@ impl Ari {
         let order: serde_json::Value = serde_json::from_slice(&payload).unwrap_or_default();
         let replaces = order["replaces"].as_str().unwrap_or_default().to_owned();
         self.replaces.lock().unwrap().push(replaces.clone());
+        self.orders.lock().unwrap().push(std::time::Instant::now());
         replaces
     }
 }
