@@ -796,6 +796,27 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// Asking for advice cut short (a fetch that timed out) lets the next
+    /// attempt ask: the source is not left thinking someone is asking.
+    #[tokio::test]
+    async fn advice_asked_and_dropped_midway_can_be_asked_again() {
+        // A CA that takes connections and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let directory = format!("https://{}/dir", silent.local_addr().unwrap());
+        let dir = std::env::temp_dir().join(format!("certrotate-advise-{}", fastrand::u64(..)));
+        let source = AcmeSource::builder(&directory, ["a.example"])
+            .storage(FileStorage::new(&dir))
+            .build();
+        let cert = cert(DAY, Duration::ZERO).with_origin(source.origin(&directory));
+        let asked = tokio::time::timeout(Duration::from_millis(200), source.advise(&cert)).await;
+        assert!(asked.is_err(), "the silent CA answered");
+        assert!(!source
+            .inner
+            .advising
+            .load(std::sync::atomic::Ordering::Acquire));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn changed_fires_once_at_the_advised_time() {
         let source = source();

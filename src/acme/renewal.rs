@@ -238,17 +238,20 @@ impl AcmeSource {
     pub(super) async fn advise(&self, cert: &CertBundle) {
         // One at a time per source: attempts that come while one asks do
         // not queue more.
-        if self
-            .inner
-            .advising
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        if self.inner.advising.swap(true, Ordering::AcqRel) {
             return;
         }
+        /// Lets the next one ask, however this one ends (a fetch that
+        /// times out drops it mid-way).
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _done = Done(&self.inner.advising);
         self.advise_alone(cert).await;
-        self.inner
-            .advising
-            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     async fn advise_alone(&self, cert: &CertBundle) {
