@@ -335,7 +335,9 @@ impl Slot<'_> {
         let budget_from = self
             .rules
             .outage_budget
-            .filter(|_| self.state.failures > 0)
+            // Two failures in a row at least: one that the next attempt
+            // mends is no outage.
+            .filter(|_| self.state.failures > 1)
             .map(|budget| {
                 cert.not_after
                     .checked_sub(budget)

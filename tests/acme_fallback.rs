@@ -362,12 +362,39 @@ async fn a_hung_first_ca_is_given_up_at_the_step_timeout() {
 /// stored ACME certificate as older).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_internal_last_resort_serves_critically_when_every_ca_is_down() {
-    let (mut first, mut second) = two_pebbles(Duration::from_secs(3600));
+    let (mut first, mut second) = two_pebbles(Duration::from_secs(30));
+    let internal = certrotate::InternalCa::generate("last resort").unwrap();
+
+    // A restart in the outage with a stored certificate due for renewal
+    // (10 s of 30 left) but not nearly expired serves it, not the last
+    // resort.
+    let kept = first.storage();
+    let rotator = Rotator::builder(source(&first, &second, &kept).build(), policy()).spawn();
+    let mut config = rotator.server_config().unwrap();
+    config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+    let server = common::serve_at(first.config.tls_port, Arc::new(config)).await;
+    let stored = first_certificate(&rotator).await;
+    rotator.shutdown().await;
+    drop(server);
     first.kill();
     second.kill();
+    let due = stored.not_after - Duration::from_secs(10);
+    tokio::time::sleep(
+        due.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+    .await;
+    let restarted = source(&first, &second, &kept)
+        .last_resort(internal.clone())
+        .build();
+    let restarted = Rotator::builder(restarted, policy()).launch().await;
+    let served = restarted.current().expect("the stored certificate");
+    assert_eq!(served.serial, stored.serial);
+    restarted.shutdown().await;
+
+    // Nothing stored: the last resort.
     let state = common::TempDir::new("last-resort");
     let storage = certrotate::acme::FileStorage::new(state.path());
-    let internal = certrotate::InternalCa::generate("last resort").unwrap();
     let source = source(&first, &second, &storage)
         .last_resort(internal.clone())
         .build();

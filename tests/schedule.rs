@@ -634,4 +634,38 @@ async fn an_outage_budget_alerts_while_renewal_keeps_failing() {
     // Renewal working, a budget wider than the renewal window: renewed,
     // nothing critical first.
     assert_eq!(critical_left(false, 3 * DAY).await, Some(Duration::ZERO));
+    // One failure that the next attempt mends is no outage either.
+    let (source, _clock, store) = setup();
+    *source.lifetime.lock().unwrap() = 6 * DAY;
+    let rotator = Rotator::builder(source.clone(), Policy::default())
+        .store(store)
+        .renewal_jitter(0.0)
+        .retry_backoff(Duration::from_secs(60), Duration::from_secs(3600))
+        .outage_budget(3 * DAY)
+        .start()
+        .await
+        .unwrap();
+    let mut events = rotator.subscribe();
+    source.failing.store(true, Ordering::SeqCst);
+    loop {
+        match events.recv().await.unwrap() {
+            RotationEvent::SourceFailed { .. } => break,
+            RotationEvent::ExpiryWarning {
+                level: AlertLevel::Critical,
+                ..
+            } => panic!("critical before any failure"),
+            _ => {}
+        }
+    }
+    source.failing.store(false, Ordering::SeqCst);
+    loop {
+        match events.recv().await.unwrap() {
+            RotationEvent::Rotated { .. } => break,
+            RotationEvent::ExpiryWarning {
+                level: AlertLevel::Critical,
+                ..
+            } => panic!("critical after one failure the retry mended"),
+            _ => {}
+        }
+    }
 }

@@ -20,6 +20,10 @@ const ISSUER_LINE: &str = "certrotate-acme-ca: ";
 /// wait may be days, but the CAs after it may fail meanwhile.
 const LONGEST_REST: Duration = Duration::from_secs(3600);
 
+/// How long before its issuance a last-resort certificate is valid from.
+#[cfg(feature = "ca")]
+const LAST_RESORT_BACKDATE: Duration = Duration::from_secs(2 * 3600);
+
 /// The longest failure reason kept (a CA's problem detail can be long).
 const LONGEST_REASON: usize = 1024;
 
@@ -224,7 +228,7 @@ impl AcmeSource {
         }
         let error = self.every_ca_failed(failed, every_wait);
         #[cfg(feature = "ca")]
-        if let Some(bundle) = self.last_resort(&error) {
+        if let Some(bundle) = self.last_resort(&error, replacing) {
             return Ok(bundle);
         }
         Err(error)
@@ -233,14 +237,21 @@ impl AcmeSource {
     /// A certificate from the internal last-resort CA, if one is configured
     /// and needed: nothing served, or what serves past its emergency point.
     #[cfg(feature = "ca")]
-    fn last_resort(&self, error: &SourceError) -> Option<CertBundle> {
+    fn last_resort(&self, error: &SourceError, stored: Option<&CertBundle>) -> Option<CertBundle> {
         let ca = self.inner.config.last_resort.as_ref()?;
         let now = self.now();
+        // Not while something better serves or is stored (a restart in an
+        // outage serves its stored certificate).
         let provided = lock(&self.inner.provided).clone();
-        if provided.is_some_and(|p| !self.past_emergency(p.info(), now)) {
+        let usable = |cert: &CertBundle| !self.past_emergency(cert.info(), now);
+        if provided.as_ref().is_some_and(usable) || stored.is_some_and(usable) {
             return None;
         }
-        let spec = crate::source::LeafSpec::new(self.inner.config.domains.clone());
+        // Valid from two hours back: a certificate a CA issues afterwards is
+        // newer (Let's Encrypt backdates an hour), so replay protection
+        // never refuses it for this one.
+        let spec = crate::source::LeafSpec::new(self.inner.config.domains.clone())
+            .backdated(LAST_RESORT_BACKDATE);
         match ca.issue(&spec) {
             Ok(bundle) => {
                 tracing::error!(target: "certrotate", names = %self.inner.config.domains.join(", "), "every ACME CA failed: serving a certificate from the internal last-resort CA ({error})");

@@ -152,7 +152,12 @@ impl AcmeSource {
     /// is renewed: when nothing was served yet (a restart, an on-demand
     /// name loaded back) and it is still valid.
     fn serves_meanwhile(&self, stored: &CertBundle) -> bool {
-        lock(&self.inner.provided).is_none() && stored.info().not_after > self.now()
+        // A last-resort certificate is no reason to hold back a stored one
+        // that is still valid.
+        let provided = lock(&self.inner.provided)
+            .as_ref()
+            .is_some_and(|p| !self.is_last_resort(p.info()));
+        !provided && stored.info().not_after > self.now()
     }
 
     /// Whether the storage being down lets this instance order on its own

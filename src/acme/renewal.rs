@@ -60,6 +60,17 @@ impl AcmeSource {
             let next = lock(&self.inner.advice)
                 .as_ref()
                 .map(|a| (a.next_poll, (!a.fired).then_some(a.at)));
+            // The certificate served, if the CA was not asked about it yet
+            // (or its answer is due again): asked now, in its turn.
+            let provided = lock(&self.inner.provided).clone();
+            if let Some(cert) = provided.filter(|p| !self.advised(p.info())) {
+                self.advise(&cert).await;
+                if !self.advised(cert.info()) {
+                    // Asked by another attempt meanwhile: look again later.
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+                continue;
+            }
             let Some((mut poll, at)) = next else {
                 // Advice comes with the next fetch; look again later.
                 tokio::time::sleep(Duration::from_secs(60)).await;

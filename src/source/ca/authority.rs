@@ -134,7 +134,9 @@ impl Authority {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
         // A little backdating for clock skew, small next to short lifetimes.
-        let backdate = (spec.lifetime / 10).min(Duration::from_secs(60));
+        let backdate = spec
+            .backdate
+            .unwrap_or((spec.lifetime / 10).min(Duration::from_secs(60)));
         params.not_before = (now - backdate).into();
         params.not_after = (now + spec.lifetime).min(self.not_after).into();
         let key = KeyPair::generate().map_err(rcgen_error)?;

@@ -128,6 +128,9 @@ pub struct LeafSpec {
     uris: Vec<String>,
     lifetime: Duration,
     usage: Usage,
+    /// How long before issuance it is valid from (default: a tenth of the
+    /// lifetime, at most a minute).
+    backdate: Option<Duration>,
 }
 
 impl LeafSpec {
@@ -140,7 +143,16 @@ impl LeafSpec {
             uris: Vec::new(),
             lifetime: Duration::from_secs(24 * 3600),
             usage: Usage::ServerAndClient,
+            backdate: None,
         }
+    }
+
+    /// Valid from `backdate` before issuance (for a last-resort certificate
+    /// that any certificate a CA issues afterwards must be newer than).
+    #[cfg_attr(not(feature = "acme"), allow(dead_code))]
+    pub(crate) fn backdated(mut self, backdate: Duration) -> Self {
+        self.backdate = Some(backdate);
+        self
     }
 
     /// Adds a URI subject alternative name, such as a SPIFFE ID.
