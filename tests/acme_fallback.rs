@@ -241,9 +241,14 @@ async fn a_fleet_orders_once_from_the_fallback() {
     use certrotate::acme::{Http01Responder, RedisStorage};
     use common::redis::{Redis, KEY};
 
-    let (mut first, second) = {
-        let first = Pebble::start(Config::default());
+    let validity = Duration::from_secs(20);
+    let (mut first, mut second) = {
+        let first = Pebble::start(Config {
+            validity,
+            ..Config::default()
+        });
         let second = Pebble::start(Config {
+            validity,
             http_port: first.config.http_port,
             ..Config::default()
         });
@@ -284,6 +289,45 @@ async fn a_fleet_orders_once_from_the_fallback() {
         format!("ACME {} for {NAME}", second.directory)
     );
     assert_eq!((second.orders(), second.issued()), (1, 1));
+
+    // The first back, empty: the next renewal is one order there, served
+    // by every replica.
+    first.restart_empty();
+    let deadline = tokio::time::Instant::now() + validity;
+    let renewed = loop {
+        let now: Vec<_> = replicas.iter().map(|r| r.current().unwrap()).collect();
+        if now
+            .iter()
+            .all(|c| c.serial != served[0].serial && c.serial == now[0].serial)
+        {
+            break now[0].clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        renewed.origin,
+        format!("ACME {} for {NAME}", first.directory)
+    );
+    assert_eq!(first.issued(), 1);
+
+    // Both down: every replica keeps serving, and reports both.
+    first.kill();
+    second.kill();
+    let deadline = tokio::time::Instant::now() + validity;
+    for rotator in &replicas {
+        loop {
+            let error = rotator.health().certificates[0].last_error.clone();
+            let error = error.unwrap_or_default();
+            if error.contains(&first.directory) && error.contains(&second.directory) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{error}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(rotator.current().unwrap().serial, renewed.serial);
+    }
+    assert!(std::time::SystemTime::now() < renewed.not_after);
     for rotator in replicas {
         rotator.shutdown().await;
     }
