@@ -189,10 +189,11 @@ async fn a_fallback_ca_issues_while_the_first_is_down_and_the_first_is_preferred
 }
 
 /// On demand: a new name is issued by the fallback while the first CA is
-/// down, and by the first again once it is back.
+/// down, and by the first again once it is back; both down, the names
+/// served keep serving and a new name's refusal names both CAs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_demand_names_fall_back_and_come_back() {
-    let (mut first, second) = two_pebbles(Duration::from_secs(3600));
+    let (mut first, mut second) = two_pebbles(Duration::from_secs(3600));
     let storage = first.storage();
     let template = AcmeSource::template(&first.directory)
         .directory_root(&first.https_root)
@@ -231,6 +232,21 @@ async fn on_demand_names_fall_back_and_come_back() {
         format!("ACME {} for {back}", first.directory)
     );
     assert_eq!(second.issued(), 1);
+
+    first.kill();
+    second.kill();
+    let refused = on_demand.prepare(&format!("c.{NAME}")).await.unwrap_err();
+    let why = format!("{refused:?}");
+    assert!(
+        why.contains(&first.directory) && why.contains(&second.directory),
+        "{why}"
+    );
+    on_demand.prepare(&down).await.unwrap();
+    on_demand.prepare(&back).await.unwrap();
+    assert_eq!(
+        origin(&down),
+        format!("ACME {} for {down}", second.directory)
+    );
     on_demand.shutdown().await;
 }
 
