@@ -8,6 +8,21 @@ use super::BoxFuture;
 use crate::clock::Clock;
 use crate::sync::lock;
 
+tokio::task_local! {
+    /// Where the source whose step is running notes a `Retry-After`: the
+    /// account and its client are shared by the sources of one builder
+    /// (on-demand names), and one name's wait is not another's.
+    static NOTES: Arc<Mutex<Option<Duration>>>;
+}
+
+/// Runs `step`, noting any `Retry-After` its requests get in `notes`.
+pub(super) async fn noting<F: std::future::Future>(
+    notes: Arc<Mutex<Option<Duration>>>,
+    step: F,
+) -> F::Output {
+    NOTES.scope(notes, step).await
+}
+
 /// instant-acme's HTTP client (hyper + rustls, the platform's roots or the
 /// configured one), noting the `Retry-After` of error responses, which
 /// instant-acme's errors do not carry, so that the rotator can honour it.
@@ -65,13 +80,23 @@ impl NotingClient {
     }
 }
 
+impl NotingClient {
+    /// Where a `Retry-After` is noted: the running step's source's, else
+    /// the one the client was made for.
+    fn notes(&self) -> Arc<Mutex<Option<Duration>>> {
+        NOTES
+            .try_with(Arc::clone)
+            .unwrap_or_else(|_| self.retry_after.clone())
+    }
+}
+
 impl instant_acme::HttpClient for NotingClient {
     fn request(
         &self,
         request: http::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
     ) -> BoxFuture<'static, Result<instant_acme::BytesResponse, instant_acme::Error>> {
         let response = instant_acme::HttpClient::request(&self.inner, request);
-        let noted = self.retry_after.clone();
+        let noted = self.notes();
         let now = self.clock.now();
         Box::pin(async move {
             let response = response.await?;
@@ -97,4 +122,23 @@ pub(super) fn retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `Retry-After` goes to the source whose step asked, not to the
+    /// source that made the shared account's client.
+    #[tokio::test]
+    async fn a_wait_is_noted_for_the_step_that_met_it() {
+        let maker = Arc::new(Mutex::new(None));
+        let client = NotingClient::new(None, maker.clone(), Arc::new(crate::clock::SystemClock))
+            .await
+            .unwrap();
+        let asker = Arc::new(Mutex::new(None));
+        let inside = noting(asker.clone(), async { client.notes() }).await;
+        assert!(Arc::ptr_eq(&inside, &asker));
+        assert!(Arc::ptr_eq(&client.notes(), &maker));
+    }
 }

@@ -38,7 +38,8 @@ impl AcmeSource {
     ) -> Result<T, Failure> {
         let what = what.into();
         let timeout = self.inner.config.timeout;
-        match tokio::time::timeout(timeout, future).await {
+        let noting = super::http::noting(self.inner.rate_limited.clone(), future);
+        match tokio::time::timeout(timeout, noting).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 let failure = Failure::new(what, e);
