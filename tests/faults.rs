@@ -257,8 +257,11 @@ async fn cold_start_with_expired_files() {
     // everywhere (health, events, logs), and serves as soon as good files
     // arrive.
     let source = FileSource::pair(&cert, &key).options(common::file_options());
-    let rotator = Rotator::builder(source, policy()).spawn();
-    let mut events = rotator.subscribe();
+    // Subscribed before the rotator starts: its first attempt may come
+    // before `spawn()` returns (the refusal was missed that way in CI).
+    let store = certrotate::CertStore::new();
+    let mut events = store.subscribe();
+    let rotator = Rotator::builder(source, policy()).store(store).spawn();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
     let mut listener = TlsListener::new(tcp, Arc::new(rotator.server_config().unwrap()));
