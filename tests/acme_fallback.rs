@@ -21,8 +21,8 @@ fn policy() -> Policy {
     Policy::builder().server_name(NAME).build().unwrap()
 }
 
-/// Two Pebbles validating on the same TLS-ALPN-01 port, issuing
-/// certificates of `validity`.
+/// Two Pebbles validating on the same TLS-ALPN-01 and HTTP-01 ports,
+/// issuing certificates of `validity`.
 fn two_pebbles(validity: Duration) -> (Pebble, Pebble) {
     let first = Pebble::start(Config {
         validity,
@@ -31,6 +31,7 @@ fn two_pebbles(validity: Duration) -> (Pebble, Pebble) {
     let second = Pebble::start(Config {
         validity,
         tls_port: first.config.tls_port,
+        http_port: first.config.http_port,
         ..Config::default()
     });
     (first, second)
@@ -258,18 +259,7 @@ async fn a_fleet_orders_once_from_the_fallback() {
     use common::redis::{Redis, KEY};
 
     let validity = Duration::from_secs(20);
-    let (mut first, mut second) = {
-        let first = Pebble::start(Config {
-            validity,
-            ..Config::default()
-        });
-        let second = Pebble::start(Config {
-            validity,
-            http_port: first.config.http_port,
-            ..Config::default()
-        });
-        (first, second)
-    };
+    let (mut first, mut second) = two_pebbles(validity);
     // The replicas' HTTP-01 answers, as a load balancer would route them.
     let responder = Http01Responder::new();
     let http = tokio::net::TcpListener::bind(("127.0.0.1", first.config.http_port))
