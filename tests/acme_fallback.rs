@@ -21,20 +21,59 @@ fn policy() -> Policy {
     Policy::builder().server_name(NAME).build().unwrap()
 }
 
-/// Two Pebbles validating on the same TLS-ALPN-01 and HTTP-01 ports,
-/// issuing certificates of `validity`.
-fn two_pebbles(validity: Duration) -> (Pebble, Pebble) {
-    let first = Pebble::start(Config {
+/// The ports both Pebbles validate on, bound before they start (a port
+/// found free and bound later was taken meanwhile in CI).
+struct Ports {
+    tls: std::net::TcpListener,
+    http: std::net::TcpListener,
+}
+
+impl Ports {
+    fn bind() -> Self {
+        let bind = || {
+            let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            tcp.set_nonblocking(true).unwrap();
+            tcp
+        };
+        Self {
+            tls: bind(),
+            http: bind(),
+        }
+    }
+
+    fn port(tcp: &std::net::TcpListener) -> u16 {
+        tcp.local_addr().unwrap().port()
+    }
+
+    /// The TLS-ALPN-01 port, to serve on.
+    fn tls(self) -> tokio::net::TcpListener {
+        tokio::net::TcpListener::from_std(self.tls).unwrap()
+    }
+
+    /// The HTTP-01 port, to serve on.
+    fn http(self) -> tokio::net::TcpListener {
+        tokio::net::TcpListener::from_std(self.http).unwrap()
+    }
+
+    /// Serves `config` (echoing) on the TLS-ALPN-01 port.
+    fn serve_tls(self, config: rustls::ServerConfig) -> common::Server {
+        common::serve_listener(certrotate::TlsListener::new(self.tls(), Arc::new(config)))
+    }
+}
+
+/// Two Pebbles validating on the same TLS-ALPN-01 and HTTP-01 ports
+/// (bound already), issuing certificates of `validity`.
+fn two_pebbles(validity: Duration) -> (Pebble, Pebble, Ports) {
+    let ports = Ports::bind();
+    let config = Config {
         validity,
+        tls_port: Ports::port(&ports.tls),
+        http_port: Ports::port(&ports.http),
         ..Config::default()
-    });
-    let second = Pebble::start(Config {
-        validity,
-        tls_port: first.config.tls_port,
-        http_port: first.config.http_port,
-        ..Config::default()
-    });
-    (first, second)
+    };
+    let first = Pebble::start(config.clone());
+    let second = Pebble::start(config);
+    (first, second, ports)
 }
 
 /// `first`, then `second` as its fallback, kept in `storage`.
@@ -88,7 +127,7 @@ async fn until_health(
 /// serving and both failures are reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fallback_ca_issues_while_the_first_is_down_and_the_first_is_preferred_again() {
-    let (mut first, mut second) = two_pebbles(Duration::from_secs(30));
+    let (mut first, mut second, ports) = two_pebbles(Duration::from_secs(30));
     let storage = first.storage();
     let rotator = Rotator::builder(source(&first, &second, &storage).build(), policy())
         .store(CertStore::new())
@@ -96,7 +135,7 @@ async fn a_fallback_ca_issues_while_the_first_is_down_and_the_first_is_preferred
         .spawn();
     let mut config = rotator.server_config().unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
-    let server = common::serve_at(first.config.tls_port, Arc::new(config)).await;
+    let server = ports.serve_tls(config);
     let issued_by = |pebble: &Pebble| format!("ACME {} for {NAME}", pebble.directory);
 
     let one = first_certificate(&rotator).await;
@@ -194,7 +233,7 @@ async fn a_fallback_ca_issues_while_the_first_is_down_and_the_first_is_preferred
 /// served keep serving and a new name's refusal names both CAs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_demand_names_fall_back_and_come_back() {
-    let (mut first, mut second) = two_pebbles(Duration::from_secs(3600));
+    let (mut first, mut second, ports) = two_pebbles(Duration::from_secs(3600));
     let storage = first.storage();
     let template = AcmeSource::template(&first.directory)
         .directory_root(&first.https_root)
@@ -205,9 +244,7 @@ async fn on_demand_names_fall_back_and_come_back() {
     let on_demand = certrotate::OnDemand::builder(template, allowed)
         .wait(Duration::from_secs(20))
         .build();
-    let tcp = tokio::net::TcpListener::bind(("127.0.0.1", first.config.tls_port))
-        .await
-        .unwrap();
+    let tcp = ports.tls();
     let config = Arc::new(on_demand.server_config().unwrap());
     let listener = certrotate::TlsListener::new(tcp, config).on_demand(on_demand.clone());
     let _server = common::serve_listener(listener);
@@ -259,12 +296,10 @@ async fn a_fleet_orders_once_from_the_fallback() {
     use common::redis::{Redis, KEY};
 
     let validity = Duration::from_secs(20);
-    let (mut first, mut second) = two_pebbles(validity);
+    let (mut first, mut second, ports) = two_pebbles(validity);
     // The replicas' HTTP-01 answers, as a load balancer would route them.
     let responder = Http01Responder::new();
-    let http = tokio::net::TcpListener::bind(("127.0.0.1", first.config.http_port))
-        .await
-        .unwrap();
+    let http = ports.http();
     let app: axum::Router = responder.router();
     let http = tokio::spawn(async move { axum::serve(http, app).await });
     let redis = Redis::start();
@@ -347,7 +382,7 @@ async fn a_fleet_orders_once_from_the_fallback() {
 async fn a_rate_limited_first_ca_is_skipped_while_it_asks_to_wait() {
     use common::pebble::{Fault, FlakyProxy};
 
-    let (first, second) = two_pebbles(Duration::from_secs(20));
+    let (first, second, ports) = two_pebbles(Duration::from_secs(20));
     let limited = FlakyProxy::start(&first, "order-plz", Fault::RateLimited, usize::MAX).await;
     let source = AcmeSource::builder(&limited.directory, [NAME])
         .directory_root(&first.https_root)
@@ -360,7 +395,7 @@ async fn a_rate_limited_first_ca_is_skipped_while_it_asks_to_wait() {
         .spawn();
     let mut config = rotator.server_config().unwrap();
     config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
-    let _server = common::serve_at(first.config.tls_port, Arc::new(config)).await;
+    let _server = ports.serve_tls(config);
     let mut events = rotator.subscribe();
 
     let one = first_certificate(&rotator).await;
@@ -386,13 +421,13 @@ async fn a_rate_limited_first_ca_is_skipped_while_it_asks_to_wait() {
 /// issues.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hung_first_ca_is_given_up_at_the_step_timeout() {
-    let (first, second) = two_pebbles(Duration::from_secs(3600));
+    let (first, second, ports) = two_pebbles(Duration::from_secs(3600));
     first.freeze(true);
     let rotator =
         Rotator::builder(source(&first, &second, &first.storage()).build(), policy()).spawn();
     let mut config = rotator.server_config().unwrap();
     config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
-    let _server = common::serve_at(first.config.tls_port, Arc::new(config)).await;
+    let _server = ports.serve_tls(config);
     let started = std::time::Instant::now();
     let cert = first_certificate(&rotator).await;
     println!("issued by the fallback after {:?}", started.elapsed());
@@ -412,7 +447,7 @@ async fn a_hung_first_ca_is_given_up_at_the_step_timeout() {
 /// stored ACME certificate as older).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_internal_last_resort_serves_critically_when_every_ca_is_down() {
-    let (mut first, mut second) = two_pebbles(Duration::from_secs(30));
+    let (mut first, mut second, ports) = two_pebbles(Duration::from_secs(30));
     let internal = certrotate::InternalCa::generate("last resort").unwrap();
 
     // A restart in the outage with a stored certificate due for renewal
@@ -422,7 +457,7 @@ async fn the_internal_last_resort_serves_critically_when_every_ca_is_down() {
     let rotator = Rotator::builder(source(&first, &second, &kept).build(), policy()).spawn();
     let mut config = rotator.server_config().unwrap();
     config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
-    let server = common::serve_at(first.config.tls_port, Arc::new(config)).await;
+    let server = ports.serve_tls(config);
     let stored = first_certificate(&rotator).await;
     rotator.shutdown().await;
     drop(server);

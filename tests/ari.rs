@@ -16,6 +16,20 @@ use common::pebble::{first_certificate, Ari, Config, FlakyProxy, Pebble};
 const NAME: &str = "ari.certrotate.test";
 const MINUTE: Duration = Duration::from_secs(60);
 
+/// Pebble (issuing for an hour) validating TLS-ALPN-01 on a port bound
+/// before it starts (one found free and bound later can be taken
+/// meanwhile), and that port.
+fn pebble_validating_on_a_bound_port() -> (Pebble, tokio::net::TcpListener) {
+    let tls = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    tls.set_nonblocking(true).unwrap();
+    let pebble = Pebble::start(Config {
+        validity: Duration::from_secs(3600),
+        tls_port: tls.local_addr().unwrap().port(),
+        ..Config::default()
+    });
+    (pebble, tokio::net::TcpListener::from_std(tls).unwrap())
+}
+
 /// A window in the future is followed instead of the lifetime rule (the
 /// time chosen inside it, shown in health with the window); the CA is asked
 /// again as its `Retry-After` says, not more often; a window moved into the
@@ -23,10 +37,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// certificate it replaces.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cas_window_is_followed_polled_and_a_past_one_renews_at_once() {
-    let pebble = Pebble::start(Config {
-        validity: Duration::from_secs(3600),
-        ..Config::default()
-    });
+    let (pebble, tls) = pebble_validating_on_a_bound_port();
     let now = SystemTime::now();
     // Without the CA's word: renewed with 40% of the hour left, at 36 min.
     let window = (now + 50 * MINUTE, now + 55 * MINUTE);
@@ -41,7 +52,7 @@ async fn the_cas_window_is_followed_polled_and_a_past_one_renews_at_once() {
         Rotator::builder(source, Policy::builder().server_name(NAME).build().unwrap()).spawn();
     let mut config = rotator.server_config().unwrap();
     config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
-    let _server = common::serve_at(pebble.config.tls_port, Arc::new(config)).await;
+    let _server = common::serve_listener(certrotate::TlsListener::new(tls, Arc::new(config)));
     let first = first_certificate(&rotator).await;
     let mut events = rotator.subscribe();
 
@@ -129,10 +140,7 @@ fn most_in(times: &[std::time::Instant], window: Duration) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_certificates_poll_and_renew_within_their_pace() {
     const NAMES: usize = 100;
-    let pebble = Pebble::start(Config {
-        validity: Duration::from_secs(3600),
-        ..Config::default()
-    });
+    let (pebble, tls) = pebble_validating_on_a_bound_port();
     let now = SystemTime::now();
     let ari = Arc::new(Ari::new((now + 50 * MINUTE, now + 55 * MINUTE), 1));
     let proxy = FlakyProxy::with_ari(&pebble, ari.clone()).await;
@@ -154,9 +162,7 @@ async fn many_certificates_poll_and_renew_within_their_pace() {
     .orders_per_registered_domain(1000, Duration::from_secs(3600))
     .wait(Duration::from_secs(60))
     .build();
-    let tcp = tokio::net::TcpListener::bind(("127.0.0.1", pebble.config.tls_port))
-        .await
-        .unwrap();
+    let tcp = tls;
     let config = Arc::new(on_demand.server_config().unwrap());
     let listener = certrotate::TlsListener::new(tcp, config)
         .max_pending_handshakes_per_client(1000)
