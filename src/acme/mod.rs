@@ -578,6 +578,7 @@ mod tests {
             window: None,
             next_poll: SystemTime::now() + 365 * DAY,
             fired: false,
+            seen: true,
         });
     }
 
@@ -790,7 +791,10 @@ mod tests {
             source.due(bundle.info(), late),
             "the emergency point still holds"
         );
-        // Its wait for the advised time does not overflow either.
+        // New advice wakes the rotator once, to plan with it; then its wait
+        // for the advised time does not overflow either.
+        let woken = tokio::time::timeout(Duration::from_millis(50), source.changed()).await;
+        assert!(woken.is_ok(), "new advice did not wake the rotator");
         let waited = tokio::time::timeout(Duration::from_millis(50), source.changed()).await;
         assert!(waited.is_err());
         std::fs::remove_dir_all(dir).unwrap();

@@ -43,6 +43,9 @@ pub(super) struct Advice {
     pub(super) next_poll: SystemTime,
     /// Whether `changed()` has woken the rotator for it.
     pub(super) fired: bool,
+    /// Whether the rotator has looked at it since it came: it wakes once
+    /// for new advice, so health shows the window and time at once.
+    pub(super) seen: bool,
 }
 
 /// What the CA answered about one certificate.
@@ -57,9 +60,17 @@ impl AcmeSource {
     /// a window it moves (a revocation ahead) is followed.
     pub(super) async fn advised_time(&self) {
         loop {
-            let next = lock(&self.inner.advice)
-                .as_ref()
-                .map(|a| (a.next_poll, (!a.fired).then_some(a.at)));
+            let next = {
+                let mut advice = lock(&self.inner.advice);
+                if let Some(new) = advice.as_mut().filter(|a| !a.seen) {
+                    // New advice: the rotator plans with it now.
+                    new.seen = true;
+                    return;
+                }
+                advice
+                    .as_ref()
+                    .map(|a| (a.next_poll, (!a.fired).then_some(a.at)))
+            };
             // The certificate served, if the CA was not asked about it yet
             // (or its answer is due again): asked now, in its turn.
             let provided = lock(&self.inner.provided).clone();
@@ -168,6 +179,7 @@ impl AcmeSource {
                         window: Some(answer.window),
                         next_poll,
                         fired: false,
+                        seen: false,
                     });
                     Some(at)
                 }
@@ -283,6 +295,7 @@ impl AcmeSource {
                 // Polled by this instance too, in its turn.
                 next_poll: crate::clock::saturating_add(now, self.poll_interval(None)),
                 fired: false,
+                seen: false,
             });
             return;
         }
