@@ -158,32 +158,6 @@ impl From<std::io::Error> for Cause {
     }
 }
 
-impl crate::source_error::SourceError {
-    /// The type of the ACME CA's problem document (RFC 8555 §6.7) behind
-    /// this error, without the `urn:ietf:params:acme:error:` prefix:
-    /// `"connection"` (the CA could not reach the challenge answer),
-    /// `"rateLimited"`, `"unauthorized"`... `None` for an error that is not
-    /// a CA's answer. Match on this rather than on the message.
-    ///
-    /// ```
-    /// let error = certrotate::SourceError::unavailable("ACME", "connection refused");
-    /// assert_eq!(error.acme_problem(), None);
-    /// ```
-    pub fn acme_problem(&self) -> Option<&str> {
-        let crate::source_error::SourceErrorKind::Unavailable(source) = self.kind() else {
-            return None;
-        };
-        match source.downcast_ref::<Failure>() {
-            Some(failure) => failure.problem(),
-            // With fallback CAs: the first CA's.
-            None => source
-                .downcast_ref::<super::fallback::EveryCaFailed>()?
-                .first_failure()?
-                .problem(),
-        }
-    }
-}
-
 /// Adds what was being done to an error.
 pub(super) trait Context<T> {
     fn context(self, what: impl Into<Step>) -> Result<T, Failure>;
