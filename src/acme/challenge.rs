@@ -20,11 +20,18 @@ use crate::source::BoxError;
 use crate::store::CertStore;
 use crate::sync::lock;
 
-/// Publishes DNS-01 challenge records with your DNS provider.
+/// Publishes DNS-01 challenge records with your DNS provider. With the
+/// `rfc2136` feature, [`Rfc2136Solver`](crate::acme::rfc2136::Rfc2136Solver)
+/// is one for any server that takes RFC 2136 updates.
 ///
 /// `present` must return once the TXT record `_acme-challenge.<domain>` with
 /// `value` is visible to the CA (wait for propagation there); `cleanup`
-/// removes it.
+/// removes it. An apex and its wildcard put two values at one name: add and
+/// remove the one record, not the whole set.
+///
+/// `cleanup` is called for every `present` that was started, also one that
+/// failed, timed out or was cancelled part way (it may have written the
+/// record): removing a record that is not there must succeed.
 pub trait Dns01Solver: Send + Sync + 'static {
     /// Publishes the TXT record.
     fn present<'a>(
@@ -38,6 +45,13 @@ pub trait Dns01Solver: Send + Sync + 'static {
         domain: &'a str,
         value: &'a str,
     ) -> BoxFuture<'a, Result<(), BoxError>>;
+    /// How long `present` may take, if longer than the ACME step timeout
+    /// ([`AcmeBuilder::timeout`](crate::acme::AcmeBuilder::timeout)): a
+    /// solver that waits for slow secondaries says how long it waits.
+    /// `None` (the default) keeps the step timeout.
+    fn present_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Where HTTP-01 answers are asked for (RFC 8555 §8.3).
@@ -195,12 +209,16 @@ impl AcmeSource {
                     }
                     Challenge::Dns01(solver) => {
                         let value = key_authorization.dns_value();
-                        self.step(
-                            "publishing the DNS-01 record",
-                            solver.present(&domain, &value),
-                        )
-                        .await?;
-                        cleanup.push(&challenge.url, Undo::Dns01(solver.clone(), domain, value));
+                        // Taken down however `present` ends: it may have
+                        // written the record before failing or being dropped.
+                        let undo = Undo::Dns01(solver.clone(), domain.clone(), value.clone());
+                        cleanup.push(&challenge.url, undo);
+                        let what = "publishing the DNS-01 record";
+                        let publish = solver.present(&domain, &value);
+                        match solver.present_timeout() {
+                            Some(timeout) => self.step_within(what, timeout, publish).await?,
+                            None => self.step(what, publish).await?,
+                        }
                     }
                 }
                 if challenge.status == ChallengeStatus::Pending {

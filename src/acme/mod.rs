@@ -45,6 +45,9 @@ mod http;
 mod order;
 mod pace;
 mod renewal;
+#[cfg(feature = "rfc2136")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rfc2136")))]
+pub mod rfc2136;
 mod storage;
 
 use builder::Challenge;

@@ -36,8 +36,20 @@ impl AcmeSource {
         what: impl Into<Step>,
         future: impl Future<Output = Result<T, E>>,
     ) -> Result<T, Failure> {
+        self.step_within(what, self.inner.config.timeout, future)
+            .await
+    }
+
+    /// [`step`](Self::step) with a timeout of its own, when it is longer
+    /// than the step timeout (a DNS-01 solver that waits for propagation).
+    pub(super) async fn step_within<T, E: Into<Cause>>(
+        &self,
+        what: impl Into<Step>,
+        timeout: std::time::Duration,
+        future: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, Failure> {
         let what = what.into();
-        let timeout = self.inner.config.timeout;
+        let timeout = timeout.max(self.inner.config.timeout);
         let noting = super::http::noting(self.inner.rate_limited.clone(), future);
         match tokio::time::timeout(timeout, noting).await {
             Ok(Ok(value)) => Ok(value),

@@ -34,6 +34,9 @@ pub struct Config {
     pub nonce_reject: u8,
     /// External account binding required, with this key id and HMAC key.
     pub eab: Option<(String, Vec<u8>)>,
+    /// The DNS server Pebble resolves names (and DNS-01 records) with,
+    /// instead of its pebble-challtestsrv.
+    pub dns_server: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -44,6 +47,7 @@ impl Default for Config {
             validity: Duration::from_secs(3600),
             nonce_reject: 0,
             eab: None,
+            dns_server: None,
         }
     }
 }
@@ -157,10 +161,13 @@ impl Pebble {
             .append(true)
             .open(dir.join("pebble.log"))
             .unwrap();
+        let dns_server = config
+            .dns_server
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], dns_port)));
         Command::new("pebble")
             .arg("-config")
             .arg(dir.join("pebble.json"))
-            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+            .args(["-dnsserver", &dns_server.to_string()])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", config.nonce_reject.to_string())
             .env("PEBBLE_AUTHZREUSE", "0")

@@ -1,0 +1,97 @@
+//! One DNS exchange over TCP (RFC 7766): a request, signed with TSIG when
+//! it is an update, and its answer, checked to be the answer to it (and
+//! signed by the same key when the request was), all within one deadline.
+//!
+//! TCP rather than UDP: answers are never truncated, and an off-path host
+//! cannot slip an answer in. The wire format and TSIG are hickory-proto's.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::rr::TSigner;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::error::TsigRefusal;
+
+/// Why an exchange did not give an answer to use.
+#[derive(Debug)]
+pub(super) enum Trouble {
+    /// No answer within the deadline, or no connection.
+    NoAnswer(String),
+    /// An answer, but not one to trust.
+    BadAnswer(String),
+}
+
+/// The answer to `request` from `server`, within `timeout`. With a
+/// `signer`, the request is signed and a successful answer must carry a
+/// valid signature by the same key; an error answer is returned as it is
+/// (a server that refuses the key cannot sign with it), with the TSIG
+/// error it gives.
+pub(super) async fn exchange(
+    server: SocketAddr,
+    mut request: Message,
+    signer: Option<&TSigner>,
+    timeout: Duration,
+) -> Result<(Message, Option<TsigRefusal>), Trouble> {
+    let mut verifier = None;
+    if let Some(signer) = signer {
+        // TSIG time is the real wall clock the server compares with its
+        // own, whatever clock the rotator's schedule follows.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        verifier = request
+            .finalize(signer, now)
+            .map_err(|e| Trouble::BadAnswer(format!("cannot sign the request: {e}")))?;
+    }
+    let bytes = request
+        .to_vec()
+        .map_err(|e| Trouble::BadAnswer(format!("cannot encode the request: {e}")))?;
+    let length = u16::try_from(bytes.len())
+        .map_err(|_| Trouble::BadAnswer("the request is over 64 KiB".into()))?;
+    let answer = tokio::time::timeout(timeout, async {
+        let mut stream = TcpStream::connect(server).await?;
+        let mut framed = Vec::with_capacity(bytes.len() + 2);
+        framed.extend_from_slice(&length.to_be_bytes());
+        framed.extend_from_slice(&bytes);
+        stream.write_all(&framed).await?;
+        let length = stream.read_u16().await?;
+        let mut answer = vec![0; usize::from(length)];
+        stream.read_exact(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    })
+    .await
+    .map_err(|_| Trouble::NoAnswer(format!("no answer within {}", crate::clock::human(timeout))))?
+    .map_err(|e| Trouble::NoAnswer(e.to_string()))?;
+
+    let message = Message::from_vec(&answer)
+        .map_err(|e| Trouble::BadAnswer(format!("not a DNS message: {e}")))?;
+    if message.id != request.id
+        || message.message_type != MessageType::Response
+        || message.op_code != request.op_code
+    {
+        return Err(Trouble::BadAnswer(
+            "not the answer to the request (its ID or opcode differs)".into(),
+        ));
+    }
+    let refusal = message
+        .signature()
+        .and_then(|tsig| tsig.data.error)
+        .map(|error| TsigRefusal::from_code(error.into()));
+    if let Some(mut verifier) = verifier {
+        if message.response_code == ResponseCode::NoError && refusal.is_none() {
+            if message.signature().is_none() {
+                return Err(Trouble::BadAnswer(
+                    "the answer is not signed with the TSIG key".into(),
+                ));
+            }
+            verifier.verify(&answer).map_err(|e| {
+                Trouble::BadAnswer(format!("the answer's TSIG signature does not verify: {e}"))
+            })?;
+        }
+    }
+    Ok((message, refusal))
+}
