@@ -5,7 +5,8 @@
 //! ```text
 //! cargo run --release --example acme [--features redis] -- \
 //!     (--directory URL)... [--directory-root PEM]... [--on-demand SUFFIX]... [--domain NAME]... --listen ADDR \
-//!     --challenge tls-alpn-01|http-01|dns-01 [--http-listen ADDR] [--challtestsrv ADDR] \
+//!     --challenge tls-alpn-01|http-01|dns-01 [--http-listen ADDR] \
+//!     [--rfc2136 HOST:PORT --tsig-key FILE | --challtestsrv ADDR] \
 //!     (--storage DIR | --redis URL --redis-key-file FILE [--redis-root PEM]) [--lock-lease SECONDS] \
 //!     [--admin ADDR]
 //! ```
@@ -18,9 +19,12 @@
 //!   `--directory`, in the same order.
 //! - `--challenge tls-alpn-01`: the CA validates on port 443 of the names,
 //!   which must reach `--listen`; `http-01`: on port 80, which must reach
-//!   `--http-listen`; `dns-01`: through TXT records, published here in
-//!   Pebble's test DNS server (`--challtestsrv`, its management address;
-//!   with a real DNS provider, implement `certrotate::acme::Dns01Solver`).
+//!   `--http-listen`; `dns-01`: through TXT records, written by RFC 2136
+//!   dynamic updates to the DNS server `--rfc2136` (BIND, Knot,
+//!   PowerDNS...), signed with the TSIG key in the BIND key file
+//!   `--tsig-key` (what `tsig-keygen` writes); or in Pebble's test DNS
+//!   server (`--challtestsrv`, its management address). For another DNS
+//!   provider, implement `certrotate::acme::Dns01Solver`.
 //! - `--domain`: a name of the server's own certificate (ordered at
 //!   start); `--on-demand SUFFIX`: order a certificate at the first
 //!   handshake for any name that ends in `.SUFFIX` (on-demand TLS, within
@@ -57,6 +61,7 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::{Json, Router};
+use certrotate::acme::rfc2136::{Rfc2136Solver, TsigKey};
 use certrotate::acme::{AcmeBuilder, AcmeCa, FileStorage, Http01Responder};
 use certrotate::on_demand::AllowList;
 use certrotate::{AcmeSource, CertStore, HealthService, OnDemand, Policy, Rotator, TlsListener};
@@ -70,13 +75,16 @@ mod challtestsrv;
 const USAGE: &str =
     "usage: acme (--directory URL)... [--directory-root PEM]... [--on-demand SUFFIX]... [--domain NAME]... \
                      --listen ADDR --challenge tls-alpn-01|http-01|dns-01 [--http-listen ADDR] \
-                     [--challtestsrv ADDR] (--storage DIR | --redis URL --redis-key-file FILE [--redis-root PEM]) \
+                     [--rfc2136 HOST:PORT --tsig-key FILE | --challtestsrv ADDR] (--storage DIR | --redis URL --redis-key-file FILE [--redis-root PEM]) \
                      [--lock-lease SECONDS] [--admin ADDR]";
 
 enum Challenge {
     TlsAlpn01,
     Http01(SocketAddr),
-    Dns01(SocketAddr),
+    /// Through Pebble's test DNS server, at its management address.
+    Dns01ChallTestSrv(SocketAddr),
+    /// By RFC 2136 updates to this server, signed with this key.
+    Dns01Rfc2136(SocketAddr, TsigKey),
 }
 
 // Without the `redis` feature, `--redis` is parsed and then refused.
@@ -107,7 +115,7 @@ fn parse_args() -> Result<Args, String> {
     let mut on_demand = Vec::new();
     let (mut listen, mut challenge, mut http_listen, mut challtestsrv) = (None, None, None, None);
     let (mut storage, mut redis, mut redis_key_file, mut lock_lease) = (None, None, None, None);
-    let (mut redis_root, mut admin) = (None, None);
+    let (mut redis_root, mut admin, mut rfc2136, mut tsig_key) = (None, None, None, None);
     let mut argv = std::env::args().skip(1);
     while let Some(arg) = argv.next() {
         let value = argv.next().ok_or(format!("{arg} needs a value; {USAGE}"))?;
@@ -120,6 +128,18 @@ fn parse_args() -> Result<Args, String> {
             "--listen" => listen = Some(addr(&value)?),
             "--http-listen" => http_listen = Some(addr(&value)?),
             "--challtestsrv" => challtestsrv = Some(addr(&value)?),
+            "--rfc2136" => {
+                use std::net::ToSocketAddrs;
+                let mut found = value.to_socket_addrs().map_err(|e| format!("{arg}: {e}"))?;
+                rfc2136 = Some(
+                    found
+                        .next()
+                        .ok_or(format!("{arg}: {value} has no address"))?,
+                );
+            }
+            "--tsig-key" => {
+                tsig_key = Some(TsigKey::from_file(&value).map_err(|e| format!("{arg}: {e}"))?);
+            }
             "--storage" => storage = Some(PathBuf::from(value)),
             "--redis" => redis = Some(value),
             "--redis-key-file" => redis_key_file = Some(PathBuf::from(value)),
@@ -137,7 +157,16 @@ fn parse_args() -> Result<Args, String> {
     let challenge = match challenge.as_deref() {
         Some("tls-alpn-01") => Challenge::TlsAlpn01,
         Some("http-01") => Challenge::Http01(http_listen.ok_or_else(|| missing("--http-listen"))?),
-        Some("dns-01") => Challenge::Dns01(challtestsrv.ok_or_else(|| missing("--challtestsrv"))?),
+        Some("dns-01") => match (rfc2136, tsig_key, challtestsrv) {
+            (Some(server), Some(key), None) => Challenge::Dns01Rfc2136(server, key),
+            (None, None, Some(management)) => Challenge::Dns01ChallTestSrv(management),
+            (Some(_), None, None) => return Err(missing("--tsig-key")),
+            (None, Some(_), None) => return Err(missing("--rfc2136")),
+            (None, None, None) => {
+                return Err(missing("--rfc2136 and --tsig-key (or --challtestsrv)"))
+            }
+            _ => return Err(format!("--rfc2136 excludes --challtestsrv; {USAGE}")),
+        },
         Some(other) => return Err(format!("unknown challenge {other:?}; {USAGE}")),
         None => return Err(missing("--challenge")),
     };
@@ -275,7 +304,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tokio::spawn(async move { axum::serve(tcp, app).await });
             acme.http_01(&http01)
         }
-        Challenge::Dns01(management) => acme.dns_01(challtestsrv::ChallTestSrv(management)),
+        Challenge::Dns01ChallTestSrv(management) => {
+            acme.dns_01(challtestsrv::ChallTestSrv(management))
+        }
+        Challenge::Dns01Rfc2136(server, key) => {
+            acme.dns_01(Rfc2136Solver::builder(server, key).build())
+        }
     };
     let acme_view = acme.clone().build();
     // One store for the names of its own and those ordered on demand.

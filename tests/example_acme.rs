@@ -282,3 +282,81 @@ async fn acme_example_falls_back_to_the_next_directory() {
     child.kill().await.unwrap();
     child.wait().await.unwrap();
 }
+
+/// DNS-01 by RFC 2136 as the example's command line says: a real BIND 9
+/// takes the TXT records (TSIG-signed), Pebble validates against it, and
+/// nothing is left in the zone. With a wrong secret, `/certs` says why.
+#[cfg(feature = "rfc2136")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_example_obtains_with_dns_01_by_rfc2136() {
+    use common::dns::{Bind, Zone};
+    let bind = Bind::primary(vec![Zone::new("certrotate.test", false)]);
+    let pebble = Pebble::start(Config {
+        dns_server: Some(bind.addr),
+        ..Config::default()
+    });
+    let (dir, storage) = (
+        TempDir::new("example-acme-rfc2136"),
+        TempDir::new("example-acme-rfc2136-storage"),
+    );
+    let root = dir.join("pebble-root.pem");
+    std::fs::write(&root, pebble.issuing_root()).unwrap();
+    let server = bind.addr.to_string();
+    let key_file = bind.key_file.to_str().unwrap();
+    let dns_01 = |key_file| {
+        [
+            "--listen",
+            "127.0.0.1:0",
+            "--challenge",
+            "dns-01",
+            "--rfc2136",
+            &server,
+            "--tsig-key",
+            key_file,
+        ]
+        .map(str::to_owned)
+    };
+    let rest = dns_01(key_file);
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let (mut child, port, admin) = run(&args(&pebble, storage.path(), &rest)).await;
+    let report = until_serving(&root, port, admin, Duration::from_secs(60)).await;
+    assert_eq!(report["last_error"], serde_json::Value::Null);
+    child.kill().await.unwrap();
+    child.wait().await.unwrap();
+    assert_eq!(bind.txt_records("certrotate.test"), Vec::<String>::new());
+
+    // The right key's name with another secret.
+    let wrong = dir.join("wrong.key");
+    let text = std::fs::read_to_string(&bind.key_file).unwrap();
+    let secret = text.split('"').nth(3).unwrap();
+    std::fs::write(
+        &wrong,
+        text.replace(secret, "d3Jvbmcgc2VjcmV0IG9mIDMyIGJ5dGVzIGxvbmchISE="),
+    )
+    .unwrap();
+    let serial = bind.serial("certrotate.test");
+    let other = TempDir::new("example-acme-rfc2136-wrong");
+    let rest = dns_01(wrong.to_str().unwrap());
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let (mut child, _, admin) = run(&args(&pebble, other.path(), &rest)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let error = loop {
+        let body = common::get_plain(admin, "/certs").await.unwrap();
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if let Some(error) = report["last_error"].as_str() {
+            break error.to_owned();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no error: {report}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for part in [server.as_str(), "zone certrotate.test", "NOTAUTH", "BADSIG"] {
+        assert!(error.contains(part), "{part:?} not in {error}");
+    }
+    assert_eq!(
+        bind.serial("certrotate.test"),
+        serial,
+        "something was written"
+    );
+    child.kill().await.unwrap();
+    child.wait().await.unwrap();
+}
