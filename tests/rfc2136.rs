@@ -119,6 +119,54 @@ async fn two_values_at_one_name_are_added_and_removed_one_by_one() {
     until_clean(&primary, Duration::ZERO).await;
 }
 
+/// Concurrent orders for different names (and two values at one of them)
+/// on one solver: every record served at once, every one removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_records_for_different_names() {
+    let primary = Bind::primary(zones(false));
+    let solver = solver(&primary).build();
+    let records = [
+        ("example.test", "apex"),
+        ("example.test", "wildcard"),
+        ("a.example.test", "a"),
+        ("b.example.test", "b"),
+        ("api.delegated.test", "delegated"),
+    ];
+    let mut tasks = tokio::task::JoinSet::new();
+    for (domain, value) in records {
+        let solver = solver.clone();
+        tasks.spawn(async move {
+            solver
+                .present(domain, value)
+                .await
+                .map_err(|e| e.to_string())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
+    assert_eq!(
+        primary.txt("_acme-challenge.example.test"),
+        ["apex", "wildcard"]
+    );
+    assert_eq!(primary.txt("_acme-challenge.a.example.test"), ["a"]);
+    assert_eq!(primary.txt("_acme-challenge.b.example.test"), ["b"]);
+    assert_eq!(primary.txt("api.challenges.test"), ["delegated"]);
+    for (domain, value) in records {
+        let solver = solver.clone();
+        tasks.spawn(async move {
+            solver
+                .cleanup(domain, value)
+                .await
+                .map_err(|e| e.to_string())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
+    until_clean(&primary, Duration::ZERO).await;
+}
+
 /// One certificate for the apex and its wildcard: two authorizations, two
 /// TXT values at `_acme-challenge.example.test` at once; nothing left after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
