@@ -119,6 +119,43 @@ async fn two_values_at_one_name_are_added_and_removed_one_by_one() {
     until_clean(&primary, Duration::ZERO).await;
 }
 
+/// The same value presented again before the first cleanup (an attempt
+/// dropped by the fetch timeout, the next resuming the order): the late
+/// cleanup of the first leaves the record to the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_cleanup_leaves_the_record_to_the_next_attempt() {
+    let primary = Bind::primary(zones(false));
+    let solver = solver(&primary).build();
+    let name = "_acme-challenge.example.test";
+    solver.present("example.test", "v").await.unwrap();
+    solver.present("example.test", "v").await.unwrap();
+    solver.cleanup("example.test", "v").await.unwrap();
+    assert_eq!(
+        primary.txt(name),
+        ["v"],
+        "removed while the next attempt needs it"
+    );
+    solver.cleanup("example.test", "v").await.unwrap();
+    until_clean(&primary, Duration::ZERO).await;
+}
+
+/// A name server with an address this host cannot reach (an IPv6 one on
+/// an IPv4-only host; here a discard-only prefix) besides one it can: the
+/// record is checked where it can be, and the order is not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_address_of_a_name_server_is_not_waited_for() {
+    let mut zones = zones(false);
+    zones[0] = Zone::new("example.test", false).record("ns1 AAAA 100::1");
+    let primary = Bind::primary(zones);
+    let solver = solver(&primary)
+        .timeout(Duration::from_millis(500))
+        .propagation_timeout(Duration::from_secs(5))
+        .build();
+    solver.present("example.test", "v").await.unwrap();
+    solver.cleanup("example.test", "v").await.unwrap();
+    until_clean(&primary, Duration::ZERO).await;
+}
+
 /// Concurrent orders for different names (and two values at one of them)
 /// on one solver: every record served at once, every one removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

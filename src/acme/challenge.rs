@@ -247,8 +247,12 @@ impl Cleanup {
         self.undos.iter().any(|(answered, _)| answered == url)
     }
 
+    /// Takes the answers down one by one: dropped part way (the attempt
+    /// was cancelled while cleaning up), those left are taken down by
+    /// `drop`.
     pub(super) async fn run(mut self) {
-        for (_, undo) in std::mem::take(&mut self.undos) {
+        while !self.undos.is_empty() {
+            let (_, undo) = self.undos.remove(0);
             undo.run().await;
         }
     }

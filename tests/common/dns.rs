@@ -136,7 +136,7 @@ impl Bind {
         for _ in 0..3 {
             let port = free_port();
             let conf = format!(
-                "options {{ directory \"{}\"; listen-on port {port} {{ 127.0.0.1; }}; listen-on-v6 {{ none; }}; pid-file none; session-keyfile none; {options} }};\n{zones}",
+                "options {{ directory \"{}\"; listen-on port {port} {{ 127.0.0.1; }}; listen-on-v6 {{ none; }}; pid-file none; session-keyfile none; reuseport no; {options} }};\ncontrols {{ }};\n{zones}",
                 dir.path().display()
             );
             std::fs::write(dir.join("named.conf"), conf).unwrap();
@@ -150,25 +150,36 @@ impl Bind {
                 .spawn()
                 .expect("named is installed (Debian package bind9; .ci/run installs it)");
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            // named logs `running` once up; a port it could not take (in
+            // use by another test) is logged, not fatal: another port then.
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            loop {
-                if std::net::TcpStream::connect(addr).is_ok() {
+            let log = loop {
+                let log = std::fs::read_to_string(dir.join("named.log")).unwrap_or_default();
+                if log.lines().any(|line| line.ends_with(" running")) {
+                    break Some(log);
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break None;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "named did not come up: {log}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            match log {
+                Some(log) if !log.contains("address in use") => {
                     return Self {
                         dir,
                         addr,
                         key_file,
                         child,
-                    };
+                    }
                 }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // the port was taken meanwhile: another one
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
                 }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "named did not come up: {}",
-                    std::fs::read_to_string(dir.join("named.log")).unwrap_or_default()
-                );
-                std::thread::sleep(Duration::from_millis(50));
             }
         }
         panic!(

@@ -24,17 +24,26 @@ pub(super) enum Trouble {
     BadAnswer(String),
 }
 
+/// An answer to a request.
+pub(super) struct Answer {
+    pub(super) message: Message,
+    /// The TSIG error the server gave, if it refused the key.
+    pub(super) refusal: Option<TsigRefusal>,
+    /// Whether the answer carries a valid signature by the request's key.
+    pub(super) verified: bool,
+}
+
 /// The answer to `request` from `server`, within `timeout`. With a
-/// `signer`, the request is signed and a successful answer must carry a
-/// valid signature by the same key; an error answer is returned as it is
-/// (a server that refuses the key cannot sign with it), with the TSIG
-/// error it gives.
+/// `signer`, the request is signed; a signed answer must verify, and a
+/// successful one must be signed. An error answer that is not signed is
+/// returned as it is (a server that refuses the key cannot sign with it),
+/// marked as not verified.
 pub(super) async fn exchange(
     server: SocketAddr,
     mut request: Message,
     signer: Option<&TSigner>,
     timeout: Duration,
-) -> Result<(Message, Option<TsigRefusal>), Trouble> {
+) -> Result<Answer, Trouble> {
     let mut verifier = None;
     if let Some(signer) = signer {
         // TSIG time is the real wall clock the server compares with its
@@ -81,17 +90,22 @@ pub(super) async fn exchange(
         .signature()
         .and_then(|tsig| tsig.data.error)
         .map(|error| TsigRefusal::from_code(error.into()));
+    let mut verified = false;
     if let Some(mut verifier) = verifier {
-        if message.response_code == ResponseCode::NoError && refusal.is_none() {
-            if message.signature().is_none() {
-                return Err(Trouble::BadAnswer(
-                    "the answer is not signed with the TSIG key".into(),
-                ));
-            }
+        if message.signature().is_some() && refusal.is_none() {
             verifier.verify(&answer).map_err(|e| {
                 Trouble::BadAnswer(format!("the answer's TSIG signature does not verify: {e}"))
             })?;
+            verified = true;
+        } else if message.response_code == ResponseCode::NoError && refusal.is_none() {
+            return Err(Trouble::BadAnswer(
+                "the answer is not signed with the TSIG key".into(),
+            ));
         }
     }
-    Ok((message, refusal))
+    Ok(Answer {
+        message,
+        refusal,
+        verified,
+    })
 }

@@ -74,8 +74,9 @@ impl fmt::Display for TsigAlgorithm {
 }
 
 /// A TSIG key: its name (which the DNS server knows it by), algorithm and
-/// secret. The secret is wiped from memory when the key is dropped and
-/// never printed.
+/// secret. The secret is never printed, and this key's copy of it is wiped
+/// from memory when it is dropped (the signer of hickory-proto keeps one
+/// of its own while the solver lives).
 ///
 /// ```
 /// use certrotate::acme::rfc2136::{TsigAlgorithm, TsigKey};
@@ -174,18 +175,24 @@ impl TsigKey {
         let mut text = Zeroizing::new(String::new());
         std::fs::File::open(path)
             .map_err(read)?
-            .take(MAX_KEY_FILE)
+            .take(MAX_KEY_FILE + 1)
             .read_to_string(&mut text)
             .map_err(read)?;
+        if text.len() as u64 > MAX_KEY_FILE {
+            return Err(KeyFileError::Syntax(format!(
+                "over {} bytes: not a key file",
+                MAX_KEY_FILE
+            )));
+        }
         Self::parse(&text)
     }
 
     /// The key in the text of a BIND key file (one `key` statement;
     /// comments in `#`, `//` and `/* */` are allowed).
     pub fn parse(text: &str) -> Result<Self, KeyFileError> {
-        let tokens = tokens(text)?;
+        let tokens = Tokens(tokens(text)?);
         let mut keys = Vec::new();
-        let mut rest = tokens.as_slice();
+        let mut rest = tokens.0.as_slice();
         while !rest.is_empty() {
             let (key, after) = key_statement(rest)?;
             keys.push(key);
@@ -221,6 +228,20 @@ impl TsigKey {
             FUDGE_SECONDS,
         )
         .expect("a supported TSIG algorithm")
+    }
+}
+
+/// The tokens of a key file, wiped when dropped (the secret is one).
+struct Tokens(Vec<Token>);
+
+impl Drop for Tokens {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        for token in &mut self.0 {
+            if let Token::Word(text) | Token::Quoted(text) = token {
+                text.zeroize();
+            }
+        }
     }
 }
 
@@ -322,7 +343,10 @@ fn key_statement(tokens: &[Token]) -> Result<(TsigKey, &[Token]), KeyFileError> 
                     Token::Word(value) | Token::Quoted(value) => value.as_str(),
                     _ => return Err(syntax("expected a value")),
                 };
+                let twice = || KeyFileError::Syntax(format!("{field} is given twice"));
                 match field.to_ascii_lowercase().as_str() {
+                    "algorithm" if algorithm.is_some() => return Err(twice()),
+                    "secret" if secret.is_some() => return Err(twice()),
                     "algorithm" => algorithm = Some(value.to_owned()),
                     "secret" => secret = Some(Zeroizing::new(value.to_owned())),
                     other => {
@@ -414,6 +438,26 @@ mod tests {
         }
         let two = format!("{GENERATED}{}", GENERATED.replace("certrotate", "other"));
         assert!(matches!(TsigKey::parse(&two), Err(KeyFileError::Syntax(_))));
+        let twice = GENERATED.replace("};\n", "secret \"c2VjcmV0\";\n};\n");
+        assert!(matches!(
+            TsigKey::parse(&twice),
+            Err(KeyFileError::Syntax(_))
+        ));
+        let nested = "{".repeat(100_000);
+        assert!(matches!(
+            TsigKey::parse(&nested),
+            Err(KeyFileError::Syntax(_))
+        ));
+    }
+
+    #[test]
+    fn a_file_over_the_limit_is_refused_whole() {
+        let path = std::env::temp_dir().join(format!("certrotate-big-key-{}", std::process::id()));
+        let padding = "#".repeat(MAX_KEY_FILE as usize);
+        std::fs::write(&path, format!("{GENERATED}{padding}\n{GENERATED}")).unwrap();
+        let error = TsigKey::from_file(&path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(error, KeyFileError::Syntax(_)), "{error}");
     }
 
     #[test]

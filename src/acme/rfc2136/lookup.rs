@@ -14,8 +14,9 @@ use super::exchange::exchange;
 
 /// The longest CNAME chain followed (resolvers stop at 8 to 16).
 const MAX_CNAMES: usize = 12;
-/// The most name servers (and addresses) of a zone checked.
+/// The most name servers of a zone checked, and addresses of each.
 const MAX_SERVERS: usize = 16;
+const MAX_ADDRESSES: usize = 4;
 
 /// Where one record goes.
 #[derive(Debug, Clone)]
@@ -31,12 +32,14 @@ pub(super) struct Target {
 pub(super) struct NameServer {
     /// Its name in the zone's NS set.
     pub(super) host: String,
-    pub(super) addr: SocketAddr,
+    /// Where it is reached (its addresses, or where it is pinned).
+    pub(super) addrs: Vec<SocketAddr>,
 }
 
 impl std::fmt::Display for NameServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.host, self.addr)
+        let addrs: Vec<String> = self.addrs.iter().map(ToString::to_string).collect();
+        write!(f, "{} ({})", self.host, addrs.join(", "))
     }
 }
 
@@ -64,7 +67,8 @@ impl Resolvers {
             request.metadata.recursion_desired = true;
             request.add_query(Query::query(name.clone(), kind));
             match exchange(server, request, None, self.timeout).await {
-                Ok((answer, _)) => {
+                Ok(answer) => {
+                    let answer = answer.message;
                     let usable = matches!(
                         answer.response_code,
                         ResponseCode::NoError | ResponseCode::NXDomain
@@ -151,7 +155,8 @@ impl Resolvers {
         for host in hosts {
             let key = host.to_ascii().trim_end_matches('.').to_ascii_lowercase();
             if let Some(&addr) = self.pinned.get(&key) {
-                servers.push(NameServer { host: key, addr });
+                let addrs = vec![addr];
+                servers.push(NameServer { host: key, addrs });
                 continue;
             }
             let mut addresses = glue(&answer, &host);
@@ -164,16 +169,16 @@ impl Resolvers {
             }
             if addresses.is_empty() {
                 tracing::warn!(target: "certrotate", zone = %zone, host = %key, "a name server of the zone has no address; the record is not checked there");
+                continue;
             }
-            for ip in addresses {
-                let addr = SocketAddr::new(ip, self.port);
-                servers.push(NameServer {
-                    host: key.clone(),
-                    addr,
-                });
-            }
+            addresses.dedup();
+            addresses.truncate(MAX_ADDRESSES);
+            let addrs = addresses
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, self.port))
+                .collect();
+            servers.push(NameServer { host: key, addrs });
         }
-        servers.truncate(MAX_SERVERS);
         if servers.is_empty() {
             return Err(format!("no name server of zone {zone} has an address"));
         }
@@ -192,25 +197,36 @@ fn glue(answer: &Message, host: &Name) -> Vec<IpAddr> {
         .collect()
 }
 
-/// Whether `server` serves `value` in the TXT records at `name`, asked
-/// directly (no recursion) and answered with authority.
-pub(super) async fn serves(
-    server: SocketAddr,
-    name: &Name,
-    value: &str,
-    timeout: Duration,
-) -> bool {
+/// What an authoritative server says of a record.
+pub(super) enum Seen {
+    /// It serves the record, with authority.
+    Serves,
+    /// It answers, without the record (or without authority: a secondary
+    /// that has not loaded the zone yet).
+    Lacks,
+    /// No answer (unreachable, hung, or not DNS).
+    Silent,
+}
+
+/// What `server` says of `value` in the TXT records at `name`, asked
+/// directly (no recursion).
+pub(super) async fn seen(server: SocketAddr, name: &Name, value: &str, timeout: Duration) -> Seen {
     let mut request = Message::query();
     request.metadata.recursion_desired = false;
     request.add_query(Query::query(name.clone(), RecordType::TXT));
-    let Ok((answer, _)) = exchange(server, request, None, timeout).await else {
-        return false;
+    let Ok(answer) = exchange(server, request, None, timeout).await else {
+        return Seen::Silent;
     };
-    answer.authoritative
+    let answer = answer.message;
+    let serves = answer.authoritative
         && answer.response_code == ResponseCode::NoError
         && answer.answers.iter().any(|record| {
             record.name == *name && matches!(&record.data, RData::TXT(txt) if txt_is(txt, value))
-        })
+        });
+    match serves {
+        true => Seen::Serves,
+        false => Seen::Lacks,
+    }
 }
 
 /// Whether a TXT record holds exactly `value` (one string, or strings that

@@ -39,11 +39,12 @@ mod error;
 mod exchange;
 mod key;
 mod lookup;
+mod records;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{update_message, Message, ResponseCode};
@@ -56,9 +57,9 @@ pub use key::{KeyFileError, TsigAlgorithm, TsigKey};
 use super::challenge::Dns01Solver;
 use super::BoxFuture;
 use crate::source::BoxError;
-use crate::sync::lock;
 use exchange::{exchange, Trouble};
-use lookup::{serves, NameServer, Resolvers, Target};
+use lookup::{NameServer, Resolvers, Seen, Target};
+use records::{record_key, Ledger, RecordKey, Turn};
 
 /// How often the name servers are asked again while a record propagates.
 const POLL: Duration = Duration::from_secs(1);
@@ -66,6 +67,9 @@ const POLL: Duration = Duration::from_secs(1);
 const CLEANUP_RETRY_FOR: Duration = Duration::from_secs(3600);
 /// The most removals tried again in the background at once.
 const MAX_RETRIED: usize = 1024;
+/// How many exchange timeouts the lookups before and after the update may
+/// take together, each (CNAMEs and SOA; NS and addresses).
+const LOOKUP_EXCHANGES: u32 = 6;
 
 /// A [`Dns01Solver`] that writes the challenge records with RFC 2136
 /// dynamic updates, signed with a TSIG key. See the [module](self).
@@ -82,11 +86,8 @@ struct Inner {
     ttl: u32,
     timeout: Duration,
     propagation_timeout: Duration,
-    /// Each record added (or being added), by domain and value, until it
-    /// is removed.
-    written: Mutex<HashMap<RecordKey, Written>>,
-    /// The number of the next `present`.
-    generations: AtomicU64,
+    /// The records written, or that may have been, until removed.
+    records: Ledger,
     /// Removals being tried again in the background.
     retrying: AtomicUsize,
 }
@@ -98,29 +99,6 @@ impl std::fmt::Debug for Rfc2136Solver {
             .field("key", &self.inner.key)
             .finish_non_exhaustive()
     }
-}
-
-/// A record by the domain it proves and its value.
-type RecordKey = (String, String);
-
-fn record_key(domain: &str, value: &str) -> RecordKey {
-    (
-        domain.trim_end_matches('.').to_ascii_lowercase(),
-        value.to_owned(),
-    )
-}
-
-/// A record added (or being added), until it is removed.
-#[derive(Clone)]
-struct Written {
-    target: Target,
-    /// Which `present` wrote it last: a removal tried again in the
-    /// background stops once a newer one (a resumed order sends the same
-    /// value again) owns the record.
-    generation: u64,
-    /// Held while an update of this record is on its way, so that an add
-    /// and a delete of it never cross.
-    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Configures an [`Rfc2136Solver`].
@@ -223,8 +201,7 @@ impl Rfc2136Builder {
                 ttl: self.ttl,
                 timeout: self.timeout,
                 propagation_timeout: self.propagation_timeout,
-                written: Mutex::new(HashMap::new()),
-                generations: AtomicU64::new(0),
+                records: Ledger::default(),
                 retrying: AtomicUsize::new(0),
             }),
         }
@@ -236,7 +213,9 @@ fn system_resolvers() -> Vec<SocketAddr> {
     let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     text.lines()
         .filter_map(|line| line.trim().strip_prefix("nameserver"))
-        .filter_map(|rest| rest.trim().split('%').next()?.parse().ok())
+        // A link-local address needs its interface, which a socket address
+        // from text cannot carry: left out.
+        .filter_map(|rest| rest.trim().parse().ok())
         .map(|ip| SocketAddr::new(ip, 53))
         .collect()
 }
@@ -252,105 +231,134 @@ fn challenge_name(domain: &str) -> Result<Name, Rfc2136Error> {
 
 impl Rfc2136Solver {
     /// Adds the record, then waits until every name server of its zone
-    /// serves it.
+    /// serves it. Held from the first step, so that its `cleanup` removes
+    /// whatever it may have written, however it ends.
     async fn publish(&self, domain: &str, value: &str) -> Result<(), Rfc2136Error> {
-        let name = challenge_name(domain)?;
-        let target = self.target(&name).await?;
         let key = record_key(domain, value);
-        // Known before the update is sent: cleanup removes it even if this
-        // is cancelled while the update is on its way.
-        let generation = self.inner.generations.fetch_add(1, Ordering::SeqCst);
-        let turn = {
-            let mut written = lock(&self.inner.written);
-            let entry = written.entry(key.clone()).or_insert_with(|| Written {
-                target: target.clone(),
-                generation,
-                turn: Arc::default(),
-            });
-            entry.target = target.clone();
-            entry.generation = generation;
-            entry.turn.clone()
-        };
-        let added = {
+        self.inner.records.hold(&key);
+        let name = challenge_name(domain)?;
+        let lookups = self.inner.timeout.saturating_mul(LOOKUP_EXCHANGES);
+        let target = self
+            .within(lookups, &name, self.inner.resolvers.target(&name))
+            .await?;
+        if let Some(before) = self.inner.records.aim(&key, &target) {
+            // The CNAME chain moved since an earlier add of this value.
+            let turn = self.inner.records.turn(&key);
+            self.remove_in_background(None, before, value.to_owned(), turn);
+        }
+        let turn = self.inner.records.turn(&key);
+        {
             let _turn = turn.lock().await;
-            self.update(&target, value, Change::Add).await
-        };
-        if let Err(error) = added {
-            if let Rfc2136Error::Refused { .. } = error {
-                // Refused: nothing was written, nothing to remove.
-                self.forget(&key, generation);
+            let before = self.inner.records.writing(&key);
+            if let Err(failed) = self.update(&target, value, Change::Add).await {
+                if failed.not_applied {
+                    self.inner.records.not_written(&key, before);
+                }
+                return Err(failed.error);
             }
-            return Err(error);
         }
         let servers = self
-            .inner
-            .resolvers
-            .name_servers(&target.zone)
-            .await
-            .map_err(|reason| Rfc2136Error::Lookup {
-                name: target.name.to_string(),
-                reason,
-            })?;
+            .within(
+                lookups,
+                &target.name,
+                self.inner.resolvers.name_servers(&target.zone),
+            )
+            .await?;
         self.until_served(&target, value, servers).await
     }
 
-    /// Removes the record `present` added for `domain` and `value`, if any;
-    /// if the server cannot be reached, tries again in the background.
+    /// A lookup for `name` within `budget`.
+    async fn within<T>(
+        &self,
+        budget: Duration,
+        name: &Name,
+        lookup: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, Rfc2136Error> {
+        let failed = |reason| Rfc2136Error::Lookup {
+            name: name.to_string(),
+            reason,
+        };
+        match tokio::time::timeout(budget, lookup).await {
+            Ok(found) => found.map_err(failed),
+            Err(_) => Err(failed(format!(
+                "no answer within {}",
+                crate::clock::human(budget)
+            ))),
+        }
+    }
+
+    /// Ends the hold of one `present`: the last one removes the record;
+    /// if the server cannot be reached (or this is cancelled while the
+    /// delete is on its way), it is tried again in the background.
     async fn remove(&self, domain: &str, value: &str) -> Result<(), Rfc2136Error> {
         let key = record_key(domain, value);
-        let Some(written) = lock(&self.inner.written).get(&key).cloned() else {
-            // `present` failed or was cancelled before the record's place
-            // was known: nothing was sent.
+        let Some((target, turn)) = self.inner.records.release(&key) else {
+            // Someone else holds it, or nothing was written.
             return Ok(());
         };
-        match self.delete(&key, &written).await {
-            Ok(_) => Ok(()),
-            Err(error @ Rfc2136Error::Refused { .. }) => {
+        let mut pending = Pending {
+            solver: self,
+            key: Some((key.clone(), target.clone(), turn.clone())),
+        };
+        let deleted = self.delete(Some(&key), &target, value, &turn).await;
+        let armed = pending.key.take();
+        match deleted {
+            Ok(()) => Ok(()),
+            Err(failed) if failed.not_applied => {
                 // Asking again gets the same refusal.
-                self.forget(&key, written.generation);
-                Err(error)
+                self.inner.records.removed(&key);
+                Err(failed.error)
             }
-            Err(error) => {
-                self.retry_removal(key, written);
-                Err(error)
+            Err(failed) => {
+                if let Some((key, target, turn)) = armed {
+                    self.remove_in_background(Some(key), target, value.to_owned(), turn);
+                }
+                Err(failed.error)
             }
         }
     }
 
-    /// Deletes the record `written`, unless a newer `present` wrote it
-    /// again since (a resumed order sends the same value): whether it did.
-    async fn delete(&self, key: &RecordKey, written: &Written) -> Result<bool, Rfc2136Error> {
-        let _turn = written.turn.lock().await;
-        let current = lock(&self.inner.written)
-            .get(key)
-            .is_some_and(|now| now.generation == written.generation);
-        if !current {
-            return Ok(false);
+    /// Deletes the record at `target` with the record's turn held, unless
+    /// (for a record of the ledger, `key`) a `present` holds it again.
+    async fn delete(
+        &self,
+        key: Option<&RecordKey>,
+        target: &Target,
+        value: &str,
+        turn: &Turn,
+    ) -> Result<(), Failed> {
+        let _turn = turn.lock().await;
+        if let Some(key) = key {
+            if !self.inner.records.removable(key) {
+                return Ok(());
+            }
         }
-        self.update(&written.target, &key.1, Change::Delete).await?;
-        self.forget(key, written.generation);
-        Ok(true)
-    }
-
-    /// Forgets the record written by the `present` of `generation`, unless
-    /// a newer one wrote it again.
-    fn forget(&self, key: &RecordKey, generation: u64) {
-        let mut written = lock(&self.inner.written);
-        if written.get(key).is_some_and(|w| w.generation == generation) {
-            written.remove(key);
+        self.update(target, value, Change::Delete).await?;
+        if let Some(key) = key {
+            self.inner.records.removed(key);
         }
+        Ok(())
     }
 
     /// Tries a removal that failed again in the background, with a
-    /// backoff, for up to an hour (a server that was down comes back).
-    fn retry_removal(&self, key: RecordKey, written: Written) {
+    /// backoff, for up to an hour (a server that was down comes back),
+    /// until it is done or a `present` holds the record again.
+    fn remove_in_background(
+        &self,
+        key: Option<RecordKey>,
+        target: Target,
+        value: String,
+        turn: Turn,
+    ) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (name, zone) = (written.target.name.clone(), written.target.zone.clone());
+        let (name, zone) = (target.name.clone(), target.zone.clone());
         if self.inner.retrying.fetch_add(1, Ordering::SeqCst) >= MAX_RETRIED {
             self.inner.retrying.fetch_sub(1, Ordering::SeqCst);
-            self.forget(&key, written.generation);
+            if let Some(key) = &key {
+                self.inner.records.removed(key);
+            }
             tracing::error!(target: "certrotate", %name, %zone, "too many DNS-01 records wait for removal; this one is left in the zone");
             return;
         }
@@ -360,16 +368,16 @@ impl Rfc2136Solver {
             let mut wait = Duration::from_secs(1);
             loop {
                 tokio::time::sleep(wait).await;
-                match solver.delete(&key, &written).await {
-                    Ok(true) => {
-                        tracing::info!(target: "certrotate", %name, %zone, "a DNS-01 record that could not be removed before is removed");
+                match solver.delete(key.as_ref(), &target, &value, &turn).await {
+                    Ok(()) => {
+                        tracing::info!(target: "certrotate", %name, %zone, "a DNS-01 record that could not be removed before is removed (or needed again)");
                         break;
                     }
-                    // Written again since: its new owner removes it.
-                    Ok(false) => break,
-                    Err(error) if started.elapsed() >= CLEANUP_RETRY_FOR => {
-                        tracing::error!(target: "certrotate", %name, %zone, "a DNS-01 record could not be removed within an hour; it is left in the zone: {error}");
-                        solver.forget(&key, written.generation);
+                    Err(failed) if failed.not_applied || started.elapsed() >= CLEANUP_RETRY_FOR => {
+                        tracing::error!(target: "certrotate", %name, %zone, "a DNS-01 record could not be removed; it is left in the zone: {}", failed.error);
+                        if let Some(key) = &key {
+                            solver.inner.records.removed(key);
+                        }
                         break;
                     }
                     Err(_) => wait = (wait * 2).min(Duration::from_secs(60)),
@@ -379,25 +387,9 @@ impl Rfc2136Solver {
         });
     }
 
-    async fn target(&self, name: &Name) -> Result<Target, Rfc2136Error> {
-        self.inner
-            .resolvers
-            .target(name)
-            .await
-            .map_err(|reason| Rfc2136Error::Lookup {
-                name: name.to_string(),
-                reason,
-            })
-    }
-
     /// Sends one signed update adding or deleting the single TXT record
     /// `value` at the target.
-    async fn update(
-        &self,
-        target: &Target,
-        value: &str,
-        change: Change,
-    ) -> Result<(), Rfc2136Error> {
+    async fn update(&self, target: &Target, value: &str, change: Change) -> Result<(), Failed> {
         let mut record = Record::from_rdata(
             target.name.clone(),
             self.inner.ttl,
@@ -412,67 +404,137 @@ impl Rfc2136Solver {
         };
         let server = self.inner.server;
         let zone = zone_text(&target.zone);
-        let (answer, refusal) = exchange(
-            server,
-            message,
-            Some(&self.inner.signer),
-            self.inner.timeout,
-        )
-        .await
-        .map_err(|trouble| match trouble {
-            Trouble::NoAnswer(reason) => Rfc2136Error::NoAnswer {
-                server,
-                zone: zone.clone(),
-                reason,
-            },
-            Trouble::BadAnswer(reason) => Rfc2136Error::BadAnswer {
-                server,
-                zone: zone.clone(),
-                reason,
-            },
-        })?;
-        if answer.response_code == ResponseCode::NoError && refusal.is_none() {
+        let signer = Some(&self.inner.signer);
+        let answer = match exchange(server, message, signer, self.inner.timeout).await {
+            Ok(answer) => answer,
+            Err(Trouble::NoAnswer(reason)) => {
+                let error = Rfc2136Error::NoAnswer {
+                    server,
+                    zone,
+                    reason,
+                };
+                return Err(Failed::unknown(error));
+            }
+            Err(Trouble::BadAnswer(reason)) => {
+                let error = Rfc2136Error::BadAnswer {
+                    server,
+                    zone,
+                    reason,
+                };
+                return Err(Failed::unknown(error));
+            }
+        };
+        let code = answer.message.response_code;
+        if code == ResponseCode::NoError && answer.refusal.is_none() {
             return Ok(());
         }
-        let rcode = Rcode::from_code(u16::from(answer.response_code));
-        Err(Rfc2136Error::Refused {
-            server,
-            zone,
-            rcode,
-            tsig: refusal,
+        let rcode = Rcode::from_code(u16::from(code));
+        // Not applied for sure: a refusal the key signed, or one of the
+        // key itself (which the server cannot sign). A server failure, or
+        // an unsigned refusal anyone could have sent, may have applied it.
+        let refused = [
+            Rcode::REFUSED,
+            Rcode::NOTAUTH,
+            Rcode::NOTZONE,
+            Rcode::FORMERR,
+            Rcode::NOTIMP,
+        ]
+        .contains(&rcode);
+        let of_the_key = matches!(
+            answer.refusal,
+            Some(TsigRefusal::BadSig | TsigRefusal::BadKey | TsigRefusal::BadTime)
+        );
+        Err(Failed {
+            not_applied: refused && (answer.verified || of_the_key),
+            error: Rfc2136Error::Refused {
+                server,
+                zone,
+                rcode,
+                tsig: answer.refusal,
+            },
         })
     }
 
-    /// Waits until each of `servers` serves the record, asking the ones
-    /// that do not yet every second.
+    /// Waits until each of `servers` serves the record, asking those that
+    /// do not yet, all at once, every second. A server serves it when an
+    /// address of it does and none answers without it (an address this
+    /// host cannot reach, IPv6 on an IPv4-only host, is not waited for).
     async fn until_served(
         &self,
         target: &Target,
         value: &str,
         mut lagging: Vec<NameServer>,
     ) -> Result<(), Rfc2136Error> {
-        let deadline = tokio::time::Instant::now() + self.inner.propagation_timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started.checked_add(self.inner.propagation_timeout);
         loop {
-            let mut still = Vec::new();
-            for server in lagging {
-                if !serves(server.addr, &target.name, value, self.inner.timeout).await {
-                    still.push(server);
+            let mut asked = tokio::task::JoinSet::new();
+            for (index, server) in lagging.iter().enumerate() {
+                for &addr in &server.addrs {
+                    let (name, value) = (target.name.clone(), value.to_owned());
+                    let timeout = self.inner.timeout;
+                    asked.spawn(async move {
+                        (index, lookup::seen(addr, &name, &value, timeout).await)
+                    });
                 }
             }
-            lagging = still;
+            let mut seen = vec![(false, false); lagging.len()];
+            while let Some(Ok((index, answer))) = asked.join_next().await {
+                match answer {
+                    Seen::Serves => seen[index].0 = true,
+                    Seen::Lacks => seen[index].1 = true,
+                    Seen::Silent => {}
+                }
+            }
+            let mut seen = seen.into_iter();
+            lagging.retain(|_| !matches!(seen.next(), Some((true, false))));
             if lagging.is_empty() {
                 return Ok(());
             }
-            if tokio::time::Instant::now() + POLL > deadline {
+            if deadline.is_some_and(|deadline| tokio::time::Instant::now() + POLL > deadline) {
                 return Err(Rfc2136Error::NotPropagated {
                     name: target.name.to_string(),
                     zone: zone_text(&target.zone),
-                    waited: self.inner.propagation_timeout,
+                    waited: started.elapsed(),
                     lagging: lagging.iter().map(ToString::to_string).collect(),
                 });
             }
             tracing::debug!(target: "certrotate", name = %target.name, lagging = lagging.len(), "waiting for the DNS-01 record to reach every name server");
             tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// An update that failed, and whether it was surely not applied (so that
+/// there is nothing to remove, or no point in asking again).
+struct Failed {
+    error: Rfc2136Error,
+    not_applied: bool,
+}
+
+impl Failed {
+    /// No answer, or none to trust: it may have been applied.
+    fn unknown(error: Rfc2136Error) -> Self {
+        Self {
+            error,
+            not_applied: false,
+        }
+    }
+}
+
+/// A removal on its way: dropped before it finished (the attempt that
+/// cleans up was cancelled), it is tried again in the background.
+struct Pending<'a> {
+    solver: &'a Rfc2136Solver,
+    key: Option<(RecordKey, Target, Turn)>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some((key, target, turn)) = self.key.take() {
+            let value = key.1.clone();
+            self.solver
+                .remove_in_background(Some(key), target, value, turn);
         }
     }
 }
@@ -506,8 +568,9 @@ impl Dns01Solver for Rfc2136Solver {
     }
 
     fn present_timeout(&self) -> Option<Duration> {
-        // The lookups, the update, and the wait, each exchange bounded.
-        Some(self.inner.propagation_timeout + 8 * self.inner.timeout)
+        // Two lookup budgets, the update, the wait and its last round.
+        let exchanges = self.inner.timeout.saturating_mul(2 * LOOKUP_EXCHANGES + 3);
+        Some(self.inner.propagation_timeout.saturating_add(exchanges))
     }
 }
 
