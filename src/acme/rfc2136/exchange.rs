@@ -18,6 +18,9 @@ use super::error::TsigRefusal;
 /// Why an exchange did not give an answer to use.
 #[derive(Debug)]
 pub(super) enum Trouble {
+    /// No way to the server from here (no route, nothing listening):
+    /// known at once, not waited for.
+    Unreachable(String),
     /// No answer within the deadline, or no connection.
     NoAnswer(String),
     /// An answer, but not one to trust.
@@ -61,8 +64,15 @@ pub(super) async fn exchange(
         .map_err(|e| Trouble::BadAnswer(format!("cannot encode the request: {e}")))?;
     let length = u16::try_from(bytes.len())
         .map_err(|_| Trouble::BadAnswer("the request is over 64 KiB".into()))?;
-    let answer = tokio::time::timeout(timeout, async {
-        let mut stream = TcpStream::connect(server).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let waited = || Trouble::NoAnswer(format!("no answer within {}", crate::clock::human(timeout)));
+    let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect(server)).await {
+        Err(_) => return Err(waited()),
+        Ok(Err(e)) if unreachable(&e) => return Err(Trouble::Unreachable(e.to_string())),
+        Ok(Err(e)) => return Err(Trouble::NoAnswer(e.to_string())),
+        Ok(Ok(stream)) => stream,
+    };
+    let answer = tokio::time::timeout_at(deadline, async {
         let mut framed = Vec::with_capacity(bytes.len() + 2);
         framed.extend_from_slice(&length.to_be_bytes());
         framed.extend_from_slice(&bytes);
@@ -73,7 +83,7 @@ pub(super) async fn exchange(
         Ok::<_, std::io::Error>(answer)
     })
     .await
-    .map_err(|_| Trouble::NoAnswer(format!("no answer within {}", crate::clock::human(timeout))))?
+    .map_err(|_| waited())?
     .map_err(|e| Trouble::NoAnswer(e.to_string()))?;
 
     let message = Message::from_vec(&answer)
@@ -108,4 +118,15 @@ pub(super) async fn exchange(
         refusal,
         verified,
     })
+}
+
+/// Whether a connection failed at once because the server cannot be
+/// reached from here (an IPv6 address on an IPv4-only host, a server that
+/// is not running), rather than one that did not answer in time.
+fn unreachable(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        error.kind(),
+        NetworkUnreachable | HostUnreachable | AddrNotAvailable | ConnectionRefused
+    )
 }

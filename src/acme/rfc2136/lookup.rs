@@ -10,7 +10,7 @@ use std::time::Duration;
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 
-use super::exchange::exchange;
+use super::exchange::{exchange, Trouble};
 
 /// The longest CNAME chain followed (resolvers stop at 8 to 16).
 const MAX_CNAMES: usize = 12;
@@ -19,7 +19,7 @@ const MAX_SERVERS: usize = 16;
 const MAX_ADDRESSES: usize = 4;
 
 /// Where one record goes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Target {
     /// The record's name, at the end of the CNAME chain.
     pub(super) name: Name,
@@ -171,8 +171,15 @@ impl Resolvers {
                 tracing::warn!(target: "certrotate", zone = %zone, host = %key, "a name server of the zone has no address; the record is not checked there");
                 continue;
             }
+            addresses.sort();
             addresses.dedup();
-            addresses.truncate(MAX_ADDRESSES);
+            // Both families, as far as the bound goes.
+            let (v4, v6): (Vec<IpAddr>, Vec<IpAddr>) =
+                addresses.into_iter().partition(IpAddr::is_ipv4);
+            let half = MAX_ADDRESSES / 2;
+            let mut addresses: Vec<IpAddr> = v4.iter().take(half).copied().collect();
+            addresses.extend(v6.iter().take(MAX_ADDRESSES - addresses.len()));
+            addresses.extend(v4.iter().skip(half).take(MAX_ADDRESSES - addresses.len()));
             let addrs = addresses
                 .into_iter()
                 .map(|ip| SocketAddr::new(ip, self.port))
@@ -201,10 +208,11 @@ fn glue(answer: &Message, host: &Name) -> Vec<IpAddr> {
 pub(super) enum Seen {
     /// It serves the record, with authority.
     Serves,
-    /// It answers, without the record (or without authority: a secondary
-    /// that has not loaded the zone yet).
+    /// It answers without the record (or without authority: a secondary
+    /// that has not loaded the zone yet), or does not answer in time.
     Lacks,
-    /// No answer (unreachable, hung, or not DNS).
+    /// It cannot be reached from here at all (no route, nothing
+    /// listening): the CA may reach it another way.
     Silent,
 }
 
@@ -214,8 +222,11 @@ pub(super) async fn seen(server: SocketAddr, name: &Name, value: &str, timeout: 
     let mut request = Message::query();
     request.metadata.recursion_desired = false;
     request.add_query(Query::query(name.clone(), RecordType::TXT));
-    let Ok(answer) = exchange(server, request, None, timeout).await else {
-        return Seen::Silent;
+    let answer = match exchange(server, request, None, timeout).await {
+        Ok(answer) => answer,
+        Err(Trouble::Unreachable(_)) => return Seen::Silent,
+        // A server that hangs, or answers garbage, is waited for.
+        Err(_) => return Seen::Lacks,
     };
     let answer = answer.message;
     let serves = answer.authoritative

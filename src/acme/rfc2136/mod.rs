@@ -241,11 +241,7 @@ impl Rfc2136Solver {
         let target = self
             .within(lookups, &name, self.inner.resolvers.target(&name))
             .await?;
-        if let Some(before) = self.inner.records.aim(&key, &target) {
-            // The CNAME chain moved since an earlier add of this value.
-            let turn = self.inner.records.turn(&key);
-            self.remove_in_background(None, before, value.to_owned(), turn);
-        }
+        self.inner.records.aim(&key, &target);
         let turn = self.inner.records.turn(&key);
         {
             let _turn = turn.lock().await;
@@ -287,78 +283,63 @@ impl Rfc2136Solver {
         }
     }
 
-    /// Ends the hold of one `present`: the last one removes the record;
-    /// if the server cannot be reached (or this is cancelled while the
-    /// delete is on its way), it is tried again in the background.
+    /// Ends the hold of one `present`: the last one removes the record
+    /// wherever it may be; a removal that fails (or is cancelled on its
+    /// way) is tried again in the background.
     async fn remove(&self, domain: &str, value: &str) -> Result<(), Rfc2136Error> {
         let key = record_key(domain, value);
-        let Some((target, turn)) = self.inner.records.release(&key) else {
+        let Some((places, turn)) = self.inner.records.release(&key) else {
             // Someone else holds it, or nothing was written.
             return Ok(());
         };
-        let mut pending = Pending {
-            solver: self,
-            key: Some((key.clone(), target.clone(), turn.clone())),
-        };
-        let deleted = self.delete(Some(&key), &target, value, &turn).await;
-        let armed = pending.key.take();
-        match deleted {
-            Ok(()) => Ok(()),
-            Err(failed) if failed.not_applied => {
-                // Asking again gets the same refusal.
-                self.inner.records.removed(&key);
-                Err(failed.error)
-            }
-            Err(failed) => {
-                if let Some((key, target, turn)) = armed {
-                    self.remove_in_background(Some(key), target, value.to_owned(), turn);
-                }
-                Err(failed.error)
+        let mut first_error = None;
+        for place in places {
+            let mut pending = Pending {
+                solver: self,
+                key: Some((key.clone(), place.clone(), turn.clone())),
+            };
+            let deleted = self.delete(&key, &place, &turn).await;
+            let armed = pending.key.take();
+            if let (Err(error), Some((key, place, turn))) = (deleted, armed) {
+                // Even a refusal: the record is there, and a server that
+                // refuses now (a frozen zone, a clock off) may not later.
+                self.remove_in_background(key, place, turn);
+                first_error.get_or_insert(error);
             }
         }
+        first_error.map_or(Ok(()), Err)
     }
 
-    /// Deletes the record at `target` with the record's turn held, unless
-    /// (for a record of the ledger, `key`) a `present` holds it again.
+    /// Deletes the record at `place` with the record's turn held, unless a
+    /// `present` holds it again.
     async fn delete(
         &self,
-        key: Option<&RecordKey>,
-        target: &Target,
-        value: &str,
+        key: &RecordKey,
+        place: &Target,
         turn: &Turn,
-    ) -> Result<(), Failed> {
+    ) -> Result<(), Rfc2136Error> {
         let _turn = turn.lock().await;
-        if let Some(key) = key {
-            if !self.inner.records.removable(key) {
-                return Ok(());
-            }
+        if !self.inner.records.removable(key, place) {
+            return Ok(());
         }
-        self.update(target, value, Change::Delete).await?;
-        if let Some(key) = key {
-            self.inner.records.removed(key);
-        }
+        self.update(place, &key.1, Change::Delete)
+            .await
+            .map_err(|failed| failed.error)?;
+        self.inner.records.removed(key, place);
         Ok(())
     }
 
     /// Tries a removal that failed again in the background, with a
     /// backoff, for up to an hour (a server that was down comes back),
     /// until it is done or a `present` holds the record again.
-    fn remove_in_background(
-        &self,
-        key: Option<RecordKey>,
-        target: Target,
-        value: String,
-        turn: Turn,
-    ) {
+    fn remove_in_background(&self, key: RecordKey, place: Target, turn: Turn) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (name, zone) = (target.name.clone(), target.zone.clone());
+        let (name, zone) = (place.name.clone(), place.zone.clone());
         if self.inner.retrying.fetch_add(1, Ordering::SeqCst) >= MAX_RETRIED {
             self.inner.retrying.fetch_sub(1, Ordering::SeqCst);
-            if let Some(key) = &key {
-                self.inner.records.removed(key);
-            }
+            self.give_up(&key, &place, &turn);
             tracing::error!(target: "certrotate", %name, %zone, "too many DNS-01 records wait for removal; this one is left in the zone");
             return;
         }
@@ -368,16 +349,14 @@ impl Rfc2136Solver {
             let mut wait = Duration::from_secs(1);
             loop {
                 tokio::time::sleep(wait).await;
-                match solver.delete(key.as_ref(), &target, &value, &turn).await {
+                match solver.delete(&key, &place, &turn).await {
                     Ok(()) => {
                         tracing::info!(target: "certrotate", %name, %zone, "a DNS-01 record that could not be removed before is removed (or needed again)");
                         break;
                     }
-                    Err(failed) if failed.not_applied || started.elapsed() >= CLEANUP_RETRY_FOR => {
-                        tracing::error!(target: "certrotate", %name, %zone, "a DNS-01 record could not be removed; it is left in the zone: {}", failed.error);
-                        if let Some(key) = &key {
-                            solver.inner.records.removed(key);
-                        }
+                    Err(error) if started.elapsed() >= CLEANUP_RETRY_FOR => {
+                        tracing::error!(target: "certrotate", %name, %zone, "a DNS-01 record could not be removed within an hour; it is left in the zone: {error}");
+                        solver.give_up(&key, &place, &turn);
                         break;
                     }
                     Err(_) => wait = (wait * 2).min(Duration::from_secs(60)),
@@ -385,6 +364,16 @@ impl Rfc2136Solver {
             }
             solver.inner.retrying.fetch_sub(1, Ordering::SeqCst);
         });
+    }
+
+    /// Forgets a place whose removal is given up, unless a `present` holds
+    /// the record again (or holds the turn: it is tried later).
+    fn give_up(&self, key: &RecordKey, place: &Target, turn: &Turn) {
+        if let Ok(_turn) = turn.try_lock() {
+            if self.inner.records.removable(key, place) {
+                self.inner.records.removed(key, place);
+            }
+        }
     }
 
     /// Sends one signed update adding or deleting the single TXT record
@@ -407,7 +396,7 @@ impl Rfc2136Solver {
         let signer = Some(&self.inner.signer);
         let answer = match exchange(server, message, signer, self.inner.timeout).await {
             Ok(answer) => answer,
-            Err(Trouble::NoAnswer(reason)) => {
+            Err(Trouble::NoAnswer(reason) | Trouble::Unreachable(reason)) => {
                 let error = Rfc2136Error::NoAnswer {
                     server,
                     zone,
@@ -479,7 +468,10 @@ impl Rfc2136Solver {
                 }
             }
             let mut seen = vec![(false, false); lagging.len()];
-            while let Some(Ok((index, answer))) = asked.join_next().await {
+            while let Some(joined) = asked.join_next().await {
+                let Ok((index, answer)) = joined else {
+                    continue;
+                };
                 match answer {
                     Seen::Serves => seen[index].0 = true,
                     Seen::Lacks => seen[index].1 = true,
@@ -531,10 +523,8 @@ struct Pending<'a> {
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        if let Some((key, target, turn)) = self.key.take() {
-            let value = key.1.clone();
-            self.solver
-                .remove_in_background(Some(key), target, value, turn);
+        if let Some((key, place, turn)) = self.key.take() {
+            self.solver.remove_in_background(key, place, turn);
         }
     }
 }

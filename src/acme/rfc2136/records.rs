@@ -34,13 +34,13 @@ pub(super) struct Ledger {
 
 #[derive(Default)]
 struct Entry {
-    /// Where it goes, once looked up.
+    /// Where it goes now, once looked up.
     target: Option<Target>,
+    /// Every place an add may have reached since the server last confirmed
+    /// its removal there (more than one if the CNAME chain moved).
+    places: Vec<Target>,
     /// `present`s started and not cleaned up yet.
     holders: usize,
-    /// Whether an add may have reached the server since the last delete
-    /// that the server confirmed.
-    maybe_written: bool,
     turn: Turn,
 }
 
@@ -50,13 +50,9 @@ impl Ledger {
         lock(&self.entries).entry(key.clone()).or_default().holders += 1;
     }
 
-    /// The record goes to `target`. If it may have been written elsewhere
-    /// before (the CNAME chain changed), that place, to remove it there.
-    pub(super) fn aim(&self, key: &RecordKey, target: &Target) -> Option<Target> {
-        let mut entries = lock(&self.entries);
-        let entry = entries.entry(key.clone()).or_default();
-        let before = entry.target.replace(target.clone());
-        before.filter(|before| entry.maybe_written && before.name != target.name)
+    /// The record goes to `target` now.
+    pub(super) fn aim(&self, key: &RecordKey, target: &Target) {
+        lock(&self.entries).entry(key.clone()).or_default().target = Some(target.clone());
     }
 
     pub(super) fn turn(&self, key: &RecordKey) -> Turn {
@@ -67,53 +63,64 @@ impl Ledger {
             .clone()
     }
 
-    /// An add is about to be sent (with the turn held): whether one may
-    /// have reached the server before, to restore if this one is refused.
+    /// An add to where the record goes now is about to be sent (with the
+    /// turn held): whether one may have reached that place before, to
+    /// restore if this one is refused.
     pub(super) fn writing(&self, key: &RecordKey) -> bool {
         let mut entries = lock(&self.entries);
         let entry = entries.entry(key.clone()).or_default();
-        std::mem::replace(&mut entry.maybe_written, true)
+        let Some(target) = entry.target.clone() else {
+            return false;
+        };
+        let before = entry.places.contains(&target);
+        if !before {
+            entry.places.push(target);
+        }
+        before
     }
 
-    /// The add was refused without being applied: the record is as it was.
+    /// The add was refused without being applied: that place is as it was.
     pub(super) fn not_written(&self, key: &RecordKey, before: bool) {
         if let Some(entry) = lock(&self.entries).get_mut(key) {
-            entry.maybe_written = before;
+            if !before {
+                let target = entry.target.clone();
+                entry.places.retain(|place| Some(place) != target.as_ref());
+            }
         }
     }
 
-    /// A `cleanup` ends its `present`'s hold: where to delete the record, if
-    /// no one else holds it and it may be there.
-    pub(super) fn release(&self, key: &RecordKey) -> Option<(Target, Turn)> {
+    /// A `cleanup` ends its `present`'s hold: where to delete the record,
+    /// if no one else holds it and it may be there.
+    pub(super) fn release(&self, key: &RecordKey) -> Option<(Vec<Target>, Turn)> {
         let mut entries = lock(&self.entries);
         let entry = entries.get_mut(key)?;
         entry.holders = entry.holders.saturating_sub(1);
-        let (holders, written) = (entry.holders, entry.maybe_written);
-        match (holders, written, entry.target.clone()) {
-            (0, true, Some(target)) => Some((target, entry.turn.clone())),
-            (0, _, _) => {
-                entries.remove(key);
-                None
-            }
-            _ => None,
+        if entry.holders > 0 {
+            return None;
         }
+        if entry.places.is_empty() {
+            entries.remove(key);
+            return None;
+        }
+        Some((entry.places.clone(), entry.turn.clone()))
     }
 
-    /// Whether the record should still be deleted (checked with the turn
-    /// held): no `present` holds it again, and it may be there.
-    pub(super) fn removable(&self, key: &RecordKey) -> bool {
+    /// Whether the record should still be deleted at `place` (checked with
+    /// the turn held): no `present` holds it again, and it may be there.
+    pub(super) fn removable(&self, key: &RecordKey, place: &Target) -> bool {
         lock(&self.entries)
             .get(key)
-            .is_some_and(|entry| entry.holders == 0 && entry.maybe_written)
+            .is_some_and(|entry| entry.holders == 0 && entry.places.contains(place))
     }
 
-    /// The server confirmed the delete (or refused it for good): forgotten
-    /// unless a `present` holds it again.
-    pub(super) fn removed(&self, key: &RecordKey) {
+    /// The server confirmed the delete at `place` (with the turn held), or
+    /// it is given up: forgotten there, and altogether once no place is
+    /// left and no `present` holds it.
+    pub(super) fn removed(&self, key: &RecordKey, place: &Target) {
         let mut entries = lock(&self.entries);
         if let Some(entry) = entries.get_mut(key) {
-            entry.maybe_written = false;
-            if entry.holders == 0 {
+            entry.places.retain(|known| known != place);
+            if entry.places.is_empty() && entry.holders == 0 {
                 entries.remove(key);
             }
         }
@@ -153,11 +160,11 @@ mod tests {
             ledger.writing(&key);
         }
         assert!(ledger.release(&key).is_none(), "the first cleanup deletes");
-        assert!(!ledger.removable(&key));
-        let (to, _) = ledger.release(&key).expect("the last cleanup deletes");
-        assert_eq!(to.name, place.name);
-        assert!(ledger.removable(&key));
-        ledger.removed(&key);
+        assert!(!ledger.removable(&key, &place));
+        let (places, _) = ledger.release(&key).expect("the last cleanup deletes");
+        assert_eq!(places, [place.clone()]);
+        assert!(ledger.removable(&key, &place));
+        ledger.removed(&key, &place);
         assert_eq!(ledger.len(), 0);
     }
 
@@ -197,17 +204,25 @@ mod tests {
         );
     }
 
-    /// The CNAME chain moved while a record may be at the old place.
+    /// The CNAME chain moved between two writes: both places are removed,
+    /// each on its own; removing one does not forget the other.
     #[test]
-    fn a_new_place_gives_the_old_one_to_remove() {
+    fn every_place_written_is_removed() {
         let ledger = Ledger::default();
         let key = record_key("example.test", "v");
         let (old, new) = (target("a.challenges.test."), target("b.challenges.test."));
         ledger.hold(&key);
-        assert!(ledger.aim(&key, &old).is_none());
+        ledger.aim(&key, &old);
         ledger.writing(&key);
         ledger.hold(&key);
-        assert_eq!(ledger.aim(&key, &new).map(|t| t.name), Some(old.name));
-        assert!(ledger.aim(&key, &new).is_none());
+        ledger.aim(&key, &new);
+        ledger.writing(&key);
+        assert!(ledger.release(&key).is_none());
+        let (places, _) = ledger.release(&key).unwrap();
+        assert_eq!(places, [old.clone(), new.clone()]);
+        ledger.removed(&key, &old);
+        assert!(ledger.removable(&key, &new), "the new place is forgotten");
+        ledger.removed(&key, &new);
+        assert_eq!(ledger.len(), 0);
     }
 }
