@@ -162,7 +162,7 @@ mod tests {
         assert!(ledger.release(&key).is_none(), "the first cleanup deletes");
         assert!(!ledger.removable(&key, &place));
         let (places, _) = ledger.release(&key).expect("the last cleanup deletes");
-        assert_eq!(places, [place.clone()]);
+        assert_eq!(places, std::slice::from_ref(&place));
         assert!(ledger.removable(&key, &place));
         ledger.removed(&key, &place);
         assert_eq!(ledger.len(), 0);
