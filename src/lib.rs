@@ -143,6 +143,9 @@ mod source_error;
 pub mod store;
 mod sync;
 mod util;
+#[cfg(feature = "vault")]
+#[cfg_attr(docsrs, doc(cfg(feature = "vault")))]
+pub mod vault;
 
 // The everyday types; the rest is in the modules above, by domain.
 #[cfg(feature = "acme")]

@@ -41,6 +41,15 @@ pub enum SourceWarning {
         /// Why the ACME CAs did not issue.
         reason: String,
     },
+    /// The source's credentials (a Vault token) cannot be kept alive:
+    /// renewal or login fails. What serves keeps serving until the next
+    /// certificate is due.
+    AuthFailing {
+        /// The auth method, in words.
+        method: String,
+        /// Why.
+        reason: String,
+    },
     /// An ACME CA failed to issue at its last turn (another CA may have
     /// issued instead): reported until it issues again.
     CaFailing {
@@ -81,6 +90,9 @@ impl fmt::Display for SourceWarning {
                 f,
                 "serving a certificate from the internal last-resort CA, as every ACME CA failed ({reason})"
             ),
+            Self::AuthFailing { method, reason } => {
+                write!(f, "the credentials of {method} cannot be renewed: {reason}")
+            }
             Self::CaFailing { directory, reason } => {
                 write!(f, "the ACME CA {directory} failed at its last turn: {reason}")
             }

@@ -1,12 +1,12 @@
 //! Small helpers shared by several modules.
 
-#[cfg(feature = "acme")]
+#[cfg(any(feature = "acme", feature = "vault"))]
 use std::future::Future;
-#[cfg(feature = "acme")]
+#[cfg(any(feature = "acme", feature = "vault"))]
 use std::pin::Pin;
 
 /// A boxed future, for object-safe traits.
-#[cfg(feature = "acme")]
+#[cfg(any(feature = "acme", feature = "vault"))]
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Lowercase hexadecimal, two digits per byte.

@@ -367,7 +367,7 @@ fn parse_pem(
 }
 
 /// The trust anchors of a PEM bundle (its CRLs are not read).
-#[cfg(feature = "acme")]
+#[cfg(any(feature = "acme", feature = "vault"))]
 pub(crate) fn root_store_from_pem(pem: &[u8]) -> Result<RootCertStore, TrustError> {
     root_store(&parse_pem(pem)?.0)
 }

@@ -2,6 +2,8 @@
 //! 127.0.0.1 and a client that reports the certificate it saw.
 #![allow(dead_code)] // each test binary uses a different part
 
+#[cfg(feature = "vault")]
+pub mod bao;
 #[cfg(feature = "rfc2136")]
 pub mod dns;
 #[cfg(feature = "acme")]

