@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use certrotate::vault::{TokenFile, VaultSource, VaultTrust};
+use certrotate::vault::{AppRole, TokenFile, VaultSource, VaultTrust};
 use certrotate::{CertStore, Policy, Rotator};
 use common::bao::Bao;
 use rustls::pki_types::pem::PemObject;
@@ -222,4 +222,56 @@ async fn an_issuer_rotation_keeps_clients_of_both() {
         let seen = common::serial_seen(&client(&bao, Some(identity)), server.addr, NAME).await;
         assert!(seen.is_ok(), "{which} issuer's client: {seen:?}");
     }
+}
+
+/// AppRole: a role id, and a secret id read from a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_in_with_approle() {
+    let bao = Bao::start(Duration::from_secs(3600));
+    bao.cli(&["auth", "enable", "approle"]);
+    bao.cli(&[
+        "write",
+        "auth/approle/role/svc",
+        "token_policies=certs",
+        "token_ttl=1m",
+    ]);
+    let role_id = bao.cli(&["read", "-field=role_id", "auth/approle/role/svc/role-id"]);
+    let secret_id = bao.cli(&[
+        "write",
+        "-f",
+        "-field=secret_id",
+        "auth/approle/role/svc/secret-id",
+    ]);
+    let secret_file = bao.dir.join("secret-id");
+    std::fs::write(&secret_file, format!("{}\n", secret_id.trim())).unwrap();
+    let source = VaultSource::builder(&bao.addr, "pki", "svc", [NAME])
+        .auth(AppRole::new(role_id.trim(), &secret_file))
+        .build()
+        .unwrap();
+    let rotator = rotator(source).await;
+    let first = rotator.current().unwrap();
+    rotator.rotate_now().await.unwrap();
+    assert_ne!(rotator.current().unwrap().serial, first.serial);
+}
+
+/// OpenBao killed: reported at once (nothing listens), the certificate
+/// keeps serving; back (empty, with a new token written to the token
+/// file, as an agent does): the next renewal goes through at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_is_reported_and_renewal_resumes_when_it_is_back() {
+    let mut bao = Bao::start(Duration::from_secs(3600));
+    let (token_file, _) = bao.token_file(None);
+    let rotator = rotator(source(&bao, &token_file)).await;
+    let serving = rotator.current().unwrap();
+    bao.kill();
+    assert!(rotator.rotate_now().await.is_err());
+    let error = rotator.health().last_error.unwrap_or_default();
+    assert!(error.contains("unreachable"), "{error}");
+    assert_eq!(rotator.current().unwrap().serial, serving.serial);
+
+    let bao = bao.restart_empty(Duration::from_secs(3600));
+    let (new_token_file, _) = bao.token_file(None);
+    std::fs::copy(&new_token_file, &token_file).unwrap();
+    rotator.rotate_now().await.unwrap();
+    assert_ne!(rotator.current().unwrap().serial, serving.serial);
 }

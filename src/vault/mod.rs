@@ -265,6 +265,19 @@ impl VaultSource {
     /// A certificate signed by the role, for a key made here.
     async fn sign(&self) -> Result<CertBundle, VaultError> {
         let token = self.token().await?;
+        match self.sign_with(&token).await {
+            // Revoked, expired, or a Vault that lost its state: a login
+            // (the token file read again) may give one that works now.
+            Err(VaultError::TokenRejected { .. }) => {
+                let fresh = self.token().await?;
+                self.sign_with(&fresh).await
+            }
+            other => other,
+        }
+    }
+
+    /// A certificate signed with `token`.
+    async fn sign_with(&self, token: &Token) -> Result<CertBundle, VaultError> {
         let key = rcgen::KeyPair::generate()
             .map_err(|e| VaultError::Config(format!("making a key: {e}")))?;
         let mut params = rcgen::CertificateParams::new(self.inner.names.clone())

@@ -25,9 +25,29 @@ pub struct Bao {
 impl Bao {
     /// A dev server with the PKI mount and role (certificates of `ttl`).
     pub fn start(ttl: Duration) -> Self {
-        let dir = TempDir::new("bao");
+        Self::start_in(TempDir::new("bao"), None, ttl)
+    }
+
+    /// Kills the server (its state is lost, as a dev server keeps it in
+    /// memory) and starts a new one on the same port: new root, new tokens.
+    pub fn restart_empty(self, ttl: Duration) -> Self {
+        let port: u16 = self.addr.rsplit(':').next().unwrap().parse().unwrap();
+        let mut this = self;
+        let _ = this.child.kill();
+        let _ = this.child.wait();
+        let dir = std::mem::replace(&mut this.dir, TempDir::new("bao-dropped"));
+        Self::start_in(dir, Some(port), ttl)
+    }
+
+    /// Kills the server: a Vault that is down.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn start_in(dir: TempDir, port: Option<u16>, ttl: Duration) -> Self {
         for _ in 0..3 {
-            let port = free_port();
+            let port = port.unwrap_or_else(free_port);
             let log = std::fs::File::create(dir.join("bao.log")).unwrap();
             let mut child = Command::new("bao")
                 .args(["server", "-dev", "-dev-root-token-id=root"])
@@ -131,9 +151,13 @@ impl Bao {
 
 impl Drop for Bao {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .status();
+        // Resumed first if frozen (a stopped process dies on SIGKILL too,
+        // but its sockets linger until it is reaped).
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.child.id().to_string()])
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

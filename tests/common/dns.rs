@@ -264,9 +264,13 @@ impl Bind {
 
 impl Drop for Bind {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .status();
+        // Resumed first if frozen (a stopped process dies on SIGKILL too,
+        // but its sockets linger until it is reaped).
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.child.id().to_string()])
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
