@@ -98,22 +98,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .retry_backoff(Duration::from_secs(1), Duration::from_secs(10))
         .launch()
         .await;
-    let tls = match args.client_trust {
-        true => {
-            let trust = VaultTrust::follow(
+    // With --client-trust: the mount's issuers, followed while it serves.
+    let trust = match args.client_trust {
+        true => Some(
+            VaultTrust::follow(
                 &args.addr,
                 &args.mount,
                 TokenFile::new(&args.token_file),
                 ca_pem.as_deref(),
                 Duration::from_secs(5),
             )
-            .await?;
-            let config = rotator.server_config_with_client_auth(trust.store())?;
-            // The trust follows the mount while the server runs.
-            std::mem::forget(trust);
-            config
-        }
-        false => rotator.server_config()?,
+            .await?,
+        ),
+        false => None,
+    };
+    let tls = match &trust {
+        Some(trust) => rotator.server_config_with_client_auth(trust.store())?,
+        None => rotator.server_config()?,
     };
     let tcp = tokio::net::TcpListener::bind(args.listen).await?;
     let bound = tcp.local_addr()?;

@@ -58,3 +58,72 @@ async fn vault_example_serves_a_certificate_from_openbao() {
     child.kill().await.unwrap();
     child.wait().await.unwrap();
 }
+
+/// `--client-trust`: a client with a certificate from the mount is
+/// served; one without is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_example_requires_clients_of_the_mount() {
+    let bao = Bao::start(Duration::from_secs(3600));
+    let (token_file, _) = bao.token_file(None);
+    let root = bao.dir.join("root.pem");
+    std::fs::write(
+        &root,
+        bao.cli(&["read", "-field=certificate", "pki/issuer/default"]),
+    )
+    .unwrap();
+    let json = bao.cli(&[
+        "write",
+        "-format=json",
+        "pki/issue/svc",
+        "common_name=client.svc.test",
+        "key_type=ec",
+        "key_bits=256",
+    ]);
+    let issued: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let (cert, key) = (bao.dir.join("client.pem"), bao.dir.join("client.key"));
+    std::fs::write(&cert, issued["data"]["certificate"].as_str().unwrap()).unwrap();
+    std::fs::write(&key, issued["data"]["private_key"].as_str().unwrap()).unwrap();
+    let args: Vec<std::ffi::OsString> = vec![
+        "--addr".into(),
+        bao.addr.clone().into(),
+        "--token-file".into(),
+        token_file.into(),
+        "--mount".into(),
+        "pki".into(),
+        "--role".into(),
+        "svc".into(),
+        "--name".into(),
+        NAME.into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--client-trust".into(),
+    ];
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let (mut child, port) = common::run_example("vault", &refs).await;
+    let curl = |with_cert: bool| {
+        let mut command = std::process::Command::new("curl");
+        command
+            .args(["--silent", "--show-error", "--max-time", "5"])
+            .args(["--resolve", &format!("{NAME}:{port}:127.0.0.1"), "--cacert"])
+            .arg(&root);
+        if with_cert {
+            command.arg("--cert").arg(&cert).arg("--key").arg(&key);
+        }
+        let output = command
+            .arg(format!("https://{NAME}:{port}/"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while curl(true) != "ok\n" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not serving clients of the mount"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(curl(false), "", "served a client without a certificate");
+    child.kill().await.unwrap();
+    child.wait().await.unwrap();
+}
