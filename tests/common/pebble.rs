@@ -291,7 +291,7 @@ impl Drop for Pebble {
 }
 
 /// Decodes unpadded base64url (a JWS payload).
-fn base64url_decode(text: &str) -> Vec<u8> {
+pub fn base64url_decode(text: &str) -> Vec<u8> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let (mut out, mut bits, mut n) = (Vec::new(), 0u32, 0u32);
     for c in text.bytes() {
