@@ -275,3 +275,24 @@ async fn a_killed_server_is_reported_and_renewal_resumes_when_it_is_back() {
     rotator.rotate_now().await.unwrap();
     assert_ne!(rotator.current().unwrap().serial, serving.serial);
 }
+
+/// `key_made_by_vault`: `<mount>/issue/<role>`, the key from the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issues_with_a_key_made_by_vault() {
+    let bao = Bao::start(Duration::from_secs(3600));
+    let source = VaultSource::builder(&bao.addr, "pki", "svc", [NAME])
+        .auth(TokenFile::new(root_token_file(&bao)))
+        .key_made_by_vault()
+        .build()
+        .unwrap();
+    let rotator = rotator(source).await;
+    assert_eq!(rotator.current().unwrap().dns_names, [NAME]);
+}
+
+/// A token file holding the root token (the test policy grants `sign`
+/// only).
+fn root_token_file(bao: &Bao) -> std::path::PathBuf {
+    let path = bao.dir.join("root-token");
+    std::fs::write(&path, "root").unwrap();
+    path
+}

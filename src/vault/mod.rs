@@ -69,6 +69,9 @@ struct Inner {
     role: String,
     names: Vec<String>,
     ttl: Option<Duration>,
+    /// Whether Vault makes the key (`issue`) rather than this process
+    /// (`sign`).
+    key_in_vault: bool,
     /// The token in use, if logged in.
     token: Mutex<Option<Token>>,
     /// Why the token could not be kept alive, while it cannot.
@@ -87,6 +90,7 @@ pub struct VaultBuilder {
     auth: Option<Arc<dyn VaultAuth>>,
     roots: Option<Vec<u8>>,
     ttl: Option<Duration>,
+    key_in_vault: bool,
     timeout: Duration,
 }
 
@@ -123,6 +127,7 @@ impl VaultSource {
             auth: None,
             roots: None,
             ttl: None,
+            key_in_vault: false,
             timeout: TIMEOUT,
         }
     }
@@ -145,6 +150,16 @@ impl VaultBuilder {
     /// The TTL to ask for (default: the role's).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
+        self
+    }
+
+    /// Has Vault make the key pair (`<mount>/issue/<role>`) instead of
+    /// signing a request for a key made here (`<mount>/sign/<role>`, the
+    /// default). Off by default because the key then crosses the network
+    /// and passes through Vault (its audit devices log responses unless
+    /// told to hash them); use it where the role is only granted `issue`.
+    pub fn key_made_by_vault(mut self) -> Self {
+        self.key_in_vault = true;
         self
     }
 
@@ -179,6 +194,7 @@ impl VaultBuilder {
                 role: self.role,
                 names: self.names,
                 ttl: self.ttl,
+                key_in_vault: self.key_in_vault,
                 token: Mutex::new(None),
                 auth_failing: Mutex::new(None),
                 keeping: std::sync::atomic::AtomicBool::new(false),
@@ -276,10 +292,8 @@ impl VaultSource {
         }
     }
 
-    /// A certificate signed with `token`.
-    async fn sign_with(&self, token: &Token) -> Result<CertBundle, VaultError> {
-        let key = rcgen::KeyPair::generate()
-            .map_err(|e| VaultError::Config(format!("making a key: {e}")))?;
+    /// A certificate request for the names, signed by `key`.
+    fn request(&self, key: &rcgen::KeyPair) -> Result<String, VaultError> {
         let mut params = rcgen::CertificateParams::new(self.inner.names.clone())
             .map_err(|e| VaultError::Config(format!("the names: {e}")))?;
         // The role reads the common name from the request.
@@ -287,12 +301,15 @@ impl VaultSource {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, self.inner.names[0].as_str());
-        let csr = params
-            .serialize_request(&key)
+        params
+            .serialize_request(key)
             .and_then(|csr| csr.pem())
-            .map_err(|e| VaultError::Config(format!("making the request: {e}")))?;
+            .map_err(|e| VaultError::Config(format!("making the request: {e}")))
+    }
+
+    /// A certificate signed with `token`.
+    async fn sign_with(&self, token: &Token) -> Result<CertBundle, VaultError> {
         let mut body = serde_json::json!({
-            "csr": csr,
             "common_name": self.inner.names[0],
             "alt_names": self.inner.names[1..].join(","),
             "format": "pem",
@@ -300,7 +317,24 @@ impl VaultSource {
         if let Some(ttl) = self.inner.ttl {
             body["ttl"] = format!("{}s", ttl.as_secs()).into();
         }
-        let path = format!("{}/sign/{}", self.inner.mount, self.inner.role);
+        let (path, key) = match self.inner.key_in_vault {
+            false => {
+                let key = rcgen::KeyPair::generate()
+                    .map_err(|e| VaultError::Config(format!("making a key: {e}")))?;
+                body["csr"] = self.request(&key)?.into();
+                let path = format!("{}/sign/{}", self.inner.mount, self.inner.role);
+                (path, Some(key))
+            }
+            true => {
+                body["key_type"] = "ec".into();
+                body["key_bits"] = 256.into();
+                body["private_key_format"] = "pkcs8".into();
+                (
+                    format!("{}/issue/{}", self.inner.mount, self.inner.role),
+                    None,
+                )
+            }
+        };
         let answer = self
             .inner
             .client
@@ -352,7 +386,13 @@ impl VaultSource {
             chain.push_str(ca.trim());
         }
         chain.push('\n');
-        let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
+        let key_pem = zeroize::Zeroizing::new(match key {
+            Some(key) => key.serialize_pem(),
+            None => data["private_key"]
+                .as_str()
+                .ok_or_else(|| unusable("no data.private_key"))?
+                .to_owned(),
+        });
         CertBundle::from_pem(chain.as_bytes(), key_pem.as_bytes())
             .map_err(|e| unusable(&format!("the certificate: {e}")))
     }
