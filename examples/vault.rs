@@ -86,10 +86,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => Some(std::fs::read(path)?),
         None => None,
     };
+    // Plain HTTP only to a Vault on this host (a dev server).
+    let local = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+        .iter()
+        .any(|prefix| args.addr.starts_with(prefix));
     let mut source = VaultSource::builder(&args.addr, &args.mount, &args.role, [&args.name])
         .auth(TokenFile::new(&args.token_file));
     if let Some(pem) = &ca_pem {
         source = source.ca_pem(pem.clone());
+    }
+    if local {
+        source = source.allow_plain_http();
     }
     let policy = Policy::builder().server_name(&args.name).build()?;
     // Launched: the listener is up at once, and a Vault that is down is
@@ -100,16 +107,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await;
     // With --client-trust: the mount's issuers, followed while it serves.
     let trust = match args.client_trust {
-        true => Some(
-            VaultTrust::follow(
-                &args.addr,
-                &args.mount,
-                TokenFile::new(&args.token_file),
-                ca_pem.as_deref(),
-                Duration::from_secs(5),
-            )
-            .await?,
-        ),
+        true => {
+            let mut trust =
+                VaultTrust::builder(&args.addr, &args.mount, TokenFile::new(&args.token_file))
+                    .every(Duration::from_secs(5));
+            if let Some(pem) = &ca_pem {
+                trust = trust.ca_pem(pem.clone());
+            }
+            if local {
+                trust = trust.allow_plain_http();
+            }
+            Some(trust.follow().await?)
+        }
         false => None,
     };
     let tls = match &trust {

@@ -18,6 +18,7 @@ const NAME: &str = "api.svc.test";
 fn source(bao: &Bao, token_file: &std::path::Path) -> VaultSource {
     VaultSource::builder(&bao.addr, "pki", "svc", [NAME])
         .auth(TokenFile::new(token_file))
+        .allow_plain_http()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap()
@@ -166,15 +167,12 @@ async fn an_issuer_rotation_keeps_clients_of_both() {
     let bao = Bao::start(Duration::from_secs(3600));
     let (token_file, _) = bao.token_file(None);
     let rotator = rotator(source(&bao, &token_file)).await;
-    let trust = VaultTrust::follow(
-        &bao.addr,
-        "pki",
-        TokenFile::new(&token_file),
-        None,
-        Duration::from_secs(3600),
-    )
-    .await
-    .unwrap();
+    let trust = VaultTrust::builder(&bao.addr, "pki", TokenFile::new(&token_file))
+        .allow_plain_http()
+        .every(Duration::from_secs(3600))
+        .follow()
+        .await
+        .unwrap();
     let config = rotator
         .server_config_with_client_auth(trust.store())
         .unwrap();
@@ -246,6 +244,7 @@ async fn logs_in_with_approle() {
     std::fs::write(&secret_file, format!("{}\n", secret_id.trim())).unwrap();
     let source = VaultSource::builder(&bao.addr, "pki", "svc", [NAME])
         .auth(AppRole::new(role_id.trim(), &secret_file))
+        .allow_plain_http()
         .build()
         .unwrap();
     let rotator = rotator(source).await;
@@ -282,6 +281,7 @@ async fn issues_with_a_key_made_by_vault() {
     let bao = Bao::start(Duration::from_secs(3600));
     let source = VaultSource::builder(&bao.addr, "pki", "svc", [NAME])
         .auth(TokenFile::new(root_token_file(&bao)))
+        .allow_plain_http()
         .key_made_by_vault()
         .build()
         .unwrap();
@@ -295,4 +295,78 @@ fn root_token_file(bao: &Bao) -> std::path::PathBuf {
     let path = bao.dir.join("root-token");
     std::fs::write(&path, "root").unwrap();
     path
+}
+
+/// An intermediate mount whose issuer was set with its parent in the
+/// bundle (OpenBao then imports the parent as an issuer, without its key):
+/// the trust of the intermediate mount accepts its own clients, not those
+/// the parent signs for other mounts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_parent_is_not_trusted() {
+    let bao = Bao::start(Duration::from_secs(3600));
+    let (token_file, _) = bao.token_file(None);
+    bao.cli(&["secrets", "enable", "-path=pki_int", "pki"]);
+    let csr = bao.cli(&[
+        "write",
+        "-field=csr",
+        "pki_int/intermediate/generate/internal",
+        "common_name=test intermediate",
+    ]);
+    let csr_file = bao.dir.join("int.csr");
+    std::fs::write(&csr_file, csr).unwrap();
+    let signed = bao.cli(&[
+        "write",
+        "-field=certificate",
+        "pki/root/sign-intermediate",
+        &format!("csr=@{}", csr_file.display()),
+        "format=pem_bundle",
+        "ttl=4380h",
+    ]);
+    let bundle = bao.dir.join("int-bundle.pem");
+    let root = bao.cli(&["read", "-field=certificate", "pki/issuer/default"]);
+    std::fs::write(&bundle, format!("{}\n{}\n", signed.trim(), root.trim())).unwrap();
+    bao.cli(&[
+        "write",
+        "pki_int/intermediate/set-signed",
+        &format!("certificate=@{}", bundle.display()),
+    ]);
+    bao.cli(&[
+        "write",
+        "pki_int/roles/svc",
+        "allowed_domains=svc.test",
+        "allow_subdomains=true",
+        "key_type=any",
+    ]);
+    let issued = |mount: &str| {
+        let json = bao.cli(&[
+            "write",
+            "-format=json",
+            &format!("{mount}/issue/svc"),
+            "common_name=client.svc.test",
+            "key_type=ec",
+            "key_bits=256",
+        ]);
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let data = &value["data"];
+        let mut chain = data["certificate"].as_str().unwrap().to_owned();
+        if mount == "pki_int" {
+            chain = format!("{chain}\n{}", data["issuing_ca"].as_str().unwrap());
+        }
+        (chain, data["private_key"].as_str().unwrap().to_owned())
+    };
+    let rotator = rotator(source(&bao, &token_file)).await;
+    let trust = VaultTrust::builder(&bao.addr, "pki_int", TokenFile::new(root_token_file(&bao)))
+        .allow_plain_http()
+        .follow()
+        .await
+        .unwrap();
+    assert_eq!(trust.store().roots().len(), 1, "the parent is trusted");
+    let config = rotator
+        .server_config_with_client_auth(trust.store())
+        .unwrap();
+    let server = common::serve(Arc::new(config)).await;
+    let own = common::serial_seen(&client(&bao, Some(issued("pki_int"))), server.addr, NAME).await;
+    assert!(own.is_ok(), "the mount's own client: {own:?}");
+    let other = common::serial_seen(&client(&bao, Some(issued("pki"))), server.addr, NAME).await;
+    assert!(other.is_err(), "a client of another mount was accepted");
 }

@@ -219,21 +219,19 @@ impl VaultAuth for AppRole {
     }
 }
 
-/// A small secret file's first line, off the runtime.
+/// A small secret file's first line, off the runtime. A FIFO or device
+/// at the path is refused without blocking.
 async fn read_secret(path: &Path) -> Result<Zeroizing<String>, VaultError> {
     let owned = path.to_owned();
-    let read = tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut text = Zeroizing::new(String::new());
-        std::fs::File::open(&owned)?
-            .take(64 * 1024)
-            .read_to_string(&mut text)?;
-        Ok::<_, std::io::Error>(text)
-    })
-    .await
-    .map_err(|e| VaultError::Config(e.to_string()))?
-    .map_err(|e| VaultError::Config(format!("cannot read {}: {e}", path.display())))?;
-    let line = read.lines().next().unwrap_or("").trim();
+    let unreadable = |e: &dyn std::fmt::Display| {
+        VaultError::Config(format!("cannot read {}: {e}", path.display()))
+    };
+    let bytes = tokio::task::spawn_blocking(move || crate::read::small(&owned))
+        .await
+        .map_err(|e| unreadable(&e))?
+        .map_err(|e| unreadable(&e))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| unreadable(&e))?;
+    let line = text.lines().next().unwrap_or("").trim();
     if line.is_empty() {
         return Err(VaultError::Config(format!("{} is empty", path.display())));
     }

@@ -24,18 +24,42 @@ pub(super) struct Client {
 
 impl Client {
     /// A client of the server at `addr` (`https://vault:8200`), trusting
-    /// `roots` for its HTTPS, else the platform's roots.
+    /// the CA certificates of `ca_pem` for its HTTPS, else the platform's
+    /// roots. An `http://` address only with `plain_http` (the token
+    /// would cross the network in clear).
     pub(super) fn new(
         addr: &str,
-        roots: Option<rustls::RootCertStore>,
+        ca_pem: Option<&[u8]>,
+        plain_http: bool,
         timeout: Duration,
     ) -> Result<Self, VaultError> {
+        let addr = addr.trim_end_matches('/').to_owned();
+        match (addr.split_once("://").map(|(scheme, _)| scheme), plain_http) {
+            (Some("https"), _) => {}
+            (Some("http"), true) => {
+                tracing::warn!(target: "certrotate", %addr, "talking to Vault over plain HTTP: its token and answers cross the network in clear");
+            }
+            (Some("http"), false) => {
+                return Err(VaultError::Config(format!(
+                    "{addr} is plain HTTP: the token would cross the network in clear (use https://, or allow_plain_http() for a Vault on this host)"
+                )))
+            }
+            _ => {
+                return Err(VaultError::Config(format!(
+                    "the address {addr:?} is not an https:// URL"
+                )))
+            }
+        }
         let setup = |e: &dyn std::fmt::Display| VaultError::Config(format!("TLS setup: {e}"));
         let builder = rustls::ClientConfig::builder_with_provider(crate::default_provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| setup(&e))?;
-        let tls = match roots {
-            Some(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
+        let tls = match ca_pem {
+            Some(pem) => {
+                let roots = crate::mtls::root_store_from_pem(pem)
+                    .map_err(|e| VaultError::Config(format!("the CA PEM: {e}")))?;
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
             None => rustls_platform_verifier::BuilderVerifierExt::with_platform_verifier(builder)
                 .map_err(|e| setup(&e))?
                 .with_no_client_auth(),
@@ -46,17 +70,16 @@ impl Client {
             .enable_http1()
             .build();
         let http = HyperClient::builder(hyper_util::rt::TokioExecutor::new()).build(https);
-        let addr = addr.trim_end_matches('/').to_owned();
-        if !(addr.starts_with("https://") || addr.starts_with("http://")) {
-            return Err(VaultError::Config(format!(
-                "the address {addr:?} is not an http:// or https:// URL"
-            )));
-        }
         Ok(Self {
             http,
             addr,
             timeout,
         })
+    }
+
+    /// How long one request may take.
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The server's address, as configured.
@@ -129,7 +152,7 @@ impl Client {
                 errors
                     .iter()
                     .filter_map(|e| e.as_str())
-                    .map(|e| e.trim().chars().take(500).collect::<String>())
+                    .map(flatten)
                     .take(8)
                     .collect::<Vec<_>>()
                     .join("; ")
@@ -153,4 +176,17 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         cause = next.source();
     }
     text
+}
+
+/// One of Vault's error strings on one line (it nests them as `1 error
+/// occurred:\n\t* permission denied\n\n`), at most 500 characters.
+fn flatten(error: &str) -> String {
+    let words: Vec<&str> = error.split_whitespace().collect();
+    let mut text = words.join(" ");
+    if let Some((_, rest)) = text.split_once("error occurred: * ") {
+        text = rest.to_owned();
+    } else if let Some((_, rest)) = text.split_once("errors occurred: * ") {
+        text = rest.replace(" * ", "; ");
+    }
+    text.chars().take(500).collect()
 }

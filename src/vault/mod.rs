@@ -45,7 +45,7 @@ use http::Method;
 pub use crate::util::BoxFuture;
 pub use auth::{AppRole, Login, Token, TokenFile, VaultAuth};
 pub use error::VaultError;
-pub use trust::VaultTrust;
+pub use trust::{VaultTrust, VaultTrustBuilder};
 
 use crate::bundle::CertBundle;
 use crate::source::{CertSource, SourceError, SourceWarning};
@@ -78,6 +78,8 @@ struct Inner {
     auth_failing: Mutex<Option<String>>,
     /// Whether the task that renews the token runs.
     keeping: std::sync::atomic::AtomicBool,
+    /// Wakes that task when a login replaced the token.
+    replaced: Arc<tokio::sync::Notify>,
 }
 
 /// Configures a [`VaultSource`].
@@ -88,7 +90,8 @@ pub struct VaultBuilder {
     role: String,
     names: Vec<String>,
     auth: Option<Arc<dyn VaultAuth>>,
-    roots: Option<Vec<u8>>,
+    ca_pem: Option<Vec<u8>>,
+    plain_http: bool,
     ttl: Option<Duration>,
     key_in_vault: bool,
     timeout: Duration,
@@ -125,7 +128,8 @@ impl VaultSource {
             role: role.into(),
             names: names.into_iter().map(Into::into).collect(),
             auth: None,
-            roots: None,
+            ca_pem: None,
+            plain_http: false,
             ttl: None,
             key_in_vault: false,
             timeout: TIMEOUT,
@@ -143,7 +147,14 @@ impl VaultBuilder {
     /// Trusts the CA certificates in this PEM for Vault's own HTTPS,
     /// instead of the platform's roots.
     pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.roots = Some(pem.into());
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Allows an `http://` address (the token then crosses the network in
+    /// clear): for a Vault on the same host, or a test.
+    pub fn allow_plain_http(mut self) -> Self {
+        self.plain_http = true;
         self
     }
 
@@ -178,14 +189,12 @@ impl VaultBuilder {
         if self.names.is_empty() {
             return Err(VaultError::Config("no names to certify".into()));
         }
-        let roots = match &self.roots {
-            Some(pem) => Some(
-                crate::mtls::root_store_from_pem(pem)
-                    .map_err(|e| VaultError::Config(format!("the CA PEM: {e}")))?,
-            ),
-            None => None,
-        };
-        let client = Client::new(&self.addr, roots, self.timeout)?;
+        let client = Client::new(
+            &self.addr,
+            self.ca_pem.as_deref(),
+            self.plain_http,
+            self.timeout,
+        )?;
         Ok(VaultSource {
             inner: Arc::new(Inner {
                 client,
@@ -198,6 +207,7 @@ impl VaultBuilder {
                 token: Mutex::new(None),
                 auth_failing: Mutex::new(None),
                 keeping: std::sync::atomic::AtomicBool::new(false),
+                replaced: Arc::default(),
             }),
         })
     }
@@ -209,17 +219,41 @@ impl VaultSource {
         if let Some(token) = lock(&self.inner.token).clone() {
             return Ok(token);
         }
-        let token = match auth::login(&self.inner.client, &*self.inner.auth).await {
+        let token = match self.login().await {
             Ok(token) => token,
             Err(error) => {
-                *lock(&self.inner.auth_failing) = Some(error.to_string());
+                self.note_auth(&error);
                 return Err(error);
             }
         };
         *lock(&self.inner.token) = Some(token.clone());
         *lock(&self.inner.auth_failing) = None;
+        self.inner.replaced.notify_one();
         self.keep_alive();
         Ok(token)
+    }
+
+    /// A login, within the timeout (a secret file on a hung file system,
+    /// or a login that hangs, fails like a request).
+    async fn login(&self) -> Result<Token, VaultError> {
+        let timeout = self.inner.client.timeout();
+        tokio::time::timeout(timeout, auth::login(&self.inner.client, &*self.inner.auth))
+            .await
+            .map_err(|_| VaultError::Timeout {
+                addr: self.inner.client.addr().to_owned(),
+                waited: timeout,
+            })?
+    }
+
+    /// Notes an error of the credentials themselves (not of a Vault that is
+    /// down) as the reason they cannot be kept alive.
+    fn note_auth(&self, error: &VaultError) {
+        if matches!(
+            error,
+            VaultError::TokenRejected { .. } | VaultError::Config(_)
+        ) {
+            *lock(&self.inner.auth_failing) = Some(error.to_string());
+        }
     }
 
     /// Starts the task that renews the token at half its TTL (or logs in
@@ -234,6 +268,7 @@ impl VaultSource {
             return;
         };
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let replaced = self.inner.replaced.clone();
         runtime.spawn(async move {
             loop {
                 let wait = {
@@ -246,8 +281,13 @@ impl VaultSource {
                         (Some(ttl), false) => (ttl / 2).max(Duration::from_secs(1)),
                         (None, false) => Duration::from_secs(3600),
                     }
+                    .min(Duration::from_secs(3600))
                 };
-                tokio::time::sleep(wait).await;
+                // A new token (a login) has a TTL of its own: planned anew.
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = replaced.notified() => continue,
+                }
                 let Some(inner) = weak.upgrade() else { return };
                 VaultSource { inner }.refresh().await;
             }
@@ -260,7 +300,7 @@ impl VaultSource {
         let renewed = match &current {
             Some(token) if token.renewable() => auth::renew(&self.inner.client, token).await,
             Some(token) if token.ttl().is_none() => return,
-            _ => auth::login(&self.inner.client, &*self.inner.auth).await,
+            _ => self.login().await,
         };
         match renewed {
             Ok(token) => {
@@ -273,7 +313,7 @@ impl VaultSource {
                     // Revoked or expired: the next use logs in again.
                     *lock(&self.inner.token) = None;
                 }
-                *lock(&self.inner.auth_failing) = Some(error.to_string());
+                self.note_auth(&error);
             }
         }
     }
@@ -382,6 +422,9 @@ impl VaultSource {
             None => data["issuing_ca"].as_str().into_iter().collect(),
         };
         for ca in cas.into_iter().take(8) {
+            if ca.matches("-----BEGIN").count() != 1 {
+                return Err(unusable("a ca_chain entry is not one certificate"));
+            }
             chain.push('\n');
             chain.push_str(ca.trim());
         }
@@ -393,8 +436,25 @@ impl VaultSource {
                 .ok_or_else(|| unusable("no data.private_key"))?
                 .to_owned(),
         });
-        CertBundle::from_pem(chain.as_bytes(), key_pem.as_bytes())
-            .map_err(|e| unusable(&format!("the certificate: {e}")))
+        if chain.matches("-----BEGIN").count() > 9 {
+            return Err(unusable("data.certificate is more than one certificate"));
+        }
+        // The key's match is checked by the bundle; the names here (the
+        // policy checks them again, if it is told the names).
+        let bundle = CertBundle::from_pem(chain.as_bytes(), key_pem.as_bytes())
+            .map_err(|e| unusable(&format!("the certificate: {e}")))?;
+        let covered = &bundle.info().dns_names;
+        if let Some(missing) = self.inner.names.iter().find(|name| {
+            !covered.iter().any(|dns| dns.eq_ignore_ascii_case(name))
+                && !bundle
+                    .info()
+                    .ip_addresses
+                    .iter()
+                    .any(|ip| ip.to_string() == **name)
+        }) {
+            return Err(unusable(&format!("the certificate is not for {missing}")));
+        }
+        Ok(bundle)
     }
 }
 

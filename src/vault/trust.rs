@@ -16,27 +16,25 @@ use crate::mtls::TrustStore;
 /// The most issuers of a mount trusted at once.
 const MAX_ISSUERS: usize = 64;
 
-/// The issuers of a PKI mount (`LIST <mount>/issuers`, each one's
-/// certificate), followed into a [`TrustStore`]: every issuer of the mount
-/// is trusted, so a new issuer made default while the old one is still
-/// valid is accepted beside it (no failed handshake during a CA rotation),
-/// and an issuer deleted from the mount stops being trusted at the next
-/// poll. Each change is a new trust generation, so sessions stay
-/// partitioned by trust as with any [`TrustStore`].
+/// The issuers of a PKI mount, followed into a [`TrustStore`]: every issuer
+/// of the mount that can issue (it holds its key, is not revoked or
+/// expired, and its usage includes issuing certificates) is trusted, so a
+/// new issuer made default while the old one is still valid is accepted
+/// beside it (no failed handshake during a CA rotation), while a parent CA
+/// imported with an intermediate's bundle (which would accept certificates
+/// of other mounts) is not. An issuer revoked or deleted stops being
+/// trusted at the next poll. Each change is a new trust generation, so
+/// sessions stay partitioned by trust as with any [`TrustStore`].
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
 /// use certrotate::vault::{TokenFile, VaultTrust};
 ///
-/// let trust = VaultTrust::follow(
-///     "https://vault.internal:8200",
-///     "pki",
-///     TokenFile::new("/run/secrets/vault-token"),
-///     None,
-///     Duration::from_secs(300),
-/// )
-/// .await?;
+/// let trust = VaultTrust::builder("https://vault.internal:8200", "pki", TokenFile::new("/run/secrets/vault-token"))
+///     .every(Duration::from_secs(300))
+///     .follow()
+///     .await?;
 /// // rotator.server_config_with_client_auth(trust.store())
 /// # Ok(()) }
 /// ```
@@ -62,45 +60,92 @@ impl std::fmt::Debug for VaultTrust {
     }
 }
 
+/// Configures a [`VaultTrust`].
+#[must_use]
+pub struct VaultTrustBuilder {
+    addr: String,
+    mount: String,
+    auth: Arc<dyn VaultAuth>,
+    ca_pem: Option<Vec<u8>>,
+    every: Duration,
+    plain_http: bool,
+    timeout: Duration,
+}
+
 impl VaultTrust {
-    /// Reads the issuers of `mount` on the Vault at `addr` now (an error if
-    /// it cannot: there is nothing to trust yet), then again every `every`
-    /// while the returned value lives. `ca_pem`: the roots of Vault's own
-    /// HTTPS, if not the platform's.
-    pub async fn follow(
-        addr: &str,
-        mount: &str,
-        auth: impl VaultAuth,
-        ca_pem: Option<&[u8]>,
-        every: Duration,
-    ) -> Result<Self, VaultError> {
-        let roots = match ca_pem {
-            Some(pem) => Some(
-                crate::mtls::root_store_from_pem(pem)
-                    .map_err(|e| VaultError::Config(format!("the CA PEM: {e}")))?,
-            ),
-            None => None,
-        };
-        let client = Client::new(addr, roots, super::TIMEOUT)?;
-        let mount = mount.trim_matches('/').to_owned();
-        let auth: Arc<dyn VaultAuth> = Arc::new(auth);
-        let token = auth::login(&client, &*auth).await?;
-        let first = issuers(&client, &mount, &token).await?;
+    /// The issuers of `mount` on the Vault at `addr`, read with a token
+    /// from `auth`.
+    pub fn builder(addr: &str, mount: &str, auth: impl VaultAuth) -> VaultTrustBuilder {
+        VaultTrustBuilder {
+            addr: addr.to_owned(),
+            mount: mount.trim_matches('/').to_owned(),
+            auth: Arc::new(auth),
+            ca_pem: None,
+            every: Duration::from_secs(300),
+            plain_http: false,
+            timeout: super::TIMEOUT,
+        }
+    }
+}
+
+impl VaultTrustBuilder {
+    /// Trusts the CA certificates in this PEM for Vault's own HTTPS.
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// How often the issuers are read again (default 5 min, at least 1 s).
+    pub fn every(mut self, every: Duration) -> Self {
+        self.every = every.max(Duration::from_secs(1));
+        self
+    }
+
+    /// Allows an `http://` address: anyone on the path could then put a CA
+    /// of theirs into client trust. For a Vault on the same host or a test.
+    pub fn allow_plain_http(mut self) -> Self {
+        self.plain_http = true;
+        self
+    }
+
+    /// How long one request may take (default 10 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Reads the issuers now (an error if it cannot: there is nothing to
+    /// trust yet), then again at each interval while the value lives.
+    pub async fn follow(self) -> Result<VaultTrust, VaultError> {
+        let client = Client::new(
+            &self.addr,
+            self.ca_pem.as_deref(),
+            self.plain_http,
+            self.timeout,
+        )?;
+        let login = tokio::time::timeout(self.timeout, auth::login(&client, &*self.auth));
+        let token = login.await.map_err(|_| VaultError::Timeout {
+            addr: self.addr.clone(),
+            waited: self.timeout,
+        })??;
+        let first = issuers(&client, &self.mount, &token).await?;
         let store = TrustStore::new(first)
-            .map_err(|e| VaultError::Config(format!("the issuers of {mount}: {e}")))?;
-        let trust = Self {
+            .map_err(|e| VaultError::Config(format!("the issuers of {}: {e}", self.mount)))?;
+        let trust = VaultTrust {
             inner: Arc::new(Inner {
                 client,
-                auth,
-                mount,
+                auth: self.auth,
+                mount: self.mount,
                 store,
                 token: std::sync::Mutex::new(Some(token)),
             }),
         };
-        trust.poll(every.max(Duration::from_secs(1)));
+        trust.poll(self.every);
         Ok(trust)
     }
+}
 
+impl VaultTrust {
     /// The trust store, for
     /// [`server_config_with_client_auth`](crate::Rotator::server_config_with_client_auth).
     pub fn store(&self) -> &TrustStore {
@@ -152,7 +197,8 @@ impl VaultTrust {
     }
 }
 
-/// The certificates of every issuer of `mount`, in a stable order.
+/// The certificates of every issuer of `mount` that can issue, the
+/// default first, in a stable order.
 async fn issuers(
     client: &Client,
     mount: &str,
@@ -171,14 +217,47 @@ async fn issuers(
         .filter_map(|key| key.as_str())
         .filter(|key| key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
         .map(str::to_owned)
-        .take(MAX_ISSUERS)
         .collect();
     keys.sort();
+    // The default issuer first, so that the bound never drops it.
+    let default = client
+        .call(
+            Method::GET,
+            &format!("{mount}/config/issuers"),
+            Some(token.secret()),
+            None,
+        )
+        .await
+        .ok()
+        .and_then(|config| config["data"]["default"].as_str().map(str::to_owned));
+    if let Some(default) = default {
+        if let Some(at) = keys.iter().position(|key| *key == default) {
+            let default = keys.remove(at);
+            keys.insert(0, default);
+        }
+    }
     let mut roots = Vec::new();
     for key in keys {
-        let path = format!("{mount}/issuer/{key}/json");
-        let answer = client.call(Method::GET, &path, None, None).await?;
-        let pem = answer["data"]["certificate"]
+        if roots.len() == MAX_ISSUERS {
+            tracing::warn!(target: "certrotate", %mount, "the mount has more than {MAX_ISSUERS} issuers that can issue; only the default and the first others are trusted (tidy expired issuers)");
+            break;
+        }
+        let path = format!("{mount}/issuer/{key}");
+        let answer = client
+            .call(Method::GET, &path, Some(token.secret()), None)
+            .await?;
+        let data = &answer["data"];
+        // An issuer without its key (a parent imported with an
+        // intermediate's bundle), revoked, or not for issuing: not trusted.
+        let holds_key = data["key_id"].as_str().is_some_and(|id| !id.is_empty());
+        let revoked = data["revoked"].as_bool().unwrap_or(false);
+        let issues = data["usage"]
+            .as_str()
+            .is_some_and(|usage| usage.split(',').any(|u| u.trim() == "issuing-certificates"));
+        if !holds_key || revoked || !issues {
+            continue;
+        }
+        let pem = data["certificate"]
             .as_str()
             .ok_or_else(|| VaultError::BadAnswer {
                 path: path.clone(),
@@ -189,13 +268,24 @@ async fn issuers(
                 path: path.clone(),
                 reason: format!("the certificate: {e}"),
             })?;
+        if expired(&der) {
+            continue;
+        }
         roots.push(der);
     }
     if roots.is_empty() {
         return Err(VaultError::BadAnswer {
             path: format!("{mount}/issuers"),
-            reason: "the mount has no issuer".into(),
+            reason: "the mount has no issuer that can issue".into(),
         });
     }
     Ok(roots)
+}
+
+/// Whether a certificate is past its validity (or unreadable).
+fn expired(der: &CertificateDer<'_>) -> bool {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok((_, cert)) => !cert.validity().is_valid(),
+        Err(_) => true,
+    }
 }

@@ -14,6 +14,8 @@ use super::TempDir;
 const POLICY: &str = r#"
 path "pki/sign/svc" { capabilities = ["create", "update"] }
 path "pki/issuers" { capabilities = ["list"] }
+path "pki/issuer/+" { capabilities = ["read"] }
+path "pki/config/issuers" { capabilities = ["read"] }
 "#;
 
 pub struct Bao {
