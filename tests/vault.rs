@@ -370,3 +370,36 @@ async fn an_imported_parent_is_not_trusted() {
     let other = common::serial_seen(&client(&bao, Some(issued("pki"))), server.addr, NAME).await;
     assert!(other.is_err(), "a client of another mount was accepted");
 }
+
+/// The role's TTL capped under what the policy requires (Vault signs for
+/// less, with a warning): the certificate is refused by the policy with a
+/// typed error, and the one serving keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_capped_under_the_policy_is_refused_cleanly() {
+    let bao = Bao::start(Duration::from_secs(3600));
+    let (token_file, _) = bao.token_file(None);
+    let source = VaultSource::builder(&bao.addr, "pki", "svc", [NAME])
+        .auth(TokenFile::new(&token_file))
+        .allow_plain_http()
+        .ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let policy = Policy::builder()
+        .server_name(NAME)
+        .min_remaining(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let rotator = Rotator::builder(source, policy)
+        .store(CertStore::new())
+        .start()
+        .await
+        .unwrap();
+    let serving = rotator.current().unwrap();
+    bao.allow("svc.test", Duration::from_secs(60));
+    let refused = rotator.rotate_now().await.unwrap_err();
+    assert!(
+        matches!(refused, certrotate::RotateError::Refused(_)),
+        "{refused}"
+    );
+    assert_eq!(rotator.current().unwrap().serial, serving.serial);
+}
