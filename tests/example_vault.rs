@@ -11,17 +11,9 @@ use common::bao::Bao;
 
 const NAME: &str = "api.svc.test";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vault_example_serves_a_certificate_from_openbao() {
-    let bao = Bao::start(Duration::from_secs(3600));
-    let (token_file, _) = bao.token_file(None);
-    let root = bao.dir.join("root.pem");
-    std::fs::write(
-        &root,
-        bao.cli(&["read", "-field=certificate", "pki/issuer/default"]),
-    )
-    .unwrap();
-    let args: Vec<std::ffi::OsString> = vec![
+/// The example's command line for `bao`, then `rest`.
+fn args(bao: &Bao, token_file: std::path::PathBuf, rest: &[&str]) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec![
         "--addr".into(),
         bao.addr.clone().into(),
         "--token-file".into(),
@@ -35,6 +27,21 @@ async fn vault_example_serves_a_certificate_from_openbao() {
         "--listen".into(),
         "127.0.0.1:0".into(),
     ];
+    args.extend(rest.iter().map(Into::into));
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_example_serves_a_certificate_from_openbao() {
+    let bao = Bao::start(Duration::from_secs(3600));
+    let (token_file, _) = bao.token_file(None);
+    let root = bao.dir.join("root.pem");
+    std::fs::write(
+        &root,
+        bao.cli(&["read", "-field=certificate", "pki/issuer/default"]),
+    )
+    .unwrap();
+    let args = args(&bao, token_file, &[]);
     let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     let (mut child, port) = common::run_example("vault", &refs).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -71,33 +78,11 @@ async fn vault_example_requires_clients_of_the_mount() {
         bao.cli(&["read", "-field=certificate", "pki/issuer/default"]),
     )
     .unwrap();
-    let json = bao.cli(&[
-        "write",
-        "-format=json",
-        "pki/issue/svc",
-        "common_name=client.svc.test",
-        "key_type=ec",
-        "key_bits=256",
-    ]);
-    let issued: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let (chain, private_key) = bao.issue_client("pki");
     let (cert, key) = (bao.dir.join("client.pem"), bao.dir.join("client.key"));
-    std::fs::write(&cert, issued["data"]["certificate"].as_str().unwrap()).unwrap();
-    std::fs::write(&key, issued["data"]["private_key"].as_str().unwrap()).unwrap();
-    let args: Vec<std::ffi::OsString> = vec![
-        "--addr".into(),
-        bao.addr.clone().into(),
-        "--token-file".into(),
-        token_file.into(),
-        "--mount".into(),
-        "pki".into(),
-        "--role".into(),
-        "svc".into(),
-        "--name".into(),
-        NAME.into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--client-trust".into(),
-    ];
+    std::fs::write(&cert, chain).unwrap();
+    std::fs::write(&key, private_key).unwrap();
+    let args = args(&bao, token_file, &["--client-trust"]);
     let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     let (mut child, port) = common::run_example("vault", &refs).await;
     let curl = |with_cert: bool| {

@@ -177,23 +177,7 @@ async fn an_issuer_rotation_keeps_clients_of_both() {
         .server_config_with_client_auth(trust.store())
         .unwrap();
     let server = common::serve(Arc::new(config)).await;
-    let issue = |bao: &Bao| {
-        let json = bao.cli(&[
-            "write",
-            "-format=json",
-            "pki/issue/svc",
-            "common_name=client.svc.test",
-            "key_type=ec",
-            "key_bits=256",
-        ]);
-        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
-        let data = &value["data"];
-        (
-            data["certificate"].as_str().unwrap().to_owned(),
-            data["private_key"].as_str().unwrap().to_owned(),
-        )
-    };
-    let old_client = issue(&bao);
+    let old_client = bao.issue_client("pki");
     assert!(
         common::serial_seen(&client(&bao, Some(old_client.clone())), server.addr, NAME)
             .await
@@ -208,7 +192,7 @@ async fn an_issuer_rotation_keeps_clients_of_both() {
         "ttl=8760h",
     ]);
     bao.cli(&["write", "pki/config/issuers", "default=root-2"]);
-    let new_client = issue(&bao);
+    let new_client = bao.issue_client("pki");
     // Not trusted until the trust follows the mount.
     assert!(
         common::serial_seen(&client(&bao, Some(new_client.clone())), server.addr, NAME)
@@ -337,23 +321,6 @@ async fn an_imported_parent_is_not_trusted() {
         "allow_subdomains=true",
         "key_type=any",
     ]);
-    let issued = |mount: &str| {
-        let json = bao.cli(&[
-            "write",
-            "-format=json",
-            &format!("{mount}/issue/svc"),
-            "common_name=client.svc.test",
-            "key_type=ec",
-            "key_bits=256",
-        ]);
-        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
-        let data = &value["data"];
-        let mut chain = data["certificate"].as_str().unwrap().to_owned();
-        if mount == "pki_int" {
-            chain = format!("{chain}\n{}", data["issuing_ca"].as_str().unwrap());
-        }
-        (chain, data["private_key"].as_str().unwrap().to_owned())
-    };
     let rotator = rotator(source(&bao, &token_file)).await;
     let trust = VaultTrust::builder(&bao.addr, "pki_int", TokenFile::new(root_token_file(&bao)))
         .allow_plain_http()
@@ -365,9 +332,19 @@ async fn an_imported_parent_is_not_trusted() {
         .server_config_with_client_auth(trust.store())
         .unwrap();
     let server = common::serve(Arc::new(config)).await;
-    let own = common::serial_seen(&client(&bao, Some(issued("pki_int"))), server.addr, NAME).await;
+    let own = common::serial_seen(
+        &client(&bao, Some(bao.issue_client("pki_int"))),
+        server.addr,
+        NAME,
+    )
+    .await;
     assert!(own.is_ok(), "the mount's own client: {own:?}");
-    let other = common::serial_seen(&client(&bao, Some(issued("pki"))), server.addr, NAME).await;
+    let other = common::serial_seen(
+        &client(&bao, Some(bao.issue_client("pki"))),
+        server.addr,
+        NAME,
+    )
+    .await;
     assert!(other.is_err(), "a client of another mount was accepted");
 }
 

@@ -253,7 +253,14 @@ pub(super) async fn renew(client: &Client, token: &Token) -> Result<Token, Vault
     Token::from_auth(&answer["auth"], path)
 }
 
-/// Logs in with `auth`.
+/// Logs in with `auth`, within the client's timeout (a secret file on a
+/// hung file system, or a login that hangs, fails like a request).
 pub(super) async fn login(client: &Client, auth: &dyn VaultAuth) -> Result<Token, VaultError> {
-    auth.login(&Login::new(client)).await
+    let timeout = client.timeout();
+    tokio::time::timeout(timeout, auth.login(&Login::new(client)))
+        .await
+        .map_err(|_| VaultError::Timeout {
+            addr: client.addr().to_owned(),
+            waited: timeout,
+        })?
 }

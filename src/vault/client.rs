@@ -11,6 +11,9 @@ use hyper_util::client::legacy::Client as HyperClient;
 
 use super::error::VaultError;
 
+/// How long one request to Vault may take, by default.
+pub(super) const TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The largest answer read (a certificate chain is a few KiB).
 const MAX_ANSWER: usize = 1024 * 1024;
 

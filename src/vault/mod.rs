@@ -52,9 +52,6 @@ use crate::source::{CertSource, SourceError, SourceWarning};
 use crate::sync::lock;
 use client::Client;
 
-/// How long one request to Vault may take, by default.
-const TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Certificates signed by a Vault (or OpenBao) PKI role. See the
 /// [module](self).
 #[derive(Clone)]
@@ -132,7 +129,7 @@ impl VaultSource {
             plain_http: false,
             ttl: None,
             key_in_vault: false,
-            timeout: TIMEOUT,
+            timeout: client::TIMEOUT,
         }
     }
 }
@@ -219,7 +216,7 @@ impl VaultSource {
         if let Some(token) = lock(&self.inner.token).clone() {
             return Ok(token);
         }
-        let token = match self.login().await {
+        let token = match auth::login(&self.inner.client, &*self.inner.auth).await {
             Ok(token) => token,
             Err(error) => {
                 self.note_auth(&error);
@@ -231,18 +228,6 @@ impl VaultSource {
         self.inner.replaced.notify_one();
         self.keep_alive();
         Ok(token)
-    }
-
-    /// A login, within the timeout (a secret file on a hung file system,
-    /// or a login that hangs, fails like a request).
-    async fn login(&self) -> Result<Token, VaultError> {
-        let timeout = self.inner.client.timeout();
-        tokio::time::timeout(timeout, auth::login(&self.inner.client, &*self.inner.auth))
-            .await
-            .map_err(|_| VaultError::Timeout {
-                addr: self.inner.client.addr().to_owned(),
-                waited: timeout,
-            })?
     }
 
     /// Notes an error of the credentials themselves (not of a Vault that is
@@ -300,7 +285,7 @@ impl VaultSource {
         let renewed = match &current {
             Some(token) if token.renewable() => auth::renew(&self.inner.client, token).await,
             Some(token) if token.ttl().is_none() => return,
-            _ => self.login().await,
+            _ => auth::login(&self.inner.client, &*self.inner.auth).await,
         };
         match renewed {
             Ok(token) => {

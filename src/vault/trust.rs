@@ -83,7 +83,7 @@ impl VaultTrust {
             ca_pem: None,
             every: Duration::from_secs(300),
             plain_http: false,
-            timeout: super::TIMEOUT,
+            timeout: super::client::TIMEOUT,
         }
     }
 }
@@ -123,11 +123,7 @@ impl VaultTrustBuilder {
             self.plain_http,
             self.timeout,
         )?;
-        let login = tokio::time::timeout(self.timeout, auth::login(&client, &*self.auth));
-        let token = login.await.map_err(|_| VaultError::Timeout {
-            addr: self.addr.clone(),
-            waited: self.timeout,
-        })??;
+        let token = auth::login(&client, &*self.auth).await?;
         let first = issuers(&client, &self.mount, &token).await?;
         let store = TrustStore::new(first)
             .map_err(|e| VaultError::Config(format!("the issuers of {}: {e}", self.mount)))?;

@@ -165,27 +165,36 @@ impl Bao {
         (path, token)
     }
 
-    /// Stops (SIGSTOP) or resumes (SIGCONT) the server.
+    /// A client certificate for `client.svc.test` from the role `svc` of
+    /// `mount` (an EC key made by Vault): the chain (leaf and issuing CA)
+    /// and the key, as PEM.
+    pub fn issue_client(&self, mount: &str) -> (String, String) {
+        let json = self.cli(&[
+            "write",
+            "-format=json",
+            &format!("{mount}/issue/svc"),
+            "common_name=client.svc.test",
+            "key_type=ec",
+            "key_bits=256",
+        ]);
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let data = &value["data"];
+        let chain = format!(
+            "{}\n{}\n",
+            data["certificate"].as_str().unwrap(),
+            data["issuing_ca"].as_str().unwrap()
+        );
+        (chain, data["private_key"].as_str().unwrap().to_owned())
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the server: one that hangs.
     pub fn freeze(&self, frozen: bool) {
-        let signal = if frozen { "-STOP" } else { "-CONT" };
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        super::freeze(&self.child, frozen);
     }
 }
 
 impl Drop for Bao {
     fn drop(&mut self) {
-        // Resumed first if frozen (a stopped process dies on SIGKILL too,
-        // but its sockets linger until it is reaped).
-        if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-CONT", &self.child.id().to_string()])
-                .status();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::stop(&mut self.child);
     }
 }

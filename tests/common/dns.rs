@@ -253,25 +253,12 @@ impl Bind {
 
     /// Stops (SIGSTOP) or resumes (SIGCONT) the server: one that hangs.
     pub fn freeze(&self, frozen: bool) {
-        let signal = if frozen { "-STOP" } else { "-CONT" };
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        super::freeze(&self.child, frozen);
     }
 }
 
 impl Drop for Bind {
     fn drop(&mut self) {
-        // Resumed first if frozen (a stopped process dies on SIGKILL too,
-        // but its sockets linger until it is reaped).
-        if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-CONT", &self.child.id().to_string()])
-                .status();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::stop(&mut self.child);
     }
 }

@@ -832,3 +832,25 @@ pub fn server_builder() -> rustls::ConfigBuilder<rustls::ServerConfig, rustls::W
         .with_safe_default_protocol_versions()
         .unwrap()
 }
+
+/// Stops (SIGSTOP) or resumes (SIGCONT) a server the tests started: one
+/// that hangs.
+pub fn freeze(child: &std::process::Child, frozen: bool) {
+    let signal = if frozen { "-STOP" } else { "-CONT" };
+    let status = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Stops a server the tests started, resumed first if it is frozen (a
+/// stopped process dies on SIGKILL too, but its sockets linger until it
+/// is reaped).
+pub fn stop(child: &mut std::process::Child) {
+    if let Ok(None) = child.try_wait() {
+        freeze(child, false);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
