@@ -380,3 +380,32 @@ async fn a_ttl_capped_under_the_policy_is_refused_cleanly() {
     );
     assert_eq!(rotator.current().unwrap().serial, serving.serial);
 }
+
+/// A wrong AppRole secret id: the login is refused, reported as the
+/// credentials' fault (not as a Vault that is down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_is_reported_as_such() {
+    let bao = Bao::start(Duration::from_secs(3600));
+    bao.cli(&["auth", "enable", "approle"]);
+    bao.cli(&["write", "auth/approle/role/svc", "token_policies=certs"]);
+    let role_id = bao.cli(&["read", "-field=role_id", "auth/approle/role/svc/role-id"]);
+    let secret_file = bao.dir.join("wrong-secret-id");
+    std::fs::write(&secret_file, "not-the-secret-id\n").unwrap();
+    let source = VaultSource::builder(&bao.addr, "pki", "svc", [NAME])
+        .auth(AppRole::new(role_id.trim(), &secret_file))
+        .allow_plain_http()
+        .build()
+        .unwrap();
+    let policy = Policy::builder().server_name(NAME).build().unwrap();
+    let rotator = Rotator::builder(source, policy).spawn();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let error = loop {
+        if let Some(error) = rotator.health().last_error {
+            break error;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no error reported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(error.contains("login (AppRole"), "{error}");
+    assert!(error.contains("was refused"), "{error}");
+}

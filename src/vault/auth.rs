@@ -257,10 +257,20 @@ pub(super) async fn renew(client: &Client, token: &Token) -> Result<Token, Vault
 /// hung file system, or a login that hangs, fails like a request).
 pub(super) async fn login(client: &Client, auth: &dyn VaultAuth) -> Result<Token, VaultError> {
     let timeout = client.timeout();
-    tokio::time::timeout(timeout, auth.login(&Login::new(client)))
+    let login = tokio::time::timeout(timeout, auth.login(&Login::new(client)))
         .await
         .map_err(|_| VaultError::Timeout {
             addr: client.addr().to_owned(),
             waited: timeout,
-        })?
+        })?;
+    // A 4xx to a login is the credentials', not a Vault that is down.
+    login.map_err(|error| match error {
+        VaultError::Refused { status, errors, .. } if (400..500).contains(&status) => {
+            VaultError::LoginRefused {
+                method: auth.describe(),
+                reason: errors,
+            }
+        }
+        other => other,
+    })
 }

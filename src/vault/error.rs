@@ -42,6 +42,16 @@ pub enum VaultError {
         /// What Vault said.
         reason: String,
     },
+    /// The login was refused (a wrong AppRole secret id, a Kubernetes role
+    /// that does not bind this service account...): the credentials need
+    /// fixing.
+    #[error("the Vault login ({method}) was refused: {reason}")]
+    LoginRefused {
+        /// The auth method, in words.
+        method: String,
+        /// What Vault said.
+        reason: String,
+    },
     /// Vault answered something this crate cannot use.
     #[error("Vault's answer to {path} is unusable: {reason}")]
     BadAnswer {

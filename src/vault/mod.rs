@@ -235,7 +235,9 @@ impl VaultSource {
     fn note_auth(&self, error: &VaultError) {
         if matches!(
             error,
-            VaultError::TokenRejected { .. } | VaultError::Config(_)
+            VaultError::TokenRejected { .. }
+                | VaultError::LoginRefused { .. }
+                | VaultError::Config(_)
         ) {
             *lock(&self.inner.auth_failing) = Some(error.to_string());
         }
@@ -255,13 +257,15 @@ impl VaultSource {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let replaced = self.inner.replaced.clone();
         runtime.spawn(async move {
+            let mut renewed = true;
             loop {
                 let wait = {
                     let Some(inner) = weak.upgrade() else { return };
                     let ttl = lock(&inner.token).as_ref().and_then(Token::ttl);
-                    let failing = lock(&inner.auth_failing).is_some();
+                    let failing = lock(&inner.auth_failing).is_some() || !renewed;
                     match (ttl, failing) {
-                        // Failing: try again soon.
+                        // Failing (the credentials, or a Vault that is
+                        // down while the token runs out): again soon.
                         (_, true) => Duration::from_secs(5),
                         (Some(ttl), false) => (ttl / 2).max(Duration::from_secs(1)),
                         (None, false) => Duration::from_secs(3600),
@@ -274,23 +278,25 @@ impl VaultSource {
                     _ = replaced.notified() => continue,
                 }
                 let Some(inner) = weak.upgrade() else { return };
-                VaultSource { inner }.refresh().await;
+                renewed = VaultSource { inner }.refresh().await;
             }
         });
     }
 
-    /// Renews the token (or logs in again), noting the outcome.
-    async fn refresh(&self) {
+    /// Renews the token (or logs in again), noting the outcome: whether
+    /// it worked.
+    async fn refresh(&self) -> bool {
         let current = lock(&self.inner.token).clone();
         let renewed = match &current {
             Some(token) if token.renewable() => auth::renew(&self.inner.client, token).await,
-            Some(token) if token.ttl().is_none() => return,
+            Some(token) if token.ttl().is_none() => return true,
             _ => auth::login(&self.inner.client, &*self.inner.auth).await,
         };
         match renewed {
             Ok(token) => {
                 *lock(&self.inner.token) = Some(token);
                 *lock(&self.inner.auth_failing) = None;
+                true
             }
             Err(error) => {
                 tracing::warn!(target: "certrotate", "the Vault token could not be renewed: {error}");
@@ -299,6 +305,7 @@ impl VaultSource {
                     *lock(&self.inner.token) = None;
                 }
                 self.note_auth(&error);
+                false
             }
         }
     }
@@ -334,9 +341,22 @@ impl VaultSource {
 
     /// A certificate signed with `token`.
     async fn sign_with(&self, token: &Token) -> Result<CertBundle, VaultError> {
+        let (ips, dns): (Vec<&String>, Vec<&String>) = self
+            .inner
+            .names
+            .iter()
+            .partition(|name| name.parse::<std::net::IpAddr>().is_ok());
+        let join = |names: &[&String]| {
+            names
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let mut body = serde_json::json!({
             "common_name": self.inner.names[0],
-            "alt_names": self.inner.names[1..].join(","),
+            "alt_names": join(&dns),
+            "ip_sans": join(&ips),
             "format": "pem",
         });
         if let Some(ttl) = self.inner.ttl {
@@ -406,7 +426,19 @@ impl VaultSource {
             Some(cas) => cas.iter().filter_map(|ca| ca.as_str()).collect(),
             None => data["issuing_ca"].as_str().into_iter().collect(),
         };
-        for ca in cas.into_iter().take(8) {
+        if data["certificate"]
+            .as_str()
+            .unwrap_or_default()
+            .matches("-----BEGIN")
+            .count()
+            != 1
+        {
+            return Err(unusable("data.certificate is not one certificate"));
+        }
+        if cas.len() > 8 {
+            return Err(unusable("ca_chain has more than 8 certificates"));
+        }
+        for ca in cas {
             if ca.matches("-----BEGIN").count() != 1 {
                 return Err(unusable("a ca_chain entry is not one certificate"));
             }
@@ -421,22 +453,23 @@ impl VaultSource {
                 .ok_or_else(|| unusable("no data.private_key"))?
                 .to_owned(),
         });
-        if chain.matches("-----BEGIN").count() > 9 {
-            return Err(unusable("data.certificate is more than one certificate"));
-        }
         // The key's match is checked by the bundle; the names here (the
         // policy checks them again, if it is told the names).
         let bundle = CertBundle::from_pem(chain.as_bytes(), key_pem.as_bytes())
             .map_err(|e| unusable(&format!("the certificate: {e}")))?;
-        let covered = &bundle.info().dns_names;
-        if let Some(missing) = self.inner.names.iter().find(|name| {
-            !covered.iter().any(|dns| dns.eq_ignore_ascii_case(name))
-                && !bundle
-                    .info()
-                    .ip_addresses
-                    .iter()
-                    .any(|ip| ip.to_string() == **name)
-        }) {
+        let info = bundle.info();
+        if let Some(missing) =
+            self.inner
+                .names
+                .iter()
+                .find(|name| match name.parse::<std::net::IpAddr>() {
+                    Ok(ip) => !info.ip_addresses.contains(&ip),
+                    Err(_) => !info
+                        .dns_names
+                        .iter()
+                        .any(|dns| dns.eq_ignore_ascii_case(name)),
+                })
+        {
             return Err(unusable(&format!("the certificate is not for {missing}")));
         }
         Ok(bundle)

@@ -150,23 +150,15 @@ impl VaultTrust {
 
     /// Reads the issuers again now, and trusts them if they changed.
     pub async fn refresh(&self) -> Result<(), VaultError> {
-        let current = crate::sync::lock(&self.inner.token).clone();
-        let token = match current {
-            Some(token) => token,
-            None => auth::login(&self.inner.client, &*self.inner.auth).await?,
+        let token = self.token().await?;
+        let found = issuers(&self.inner.client, &self.inner.mount, &token).await?;
+        // As sets: a new default issuer alone changes the order, not trust.
+        let sorted = |roots: Vec<CertificateDer<'static>>| {
+            let mut roots: Vec<Vec<u8>> = roots.iter().map(|der| der.to_vec()).collect();
+            roots.sort();
+            roots
         };
-        let found = match issuers(&self.inner.client, &self.inner.mount, &token).await {
-            Err(VaultError::TokenRejected { .. })
-            | Err(VaultError::Refused { status: 403, .. }) => {
-                // Expired or revoked: log in again, once.
-                let token = auth::login(&self.inner.client, &*self.inner.auth).await?;
-                let found = issuers(&self.inner.client, &self.inner.mount, &token).await?;
-                *crate::sync::lock(&self.inner.token) = Some(token);
-                found
-            }
-            other => other?,
-        };
-        if found != self.inner.store.roots() {
+        if sorted(found.clone()) != sorted(self.inner.store.roots()) {
             self.inner
                 .store
                 .replace(found, Vec::new())
@@ -177,6 +169,29 @@ impl VaultTrust {
             tracing::info!(target: "certrotate", mount = %self.inner.mount, "the issuers of the Vault mount changed; client trust follows");
         }
         Ok(())
+    }
+
+    /// The token to read with: the current one renewed (a periodic token
+    /// lives as long as it is polled within its period), or, if Vault says
+    /// it is no longer valid, a new login.
+    async fn token(&self) -> Result<Token, VaultError> {
+        let current = crate::sync::lock(&self.inner.token).clone();
+        let token = match current {
+            Some(token) if token.renewable() => {
+                match auth::renew(&self.inner.client, &token).await {
+                    Ok(renewed) => renewed,
+                    Err(VaultError::TokenRejected { .. }) => {
+                        auth::login(&self.inner.client, &*self.inner.auth).await?
+                    }
+                    // Vault down or slow: the token may still be valid.
+                    Err(_) => token,
+                }
+            }
+            Some(token) => token,
+            None => auth::login(&self.inner.client, &*self.inner.auth).await?,
+        };
+        *crate::sync::lock(&self.inner.token) = Some(token.clone());
+        Ok(token)
     }
 
     fn poll(&self, every: Duration) {
