@@ -65,12 +65,13 @@ use certrotate::acme::rfc2136::{Rfc2136Solver, TsigKey};
 use certrotate::acme::{AcmeBuilder, AcmeCa, FileStorage, Http01Responder};
 use certrotate::on_demand::AllowList;
 use certrotate::{AcmeSource, CertStore, HealthService, OnDemand, Policy, Rotator, TlsListener};
-use tokio::sync::broadcast::error::RecvError;
 
 #[path = "support/admin.rs"]
 mod admin;
 #[path = "support/challtestsrv.rs"]
 mod challtestsrv;
+#[path = "support/serving.rs"]
+mod serving;
 
 const USAGE: &str =
     "usage: acme (--directory URL)... [--directory-root PEM]... [--on-demand SUFFIX]... [--domain NAME]... \
@@ -383,19 +384,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Then each certificate of its own served, the one already there first.
     if let Some(rotator) = rotator {
-        let mut events = rotator.subscribe();
-        tokio::spawn(async move {
-            let mut printed = String::new();
-            loop {
-                if let Some(cert) = rotator.current().filter(|c| c.serial != printed) {
-                    println!("serving {}", cert.serial);
-                    printed.clone_from(&cert.serial);
-                }
-                if let Err(RecvError::Closed) = events.recv().await {
-                    break;
-                }
-            }
-        });
+        serving::print(rotator);
     }
     let mut listener = TlsListener::new(tcp, Arc::new(tls));
     if let Some(on_demand) = on_demand {

@@ -22,7 +22,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use certrotate::vault::{TokenFile, VaultSource, VaultTrust};
 use certrotate::{Policy, Rotator, TlsListener};
-use tokio::sync::broadcast::error::RecvError;
+
+#[path = "support/serving.rs"]
+mod serving;
 
 const USAGE: &str =
     "usage: vault --addr URL --token-file FILE --mount NAME --role NAME --name NAME \
@@ -137,19 +139,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("listening on https://{bound}");
     // Each certificate served, the one already there first.
-    let (watched, mut events) = (rotator.clone(), rotator.subscribe());
-    tokio::spawn(async move {
-        let mut printed = String::new();
-        loop {
-            if let Some(cert) = watched.current().filter(|c| c.serial != printed) {
-                println!("serving {}", cert.serial);
-                printed.clone_from(&cert.serial);
-            }
-            if let Err(RecvError::Closed) = events.recv().await {
-                break;
-            }
-        }
-    });
+    serving::print(rotator.clone());
     axum::serve(TlsListener::new(tcp, Arc::new(tls)), app).await?;
     Ok(())
 }

@@ -328,15 +328,7 @@ async fn renews_under_load() {
     let server = common::serve(Arc::new(rotator.server_config().unwrap())).await;
     let mut events = rotator.subscribe();
     let load = common::load(&client(&pebble), server.addr, "example.test", 2);
-    let mut serving = first;
-    for renewal in 1..=3 {
-        let new = common::rotation_from(&mut events, &serving, Duration::from_secs(40)).await;
-        assert!(
-            std::time::SystemTime::now() < serving.not_after,
-            "renewal {renewal} came after expiry"
-        );
-        serving = new;
-    }
+    common::renewals_before_expiry(&mut events, first, 3, Duration::from_secs(40)).await;
     let handshakes = load.finish().await;
     assert!(handshakes > 50, "{handshakes} handshakes");
     until_clean(&primary, Duration::from_secs(10)).await;

@@ -72,15 +72,8 @@ async fn issues_and_renews_under_load() {
     let server = common::serve(Arc::new(rotator.server_config().unwrap())).await;
     let mut events = rotator.subscribe();
     let load = common::load(&client(&bao, None), server.addr, NAME, 2);
-    let mut serving = first;
-    for renewal in 1..=2 {
-        let new = common::rotation_from(&mut events, &serving, Duration::from_secs(30)).await;
-        assert!(
-            std::time::SystemTime::now() < serving.not_after,
-            "renewal {renewal} came after expiry"
-        );
-        serving = new;
-    }
+    let serving =
+        common::renewals_before_expiry(&mut events, first, 2, Duration::from_secs(30)).await;
     let handshakes = load.finish().await;
     assert!(handshakes > 50, "{handshakes} handshakes");
     rotator.rotate_now().await.unwrap();

@@ -352,6 +352,27 @@ pub async fn rotation_from(
     }
 }
 
+/// Waits for `count` renewals after `first`, each within `within` and
+/// before the certificate it replaces expired: the last certificate.
+pub async fn renewals_before_expiry(
+    events: &mut tokio::sync::broadcast::Receiver<certrotate::RotationEvent>,
+    first: Arc<certrotate::CertInfo>,
+    count: usize,
+    within: Duration,
+) -> Arc<certrotate::CertInfo> {
+    let mut serving = first;
+    for renewal in 1..=count {
+        let new = rotation_from(events, &serving, within).await;
+        assert!(
+            std::time::SystemTime::now() < serving.not_after,
+            "renewal {renewal} came after expiry"
+        );
+        assert_ne!(new.serial, serving.serial);
+        serving = new;
+    }
+    serving
+}
+
 pub fn serial_of(der: &CertificateDer<'_>) -> String {
     let bundle_info = x509_parser::parse_x509_certificate(der.as_ref()).unwrap().1;
     bundle_info.raw_serial_as_string()
