@@ -587,12 +587,27 @@ mod tests {
 
     const DAY: Duration = Duration::from_secs(86_400);
 
+    /// Let's Encrypt's lifetimes: `shortlived` (160 hours), `tlsserver`
+    /// (45 days) and `classic` (90 days, then 64 and 45). Each is renewed
+    /// with 40% of it left, a fraction and not a fixed time: a rule of "30
+    /// days before expiry" would renew a 6-day certificate at once, again
+    /// and again.
     #[test]
     fn without_advice_renewal_is_due_with_forty_percent_left() {
         let source = source();
         let now = SystemTime::now();
-        assert!(!source.due(cert(90 * DAY, 50 * DAY).info(), now));
-        assert!(source.due(cert(90 * DAY, 56 * DAY).info(), now));
+        for lifetime in [
+            160 * 3600 * Duration::from_secs(1),
+            6 * DAY,
+            45 * DAY,
+            90 * DAY,
+        ] {
+            let renewal = lifetime.mul_f64(0.6);
+            let young = cert(lifetime, renewal - lifetime / 100);
+            assert!(!source.due(young.info(), now), "{lifetime:?}");
+            let old = cert(lifetime, renewal + lifetime / 100);
+            assert!(source.due(old.info(), now), "{lifetime:?}");
+        }
     }
 
     #[test]
