@@ -140,8 +140,10 @@ async fn a_late_cleanup_leaves_the_record_to_the_next_attempt() {
 }
 
 /// A name server with an address this host cannot reach (an IPv6 one on
-/// an IPv4-only host; here a discard-only prefix) besides one it can: the
-/// record is checked where it can be, and the order is not held back.
+/// an IPv4-only host; here a discard-only prefix, which a host with an
+/// IPv6 default route learns is unreachable only after seconds, past the
+/// solver's timeout) besides one it can: the record is checked where it
+/// can be, and the order is not held back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_address_of_a_name_server_is_not_waited_for() {
     let mut zones = zones(false);

@@ -209,10 +209,12 @@ pub(super) enum Seen {
     /// It serves the record, with authority.
     Serves,
     /// It answers without the record (or without authority: a secondary
-    /// that has not loaded the zone yet), or does not answer in time.
+    /// that has not loaded the zone yet), or answers what cannot be read.
     Lacks,
-    /// It cannot be reached from here at all (no route, nothing
-    /// listening): the CA may reach it another way.
+    /// No answer: it cannot be reached from here (no route, nothing
+    /// listening), or did not answer in time. Another address of the same
+    /// server may serve it; a server none of whose addresses serves the
+    /// record is waited for.
     Silent,
 }
 
@@ -224,9 +226,12 @@ pub(super) async fn seen(server: SocketAddr, name: &Name, value: &str, timeout: 
     request.add_query(Query::query(name.clone(), RecordType::TXT));
     let answer = match exchange(server, request, None, timeout).await {
         Ok(answer) => answer,
-        Err(Trouble::Unreachable(_)) => return Seen::Silent,
-        // A server that hangs, or answers garbage, is waited for.
-        Err(_) => return Seen::Lacks,
+        // An address that cannot be reached, or at once (an IPv6 one on a
+        // host whose router answers "no route" only after seconds), says
+        // nothing of the record.
+        Err(Trouble::Unreachable(_) | Trouble::NoAnswer(_)) => return Seen::Silent,
+        // One that answers garbage is waited for.
+        Err(Trouble::BadAnswer(_)) => return Seen::Lacks,
     };
     let answer = answer.message;
     let serves = answer.authoritative

@@ -446,8 +446,9 @@ impl Rfc2136Solver {
 
     /// Waits until each of `servers` serves the record, asking those that
     /// do not yet, all at once, every second. A server serves it when an
-    /// address of it does and none answers without it (an address this
-    /// host cannot reach, IPv6 on an IPv4-only host, is not waited for).
+    /// address of it does and none answers without it (an address that
+    /// does not answer, IPv6 on a host without an IPv6 route, is not
+    /// waited for when another serves; a server that answers nowhere is).
     async fn until_served(
         &self,
         target: &Target,
