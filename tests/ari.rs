@@ -111,9 +111,20 @@ async fn the_cas_window_is_followed_polled_and_a_past_one_renews_at_once() {
     let replaces = ari.replaces.lock().unwrap().clone();
     assert_eq!(replaces.len(), 2, "{replaces:?}");
     assert_eq!(replaces[0], "", "the first order replaced nothing");
-    assert!(
-        !replaces[1].is_empty(),
-        "the renewal did not say what it replaces"
+    // RFC 9773 §4.1: base64url(the authority key identifier) "."
+    // base64url(the serial's DER bytes), of the certificate replaced.
+    let (key_id, serial) = replaces[1]
+        .split_once('.')
+        .expect("the renewal did not say what it replaces");
+    assert!(!common::pebble::base64url_decode(key_id).is_empty());
+    let serial: Vec<String> = common::pebble::base64url_decode(serial)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        serial.join(":"),
+        first.serial,
+        "replaces another certificate"
     );
     rotator.shutdown().await;
 }
@@ -221,4 +232,124 @@ async fn many_certificates_poll_and_renew_within_their_pace() {
         "{most} in a second, {took:?}"
     );
     on_demand.shutdown().await;
+}
+
+/// 10,000 certificates resident (loaded back from storage, as after a
+/// restart of a server that holds them): renewal information is asked
+/// within `renewal_info_rate`, and an emergency window for all of them
+/// (a mass revocation) orders at `renewals_per_window`, not 10,000 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_resident_certificates_poll_and_renew_within_their_pace() {
+    const NAMES: usize = 10_000;
+    const POLLS_PER_SECOND: usize = 100;
+    const RENEWALS_PER_SECOND: usize = 20;
+    let (pebble, tls) = pebble_validating_on_a_bound_port();
+    let now = SystemTime::now();
+    let ari = Arc::new(Ari::new((now + 50 * MINUTE, now + 55 * MINUTE), 1));
+    let proxy = FlakyProxy::with_ari(&pebble, ari.clone()).await;
+    let suffix = "resident.ari.certrotate.test";
+    let names: Vec<String> = (0..NAMES).map(|i| format!("n{i}.{suffix}")).collect();
+
+    // Ninety-day certificates a day old, where the source keeps them.
+    let dir = common::TempDir::new("ari-resident");
+    let ca = common::Ca::new();
+    let started = std::time::Instant::now();
+    for name in &names {
+        let issued = ca.issue(common::Leaf::default().names(&[name]).lifetime(
+            now - 86_400 * Duration::from_secs(1),
+            now + 89 * 86_400 * Duration::from_secs(1),
+        ));
+        let combined = format!("{}{}{}", issued.cert_pem, ca.pem, issued.key_pem);
+        std::fs::write(dir.join(&stored_key(&proxy.directory, name)), combined).unwrap();
+    }
+    println!("{NAMES} certificates made in {:?}", started.elapsed());
+
+    let template = AcmeSource::template(&proxy.directory)
+        .directory_root(&pebble.https_root)
+        .storage(certrotate::acme::FileStorage::new(dir.path()))
+        .renewal_info_interval(Duration::from_secs(1), Duration::from_secs(60))
+        .renewal_info_rate(POLLS_PER_SECOND as u32)
+        .renewals_per_window(RENEWALS_PER_SECOND as u32, Duration::from_secs(1));
+    let many = 2 * NAMES;
+    let hour = Duration::from_secs(3600);
+    let on_demand = certrotate::OnDemand::builder(
+        template,
+        certrotate::on_demand::AllowList::new().suffix(suffix),
+    )
+    .cache_size(many)
+    .max_pending_names(many)
+    .new_names_per_window(many, hour)
+    .orders_per_window(many, hour)
+    .orders_per_registered_domain(many, hour)
+    .max_orders_in_flight(50)
+    .max_waiting_handshakes(1000)
+    .wait(Duration::from_secs(60))
+    .build();
+    let config = Arc::new(on_demand.server_config().unwrap());
+    let listener = certrotate::TlsListener::new(tls, config).on_demand(on_demand.clone());
+    let _server = common::serve_listener(listener);
+    let started = std::time::Instant::now();
+    for batch in names.chunks(500) {
+        let mut loaded = tokio::task::JoinSet::new();
+        for name in batch {
+            let (on_demand, name) = (on_demand.clone(), name.clone());
+            loaded.spawn(async move { on_demand.prepare(&name).await });
+        }
+        while let Some(prepared) = loaded.join_next().await {
+            prepared.unwrap().unwrap();
+        }
+    }
+    println!("{NAMES} certificates loaded in {:?}", started.elapsed());
+    let stats = on_demand.stats();
+    assert_eq!((stats.cached, stats.loads), (NAMES, NAMES as u64));
+    assert!(ari.orders.lock().unwrap().is_empty(), "loaded, not ordered");
+
+    // Each wants to ask every second (Retry-After 1 s): 10,000 a second,
+    // held to 100 (counted as they reach the CA: some arrival jitter).
+    let before = ari.polls.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let polls = ari.polls.lock().unwrap()[before..].to_vec();
+    let most = most_in(&polls, Duration::from_secs(1));
+    println!("{} polls in 5 s, at most {most} in a second", polls.len());
+    assert!(
+        (2 * POLLS_PER_SECOND..=6 * POLLS_PER_SECOND).contains(&polls.len())
+            && most <= 2 * POLLS_PER_SECOND,
+        "{} polls, {most} in a second",
+        polls.len()
+    );
+
+    // A mass revocation: every window in the past. Orders start at once,
+    // 20 a second on average, each replacing a resident certificate (a
+    // rotator that comes back for its turn a little late, its retry's
+    // backoff, takes it then: some seconds see up to twice the rate). Ten
+    // thousand at once before the pace, and not one within 8 s before
+    // new advice woke the rotator (it slept until its next look, 60 s).
+    *ari.window.lock().unwrap() = (now - 2 * MINUTE, now - MINUTE);
+    let watched = Duration::from_secs(8);
+    tokio::time::sleep(watched).await;
+    let orders = ari.orders.lock().unwrap().clone();
+    let most = most_in(&orders, Duration::from_secs(1));
+    println!(
+        "{} orders in {watched:?}, at most {most} in a second",
+        orders.len()
+    );
+    assert!(
+        orders.len() >= RENEWALS_PER_SECOND
+            && orders.len() <= (watched.as_secs() as usize + 1) * RENEWALS_PER_SECOND
+            && most <= 2 * RENEWALS_PER_SECOND,
+        "{} orders in {watched:?}, {most} in a second",
+        orders.len()
+    );
+    let replaces = ari.replaces.lock().unwrap().clone();
+    assert!(replaces.iter().all(|r| !r.is_empty()), "{replaces:?}");
+    on_demand.shutdown().await;
+}
+
+/// The storage key an ACME source keeps the certificate for `name` under
+/// (`AcmeBuilder::build`: the first CA's directory and the names).
+fn stored_key(directory: &str, name: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{directory}|{name}"));
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("cert-{}.pem", &hex[..16])
 }

@@ -125,6 +125,9 @@ struct Inner {
     /// When to renew the stored certificate, from the CA's renewal
     /// information (RFC 9773).
     advice: Mutex<Option<Advice>>,
+    /// Told when new advice comes, wherever it was asked (a fetch asks in
+    /// the background): the rotator plans with it at once.
+    advice_came: tokio::sync::Notify,
     /// How long the CA last asked to wait (a rate limit, or Retry-After on
     /// an error response).
     rate_limited: Arc<Mutex<Option<Duration>>>,

@@ -22,6 +22,11 @@ const EMERGENCY_FRACTION: f64 = 0.1;
 /// the remaining 40% for retries.
 const DEFAULT_RENEW_FRACTION: f64 = 0.4;
 
+/// How long to wait before looking again when the CA's advice is being
+/// asked elsewhere, or is to come with the next fetch (new advice ends the
+/// wait at once).
+const LOOK_AGAIN: Duration = Duration::from_secs(60);
+
 /// How long to wait before asking again when the CA could not be asked
 /// (RFC 9773 §4.3.3 suggests a few hours; clamped like a `Retry-After`).
 const POLL_AFTER_FAILURE: Duration = Duration::from_secs(3600);
@@ -77,14 +82,15 @@ impl AcmeSource {
             if let Some(cert) = provided.filter(|p| !self.advised(p.info())) {
                 self.advise(&cert).await;
                 if !self.advised(cert.info()) {
-                    // Asked by another attempt meanwhile: look again later.
-                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    // Being asked by another attempt (a fetch asks in the
+                    // background): its answer, or a look again later.
+                    self.sleep_unless_advised(LOOK_AGAIN).await;
                 }
                 continue;
             }
             let Some((mut poll, at)) = next else {
                 // Advice comes with the next fetch; look again later.
-                tokio::time::sleep(Duration::from_secs(60)).await;
+                self.sleep_unless_advised(LOOK_AGAIN).await;
                 continue;
             };
             // A poll further off than the longest interval (the clock went
@@ -100,7 +106,10 @@ impl AcmeSource {
             // (not the wall clock, which may differ a little) says.
             let fire = at.filter(|&at| at <= poll);
             let wake = fire.unwrap_or(poll);
-            tokio::time::sleep(wake.duration_since(self.now()).unwrap_or_default()).await;
+            let wait = wake.duration_since(self.now()).unwrap_or_default();
+            if self.sleep_unless_advised(wait).await {
+                continue;
+            }
             if let Some(at) = fire {
                 let mut advice = lock(&self.inner.advice);
                 if let Some(advice) = advice.as_mut().filter(|a| a.at == at && !a.fired) {
@@ -110,6 +119,16 @@ impl AcmeSource {
                 continue;
             }
             self.poll().await;
+        }
+    }
+
+    /// Sleeps for `wait`, or until new advice comes (`true`): a revocation
+    /// learnt by an ask in the background renews at once, not when this
+    /// sleep would have ended.
+    async fn sleep_unless_advised(&self, wait: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => false,
+            () = self.inner.advice_came.notified() => true,
         }
     }
 
@@ -186,6 +205,7 @@ impl AcmeSource {
             }
         };
         if let Some(at) = moved {
+            self.inner.advice_came.notify_one();
             tracing::info!(target: "certrotate", %fingerprint, at = %crate::clock::rfc3339(at), start = %crate::clock::rfc3339(answer.window.start), end = %crate::clock::rfc3339(answer.window.end), "the CA advises renewal (ARI)");
             let shared = format!(
                 "{fingerprint} {} {} {}",
@@ -297,6 +317,7 @@ impl AcmeSource {
                 fired: false,
                 seen: false,
             });
+            self.inner.advice_came.notify_one();
             return;
         }
         // In its turn, if that comes within a step; else (or without an

@@ -147,6 +147,8 @@ impl Ca {
         params.not_after = leaf.not_after.into();
         params.extended_key_usages = leaf.eku.clone();
         params.serial_number = Some(leaf.serial.unwrap_or_else(rand_serial).into());
+        // As public CAs do; ARI (RFC 9773) names a certificate by it.
+        params.use_authority_key_identifier_extension = true;
         if leaf.is_ca {
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         }
