@@ -50,14 +50,15 @@ impl Ports {
         tokio::net::TcpListener::from_std(self.tls).unwrap()
     }
 
-    /// The HTTP-01 port, to serve on.
-    fn http(self) -> tokio::net::TcpListener {
-        tokio::net::TcpListener::from_std(self.http).unwrap()
-    }
-
     /// Serves `config` (echoing) on the TLS-ALPN-01 port.
     fn serve_tls(self, config: rustls::ServerConfig) -> common::Server {
-        common::serve_listener(certrotate::TlsListener::new(self.tls(), Arc::new(config)))
+        Self::serve_on(self.tls, config)
+    }
+
+    /// Serves `config` (echoing) on `tcp`.
+    fn serve_on(tcp: std::net::TcpListener, config: rustls::ServerConfig) -> common::Server {
+        let tcp = tokio::net::TcpListener::from_std(tcp).unwrap();
+        common::serve_listener(certrotate::TlsListener::new(tcp, Arc::new(config)))
     }
 }
 
@@ -228,129 +229,213 @@ async fn a_fallback_ca_issues_while_the_first_is_down_and_the_first_is_preferred
     rotator.shutdown().await;
 }
 
-/// On demand: a new name is issued by the fallback while the first CA is
-/// down, and by the first again once it is back; both down, the names
-/// served keep serving and a new name's refusal names both CAs.
+/// On demand, the same four phases: the first CA killed, a served name's
+/// next certificate comes from the second before expiry, under load with
+/// no failed handshake, the first's failure reported, and a new name is
+/// issued there too; a restart meanwhile (a new issuer on the same
+/// storage) serves the stored certificate at once, without an order; the
+/// first back (empty, new roots): preferred again for renewals and new
+/// names; both down: the names served keep serving, their renewal's
+/// failure and a new name's refusal name both CAs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_demand_names_fall_back_and_come_back() {
-    let (mut first, mut second, ports) = two_pebbles(Duration::from_secs(3600));
+    let validity = Duration::from_secs(30);
+    let (mut first, mut second, ports) = two_pebbles(validity);
     let storage = first.storage();
-    let template = AcmeSource::template(&first.directory)
-        .directory_root(&first.https_root)
-        .fallback(AcmeCa::new(&second.directory).directory_root(&second.https_root))
-        .storage(storage)
-        .timeout(Duration::from_secs(2));
-    let allowed = certrotate::on_demand::AllowList::new().suffix(NAME);
-    let on_demand = certrotate::OnDemand::builder(template, allowed)
-        .wait(Duration::from_secs(20))
-        .build();
+    let cas = [&first, &second].map(|p| (p.directory.clone(), p.https_root.clone()));
+    let issuer = |storage: &certrotate::acme::FileStorage| {
+        let template = AcmeSource::template(&cas[0].0)
+            .directory_root(&cas[0].1)
+            .fallback(AcmeCa::new(&cas[1].0).directory_root(&cas[1].1))
+            .storage(storage.clone())
+            .timeout(Duration::from_secs(2));
+        let allowed = certrotate::on_demand::AllowList::new().suffix(NAME);
+        certrotate::OnDemand::builder(template, allowed)
+            .wait(Duration::from_secs(20))
+            .build()
+    };
+    let on_demand = issuer(&storage);
     let tcp = ports.tls();
+    let addr = tcp.local_addr().unwrap();
     let config = Arc::new(on_demand.server_config().unwrap());
     let listener = certrotate::TlsListener::new(tcp, config).on_demand(on_demand.clone());
     let _server = common::serve_listener(listener);
-    let origin = |name: &str| {
+    let issued_by = |pebble: &Pebble, name: &str| format!("ACME {} for {name}", pebble.directory);
+    let served = |on_demand: &certrotate::OnDemand, name: &str| {
         let health = on_demand.store().health();
-        let cert = health.certificates.iter().find(|c| c.slot == name);
-        cert.map(|c| c.origin.clone()).unwrap_or_default()
+        let cert = health.certificates.into_iter().find(|c| c.slot == name);
+        cert.expect("the name is served")
+    };
+    let renewed = |name: String, from: String| {
+        let on_demand = on_demand.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + validity;
+            loop {
+                let cert = served(&on_demand, &name);
+                if cert.serial != from {
+                    assert!(std::time::SystemTime::now() < cert.not_after);
+                    return cert;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{cert:#?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     };
 
+    let name = format!("a.{NAME}");
+    on_demand.prepare(&name).await.unwrap();
+    let one = served(&on_demand, &name);
+    assert_eq!(one.origin, issued_by(&first, &name));
+    let trust = TrustStore::from_pem(first.issuing_root().as_bytes()).unwrap();
+    trust_also(&trust, &second);
+    let mut clients = trust.client_config().unwrap();
+    clients.resumption = rustls::client::Resumption::disabled();
+    let load = common::load(&Arc::new(clients), addr, &name, 2);
+
+    // The first CA down: the renewal and a new name from the second.
     first.kill();
-    let down = format!("a.{NAME}");
-    on_demand.prepare(&down).await.unwrap();
-    assert_eq!(
-        origin(&down),
-        format!("ACME {} for {down}", second.directory)
+    let two = renewed(name.clone(), one.serial.clone()).await;
+    assert_eq!(two.origin, issued_by(&second, &name));
+    assert!(
+        two.warnings
+            .iter()
+            .any(|w| w.contains(&first.directory) && w.contains("failed")),
+        "the first CA's failure is not reported: {two:#?}"
     );
+    let new = format!("b.{NAME}");
+    on_demand.prepare(&new).await.unwrap();
+    assert_eq!(served(&on_demand, &new).origin, issued_by(&second, &new));
 
+    // A restart while the first CA is down: the stored certificate at
+    // once, no order anywhere.
+    let orders = second.orders();
+    let restarted = issuer(&storage);
+    restarted.prepare(&name).await.unwrap();
+    assert_eq!(served(&restarted, &name).serial, two.serial);
+    assert_eq!(served(&restarted, &name).origin, issued_by(&second, &name));
+    assert_eq!(restarted.stats().loads, 1);
+    assert_eq!(second.orders(), orders, "ordered instead of loaded");
+    restarted.shutdown().await;
+
+    // The first CA back, empty, with new roots: preferred again.
     first.restart_empty();
-    let back = format!("b.{NAME}");
-    on_demand.prepare(&back).await.unwrap();
-    assert_eq!(
-        origin(&back),
-        format!("ACME {} for {back}", first.directory)
-    );
-    assert_eq!(second.issued(), 1);
+    trust_also(&trust, &first);
+    let three = renewed(name.clone(), two.serial.clone()).await;
+    assert_eq!(three.origin, issued_by(&first, &name));
+    let newer = format!("c.{NAME}");
+    on_demand.prepare(&newer).await.unwrap();
+    assert_eq!(served(&on_demand, &newer).origin, issued_by(&first, &newer));
 
+    // Both down: the names served keep serving; both CAs named.
     first.kill();
     second.kill();
-    let refused = on_demand.prepare(&format!("c.{NAME}")).await.unwrap_err();
+    let refused = on_demand.prepare(&format!("d.{NAME}")).await.unwrap_err();
     let why = format!("{refused:?}");
     assert!(
         why.contains(&first.directory) && why.contains(&second.directory),
         "{why}"
     );
-    on_demand.prepare(&down).await.unwrap();
-    on_demand.prepare(&back).await.unwrap();
-    assert_eq!(
-        origin(&down),
-        format!("ACME {} for {down}", second.directory)
-    );
+    let deadline = tokio::time::Instant::now() + validity;
+    loop {
+        let cert = served(&on_demand, &name);
+        let error = cert.last_error.clone().unwrap_or_default();
+        if error.contains(&first.directory) && error.contains(&second.directory) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{cert:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(served(&on_demand, &name).serial, three.serial);
+    assert!(std::time::SystemTime::now() < three.not_after);
+    let handshakes = load.finish().await;
+    println!("{handshakes} handshakes, none failed");
     on_demand.shutdown().await;
 }
 
-/// A fleet on Redis whose first CA is down: one order for the whole fleet,
-/// at the fallback, served by every replica.
+/// A fleet of replicas on Redis, the same four phases: the first CA
+/// killed, the next renewal is one order for the whole fleet at the
+/// second, served by every replica before expiry (one under load, no
+/// failed handshake), the first's failure reported by the replica that
+/// ordered; a replica started meanwhile serves the stored certificate at
+/// once, without an order; the first back (empty, new roots): the next
+/// renewal is one order there; both down: every replica keeps serving and
+/// reports both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_orders_once_from_the_fallback() {
     use certrotate::acme::{Http01Responder, RedisStorage};
     use common::redis::{Redis, KEY};
 
-    let validity = Duration::from_secs(20);
+    let validity = Duration::from_secs(30);
     let (mut first, mut second, ports) = two_pebbles(validity);
     // The replicas' HTTP-01 answers, as a load balancer would route them.
     let responder = Http01Responder::new();
-    let http = ports.http();
+    let (http, tls) = (ports.http, ports.tls);
+    let http = tokio::net::TcpListener::from_std(http).unwrap();
     let app: axum::Router = responder.router();
     let http = tokio::spawn(async move { axum::serve(http, app).await });
     let redis = Redis::start();
-    first.kill();
-
-    let mut replicas = Vec::new();
-    for _ in 0..3 {
+    let cas = [&first, &second].map(|p| (p.directory.clone(), p.https_root.clone()));
+    let replica = || async {
         let storage = RedisStorage::connect(&redis.url(), KEY).await.unwrap();
-        let source = AcmeSource::builder(&first.directory, [NAME])
-            .directory_root(&first.https_root)
-            .fallback(AcmeCa::new(&second.directory).directory_root(&second.https_root))
+        AcmeSource::builder(&cas[0].0, [NAME])
+            .directory_root(&cas[0].1)
+            .fallback(AcmeCa::new(&cas[1].0).directory_root(&cas[1].1))
             .storage(storage)
             .http_01(&responder)
             .timeout(Duration::from_secs(2))
-            .build();
-        replicas.push(Rotator::builder(source, policy()).spawn());
+            .build()
+    };
+    let issued_by = |pebble: &Pebble| format!("ACME {} for {NAME}", pebble.directory);
+
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(Rotator::builder(replica().await, policy()).spawn());
     }
     let mut served = Vec::new();
     for rotator in &replicas {
         served.push(first_certificate(rotator).await);
     }
-    assert!(
-        served.iter().all(|c| c.serial == served[0].serial),
-        "{served:?}"
-    );
-    assert_eq!(
-        served[0].origin,
-        format!("ACME {} for {NAME}", second.directory)
-    );
-    assert_eq!((second.orders(), second.issued()), (1, 1));
+    let one = served[0].clone();
+    assert!(served.iter().all(|c| c.serial == one.serial), "{served:?}");
+    assert_eq!(one.origin, issued_by(&first));
+    assert_eq!(first.orders(), 1);
+    // One replica under load, trusting both CAs.
+    let server = Ports::serve_on(tls, replicas[0].server_config().unwrap());
+    let trust = TrustStore::from_pem(first.issuing_root().as_bytes()).unwrap();
+    trust_also(&trust, &second);
+    let mut clients = trust.client_config().unwrap();
+    clients.resumption = rustls::client::Resumption::disabled();
+    let load = common::load(&Arc::new(clients), server.addr, NAME, 2);
 
-    // The first back, empty: the next renewal is one order there, served
-    // by every replica.
-    first.restart_empty();
-    let deadline = tokio::time::Instant::now() + validity;
-    let renewed = loop {
-        let now: Vec<_> = replicas.iter().map(|r| r.current().unwrap()).collect();
-        if now
+    // The first CA down: one order at the second, served by all.
+    first.kill();
+    let two = fleet_renewed(&replicas, &one, validity).await;
+    assert_eq!(two.origin, issued_by(&second));
+    assert_eq!((second.orders(), second.issued()), (1, 1));
+    let reported = replicas.iter().any(|r| {
+        r.health().certificates[0]
+            .warnings
             .iter()
-            .all(|c| c.serial != served[0].serial && c.serial == now[0].serial)
-        {
-            break now[0].clone();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{now:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(
-        renewed.origin,
-        format!("ACME {} for {NAME}", first.directory)
-    );
-    assert_eq!(first.issued(), 1);
+            .any(|w| w.contains(&first.directory) && w.contains("failed"))
+    });
+    assert!(reported, "no replica reports the first CA's failure");
+
+    // A replica started while the first CA is down: the stored
+    // certificate at once, no order.
+    let started = Rotator::builder(replica().await, policy()).launch().await;
+    let at_once = started.current().expect("the stored certificate at once");
+    assert_eq!(at_once.serial, two.serial);
+    assert_eq!(second.orders(), 1, "ordered instead of loaded");
+    started.shutdown().await;
+
+    // The first back, empty, with new roots: one order there (its log
+    // goes on across the restart).
+    let issued = first.issued();
+    first.restart_empty();
+    trust_also(&trust, &first);
+    let three = fleet_renewed(&replicas, &two, validity).await;
+    assert_eq!(three.origin, issued_by(&first));
+    assert_eq!(first.issued(), issued + 1);
 
     // Both down: every replica keeps serving, and reports both.
     first.kill();
@@ -366,13 +451,40 @@ async fn a_fleet_orders_once_from_the_fallback() {
             assert!(tokio::time::Instant::now() < deadline, "{error}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(rotator.current().unwrap().serial, renewed.serial);
+        assert_eq!(rotator.current().unwrap().serial, three.serial);
     }
-    assert!(std::time::SystemTime::now() < renewed.not_after);
+    assert!(std::time::SystemTime::now() < three.not_after);
+    let handshakes = load.finish().await;
+    println!("{handshakes} handshakes, none failed");
     for rotator in replicas {
         rotator.shutdown().await;
     }
     http.abort();
+}
+
+/// Waits until every replica serves one certificate newer than `from`,
+/// before `from` expires, and returns it.
+async fn fleet_renewed(
+    replicas: &[Rotator],
+    from: &certrotate::CertInfo,
+    within: Duration,
+) -> certrotate::CertInfo {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let now: Vec<_> = replicas.iter().map(|r| r.current().unwrap()).collect();
+        if now
+            .iter()
+            .all(|c| c.serial != from.serial && c.serial == now[0].serial)
+        {
+            assert!(
+                std::time::SystemTime::now() < from.not_after,
+                "renewed after expiry"
+            );
+            return (*now[0]).clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A first CA that refuses orders for a rate limit is skipped: the
