@@ -487,6 +487,57 @@ async fn fleet_renewed(
     }
 }
 
+/// A first CA whose policy refuses the name (`rejectedIdentifier`) is
+/// skipped for the next, which requires external account binding: the
+/// fallback's own EAB key registers its account and it issues at once; the
+/// first CA's refusal is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ca_refusing_the_name_falls_back_to_one_with_its_own_account_binding() {
+    let ports = Ports::bind();
+    let config = Config {
+        validity: Duration::from_secs(3600),
+        tls_port: Ports::port(&ports.tls),
+        http_port: Ports::port(&ports.http),
+        ..Config::default()
+    };
+    let hmac = b"fallback-eab-hmac-key-of-32-byte".to_vec();
+    let first = Pebble::start(Config {
+        blocklist: vec![NAME.into()],
+        ..config.clone()
+    });
+    let second = Pebble::start(Config {
+        eab: Some(("kid-fallback".into(), hmac.clone())),
+        ..config
+    });
+    let source = AcmeSource::builder(&first.directory, [NAME])
+        .directory_root(&first.https_root)
+        .fallback(
+            AcmeCa::new(&second.directory)
+                .directory_root(&second.https_root)
+                .external_account("kid-fallback", &hmac),
+        )
+        .storage(first.storage())
+        .timeout(Duration::from_secs(2))
+        .build();
+    let rotator = Rotator::builder(source, policy()).spawn();
+    let mut config = rotator.server_config().unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+    let _server = ports.serve_tls(config);
+
+    let cert = first_certificate(&rotator).await;
+    assert_eq!(cert.origin, format!("ACME {} for {NAME}", second.directory));
+    assert_eq!(first.issued(), 0);
+    let health = rotator.health();
+    assert!(
+        health.certificates[0]
+            .warnings
+            .iter()
+            .any(|w| w.contains(&first.directory) && w.contains("rejectedIdentifier")),
+        "the first CA's refusal is not reported: {health:#?}"
+    );
+    rotator.shutdown().await;
+}
+
 /// A first CA that refuses orders for a rate limit is skipped: the
 /// fallback issues at once, and the renewal after does not ask the first
 /// again while it asked to be left alone (its failure still reported).

@@ -37,6 +37,9 @@ pub struct Config {
     /// The DNS server Pebble resolves names (and DNS-01 records) with,
     /// instead of its pebble-challtestsrv.
     pub dns_server: Option<SocketAddr>,
+    /// Names (and their subdomains) it refuses to issue for
+    /// (`rejectedIdentifier`), as a CA's policy may.
+    pub blocklist: Vec<String>,
 }
 
 impl Default for Config {
@@ -48,6 +51,7 @@ impl Default for Config {
             nonce_reject: 0,
             eab: None,
             dns_server: None,
+            blocklist: Vec::new(),
         }
     }
 }
@@ -112,6 +116,7 @@ impl Pebble {
                     "ocspResponderURL": "",
                     "externalAccountBindingRequired": {eab_required},
                     "externalAccountMACKeys": {{{eab_keys}}},
+                    "domainBlocklist": {blocklist:?},
                     "certificateValidityPeriod": {validity}
                 }}}}"#,
                 cert = dir.join("cert.pem").display(),
@@ -120,6 +125,7 @@ impl Pebble {
                 tls = config.tls_port,
                 validity = config.validity.as_secs(),
                 eab_required = config.eab.is_some(),
+                blocklist = config.blocklist,
                 eab_keys = config
                     .eab
                     .as_ref()
