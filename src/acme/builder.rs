@@ -336,10 +336,9 @@ impl AcmeBuilder {
     /// certificates are renewed at that pace instead of all at once, each
     /// waiting its turn as a rate limit (the rotator comes back then). Set
     /// it within your CA's limits. A first order for a name is not paced.
-    /// The turns keep the pace; a rotator that comes back later than its
-    /// turn (its retry backoff is longer) orders then, so one window can
-    /// see up to twice `orders` (for a window no shorter than the rotator's
-    /// shortest retry, 1 s by default) while the average holds.
+    /// The pace holds for the orders sent, not only as planned: a rotator
+    /// that comes back later than its turn (its retry backoff is longer)
+    /// orders when the rate allows then.
     pub fn renewals_per_window(mut self, orders: u32, window: Duration) -> Self {
         self.renewal_pace = Arc::new(Pace::new(orders, window));
         self

@@ -148,11 +148,19 @@ impl AcmeSource {
         }
         let at = *turn.get_or_insert_with(|| pace.reserve());
         let now = tokio::time::Instant::now();
-        if at <= now {
-            *turn = None;
-            return Ok(());
-        }
-        let wait = at - now;
+        // Its planned time come, taken if the rate allows now (a rotator
+        // back later than its turn would otherwise order with the next).
+        let at = match at <= now {
+            true => match pace.take() {
+                Ok(()) => {
+                    *turn = None;
+                    return Ok(());
+                }
+                Err(next) => *turn.insert(next),
+            },
+            false => at,
+        };
+        let wait = at.saturating_duration_since(now);
         tracing::debug!(target: "certrotate", wait = %crate::clock::human(wait), "renewal paced: waiting for its turn");
         let reason = format!(
             "renewals are paced (AcmeBuilder::renewals_per_window): this one's turn comes in {}",

@@ -14,12 +14,19 @@ use crate::sync::lock;
 /// At most `turns` turns in any span of `window`: a turn comes at once
 /// unless `turns` came within the window before it, then when the oldest of
 /// them leaves the window.
+///
+/// Turns are planned (reserved, so that waiters are spread in order) and
+/// then taken; the rate holds for the turns taken, as the CA sees them,
+/// not only as planned: waiters that wake late together (a busy runtime,
+/// a retry's backoff) wait again rather than all going at once.
 #[derive(Debug)]
 pub(super) struct Pace {
     turns: usize,
     window: Duration,
     /// The turns given within a window, and those to come, oldest first.
     given: Mutex<VecDeque<Instant>>,
+    /// When the turns of the last window were taken, oldest first.
+    taken: Mutex<VecDeque<Instant>>,
 }
 
 impl Pace {
@@ -31,7 +38,28 @@ impl Pace {
             turns,
             window: window.min(Duration::from_secs(365 * 86_400)),
             given: Mutex::new(VecDeque::with_capacity(turns.min(1024))),
+            taken: Mutex::new(VecDeque::with_capacity(turns.min(1024))),
         }
+    }
+
+    /// Takes a turn now, if fewer than `turns` were taken within the
+    /// window; else when one can be.
+    pub(super) fn take(&self) -> Result<(), Instant> {
+        let now = Instant::now();
+        let mut taken = lock(&self.taken);
+        while taken
+            .front()
+            .is_some_and(|&t| t.checked_add(self.window).is_none_or(|end| end <= now))
+        {
+            taken.pop_front();
+        }
+        if taken.len() < self.turns {
+            taken.push_back(now);
+            return Ok(());
+        }
+        Err(taken[taken.len() - self.turns]
+            .checked_add(self.window)
+            .unwrap_or(now + FAR))
     }
 
     /// Reserves the next turn: when it is (now, or later).
@@ -60,12 +88,22 @@ impl Pace {
             at,
             taken: false,
         };
-        if at.saturating_duration_since(Instant::now()) > limit {
+        let deadline = Instant::now().checked_add(limit);
+        let beyond = |t: Instant| deadline.is_some_and(|d| t > d);
+        if beyond(at) {
             return false;
         }
         tokio::time::sleep_until(at).await;
-        reserved.taken = true;
-        true
+        loop {
+            match self.take() {
+                Ok(()) => {
+                    reserved.taken = true;
+                    return true;
+                }
+                Err(next) if beyond(next) => return false,
+                Err(next) => tokio::time::sleep_until(next).await,
+            }
+        }
     }
 
     /// Whether a turn reserved for `at` still holds: not older than a
@@ -146,6 +184,35 @@ mod tests {
             last >= Duration::from_secs(198) && last <= Duration::from_secs(200),
             "{last:?}"
         );
+    }
+
+    /// Waiters that all wake late (a busy runtime) take their turns at
+    /// the rate, not at once: 500 turns planned for the first 10 s but
+    /// waited for only after 30 s still go 50 a second.
+    #[tokio::test(start_paused = true)]
+    async fn turns_taken_late_keep_the_rate() {
+        let pace = std::sync::Arc::new(Pace::new(50, Duration::from_secs(1)));
+        let planned: Vec<_> = (0..500).map(|_| pace.reserve()).collect();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let tasks: Vec<_> = planned
+            .into_iter()
+            .map(|at| {
+                let pace = pace.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at).await;
+                    while let Err(next) = pace.take() {
+                        tokio::time::sleep_until(next).await;
+                    }
+                    Instant::now()
+                })
+            })
+            .collect();
+        let mut turns = Vec::new();
+        for task in tasks {
+            turns.push(task.await.unwrap());
+        }
+        turns.sort();
+        assert_eq!(most_in(&turns, Duration::from_secs(1)), 50);
     }
 
     /// A turn too far off, or whose wait is dropped, is given back: the
