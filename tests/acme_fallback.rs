@@ -490,9 +490,15 @@ async fn fleet_renewed(
 /// A first CA whose policy refuses the name (`rejectedIdentifier`) is
 /// skipped for the next, which requires external account binding: the
 /// fallback's own EAB key registers its account and it issues at once; the
-/// first CA's refusal is reported.
+/// first CA's refusal is reported, in health and (with the `metrics`
+/// feature) in the orders counted per CA.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_ca_refusing_the_name_falls_back_to_one_with_its_own_account_binding() {
+    // The binary's one global recorder (no other test here installs one).
+    #[cfg(feature = "metrics")]
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .unwrap();
     let ports = Ports::bind();
     let config = Config {
         validity: Duration::from_secs(3600),
@@ -535,6 +541,25 @@ async fn a_ca_refusing_the_name_falls_back_to_one_with_its_own_account_binding()
             .any(|w| w.contains(&first.directory) && w.contains("rejectedIdentifier")),
         "the first CA's refusal is not reported: {health:#?}"
     );
+    #[cfg(feature = "metrics")]
+    {
+        let rendered = prometheus.render();
+        for line in [
+            format!(
+                r#"certrotate_acme_orders_total{{ca="{}",result="failed"}} 1"#,
+                first.directory
+            ),
+            format!(
+                r#"certrotate_acme_orders_total{{ca="{}",result="issued"}} 1"#,
+                second.directory
+            ),
+        ] {
+            assert!(
+                rendered.lines().any(|l| l == line),
+                "no {line} in\n{rendered}"
+            );
+        }
+    }
     rotator.shutdown().await;
 }
 
