@@ -563,6 +563,39 @@ async fn a_ca_refusing_the_name_falls_back_to_one_with_its_own_account_binding()
     rotator.shutdown().await;
 }
 
+/// Each CA orders with its own profile: the first down, the fallback's
+/// order names the fallback's profile (seen by a proxy in front of it;
+/// Pebble 2.4 has no profiles and ignores the field).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_ca_orders_with_its_own_profile() {
+    use common::pebble::{Ari, FlakyProxy};
+
+    let (mut first, second, ports) = two_pebbles(Duration::from_secs(3600));
+    let far = std::time::SystemTime::now() + Duration::from_secs(86_400);
+    let ari = Arc::new(Ari::new((far, far), 3600));
+    let proxy = FlakyProxy::with_ari(&second, ari.clone()).await;
+    let source = AcmeSource::builder(&first.directory, [NAME])
+        .directory_root(&first.https_root)
+        .profile("classic")
+        .fallback(
+            AcmeCa::new(&proxy.directory)
+                .directory_root(&second.https_root)
+                .profile("shortlived"),
+        )
+        .storage(first.storage())
+        .timeout(Duration::from_secs(2))
+        .build();
+    first.kill();
+    let rotator = Rotator::builder(source, policy()).spawn();
+    let mut config = rotator.server_config().unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+    let _server = ports.serve_tls(config);
+    let cert = first_certificate(&rotator).await;
+    assert_eq!(cert.origin, format!("ACME {} for {NAME}", proxy.directory));
+    assert_eq!(*ari.profiles.lock().unwrap(), ["shortlived"]);
+    rotator.shutdown().await;
+}
+
 /// A first CA that refuses orders for a rate limit is skipped: the
 /// fallback issues at once, and the renewal after does not ask the first
 /// again while it asked to be left alone (its failure still reported).

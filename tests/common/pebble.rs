@@ -426,6 +426,8 @@ pub struct Ari {
     pub polls: std::sync::Mutex<Vec<std::time::Instant>>,
     /// The `replaces` of each new order (empty when it had none).
     pub replaces: std::sync::Mutex<Vec<String>>,
+    /// The `profile` of each new order (empty when it had none).
+    pub profiles: std::sync::Mutex<Vec<String>>,
     /// When each new order came.
     pub orders: std::sync::Mutex<Vec<std::time::Instant>>,
 }
@@ -437,6 +439,7 @@ impl Ari {
             retry_after: retry_after.into(),
             polls: Default::default(),
             replaces: Default::default(),
+            profiles: Default::default(),
             orders: Default::default(),
         }
     }
@@ -463,7 +466,8 @@ impl Ari {
             .map_err(std::io::Error::other)
     }
 
-    /// Notes the `replaces` of a new order's JWS body, and returns it.
+    /// Notes the `replaces` and `profile` of a new order's JWS body, and
+    /// returns the first.
     fn note_order(&self, body: &[u8]) -> String {
         let jws: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
         let payload = jws["payload"]
@@ -472,6 +476,8 @@ impl Ari {
             .unwrap_or_default();
         let order: serde_json::Value = serde_json::from_slice(&payload).unwrap_or_default();
         let replaces = order["replaces"].as_str().unwrap_or_default().to_owned();
+        let profile = order["profile"].as_str().unwrap_or_default().to_owned();
+        self.profiles.lock().unwrap().push(profile);
         self.replaces.lock().unwrap().push(replaces.clone());
         self.orders.lock().unwrap().push(std::time::Instant::now());
         replaces
