@@ -158,6 +158,40 @@ async fn an_unreachable_address_of_a_name_server_is_not_waited_for() {
     until_clean(&primary, Duration::ZERO).await;
 }
 
+/// A name server with a second address that takes the connection and
+/// never answers (an instance hung, or reloading the zone) is waited for,
+/// not passed on its first address alone: the CA's resolver may ask the
+/// hung one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_connects_and_hangs_is_waited_for() {
+    let mut zones = zones(false);
+    zones[0] = Zone::new("example.test", false).record("ns1 A 127.0.0.2");
+    let primary = Bind::primary(zones);
+    let hung = tokio::net::TcpListener::bind(("127.0.0.2", primary.addr.port()))
+        .await
+        .unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((connection, _)) = hung.accept().await {
+            open.push(connection);
+        }
+    });
+    let solver = solver(&primary)
+        .timeout(Duration::from_millis(500))
+        .propagation_timeout(Duration::from_secs(3))
+        .build();
+    let error = solver.present("example.test", "v").await.unwrap_err();
+    match rfc2136_error(&error) {
+        Rfc2136Error::NotPropagated { lagging, .. } => {
+            assert!(lagging[0].contains("127.0.0.2"), "{lagging:?}");
+        }
+        other => panic!("{other}"),
+    }
+    held.abort();
+    solver.cleanup("example.test", "v").await.unwrap();
+    until_clean(&primary, Duration::ZERO).await;
+}
+
 /// Concurrent orders for different names (and two values at one of them)
 /// on one solver: every record served at once, every one removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

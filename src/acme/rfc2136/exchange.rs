@@ -21,7 +21,11 @@ pub(super) enum Trouble {
     /// No way to the server from here (no route, nothing listening):
     /// known at once, not waited for.
     Unreachable(String),
-    /// No answer within the deadline, or no connection.
+    /// No connection within the deadline (the address may be one this
+    /// host has no working route to), or one refused otherwise.
+    NoConnection(String),
+    /// Connected, but no answer within the deadline (or the connection
+    /// closed or reset before one): the server is up and did not answer.
     NoAnswer(String),
     /// An answer, but not one to trust.
     BadAnswer(String),
@@ -67,9 +71,14 @@ pub(super) async fn exchange(
     let deadline = tokio::time::Instant::now() + timeout;
     let waited = || Trouble::NoAnswer(format!("no answer within {}", crate::clock::human(timeout)));
     let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect(server)).await {
-        Err(_) => return Err(waited()),
+        Err(_) => {
+            let waited = crate::clock::human(timeout);
+            return Err(Trouble::NoConnection(format!(
+                "no connection within {waited}"
+            )));
+        }
         Ok(Err(e)) if unreachable(&e) => return Err(Trouble::Unreachable(e.to_string())),
-        Ok(Err(e)) => return Err(Trouble::NoAnswer(e.to_string())),
+        Ok(Err(e)) => return Err(Trouble::NoConnection(e.to_string())),
         Ok(Ok(stream)) => stream,
     };
     let answer = tokio::time::timeout_at(deadline, async {

@@ -209,10 +209,11 @@ pub(super) enum Seen {
     /// It serves the record, with authority.
     Serves,
     /// It answers without the record (or without authority: a secondary
-    /// that has not loaded the zone yet), or answers what cannot be read.
+    /// that has not loaded the zone yet), answers what cannot be read, or
+    /// takes the connection and does not answer.
     Lacks,
-    /// No answer: it cannot be reached from here (no route, nothing
-    /// listening), or did not answer in time. Another address of the same
+    /// No connection: it cannot be reached from here (no route, nothing
+    /// listening, no connection in time). Another address of the same
     /// server may serve it; a server none of whose addresses serves the
     /// record is waited for.
     Silent,
@@ -226,12 +227,14 @@ pub(super) async fn seen(server: SocketAddr, name: &Name, value: &str, timeout: 
     request.add_query(Query::query(name.clone(), RecordType::TXT));
     let answer = match exchange(server, request, None, timeout).await {
         Ok(answer) => answer,
-        // An address that cannot be reached, or at once (an IPv6 one on a
-        // host whose router answers "no route" only after seconds), says
-        // nothing of the record.
-        Err(Trouble::Unreachable(_) | Trouble::NoAnswer(_)) => return Seen::Silent,
-        // One that answers garbage is waited for.
-        Err(Trouble::BadAnswer(_)) => return Seen::Lacks,
+        // An address that cannot be reached, at once or within the timeout
+        // (an IPv6 one on a host whose router says "no route" only after
+        // seconds), says nothing of the record.
+        Err(Trouble::Unreachable(_) | Trouble::NoConnection(_)) => return Seen::Silent,
+        // One that is up and does not answer (hung, reloading the zone,
+        // closing the connection), or answers garbage, is waited for: the
+        // CA's resolver may ask it.
+        Err(Trouble::NoAnswer(_) | Trouble::BadAnswer(_)) => return Seen::Lacks,
     };
     let answer = answer.message;
     let serves = answer.authoritative

@@ -396,7 +396,11 @@ impl Rfc2136Solver {
         let signer = Some(&self.inner.signer);
         let answer = match exchange(server, message, signer, self.inner.timeout).await {
             Ok(answer) => answer,
-            Err(Trouble::NoAnswer(reason) | Trouble::Unreachable(reason)) => {
+            Err(
+                Trouble::NoAnswer(reason)
+                | Trouble::NoConnection(reason)
+                | Trouble::Unreachable(reason),
+            ) => {
                 let error = Rfc2136Error::NoAnswer {
                     server,
                     zone,
@@ -447,8 +451,9 @@ impl Rfc2136Solver {
     /// Waits until each of `servers` serves the record, asking those that
     /// do not yet, all at once, every second. A server serves it when an
     /// address of it does and none answers without it (an address that
-    /// does not answer, IPv6 on a host without an IPv6 route, is not
-    /// waited for when another serves; a server that answers nowhere is).
+    /// takes no connection, IPv6 on a host without an IPv6 route, is not
+    /// waited for when another serves; one that connects and does not
+    /// answer is, and so is a server that serves it nowhere).
     async fn until_served(
         &self,
         target: &Target,
