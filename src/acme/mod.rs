@@ -149,8 +149,9 @@ struct Inner {
     turns: Mutex<Vec<fallback::Turn>>,
     /// Why the last-resort CA was last turned to.
     last_resort: Mutex<Option<String>>,
-    /// This source's turn to renew, once reserved and until taken.
-    renewal_turn: Mutex<Option<tokio::time::Instant>>,
+    /// This source's turn to renew, once reserved and until taken, and
+    /// whether it came and found the rate used up (then kept first in line).
+    renewal_turn: Mutex<Option<(tokio::time::Instant, bool)>>,
     /// The order in progress, for the next attempt to resume.
     pending: Mutex<Option<PendingOrder>>,
     /// The store of the rotator running this source: TLS-ALPN-01 answers

@@ -142,11 +142,13 @@ impl AcmeSource {
     fn renewal_turn(&self) -> Result<(), SourceError> {
         let pace = &self.inner.config.renewal_pace;
         let mut turn = lock(&self.inner.renewal_turn);
-        // A turn kept from an attempt long ago does not skip the pace.
-        if turn.is_some_and(|at| !pace.holds(at)) {
+        // A turn planned long ago and never come to does not skip the
+        // queue; one that came and found the rate used up stays first in
+        // line (not sent behind the whole queue again).
+        if turn.is_some_and(|(at, came)| !came && !pace.holds(at)) {
             *turn = None;
         }
-        let at = *turn.get_or_insert_with(|| pace.reserve());
+        let (at, _) = *turn.get_or_insert_with(|| (pace.reserve(), false));
         let now = tokio::time::Instant::now();
         // Its planned time come, taken if the rate allows now (a rotator
         // back later than its turn would otherwise order with the next).
@@ -156,7 +158,7 @@ impl AcmeSource {
                     *turn = None;
                     return Ok(());
                 }
-                Err(next) => *turn.insert(next),
+                Err(next) => turn.insert((next, true)).0,
             },
             false => at,
         };

@@ -85,8 +85,15 @@ impl Bao {
                 if let Some(ca) = &ca {
                     health.arg("--cacert").arg(ca);
                 }
+                // Answered by this server, not by another test's that holds
+                // the port (a dev server also takes the next port, for its
+                // cluster listener: one that loses either exits): its own
+                // log names the listener, and it still runs.
                 let health = health.output().unwrap();
-                if health.status.success() {
+                let listening = format!("Listener 1: tcp (addr: \"127.0.0.1:{port}\"");
+                let ours = std::fs::read_to_string(dir.join("bao.log"))
+                    .is_ok_and(|log| log.contains(&listening));
+                if health.status.success() && ours && matches!(child.try_wait(), Ok(None)) {
                     break true;
                 }
                 assert!(std::time::Instant::now() < deadline, "bao did not come up");
