@@ -36,6 +36,10 @@ pub(crate) const ALERT_LEVEL: Metric = Metric {
     name: "certrotate_certificate_alert_level",
     help: "Expiry alert level: 0 ok, 1 renew-overdue, 2 critical, 3 expired.",
 };
+pub(crate) const ORIGIN: Metric = Metric {
+    name: "certrotate_certificate_info",
+    help: "Where the serving certificate came from (for ACME, the CA that issued it): 1 for the origin a slot serves from, 0 for one it served from before.",
+};
 const ROTATIONS: Metric = Metric {
     name: "certrotate_rotations_total",
     help: "Rotation attempts, by source and result (rotated, unchanged, refused, failed).",
@@ -169,6 +173,7 @@ mod recording {
                 describe_gauge!(gauge.name, Unit::Seconds, gauge.help);
             }
             describe_gauge!(ALERT_LEVEL.name, ALERT_LEVEL.help);
+            describe_gauge!(ORIGIN.name, ORIGIN.help);
             describe_gauge!(CERTIFICATES.name, CERTIFICATES.help);
             for count in [
                 ROTATIONS,
@@ -195,6 +200,23 @@ mod recording {
         gauge!(EXPIRY.name, "slot" => slot.clone()).set(unix_seconds(cert.not_after) as f64);
         gauge!(REMAINING.name, "slot" => slot.clone()).set(remaining.as_secs_f64());
         gauge!(ALERT_LEVEL.name, "slot" => slot).set(f64::from(level));
+    }
+
+    /// `slot` now serves a certificate from `origin` (none: it was
+    /// removed), and served one from `previous` before (its series goes
+    /// to 0).
+    pub(crate) fn origin(slot: &str, origin: Option<&str>, previous: Option<&str>) {
+        describe();
+        let set = |origin: &str, value: f64| {
+            let labels = [("slot", slot.to_owned()), ("origin", origin.to_owned())];
+            gauge!(ORIGIN.name, &labels).set(value);
+        };
+        if let Some(previous) = previous {
+            set(previous, 0.0);
+        }
+        if let Some(origin) = origin {
+            set(origin, 1.0);
+        }
     }
 
     /// The serving certificates of the whole store: how many per alert

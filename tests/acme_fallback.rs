@@ -99,6 +99,27 @@ fn trust_also(trust: &TrustStore, pebble: &Pebble) {
     trust.replace(roots, Vec::new()).unwrap();
 }
 
+/// The binary's one global metrics recorder, installed by the first test
+/// that asks (series are told apart by the Pebbles' own directory URLs).
+#[cfg(feature = "metrics")]
+fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .unwrap()
+    })
+}
+
+/// Whether the metrics say `slot` serves from `origin` (1) or no longer
+/// does (0).
+#[cfg(feature = "metrics")]
+fn origin_metric(slot: &str, origin: &str, value: u8) -> bool {
+    let line = format!(r#"certrotate_certificate_info{{slot="{slot}",origin="{origin}"}} {value}"#);
+    prometheus().render().lines().any(|l| l == line)
+}
+
 /// Waits up to `within` for `rotator`'s health to satisfy `check`.
 async fn until_health(
     rotator: &Rotator,
@@ -128,6 +149,8 @@ async fn until_health(
 /// serving and both failures are reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fallback_ca_issues_while_the_first_is_down_and_the_first_is_preferred_again() {
+    #[cfg(feature = "metrics")]
+    prometheus();
     let (mut first, mut second, ports) = two_pebbles(Duration::from_secs(30));
     let storage = first.storage();
     let rotator = Rotator::builder(source(&first, &second, &storage).build(), policy())
@@ -163,6 +186,17 @@ async fn a_fallback_ca_issues_while_the_first_is_down_and_the_first_is_preferred
     assert_eq!(two.origin, issued_by(&second));
     let health = rotator.health();
     assert_eq!(health.certificates[0].origin, issued_by(&second));
+    // The metrics say which CA issued the certificate served.
+    #[cfg(feature = "metrics")]
+    {
+        let slot = &health.certificates[0].slot;
+        assert!(
+            origin_metric(slot, &issued_by(&second), 1)
+                && origin_metric(slot, &issued_by(&first), 0),
+            "{}",
+            prometheus().render()
+        );
+    }
     assert!(
         health.certificates[0]
             .warnings
@@ -494,11 +528,8 @@ async fn fleet_renewed(
 /// feature) in the orders counted per CA.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_ca_refusing_the_name_falls_back_to_one_with_its_own_account_binding() {
-    // The binary's one global recorder (no other test here installs one).
     #[cfg(feature = "metrics")]
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .unwrap();
+    let prometheus = prometheus();
     let ports = Ports::bind();
     let config = Config {
         validity: Duration::from_secs(3600),

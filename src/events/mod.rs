@@ -163,6 +163,10 @@ pub(crate) struct Events {
     /// Whether metrics name each slot: off while the store has more slots
     /// than its [`metric_slots`](crate::store::CertStoreBuilder::metric_slots).
     per_slot: Arc<AtomicBool>,
+    /// The origin each named slot serves from, to zero its series when it
+    /// changes (the CA a fallback turned to): as many as named slots.
+    #[cfg(feature = "metrics")]
+    origins: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 impl Events {
@@ -171,12 +175,18 @@ impl Events {
             sender: broadcast::channel(capacity).0,
             clock,
             per_slot: Arc::new(AtomicBool::new(true)),
+            #[cfg(feature = "metrics")]
+            origins: Arc::default(),
         }
     }
 
     /// Turns per-slot metric series on or off.
     pub(crate) fn set_per_slot(&self, on: bool) {
         self.per_slot.store(on, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        if !on {
+            crate::sync::lock(&self.origins).clear();
+        }
     }
 
     /// `slot`, as metrics label it: `None` once there are too many slots.
@@ -197,6 +207,12 @@ impl Events {
                 metrics::installed(self.label(slot), self.clock.now())
             }
             RotationEvent::RolledBack { slot, .. } => metrics::rolled_back(self.label(slot)),
+            RotationEvent::Removed { slot, .. } => {
+                let origin = crate::sync::lock(&self.origins).remove(&**slot);
+                if let Some(origin) = origin {
+                    metrics::origin(slot, None, Some(&origin));
+                }
+            }
             #[cfg(feature = "acme")]
             RotationEvent::OnDemandRefused { error, .. } => {
                 metrics::on_demand(metrics::OnDemandCount::Refused(error.reason()))
@@ -220,6 +236,16 @@ impl Events {
         {
             if let Some(slot) = self.label(slot) {
                 metrics::serving(slot, cert, level.as_number(), self.clock.now());
+                let previous = {
+                    let mut origins = crate::sync::lock(&self.origins);
+                    match origins.get(slot) {
+                        Some(origin) if *origin == cert.origin => None,
+                        _ => Some(origins.insert(slot.to_owned(), cert.origin.clone())),
+                    }
+                };
+                if let Some(previous) = previous {
+                    metrics::origin(slot, Some(&cert.origin), previous.as_deref());
+                }
             }
             metrics::totals(totals, soonest);
         }
