@@ -44,7 +44,10 @@
 //!
 //! Until the first certificate arrives, handshakes fail (there is nothing
 //! to serve); then `GET /` answers `ok` and `GET /certs` the public health
-//! summary (counts and codes: no names). With `--admin ADDR` (a loopback
+//! summary (counts and codes: no names), with `cas` (each CA in order:
+//! `directory`, `failing`, `failing_since`, `issued`, `failed`; not the
+//! failure's text, which may name names) and `issued_by` (how many of the
+//! certificates served each CA issued). With `--admin ADDR` (a loopback
 //! address), `GET /certs` there (plain HTTP) shows the detailed health
 //! snapshot as JSON, with `last_error` (string, or null), every name's
 //! certificate among `certificates` (its `origin` names the CA that issued
@@ -358,9 +361,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(on_demand) => HealthService::new(store.clone()).on_demand(on_demand.clone()),
         None => HealthService::new(store.clone()),
     };
-    let app = Router::new()
-        .route("/", get(|| async { "ok\n" }))
-        .route_service("/certs", public);
+    let (view, served) = (acme_view.clone(), store.clone());
+    let app = Router::new().route("/", get(|| async { "ok\n" })).route(
+        "/certs",
+        get(move |request| public_certs(public.clone(), view.clone(), served.clone(), request)),
+    );
     println!("listening on https://{bound}");
     if let Some(addr) = args.admin {
         // Every source built from one builder shares what is known of its
@@ -396,4 +401,54 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     Ok(())
+}
+
+/// The public `/certs`: the health summary (no names), with what is known
+/// of each CA (whether it fails and since when, counts: not the failure's
+/// text, which may name names) and how many of the certificates served
+/// each CA issued. Prometheus text and `HEAD` pass as they are.
+async fn public_certs(
+    mut health: HealthService,
+    acme: AcmeSource,
+    store: CertStore,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use http_body_util::BodyExt;
+
+    let Ok(response) = tower_service::Service::call(&mut health, request).await;
+    let (parts, body) = response.into_parts();
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes());
+    let json = parts.headers.get(axum::http::header::CONTENT_TYPE)
+        == Some(&axum::http::HeaderValue::from_static("application/json"));
+    let summary = serde_json::from_slice::<serde_json::Value>(&body).ok();
+    let Some(mut summary) = summary.filter(|_| json) else {
+        return axum::response::Response::from_parts(parts, body.into());
+    };
+    let cas = acme.ca_health();
+    let served = store.health().certificates;
+    summary["cas"] = cas
+        .iter()
+        .map(|ca| {
+            let mut public = serde_json::to_value(ca).unwrap_or_default();
+            if let Some(fields) = public.as_object_mut() {
+                let failing = fields.remove("last_failure").is_some_and(|f| f.is_string());
+                fields.insert("failing".into(), failing.into());
+            }
+            public
+        })
+        .collect();
+    summary["issued_by"] = cas
+        .iter()
+        .map(|ca| {
+            let origin = format!("ACME {} for ", ca.directory);
+            let count = served
+                .iter()
+                .filter(|c| c.origin.starts_with(&origin))
+                .count();
+            (ca.directory.clone(), count.into())
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    let body = serde_json::to_vec_pretty(&summary).unwrap_or_default();
+    axum::response::Response::from_parts(parts, body.into())
 }
