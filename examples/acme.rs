@@ -44,10 +44,10 @@
 //!
 //! Until the first certificate arrives, handshakes fail (there is nothing
 //! to serve); then `GET /` answers `ok` and `GET /certs` the public health
-//! summary (counts and codes: no names), with `cas` (each CA in order:
-//! `directory`, `failing`, `failing_since`, `issued`, `failed`; not the
-//! failure's text, which may name names) and `issued_by` (how many of the
-//! certificates served each CA issued). With `--admin ADDR` (a loopback
+//! summary (counts and codes: no names), with `cas` (each CA by its place
+//! in the `--directory` order, `ca`: `failing`, `failing_since` in Unix
+//! seconds, `issued`, `failed`; not its URL nor the failure's text). With
+//! `--admin ADDR` (a loopback
 //! address), `GET /certs` there (plain HTTP) shows the detailed health
 //! snapshot as JSON, with `last_error` (string, or null), every name's
 //! certificate among `certificates` (its `origin` names the CA that issued
@@ -361,10 +361,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(on_demand) => HealthService::new(store.clone()).on_demand(on_demand.clone()),
         None => HealthService::new(store.clone()),
     };
-    let (view, served) = (acme_view.clone(), store.clone());
+    let view = acme_view.clone();
     let app = Router::new().route("/", get(|| async { "ok\n" })).route(
         "/certs",
-        get(move |request| public_certs(public.clone(), view.clone(), served.clone(), request)),
+        get(move |request| public_certs(public.clone(), view.clone(), request)),
     );
     println!("listening on https://{bound}");
     if let Some(addr) = args.admin {
@@ -403,14 +403,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The public `/certs`: the health summary (no names), with what is known
-/// of each CA (whether it fails and since when, counts: not the failure's
-/// text, which may name names) and how many of the certificates served
-/// each CA issued. Prometheus text and `HEAD` pass as they are.
+/// The public `/certs`: the health summary (no names, paths, hosts or
+/// messages), with what is known of each CA, by its place in the
+/// `--directory` order: whether it fails and since when, what it issued
+/// and what failed (not its URL, nor the failure's text, which may name
+/// names). Prometheus text and `HEAD` pass as they are.
 async fn public_certs(
     mut health: HealthService,
     acme: AcmeSource,
-    store: CertStore,
     request: axum::extract::Request,
 ) -> axum::response::Response {
     use http_body_util::BodyExt;
@@ -424,31 +424,24 @@ async fn public_certs(
     let Some(mut summary) = summary.filter(|_| json) else {
         return axum::response::Response::from_parts(parts, body.into());
     };
-    let cas = acme.ca_health();
-    let served = store.health().certificates;
-    summary["cas"] = cas
+    let seconds = |t: std::time::SystemTime| {
+        let since = t.duration_since(std::time::UNIX_EPOCH);
+        since.unwrap_or_default().as_secs()
+    };
+    summary["cas"] = acme
+        .ca_health()
         .iter()
-        .map(|ca| {
-            let mut public = serde_json::to_value(ca).unwrap_or_default();
-            if let Some(fields) = public.as_object_mut() {
-                let failing = fields.remove("last_failure").is_some_and(|f| f.is_string());
-                fields.insert("failing".into(), failing.into());
-            }
-            public
+        .enumerate()
+        .map(|(place, ca)| {
+            serde_json::json!({
+                "ca": place,
+                "failing": ca.last_failure.is_some(),
+                "failing_since": ca.failing_since.map(seconds),
+                "issued": ca.issued,
+                "failed": ca.failed,
+            })
         })
         .collect();
-    summary["issued_by"] = cas
-        .iter()
-        .map(|ca| {
-            let origin = format!("ACME {} for ", ca.directory);
-            let count = served
-                .iter()
-                .filter(|c| c.origin.starts_with(&origin))
-                .count();
-            (ca.directory.clone(), count.into())
-        })
-        .collect::<serde_json::Map<_, _>>()
-        .into();
     let body = serde_json::to_vec_pretty(&summary).unwrap_or_default();
     axum::response::Response::from_parts(parts, body.into())
 }

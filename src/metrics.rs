@@ -38,7 +38,7 @@ pub(crate) const ALERT_LEVEL: Metric = Metric {
 };
 pub(crate) const ORIGIN: Metric = Metric {
     name: "certrotate_certificate_info",
-    help: "Where the serving certificate came from (for ACME, the CA that issued it): 1 for the origin a slot serves from, 0 for one it served from before.",
+    help: "Where the serving certificate came from (for ACME, the CA that issued it): 1 for the origin a slot serves from; 0 for one it left, a slot removed, and every slot once slots are no longer named.",
 };
 const ROTATIONS: Metric = Metric {
     name: "certrotate_rotations_total",

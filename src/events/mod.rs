@@ -180,13 +180,40 @@ impl Events {
         }
     }
 
-    /// Turns per-slot metric series on or off.
+    /// Turns per-slot metric series on or off (off: each slot's origin
+    /// series goes to 0, as for a slot removed).
     pub(crate) fn set_per_slot(&self, on: bool) {
         self.per_slot.store(on, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         if !on {
-            crate::sync::lock(&self.origins).clear();
+            let origins = std::mem::take(&mut *crate::sync::lock(&self.origins));
+            for (slot, origin) in origins {
+                metrics::origin(&slot, None, Some(&origin));
+            }
         }
+    }
+
+    /// `slot` serves from `origin` now (`None`: it was removed). The store
+    /// calls it under its slot lock, so that one slot's changes come in
+    /// order (a removal cannot be overtaken by the install before it).
+    pub(crate) fn origin(&self, slot: &str, origin: Option<&str>) {
+        #[cfg(feature = "metrics")]
+        {
+            let previous = {
+                let mut origins = crate::sync::lock(&self.origins);
+                match origin {
+                    Some(_) if self.label(slot).is_none() => return,
+                    Some(new) if origins.get(slot).is_some_and(|o| o == new) => return,
+                    Some(new) => origins.insert(slot.to_owned(), new.to_owned()),
+                    None => origins.remove(slot),
+                }
+            };
+            if origin.is_some() || previous.is_some() {
+                metrics::origin(slot, origin, previous.as_deref());
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (slot, origin);
     }
 
     /// `slot`, as metrics label it: `None` once there are too many slots.
@@ -207,12 +234,6 @@ impl Events {
                 metrics::installed(self.label(slot), self.clock.now())
             }
             RotationEvent::RolledBack { slot, .. } => metrics::rolled_back(self.label(slot)),
-            RotationEvent::Removed { slot, .. } => {
-                let origin = crate::sync::lock(&self.origins).remove(&**slot);
-                if let Some(origin) = origin {
-                    metrics::origin(slot, None, Some(&origin));
-                }
-            }
             #[cfg(feature = "acme")]
             RotationEvent::OnDemandRefused { error, .. } => {
                 metrics::on_demand(metrics::OnDemandCount::Refused(error.reason()))
@@ -236,16 +257,6 @@ impl Events {
         {
             if let Some(slot) = self.label(slot) {
                 metrics::serving(slot, cert, level.as_number(), self.clock.now());
-                let previous = {
-                    let mut origins = crate::sync::lock(&self.origins);
-                    match origins.get(slot) {
-                        Some(origin) if *origin == cert.origin => None,
-                        _ => Some(origins.insert(slot.to_owned(), cert.origin.clone())),
-                    }
-                };
-                if let Some(previous) = previous {
-                    metrics::origin(slot, Some(&cert.origin), previous.as_deref());
-                }
             }
             metrics::totals(totals, soonest);
         }
@@ -362,5 +373,47 @@ fn log(event: &RotationEvent) {
                 ),
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use super::*;
+
+    /// Which CA issued each certificate, as metrics say it: 1 for the
+    /// origin a slot serves from, 0 for the one it left, for a slot
+    /// removed, and for every slot once slots are no longer named (a
+    /// series left at 1 would still list them).
+    #[test]
+    fn an_origin_series_is_zeroed_when_its_slot_moves_or_goes() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let mut before = String::new();
+        ::metrics::with_local_recorder(&recorder, || {
+            let events = Events::new(16, Arc::new(crate::clock::SystemClock));
+            events.origin("a", Some("first CA"));
+            events.origin("a", Some("second CA"));
+            events.origin("b", Some("first CA"));
+            events.origin("b", None);
+            events.origin("c", Some("first CA"));
+            before = handle.render();
+            events.set_per_slot(false);
+            events.origin("d", Some("first CA"));
+        });
+        let after = handle.render();
+        let series = |text: &str, slot: &str, origin: &str, value: u8| {
+            let line = format!(
+                r#"certrotate_certificate_info{{slot="{slot}",origin="{origin}"}} {value}"#
+            );
+            text.lines().any(|l| l == line)
+        };
+        let moved = series(&before, "a", "first CA", 0) && series(&before, "a", "second CA", 1);
+        assert!(moved, "{before}");
+        assert!(series(&before, "b", "first CA", 0), "removed: {before}");
+        assert!(series(&before, "c", "first CA", 1), "{before}");
+        for (slot, origin) in [("a", "second CA"), ("c", "first CA")] {
+            assert!(series(&after, slot, origin, 0), "no longer named: {after}");
+        }
+        assert!(!after.contains(r#"slot="d""#), "{after}");
     }
 }

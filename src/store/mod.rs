@@ -214,6 +214,7 @@ impl CertStore {
         slots.last_rotation = Some(now);
         let level = slots.note_level(&name, now).expect("it serves `cert`");
         let (totals, soonest) = slots.totals();
+        self.inner.events.origin(&name, Some(&cert.info.origin));
         drop(slots);
         self.inner.changes.send_modify(|n| *n += 1);
         let old = old.map(|o| o.cert.info);
@@ -251,6 +252,7 @@ impl CertStore {
         })?;
         let level = slots.note_level(&name, now).expect("it serves `to`");
         let (totals, soonest) = slots.totals();
+        self.inner.events.origin(&name, Some(&to.info.origin));
         drop(slots);
         self.inner.changes.send_modify(|n| *n += 1);
         let serving = (&*name, &*to.info, level);
@@ -271,6 +273,7 @@ impl CertStore {
             return false;
         };
         let (totals, soonest) = slots.totals();
+        self.inner.events.origin(&removed.name, None);
         drop(slots);
         self.inner.events.totals(&totals, soonest);
         self.inner.changes.send_modify(|n| *n += 1);
@@ -410,7 +413,10 @@ impl CertStore {
     /// rotator checks it as time passes) and refreshes its gauges.
     pub(crate) fn report_level(&self, slot: &str, cert: &CertInfo, level: AlertLevel) {
         let mut slots = self.lock();
-        slots.set_level(slot, level);
+        // A slot removed meanwhile (its rotator finishing) gets no series.
+        if !slots.set_level(slot, level) {
+            return;
+        }
         let (totals, soonest) = slots.totals();
         drop(slots);
         self.inner

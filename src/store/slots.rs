@@ -260,15 +260,17 @@ impl Slots {
         Some(level)
     }
 
-    /// Records the alert level of slot `name`'s serving certificate.
-    pub(super) fn set_level(&mut self, name: &str, level: AlertLevel) {
+    /// Records the alert level of slot `name`'s serving certificate; `false`
+    /// if there is no such slot (removed meanwhile).
+    pub(super) fn set_level(&mut self, name: &str, level: AlertLevel) -> bool {
         let Some(slot) = self.by_name.get_mut(name) else {
-            return;
+            return false;
         };
         if let Some(old) = slot.level.replace(level) {
             self.levels.remove(old);
         }
         self.levels.add(level);
+        true
     }
 
     /// Serving certificates per alert level (as last reported), and the
