@@ -55,6 +55,15 @@
 //!   RFC 8555 CA, and [`OnDemand`], certificates ordered at the first
 //!   handshake for names the application allows (adds `instant-acme`); needs neither `axum` nor `ca`
 //!   ([`Http01Responder`](acme::Http01Responder) is a tower `Service`; with `axum`, also a `Router`).
+//! - `redis`: [`RedisStorage`](acme::RedisStorage), ACME state shared by
+//!   a fleet through Redis (encrypted, with a fenced renewal lock; adds
+//!   `redis` and `aes-gcm`; implies `acme`).
+//! - `rfc2136`: [`Rfc2136Solver`](acme::rfc2136::Rfc2136Solver), DNS-01 by
+//!   RFC 2136 dynamic updates signed with TSIG (adds `hickory-proto`;
+//!   implies `acme`).
+//! - `vault`: [`VaultSource`](vault::VaultSource) and
+//!   [`VaultTrust`](vault::VaultTrust), certificates and client trust from
+//!   a Vault or OpenBao PKI mount.
 //! - `health`: [`HealthService`], the health snapshot over HTTP as
 //!   a tower `Service`.
 //! - `metrics`: the metrics below, through the `metrics` facade.
