@@ -2,7 +2,10 @@
 //! [`Rotator`](crate::Rotator)'s task (one slot, one source) or a
 //! [`CertDirectory`](crate::CertDirectory)'s (many pairs, read in batches).
 //!
-//! A driver fetches candidates and keeps replay marks its own way; what
+//! A driver fetches candidates and keeps replay marks where its source
+//! keeps them (what is judged against and what is recorded follow the
+//! rules in [`mark`](crate::mark): `HighWaterMark::newest` and
+//! `HighWaterMark::to_record`, once); what
 //! becomes of a candidate (unchanged, refused, installed with its renewal
 //! time), when a slot is retried, which warnings and alerts it shows, and
 //! what events and metrics tell of it, is decided here, once.

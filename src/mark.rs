@@ -67,6 +67,19 @@ impl HighWaterMark {
     pub(crate) fn is_above(&self, cert: &CertInfo) -> bool {
         self.not_before > cert.not_before
     }
+
+    /// The one rule for recording, whoever keeps the mark (a source's
+    /// places, a directory's state files): once `cert` serves, its mark is
+    /// recorded unless the newest on record (`floor`) is newer, so a mark
+    /// is never lowered; the same age may be recorded again, so a place
+    /// that lags catches up. A place that does not answer is not written
+    /// (it may hold a newer mark).
+    pub(crate) fn to_record(floor: Option<&Self>, cert: &CertInfo) -> Option<Self> {
+        match floor {
+            Some(floor) if floor.is_above(cert) => None,
+            _ => Some(Self::of(cert)),
+        }
+    }
 }
 
 impl fmt::Display for HighWaterMark {
@@ -247,5 +260,45 @@ impl HighWaterMark {
             ),
         };
         tracing::warn!(target: "certrotate", source = %from, path = %path.display(), %error, "cannot write the state file: replay protection is per process until it can");
+    }
+}
+
+#[cfg(all(test, feature = "ca"))]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    /// A certificate that became valid `days` days ago.
+    fn issued(days: u64) -> CertInfo {
+        let mut params = rcgen::CertificateParams::new(vec!["a.example".to_owned()]).unwrap();
+        let start = SystemTime::now() - Duration::from_secs(days * 86_400);
+        params.not_before = start.into();
+        params.not_after = (start + Duration::from_secs(90 * 86_400)).into();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let bundle =
+            crate::CertBundle::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+                .unwrap();
+        (*bundle.info()).clone()
+    }
+
+    /// Never lowered; the same age recorded again (a place that lags
+    /// catches up); anything newer, or a first mark, recorded.
+    #[test]
+    fn a_mark_is_recorded_unless_a_newer_one_is() {
+        let (old, now) = (issued(10), issued(1));
+        let floor = HighWaterMark::of(&now);
+        assert_eq!(HighWaterMark::to_record(Some(&floor), &old), None);
+        assert_eq!(
+            HighWaterMark::to_record(Some(&floor), &now),
+            Some(floor.clone())
+        );
+        let newer = HighWaterMark::of(&old);
+        assert_eq!(
+            HighWaterMark::to_record(Some(&newer), &now),
+            Some(floor.clone())
+        );
+        assert_eq!(HighWaterMark::to_record(None, &old), Some(newer));
     }
 }

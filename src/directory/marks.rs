@@ -94,13 +94,11 @@ impl PairMarks {
             return None;
         }
         let mark = self.known.entry(name.clone()).or_default();
-        if mark
-            .as_ref()
-            .is_some_and(|m| m.is_above(cert) || m.serial == cert.serial)
-        {
+        let new = HighWaterMark::to_record(mark.as_ref(), cert)?;
+        // One place, known to hold it already: nothing to write.
+        if mark.as_ref() == Some(&new) {
             return None;
         }
-        let new = HighWaterMark::of(cert);
         *mark = Some(new.clone());
         Some((file(self.dir.as_deref()?, name), new))
     }

@@ -208,10 +208,9 @@ impl<S: CertSource> Task<S> {
     /// newer one), so that a mark is never lowered.
     async fn raise_mark(&mut self, new: &CertInfo) {
         self.read_mark().await;
-        if self.mark.floor().is_some_and(|m| m.is_above(new)) {
+        let Some(mark) = HighWaterMark::to_record(self.mark.floor().as_ref(), new) else {
             return;
-        }
-        let mark = HighWaterMark::of(new);
+        };
         let recorded = self.source.record_high_water_mark(mark.clone());
         if tokio::time::timeout(MARK_TIMEOUT, recorded).await.is_err() {
             tracing::warn!(target: "certrotate", slot = %self.slot, "the source did not record the newest certificate in time; replay protection is per process until it does");
