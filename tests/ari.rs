@@ -129,6 +129,20 @@ async fn the_cas_window_is_followed_polled_and_a_past_one_renews_at_once() {
     rotator.shutdown().await;
 }
 
+/// The renewal-information requests that reach `ari` during `span`: how
+/// many, and the most in any second.
+async fn polls_for(ari: &Ari, span: Duration) -> (usize, usize) {
+    let before = ari.polls.lock().unwrap().len();
+    tokio::time::sleep(span).await;
+    let polls = ari.polls.lock().unwrap()[before..].to_vec();
+    let most = most_in(&polls, Duration::from_secs(1));
+    println!(
+        "{} polls in {span:?}, at most {most} in a second",
+        polls.len()
+    );
+    (polls.len(), most)
+}
+
 /// The most events of `times` in any span of `window`.
 fn most_in(times: &[std::time::Instant], window: Duration) -> usize {
     let mut times = times.to_vec();
@@ -199,15 +213,10 @@ async fn many_certificates_poll_and_renew_within_their_pace() {
     // Each asks every second; together 10 a second (counted as they reach
     // the CA, so a little arrival jitter is allowed; unpaced they would be
     // 500 in 5 s).
-    let before = ari.polls.lock().unwrap().len();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let polls = ari.polls.lock().unwrap()[before..].to_vec();
-    let most = most_in(&polls, Duration::from_secs(1));
-    println!("{} polls in 5 s, at most {most} in a second", polls.len());
+    let (polls, most) = polls_for(&ari, Duration::from_secs(5)).await;
     assert!(
-        (30..=60).contains(&polls.len()) && most <= 20,
-        "{} polls, {most} in a second",
-        polls.len()
+        (30..=60).contains(&polls) && most <= 20,
+        "{polls} polls, {most} in a second"
     );
 
     // A mass revocation: every window in the past. Renewed at 10 a second.
@@ -309,16 +318,10 @@ async fn ten_thousand_resident_certificates_poll_and_renew_within_their_pace() {
     // which shares the machine: a little after loading (whose backlog a
     // busy machine drains late), with room for the proxy's own lag.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let before = ari.polls.lock().unwrap().len();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let polls = ari.polls.lock().unwrap()[before..].to_vec();
-    let most = most_in(&polls, Duration::from_secs(1));
-    println!("{} polls in 5 s, at most {most} in a second", polls.len());
+    let (polls, most) = polls_for(&ari, Duration::from_secs(5)).await;
     assert!(
-        (POLLS_PER_SECOND..=10 * POLLS_PER_SECOND).contains(&polls.len())
-            && most <= 3 * POLLS_PER_SECOND,
-        "{} polls, {most} in a second",
-        polls.len()
+        (POLLS_PER_SECOND..=10 * POLLS_PER_SECOND).contains(&polls) && most <= 3 * POLLS_PER_SECOND,
+        "{polls} polls, {most} in a second"
     );
 
     // A mass revocation: every window in the past. Orders start at once,

@@ -157,6 +157,16 @@ mod tests {
         most
     }
 
+    /// When each of `tasks` got its turn, in order.
+    async fn finished(tasks: Vec<tokio::task::JoinHandle<Instant>>) -> Vec<Instant> {
+        let mut turns = Vec::new();
+        for task in tasks {
+            turns.push(task.await.unwrap());
+        }
+        turns.sort();
+        turns
+    }
+
     /// 10,000 certificates asking at once get their turns at the rate,
     /// one after another: no span of a second holds more than the rate
     /// allows, and the last comes when the rate says, not later.
@@ -173,11 +183,7 @@ mod tests {
                 })
             })
             .collect();
-        let mut turns = Vec::new();
-        for task in tasks {
-            turns.push(task.await.unwrap());
-        }
-        turns.sort();
+        let turns = finished(tasks).await;
         assert_eq!(most_in(&turns, Duration::from_secs(1)), 50);
         let last = turns[turns.len() - 1] - start;
         assert!(
@@ -207,11 +213,7 @@ mod tests {
                 })
             })
             .collect();
-        let mut turns = Vec::new();
-        for task in tasks {
-            turns.push(task.await.unwrap());
-        }
-        turns.sort();
+        let turns = finished(tasks).await;
         assert_eq!(most_in(&turns, Duration::from_secs(1)), 50);
     }
 
