@@ -622,3 +622,18 @@ impl BundleError {
         }
     }
 }
+
+/// A self-signed certificate for `a.example`, valid from `not_before` for
+/// `lifetime`, with its key: the unit tests' certificate.
+#[cfg(test)]
+pub(crate) fn self_signed(
+    not_before: std::time::SystemTime,
+    lifetime: std::time::Duration,
+) -> CertBundle {
+    let mut params = rcgen::CertificateParams::new(vec!["a.example".to_owned()]).unwrap();
+    params.not_before = not_before.into();
+    params.not_after = (not_before + lifetime).into();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    CertBundle::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap()
+}

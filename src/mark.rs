@@ -263,7 +263,7 @@ impl HighWaterMark {
     }
 }
 
-#[cfg(all(test, feature = "ca"))]
+#[cfg(test)]
 mod tests {
     use std::time::{Duration, SystemTime};
 
@@ -271,16 +271,9 @@ mod tests {
 
     /// A certificate that became valid `days` days ago.
     fn issued(days: u64) -> CertInfo {
-        let mut params = rcgen::CertificateParams::new(vec!["a.example".to_owned()]).unwrap();
         let start = SystemTime::now() - Duration::from_secs(days * 86_400);
-        params.not_before = start.into();
-        params.not_after = (start + Duration::from_secs(90 * 86_400)).into();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        let bundle =
-            crate::CertBundle::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
-                .unwrap();
-        (*bundle.info()).clone()
+        let bundle = crate::bundle::self_signed(start, Duration::from_secs(90 * 86_400));
+        bundle.info().clone()
     }
 
     /// Never lowered; the same age recorded again (a place that lags

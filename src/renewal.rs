@@ -141,12 +141,9 @@ mod tests {
 
     /// A certificate valid for `days` from 2026-01-01.
     fn cert(days: u32) -> CertInfo {
-        let mut params = rcgen::CertificateParams::new(vec!["a.example".into()]).unwrap();
-        params.not_before = time::macros::datetime!(2026-01-01 0:00 UTC);
-        params.not_after = params.not_before + time::Duration::days(days.into());
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        CertInfo::from_der(cert.der()).unwrap()
+        let start = std::time::UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+        let bundle = crate::bundle::self_signed(start, days * DAY);
+        bundle.info().clone()
     }
 
     #[test]

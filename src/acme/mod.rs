@@ -565,14 +565,7 @@ mod tests {
     }
 
     fn cert(lifetime: Duration, age: Duration) -> CertBundle {
-        let mut params = rcgen::CertificateParams::new(vec!["a.example".to_owned()]).unwrap();
-        let start = SystemTime::now() - age;
-        params.not_before = start.into();
-        params.not_after = (start + lifetime).into();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        CertBundle::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
-            .unwrap()
+        crate::bundle::self_signed(SystemTime::now() - age, lifetime)
             .with_origin("ACME https://acme.invalid/directory for a.example")
     }
 
