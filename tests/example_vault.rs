@@ -31,16 +31,19 @@ fn args(bao: &Bao, token_file: std::path::PathBuf, rest: &[&str]) -> Vec<std::ff
     args
 }
 
+/// The mount's default issuer, as a PEM file clients trust.
+fn issuer_root(bao: &Bao) -> std::path::PathBuf {
+    let root = bao.dir.join("root.pem");
+    let pem = bao.cli(&["read", "-field=certificate", "pki/issuer/default"]);
+    std::fs::write(&root, pem).unwrap();
+    root
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_example_serves_a_certificate_from_openbao() {
     let bao = Bao::start(Duration::from_secs(3600));
     let (token_file, _) = bao.token_file(None);
-    let root = bao.dir.join("root.pem");
-    std::fs::write(
-        &root,
-        bao.cli(&["read", "-field=certificate", "pki/issuer/default"]),
-    )
-    .unwrap();
+    let root = issuer_root(&bao);
     let args = args(&bao, token_file, &[]);
     let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     let (mut child, port) = common::run_example("vault", &refs).await;
@@ -72,12 +75,7 @@ async fn vault_example_serves_a_certificate_from_openbao() {
 async fn vault_example_requires_clients_of_the_mount() {
     let bao = Bao::start(Duration::from_secs(3600));
     let (token_file, _) = bao.token_file(None);
-    let root = bao.dir.join("root.pem");
-    std::fs::write(
-        &root,
-        bao.cli(&["read", "-field=certificate", "pki/issuer/default"]),
-    )
-    .unwrap();
+    let root = issuer_root(&bao);
     let (chain, private_key) = bao.issue_client("pki");
     let (cert, key) = (bao.dir.join("client.pem"), bao.dir.join("client.key"));
     std::fs::write(&cert, chain).unwrap();
