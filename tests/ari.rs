@@ -314,14 +314,18 @@ async fn ten_thousand_resident_certificates_poll_and_renew_within_their_pace() {
     assert!(ari.orders.lock().unwrap().is_empty(), "loaded, not ordered");
 
     // Each wants to ask every second (Retry-After 1 s): 10,000 a second,
-    // 50,000 in 5 s, held to 100 a second. Counted as they reach the proxy,
-    // which shares the machine: a little after loading (whose backlog a
-    // busy machine drains late), with room for the proxy's own lag.
+    // held to 100 a second. Counted as they reach the proxy, which shares
+    // a busy machine: a starved proxy takes a backlog in at once (CI saw
+    // 825 and 898 in one second), so the bound is on the total since
+    // loading began, which arrivals cannot exceed whatever their lag (the
+    // rate in every second is proven on paused time in acme/pace.rs).
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (polls, most) = polls_for(&ari, Duration::from_secs(5)).await;
+    let (total, elapsed) = (ari.polls.lock().unwrap().len(), started.elapsed());
+    println!("{total} polls in {elapsed:?} since loading began");
     assert!(
-        (POLLS_PER_SECOND..=10 * POLLS_PER_SECOND).contains(&polls) && most <= 3 * POLLS_PER_SECOND,
-        "{polls} polls, {most} in a second"
+        polls >= POLLS_PER_SECOND && total <= (elapsed.as_secs() as usize + 2) * POLLS_PER_SECOND,
+        "{polls} polls in 5 s ({most} in a second), {total} in {elapsed:?}"
     );
 
     // A mass revocation: every window in the past. Orders start at once,
@@ -332,9 +336,10 @@ async fn ten_thousand_resident_certificates_poll_and_renew_within_their_pace() {
     // held for turns taken late, and 701 polls in a second on a busy CI
     // machine.
     *ari.window.lock().unwrap() = (now - 2 * MINUTE, now - MINUTE);
-    let watched = Duration::from_secs(8);
-    tokio::time::sleep(watched).await;
+    let moved = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(8)).await;
     let orders = ari.orders.lock().unwrap().clone();
+    let watched = moved.elapsed();
     let most = most_in(&orders, Duration::from_secs(1));
     println!(
         "{} orders in {watched:?}, at most {most} in a second",
@@ -342,8 +347,7 @@ async fn ten_thousand_resident_certificates_poll_and_renew_within_their_pace() {
     );
     assert!(
         orders.len() >= RENEWALS_PER_SECOND
-            && orders.len() <= 2 * (watched.as_secs() as usize + 1) * RENEWALS_PER_SECOND
-            && most <= 3 * RENEWALS_PER_SECOND,
+            && orders.len() <= (watched.as_secs() as usize + 2) * RENEWALS_PER_SECOND,
         "{} orders in {watched:?}, {most} in a second",
         orders.len()
     );
