@@ -32,7 +32,8 @@ fn policy() -> Policy {
 async fn tls_alpn_server(pebble: &Pebble, rotator: &Rotator) -> common::Server {
     let mut config = rotator.server_config().unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
-    common::serve_at(pebble.config.tls_port, Arc::new(config)).await
+    let tcp = pebble.listen(pebble.config.tls_port).await;
+    common::serve_listener(certrotate::TlsListener::new(tcp, Arc::new(config)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -90,9 +91,7 @@ async fn obtains_with_tls_alpn_01_and_reuses_it_after_a_restart() {
 async fn obtains_with_http_01() {
     let pebble = Pebble::start(Config::default());
     let responder = Http01Responder::new();
-    let http = tokio::net::TcpListener::bind(("127.0.0.1", pebble.config.http_port))
-        .await
-        .unwrap();
+    let http = pebble.listen(pebble.config.http_port).await;
     let app: axum::Router = responder.router();
     let http = tokio::spawn(async move { axum::serve(http, app).await });
     let source = builder(&pebble).http_01(&responder).build();
@@ -178,9 +177,7 @@ async fn issues_under_a_nonce_storm(answer: Answer) {
         Answer::TlsAlpn01 => builder(&pebble).tls_alpn_01(),
         Answer::Http01 => {
             let responder = Http01Responder::new();
-            let tcp = tokio::net::TcpListener::bind(("127.0.0.1", pebble.config.http_port))
-                .await
-                .unwrap();
+            let tcp = pebble.listen(pebble.config.http_port).await;
             let app: axum::Router = responder.router();
             http = Some(tokio::spawn(async move { axum::serve(tcp, app).await }));
             builder(&pebble).http_01(&responder)
@@ -330,7 +327,8 @@ async fn a_ca_restarted_empty_is_rejoined_before_expiry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_challenge_that_fails_validation_is_reported() {
     let pebble = Pebble::start(Config::default());
-    // HTTP-01, but nobody answers on Pebble's HTTP port.
+    // HTTP-01, but nothing listens on Pebble's HTTP port.
+    pebble.release();
     let source = builder(&pebble)
         .http_01(&Http01Responder::new())
         .timeout(Duration::from_secs(10))

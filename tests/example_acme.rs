@@ -84,6 +84,8 @@ async fn run(args: &[std::ffi::OsString]) -> (tokio::process::Child, u16, u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acme_example_obtains_with_tls_alpn_01_and_restarts_from_storage() {
     let pebble = Pebble::start(Config::default());
+    // The example binds the validation ports itself.
+    pebble.release();
     let (dir, storage) = (
         TempDir::new("example-acme"),
         TempDir::new("example-acme-storage"),
@@ -131,6 +133,8 @@ async fn acme_example_obtains_with_tls_alpn_01_and_restarts_from_storage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acme_example_obtains_with_http_01() {
     let pebble = Pebble::start(Config::default());
+    // The example binds the validation ports itself.
+    pebble.release();
     let (dir, storage) = (
         TempDir::new("example-acme-http"),
         TempDir::new("example-acme-http-storage"),
@@ -162,6 +166,8 @@ async fn acme_example_obtains_with_http_01() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acme_example_issues_on_demand_and_restarts_from_storage() {
     let pebble = Pebble::start(Config::default());
+    // The example binds the validation ports itself.
+    pebble.release();
     let (dir, storage) = (
         TempDir::new("example-acme-on-demand"),
         TempDir::new("example-acme-on-demand-storage"),
@@ -246,6 +252,7 @@ async fn acme_example_falls_back_to_the_next_directory() {
         ..Config::default()
     });
     first.kill();
+    first.release();
     let (dir, storage) = (
         TempDir::new("example-acme-fallback"),
         TempDir::new("example-acme-fallback-storage"),

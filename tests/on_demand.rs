@@ -54,19 +54,7 @@ fn counted_allow_list() -> (Arc<AtomicUsize>, impl certrotate::on_demand::Decide
 /// Serves `on_demand` on Pebble's TLS-ALPN-01 port (so that Pebble
 /// validates against it), echoing what clients send.
 async fn serve(pebble: &Pebble, on_demand: &OnDemand) -> common::Server {
-    // A server dropped just before lets go of the port a moment later.
-    let mut tries = 0;
-    let tcp = loop {
-        match tokio::net::TcpListener::bind(("127.0.0.1", pebble.config.tls_port)).await {
-            Ok(tcp) => break tcp,
-            Err(e) if tries < 50 => {
-                tries += 1;
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("{e}"),
-        }
-    };
+    let tcp = pebble.listen(pebble.config.tls_port).await;
     let config = Arc::new(on_demand.server_config().unwrap());
     // The clients and Pebble's validator all come from 127.0.0.1: the
     // default share per client (64 handshakes in flight) would close some

@@ -224,12 +224,7 @@ impl Drop for Server {
 }
 
 pub async fn serve(config: Arc<rustls::ServerConfig>) -> Server {
-    serve_at(0, config).await
-}
-
-/// [`serve`] on a given port of 127.0.0.1 (0: any).
-pub async fn serve_at(port: u16, config: Arc<rustls::ServerConfig>) -> Server {
-    let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
+    let tcp = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
         .unwrap();
     serve_listener(TlsListener::new(tcp, config))

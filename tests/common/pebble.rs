@@ -24,9 +24,11 @@ pub fn free_port() -> u16 {
 /// How to run Pebble.
 #[derive(Clone)]
 pub struct Config {
-    /// Where Pebble's validation authority connects for TLS-ALPN-01.
+    /// Where Pebble's validation authority connects for TLS-ALPN-01; 0:
+    /// a port [`Pebble::start`] binds and holds for the test
+    /// ([`Pebble::listen`]), so that nothing else takes it meanwhile.
     pub tls_port: u16,
-    /// Where it connects for HTTP-01.
+    /// Where it connects for HTTP-01 (0 as for `tls_port`).
     pub http_port: u16,
     /// Validity of the certificates it issues.
     pub validity: Duration,
@@ -45,8 +47,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            tls_port: free_port(),
-            http_port: free_port(),
+            tls_port: 0,
+            http_port: 0,
             validity: Duration::from_secs(3600),
             nonce_reject: 0,
             eab: None,
@@ -67,6 +69,8 @@ pub struct Pebble {
     pub dns_management: SocketAddr,
     pebble: Child,
     challtestsrv: Child,
+    /// The validation ports bound at start, until the test takes them.
+    held: std::sync::Mutex<Vec<TcpListener>>,
     pebble_port: u16,
     management_port: u16,
     dns_port: u16,
@@ -77,13 +81,24 @@ impl Pebble {
     /// can be taken before Pebble binds it (by another test's outgoing
     /// connection, say): then Pebble exits, and it is started again on
     /// other ports.
-    pub fn start(config: Config) -> Self {
+    pub fn start(mut config: Config) -> Self {
+        let mut held = Vec::new();
+        for port in [&mut config.tls_port, &mut config.http_port] {
+            if *port == 0 {
+                let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+                *port = tcp.local_addr().unwrap().port();
+                held.push(tcp);
+            }
+        }
         let mut tries = 0;
         loop {
             tries += 1;
             let mut pebble = Self::spawn_all(config.clone());
             match pebble.until_up() {
-                Ok(()) => return pebble,
+                Ok(()) => {
+                    pebble.held = std::sync::Mutex::new(held);
+                    return pebble;
+                }
                 Err(why) if tries < 3 => eprintln!("starting pebble again: {why}"),
                 Err(why) => panic!("{why}"),
             }
@@ -154,6 +169,7 @@ impl Pebble {
             config,
             pebble,
             challtestsrv,
+            held: Default::default(),
             pebble_port,
             management_port,
             dns_port,
@@ -213,6 +229,41 @@ impl Pebble {
             }
         }
         Ok(())
+    }
+
+    /// A listener on validation port `port` (`config.tls_port` or
+    /// `http_port`): the one held since start, else one bound now (a
+    /// server dropped just before lets go of the port a moment later).
+    pub async fn listen(&self, port: u16) -> tokio::net::TcpListener {
+        let held = {
+            let mut held = self.held.lock().unwrap();
+            let at = held
+                .iter()
+                .position(|tcp| tcp.local_addr().unwrap().port() == port);
+            at.map(|at| held.swap_remove(at))
+        };
+        if let Some(tcp) = held {
+            tcp.set_nonblocking(true).unwrap();
+            return tokio::net::TcpListener::from_std(tcp).unwrap();
+        }
+        let mut tries = 0;
+        loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(tcp) => return tcp,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("port {port}: {e}"),
+            }
+        }
+    }
+
+    /// Lets go of the held validation ports, for a process of its own (an
+    /// example) to bind.
+    pub fn release(&self) {
+        self.held.lock().unwrap().clear();
     }
 
     /// The root that signs Pebble's certificates (it changes when Pebble restarts).
