@@ -254,13 +254,27 @@ impl Slot<'_> {
         }
     }
 
+    /// Whether the serving certificate is due for renewal now (by
+    /// `decided`, else by the time it was installed with).
+    pub(crate) fn due(&self, decided: impl Fn(&CertInfo) -> Option<Renewal>) -> bool {
+        let now = self.store.clock().now();
+        self.renewal(decided).is_some_and(|(_, at)| at <= now)
+    }
+
     /// Plans what follows an attempt that gave `result`: no retry after a
-    /// success, unless renewal is due (`renewal_due`: nothing newer came;
-    /// look again later with backoff, up to the range's end, not in a hot
-    /// loop, expired or not); after a failure, a retry. A validation that
-    /// did not finish (`Stopped`: it panicked on the blocking pool) is a
-    /// failure like any other.
-    pub(crate) fn plan(&mut self, result: &Result<Rotation, RotateError>, renewal_due: bool) {
+    /// success, unless the serving certificate is due for renewal (by
+    /// `decided`, asked after the attempt: a source may have learnt a new
+    /// time) and nothing newer came: then it is looked for again later
+    /// with backoff, up to the range's end, not in a hot loop, expired or
+    /// not; after a failure, a retry. A validation that did not finish
+    /// (`Stopped`: it panicked on the blocking pool) is a failure like any
+    /// other.
+    pub(crate) fn plan(
+        &mut self,
+        result: &Result<Rotation, RotateError>,
+        decided: impl Fn(&CertInfo) -> Option<Renewal>,
+    ) {
+        let renewal_due = self.due(decided);
         match result {
             Ok(Rotation::Unchanged(_)) if renewal_due => self.retry(None, false),
             Ok(_) => {

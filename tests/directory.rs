@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use certrotate::source::WatchMode;
 use certrotate::{CertDirectory, Policy, RotationEvent};
 use common::{file_options, WITHIN};
 use common::{Ca, Issued, Leaf, TempDir};
@@ -381,12 +382,13 @@ async fn an_unusable_pair_mark_is_reported_and_replaced_by_what_serves() {
     certs.shutdown().await;
 }
 
-/// A pair past its renewal time whose files do not change is not re-read
-/// on retries of its own, even after one failed read put it on the retry
-/// path: a directory of many overdue (or expired) pairs is read at their
-/// alert checks and file changes, not over and over.
+/// A pair past its renewal time is looked for again as a rotator's
+/// source is: on retries with backoff (from 100 ms doubling to 400 ms in
+/// these tests), not in a hot loop, so a renewal whose file event never
+/// came (no watch at all here) still goes live; once the pair is renewed,
+/// the retries stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unchanged_overdue_pair_is_not_read_again_and_again() {
+async fn an_overdue_pair_is_looked_for_again_with_backoff_as_a_rotators_source_is() {
     let (dir, ca) = (TempDir::new("dir-overdue"), Ca::new());
     let now = SystemTime::now();
     let day = Duration::from_secs(86_400);
@@ -397,31 +399,44 @@ async fn an_unchanged_overdue_pair_is_not_read_again_and_again() {
             .lifetime(now - 80 * day, now + 10 * day),
     );
     write_pair(&dir.join("a.crt"), &dir.join("a.key"), &overdue);
-    let certs = start(&dir).await;
+    // No events, and a poll that never comes within the test.
+    let options = file_options().watch(WatchMode::Poll {
+        every: Duration::from_secs(3600),
+    });
+    let certs = CertDirectory::builder(dir.path(), Policy::default())
+        .options(options)
+        .retry_backoff(Duration::from_millis(100), Duration::from_millis(400))
+        .start()
+        .await
+        .unwrap();
     let mut events = certs.subscribe();
-    // One failed read (a truncated file), then the same pair back.
-    std::fs::write(dir.join("a.crt"), b"-----BEGIN CERTIFICATE-----\n").unwrap();
-    until("the failed read", || {
-        certs.health().certificates[0].last_error.clone()
-    })
-    .await;
-    write_pair(&dir.join("a.crt"), &dir.join("a.key"), &overdue);
-    until("the pair back", || {
-        certs.health().certificates[0]
-            .last_error
-            .is_none()
-            .then_some(())
-    })
-    .await;
-    while events.try_recv().is_ok() {}
-    // Retries are 100 to 400 ms apart in these tests: several would come.
+    let serving = || certs.health().certificates[0].serial.clone();
+    assert_eq!(serving(), serial(&overdue));
+    // Unchanged while due: looked for again, with backoff.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut attempts = 0;
-    while let Ok(event) = events.try_recv() {
-        if matches!(event, RotationEvent::Attempted { .. }) {
-            attempts += 1;
-        }
-    }
-    assert!(attempts <= 1, "{attempts} reads of an unchanged pair");
+    let reads = attempts(&mut events);
+    assert!(
+        (1..=15).contains(&reads),
+        "{reads} reads of an unchanged overdue pair in 1.5 s, retrying from 100 ms"
+    );
+    // Renewed without an event: found on a retry.
+    let renewed = leaf(&ca, "a.example", 0);
+    write_pair(&dir.join("a.crt"), &dir.join("a.key"), &renewed);
+    until("the renewed pair served", || {
+        (serving() == serial(&renewed)).then_some(())
+    })
+    .await;
+    // Not due any more: no more reads.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    attempts(&mut events);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(attempts(&mut events), 0, "reads of a renewed pair");
     certs.shutdown().await;
+}
+
+/// The attempts `events` told of since last asked.
+fn attempts(events: &mut tokio::sync::broadcast::Receiver<RotationEvent>) -> usize {
+    std::iter::from_fn(|| events.try_recv().ok())
+        .filter(|event| matches!(event, RotationEvent::Attempted { .. }))
+        .count()
 }

@@ -253,15 +253,27 @@ impl DirTask {
     /// expiry warning if due), and plans the next look at it.
     fn check(&mut self, name: &Arc<str>, now: SystemTime) -> Option<AlertLevel> {
         let (level, next) = self.with_slot(name, |slot| slot.check_expiry(now, |_| None))??;
-        let pair = self.pairs.get_mut(name)?;
-        if let Some(old) = pair.check_at.take() {
-            self.checks.remove(&(old, name.clone()));
-        }
-        if let Some(next) = next {
-            self.checks.insert((next, name.clone()));
-            pair.check_at = Some(next);
+        match next {
+            Some(next) => self.plan_check(name, next),
+            None => {
+                if let Some(old) = self.pairs.get_mut(name)?.check_at.take() {
+                    self.checks.remove(&(old, name.clone()));
+                }
+            }
         }
         Some(level)
+    }
+
+    /// Looks at pair `name` at `at` (instead of when planned before): its
+    /// alert level, and a read if it is overdue.
+    fn plan_check(&mut self, name: &Arc<str>, at: SystemTime) {
+        let Some(pair) = self.pairs.get_mut(name) else {
+            return;
+        };
+        if let Some(old) = pair.check_at.replace(at) {
+            self.checks.remove(&(old, name.clone()));
+        }
+        self.checks.insert((at, name.clone()));
     }
 
     /// Runs `step` on pair `name` under the engine's rules, then brings the
@@ -391,8 +403,10 @@ impl DirTask {
             });
             pair.files = files;
             pair.stamp = stamp;
+            // A change that left the content as it was is nothing to do;
+            // a due renewal or a retry is an attempt, as a rotator's is.
             let same = pair.seen == Some(loaded.fingerprint);
-            if same && trigger != Trigger::Retry && trigger != Trigger::Initial {
+            if same && trigger == Trigger::SourceChanged {
                 continue;
             }
             pair.seen = Some(loaded.fingerprint);
@@ -688,17 +702,18 @@ impl DirTask {
         let now = self.store.clock().now();
         let result = self.with_slot(&name, |slot| {
             let result = slot.conclude(verdict, |_| None);
-            // Files do not renew when asked: an unchanged pair past its
-            // renewal time is read again at its alert checks (and when its
-            // files change), not on a retry of its own, which would re-read
-            // every overdue pair of a large directory over and over.
-            slot.plan(&result, false);
+            slot.plan(&result, |_| None);
             result
         })?;
         let Ok(engine::Rotation::Rotated { new, .. }) = result else {
             return None;
         };
         self.check(&name, now);
+        // Due already (an old pair, loaded): looked for again at once, as
+        // a rotator's source is; unchanged, it is then retried with backoff.
+        if self.with_slot(&name, |slot| slot.due(|_| None)) == Some(true) {
+            self.plan_check(&name, now);
+        }
         self.marks.raise(&name, &new)
     }
 

@@ -142,12 +142,9 @@ impl<S: CertSource> Task<S> {
         allow_older: bool,
     ) -> Result<Rotation, RotateError> {
         let result = self.try_rotate(trigger, bundle, allow_older).await;
-        // Asked after the fetch: the source may have learnt a new time.
-        let now = self.store.clock().now();
-        let renewal_due = self.renewal_time().is_some_and(|t| t <= now);
         let mark_read = !matches!(self.mark, Recorded::Unreadable(_));
-        let (mut slot, _) = self.engine();
-        slot.plan(&result, renewal_due);
+        let (mut slot, source) = self.engine();
+        slot.plan(&result, |cert| source.renew_at(cert));
         // A mark that could not be read is read again after its own
         // backoff, and the serving certificate recorded once it can be.
         if result.is_ok() {
