@@ -10,6 +10,7 @@ sets=(
   "file only, ring|--no-default-features --features ring,file"
   "0.1 before issue 29's default (+ axum, health, ca, acme)|--features axum,health,ca,acme"
   "everything for a server (+ redis, metrics)|--features axum,health,ca,acme,redis,metrics"
+  "every source too (+ rfc2136, vault)|--features axum,health,ca,acme,redis,metrics,rfc2136,vault"
 )
 printf '| features | crates | clean build (s) |\n|---|---:|---:|\n'
 for set in "${sets[@]}"; do

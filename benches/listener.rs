@@ -10,7 +10,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use certrotate::{Policy, Rotator, StaticSource, TlsListener};
+use certrotate::source::StaticSource;
+use certrotate::{Policy, Rotator, TlsListener};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tokio::net::{TcpListener, TcpStream};

@@ -13,7 +13,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use certrotate::{Policy, Rotator, StaticSource};
+use certrotate::source::StaticSource;
+use certrotate::{Policy, Rotator};
 use common::{Ca, Leaf, HOST};
 
 fn resident_kib() -> u64 {

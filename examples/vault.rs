@@ -98,7 +98,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         source = source.ca_pem(pem.clone());
     }
     if local {
-        source = source.allow_plain_http();
+        source = source.dangerous().allow_plain_http();
     }
     let policy = Policy::builder().server_name(&args.name).build()?;
     // Launched: the listener is up at once, and a Vault that is down is
@@ -117,7 +117,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 trust = trust.ca_pem(pem.clone());
             }
             if local {
-                trust = trust.allow_plain_http();
+                trust = trust.dangerous().allow_plain_http();
             }
             Some(trust.follow().await?)
         }

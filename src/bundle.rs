@@ -352,7 +352,7 @@ impl CertInfo {
     ///
     /// ```
     /// # let ck = rcgen::generate_simple_self_signed(vec!["a.example".into()]).unwrap();
-    /// let info = certrotate::CertInfo::from_der(ck.cert.der())?;
+    /// let info = certrotate::bundle::CertInfo::from_der(ck.cert.der())?;
     /// assert_eq!(info.dns_names, ["a.example"]);
     /// # Ok::<(), certrotate::bundle::BundleError>(())
     /// ```

@@ -319,7 +319,7 @@ pub struct CertHealth {
     /// SHA-256 fingerprint of the serving leaf.
     pub fingerprint_sha256: String,
     /// Where the serving certificate came from
-    /// ([`CertInfo::origin`](crate::CertInfo::origin)): its file, or
+    /// ([`CertInfo::origin`](crate::bundle::CertInfo::origin)): its file, or
     /// `ACME <directory> for <names>` naming the CA that issued it.
     pub origin: String,
     /// Why the most recent candidate for this slot failed, if it did.

@@ -6,7 +6,7 @@
 //! swapped in without dropping a connection, kept for [`rollback`](Rotator::rollback),
 //! and reported through [`RotationEvent`]s, `tracing` and a [`HealthSnapshot`].
 //!
-//! The handshake path, [`RotatingResolver`], is one lock-free `arc-swap` load
+//! The handshake path, [`RotatingResolver`](store::RotatingResolver), is one lock-free `arc-swap` load
 //! and a hash lookup; everything slow happens in the [`Rotator`]'s task.
 //!
 //! ## Quick start
@@ -37,7 +37,7 @@
 //! ```
 //!
 //! Certificates obtained any other way can be pushed through a
-//! [`StaticSource`], or come from your own [`CertSource`].
+//! [`StaticSource`](source::StaticSource), or come from your own [`CertSource`].
 //!
 //! ## Feature flags
 //!
@@ -128,6 +128,7 @@ pub mod acme;
 mod atomic;
 pub mod bundle;
 mod clock;
+pub mod danger;
 #[cfg(feature = "file")]
 pub mod directory;
 mod drain;
@@ -159,7 +160,7 @@ pub mod vault;
 // The everyday types; the rest is in the modules above, by domain.
 #[cfg(feature = "acme")]
 pub use acme::AcmeSource;
-pub use bundle::{CertBundle, CertInfo};
+pub use bundle::CertBundle;
 #[cfg(feature = "file")]
 pub use directory::CertDirectory;
 pub use events::RotationEvent;
@@ -176,18 +177,8 @@ pub use serve::TlsListener;
 pub use source::FileSource;
 #[cfg(feature = "ca")]
 pub use source::InternalCa;
-pub use source::{CertSource, SourceError, StaticSource};
-pub use store::{CertStore, RotatingResolver};
-
-/// Escape hatches: what tests and storage back ends need and ordinary
-/// servers should not touch. A [`Clock`](danger::Clock) that is not the
-/// system's moves every renewal and alert; a
-/// [`HighWaterMark`](danger::HighWaterMark) written by hand can refuse every
-/// certificate as a replay, or accept an old one.
-pub mod danger {
-    pub use crate::clock::{Clock, SystemClock};
-    pub use crate::mark::{HighWaterMark, MarkUnreadable};
-}
+pub use source::{CertSource, SourceError};
+pub use store::CertStore;
 
 /// The rustls this crate is built against: its `ServerConfig`,
 /// `ClientConfig` and key types are what the API takes and gives.

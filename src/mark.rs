@@ -41,7 +41,7 @@ pub(crate) const STATE_FILE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct HighWaterMark {
     /// When the certificate became valid.
     pub not_before: std::time::SystemTime,
-    /// Its serial number, as [`CertInfo::serial`](crate::CertInfo::serial) writes it.
+    /// Its serial number, as [`CertInfo::serial`](crate::bundle::CertInfo::serial) writes it.
     pub serial: String,
 }
 

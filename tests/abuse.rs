@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use certrotate::{AcmeSource, OnDemand, Policy, Rotator, StaticSource, TlsListener};
+use certrotate::source::StaticSource;
+use certrotate::{AcmeSource, OnDemand, Policy, Rotator, TlsListener};
 use common::{Ca, HOST};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -344,7 +345,7 @@ async fn an_attempt_cut_right_after_taking_the_lease_lets_go_of_it() {
 
 /// A resolver that panics for one name: a handshake task that panics.
 #[derive(Debug)]
-struct PanicsFor(Arc<certrotate::RotatingResolver>);
+struct PanicsFor(Arc<certrotate::store::RotatingResolver>);
 
 impl rustls::server::ResolvesServerCert for PanicsFor {
     fn resolve(

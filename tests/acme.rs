@@ -691,11 +691,14 @@ async fn a_restart_serves_its_due_certificate_while_the_ca_is_down() {
 async fn every_config_of_a_store_an_acme_source_answers_from_offers_acme_tls() {
     let store = CertStore::new();
     let bundle = common::Ca::new().nth(0);
-    let files = Rotator::builder(certrotate::StaticSource::new(bundle), Policy::default())
-        .store(store.clone())
-        .start()
-        .await
-        .unwrap();
+    let files = Rotator::builder(
+        certrotate::source::StaticSource::new(bundle),
+        Policy::default(),
+    )
+    .store(store.clone())
+    .start()
+    .await
+    .unwrap();
     let offers = |rotator: &Rotator| {
         let config = rotator.server_config().unwrap();
         config.alpn_protocols.iter().any(|p| p == ACME_TLS_ALPN)

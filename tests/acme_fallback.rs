@@ -500,9 +500,9 @@ async fn a_fleet_orders_once_from_the_fallback() {
 /// before `from` expires, and returns it.
 async fn fleet_renewed(
     replicas: &[Rotator],
-    from: &certrotate::CertInfo,
+    from: &certrotate::bundle::CertInfo,
     within: Duration,
-) -> certrotate::CertInfo {
+) -> certrotate::bundle::CertInfo {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let now: Vec<_> = replicas.iter().map(|r| r.current().unwrap()).collect();

@@ -9,7 +9,8 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use certrotate::{Policy, Rotator, StaticSource};
+use certrotate::source::StaticSource;
+use certrotate::{Policy, Rotator};
 use common::{Ca, Leaf, TempDir, HOST};
 use rcgen::ExtendedKeyUsagePurpose;
 

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use certrotate::serve::MaxConnectionAge;
-use certrotate::{Policy, Rotator, StaticSource, TlsListener};
+use certrotate::source::StaticSource;
+use certrotate::{Policy, Rotator, TlsListener};
 use common::{push_and_rotate, serial_of, Ca, Leaf, HOST};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Bytes;

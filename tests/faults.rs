@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use certrotate::danger::Clock;
+use certrotate::source::StaticSource;
 use certrotate::{
     AlertLevel, CertBundle, CertSource, FileSource, Policy, RotateError, RotationEvent, Rotator,
-    SourceError, StaticSource, TlsListener,
+    SourceError, TlsListener,
 };
 use common::{client_config, serial_seen, Ca, Leaf, TempDir, TokioClock, HOST, WITHIN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -571,7 +572,7 @@ async fn racing_rotations_rollbacks_and_updates_only_ever_serve_good_bundles() {
     let served = rotator.resolver().lookup(Some(HOST)).unwrap();
     assert!(good_leaves.contains(&served.cert[0].to_vec()));
     assert_eq!(
-        certrotate::CertInfo::from_der(&served.cert[0])
+        certrotate::bundle::CertInfo::from_der(&served.cert[0])
             .unwrap()
             .serial,
         current.serial

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use certrotate::policy::Usage;
 use certrotate::source::LeafSpec;
-use certrotate::{InternalCa, Policy, Rotator, StaticSource, TrustStore};
+use certrotate::source::StaticSource;
+use certrotate::{InternalCa, Policy, Rotator, TrustStore};
 use common::{Ca, Leaf, HOST};
 use rcgen::ExtendedKeyUsagePurpose;
 

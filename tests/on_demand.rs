@@ -555,7 +555,7 @@ async fn health_reports_on_demand_and_an_empty_store_is_healthy() {
     // A main certificate in the same store that cannot be had (a source
     // with nothing): unhealthy, on-demand or not.
     let main = certrotate::Rotator::builder(
-        certrotate::StaticSource::empty(),
+        certrotate::source::StaticSource::empty(),
         certrotate::Policy::default(),
     )
     .store(health_store.clone())

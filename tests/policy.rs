@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use certrotate::policy::Refusal;
 use certrotate::rotator::Rotation;
-use certrotate::{CertBundle, Policy, RotateError, RotationEvent, Rotator, StaticSource};
+use certrotate::source::StaticSource;
+use certrotate::{CertBundle, Policy, RotateError, RotationEvent, Rotator};
 use common::{Ca, Leaf, HOST};
 use rcgen::ExtendedKeyUsagePurpose;
 

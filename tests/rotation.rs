@@ -6,7 +6,8 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use certrotate::{CertStore, Policy, RotationEvent, Rotator, StaticSource};
+use certrotate::source::StaticSource;
+use certrotate::{CertStore, Policy, RotationEvent, Rotator};
 use common::{Ca, Leaf, HOST};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -405,7 +405,7 @@ struct DecidingSource {
 }
 
 impl DecidingSource {
-    fn renewal(cert: &certrotate::CertInfo) -> SystemTime {
+    fn renewal(cert: &certrotate::bundle::CertInfo) -> SystemTime {
         cert.not_after - cert.lifetime() / 5
     }
 }
@@ -423,7 +423,7 @@ impl CertSource for DecidingSource {
         Ok(new)
     }
 
-    fn renew_at(&self, cert: &certrotate::CertInfo) -> Option<certrotate::source::Renewal> {
+    fn renew_at(&self, cert: &certrotate::bundle::CertInfo) -> Option<certrotate::source::Renewal> {
         Some(Self::renewal(cert).into())
     }
 
@@ -506,11 +506,14 @@ async fn the_level_is_the_rotator_s_from_the_instant_it_installs() {
     let old = Ca::new()
         .issue(Leaf::default().lifetime(now - 10 * DAY, now + 80 * DAY))
         .bundle;
-    let rotator = Rotator::builder(certrotate::StaticSource::new(old), Policy::default())
-        .renew_before_fraction(0.99)
-        .start()
-        .await
-        .unwrap();
+    let rotator = Rotator::builder(
+        certrotate::source::StaticSource::new(old),
+        Policy::default(),
+    )
+    .renew_before_fraction(0.99)
+    .start()
+    .await
+    .unwrap();
     // No yield since the install: the rotator's task has not run.
     let health = rotator.health();
     assert_eq!(health.certificates[0].alert, AlertLevel::RenewOverdue);

@@ -8,7 +8,8 @@ mod common;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use certrotate::{CertBundle, Policy, Rotator, StaticSource};
+use certrotate::source::StaticSource;
+use certrotate::{CertBundle, Policy, Rotator};
 use common::{Ca, Leaf, HOST};
 
 /// Everything the subscriber writes.

@@ -5,7 +5,8 @@
 
 mod common;
 
-use certrotate::{CertStore, HealthService, Policy, Rotator, StaticSource};
+use certrotate::source::StaticSource;
+use certrotate::{CertStore, HealthService, Policy, Rotator};
 use common::{Ca, Leaf};
 
 /// The health endpoint answers strangers with the status, alert levels,

@@ -78,7 +78,8 @@ async fn a_file_source_with_a_state_file_refuses_an_older_pair_after_a_restart()
 
     // Going back on purpose is explicit.
     let allowed = Rotator::builder(source(true), policy())
-        .allow_older(true)
+        .dangerous()
+        .allow_older()
         .start()
         .await
         .unwrap();
@@ -145,7 +146,8 @@ async fn an_acme_source_refuses_a_restored_older_certificate_after_a_restart() {
     };
     store(&newer).await;
     let running = Rotator::builder(with_local(), policy())
-        .allow_older(true)
+        .dangerous()
+        .allow_older()
         .start()
         .await
         .unwrap();

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
-use certrotate::{Policy, Rotator, StaticSource, TlsListener};
+use certrotate::source::StaticSource;
+use certrotate::{Policy, Rotator, TlsListener};
 use common::{Ca, HOST};
 use tokio::io::AsyncReadExt;
 

@@ -11,7 +11,8 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use certrotate::{Policy, Rotator, StaticSource, TrustStore};
+use certrotate::source::StaticSource;
+use certrotate::{Policy, Rotator, TrustStore};
 use common::{Ca, HOST};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};

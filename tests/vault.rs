@@ -18,6 +18,7 @@ const NAME: &str = "api.svc.test";
 fn source(bao: &Bao, token_file: &std::path::Path) -> VaultSource {
     VaultSource::builder(&bao.addr, "pki", "svc", [NAME])
         .auth(TokenFile::new(token_file))
+        .dangerous()
         .allow_plain_http()
         .timeout(Duration::from_secs(2))
         .build()
@@ -161,6 +162,7 @@ async fn an_issuer_rotation_keeps_clients_of_both() {
     let (token_file, _) = bao.token_file(None);
     let rotator = rotator(source(&bao, &token_file)).await;
     let trust = VaultTrust::builder(&bao.addr, "pki", TokenFile::new(&token_file))
+        .dangerous()
         .allow_plain_http()
         .every(Duration::from_secs(3600))
         .follow()
@@ -221,6 +223,7 @@ async fn logs_in_with_approle() {
     std::fs::write(&secret_file, format!("{}\n", secret_id.trim())).unwrap();
     let source = VaultSource::builder(&bao.addr, "pki", "svc", [NAME])
         .auth(AppRole::new(role_id.trim(), &secret_file))
+        .dangerous()
         .allow_plain_http()
         .build()
         .unwrap();
@@ -258,6 +261,7 @@ async fn issues_with_a_key_made_by_vault() {
     let bao = Bao::start(Duration::from_secs(3600));
     let source = VaultSource::builder(&bao.addr, "pki", "svc", [NAME])
         .auth(TokenFile::new(root_token_file(&bao)))
+        .dangerous()
         .allow_plain_http()
         .key_made_by_vault()
         .build()
@@ -316,6 +320,7 @@ async fn an_imported_parent_is_not_trusted() {
     ]);
     let rotator = rotator(source(&bao, &token_file)).await;
     let trust = VaultTrust::builder(&bao.addr, "pki_int", TokenFile::new(root_token_file(&bao)))
+        .dangerous()
         .allow_plain_http()
         .follow()
         .await
@@ -350,6 +355,7 @@ async fn a_ttl_capped_under_the_policy_is_refused_cleanly() {
     let (token_file, _) = bao.token_file(None);
     let source = VaultSource::builder(&bao.addr, "pki", "svc", [NAME])
         .auth(TokenFile::new(&token_file))
+        .dangerous()
         .allow_plain_http()
         .ttl(Duration::from_secs(3600))
         .build()
@@ -386,6 +392,7 @@ async fn a_refused_login_is_reported_as_such() {
     std::fs::write(&secret_file, "not-the-secret-id\n").unwrap();
     let source = VaultSource::builder(&bao.addr, "pki", "svc", [NAME])
         .auth(AppRole::new(role_id.trim(), &secret_file))
+        .dangerous()
         .allow_plain_http()
         .build()
         .unwrap();

@@ -7,7 +7,8 @@
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
-use certrotate::{CertBundle, CertStore, Policy, RotatingResolver};
+use certrotate::{CertBundle, CertStore, Policy};
+use certrotate::store::RotatingResolver;
 use certrotate::store::DEFAULT_SLOT;
 use libfuzzer_sys::fuzz_target;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};

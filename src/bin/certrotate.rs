@@ -15,9 +15,10 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use certrotate::bundle::CertInfo;
 use certrotate::policy::Usage;
 use certrotate::source::LeafSpec;
-use certrotate::{CertBundle, CertInfo, InternalCa, Policy};
+use certrotate::{CertBundle, InternalCa, Policy};
 use clap::{Parser, Subcommand, ValueEnum};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;

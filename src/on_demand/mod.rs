@@ -969,7 +969,8 @@ impl ResolvesServerCert for Refuse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AcmeSource, CertBundle, StaticSource};
+    use crate::source::StaticSource;
+    use crate::{AcmeSource, CertBundle};
 
     const A: &str = "a.on-demand.example";
     const B: &str = "b.on-demand.example";

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::bundle::{CertBundle, CertInfo};
+use crate::danger::Dangerous;
 pub use crate::engine::{RotateError, Rotation};
 use crate::engine::{Rules, SlotState};
 use crate::events::{RotationEvent, Trigger};
@@ -39,7 +40,8 @@ use task::Task;
 ///
 /// ```no_run
 /// # async fn demo(bundle: certrotate::CertBundle) -> Result<(), Box<dyn std::error::Error>> {
-/// use certrotate::{Policy, Rotator, StaticSource};
+/// use certrotate::{Policy, Rotator};
+/// use certrotate::source::StaticSource;
 ///
 /// let policy = Policy::builder().server_name("api.example.com").build()?;
 /// let rotator = Rotator::builder(StaticSource::new(bundle), policy).start().await?;
@@ -146,7 +148,7 @@ impl<S: CertSource> RotatorBuilder<S> {
     /// than with 14 hours to go.
     ///
     /// ```
-    /// # let source = certrotate::StaticSource::empty();
+    /// # let source = certrotate::source::StaticSource::empty();
     /// use std::time::Duration;
     /// let rotator = certrotate::Rotator::builder(source, certrotate::Policy::default())
     ///     .outage_budget(Duration::from_secs(36 * 3600));
@@ -157,18 +159,10 @@ impl<S: CertSource> RotatorBuilder<S> {
         self
     }
 
-    /// Accepts a certificate older than the newest one served so far, as
-    /// the source recorded it (default: refused as a replay, with
-    /// [`Refusal::OlderThanServing`](crate::policy::Refusal::OlderThanServing)).
-    /// For going back to an older certificate on purpose after a restart;
-    /// logged as a warning. While running, prefer
-    /// [`Rotator::install_allowing_older`].
-    pub fn allow_older(mut self, allow: bool) -> Self {
-        if allow {
-            tracing::warn!(target: "certrotate", slot = %self.slot, "replay protection is off: certificates older than the newest served are accepted");
-        }
-        self.allow_older = allow;
-        self
+    /// The switches that turn a protection off
+    /// ([`Dangerous::allow_older`](crate::danger::Dangerous::allow_older)).
+    pub fn dangerous(self) -> Dangerous<Self> {
+        Dangerous::new(self)
     }
 
     /// Loads and validates the first certificate, then starts rotating.
@@ -253,6 +247,21 @@ impl<S: CertSource> RotatorBuilder<S> {
             stopped,
         };
         (unstarted, task)
+    }
+}
+
+impl<S: CertSource> Dangerous<RotatorBuilder<S>> {
+    /// Accepts a certificate older than the newest one served so far, as
+    /// the source recorded it (default: refused as a replay, with
+    /// [`Refusal::OlderThanServing`](crate::policy::Refusal::OlderThanServing)).
+    /// For going back to an older certificate on purpose after a restart;
+    /// logged as a warning. While running, prefer
+    /// [`Rotator::install_allowing_older`].
+    pub fn allow_older(self) -> RotatorBuilder<S> {
+        let mut builder = self.into_inner();
+        tracing::warn!(target: "certrotate", slot = %builder.slot, "replay protection is off: certificates older than the newest served are accepted");
+        builder.allow_older = true;
+        builder
     }
 }
 

@@ -18,7 +18,8 @@ use crate::bundle::CertBundle;
 ///
 /// ```no_run
 /// # async fn demo(first: certrotate::CertBundle, next: certrotate::CertBundle) -> Result<(), Box<dyn std::error::Error>> {
-/// use certrotate::{Policy, Rotator, StaticSource};
+/// use certrotate::{Policy, Rotator};
+/// use certrotate::source::StaticSource;
 ///
 /// let source = StaticSource::new(first);
 /// let rotator = Rotator::builder(source.clone(), Policy::default()).start().await?;

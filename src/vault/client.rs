@@ -44,7 +44,7 @@ impl Client {
             }
             (Some("http"), false) => {
                 return Err(VaultError::Config(format!(
-                    "{addr} is plain HTTP: the token would cross the network in clear (use https://, or allow_plain_http() for a Vault on this host)"
+                    "{addr} is plain HTTP: the token would cross the network in clear (use https://, or dangerous().allow_plain_http() for a Vault on this host)"
                 )))
             }
             _ => {

@@ -48,6 +48,7 @@ pub use error::VaultError;
 pub use trust::{VaultTrust, VaultTrustBuilder};
 
 use crate::bundle::CertBundle;
+use crate::danger::Dangerous;
 use crate::source::{CertSource, SourceError, SourceWarning};
 use crate::sync::lock;
 use client::Client;
@@ -148,11 +149,10 @@ impl VaultBuilder {
         self
     }
 
-    /// Allows an `http://` address (the token then crosses the network in
-    /// clear): for a Vault on the same host, or a test.
-    pub fn allow_plain_http(mut self) -> Self {
-        self.plain_http = true;
-        self
+    /// The switches that turn a protection off
+    /// ([`Dangerous::allow_plain_http`](crate::danger::Dangerous::allow_plain_http)).
+    pub fn dangerous(self) -> Dangerous<Self> {
+        Dangerous::new(self)
     }
 
     /// The TTL to ask for (default: the role's).
@@ -207,6 +207,16 @@ impl VaultBuilder {
                 replaced: Arc::default(),
             }),
         })
+    }
+}
+
+impl Dangerous<VaultBuilder> {
+    /// Allows an `http://` address (the token then crosses the network in
+    /// clear): for a Vault on the same host, or a test.
+    pub fn allow_plain_http(self) -> VaultBuilder {
+        let mut builder = self.into_inner();
+        builder.plain_http = true;
+        builder
     }
 }
 

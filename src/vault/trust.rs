@@ -11,6 +11,7 @@ use rustls::pki_types::CertificateDer;
 use super::auth::{self, Token, VaultAuth};
 use super::client::Client;
 use super::error::VaultError;
+use crate::danger::Dangerous;
 use crate::mtls::TrustStore;
 
 /// The most issuers of a mount trusted at once.
@@ -101,11 +102,10 @@ impl VaultTrustBuilder {
         self
     }
 
-    /// Allows an `http://` address: anyone on the path could then put a CA
-    /// of theirs into client trust. For a Vault on the same host or a test.
-    pub fn allow_plain_http(mut self) -> Self {
-        self.plain_http = true;
-        self
+    /// The switches that turn a protection off
+    /// ([`Dangerous::allow_plain_http`](crate::danger::Dangerous::allow_plain_http)).
+    pub fn dangerous(self) -> Dangerous<Self> {
+        Dangerous::new(self)
     }
 
     /// How long one request may take (default 10 s).
@@ -138,6 +138,16 @@ impl VaultTrustBuilder {
         };
         trust.poll(self.every);
         Ok(trust)
+    }
+}
+
+impl Dangerous<VaultTrustBuilder> {
+    /// Allows an `http://` address: anyone on the path could then put a CA
+    /// of theirs into client trust. For a Vault on the same host or a test.
+    pub fn allow_plain_http(self) -> VaultTrustBuilder {
+        let mut builder = self.into_inner();
+        builder.plain_http = true;
+        builder
     }
 }
 

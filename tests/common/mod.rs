@@ -263,14 +263,14 @@ pub fn client_config(ca: &Ca) -> Arc<rustls::ClientConfig> {
 /// A rotator started on `first`, serving over TLS on 127.0.0.1, with a
 /// source to push through and a client that trusts `ca`.
 pub struct Serving {
-    pub source: certrotate::StaticSource,
+    pub source: certrotate::source::StaticSource,
     pub rotator: certrotate::Rotator,
     pub server: Server,
     pub client: Arc<rustls::ClientConfig>,
 }
 
 pub async fn serving(ca: &Ca, policy: certrotate::Policy, first: CertBundle) -> Serving {
-    let source = certrotate::StaticSource::new(first);
+    let source = certrotate::source::StaticSource::new(first);
     let rotator = certrotate::Rotator::builder(source.clone(), policy)
         .start()
         .await
@@ -288,7 +288,7 @@ pub async fn serving(ca: &Ca, policy: certrotate::Policy, first: CertBundle) -> 
 /// that the source's change signal already did).
 pub async fn push_and_rotate(
     rotator: &certrotate::Rotator,
-    source: &certrotate::StaticSource,
+    source: &certrotate::source::StaticSource,
     bundle: CertBundle,
 ) {
     let serial = bundle.info().serial.clone();
@@ -331,9 +331,9 @@ pub async fn serial_seen(
 /// subscribed as soon as it serves may still see that event.
 pub async fn rotation_from(
     events: &mut tokio::sync::broadcast::Receiver<certrotate::RotationEvent>,
-    serving: &certrotate::CertInfo,
+    serving: &certrotate::bundle::CertInfo,
     within: Duration,
-) -> Arc<certrotate::CertInfo> {
+) -> Arc<certrotate::bundle::CertInfo> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
@@ -353,10 +353,10 @@ pub async fn rotation_from(
 /// before the certificate it replaces expired: the last certificate.
 pub async fn renewals_before_expiry(
     events: &mut tokio::sync::broadcast::Receiver<certrotate::RotationEvent>,
-    first: Arc<certrotate::CertInfo>,
+    first: Arc<certrotate::bundle::CertInfo>,
     count: usize,
     within: Duration,
-) -> Arc<certrotate::CertInfo> {
+) -> Arc<certrotate::bundle::CertInfo> {
     let mut serving = first;
     for renewal in 1..=count {
         let new = rotation_from(events, &serving, within).await;

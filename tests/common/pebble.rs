@@ -395,7 +395,7 @@ pub fn client(pebble: &Pebble) -> std::sync::Arc<rustls::ClientConfig> {
 /// Waits (up to a minute) for the rotator's first certificate.
 pub async fn first_certificate(
     rotator: &certrotate::Rotator,
-) -> std::sync::Arc<certrotate::CertInfo> {
+) -> std::sync::Arc<certrotate::bundle::CertInfo> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(cert) = rotator.current() {

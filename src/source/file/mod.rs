@@ -175,7 +175,7 @@ impl FileOptions {
     /// (default: none, and replay protection is per process). Keep it where
     /// whoever writes the certificates cannot write (the service's own state
     /// directory), or it protects nothing. To go back to an older pair on
-    /// purpose, use [`RotatorBuilder::allow_older`](crate::rotator::RotatorBuilder::allow_older)
+    /// purpose, use [`Dangerous::allow_older`](crate::danger::Dangerous::allow_older)
     /// or remove the file.
     ///
     /// ```
