@@ -185,7 +185,7 @@ impl AcmeSource {
                 let domain = match challenge.identifier().identifier {
                     Identifier::Dns(name) => name.clone(),
                     other => {
-                        let why = Unexpected::Identifier(format!("{other:?}"));
+                        let why = Unexpected::Identifier(other.clone());
                         return Err(Failure::new("validating the names", why));
                     }
                 };

@@ -82,9 +82,10 @@ pub(super) enum Unexpected {
     /// The CA does not offer the configured challenge type.
     #[error("the CA offers no {0:?} challenge")]
     NoChallenge(instant_acme::ChallengeType),
-    /// An identifier that is not a DNS name.
-    #[error("cannot answer for identifier {0}")]
-    Identifier(String),
+    /// An identifier that is not a DNS name (an IP address, say): this
+    /// source orders for DNS names only.
+    #[error("cannot answer for identifier {0:?}")]
+    Identifier(instant_acme::Identifier),
     /// TLS-ALPN-01 answers are served by the store of a rotator running
     /// the source, and none runs it.
     #[error(
