@@ -1,12 +1,9 @@
 //! Small helpers shared by several modules.
 
-#[cfg(any(feature = "acme", feature = "vault"))]
 use std::future::Future;
-#[cfg(any(feature = "acme", feature = "vault"))]
 use std::pin::Pin;
 
 /// A boxed future, for object-safe traits.
-#[cfg(any(feature = "acme", feature = "vault"))]
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Lowercase hexadecimal, two digits per byte.

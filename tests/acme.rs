@@ -49,7 +49,7 @@ async fn obtains_with_tls_alpn_01_and_reuses_it_after_a_restart() {
             .build()
     };
     // Nothing stored yet: nothing at hand, the first order is needed.
-    assert!(!certrotate::CertSource::at_hand(&source()).await);
+    assert!(!source().at_hand().await);
     let rotator = Rotator::builder(source(), policy())
         .store(store.clone())
         .launch()
@@ -78,7 +78,7 @@ async fn obtains_with_tls_alpn_01_and_reuses_it_after_a_restart() {
         .storage(FileStorage::new(storage.path()))
         .tls_alpn_01()
         .build();
-    assert!(certrotate::CertSource::at_hand(&again).await);
+    assert!(again.at_hand().await);
     let rotator = Rotator::builder(again, policy())
         .store(store)
         .start()

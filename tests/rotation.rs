@@ -351,8 +351,9 @@ impl certrotate::CertSource for Slow {
         Ok(self.bundle.clone())
     }
 
-    async fn at_hand(&self) -> bool {
-        self.at_hand
+    fn attach(&self, _: &certrotate::CertStore) -> certrotate::source::Start {
+        let at_hand = self.at_hand;
+        certrotate::source::Start::ask(async move { at_hand })
     }
 
     fn describe(&self) -> String {

@@ -67,7 +67,7 @@ pub use storage::{RedisBuilder, RedisStorage};
 use crate::bundle::{CertBundle, CertInfo};
 use crate::clock::Clock;
 use crate::mark::{HighWaterMark, MarkUnreadable};
-use crate::source::{CertSource, SourceError, SourceWarning};
+use crate::source::{CertSource, ReplayMarks, SourceError, SourceWarning, Start};
 use crate::store::CertStore;
 use crate::sync::lock;
 
@@ -169,6 +169,14 @@ impl fmt::Debug for AcmeSource {
 }
 
 impl AcmeSource {
+    /// Whether a certificate is at hand: one in the storage that has not
+    /// expired (a restart, or another instance of a fleet, stored it), so
+    /// that a fetch gives it without an order. What a rotator's
+    /// [`launch`](crate::rotator::RotatorBuilder::launch) waits on.
+    pub async fn at_hand(&self) -> bool {
+        matches!(self.stored().await, Ok(Some(bundle)) if bundle.info().not_after > self.now())
+    }
+
     /// Certificates for `domains` (the first is the common name) from the
     /// ACME directory at `directory`, answering TLS-ALPN-01 challenges by
     /// default ([`AcmeBuilder::tls_alpn_01`]).
@@ -371,11 +379,21 @@ impl CertSource for AcmeSource {
 
     /// Answers TLS-ALPN-01 challenges from `store` (if that is its
     /// challenge), whose configs then offer `acme-tls/1`.
-    fn attach(&self, store: &CertStore) {
+    ///
+    /// Its first certificate is at hand when a stored one has not expired
+    /// ([`at_hand`](AcmeSource::at_hand)).
+    fn attach(&self, store: &CertStore) -> Start {
         if matches!(self.inner.config.challenge, Challenge::TlsAlpn01) {
             store.answer_tls_alpn_01();
         }
         *lock(&self.inner.attached) = Some(store.clone());
+        let this = self.clone();
+        Start::ask(async move { this.at_hand().await })
+    }
+
+    /// The storage, and the [state file](AcmeBuilder::state_file) if any.
+    fn replay_marks(&self) -> Option<&dyn ReplayMarks> {
+        Some(self)
     }
 
     async fn fetch(&self) -> Result<CertBundle, SourceError> {
@@ -408,73 +426,6 @@ impl CertSource for AcmeSource {
         }
     }
 
-    /// The newer of the mark kept in the storage (`served-<id>.txt`) and
-    /// the one in the [state file](AcmeBuilder::state_file), if any. Both
-    /// are read at once, each with a timeout of its own: a storage that
-    /// hangs does not hide what the instance's own file says (it comes as
-    /// [`MarkUnreadable::known`]).
-    async fn high_water_mark(&self) -> Result<Option<HighWaterMark>, MarkUnreadable> {
-        let local = async {
-            match &self.inner.config.state_file {
-                Some(path) => HighWaterMark::load_file(path).await,
-                None => Ok(None),
-            }
-        };
-        let (stored, local) = tokio::join!(self.stored_mark(), local);
-        match (stored, local) {
-            (Ok(stored), Ok(local)) => Ok(HighWaterMark::newest(stored, local)),
-            (Err(mut error), Ok(known)) | (Ok(known), Err(mut error)) => {
-                error.known = HighWaterMark::newest(known, error.known.take());
-                Err(error)
-            }
-            (Err(stored), Err(local)) => Err(MarkUnreadable::new(format!(
-                "{}; {}",
-                stored.reason, local.reason
-            ))),
-        }
-    }
-
-    /// Records `mark` in the state file and in the storage, at once, each
-    /// unless it holds a newer one (another instance got further) or does
-    /// not answer: a mark is never lowered. A value there that does not
-    /// parse or decrypt is replaced.
-    async fn record_high_water_mark(&self, mark: HighWaterMark) {
-        // A last-resort certificate is this instance's alone: recorded, it
-        // would make the fleet (and this instance after a restart) refuse
-        // the stored ACME certificate as older.
-        let last_resort = lock(&self.inner.provided)
-            .as_ref()
-            .is_some_and(|p| self.is_last_resort(p.info()) && p.info().serial == mark.serial);
-        if last_resort {
-            return;
-        }
-        let local = async {
-            if let Some(path) = &self.inner.config.state_file {
-                mark.record_file(path, &self.describe()).await;
-            }
-        };
-        let shared = async {
-            match self.stored_mark().await {
-                Ok(Some(stored)) if stored.not_before >= mark.not_before => return,
-                Ok(_) => {}
-                Err(error) if error.is_corrupt() => {}
-                Err(error) => {
-                    tracing::warn!(target: "certrotate", %error, "the stored mark is not written while it cannot be read");
-                    return;
-                }
-            }
-            let text = format!("{mark}\n");
-            self.save(&self.inner.served_key, text.as_bytes(), "high-water mark")
-                .await;
-        };
-        tokio::join!(local, shared);
-    }
-
-    /// A stored certificate that has not expired is at hand.
-    async fn at_hand(&self) -> bool {
-        matches!(self.stored().await, Ok(Some(bundle)) if bundle.info().not_after > self.now())
-    }
-
     /// `ACME <first CA's directory> for <names>`, and how many fallback
     /// CAs there are.
     fn describe(&self) -> String {
@@ -500,6 +451,76 @@ impl CertSource for AcmeSource {
         let mut warnings = lock(&self.inner.unsaved).clone();
         warnings.extend(self.ca_warnings());
         warnings
+    }
+}
+
+/// Marks kept in the storage (`served-<id>.txt`, shared by a fleet) and in
+/// the [state file](AcmeBuilder::state_file), if any.
+impl ReplayMarks for AcmeSource {
+    /// The newer of the mark kept in the storage (`served-<id>.txt`) and
+    /// the one in the [state file](AcmeBuilder::state_file), if any. Both
+    /// are read at once, each with a timeout of its own: a storage that
+    /// hangs does not hide what the instance's own file says (it comes as
+    /// [`MarkUnreadable::known`]).
+    fn read(&self) -> BoxFuture<'_, Result<Option<HighWaterMark>, MarkUnreadable>> {
+        Box::pin(async move {
+            let local = async {
+                match &self.inner.config.state_file {
+                    Some(path) => HighWaterMark::load_file(path).await,
+                    None => Ok(None),
+                }
+            };
+            let (stored, local) = tokio::join!(self.stored_mark(), local);
+            match (stored, local) {
+                (Ok(stored), Ok(local)) => Ok(HighWaterMark::newest(stored, local)),
+                (Err(mut error), Ok(known)) | (Ok(known), Err(mut error)) => {
+                    error.known = HighWaterMark::newest(known, error.known.take());
+                    Err(error)
+                }
+                (Err(stored), Err(local)) => Err(MarkUnreadable::new(format!(
+                    "{}; {}",
+                    stored.reason, local.reason
+                ))),
+            }
+        })
+    }
+
+    /// Records `mark` in the state file and in the storage, at once, each
+    /// unless it holds a newer one (another instance got further) or does
+    /// not answer: a mark is never lowered. A value there that does not
+    /// parse or decrypt is replaced.
+    fn record(&self, mark: HighWaterMark) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // A last-resort certificate is this instance's alone: recorded, it
+            // would make the fleet (and this instance after a restart) refuse
+            // the stored ACME certificate as older.
+            let last_resort = lock(&self.inner.provided)
+                .as_ref()
+                .is_some_and(|p| self.is_last_resort(p.info()) && p.info().serial == mark.serial);
+            if last_resort {
+                return;
+            }
+            let local = async {
+                if let Some(path) = &self.inner.config.state_file {
+                    mark.record_file(path, &self.describe()).await;
+                }
+            };
+            let shared = async {
+                match self.stored_mark().await {
+                    Ok(Some(stored)) if stored.not_before >= mark.not_before => return,
+                    Ok(_) => {}
+                    Err(error) if error.is_corrupt() => {}
+                    Err(error) => {
+                        tracing::warn!(target: "certrotate", %error, "the stored mark is not written while it cannot be read");
+                        return;
+                    }
+                }
+                let text = format!("{mark}\n");
+                self.save(&self.inner.served_key, text.as_bytes(), "high-water mark")
+                    .await;
+            };
+            tokio::join!(local, shared);
+        })
     }
 }
 

@@ -23,7 +23,7 @@ use crate::events::{RotationEvent, Trigger};
 use crate::health::HealthSnapshot;
 use crate::policy::Policy;
 use crate::resolver::RotatingResolver;
-use crate::source::CertSource;
+use crate::source::{CertSource, Start};
 use crate::store::{CertStore, RollbackError, DEFAULT_SLOT};
 
 mod task;
@@ -171,7 +171,7 @@ impl<S: CertSource> RotatorBuilder<S> {
     /// server never starts without a good certificate. Must be called within
     /// a tokio runtime.
     pub async fn start(self) -> Result<Rotator, RotateError> {
-        let (rotator, mut task) = self.prepare();
+        let (rotator, mut task, _) = self.prepare();
         task.attempt(Trigger::Initial, None, false).await?;
         Ok(rotator.run(task))
     }
@@ -180,7 +180,7 @@ impl<S: CertSource> RotatorBuilder<S> {
     /// fetch happens in the task and is retried with backoff until it
     /// succeeds. Until then, handshakes on this slot fail.
     pub fn spawn(self) -> Rotator {
-        let (rotator, mut task) = self.prepare();
+        let (rotator, mut task, _) = self.prepare();
         task.state.retry_at = Some(Instant::now());
         rotator.run(task)
     }
@@ -189,7 +189,7 @@ impl<S: CertSource> RotatorBuilder<S> {
     /// rotating; the way to start a server whose first certificate may
     /// have to be ordered.
     ///
-    /// If the source [has one at hand](CertSource::at_hand) (files, a CA in
+    /// If the source [has one at hand](crate::source::Start) (files, a CA in
     /// the process, a stored ACME certificate after a restart), the first
     /// attempt is made before this returns, so the listener started next
     /// serves it from its first connection. If not (a first ACME order),
@@ -207,9 +207,9 @@ impl<S: CertSource> RotatorBuilder<S> {
     ///
     /// The slot is created when this is called, before the future runs.
     pub fn launch(self) -> impl std::future::Future<Output = Rotator> + Send {
-        let (rotator, mut task) = self.prepare();
+        let (rotator, mut task, start) = self.prepare();
         async move {
-            if task.source.at_hand().await {
+            if start.look().await {
                 let _ = task.attempt(Trigger::Initial, None, false).await;
             } else {
                 task.state.retry_at = Some(Instant::now());
@@ -218,11 +218,11 @@ impl<S: CertSource> RotatorBuilder<S> {
         }
     }
 
-    fn prepare(self) -> (Unstarted, Task<S>) {
+    fn prepare(self) -> (Unstarted, Task<S>, Start) {
         let store = self.store.unwrap_or_default();
         let slot: Arc<str> = self.slot.into();
         store.add_slot(&slot);
-        self.source.attach(&store);
+        let start = self.source.attach(&store);
         let (commands, inbox) = mpsc::channel(16);
         let (stop, stopped) = watch::channel(false);
         let unstarted = Unstarted {
@@ -246,7 +246,7 @@ impl<S: CertSource> RotatorBuilder<S> {
             inbox: Some(inbox),
             stopped,
         };
-        (unstarted, task)
+        (unstarted, task, start)
     }
 }
 

@@ -176,12 +176,15 @@ impl<S: CertSource> Task<S> {
         if matches!(self.mark, Recorded::Known(_)) {
             return;
         }
-        let read = tokio::time::timeout(MARK_TIMEOUT, self.source.high_water_mark())
-            .await
-            .unwrap_or_else(|_| {
-                let waited = crate::clock::human(MARK_TIMEOUT);
-                Err(MarkUnreadable::new(format!("no answer within {waited}")))
-            });
+        let read = match self.source.replay_marks() {
+            None => Ok(None),
+            Some(marks) => tokio::time::timeout(MARK_TIMEOUT, marks.read())
+                .await
+                .unwrap_or_else(|_| {
+                    let waited = crate::clock::human(MARK_TIMEOUT);
+                    Err(MarkUnreadable::new(format!("no answer within {waited}")))
+                }),
+        };
         if let Err(error) = &read {
             tracing::warn!(target: "certrotate", slot = %self.slot, %error, "only certificates newer than the one serving are installed until it can be read");
         }
@@ -208,9 +211,11 @@ impl<S: CertSource> Task<S> {
         let Some(mark) = HighWaterMark::to_record(self.mark.floor().as_ref(), new) else {
             return;
         };
-        let recorded = self.source.record_high_water_mark(mark.clone());
-        if tokio::time::timeout(MARK_TIMEOUT, recorded).await.is_err() {
-            tracing::warn!(target: "certrotate", slot = %self.slot, "the source did not record the newest certificate in time; replay protection is per process until it does");
+        if let Some(marks) = self.source.replay_marks() {
+            let recorded = marks.record(mark.clone());
+            if tokio::time::timeout(MARK_TIMEOUT, recorded).await.is_err() {
+                tracing::warn!(target: "certrotate", slot = %self.slot, "the source did not record the newest certificate in time; replay protection is per process until it does");
+            }
         }
         match self.mark {
             Recorded::Known(_) => self.mark = Recorded::Known(Some(mark)),

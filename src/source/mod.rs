@@ -15,6 +15,7 @@ mod r#static;
 
 pub use crate::renewal::{Renewal, RenewalWindow};
 pub use crate::source_error::{BoxError, SourceError, SourceErrorKind, SourceWarning};
+pub use crate::util::BoxFuture;
 #[cfg(feature = "ca")]
 pub use ca::{CaError, CaSource, InternalCa, LeafSpec};
 #[cfg(feature = "file")]
@@ -66,44 +67,6 @@ pub trait CertSource: Send + Sync + 'static {
         std::future::pending()
     }
 
-    /// Whether the source can answer a fetch now from what it keeps at
-    /// hand (files on disk, a CA in the process, a stored ACME
-    /// certificate), rather than only after a first order from a remote CA.
-    ///
-    /// [`RotatorBuilder::launch`](crate::rotator::RotatorBuilder::launch) waits for the
-    /// first certificate only when this says yes, so that a restarted server
-    /// serves its stored certificate from the first connection, and a new
-    /// one still starts listening (an ACME TLS-ALPN-01 challenge needs the
-    /// listener up). The default is `true`: a fetch is expected to be quick.
-    fn at_hand(&self) -> impl Future<Output = bool> + Send {
-        std::future::ready(true)
-    }
-
-    /// The newest certificate this source ever had served, as it recorded
-    /// it ([`record_high_water_mark`](Self::record_high_water_mark)) where it
-    /// keeps state, so that a restart refuses a replayed older certificate
-    /// as a running rotator does. The default keeps none: replay protection
-    /// is then per process.
-    ///
-    /// A mark that cannot be read (a state file or storage that does not
-    /// answer, a value that does not parse) is an error, never "no mark":
-    /// the rotator then installs nothing older than what serves, records no
-    /// mark (so that it is never lowered), reports it, and asks again at the
-    /// next attempt. Bound the reads yourself: the rotator gives up after
-    /// 10 s, and then knows nothing of what a part that answered said.
-    fn high_water_mark(
-        &self,
-    ) -> impl Future<Output = Result<Option<HighWaterMark>, MarkUnreadable>> + Send {
-        std::future::ready(Ok(None))
-    }
-
-    /// Records the newest certificate served (called after each install
-    /// that raises the mark). The default records nothing.
-    fn record_high_water_mark(&self, mark: HighWaterMark) -> impl Future<Output = ()> + Send {
-        let _ = mark;
-        std::future::ready(())
-    }
-
     /// When `cert`, which this source gave and which now serves, should be
     /// replaced. The rotator fetches then, and health counts the
     /// certificate `renew-overdue` from then on; a fetch before that time
@@ -125,10 +88,23 @@ pub trait CertSource: Send + Sync + 'static {
     /// before its first fetch, with the store it fills: a source that must
     /// serve something itself (ACME TLS-ALPN-01 challenge answers) serves it
     /// there (and the configs serving the store then offer its ALPN
-    /// protocol), and takes the store's [`Clock`](crate::danger::Clock). The
-    /// default does nothing.
-    fn attach(&self, store: &CertStore) {
+    /// protocol), and takes the store's [`Clock`](crate::danger::Clock).
+    ///
+    /// It says whether the first certificate is at hand ([`Start`]):
+    /// [`RotatorBuilder::launch`](crate::rotator::RotatorBuilder::launch)
+    /// waits for it only then. The default does nothing and says it is (a
+    /// fetch is expected to be quick).
+    fn attach(&self, store: &CertStore) -> Start {
         let _ = store;
+        Start::at_hand()
+    }
+
+    /// Where the source keeps the newest certificate it ever had served
+    /// ([`ReplayMarks`]), so that a restart refuses a replayed older
+    /// certificate as a running rotator does. The default keeps none:
+    /// replay protection is then per process.
+    fn replay_marks(&self) -> Option<&dyn ReplayMarks> {
+        None
     }
 
     /// Names the source in messages: `"file /etc/tls/tls.crt"`.
@@ -161,26 +137,16 @@ impl<S: CertSource> CertSource for Arc<S> {
         S::changed(self)
     }
 
-    fn at_hand(&self) -> impl Future<Output = bool> + Send {
-        S::at_hand(self)
-    }
-
-    fn high_water_mark(
-        &self,
-    ) -> impl Future<Output = Result<Option<HighWaterMark>, MarkUnreadable>> + Send {
-        S::high_water_mark(self)
-    }
-
-    fn record_high_water_mark(&self, mark: HighWaterMark) -> impl Future<Output = ()> + Send {
-        S::record_high_water_mark(self, mark)
-    }
-
     fn renew_at(&self, cert: &CertInfo) -> Option<Renewal> {
         S::renew_at(self, cert)
     }
 
-    fn attach(&self, store: &CertStore) {
+    fn attach(&self, store: &CertStore) -> Start {
         S::attach(self, store)
+    }
+
+    fn replay_marks(&self) -> Option<&dyn ReplayMarks> {
+        S::replay_marks(self)
     }
 
     fn describe(&self) -> String {
@@ -194,4 +160,98 @@ impl<S: CertSource> CertSource for Arc<S> {
     fn warnings(&self) -> Vec<SourceWarning> {
         S::warnings(self)
     }
+}
+
+/// What a source says when a rotator attaches it
+/// ([`CertSource::attach`]): whether its first certificate is at hand, so
+/// that [`RotatorBuilder::launch`](crate::rotator::RotatorBuilder::launch)
+/// can wait for it (a restarted server then serves its stored certificate
+/// from the first connection) or must not (a first ACME order needs the
+/// listener up for its TLS-ALPN-01 challenge).
+///
+/// ```
+/// use certrotate::source::Start;
+///
+/// // Files, a CA in the process: a fetch is quick.
+/// let quick = Start::at_hand();
+/// // Known only after a look (a stored certificate, say).
+/// let stored = Start::ask(async { std::path::Path::new("/var/lib/app/cert.pem").exists() });
+/// # drop((quick, stored));
+/// ```
+#[must_use = "a rotator reads it when it launches"]
+pub struct Start(Option<BoxFuture<'static, bool>>);
+
+impl Start {
+    /// A fetch is answered from what the source keeps (the default).
+    pub fn at_hand() -> Self {
+        Self(None)
+    }
+
+    /// Whether a fetch is answered from what the source keeps is what
+    /// `look` says (it runs when a rotator launches, not before).
+    pub fn ask(look: impl Future<Output = bool> + Send + 'static) -> Self {
+        Self(Some(Box::pin(look)))
+    }
+
+    /// Whether the first fetch can be waited for.
+    pub(crate) async fn look(self) -> bool {
+        match self.0 {
+            None => true,
+            Some(look) => look.await,
+        }
+    }
+}
+
+impl std::fmt::Debug for Start {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.0 {
+            None => "at hand",
+            Some(_) => "to be asked",
+        };
+        f.debug_tuple("Start").field(&what).finish()
+    }
+}
+
+/// Where a source keeps the newest certificate it ever had served, its
+/// [`HighWaterMark`] (a state file, a fleet's storage), so that a restart
+/// refuses a replayed older certificate as a running rotator does
+/// ([`CertSource::replay_marks`]).
+///
+/// ```
+/// use certrotate::danger::{HighWaterMark, MarkUnreadable};
+/// use certrotate::source::{BoxFuture, ReplayMarks};
+/// use std::sync::Mutex;
+///
+/// /// Marks kept in memory (a test's; a real place survives restarts).
+/// struct InMemory(Mutex<Option<HighWaterMark>>);
+///
+/// impl ReplayMarks for InMemory {
+///     fn read(&self) -> BoxFuture<'_, Result<Option<HighWaterMark>, MarkUnreadable>> {
+///         let mark = self.0.lock().unwrap().clone();
+///         Box::pin(async move { Ok(mark) })
+///     }
+///
+///     fn record(&self, mark: HighWaterMark) -> BoxFuture<'_, ()> {
+///         *self.0.lock().unwrap() = Some(mark);
+///         Box::pin(async {})
+///     }
+/// }
+/// ```
+pub trait ReplayMarks: Send + Sync {
+    /// The newest certificate the source ever had served, as
+    /// [`record`](Self::record) left it.
+    ///
+    /// A mark that cannot be read (a state file or storage that does not
+    /// answer, a value that does not parse) is an error, never "no mark":
+    /// the rotator then installs nothing older than what serves, records no
+    /// mark (so that it is never lowered), reports it, and asks again at the
+    /// next attempt. Bound the reads yourself: the rotator gives up after
+    /// 10 s, and then knows nothing of what a part that answered said.
+    fn read(&self) -> BoxFuture<'_, Result<Option<HighWaterMark>, MarkUnreadable>>;
+
+    /// Records the newest certificate served: after each install that
+    /// raises the mark, and while the mark cannot be read (then record it
+    /// in each place that holds nothing newer and answers, and replace a
+    /// value that does not parse: a mark is never lowered, and heals).
+    fn record(&self, mark: HighWaterMark) -> BoxFuture<'_, ()>;
 }

@@ -519,8 +519,9 @@ impl CertSource for CaSource {
     }
 
     /// Issuance follows the store's clock.
-    fn attach(&self, store: &crate::store::CertStore) {
+    fn attach(&self, store: &crate::store::CertStore) -> crate::source::Start {
         *crate::sync::lock(&self.ca.inner.clock) = store.clock().clone();
+        crate::source::Start::at_hand()
     }
 
     /// Completes when a new CA has been activated.

@@ -28,7 +28,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use super::{CertSource, SourceError, SourceErrorKind, SourceWarning};
+use super::{BoxFuture, CertSource, ReplayMarks, SourceError, SourceErrorKind, SourceWarning};
 use crate::bundle::CertBundle;
 use crate::mark::{HighWaterMark, MarkUnreadable};
 use crate::read::{self, OneAtATime};
@@ -417,20 +417,31 @@ impl CertSource for FileSource {
         lock(&self.shared.warnings).clone()
     }
 
-    /// The mark in the [state file](FileOptions::state_file), if there is
-    /// one. A state file that cannot be read in time or parsed is
-    /// unreadable (reported, and asked again).
-    async fn high_water_mark(&self) -> Result<Option<HighWaterMark>, MarkUnreadable> {
-        match &self.shared.options.state_file {
-            Some(path) => HighWaterMark::load_file(path).await,
-            None => Ok(None),
-        }
+    /// Its [state file](FileOptions::state_file), if it has one.
+    fn replay_marks(&self) -> Option<&dyn ReplayMarks> {
+        self.shared.options.state_file.is_some().then_some(self)
+    }
+}
+
+/// The mark in the [state file](FileOptions::state_file). A state file
+/// that cannot be read in time or parsed is unreadable (reported, and
+/// asked again).
+impl ReplayMarks for FileSource {
+    fn read(&self) -> BoxFuture<'_, Result<Option<HighWaterMark>, MarkUnreadable>> {
+        Box::pin(async move {
+            match &self.shared.options.state_file {
+                Some(path) => HighWaterMark::load_file(path).await,
+                None => Ok(None),
+            }
+        })
     }
 
-    async fn record_high_water_mark(&self, mark: HighWaterMark) {
-        if let Some(path) = &self.shared.options.state_file {
-            mark.record_file(path, &self.describe()).await;
-        }
+    fn record(&self, mark: HighWaterMark) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(path) = &self.shared.options.state_file {
+                mark.record_file(path, &self.describe()).await;
+            }
+        })
     }
 }
 
