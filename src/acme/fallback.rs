@@ -404,18 +404,23 @@ impl AcmeSource {
         zeroize::Zeroizing::new(format!("{ISSUER_LINE}{directory}\n{combined}"))
     }
 
-    /// The origin of a stored certificate: the CA its first line names
-    /// (shown as stored only if it is a plain URL, whatever the storage
-    /// holds), else the first CA (stored before there were fallbacks).
+    /// The origin of a stored certificate: the configured CA its first
+    /// line names; a CA no longer configured (or whatever else a storage
+    /// holds there) is not named, so that what a storage says cannot add
+    /// origins (metric labels, health text) beyond the configured CAs and
+    /// one more; no line: the first CA (stored before there were
+    /// fallbacks).
     pub(super) fn stored_origin(&self, pem: &[u8]) -> String {
         let first = pem.split(|&b| b == b'\n').next().unwrap_or_default();
-        let named = std::str::from_utf8(first)
-            .ok()
-            .and_then(|line| line.strip_prefix(ISSUER_LINE))
-            .map(str::trim)
-            .filter(|d| d.len() <= 512 && d.bytes().all(|b| b.is_ascii_graphic()));
-        let primary = &self.inner.config.cas[0].directory;
-        self.origin(named.unwrap_or(primary))
+        let Some(named) = first.strip_prefix(ISSUER_LINE.as_bytes()) else {
+            return self.origin(&self.inner.config.cas[0].directory);
+        };
+        let named = named.trim_ascii();
+        let cas = &self.inner.config.cas;
+        match cas.iter().find(|ca| ca.directory.as_bytes() == named) {
+            Some(ca) => self.origin(&ca.directory),
+            None => self.origin("(a CA no longer configured)"),
+        }
     }
 }
 
@@ -447,8 +452,8 @@ mod tests {
     }
 
     /// The issuing CA survives storage; a value stored before there were
-    /// fallbacks is the first CA's; what a hostile storage names is shown
-    /// only as a plain URL and is no configured CA.
+    /// fallbacks is the first CA's; a CA no longer configured, or what a
+    /// hostile storage names, is not named (one origin for all of them).
     #[test]
     fn the_issuer_is_read_back_from_what_is_stored() {
         let source = source();
@@ -461,10 +466,13 @@ mod tests {
             source.stored_origin(b"-----BEGIN CERTIFICATE-----\n"),
             "ACME https://a.invalid/dir for a.example"
         );
-        let hostile = b"certrotate-acme-ca: https://evil\x1b[2J/dir\n";
-        assert_eq!(
-            source.stored_origin(hostile),
-            "ACME https://a.invalid/dir for a.example"
-        );
+        let unlisted = "ACME (a CA no longer configured) for a.example";
+        for named in [
+            &b"certrotate-acme-ca: https://evil\x1b[2J/dir\n"[..],
+            b"certrotate-acme-ca: https://c.invalid/dir\n",
+            b"certrotate-acme-ca: https://c.invalid/dir?1\n",
+        ] {
+            assert_eq!(source.stored_origin(named), unlisted);
+        }
     }
 }
