@@ -261,14 +261,15 @@ impl Slot<'_> {
         self.renewal(decided).is_some_and(|(_, at)| at <= now)
     }
 
-    /// Plans what follows an attempt that gave `result`: no retry after a
-    /// success, unless the serving certificate is due for renewal (by
-    /// `decided`, asked after the attempt: a source may have learnt a new
-    /// time) and nothing newer came: then it is looked for again later
-    /// with backoff, up to the range's end, not in a hot loop, expired or
-    /// not; after a failure, a retry. A validation that did not finish
-    /// (`Stopped`: it panicked on the blocking pool) is a failure like any
-    /// other.
+    /// Plans what follows an attempt that gave `result`: after a failure,
+    /// a retry. After a success, none, unless the serving certificate is
+    /// due for renewal (by `decided`, asked after the attempt: a source may
+    /// have learnt a new time): whether the source gave the same
+    /// certificate or one already due (an old pair loaded, a stored
+    /// certificate another instance is renewing), a newer one is looked
+    /// for again later with backoff, up to the range's end, not in a hot
+    /// loop, expired or not. A validation that did not finish (`Stopped`:
+    /// it panicked on the blocking pool) is a failure like any other.
     pub(crate) fn plan(
         &mut self,
         result: &Result<Rotation, RotateError>,
@@ -276,10 +277,17 @@ impl Slot<'_> {
     ) {
         let renewal_due = self.due(decided);
         match result {
-            Ok(Rotation::Unchanged(_)) if renewal_due => self.retry(None, false),
-            Ok(_) => {
-                self.state.failures = 0;
-                self.state.retry_at = None;
+            Ok(rotation) => {
+                if matches!(rotation, Rotation::Rotated { .. }) {
+                    self.state.failures = 0;
+                }
+                match renewal_due {
+                    true => self.retry(None, false),
+                    false => {
+                        self.state.failures = 0;
+                        self.state.retry_at = None;
+                    }
+                }
             }
             Err(RotateError::Source(error)) => self.retry(error.retry_after(), true),
             Err(_) => self.retry(None, true),

@@ -253,27 +253,15 @@ impl DirTask {
     /// expiry warning if due), and plans the next look at it.
     fn check(&mut self, name: &Arc<str>, now: SystemTime) -> Option<AlertLevel> {
         let (level, next) = self.with_slot(name, |slot| slot.check_expiry(now, |_| None))??;
-        match next {
-            Some(next) => self.plan_check(name, next),
-            None => {
-                if let Some(old) = self.pairs.get_mut(name)?.check_at.take() {
-                    self.checks.remove(&(old, name.clone()));
-                }
-            }
-        }
-        Some(level)
-    }
-
-    /// Looks at pair `name` at `at` (instead of when planned before): its
-    /// alert level, and a read if it is overdue.
-    fn plan_check(&mut self, name: &Arc<str>, at: SystemTime) {
-        let Some(pair) = self.pairs.get_mut(name) else {
-            return;
-        };
-        if let Some(old) = pair.check_at.replace(at) {
+        let pair = self.pairs.get_mut(name)?;
+        if let Some(old) = pair.check_at.take() {
             self.checks.remove(&(old, name.clone()));
         }
-        self.checks.insert((at, name.clone()));
+        if let Some(next) = next {
+            self.checks.insert((next, name.clone()));
+            pair.check_at = Some(next);
+        }
+        Some(level)
     }
 
     /// Runs `step` on pair `name` under the engine's rules, then brings the
@@ -709,11 +697,6 @@ impl DirTask {
             return None;
         };
         self.check(&name, now);
-        // Due already (an old pair, loaded): looked for again at once, as
-        // a rotator's source is; unchanged, it is then retried with backoff.
-        if self.with_slot(&name, |slot| slot.due(|_| None)) == Some(true) {
-            self.plan_check(&name, now);
-        }
         self.marks.raise(&name, &new)
     }
 

@@ -174,8 +174,13 @@ impl<S: CertSource> CertSource for Arc<S> {
 ///
 /// // Files, a CA in the process: a fetch is quick.
 /// let quick = Start::at_hand();
-/// // Known only after a look (a stored certificate, say).
-/// let stored = Start::ask(async { std::path::Path::new("/var/lib/app/cert.pem").exists() });
+/// // Known only after a look (a stored certificate, say): bound it, as
+/// // `launch` waits for it.
+/// let look = tokio::fs::try_exists("/var/lib/app/cert.pem");
+/// let stored = Start::ask(async move {
+///     let within = std::time::Duration::from_secs(5);
+///     matches!(tokio::time::timeout(within, look).await, Ok(Ok(true)))
+/// });
 /// # drop((quick, stored));
 /// ```
 #[must_use = "a rotator reads it when it launches"]
@@ -188,7 +193,8 @@ impl Start {
     }
 
     /// Whether a fetch is answered from what the source keeps is what
-    /// `look` says (it runs when a rotator launches, not before).
+    /// `look` says (it runs when a rotator launches, not before, and
+    /// `launch` waits for it: bound it).
     pub fn ask(look: impl Future<Output = bool> + Send + 'static) -> Self {
         Self(Some(Box::pin(look)))
     }
