@@ -222,6 +222,9 @@ impl<S: CertSource> RotatorBuilder<S> {
         let store = self.store.unwrap_or_default();
         let slot: Arc<str> = self.slot.into();
         store.add_slot(&slot);
+        if self.allow_older {
+            tracing::warn!(target: "certrotate", %slot, "replay protection is off: certificates older than the newest served are accepted");
+        }
         let start = self.source.attach(&store);
         let (commands, inbox) = mpsc::channel(16);
         let (stop, stopped) = watch::channel(false);
@@ -255,11 +258,10 @@ impl<S: CertSource> Dangerous<RotatorBuilder<S>> {
     /// the source recorded it (default: refused as a replay, with
     /// [`Refusal::OlderThanServing`](crate::policy::Refusal::OlderThanServing)).
     /// For going back to an older certificate on purpose after a restart;
-    /// logged as a warning. While running, prefer
+    /// logged as a warning when the rotator starts. While running, prefer
     /// [`Rotator::install_allowing_older`].
     pub fn allow_older(self) -> RotatorBuilder<S> {
         let mut builder = self.into_inner();
-        tracing::warn!(target: "certrotate", slot = %builder.slot, "replay protection is off: certificates older than the newest served are accepted");
         builder.allow_older = true;
         builder
     }
