@@ -409,3 +409,39 @@ impl AcmeSource {
         Ok(bundle.with_origin(self.origin(directory)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::AcmeSource;
+
+    /// A renewal whose turn came and found the rate used up (something
+    /// else took it first) stays first in line: back later than a window
+    /// after that, it renews at once, not behind every turn reserved since.
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_that_came_and_found_the_rate_used_up_stays_first_in_line() {
+        let s = Duration::from_secs;
+        let builder = AcmeSource::builder("https://acme.invalid/directory", ["a.example"])
+            .renewals_per_window(1, s(10));
+        let ours = builder.clone().build();
+        let others: Vec<_> = (0..6)
+            .map(|i| builder.build_for(&format!("n{i}.example")))
+            .collect();
+        let pace = ours.inner.config.renewal_pace.clone();
+        // One renews now; ours is next, in 10 s; five more queue behind it.
+        assert!(others[0].renewal_turn().is_ok());
+        let waits = |source: &AcmeSource| source.renewal_turn().unwrap_err().retry_after();
+        assert_eq!(waits(&ours), Some(s(10)));
+        for other in &others[1..] {
+            assert!(waits(other) > Some(s(10)));
+        }
+        // Its time comes, but something took the rate just before.
+        tokio::time::advance(s(10)).await;
+        assert!(pace.take().is_ok());
+        assert_eq!(waits(&ours), Some(s(10)));
+        // Back long after (a retry's backoff): its turn at once.
+        tokio::time::advance(s(25)).await;
+        assert!(ours.renewal_turn().is_ok());
+    }
+}
