@@ -78,7 +78,8 @@ pub(crate) fn ser_opt_time<S: serde::Serializer>(
 /// The longest delay outside input can impose on a retry: a CA's
 /// `Retry-After` or a source's [`SourceErrorKind::RateLimited`](crate::source::SourceErrorKind::RateLimited)
 /// asking for more is taken as this much (and the serving certificate's
-/// remaining validity caps retries further).
+/// remaining validity caps retries further: an eighth of it while it is
+/// valid, the retry range's end once it has expired).
 pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// As far ahead as any time computed here goes: past it, "never".

@@ -145,6 +145,9 @@ pub(crate) struct SlotState {
     failures: u32,
     /// Failed reads of the replay mark in a row (their own backoff).
     mark_failures: u32,
+    /// Looks in a row for a newer certificate while the serving one is due
+    /// (their own backoff, kept across rotations to one due already).
+    due_looks: u32,
     /// When to attempt again: after a failure, or to read the mark again.
     pub(crate) retry_at: Option<Instant>,
     /// The alert level last reported.
@@ -160,6 +163,7 @@ impl Default for SlotState {
         Self {
             failures: 0,
             mark_failures: 0,
+            due_looks: 0,
             retry_at: None,
             reported: AlertLevel::Ok,
             next_repeat: None,
@@ -265,11 +269,14 @@ impl Slot<'_> {
     /// a retry. After a success, none, unless the serving certificate is
     /// due for renewal (by `decided`, asked after the attempt: a source may
     /// have learnt a new time): whether the source gave the same
-    /// certificate or one already due (an old pair loaded, a stored
-    /// certificate another instance is renewing), a newer one is looked
-    /// for again later with backoff, up to the range's end, not in a hot
-    /// loop, expired or not. A validation that did not finish (`Stopped`:
-    /// it panicked on the blocking pool) is a failure like any other.
+    /// certificate (renewal is not happening: it counts as a failure
+    /// toward the outage budget) or one due already (an old pair loaded, a
+    /// stored certificate another instance is renewing, a source whose
+    /// every certificate is due from the start), a newer one is looked for
+    /// again later with a backoff of its own, doubling across attempts and
+    /// rotations up to the range's end, expired or not. A validation that
+    /// did not finish (`Stopped`: it panicked on the blocking pool) is a
+    /// failure like any other.
     pub(crate) fn plan(
         &mut self,
         result: &Result<Rotation, RotateError>,
@@ -278,20 +285,36 @@ impl Slot<'_> {
         let renewal_due = self.due(decided);
         match result {
             Ok(rotation) => {
-                if matches!(rotation, Rotation::Rotated { .. }) {
-                    self.state.failures = 0;
+                let state = &mut *self.state;
+                match rotation {
+                    Rotation::Rotated { .. } => state.failures = 0,
+                    Rotation::Unchanged(_) if renewal_due => {
+                        state.failures = state.failures.saturating_add(1);
+                    }
+                    Rotation::Unchanged(_) => {}
                 }
                 match renewal_due {
-                    true => self.retry(None, false),
+                    true => self.look_again(),
                     false => {
-                        self.state.failures = 0;
-                        self.state.retry_at = None;
+                        state.failures = 0;
+                        state.due_looks = 0;
+                        state.retry_at = None;
                     }
                 }
             }
             Err(RotateError::Source(error)) => self.retry(error.retry_after(), true),
             Err(_) => self.retry(None, true),
         }
+    }
+
+    /// Plans the next look for a newer certificate while the serving one
+    /// is due: from the range's start, doubling up to its end.
+    fn look_again(&mut self) {
+        let looks = self.state.due_looks;
+        let delay = renewal::retry_delay(looks, self.rules.retry, None, None);
+        self.state.due_looks = looks.saturating_add(1);
+        self.state.retry_at = Some(crate::clock::instant_in(delay));
+        tracing::debug!(target: "certrotate", slot = %self.name, look_in = ?delay, "renewal due: a newer certificate is looked for again");
     }
 
     /// The replay mark was read (`read`) or could not be: in the second

@@ -92,8 +92,10 @@ pub(crate) fn at_fraction(cert: &CertInfo, fraction: f64, jitter: f64, early: f6
 /// certificate serving that has `remaining` validity left, never more than
 /// an eighth of it (but not under `min`), so a short-lived certificate gets
 /// several attempts before it expires however long the outage. Once it has
-/// expired, hurrying saves nothing: the backoff and `retry_after` hold
-/// again (a failing source is not asked every `min` for ever).
+/// expired, hurrying saves nothing: the backoff holds again (a failing
+/// source is not asked every `min` for ever), and so does `retry_after`,
+/// up to the range's end (a server with an expired certificate does not
+/// wait a day on a CA's word).
 pub(crate) fn retry_delay(
     failures: u32,
     (min, max): (Duration, Duration),
@@ -108,8 +110,9 @@ pub(crate) fn retry_delay(
         .min(crate::clock::MAX_RETRY_AFTER);
     let delay = jittered.max(retry_after);
     match remaining {
-        Some(remaining) if !remaining.is_zero() => delay.min((remaining / 8).max(min)),
-        _ => delay,
+        Some(remaining) if remaining.is_zero() => delay.min(max.max(min)),
+        Some(remaining) => delay.min((remaining / 8).max(min)),
+        None => delay,
     }
 }
 
@@ -200,11 +203,12 @@ mod tests {
         // Nearly expired: never under the range's start.
         let tiny = Duration::from_millis(10);
         assert_eq!(retry_delay(5, range, None, Some(tiny)), range.0);
-        // Expired: the backoff and the CA's wait again, not the start.
+        // Expired: the backoff again, not the start; the CA's wait up to
+        // the range's end.
         assert!(retry_delay(10, range, None, Some(Duration::ZERO)) >= range.1 / 2);
         assert_eq!(
             retry_delay(0, range, Some(hour), Some(Duration::ZERO)),
-            hour
+            range.1
         );
     }
 }

@@ -672,3 +672,28 @@ async fn an_outage_budget_alerts_while_renewal_keeps_failing() {
         }
     }
 }
+
+/// A source whose every certificate is due from the start (a Vault role
+/// whose TTL is shorter than its backdating, say) is asked again with a
+/// growing backoff, not at the retry range's start after each rotation
+/// for ever (nor at once, as before the backoff).
+#[tokio::test(start_paused = true)]
+async fn a_source_whose_certificates_are_due_from_the_start_is_asked_with_growing_backoff() {
+    let (source, _clock, store) = setup();
+    // Issued a minute back for 20 s more: a third of the lifetime is left
+    // from the start.
+    *source.lifetime.lock().unwrap() = Duration::from_secs(20);
+    let rotator = Rotator::builder(source.clone(), Policy::default())
+        .store(store)
+        .retry_backoff(Duration::from_secs(1), Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    // 1 s doubling, each up to half shorter: the first, then at most seven
+    // more in a minute (0.5 + 1 + 2 + 4 + 8 + 16 + 32 s); at the start of
+    // the range after each rotation, 60 to 120.
+    let fetches = source.fetches.lock().unwrap().len();
+    assert!(fetches <= 8, "{fetches} fetches in a minute");
+    assert!(rotator.health().certificates[0].last_error.is_none());
+}
