@@ -260,7 +260,7 @@ impl Slot<'_> {
 
     /// Whether the serving certificate is due for renewal now (by
     /// `decided`, else by the time it was installed with).
-    pub(crate) fn due(&self, decided: impl Fn(&CertInfo) -> Option<Renewal>) -> bool {
+    fn due(&self, decided: impl Fn(&CertInfo) -> Option<Renewal>) -> bool {
         let now = self.store.clock().now();
         self.renewal(decided).is_some_and(|(_, at)| at <= now)
     }

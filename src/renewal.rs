@@ -110,7 +110,7 @@ pub(crate) fn retry_delay(
         .min(crate::clock::MAX_RETRY_AFTER);
     let delay = jittered.max(retry_after);
     match remaining {
-        Some(remaining) if remaining.is_zero() => delay.min(max.max(min)),
+        Some(remaining) if remaining.is_zero() => delay.min(max),
         Some(remaining) => delay.min((remaining / 8).max(min)),
         None => delay,
     }

@@ -51,8 +51,13 @@ async fn until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
 }
 
 async fn start(dir: &TempDir) -> CertDirectory {
+    start_with(dir, file_options()).await
+}
+
+/// [`start`] with `options`.
+async fn start_with(dir: &TempDir, options: certrotate::source::FileOptions) -> CertDirectory {
     CertDirectory::builder(dir.path(), Policy::default())
-        .options(file_options())
+        .options(options)
         .retry_backoff(Duration::from_millis(100), Duration::from_millis(400))
         .start()
         .await
@@ -403,12 +408,7 @@ async fn an_overdue_pair_is_looked_for_again_with_backoff_as_a_rotators_source_i
     let options = file_options().watch(WatchMode::Poll {
         every: Duration::from_secs(3600),
     });
-    let certs = CertDirectory::builder(dir.path(), Policy::default())
-        .options(options)
-        .retry_backoff(Duration::from_millis(100), Duration::from_millis(400))
-        .start()
-        .await
-        .unwrap();
+    let certs = start_with(&dir, options).await;
     let mut events = certs.subscribe();
     let serving = || certs.health().certificates[0].serial.clone();
     assert_eq!(serving(), serial(&overdue));
