@@ -1,7 +1,7 @@
 //! [`HighWaterMark`]: the newest certificate a slot ever served, kept by
 //! sources that keep state so that replay protection survives a restart;
-//! [`MarkUnreadable`]: a mark that could not be read; and what a rotator
-//! knows of its mark ([`Recorded`]).
+//! [`MarkUnreadable`]: a mark that could not be read; and the one rule
+//! for keeping a mark in a state file.
 //!
 //! "Older" is always decided by the certificates' own dates, never by a
 //! storage's bookkeeping: a storage that lost everything must not make a
@@ -166,40 +166,6 @@ impl MarkUnreadable {
     }
 }
 
-/// What a rotator knows of its source's mark.
-#[derive(Debug, Clone)]
-pub(crate) enum Recorded {
-    /// Not asked yet.
-    NotRead,
-    /// Read: the newest certificate recorded, if any.
-    Known(Option<HighWaterMark>),
-    /// Could not be read (asked again at the next attempt).
-    Unreadable(MarkUnreadable),
-}
-
-impl Recorded {
-    /// The newest mark known for sure, even if the whole could not be read.
-    pub(crate) fn floor(&self) -> Option<HighWaterMark> {
-        match self {
-            Self::NotRead => None,
-            Self::Known(mark) => mark.clone(),
-            Self::Unreadable(error) => error.known.clone(),
-        }
-    }
-
-    /// Takes in what a read gave: a failed read keeps what an earlier one
-    /// knew for sure.
-    pub(crate) fn update(&mut self, read: Result<Option<HighWaterMark>, MarkUnreadable>) {
-        *self = match read {
-            Ok(mark) => Self::Known(mark),
-            Err(mut error) => {
-                error.known = HighWaterMark::newest(error.known, self.floor());
-                Self::Unreadable(error)
-            }
-        };
-    }
-}
-
 #[cfg(any(feature = "file", feature = "acme"))]
 impl HighWaterMark {
     /// Reads the mark a state file holds, within [`STATE_FILE_TIMEOUT`]. A
@@ -207,60 +173,75 @@ impl HighWaterMark {
     /// is unreadable.
     pub(crate) async fn load_file(path: &Path) -> Result<Option<Self>, MarkUnreadable> {
         let owned = path.to_owned();
-        let read = crate::sync::blocking(move || crate::read::small(&owned));
-        let why = |why: String| format!("state file {}: {why}", path.display());
-        let text = match tokio::time::timeout(STATE_FILE_TIMEOUT, read).await {
-            Err(_) => {
-                let waited = crate::clock::human(STATE_FILE_TIMEOUT);
-                return Err(MarkUnreadable::new(why(format!(
-                    "no answer within {waited}"
-                ))));
-            }
-            Ok(read) => match read.and_then(|read| read) {
-                Ok(text) => text,
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                // Not a small regular file: unusable, replaced by a mark.
-                Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
-                    return Err(MarkUnreadable::corrupt(why(error.to_string())));
-                }
-                Err(error) => return Err(MarkUnreadable::new(why(error.to_string()))),
-            },
-        };
-        String::from_utf8_lossy(&text)
-            .parse()
-            .map(Some)
-            .map_err(|error| MarkUnreadable::corrupt(why(error)))
+        let read = crate::sync::blocking(move || Self::read_file(&owned));
+        match tokio::time::timeout(STATE_FILE_TIMEOUT, read).await {
+            Ok(Ok(read)) => read,
+            // Timed out, or the runtime is shutting down.
+            _ => Err(no_answer(path)),
+        }
     }
 
     /// Records the mark in a state file unless the file holds a newer one
-    /// or does not answer (it is never lowered): 0600, atomically, within
-    /// [`STATE_FILE_TIMEOUT`]. A file that does not parse is replaced. A
-    /// failure is reported, naming `from`.
+    /// or does not answer ([`record_in_file`](Self::record_in_file)), within
+    /// [`STATE_FILE_TIMEOUT`]. A failure is reported, naming `from`.
     pub(crate) async fn record_file(&self, path: &Path, from: &str) {
-        match Self::load_file(path).await {
-            Ok(Some(held)) if held.not_before >= self.not_before => return,
+        let (owned, mark) = (path.to_owned(), self.clone());
+        let record = crate::sync::blocking(move || mark.record_in_file(&owned));
+        let error = match tokio::time::timeout(STATE_FILE_TIMEOUT, record).await {
+            Ok(Ok(Ok(()))) => return,
+            Ok(Ok(Err(error))) => error,
+            _ => no_answer(path),
+        };
+        tracing::warn!(target: "certrotate", source = %from, %error, "the state file is not written: replay protection is per process until it is");
+    }
+
+    /// Reads the mark a state file holds (blocking). A missing file is no
+    /// mark; one that does not parse, or is not a small regular file, is
+    /// unusable (replaced by the next mark); one that cannot be read is
+    /// unreadable.
+    pub(crate) fn read_file(path: &Path) -> Result<Option<Self>, MarkUnreadable> {
+        let why = |why: String| format!("state file {}: {why}", path.display());
+        match crate::read::small(path) {
+            Ok(text) => String::from_utf8_lossy(&text)
+                .parse()
+                .map(Some)
+                .map_err(|error| MarkUnreadable::corrupt(why(error))),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+                Err(MarkUnreadable::corrupt(why(error.to_string())))
+            }
+            Err(error) => Err(MarkUnreadable::new(why(error.to_string()))),
+        }
+    }
+
+    /// Records the mark in a state file (blocking), the one rule for every
+    /// state file: unless it holds a mark as new or newer (then it is
+    /// recorded already), or cannot be read (it may hold a newer one); a
+    /// file that does not parse is replaced. Written 0600, atomically.
+    pub(crate) fn record_in_file(&self, path: &Path) -> Result<(), MarkUnreadable> {
+        match Self::read_file(path) {
+            Ok(Some(held)) if held.not_before >= self.not_before => return Ok(()),
             Ok(_) => {}
             Err(error) if error.is_corrupt() => {}
-            Err(error) => {
-                tracing::warn!(target: "certrotate", source = %from, %error, "the state file is not written while it cannot be read");
-                return;
-            }
+            Err(error) => return Err(error),
         }
-        let (owned, text) = (path.to_owned(), format!("{self}\n"));
-        let write =
-            crate::sync::blocking(move || crate::atomic::write(&owned, text.as_bytes(), 0o600));
-        let error = match tokio::time::timeout(STATE_FILE_TIMEOUT, write).await {
-            Ok(written) => match written.and_then(|written| written) {
-                Ok(()) => return,
-                Err(error) => error.to_string(),
-            },
-            Err(_) => format!(
-                "no answer within {}",
-                crate::clock::human(STATE_FILE_TIMEOUT)
-            ),
-        };
-        tracing::warn!(target: "certrotate", source = %from, path = %path.display(), %error, "cannot write the state file: replay protection is per process until it can");
+        crate::atomic::write(path, format!("{self}\n").as_bytes(), 0o600).map_err(|error| {
+            MarkUnreadable::new(format!(
+                "cannot write state file {}: {error}",
+                path.display()
+            ))
+        })
     }
+}
+
+/// A state file that did not answer within [`STATE_FILE_TIMEOUT`].
+#[cfg(any(feature = "file", feature = "acme"))]
+pub(crate) fn no_answer(path: &Path) -> MarkUnreadable {
+    let waited = crate::clock::human(STATE_FILE_TIMEOUT);
+    MarkUnreadable::new(format!(
+        "state file {}: no answer within {waited}",
+        path.display()
+    ))
 }
 
 #[cfg(test)]

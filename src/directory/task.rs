@@ -11,7 +11,10 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::engine::{self, Rules, Slot, SlotState, Verdict};
+use crate::bundle::CertInfo;
+use crate::engine::{
+    self, Candidate, Decided, Driver, MarkRead, RotateError, Rotation, Rules, Slot, SlotState,
+};
 use crate::events::Trigger;
 use crate::health::AlertLevel;
 use crate::policy::Policy;
@@ -24,7 +27,7 @@ use crate::store::CertStore;
 use crate::sync::lock;
 
 use super::layout::{locate, pair_of, scan, stamp};
-use super::marks::{self, Lookup, PairMarks};
+use super::marks::{self, Departed};
 use super::CertDirectoryBuilder;
 use crate::mark::{HighWaterMark, MarkUnreadable, STATE_FILE_TIMEOUT};
 
@@ -57,8 +60,10 @@ pub(super) struct DirTask {
     /// The pairs' names, for [`CertDirectory::pairs`](super::CertDirectory::pairs).
     names: Arc<Mutex<BTreeSet<Arc<str>>>>,
     reads: OneAtATime,
-    /// The newest certificate each pair served, kept when it leaves.
-    marks: PairMarks,
+    /// Where pairs' marks survive restarts: `<dir>/<pair>.mark`.
+    state_dir: Option<PathBuf>,
+    /// The newest certificate each pair that left served.
+    departed: Departed,
     /// Reads and writes of the state directory, one batch at a time.
     mark_io: OneAtATime,
 }
@@ -78,8 +83,6 @@ struct Pair {
     grace_until: Option<Instant>,
     /// What its files' last read warned of.
     file_warning: Option<SourceWarning>,
-    /// Why its mark could not be read, if it could not.
-    mark_warning: Option<SourceWarning>,
     /// When its alert level is next looked at (its place in `checks`).
     check_at: Option<SystemTime>,
 }
@@ -93,9 +96,6 @@ struct Look {
     /// Whether a subdirectory of its name exists (to be watched).
     subdir: bool,
 }
-
-/// What reading a pair's mark file gave.
-type MarkRead = Result<Option<HighWaterMark>, MarkUnreadable>;
 
 impl DirTask {
     /// The task `builder` describes, until `gone` closes.
@@ -120,7 +120,8 @@ impl DirTask {
             checks: BTreeSet::new(),
             names: Arc::default(),
             reads: OneAtATime::default(),
-            marks: PairMarks::new(builder.state_dir),
+            state_dir: builder.state_dir,
+            departed: Departed::default(),
             mark_io: OneAtATime::default(),
         }
     }
@@ -252,7 +253,8 @@ impl DirTask {
     /// Has the engine report pair `name`'s alert level at `now` (with an
     /// expiry warning if due), and plans the next look at it.
     fn check(&mut self, name: &Arc<str>, now: SystemTime) -> Option<AlertLevel> {
-        let (level, next) = self.with_slot(name, |slot| slot.check_expiry(now, |_| None))??;
+        let (level, next) =
+            self.with_slot(name, |slot, decided| slot.check_expiry(now, decided))??;
         let pair = self.pairs.get_mut(name)?;
         if let Some(old) = pair.check_at.take() {
             self.checks.remove(&(old, name.clone()));
@@ -262,35 +264,6 @@ impl DirTask {
             pair.check_at = Some(next);
         }
         Some(level)
-    }
-
-    /// Runs `step` on pair `name` under the engine's rules, then brings the
-    /// retry index up to date with the pair's retry time.
-    fn with_slot<R>(
-        &mut self,
-        name: &Arc<str>,
-        step: impl FnOnce(&mut Slot<'_>) -> R,
-    ) -> Option<R> {
-        let pair = self.pairs.get_mut(name)?;
-        let before = pair.state.retry_at;
-        let mut slot = Slot {
-            store: &self.store,
-            rules: &self.rules,
-            name,
-            kind: "file",
-            state: &mut pair.state,
-        };
-        let result = step(&mut slot);
-        let after = pair.state.retry_at;
-        if before != after {
-            if let Some(before) = before {
-                self.retries.remove(&(before, name.clone()));
-            }
-            if let Some(after) = after {
-                self.retries.insert((after, name.clone()));
-            }
-        }
-        Some(result)
     }
 
     /// Lists the directory: pairs that appeared are loaded, pairs that left
@@ -354,153 +327,10 @@ impl DirTask {
         let _ = crate::sync::blocking(move || subscription.watch_dirs(&dirs)).await;
     }
 
-    /// Reads the pairs `names` (found where they are now), then validates
-    /// and installs what changed, on every core.
+    /// Reads the pairs `names` (found where they are now), then has the
+    /// engine settle what changed, on every core.
     async fn refresh(&mut self, names: Vec<Arc<str>>, trigger: Trigger) {
-        let mut looks = Vec::with_capacity(names.len());
-        for batch in names.chunks(READ_BATCH) {
-            looks.extend(self.look(batch.to_vec()).await);
-        }
-        // New subdirectories are watched (a pair's files may come later).
-        let mut rewatch = false;
-        for look in &looks {
-            let sub = self.dir.join(&*look.name);
-            rewatch |= match look.subdir {
-                true => self.subdirs.insert(sub),
-                false => self.subdirs.remove(&sub),
-            };
-        }
-        if rewatch {
-            self.rewatch().await;
-        }
-
-        let now_instant = Instant::now();
-        let mut candidates = Vec::new();
-        for Look { name, found, .. } in looks {
-            let Some((files, stamp, loaded)) = found else {
-                self.forget(&name);
-                continue;
-            };
-            self.marks.present(&name);
-            let pair = self.pairs.entry(name.clone()).or_insert_with(|| {
-                lock(&self.names).insert(name.clone());
-                // Slots are made in name order (the order looked at), so
-                // the first pair by name is the default.
-                self.store.add_slot(&name);
-                Pair::new(files.clone())
-            });
-            pair.files = files;
-            pair.stamp = stamp;
-            // A change that left the content as it was is nothing to do;
-            // a due renewal or a retry is an attempt, as a rotator's is.
-            let same = pair.seen == Some(loaded.fingerprint);
-            if same && trigger == Trigger::SourceChanged {
-                continue;
-            }
-            pair.seen = Some(loaded.fingerprint);
-            // Caught between its two halves: read again once it settles,
-            // until the grace period ends.
-            if !loaded.whole() && loaded.recent {
-                let until = *pair
-                    .grace_until
-                    .get_or_insert(now_instant + self.options.grace);
-                if now_instant < until {
-                    let at = now_instant + self.options.settle;
-                    self.plan_retry(&name, at);
-                    continue;
-                }
-            }
-            self.pairs.get_mut(&name).expect("inserted").grace_until = None;
-            self.pairs.get_mut(&name).expect("inserted").file_warning = loaded.warning;
-            self.note_warnings(&name);
-            candidates.push((name, loaded.bundle));
-        }
-        let verdicts = self.validate(candidates, trigger).await;
-        let mut writes = Vec::new();
-        for (name, verdict, read) in verdicts {
-            if let Some(read) = &read {
-                self.mark_loaded(&name, read);
-            }
-            if let Some((path, mark)) = self.apply(name.clone(), verdict) {
-                writes.push((name.clone(), path, mark));
-            }
-            if let Some(read) = &read {
-                let write = self.mark_settled(&name, read.is_ok());
-                writes.extend(write.map(|(path, mark)| (name.clone(), path, mark)));
-            }
-        }
-        self.write_marks(writes).await;
-    }
-
-    /// Takes in what reading a pair's mark file gave (one that cannot be
-    /// read is reported in health).
-    fn mark_loaded(&mut self, name: &Arc<str>, read: &MarkRead) {
-        self.marks.loaded(name, read);
-        if let Some(pair) = self.pairs.get_mut(name) {
-            pair.mark_warning = read
-                .as_ref()
-                .err()
-                .cloned()
-                .map(|error| SourceWarning::MarkUnreadable(Box::new(error)));
-        }
-    }
-
-    /// After a read or write of pair `name`'s mark (`ok`: it worked): one
-    /// that failed is tried again after a retry delay of its own.
-    ///
-    /// Returns the mark to write when the certificate the pair serves is
-    /// newer than the one read (it was installed while the mark could not be
-    /// read, or the file was unusable): the mark catches up.
-    fn mark_settled(
-        &mut self,
-        name: &Arc<str>,
-        ok: bool,
-    ) -> Option<(std::path::PathBuf, HighWaterMark)> {
-        self.with_slot(name, |slot| slot.mark_read(ok))?;
-        self.note_warnings(name);
-        let serving = self.store.current(name)?;
-        self.marks.raise(name, &serving)
-    }
-
-    /// Writes the marks that rose to the state directory, within the time a
-    /// state file may take per batch. A mark written clears its pair's mark
-    /// warning (whatever was unusable in its place is replaced); one that
-    /// cannot be written is reported in the pair's health, and read and
-    /// written again after a retry delay (it holds in memory meanwhile).
-    async fn write_marks(&mut self, writes: Vec<(Arc<str>, std::path::PathBuf, HighWaterMark)>) {
-        for batch in writes.chunks(READ_BATCH) {
-            let batch = batch.to_vec();
-            let names: Vec<Arc<str>> = batch.iter().map(|(name, ..)| name.clone()).collect();
-            let written = self.mark_io.run(STATE_FILE_TIMEOUT, move || {
-                batch
-                    .into_iter()
-                    .map(|(name, path, mark)| {
-                        let written = marks::write(&path, &mark);
-                        (
-                            name,
-                            written.map_err(|e| format!("cannot write {}: {e}", path.display())),
-                        )
-                    })
-                    .collect::<Vec<_>>()
-            });
-            let written = written.await.unwrap_or_else(|stuck| {
-                let waited = crate::clock::human(stuck.waited);
-                let why = format!("the state directory did not answer within {waited}");
-                names
-                    .into_iter()
-                    .map(|name| (name, Err(why.clone())))
-                    .collect()
-            });
-            for (name, result) in written {
-                if let Err(error) = &result {
-                    tracing::warn!(target: "certrotate", pair = %name, %error, "a pair's mark is not saved: its replay protection is per process until it is");
-                    self.marks.unsaved(&name);
-                }
-                let read = result.map(|()| None).map_err(MarkUnreadable::new);
-                self.mark_loaded(&name, &read);
-                self.mark_settled(&name, read.is_ok());
-            }
-        }
+        engine::attempt(self, names, trigger).await;
     }
 
     /// Finds and reads `names` on the blocking reader.
@@ -550,173 +380,9 @@ impl DirTask {
         }
     }
 
-    /// Emits the attempts, and validates the candidates that differ from
-    /// what their slots serve, spread over the blocking pool.
-    async fn validate(
-        &self,
-        candidates: Vec<(Arc<str>, Result<crate::bundle::CertBundle, SourceError>)>,
-        trigger: Trigger,
-    ) -> Vec<(Arc<str>, Verdict, Option<MarkRead>)> {
-        let mut verdicts = Vec::new();
-        let mut work = Vec::new();
-        for (name, bundle) in candidates {
-            engine::attempting(&self.store, &name, trigger);
-            let serving = self.store.current(&name);
-            let lookup = self.marks.lookup(&name);
-            match bundle {
-                Err(error) => verdicts.push((name, Verdict::Failed(error), None)),
-                Ok(bundle) => {
-                    let unchanged = engine::unchanged(serving.as_deref(), &bundle);
-                    match (unchanged, lookup) {
-                        (true, Lookup::Known(_)) => {
-                            let serving = serving.expect("unchanged from one serving");
-                            verdicts.push((name, Verdict::Unchanged(serving), None));
-                        }
-                        (unchanged, lookup) => {
-                            let bundle = (!unchanged).then_some(bundle);
-                            work.push((name, bundle, serving, lookup));
-                        }
-                    }
-                }
-            }
-        }
-        let unknown: Vec<_> = work
-            .iter()
-            .filter_map(|(name, _, _, lookup)| match lookup {
-                Lookup::Read(path) => Some((name.clone(), path.clone())),
-                Lookup::Known(_) => None,
-            })
-            .collect();
-        let mut reads = self.read_marks(unknown).await;
-        let work: Vec<_> = work
-            .into_iter()
-            .map(|(name, bundle, serving, lookup)| {
-                let recorded = match lookup {
-                    Lookup::Known(mark) => mark,
-                    Lookup::Read(_) => reads
-                        .get(&name)
-                        .and_then(|r| r.as_ref().ok())
-                        .cloned()
-                        .flatten(),
-                };
-                (name, bundle, serving, recorded)
-            })
-            .collect();
-        let lanes = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let per_lane = work.len().div_ceil(lanes).max(1);
-        let now = self.store.clock().now();
-        let mut running = tokio::task::JoinSet::new();
-        let mut work = work.into_iter();
-        loop {
-            let lane: Vec<_> = work.by_ref().take(per_lane).collect();
-            if lane.is_empty() {
-                break;
-            }
-            let policy = self.policy.clone();
-            running.spawn(crate::sync::blocking(move || {
-                lane.into_iter()
-                    .map(|(name, bundle, serving, recorded)| {
-                        // Nothing older than the mark, or (when the mark
-                        // cannot be read) than what serves.
-                        let mark = serving.as_deref().map(HighWaterMark::of);
-                        let newest = HighWaterMark::newest(recorded, mark);
-                        let verdict = match (bundle, serving) {
-                            (Some(bundle), _) => {
-                                engine::judge(&policy, &bundle, newest.as_ref(), now)
-                            }
-                            (None, Some(serving)) => Verdict::Unchanged(serving),
-                            (None, None) => unreachable!("unchanged from one serving"),
-                        };
-                        (name, verdict)
-                    })
-                    .collect::<Vec<_>>()
-            }));
-        }
-        while let Some(done) = running.join_next().await {
-            // A lane that did not finish (the runtime is shutting down) is
-            // dropped: its pairs are read again at the next change.
-            if let Ok(Ok(lane)) = done {
-                let lane = lane.into_iter().map(|(name, verdict)| {
-                    let read = reads.remove(&name);
-                    (name, verdict, read)
-                });
-                verdicts.extend(lane);
-            }
-        }
-        verdicts
-    }
-
-    /// Reads the marks of `pairs` from the state directory, a batch at a
-    /// time, one batch at once, each within the time a state file may take:
-    /// a hung disk holds up one batch (its marks are then unreadable, and
-    /// read again later), never the task.
-    async fn read_marks(
-        &self,
-        pairs: Vec<(Arc<str>, std::path::PathBuf)>,
-    ) -> std::collections::HashMap<Arc<str>, MarkRead> {
-        let mut reads = std::collections::HashMap::with_capacity(pairs.len());
-        for batch in pairs.chunks(READ_BATCH) {
-            let batch = batch.to_vec();
-            let names: Vec<Arc<str>> = batch.iter().map(|(name, _)| name.clone()).collect();
-            let read = self.mark_io.run(STATE_FILE_TIMEOUT, move || {
-                batch
-                    .into_iter()
-                    .map(|(name, path)| (name, marks::read(&path)))
-                    .collect::<Vec<_>>()
-            });
-            match read.await {
-                Ok(read) => reads.extend(read),
-                Err(stuck) => {
-                    let waited = crate::clock::human(stuck.waited);
-                    let why = format!("the state directory did not answer within {waited}");
-                    reads.extend(
-                        names
-                            .into_iter()
-                            .map(|n| (n, Err(MarkUnreadable::new(why.clone())))),
-                    );
-                }
-            }
-        }
-        reads
-    }
-
-    /// Has the engine carry out `verdict` for pair `name` and plan what
-    /// follows. Returns the mark to write if it rose.
-    fn apply(
-        &mut self,
-        name: Arc<str>,
-        verdict: Verdict,
-    ) -> Option<(std::path::PathBuf, HighWaterMark)> {
-        let now = self.store.clock().now();
-        let result = self.with_slot(&name, |slot| {
-            let result = slot.conclude(verdict, |_| None);
-            slot.plan(&result, |_| None);
-            result
-        })?;
-        let Ok(engine::Rotation::Rotated { new, .. }) = result else {
-            return None;
-        };
-        self.check(&name, now);
-        self.marks.raise(&name, &new)
-    }
-
     /// Reads pair `name` again at `at` (caught between its halves).
     fn plan_retry(&mut self, name: &Arc<str>, at: Instant) {
-        self.with_slot(name, |slot| slot.state.retry_at = Some(at));
-    }
-
-    /// Records a pair's warnings (its files', its mark's) in health, with
-    /// an event for each new one.
-    fn note_warnings(&mut self, name: &Arc<str>) {
-        let Some(pair) = self.pairs.get_mut(name) else {
-            return;
-        };
-        let warnings: Vec<SourceWarning> = [&pair.file_warning, &pair.mark_warning]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
-        self.with_slot(name, |slot| slot.warn(warnings));
+        self.with_slot(name, |slot, _| slot.state.retry_at = Some(at));
     }
 
     /// The pair `name` left the directory: its slot goes.
@@ -731,22 +397,215 @@ impl DirTask {
             self.checks.remove(&(at, name.clone()));
         }
         lock(&self.names).remove(name);
+        let serving = self.store.current(name);
+        let mark = pair.state.mark.newest(serving.as_deref());
         self.store.remove(name);
-        self.marks.left(name);
+        self.departed.left(name, mark);
     }
 }
 
 impl Pair {
-    fn new(files: Files) -> Self {
+    /// A pair found, whose mark was `mark` when it was last here.
+    fn new(files: Files, mark: Option<HighWaterMark>) -> Self {
         Self {
             files,
             stamp: 0,
             seen: None,
-            state: SlotState::default(),
+            state: SlotState::remembering(mark),
             grace_until: None,
             file_warning: None,
-            mark_warning: None,
             check_at: None,
         }
     }
+}
+
+/// The directory's I/O: its pairs' files, read in batches on the blocking
+/// reader, and their marks in the state directory, one file per pair.
+impl Driver for DirTask {
+    fn store(&self) -> &CertStore {
+        &self.store
+    }
+
+    fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// A pair's mark is kept in its one state file.
+    fn one_place(&self) -> bool {
+        true
+    }
+
+    /// Runs `step` on pair `name` under the engine's rules (renewal by the
+    /// rules' fraction), then brings the retry index up to date with the
+    /// pair's retry time.
+    fn with_slot<R>(
+        &mut self,
+        name: &Arc<str>,
+        step: impl FnOnce(&mut Slot<'_>, &Decided<'_>) -> R,
+    ) -> Option<R> {
+        let pair = self.pairs.get_mut(name)?;
+        let before = pair.state.retry_at;
+        let mut slot = Slot {
+            store: &self.store,
+            rules: &self.rules,
+            name,
+            kind: "file",
+            state: &mut pair.state,
+        };
+        let result = step(&mut slot, &|_: &CertInfo| None);
+        let after = pair.state.retry_at;
+        if before != after {
+            if let Some(before) = before {
+                self.retries.remove(&(before, name.clone()));
+            }
+            if let Some(after) = after {
+                self.retries.insert((after, name.clone()));
+            }
+        }
+        Some(result)
+    }
+
+    fn warnings(&self, name: &Arc<str>) -> Vec<SourceWarning> {
+        let pair = self.pairs.get(name);
+        pair.and_then(|p| p.file_warning.clone())
+            .into_iter()
+            .collect()
+    }
+
+    /// Reads the pairs `names` where they are now (a pair gone is
+    /// forgotten), and keeps those to attempt: a change that left the
+    /// content as it was is nothing to do (a due renewal or a retry is an
+    /// attempt, as a rotator's is); a pair caught between its two halves is
+    /// read again once it settles, until its grace period ends.
+    async fn fetch(&mut self, names: Vec<Arc<str>>, trigger: Trigger) -> Vec<Candidate> {
+        let mut looks = Vec::with_capacity(names.len());
+        for batch in names.chunks(READ_BATCH) {
+            looks.extend(self.look(batch.to_vec()).await);
+        }
+        // New subdirectories are watched (a pair's files may come later).
+        let mut rewatch = false;
+        for look in &looks {
+            let sub = self.dir.join(&*look.name);
+            rewatch |= match look.subdir {
+                true => self.subdirs.insert(sub),
+                false => self.subdirs.remove(&sub),
+            };
+        }
+        if rewatch {
+            self.rewatch().await;
+        }
+
+        let now_instant = Instant::now();
+        let mut candidates = Vec::new();
+        for Look { name, found, .. } in looks {
+            let Some((files, stamp, loaded)) = found else {
+                self.forget(&name);
+                continue;
+            };
+            let pair = self.pairs.entry(name.clone()).or_insert_with(|| {
+                lock(&self.names).insert(name.clone());
+                // Slots are made in name order (the order looked at), so
+                // the first pair by name is the default.
+                self.store.add_slot(&name);
+                Pair::new(files.clone(), self.departed.back(&name))
+            });
+            pair.files = files;
+            pair.stamp = stamp;
+            let same = pair.seen == Some(loaded.fingerprint);
+            if same && trigger == Trigger::SourceChanged {
+                continue;
+            }
+            pair.seen = Some(loaded.fingerprint);
+            if !loaded.whole() && loaded.recent {
+                let until = *pair
+                    .grace_until
+                    .get_or_insert(now_instant + self.options.grace);
+                if now_instant < until {
+                    let at = now_instant + self.options.settle;
+                    self.plan_retry(&name, at);
+                    continue;
+                }
+            }
+            pair.grace_until = None;
+            pair.file_warning = loaded.warning;
+            engine::attempting(&self.store, &name, trigger);
+            candidates.push((name, loaded.bundle));
+        }
+        candidates
+    }
+
+    /// Reads the marks of `names` from the state directory, a batch at a
+    /// time, one batch at once, each within the time a state file may take:
+    /// a hung disk holds up one batch (its marks are then unreadable, and
+    /// read again later), never the task. Without a state directory, no
+    /// pair has a mark on record.
+    async fn read_marks(&mut self, names: Vec<Arc<str>>) -> Vec<(Arc<str>, MarkRead)> {
+        let Some(dir) = self.state_dir.clone() else {
+            return names.into_iter().map(|name| (name, Ok(None))).collect();
+        };
+        let mut reads = Vec::with_capacity(names.len());
+        for batch in names.chunks(READ_BATCH) {
+            let (batch, dir) = (batch.to_vec(), dir.clone());
+            let asked = batch.clone();
+            let read = self.mark_io.run(STATE_FILE_TIMEOUT, move || {
+                batch
+                    .into_iter()
+                    .map(|name| {
+                        let read = HighWaterMark::read_file(&marks::file(&dir, &name));
+                        (name, read)
+                    })
+                    .collect::<Vec<_>>()
+            });
+            reads.extend(read.await.unwrap_or_else(|stuck| {
+                let error = MarkUnreadable::new(stuck_why(&stuck));
+                asked.into_iter().map(|n| (n, Err(error.clone()))).collect()
+            }));
+        }
+        reads
+    }
+
+    /// Records `marks` in the state directory by the one rule for state
+    /// files ([`HighWaterMark::record_in_file`]), a batch at a time, each
+    /// within the time a state file may take.
+    async fn record_marks(
+        &mut self,
+        marks: Vec<(Arc<str>, HighWaterMark)>,
+    ) -> Vec<(Arc<str>, Result<(), MarkUnreadable>)> {
+        let Some(dir) = self.state_dir.clone() else {
+            return marks.into_iter().map(|(name, _)| (name, Ok(()))).collect();
+        };
+        let mut recorded = Vec::with_capacity(marks.len());
+        for batch in marks.chunks(READ_BATCH) {
+            let (batch, dir) = (batch.to_vec(), dir.clone());
+            let asked: Vec<Arc<str>> = batch.iter().map(|(name, _)| name.clone()).collect();
+            let written = self.mark_io.run(STATE_FILE_TIMEOUT, move || {
+                batch
+                    .into_iter()
+                    .map(|(name, mark)| {
+                        let written = mark.record_in_file(&marks::file(&dir, &name));
+                        (name, written)
+                    })
+                    .collect::<Vec<_>>()
+            });
+            recorded.extend(written.await.unwrap_or_else(|stuck| {
+                let error = MarkUnreadable::new(stuck_why(&stuck));
+                asked.into_iter().map(|n| (n, Err(error.clone()))).collect()
+            }));
+        }
+        recorded
+    }
+
+    /// A pair that rotated has its alert level looked at from now on.
+    fn concluded(&mut self, name: &Arc<str>, result: &Result<Rotation, RotateError>) {
+        if let Ok(Rotation::Rotated { .. }) = result {
+            let now = self.store.clock().now();
+            self.check(name, now);
+        }
+    }
+}
+
+/// Why a batch of state files is unreadable: the state directory hung.
+fn stuck_why(stuck: &crate::read::Stuck) -> String {
+    let waited = crate::clock::human(stuck.waited);
+    format!("the state directory did not answer within {waited}")
 }

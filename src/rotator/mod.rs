@@ -244,7 +244,6 @@ impl<S: CertSource> RotatorBuilder<S> {
             state: SlotState::default(),
             next_look: None,
             fetch_timeout: self.fetch_timeout,
-            mark: crate::mark::Recorded::NotRead,
             allow_older: self.allow_older,
             inbox: Some(inbox),
             stopped,

@@ -1,16 +1,20 @@
 //! The rotation task: waits for the source, the renewal time, a trigger or
-//! a retry; fetches; has the engine judge, install, back off and alert.
+//! a retry, then has the engine attempt its one slot; it is the engine's
+//! [`Driver`] for it (fetching from the source, reading and recording its
+//! replay mark, each within its time).
 
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use std::sync::Arc;
+
 use super::{Command, RotateError, Rotation};
 use crate::bundle::{CertBundle, CertInfo};
-use crate::engine::{self, Rules, Slot, SlotState, Verdict};
+use crate::engine::{self, Candidate, Decided, Driver, MarkRead, Rules, Slot, SlotState};
 use crate::events::Trigger;
-use crate::mark::{HighWaterMark, MarkUnreadable, Recorded};
+use crate::mark::{HighWaterMark, MarkUnreadable};
 use crate::policy::Policy;
 use crate::source::{CertSource, SourceError, SourceWarning};
 use crate::store::CertStore;
@@ -26,14 +30,12 @@ pub(super) struct Task<S> {
     pub(super) source: S,
     pub(super) policy: Policy,
     pub(super) store: CertStore,
-    pub(super) slot: std::sync::Arc<str>,
+    pub(super) slot: Arc<str>,
     pub(super) rules: Rules,
     pub(super) state: SlotState,
     /// When the serving certificate's alert level next needs a look.
     pub(super) next_look: Option<SystemTime>,
     pub(super) fetch_timeout: Duration,
-    /// The newest certificate served, as the source recorded it.
-    pub(super) mark: Recorded,
     /// Older certificates than the mark are accepted (logged at start).
     pub(super) allow_older: bool,
     pub(super) inbox: Option<mpsc::Receiver<Command>>,
@@ -103,177 +105,132 @@ impl<S: CertSource> Task<S> {
         }
     }
 
-    fn current(&self) -> Option<std::sync::Arc<CertInfo>> {
-        self.store.current(&self.slot)
-    }
-
-    /// The slot under the engine's rules, and the source (which may decide
-    /// renewal times).
-    fn engine(&mut self) -> (Slot<'_>, &S) {
-        let slot = Slot {
-            store: &self.store,
-            rules: &self.rules,
-            name: &self.slot,
-            kind: self.source.kind(),
-            state: &mut self.state,
-        };
-        (slot, &self.source)
-    }
-
     /// The serving certificate's renewal time (the source's, if it decides).
     fn renewal_time(&mut self) -> Option<SystemTime> {
-        let (slot, source) = self.engine();
-        slot.renewal(|cert| source.renew_at(cert)).map(|(_, at)| at)
+        let name = self.slot.clone();
+        self.with_slot(&name, |slot, decided| slot.renewal(decided))
+            .flatten()
+            .map(|(_, at)| at)
     }
 
     /// Reports the alert level, with expiry warnings, and notes when to
     /// look again.
     fn check_expiry(&mut self, now: SystemTime) {
-        let (mut slot, source) = self.engine();
-        let checked = slot.check_expiry(now, |cert| source.renew_at(cert));
-        self.next_look = checked.and_then(|(_, next)| next);
+        let name = self.slot.clone();
+        let checked = self.with_slot(&name, |slot, decided| slot.check_expiry(now, decided));
+        self.next_look = checked.flatten().and_then(|(_, next)| next);
     }
 
-    /// One rotation attempt; plans the retry if it failed.
+    /// One rotation attempt, with the candidate `bundle` if given (a
+    /// manual install, older than the mark if `allow_older`), else what
+    /// the source fetches.
     pub(super) async fn attempt(
         &mut self,
         trigger: Trigger,
         bundle: Option<CertBundle>,
         allow_older: bool,
     ) -> Result<Rotation, RotateError> {
-        let result = self.try_rotate(trigger, bundle, allow_older).await;
-        let mark_read = !matches!(self.mark, Recorded::Unreadable(_));
-        let (mut slot, source) = self.engine();
-        slot.plan(&result, |cert| source.renew_at(cert));
-        // A mark that could not be read is read again after its own
-        // backoff, and the serving certificate recorded once it can be.
-        if result.is_ok() {
-            slot.mark_read(mark_read);
-        }
-        result
+        let slot = self.slot.clone();
+        let results = match bundle {
+            None => engine::attempt(self, vec![slot], trigger).await,
+            Some(bundle) => {
+                engine::attempting(&self.store, &slot, trigger);
+                engine::settle(self, vec![(slot, Ok(bundle))], allow_older).await
+            }
+        };
+        let mut results = results.into_iter().map(|(_, result)| result);
+        results.next().unwrap_or(Err(RotateError::Stopped))
+    }
+}
+
+/// The rotator's I/O: its one slot's source, each call within its time.
+impl<S: CertSource> Driver for Task<S> {
+    fn store(&self) -> &CertStore {
+        &self.store
     }
 
-    /// Has the engine carry out `verdict`.
-    fn conclude(&mut self, verdict: Verdict) -> Result<Rotation, RotateError> {
-        let (mut slot, source) = self.engine();
-        slot.conclude(verdict, |cert| source.renew_at(cert))
+    fn policy(&self) -> &Policy {
+        &self.policy
     }
 
-    /// Shows the source's warnings, and the mark's, in health.
-    fn note_warnings(&mut self) {
-        let mut warnings = self.source.warnings();
-        if let Recorded::Unreadable(error) = &self.mark {
-            warnings.push(SourceWarning::MarkUnreadable(Box::new(error.clone())));
-        }
-        let (mut slot, _) = self.engine();
-        slot.warn(warnings);
+    fn allow_older(&self) -> bool {
+        self.allow_older
     }
 
-    /// Asks the source for its mark unless it was read already. A mark
-    /// that cannot be read is reported in health, and asked again at the
-    /// next attempt.
-    async fn read_mark(&mut self) {
-        if matches!(self.mark, Recorded::Known(_)) {
-            return;
-        }
+    /// A source may keep its mark in several places (shared storage and a
+    /// state file of the instance's own), one of which may lag.
+    fn one_place(&self) -> bool {
+        false
+    }
+
+    fn with_slot<R>(
+        &mut self,
+        _: &Arc<str>,
+        step: impl FnOnce(&mut Slot<'_>, &Decided<'_>) -> R,
+    ) -> Option<R> {
+        let source = &self.source;
+        let decided = |cert: &CertInfo| source.renew_at(cert);
+        let mut slot = Slot {
+            store: &self.store,
+            rules: &self.rules,
+            name: &self.slot,
+            kind: source.kind(),
+            state: &mut self.state,
+        };
+        Some(step(&mut slot, &decided))
+    }
+
+    fn warnings(&self, _: &Arc<str>) -> Vec<SourceWarning> {
+        self.source.warnings()
+    }
+
+    async fn fetch(&mut self, names: Vec<Arc<str>>, trigger: Trigger) -> Vec<Candidate> {
+        engine::attempting(&self.store, &self.slot, trigger);
+        let fetched = tokio::time::timeout(self.fetch_timeout, self.source.fetch())
+            .await
+            .unwrap_or_else(|_| {
+                let waited = crate::clock::human(self.fetch_timeout);
+                let why = format!("no answer within {waited}");
+                Err(SourceError::unavailable(self.source.describe(), why))
+            });
+        names
+            .into_iter()
+            .map(|name| (name, fetched.clone()))
+            .collect()
+    }
+
+    /// Asks the source for its mark, within [`MARK_TIMEOUT`].
+    async fn read_marks(&mut self, names: Vec<Arc<str>>) -> Vec<(Arc<str>, MarkRead)> {
         let read = match self.source.replay_marks() {
             None => Ok(None),
             Some(marks) => tokio::time::timeout(MARK_TIMEOUT, marks.read())
                 .await
-                .unwrap_or_else(|_| {
-                    let waited = crate::clock::human(MARK_TIMEOUT);
-                    Err(MarkUnreadable::new(format!("no answer within {waited}")))
-                }),
+                .unwrap_or_else(|_| Err(no_answer())),
         };
-        if let Err(error) = &read {
-            tracing::warn!(target: "certrotate", slot = %self.slot, %error, "only certificates newer than the one serving are installed until it can be read");
-        }
-        self.mark.update(read);
-        self.note_warnings();
+        names.into_iter().map(|name| (name, read.clone())).collect()
     }
 
-    /// The newest certificate served: the serving one, or the source's
-    /// record of one newer (as much of it as could be read).
-    async fn newest_served(&mut self, serving: Option<&CertInfo>) -> Option<HighWaterMark> {
-        self.read_mark().await;
-        HighWaterMark::newest(self.mark.floor(), serving.map(HighWaterMark::of))
-    }
-
-    /// Has the source record `new` unless a newer certificate is on
-    /// record (the same age is recorded again, for the places the source
-    /// keeps that may lag). While the mark cannot be read, the source is
-    /// still asked: it records in each place that holds nothing newer and
-    /// answers (a place whose value is unusable is replaced, so the mark
-    /// heals; one that does not answer is left alone, as it may hold a
-    /// newer one), so that a mark is never lowered.
-    async fn raise_mark(&mut self, new: &CertInfo) {
-        self.read_mark().await;
-        let Some(mark) = HighWaterMark::to_record(self.mark.floor().as_ref(), new) else {
-            return;
-        };
-        if let Some(marks) = self.source.replay_marks() {
-            let recorded = marks.record(mark.clone());
-            if tokio::time::timeout(MARK_TIMEOUT, recorded).await.is_err() {
-                tracing::warn!(target: "certrotate", slot = %self.slot, "the source did not record the newest certificate in time; replay protection is per process until it does");
-            }
-        }
-        match self.mark {
-            Recorded::Known(_) => self.mark = Recorded::Known(Some(mark)),
-            // Healed, perhaps: read again.
-            _ => self.read_mark().await,
-        }
-    }
-
-    async fn try_rotate(
+    /// Has the source record the mark, within [`MARK_TIMEOUT`].
+    async fn record_marks(
         &mut self,
-        trigger: Trigger,
-        bundle: Option<CertBundle>,
-        allow_older: bool,
-    ) -> Result<Rotation, RotateError> {
-        engine::attempting(&self.store, &self.slot, trigger);
-        let candidate = match bundle {
-            Some(bundle) => bundle,
-            None => {
-                let fetched = tokio::time::timeout(self.fetch_timeout, self.source.fetch())
+        marks: Vec<(Arc<str>, HighWaterMark)>,
+    ) -> Vec<(Arc<str>, Result<(), MarkUnreadable>)> {
+        let mut recorded = Vec::with_capacity(marks.len());
+        for (name, mark) in marks {
+            let result = match self.source.replay_marks() {
+                None => Ok(()),
+                Some(marks) => tokio::time::timeout(MARK_TIMEOUT, marks.record(mark))
                     .await
-                    .unwrap_or_else(|_| {
-                        let waited = crate::clock::human(self.fetch_timeout);
-                        let why = format!("no answer within {waited}");
-                        Err(SourceError::unavailable(self.source.describe(), why))
-                    });
-                self.note_warnings();
-                match fetched {
-                    Ok(candidate) => candidate,
-                    Err(error) => return self.conclude(Verdict::Failed(error)),
-                }
-            }
-        };
-        let serving = self.current();
-        if let Some(serving) = serving
-            .as_ref()
-            .filter(|s| engine::unchanged(Some(s), &candidate))
-        {
-            // A mark that could not be read is read again, and catches up.
-            if matches!(self.mark, Recorded::Unreadable(_)) {
-                self.raise_mark(serving).await;
-            }
-            return self.conclude(Verdict::Unchanged(serving.clone()));
+                    .map_err(|_| no_answer()),
+            };
+            recorded.push((name, result));
         }
-        let policy = self.policy.clone();
-        let now = self.store.clock().now();
-        let newest = match allow_older || self.allow_older {
-            true => None,
-            false => self.newest_served(serving.as_deref()).await,
-        };
-        let verdict =
-            crate::sync::blocking(move || engine::judge(&policy, &candidate, newest.as_ref(), now))
-                .await
-                // The runtime is shutting down.
-                .map_err(|_| RotateError::Stopped)?;
-        let result = self.conclude(verdict);
-        if let Ok(Rotation::Rotated { new, .. }) = &result {
-            self.raise_mark(new).await;
-        }
-        result
+        recorded
     }
+}
+
+/// A source that did not answer about its mark within [`MARK_TIMEOUT`].
+fn no_answer() -> MarkUnreadable {
+    let waited = crate::clock::human(MARK_TIMEOUT);
+    MarkUnreadable::new(format!("no answer within {waited}"))
 }

@@ -2,13 +2,20 @@
 //! [`Rotator`](crate::Rotator)'s task (one slot, one source) or a
 //! [`CertDirectory`](crate::CertDirectory)'s (many pairs, read in batches).
 //!
-//! A driver fetches candidates and keeps replay marks where its source
-//! keeps them (what is judged against and what is recorded follow the
-//! rules in [`mark`](crate::mark): `HighWaterMark::newest` and
-//! `HighWaterMark::to_record`, once); what
-//! becomes of a candidate (unchanged, refused, installed with its renewal
-//! time), when a slot is retried, which warnings and alerts it shows, and
-//! what events and metrics tell of it, is decided here, once.
+//! A driver does the I/O, for a list of slots at once (a rotator's list
+//! is one): it fetches candidates, and reads and records replay marks
+//! where they are kept ([`Driver`]). Everything else is decided here, once,
+//! in the order of [`attempt`]: what becomes of a candidate (unchanged,
+//! refused as older than the mark, installed with its renewal time), what
+//! is recorded as the mark and what a mark that cannot be read does
+//! ([`marks`]), when a slot is retried, which warnings and alerts it shows,
+//! and what events and metrics tell of it.
+
+mod attempt;
+mod marks;
+
+pub(crate) use attempt::{attempt, settle, Candidate, Decided, Driver};
+pub(crate) use marks::{MarkRead, MarkState};
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -95,7 +102,7 @@ impl Default for Rules {
 }
 
 /// What became of one candidate.
-pub(crate) enum Verdict {
+enum Verdict {
     /// It is what serves already (this).
     Unchanged(Arc<CertInfo>),
     /// There was none: the source failed.
@@ -109,7 +116,7 @@ pub(crate) enum Verdict {
 /// Whether `candidate` is what serves already: the same certificate with a
 /// key as good (the same certificate with a key that does not belong to
 /// it, only the key file replaced, is a change, which the policy refuses).
-pub(crate) fn unchanged(serving: Option<&CertInfo>, candidate: &CertBundle) -> bool {
+fn unchanged(serving: Option<&CertInfo>, candidate: &CertBundle) -> bool {
     serving.is_some_and(|s| {
         s.fingerprint_sha256 == candidate.info().fingerprint_sha256 && candidate.key_fits()
     })
@@ -118,7 +125,7 @@ pub(crate) fn unchanged(serving: Option<&CertInfo>, candidate: &CertBundle) -> b
 /// Judges `candidate` against `policy`, refusing anything older than
 /// `newest` (the newest certificate served, from the replay mark or what
 /// serves). Blocking: the policy's probe handshake runs here.
-pub(crate) fn judge(
+fn judge(
     policy: &Policy,
     candidate: &CertBundle,
     newest: Option<&HighWaterMark>,
@@ -143,8 +150,8 @@ pub(crate) fn attempting(store: &CertStore, slot: &Arc<str>, trigger: Trigger) {
 pub(crate) struct SlotState {
     /// Failed attempts in a row.
     failures: u32,
-    /// Failed reads of the replay mark in a row (their own backoff).
-    mark_failures: u32,
+    /// What it knows of its replay mark.
+    pub(crate) mark: MarkState,
     /// Looks in a row for a newer certificate while the serving one is due
     /// (their own backoff, kept across rotations to one due already).
     due_looks: u32,
@@ -158,11 +165,21 @@ pub(crate) struct SlotState {
     warnings: Vec<SourceWarning>,
 }
 
+impl SlotState {
+    /// A slot whose replay mark was `floor` when last seen.
+    pub(crate) fn remembering(floor: Option<HighWaterMark>) -> Self {
+        Self {
+            mark: MarkState::remembering(floor),
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for SlotState {
     fn default() -> Self {
         Self {
             failures: 0,
-            mark_failures: 0,
+            mark: MarkState::default(),
             due_looks: 0,
             retry_at: None,
             reported: AlertLevel::Ok,
@@ -186,7 +203,7 @@ impl Slot<'_> {
     /// Carries out `verdict`: installs a valid candidate with its renewal
     /// time (`decided`: the source's, else the rules'), or records why the
     /// attempt failed; tells events and metrics.
-    pub(crate) fn conclude(
+    fn conclude(
         &mut self,
         verdict: Verdict,
         decided: impl Fn(&CertInfo) -> Option<Renewal>,
@@ -277,7 +294,7 @@ impl Slot<'_> {
     /// rotations up to the range's end, expired or not. A validation that
     /// did not finish (`Stopped`: it panicked on the blocking pool) is a
     /// failure like any other.
-    pub(crate) fn plan(
+    fn plan(
         &mut self,
         result: &Result<Rotation, RotateError>,
         decided: impl Fn(&CertInfo) -> Option<Renewal>,
@@ -317,16 +334,17 @@ impl Slot<'_> {
         tracing::debug!(target: "certrotate", slot = %self.name, look_in = ?delay, "renewal due: a newer certificate is looked for again");
     }
 
-    /// The replay mark was read (`read`) or could not be: in the second
-    /// case, an attempt is planned to read it again, with a backoff of its
-    /// own, unless one is planned sooner.
-    pub(crate) fn mark_read(&mut self, read: bool) {
-        if read {
-            self.state.mark_failures = 0;
+    /// After the replay mark was read or recorded: one that could not be is
+    /// read again with a backoff of its own, unless an attempt is planned
+    /// sooner.
+    fn mark_settled(&mut self) {
+        let mark = &mut self.state.mark;
+        if !mark.unreadable() {
+            mark.failures = 0;
             return;
         }
-        let delay = renewal::retry_delay(self.state.mark_failures, self.rules.retry, None, None);
-        self.state.mark_failures = self.state.mark_failures.saturating_add(1);
+        let delay = renewal::retry_delay(mark.failures, self.rules.retry, None, None);
+        mark.failures = mark.failures.saturating_add(1);
         let at = crate::clock::instant_in(delay);
         self.state.retry_at = Some(self.state.retry_at.map_or(at, |t| t.min(at)));
     }
@@ -351,8 +369,10 @@ impl Slot<'_> {
         tracing::debug!(target: "certrotate", slot = %self.name, retry_in = ?delay, failures = self.state.failures, "rotation will be retried");
     }
 
-    /// Shows `warnings` in health, with an event for each new one.
-    pub(crate) fn warn(&mut self, warnings: Vec<SourceWarning>) {
+    /// Shows the source's `warnings` in health, and the mark's, with an
+    /// event for each new one.
+    fn warn(&mut self, mut warnings: Vec<SourceWarning>) {
+        warnings.extend(self.state.mark.warning());
         if warnings == self.state.warnings {
             return;
         }
