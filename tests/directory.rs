@@ -387,6 +387,91 @@ async fn an_unusable_pair_mark_is_reported_and_replaced_by_what_serves() {
     certs.shutdown().await;
 }
 
+/// A state directory that cannot be read or written (here: a file where
+/// it was) fails closed without failing down, as a rotator's unreadable
+/// mark does: a new pair is served (nothing to fail down to) and the
+/// condition is in its health; nothing older than what is known is
+/// installed (what serves, and the mark a pair had when it left); once the
+/// state directory is back, the marks are read again on a retry, the
+/// serving pairs' marks recorded, and the warnings go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_that_cannot_be_read_fails_closed_and_heals() {
+    let (dir, ca, state) = (TempDir::new("dir"), Ca::new(), TempDir::new("marks"));
+    let marks = state.join("marks");
+    let a = leaf(&ca, "a.example", 600);
+    write_pair(&dir.join("a.crt"), &dir.join("a.key"), &a);
+    let certs = CertDirectory::builder(dir.path(), Policy::default())
+        .options(file_options())
+        .retry_backoff(Duration::from_millis(100), Duration::from_millis(400))
+        .state_dir(&marks)
+        .start()
+        .await
+        .unwrap();
+    let code = |slot: &str| {
+        let health = certs.health();
+        let cert = health.certificates.iter().find(|c| c.slot == slot);
+        let failed = cert.and_then(|c| c.last_error_code);
+        let unserved = health.unserved.iter().find(|u| u.slot == slot);
+        failed.or(unserved.and_then(|u| u.last_error_code))
+    };
+    let warned = |slot: &str| {
+        let health = certs.health();
+        let cert = health.certificates.iter().find(|c| c.slot == slot);
+        cert.is_some_and(|c| c.warnings.iter().any(|w| w.contains("cannot be read")))
+    };
+    let mark = |slot: &str| std::fs::read_to_string(marks.join(format!("{slot}.mark"))).ok();
+    assert!(mark("a").unwrap().contains(serial(&a)));
+
+    // The state directory goes; a file stands in its place.
+    std::fs::rename(&marks, state.join("away")).unwrap();
+    std::fs::write(&marks, "not a directory\n").unwrap();
+
+    // A new pair: served, reported, its mark not written.
+    let b = leaf(&ca, "b.example", 600);
+    write_pair(&dir.join("b.crt"), &dir.join("b.key"), &b);
+    until("b served", || {
+        let current = certs.store().current("b")?;
+        (current.serial == serial(&b)).then_some(())
+    })
+    .await;
+    until("b's warning", || warned("b").then_some(())).await;
+    // Older than what serves: refused.
+    let b_older = leaf(&ca, "b.example", 7200);
+    write_pair(&dir.join("b.crt"), &dir.join("b.key"), &b_older);
+    until("b's older pair refused", || {
+        (code("b") == Some("older_than_serving")).then_some(())
+    })
+    .await;
+    assert_eq!(certs.store().current("b").unwrap().serial, serial(&b));
+    // A pair that left and came back older, its file unreadable: refused
+    // by the mark it had when it left.
+    std::fs::remove_file(dir.join("a.crt")).unwrap();
+    std::fs::remove_file(dir.join("a.key")).unwrap();
+    until("a's removal", || {
+        certs.store().current("a").is_none().then_some(())
+    })
+    .await;
+    let a_older = leaf(&ca, "a.example", 7200);
+    write_pair(&dir.join("a.crt"), &dir.join("a.key"), &a_older);
+    until("a's older pair refused", || {
+        (code("a") == Some("older_than_serving")).then_some(())
+    })
+    .await;
+    assert!(certs.store().current("a").is_none());
+
+    // The state directory is back: b's mark is read again on a retry and
+    // recorded; its warning goes. a's file still holds its mark.
+    std::fs::remove_file(&marks).unwrap();
+    std::fs::rename(state.join("away"), &marks).unwrap();
+    until("b's mark recorded", || {
+        mark("b")?.contains(serial(&b)).then_some(())
+    })
+    .await;
+    until("b's warning cleared", || (!warned("b")).then_some(())).await;
+    assert!(mark("a").unwrap().contains(serial(&a)));
+    certs.shutdown().await;
+}
+
 /// A pair past its renewal time is looked for again as a rotator's
 /// source is: on retries with backoff (from 100 ms doubling to 400 ms in
 /// these tests), not in a hot loop, so a renewal whose file event never

@@ -4,12 +4,12 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use certrotate::danger::Clock;
-use certrotate::source::StaticSource;
+use certrotate::danger::{Clock, HighWaterMark, MarkUnreadable};
+use certrotate::source::{BoxFuture, ReplayMarks, StaticSource};
 use certrotate::{
     AlertLevel, CertBundle, CertSource, FileSource, Policy, RotateError, RotationEvent, Rotator,
     SourceError, TlsListener,
@@ -232,6 +232,84 @@ async fn the_clock_jumps_forward_past_expiry_and_back() {
 
 // ---------------------------------------------------------------------------
 // Cold start with stale files.
+
+// ---------------------------------------------------------------------------
+// A replay mark whose record does not answer.
+
+/// One certificate, and its mark kept in a place whose writes hang while
+/// `hang` is set.
+struct HangingRecords {
+    bundle: CertBundle,
+    held: Mutex<Option<HighWaterMark>>,
+    hang: AtomicBool,
+}
+
+struct Marked(Arc<HangingRecords>);
+
+impl CertSource for Marked {
+    async fn fetch(&self) -> Result<CertBundle, SourceError> {
+        Ok(self.0.bundle.clone())
+    }
+
+    fn describe(&self) -> String {
+        "marked source".into()
+    }
+
+    fn replay_marks(&self) -> Option<&dyn ReplayMarks> {
+        Some(self)
+    }
+}
+
+impl ReplayMarks for Marked {
+    fn read(&self) -> BoxFuture<'_, Result<Option<HighWaterMark>, MarkUnreadable>> {
+        Box::pin(async move { Ok(self.0.held.lock().unwrap().clone()) })
+    }
+
+    fn record(&self, mark: HighWaterMark) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.0.hang.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            *self.0.held.lock().unwrap() = Some(mark);
+        })
+    }
+}
+
+/// A mark whose record does not answer is not taken as recorded: the
+/// condition is in health, and the mark is read and recorded again on a
+/// backoff of its own until it lands (the rotator once took a record that
+/// timed out as done, and the mark never reached its place).
+#[tokio::test(start_paused = true)]
+async fn a_mark_whose_record_does_not_answer_is_recorded_again() {
+    let bundle = Ca::new().issue(Leaf::default()).bundle;
+    let marks = Arc::new(HangingRecords {
+        bundle: bundle.clone(),
+        held: Mutex::new(None),
+        hang: AtomicBool::new(true),
+    });
+    let rotator = Rotator::builder(Marked(marks.clone()), Policy::default())
+        .retry_backoff(Duration::from_millis(200), Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let warned = || {
+        let health = rotator.health();
+        let warnings = &health.certificates[0].warnings;
+        warnings
+            .iter()
+            .any(|w| w.contains("cannot be read") && w.contains("record"))
+    };
+    assert_eq!(rotator.current().unwrap().serial, bundle.info().serial);
+    assert!(warned(), "{:?}", rotator.health());
+    assert_eq!(*marks.held.lock().unwrap(), None);
+
+    marks.hang.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let held = marks.held.lock().unwrap().clone();
+    assert_eq!(held.map(|m| m.serial), Some(bundle.info().serial.clone()));
+    assert!(!warned(), "{:?}", rotator.health());
+    rotator.shutdown().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_with_expired_files() {

@@ -205,7 +205,10 @@ impl<S: CertSource> Driver for Task<S> {
             None => Ok(None),
             Some(marks) => tokio::time::timeout(MARK_TIMEOUT, marks.read())
                 .await
-                .unwrap_or_else(|_| Err(no_answer())),
+                .unwrap_or_else(|_| {
+                    let waited = crate::clock::human(MARK_TIMEOUT);
+                    Err(MarkUnreadable::new(format!("no answer within {waited}")))
+                }),
         };
         names.into_iter().map(|name| (name, read.clone())).collect()
     }
@@ -221,16 +224,13 @@ impl<S: CertSource> Driver for Task<S> {
                 None => Ok(()),
                 Some(marks) => tokio::time::timeout(MARK_TIMEOUT, marks.record(mark))
                     .await
-                    .map_err(|_| no_answer()),
+                    .map_err(|_| {
+                        let waited = crate::clock::human(MARK_TIMEOUT);
+                        MarkUnreadable::new(format!("no answer within {waited} to its record"))
+                    }),
             };
             recorded.push((name, result));
         }
         recorded
     }
-}
-
-/// A source that did not answer about its mark within [`MARK_TIMEOUT`].
-fn no_answer() -> MarkUnreadable {
-    let waited = crate::clock::human(MARK_TIMEOUT);
-    MarkUnreadable::new(format!("no answer within {waited}"))
 }

@@ -259,5 +259,9 @@ pub trait ReplayMarks: Send + Sync {
     /// raises the mark, and while the mark cannot be read (then record it
     /// in each place that holds nothing newer and answers, and replace a
     /// value that does not parse: a mark is never lowered, and heals).
+    ///
+    /// A record that does not finish within 10 s is not taken as done: it
+    /// is reported in health like a mark that cannot be read, and the mark
+    /// is read and recorded again after a backoff.
     fn record(&self, mark: HighWaterMark) -> BoxFuture<'_, ()>;
 }
