@@ -68,6 +68,12 @@ impl HighWaterMark {
         self.not_before > cert.not_before
     }
 
+    /// Whether the certificate this marks was issued after the one `other`
+    /// marks.
+    pub(crate) fn is_above_mark(&self, other: &Self) -> bool {
+        self.not_before > other.not_before
+    }
+
     /// The one rule for recording, whoever keeps the mark (a source's
     /// places, a directory's state files): once `cert` serves, its mark is
     /// recorded unless the newest on record (`floor`) is newer, so a mark

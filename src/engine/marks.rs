@@ -19,10 +19,10 @@ enum Held {
     /// healed a place that could not be read).
     #[default]
     Unknown,
-    /// Read, or recorded since: the newest mark they hold, if any.
-    Known(Option<HighWaterMark>),
+    /// Read, or recorded since; `floor`: they hold exactly the floor.
+    Known { floor: bool },
     /// They could not be read (asked again after a backoff).
-    Unreadable(MarkUnreadable),
+    Unreadable(Box<MarkUnreadable>),
 }
 
 /// What a slot knows of its replay mark.
@@ -49,7 +49,7 @@ impl MarkState {
 
     /// Whether the places must be read before judging against the mark.
     pub(super) fn unread(&self) -> bool {
-        !matches!(self.held, Held::Known(_))
+        !matches!(self.held, Held::Known { .. })
     }
 
     /// Whether the places could not be read (or recorded in) last time.
@@ -71,12 +71,13 @@ impl MarkState {
         match read {
             Ok(mark) => {
                 self.floor = HighWaterMark::newest(self.floor.take(), mark.clone());
-                self.held = Held::Known(mark);
+                let floor = mark.is_some() && mark == self.floor;
+                self.held = Held::Known { floor };
             }
             Err(mut error) => {
                 self.floor = HighWaterMark::newest(self.floor.take(), error.known.clone());
                 error.known = self.floor.clone();
-                self.held = Held::Unreadable(error);
+                self.held = Held::Unreadable(Box::new(error));
             }
         }
     }
@@ -88,25 +89,32 @@ impl MarkState {
     /// record (10⁵ pairs loaded at start are not all written again).
     pub(super) fn to_record(&self, cert: &CertInfo, one_place: bool) -> Option<HighWaterMark> {
         let mark = HighWaterMark::to_record(self.floor.as_ref(), cert)?;
-        match &self.held {
-            Held::Known(Some(held)) if one_place && *held == mark => None,
-            _ => Some(mark),
+        let held = matches!(self.held, Held::Known { floor: true });
+        match one_place && held && self.floor.as_ref() == Some(&mark) {
+            true => None,
+            false => Some(mark),
         }
     }
 
-    /// Takes in what recording `mark` gave. Recorded where the places were
-    /// known: they hold it now. Recorded while they could not be read: they
-    /// are read again (what was unusable is replaced; one that did not
-    /// answer was left alone). Not recorded: reported, and read and
-    /// recorded again after a backoff.
+    /// Takes in what recording `mark` (from [`to_record`](Self::to_record))
+    /// gave. Recorded where the places were known: they hold it now.
+    /// Recorded while they could not be read: they are read again (what was
+    /// unusable is replaced; one that did not answer was left alone). Not
+    /// recorded: reported, and read and recorded again after a backoff.
     pub(super) fn recorded(&mut self, mark: HighWaterMark, result: Result<(), MarkUnreadable>) {
-        self.floor = HighWaterMark::newest(self.floor.take(), Some(mark.clone()));
+        let rose = self
+            .floor
+            .as_ref()
+            .is_none_or(|floor| !floor.is_above_mark(&mark));
+        if rose {
+            self.floor = Some(mark);
+        }
         self.held = match (result, &self.held) {
-            (Ok(()), Held::Known(_)) => Held::Known(Some(mark)),
+            (Ok(()), Held::Known { .. }) => Held::Known { floor: rose },
             (Ok(()), _) => Held::Unknown,
             (Err(mut error), _) => {
                 error.known = self.floor.clone();
-                Held::Unreadable(error)
+                Held::Unreadable(Box::new(error))
             }
         };
     }
@@ -114,7 +122,7 @@ impl MarkState {
     /// The warning shown in health while the mark cannot be read.
     pub(super) fn warning(&self) -> Option<SourceWarning> {
         match &self.held {
-            Held::Unreadable(error) => Some(SourceWarning::MarkUnreadable(Box::new(error.clone()))),
+            Held::Unreadable(error) => Some(SourceWarning::MarkUnreadable(error.clone())),
             _ => None,
         }
     }
