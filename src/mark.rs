@@ -249,36 +249,3 @@ pub(crate) fn no_answer(path: &Path) -> MarkUnreadable {
         path.display()
     ))
 }
-
-#[cfg(test)]
-mod tests {
-    use std::time::{Duration, SystemTime};
-
-    use super::*;
-
-    /// A certificate that became valid `days` days ago.
-    fn issued(days: u64) -> CertInfo {
-        let start = SystemTime::now() - Duration::from_secs(days * 86_400);
-        let bundle = crate::bundle::self_signed(start, Duration::from_secs(90 * 86_400));
-        bundle.info().clone()
-    }
-
-    /// Never lowered; the same age recorded again (a place that lags
-    /// catches up); anything newer, or a first mark, recorded.
-    #[test]
-    fn a_mark_is_recorded_unless_a_newer_one_is() {
-        let (old, now) = (issued(10), issued(1));
-        let floor = HighWaterMark::of(&now);
-        assert_eq!(HighWaterMark::to_record(Some(&floor), &old), None);
-        assert_eq!(
-            HighWaterMark::to_record(Some(&floor), &now),
-            Some(floor.clone())
-        );
-        let newer = HighWaterMark::of(&old);
-        assert_eq!(
-            HighWaterMark::to_record(Some(&newer), &now),
-            Some(floor.clone())
-        );
-        assert_eq!(HighWaterMark::to_record(None, &old), Some(newer));
-    }
-}

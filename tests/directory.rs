@@ -56,12 +56,26 @@ async fn start(dir: &TempDir) -> CertDirectory {
 
 /// [`start`] with `options`.
 async fn start_with(dir: &TempDir, options: certrotate::source::FileOptions) -> CertDirectory {
-    CertDirectory::builder(dir.path(), Policy::default())
-        .options(options)
-        .retry_backoff(Duration::from_millis(100), Duration::from_millis(400))
+    builder(dir, options).start().await.unwrap()
+}
+
+/// [`start`] keeping the pairs' marks in `marks`.
+async fn start_with_marks(dir: &TempDir, marks: &Path) -> CertDirectory {
+    builder(dir, file_options())
+        .state_dir(marks)
         .start()
         .await
         .unwrap()
+}
+
+/// The tests' directory on `dir`, with `options`, retrying from 100 ms.
+fn builder(
+    dir: &TempDir,
+    options: certrotate::source::FileOptions,
+) -> certrotate::directory::CertDirectoryBuilder {
+    CertDirectory::builder(dir.path(), Policy::default())
+        .options(options)
+        .retry_backoff(Duration::from_millis(100), Duration::from_millis(400))
 }
 
 /// A TLS server on the directory's certificates, and a client trusting `ca`.
@@ -273,15 +287,8 @@ async fn a_pair_deleted_and_put_back_older_is_refused_across_removal_and_restart
     let (dir, ca, state) = (TempDir::new("dir"), Ca::new(), TempDir::new("marks"));
     let (older, newer) = (leaf(&ca, "a.example", 7200), leaf(&ca, "a.example", 600));
     let (cert, key) = (dir.join("a.crt"), dir.join("a.key"));
-    let start_with_state = || async {
-        CertDirectory::builder(dir.path(), Policy::default())
-            .options(file_options())
-            .retry_backoff(Duration::from_millis(100), Duration::from_millis(400))
-            .state_dir(state.join("marks"))
-            .start()
-            .await
-            .unwrap()
-    };
+    let marks = state.join("marks");
+    let start_with_state = || start_with_marks(&dir, &marks);
     let refused = |certs: &CertDirectory| {
         let health = certs.health();
         let failed = health
@@ -357,13 +364,7 @@ async fn an_unusable_pair_mark_is_reported_and_replaced_by_what_serves() {
     std::fs::create_dir_all(marks.join("b.mark")).unwrap();
     std::fs::write(marks.join("a.mark"), "garbage\n").unwrap();
 
-    let certs = CertDirectory::builder(dir.path(), Policy::default())
-        .options(file_options())
-        .retry_backoff(Duration::from_millis(100), Duration::from_millis(400))
-        .state_dir(&marks)
-        .start()
-        .await
-        .unwrap();
+    let certs = start_with_marks(&dir, &marks).await;
     assert_eq!(certs.store().current("a").unwrap().serial, serial(&a));
     assert_eq!(certs.store().current("b").unwrap().serial, serial(&b));
     let warned = |slot: &str| {
@@ -400,13 +401,7 @@ async fn a_state_directory_that_cannot_be_read_fails_closed_and_heals() {
     let marks = state.join("marks");
     let a = leaf(&ca, "a.example", 600);
     write_pair(&dir.join("a.crt"), &dir.join("a.key"), &a);
-    let certs = CertDirectory::builder(dir.path(), Policy::default())
-        .options(file_options())
-        .retry_backoff(Duration::from_millis(100), Duration::from_millis(400))
-        .state_dir(&marks)
-        .start()
-        .await
-        .unwrap();
+    let certs = start_with_marks(&dir, &marks).await;
     let code = |slot: &str| {
         let health = certs.health();
         let cert = health.certificates.iter().find(|c| c.slot == slot);

@@ -333,6 +333,49 @@ impl DirTask {
         engine::attempt(self, names, trigger).await;
     }
 
+    /// Runs `each` on the state files of the pairs in `work` (each with
+    /// what it needs), a batch at a time, one batch at once, each within
+    /// the time a state file may take: a hung disk holds up one batch (its
+    /// pairs' marks are then unreadable, and tried again later), never the
+    /// task. Without a state directory, every pair gets `none`.
+    async fn state_files<T, R>(
+        &self,
+        work: Vec<(Arc<str>, T)>,
+        each: fn(&std::path::Path, T) -> Result<R, MarkUnreadable>,
+        none: Result<R, MarkUnreadable>,
+    ) -> Vec<(Arc<str>, Result<R, MarkUnreadable>)>
+    where
+        T: Clone + Send + 'static,
+        R: Clone + Send + 'static,
+    {
+        let Some(dir) = self.state_dir.clone() else {
+            return work
+                .into_iter()
+                .map(|(name, _)| (name, none.clone()))
+                .collect();
+        };
+        let mut done = Vec::with_capacity(work.len());
+        for batch in work.chunks(READ_BATCH) {
+            let (batch, dir) = (batch.to_vec(), dir.clone());
+            let asked: Vec<Arc<str>> = batch.iter().map(|(name, _)| name.clone()).collect();
+            let ran = self.mark_io.run(STATE_FILE_TIMEOUT, move || {
+                let file = |name: &str| marks::file(&dir, name);
+                let ran = batch.into_iter().map(|(name, t)| {
+                    let result = each(&file(&name), t);
+                    (name, result)
+                });
+                ran.collect::<Vec<_>>()
+            });
+            done.extend(ran.await.unwrap_or_else(|stuck| {
+                let waited = crate::clock::human(stuck.waited);
+                let why = format!("the state directory did not answer within {waited}");
+                let error = MarkUnreadable::new(why);
+                asked.into_iter().map(|n| (n, Err(error.clone()))).collect()
+            }));
+        }
+        done
+    }
+
     /// Finds and reads `names` on the blocking reader.
     async fn look(&self, names: Vec<Arc<str>>) -> Vec<Look> {
         let (dir, options) = (self.dir.clone(), self.options.clone());
@@ -534,65 +577,22 @@ impl Driver for DirTask {
         candidates
     }
 
-    /// Reads the marks of `names` from the state directory, a batch at a
-    /// time, one batch at once, each within the time a state file may take:
-    /// a hung disk holds up one batch (its marks are then unreadable, and
-    /// read again later), never the task. Without a state directory, no
-    /// pair has a mark on record.
+    /// Reads the marks of `names` from the state directory. Without a state
+    /// directory, no pair has a mark on record.
     async fn read_marks(&mut self, names: Vec<Arc<str>>) -> Vec<(Arc<str>, MarkRead)> {
-        let Some(dir) = self.state_dir.clone() else {
-            return names.into_iter().map(|name| (name, Ok(None))).collect();
-        };
-        let mut reads = Vec::with_capacity(names.len());
-        for batch in names.chunks(READ_BATCH) {
-            let (batch, dir) = (batch.to_vec(), dir.clone());
-            let asked = batch.clone();
-            let read = self.mark_io.run(STATE_FILE_TIMEOUT, move || {
-                batch
-                    .into_iter()
-                    .map(|name| {
-                        let read = HighWaterMark::read_file(&marks::file(&dir, &name));
-                        (name, read)
-                    })
-                    .collect::<Vec<_>>()
-            });
-            reads.extend(read.await.unwrap_or_else(|stuck| {
-                let error = MarkUnreadable::new(stuck_why(&stuck));
-                asked.into_iter().map(|n| (n, Err(error.clone()))).collect()
-            }));
-        }
-        reads
+        let names = names.into_iter().map(|name| (name, ())).collect();
+        self.state_files(names, |path, ()| HighWaterMark::read_file(path), Ok(None))
+            .await
     }
 
     /// Records `marks` in the state directory by the one rule for state
-    /// files ([`HighWaterMark::record_in_file`]), a batch at a time, each
-    /// within the time a state file may take.
+    /// files ([`HighWaterMark::record_in_file`]).
     async fn record_marks(
         &mut self,
         marks: Vec<(Arc<str>, HighWaterMark)>,
     ) -> Vec<(Arc<str>, Result<(), MarkUnreadable>)> {
-        let Some(dir) = self.state_dir.clone() else {
-            return marks.into_iter().map(|(name, _)| (name, Ok(()))).collect();
-        };
-        let mut recorded = Vec::with_capacity(marks.len());
-        for batch in marks.chunks(READ_BATCH) {
-            let (batch, dir) = (batch.to_vec(), dir.clone());
-            let asked: Vec<Arc<str>> = batch.iter().map(|(name, _)| name.clone()).collect();
-            let written = self.mark_io.run(STATE_FILE_TIMEOUT, move || {
-                batch
-                    .into_iter()
-                    .map(|(name, mark)| {
-                        let written = mark.record_in_file(&marks::file(&dir, &name));
-                        (name, written)
-                    })
-                    .collect::<Vec<_>>()
-            });
-            recorded.extend(written.await.unwrap_or_else(|stuck| {
-                let error = MarkUnreadable::new(stuck_why(&stuck));
-                asked.into_iter().map(|n| (n, Err(error.clone()))).collect()
-            }));
-        }
-        recorded
+        self.state_files(marks, |path, mark| mark.record_in_file(path), Ok(()))
+            .await
     }
 
     /// A pair that rotated has its alert level looked at from now on.
@@ -602,10 +602,4 @@ impl Driver for DirTask {
             self.check(name, now);
         }
     }
-}
-
-/// Why a batch of state files is unreadable: the state directory hung.
-fn stuck_why(stuck: &crate::read::Stuck) -> String {
-    let waited = crate::clock::human(stuck.waited);
-    format!("the state directory did not answer within {waited}")
 }

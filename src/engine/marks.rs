@@ -208,4 +208,23 @@ mod tests {
         assert!(!state.unread());
         assert_eq!(state.to_record(&now, true), None);
     }
+
+    /// Never lowered; the same age recorded again (a place that lags
+    /// catches up); anything newer, or a first mark, recorded.
+    #[test]
+    fn a_mark_is_recorded_unless_a_newer_one_is() {
+        let (old, now) = (issued(10), issued(1));
+        let floor = HighWaterMark::of(&now);
+        assert_eq!(HighWaterMark::to_record(Some(&floor), &old), None);
+        assert_eq!(
+            HighWaterMark::to_record(Some(&floor), &now),
+            Some(floor.clone())
+        );
+        let newer = HighWaterMark::of(&old);
+        assert_eq!(
+            HighWaterMark::to_record(Some(&newer), &now),
+            Some(floor.clone())
+        );
+        assert_eq!(HighWaterMark::to_record(None, &old), Some(newer));
+    }
 }
