@@ -40,6 +40,7 @@ pub(crate) struct MarkState {
 impl MarkState {
     /// A slot whose newest mark was `floor` when last seen (a pair that
     /// left a directory and came back): its places are read again.
+    #[cfg(feature = "file")]
     pub(crate) fn remembering(floor: Option<HighWaterMark>) -> Self {
         Self {
             floor,

@@ -167,6 +167,7 @@ pub(crate) struct SlotState {
 
 impl SlotState {
     /// A slot whose replay mark was `floor` when last seen.
+    #[cfg(feature = "file")]
     pub(crate) fn remembering(floor: Option<HighWaterMark>) -> Self {
         Self {
             mark: MarkState::remembering(floor),
