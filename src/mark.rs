@@ -62,29 +62,10 @@ impl HighWaterMark {
         }
     }
 
-    /// Whether the certificate this marks was issued after `cert` (so
-    /// recording `cert` would lower the mark).
-    pub(crate) fn is_above(&self, cert: &CertInfo) -> bool {
-        self.not_before > cert.not_before
-    }
-
     /// Whether the certificate this marks was issued after the one `other`
-    /// marks.
-    pub(crate) fn is_above_mark(&self, other: &Self) -> bool {
+    /// marks (so recording `other` would lower the mark).
+    pub(crate) fn is_above(&self, other: &Self) -> bool {
         self.not_before > other.not_before
-    }
-
-    /// The one rule for recording, whoever keeps the mark (a source's
-    /// places, a directory's state files): once `cert` serves, its mark is
-    /// recorded unless the newest on record (`floor`) is newer, so a mark
-    /// is never lowered; the same age may be recorded again, so a place
-    /// that lags catches up. A place that does not answer is not written
-    /// (it may hold a newer mark).
-    pub(crate) fn to_record(floor: Option<&Self>, cert: &CertInfo) -> Option<Self> {
-        match floor {
-            Some(floor) if floor.is_above(cert) => None,
-            _ => Some(Self::of(cert)),
-        }
     }
 }
 
@@ -121,9 +102,10 @@ impl std::str::FromStr for HighWaterMark {
 ///
 /// The rotator then fails closed without failing down: it installs nothing
 /// older than what serves now (or than `known`), keeps serving, reports the
-/// condition in health (a [`SourceWarning`](crate::source::SourceWarning)) and asks
-/// again at each attempt; and it records no mark until it can read one, so
-/// that a mark is never lowered.
+/// condition in health (a [`SourceWarning`](crate::source::SourceWarning)),
+/// and reads again after a backoff of its own. It still asks for the mark
+/// of what it serves to be recorded, in each place that holds nothing
+/// newer and answers, so that a mark is never lowered, and heals.
 ///
 /// ```
 /// let error = certrotate::danger::MarkUnreadable::new("Redis at redis://10.0.0.5:6379/0: timed out");
@@ -166,7 +148,6 @@ impl MarkUnreadable {
 
     /// Whether recording a mark may replace what is there: nothing newer
     /// can be lost (it answered, and what it holds is unusable).
-    #[cfg(any(feature = "file", feature = "acme"))]
     pub(crate) fn is_corrupt(&self) -> bool {
         self.corrupt
     }
@@ -189,16 +170,15 @@ impl HighWaterMark {
 
     /// Records the mark in a state file unless the file holds a newer one
     /// or does not answer ([`record_in_file`](Self::record_in_file)), within
-    /// [`STATE_FILE_TIMEOUT`]. A failure is reported, naming `from`.
-    pub(crate) async fn record_file(&self, path: &Path, from: &str) {
+    /// [`STATE_FILE_TIMEOUT`].
+    pub(crate) async fn record_file(&self, path: &Path) -> Result<(), MarkUnreadable> {
         let (owned, mark) = (path.to_owned(), self.clone());
         let record = crate::sync::blocking(move || mark.record_in_file(&owned));
-        let error = match tokio::time::timeout(STATE_FILE_TIMEOUT, record).await {
-            Ok(Ok(Ok(()))) => return,
-            Ok(Ok(Err(error))) => error,
-            _ => no_answer(path),
-        };
-        tracing::warn!(target: "certrotate", source = %from, %error, "the state file is not written: replay protection is per process until it is");
+        match tokio::time::timeout(STATE_FILE_TIMEOUT, record).await {
+            Ok(Ok(recorded)) => recorded,
+            // Timed out, or the runtime is shutting down.
+            _ => Err(no_answer(path)),
+        }
     }
 
     /// Reads the mark a state file holds (blocking). A missing file is no

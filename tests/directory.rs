@@ -467,6 +467,63 @@ async fn a_state_directory_that_cannot_be_read_fails_closed_and_heals() {
     certs.shutdown().await;
 }
 
+/// A pair's mark that could not be saved is saved when it can be, even
+/// if the pair left meanwhile and came back older (nothing serves then):
+/// the mark it had in memory is what is recorded, so a restart still
+/// refuses the older pair (before, the mark stayed behind in the file and
+/// the restart served the replay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mark_not_saved_is_saved_when_the_pair_comes_back_older() {
+    let (dir, ca, state) = (TempDir::new("dir"), Ca::new(), TempDir::new("marks"));
+    let marks = state.join("marks");
+    let (cert, key) = (dir.join("a.crt"), dir.join("a.key"));
+    let (older, newer) = (leaf(&ca, "a.example", 7200), leaf(&ca, "a.example", 600));
+    write_pair(&cert, &key, &older);
+    let certs = start_with_marks(&dir, &marks).await;
+    let mark = || std::fs::read_to_string(marks.join("a.mark")).unwrap();
+    assert!(mark().contains(serial(&older)));
+    let refused = |certs: &CertDirectory| {
+        let health = certs.health();
+        let unserved = health.unserved.iter().find(|u| u.slot == "a");
+        unserved.and_then(|u| u.last_error_code) == Some("older_than_serving")
+    };
+
+    // The state directory cannot be written while the newer pair arrives.
+    std::fs::rename(&marks, state.join("away")).unwrap();
+    std::fs::write(&marks, "not a directory\n").unwrap();
+    write_pair(&cert, &key, &newer);
+    until("the newer pair served", || {
+        let current = certs.store().current("a")?;
+        (current.serial == serial(&newer)).then_some(())
+    })
+    .await;
+    // It leaves; the state directory comes back, still holding the older
+    // mark; the older pair is put back: refused by the mark in memory,
+    // which is saved though nothing serves.
+    std::fs::remove_file(&cert).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    until("a's removal", || {
+        certs.store().current("a").is_none().then_some(())
+    })
+    .await;
+    std::fs::remove_file(&marks).unwrap();
+    std::fs::rename(state.join("away"), &marks).unwrap();
+    assert!(mark().contains(serial(&older)));
+    write_pair(&cert, &key, &older);
+    until("the older pair refused", || refused(&certs).then_some(())).await;
+    until("the newer mark saved", || {
+        mark().contains(serial(&newer)).then_some(())
+    })
+    .await;
+    certs.shutdown().await;
+
+    // Restarted on the older pair: still refused.
+    let certs = start_with_marks(&dir, &marks).await;
+    assert!(certs.store().current("a").is_none());
+    assert!(refused(&certs), "{:?}", certs.health());
+    certs.shutdown().await;
+}
+
 /// A pair past its renewal time is looked for again as a rotator's
 /// source is: on retries with backoff (from 100 ms doubling to 400 ms in
 /// these tests), not in a hot loop, so a renewal whose file event never

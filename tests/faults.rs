@@ -231,9 +231,6 @@ async fn the_clock_jumps_forward_past_expiry_and_back() {
 }
 
 // ---------------------------------------------------------------------------
-// Cold start with stale files.
-
-// ---------------------------------------------------------------------------
 // A replay mark whose record does not answer.
 
 /// One certificate, and its mark kept in a place whose writes hang while
@@ -265,12 +262,13 @@ impl ReplayMarks for Marked {
         Box::pin(async move { Ok(self.0.held.lock().unwrap().clone()) })
     }
 
-    fn record(&self, mark: HighWaterMark) -> BoxFuture<'_, ()> {
+    fn record(&self, mark: HighWaterMark) -> BoxFuture<'_, Result<(), MarkUnreadable>> {
         Box::pin(async move {
             if self.0.hang.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
             }
             *self.0.held.lock().unwrap() = Some(mark);
+            Ok(())
         })
     }
 }
@@ -310,6 +308,9 @@ async fn a_mark_whose_record_does_not_answer_is_recorded_again() {
     assert!(!warned(), "{:?}", rotator.health());
     rotator.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// Cold start with stale files.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_with_expired_files() {

@@ -267,12 +267,7 @@ impl AcmeSource {
     /// limits again): it is logged and reported as a source warning until a
     /// later save of the same state succeeds.
     async fn save(&self, key: &str, value: &[u8], what: &str) {
-        let storage = &self.inner.config.storage;
-        let lease = lock(&self.inner.lease).clone();
-        let saved = match &lease {
-            Some(lease) => storage.store_fenced(key, value, lease).await,
-            None => storage.store(key, value).await,
-        };
+        let saved = self.store_state(key, value).await;
         let mut unsaved = lock(&self.inner.unsaved);
         unsaved.retain(|w| !matches!(w, SourceWarning::StateNotSaved { what: w, .. } if w == what));
         if let Err(error) = saved {
@@ -281,6 +276,16 @@ impl AcmeSource {
                 what: what.to_owned(),
                 reason: error.to_string(),
             });
+        }
+    }
+
+    /// Stores `value` under `key`, fenced by the lease if one is held.
+    async fn store_state(&self, key: &str, value: &[u8]) -> std::io::Result<()> {
+        let storage = &self.inner.config.storage;
+        let lease = lock(&self.inner.lease).clone();
+        match &lease {
+            Some(lease) => storage.store_fenced(key, value, lease).await,
+            None => storage.store(key, value).await,
         }
     }
 
@@ -488,8 +493,9 @@ impl ReplayMarks for AcmeSource {
     /// Records `mark` in the state file and in the storage, at once, each
     /// unless it holds a newer one (another instance got further) or does
     /// not answer: a mark is never lowered. A value there that does not
-    /// parse or decrypt is replaced.
-    fn record(&self, mark: HighWaterMark) -> BoxFuture<'_, ()> {
+    /// parse or decrypt is replaced. A place that did not answer, or could
+    /// not be written, is the error (both, if both).
+    fn record(&self, mark: HighWaterMark) -> BoxFuture<'_, Result<(), MarkUnreadable>> {
         Box::pin(async move {
             // A last-resort certificate is this instance's alone: recorded, it
             // would make the fleet (and this instance after a restart) refuse
@@ -498,28 +504,34 @@ impl ReplayMarks for AcmeSource {
                 .as_ref()
                 .is_some_and(|p| self.is_last_resort(p.info()) && p.info().serial == mark.serial);
             if last_resort {
-                return;
+                return Ok(());
             }
             let local = async {
-                if let Some(path) = &self.inner.config.state_file {
-                    mark.record_file(path, &self.describe()).await;
+                match &self.inner.config.state_file {
+                    Some(path) => mark.record_file(path).await,
+                    None => Ok(()),
                 }
             };
             let shared = async {
                 match self.stored_mark().await {
-                    Ok(Some(stored)) if stored.not_before >= mark.not_before => return,
+                    Ok(Some(stored)) if stored.not_before >= mark.not_before => return Ok(()),
                     Ok(_) => {}
                     Err(error) if error.is_corrupt() => {}
-                    Err(error) => {
-                        tracing::warn!(target: "certrotate", %error, "the stored mark is not written while it cannot be read");
-                        return;
-                    }
+                    Err(error) => return Err(error),
                 }
+                let key = &self.inner.served_key;
                 let text = format!("{mark}\n");
-                self.save(&self.inner.served_key, text.as_bytes(), "high-water mark")
-                    .await;
+                let stored = self.store_state(key, text.as_bytes()).await;
+                stored.map_err(|error| MarkUnreadable::new(format!("the stored {key}: {error}")))
             };
-            tokio::join!(local, shared);
+            match tokio::join!(local, shared) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Err(error), Ok(())) | (Ok(()), Err(error)) => Err(error),
+                (Err(local), Err(shared)) => Err(MarkUnreadable::new(format!(
+                    "{}; {}",
+                    shared.reason, local.reason
+                ))),
+            }
         })
     }
 }

@@ -129,9 +129,11 @@ impl CertDirectoryBuilder {
     /// a pair's removal, for the life of the process. Keep `dir` outside
     /// the followed directory, on the instance's own disk.
     ///
-    /// A mark file that cannot be read is reported in the pair's health
-    /// and read again; meanwhile the pair installs nothing older than what
-    /// it serves, and its mark is not written.
+    /// A mark file that cannot be read or written is reported in the
+    /// pair's health and read again after a backoff; meanwhile the pair
+    /// installs nothing older than what it serves (or served before it
+    /// left), a file that does not answer is not written, and one that
+    /// does not parse is replaced by the mark of what serves.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

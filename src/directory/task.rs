@@ -335,9 +335,10 @@ impl DirTask {
 
     /// Runs `each` on the state files of the pairs in `work` (each with
     /// what it needs), a batch at a time, one batch at once, each within
-    /// the time a state file may take: a hung disk holds up one batch (its
-    /// pairs' marks are then unreadable, and tried again later), never the
-    /// task. Without a state directory, every pair gets `none`.
+    /// the time a state file may take: a hung disk holds up one batch, and
+    /// the rest are not tried (all their marks are then unreadable, and
+    /// tried again later), so it never holds up the task for long. Without
+    /// a state directory, every pair gets `none`.
     async fn state_files<T, R>(
         &self,
         work: Vec<(Arc<str>, T)>,
@@ -355,9 +356,17 @@ impl DirTask {
                 .collect();
         };
         let mut done = Vec::with_capacity(work.len());
+        let mut stuck: Option<MarkUnreadable> = None;
         for batch in work.chunks(READ_BATCH) {
+            let asked = batch.iter().map(|(name, _)| name.clone());
+            // A batch did not answer: the others would each wait as long
+            // for the thread it holds. They are tried again later.
+            if let Some(error) = &stuck {
+                done.extend(asked.map(|name| (name, Err(error.clone()))));
+                continue;
+            }
+            let asked: Vec<Arc<str>> = asked.collect();
             let (batch, dir) = (batch.to_vec(), dir.clone());
-            let asked: Vec<Arc<str>> = batch.iter().map(|(name, _)| name.clone()).collect();
             let ran = self.mark_io.run(STATE_FILE_TIMEOUT, move || {
                 let file = |name: &str| marks::file(&dir, name);
                 let ran = batch.into_iter().map(|(name, t)| {
@@ -366,12 +375,16 @@ impl DirTask {
                 });
                 ran.collect::<Vec<_>>()
             });
-            done.extend(ran.await.unwrap_or_else(|stuck| {
-                let waited = crate::clock::human(stuck.waited);
-                let why = format!("the state directory did not answer within {waited}");
-                let error = MarkUnreadable::new(why);
-                asked.into_iter().map(|n| (n, Err(error.clone()))).collect()
-            }));
+            match ran.await {
+                Ok(ran) => done.extend(ran),
+                Err(hung) => {
+                    let waited = crate::clock::human(hung.waited);
+                    let why = format!("the state directory did not answer within {waited}");
+                    let error = MarkUnreadable::new(why);
+                    done.extend(asked.into_iter().map(|n| (n, Err(error.clone()))));
+                    stuck = Some(error);
+                }
+            }
         }
         done
     }
@@ -440,10 +453,8 @@ impl DirTask {
             self.checks.remove(&(at, name.clone()));
         }
         lock(&self.names).remove(name);
-        let serving = self.store.current(name);
-        let mark = pair.state.mark.newest(serving.as_deref());
         self.store.remove(name);
-        self.departed.left(name, mark);
+        self.departed.left(name, pair.state.mark.served().cloned());
     }
 }
 

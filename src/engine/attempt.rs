@@ -30,7 +30,7 @@ pub(crate) type Decided<'a> = dyn Fn(&CertInfo) -> Option<Renewal> + Send + Sync
 
 /// What does the I/O for a list of slots: fetching candidates, reading and
 /// recording replay marks (each bounded in time by the driver: a source or
-/// disk that hangs holds up an attempt, never the task forever).
+/// disk that hangs holds up an attempt, not the task for ever).
 pub(crate) trait Driver: Send {
     /// The store its slots serve from.
     fn store(&self) -> &CertStore;
@@ -75,8 +75,8 @@ pub(crate) trait Driver: Send {
     ) -> impl Future<Output = Vec<(Arc<str>, MarkRead)>> + Send;
 
     /// Records `marks` in each place that holds nothing newer and answers
-    /// (replacing what is unusable); a place that did not answer is an
-    /// error, and so is a write that failed.
+    /// (replacing what is unusable); a place that did not answer, or could
+    /// not be written, is an error.
     fn record_marks(
         &mut self,
         marks: Vec<(Arc<str>, HighWaterMark)>,
@@ -122,23 +122,29 @@ pub(crate) async fn settle<D: Driver>(
     let mut unread = Vec::new();
     for (name, fetched) in candidates {
         let serving = driver.store().current(&name);
-        let Some(mark_unread) = driver.with_slot(&name, |slot, _| slot.state.mark.unread()) else {
+        // What the source warned of while fetching shows before the outcome.
+        let warnings = driver.warnings(&name);
+        let Some(mark_unread) = driver.with_slot(&name, |slot, _| {
+            slot.warn(warnings);
+            slot.state.mark.unread()
+        }) else {
             continue;
         };
         let step = match fetched {
             Err(error) => Step::Decided(Verdict::Failed(error)),
-            Ok(bundle) => {
-                if mark_unread {
-                    unread.push(name.clone());
+            Ok(bundle) => match serving {
+                Some(serving) if super::unchanged(Some(&serving), &bundle) => {
+                    Step::Decided(Verdict::Unchanged(serving))
                 }
-                match serving {
-                    Some(serving) if super::unchanged(Some(&serving), &bundle) => {
-                        Step::Decided(Verdict::Unchanged(serving))
-                    }
-                    serving => Step::Judge(bundle, serving),
-                }
-            }
+                serving => Step::Judge(bundle, serving),
+            },
         };
+        // A mark not known is read for a candidate, to judge it (unless
+        // older ones are accepted) or to catch up with what serves.
+        let judged_without = allow_older && matches!(step, Step::Judge(..));
+        if mark_unread && !judged_without && !matches!(step, Step::Decided(Verdict::Failed(_))) {
+            unread.push(name.clone());
+        }
         steps.push((name, step));
     }
     let mut touched: HashSet<Arc<str>> = HashSet::new();
@@ -178,15 +184,19 @@ pub(crate) async fn settle<D: Driver>(
                 Some(verdict) => slot.conclude(verdict, decided),
                 None => Err(RotateError::Stopped),
             };
-            // What serves is recorded once it rose: after an install, and
-            // after a read that found the mark behind (it was installed
-            // while the mark could not be read or recorded).
-            let serving = match &result {
+            // The newest certificate served is recorded after an install,
+            // and after a read that may have found the places behind (it
+            // was installed while they could not be read or recorded in).
+            let rotated = match &result {
                 Ok(Rotation::Rotated { new, .. }) => Some(new.clone()),
-                _ if read => slot.store.current(slot.name),
                 _ => None,
             };
-            let record = serving.and_then(|cert| slot.state.mark.to_record(&cert, one_place));
+            if let Some(new) = &rotated {
+                slot.state.mark.serves(new);
+            }
+            let record = (rotated.is_some() || read)
+                .then(|| slot.state.mark.to_record(one_place))
+                .flatten();
             (result, record)
         });
         let Some((result, record)) = done else {
@@ -212,7 +222,8 @@ pub(crate) async fn settle<D: Driver>(
     results
 }
 
-/// Reads the marks of `names` and takes in what was read.
+/// Reads the marks of `names` and takes in what was read (shown in health
+/// before the outcome).
 async fn read_marks<D: Driver>(driver: &mut D, names: Vec<Arc<str>>, read: &mut HashSet<Arc<str>>) {
     if names.is_empty() {
         return;
@@ -221,7 +232,11 @@ async fn read_marks<D: Driver>(driver: &mut D, names: Vec<Arc<str>>, read: &mut 
         if let Err(error) = &mark {
             tracing::warn!(target: "certrotate", slot = %name, %error, "only certificates newer than the one serving are installed until it can be read");
         }
-        driver.with_slot(&name, |slot, _| slot.state.mark.read(mark));
+        let warnings = driver.warnings(&name);
+        driver.with_slot(&name, |slot, _| {
+            slot.state.mark.read(mark);
+            slot.warn(warnings);
+        });
         read.insert(name);
     }
 }
@@ -247,7 +262,7 @@ async fn record_marks<D: Driver>(
             tracing::warn!(target: "certrotate", slot = %name, %error, "the newest certificate served is not recorded: replay protection is per process until it is");
         }
         let unread = driver.with_slot(&name, |slot, _| {
-            slot.state.mark.recorded(mark, result);
+            slot.state.mark.recorded(&mark, result);
             slot.state.mark.unread() && !slot.state.mark.unreadable()
         });
         if unread == Some(true) {

@@ -4,6 +4,10 @@
 //! that cannot be read or recorded does (it fails closed without failing
 //! down: nothing older than what is known is installed, it is reported in
 //! health, read again on a backoff of its own, and recorded once it can be).
+//!
+//! Only the mark of a certificate this process served is ever recorded:
+//! what was read (a mark another instance recorded, or one a broken file
+//! says) is judged against, never spread to other places.
 
 use crate::bundle::CertInfo;
 use crate::mark::{HighWaterMark, MarkUnreadable};
@@ -19,9 +23,11 @@ enum Held {
     /// healed a place that could not be read).
     #[default]
     Unknown,
-    /// Read, or recorded since; `floor`: they hold exactly the floor.
-    Known { floor: bool },
-    /// They could not be read (asked again after a backoff).
+    /// Read, or recorded since; `served`: they hold exactly the mark of
+    /// the newest certificate served.
+    Known { served: bool },
+    /// They could not be read, or recorded in (tried again after a
+    /// backoff).
     Unreadable(Box<MarkUnreadable>),
 }
 
@@ -29,23 +35,34 @@ enum Held {
 #[derive(Debug, Default)]
 pub(crate) struct MarkState {
     held: Held,
-    /// The newest mark known for sure: read (wholly or in part), recorded,
-    /// or remembered by the driver. Never lowered: a storage that restarted
-    /// empty makes no older certificate acceptable.
+    /// The newest mark known for sure: read (wholly or in part), or
+    /// served. Never lowered: a storage that restarted empty makes no older
+    /// certificate acceptable.
     floor: Option<HighWaterMark>,
+    /// The mark of the newest certificate this process served in the slot
+    /// (or remembered for it by its driver): what is recorded.
+    served: Option<HighWaterMark>,
     /// Failed reads or records in a row (their own backoff).
     pub(super) failures: u32,
 }
 
 impl MarkState {
-    /// A slot whose newest mark was `floor` when last seen (a pair that
-    /// left a directory and came back): its places are read again.
+    /// A slot that served `served` before (a pair that left a directory
+    /// and came back): its places are read again.
     #[cfg(feature = "file")]
-    pub(crate) fn remembering(floor: Option<HighWaterMark>) -> Self {
+    pub(crate) fn remembering(served: Option<HighWaterMark>) -> Self {
         Self {
-            floor,
+            floor: served.clone(),
+            served,
             ..Self::default()
         }
+    }
+
+    /// The mark of the newest certificate served (what a driver remembers
+    /// of a slot that goes).
+    #[cfg(feature = "file")]
+    pub(crate) fn served(&self) -> Option<&HighWaterMark> {
+        self.served.as_ref()
     }
 
     /// Whether the places must be read before judging against the mark.
@@ -60,10 +77,16 @@ impl MarkState {
 
     /// What a candidate must not be older than: the mark known for sure, or
     /// the certificate `serving` if it is newer (so that a mark that cannot
-    /// be read lets in nothing older than what serves). What a driver
-    /// remembers of a slot that goes.
-    pub(crate) fn newest(&self, serving: Option<&CertInfo>) -> Option<HighWaterMark> {
+    /// be read lets in nothing older than what serves).
+    pub(super) fn newest(&self, serving: Option<&CertInfo>) -> Option<HighWaterMark> {
         HighWaterMark::newest(self.floor.clone(), serving.map(HighWaterMark::of))
+    }
+
+    /// `cert` serves now (installed, perhaps older on purpose).
+    pub(super) fn serves(&mut self, cert: &CertInfo) {
+        let mark = Some(HighWaterMark::of(cert));
+        self.served = HighWaterMark::newest(self.served.take(), mark);
+        self.floor = HighWaterMark::newest(self.floor.take(), self.served.clone());
     }
 
     /// Takes in what a read gave: a failed read keeps what was known for
@@ -72,8 +95,8 @@ impl MarkState {
         match read {
             Ok(mark) => {
                 self.floor = HighWaterMark::newest(self.floor.take(), mark.clone());
-                let floor = mark.is_some() && mark == self.floor;
-                self.held = Held::Known { floor };
+                let served = mark.is_some() && mark == self.served;
+                self.held = Held::Known { served };
             }
             Err(mut error) => {
                 self.floor = HighWaterMark::newest(self.floor.take(), error.known.clone());
@@ -83,17 +106,26 @@ impl MarkState {
         }
     }
 
-    /// The mark to record now that `cert` serves, if any, by the one rule
-    /// ([`HighWaterMark::to_record`]): never lowered, the same age again so
-    /// that a place that lags catches up; except that a slot whose mark is
-    /// kept in `one_place` known to hold exactly this mark has nothing to
-    /// record (10⁵ pairs loaded at start are not all written again).
-    pub(super) fn to_record(&self, cert: &CertInfo, one_place: bool) -> Option<HighWaterMark> {
-        let mark = HighWaterMark::to_record(self.floor.as_ref(), cert)?;
-        let held = matches!(self.held, Held::Known { floor: true });
-        match one_place && held && self.floor.as_ref() == Some(&mark) {
+    /// The mark to record, if any: the newest certificate served, unless a
+    /// newer one is known (a mark is never lowered; the same age is
+    /// recorded again, so that a place that lags catches up). A slot whose
+    /// mark is kept in `one_place` records nothing there when that place
+    /// holds exactly this mark already (10⁵ pairs loaded at start are not
+    /// all written again), nor while it does not answer (one that answered
+    /// with something unusable is replaced).
+    pub(super) fn to_record(&self, one_place: bool) -> Option<HighWaterMark> {
+        let served = self.served.as_ref()?;
+        if self.floor.as_ref().is_some_and(|f| f.is_above(served)) {
+            return None;
+        }
+        let held = match &self.held {
+            Held::Known { served } => *served,
+            Held::Unreadable(error) => !error.is_corrupt(),
+            Held::Unknown => false,
+        };
+        match one_place && held {
             true => None,
-            false => Some(mark),
+            false => Some(served.clone()),
         }
     }
 
@@ -102,16 +134,11 @@ impl MarkState {
     /// Recorded while they could not be read: they are read again (what was
     /// unusable is replaced; one that did not answer was left alone). Not
     /// recorded: reported, and read and recorded again after a backoff.
-    pub(super) fn recorded(&mut self, mark: HighWaterMark, result: Result<(), MarkUnreadable>) {
-        let rose = self
-            .floor
-            .as_ref()
-            .is_none_or(|floor| !floor.is_above_mark(&mark));
-        if rose {
-            self.floor = Some(mark);
-        }
+    pub(super) fn recorded(&mut self, mark: &HighWaterMark, result: Result<(), MarkUnreadable>) {
         self.held = match (result, &self.held) {
-            (Ok(()), Held::Known { .. }) => Held::Known { floor: rose },
+            (Ok(()), Held::Known { .. }) => Held::Known {
+                served: self.served.as_ref() == Some(mark),
+            },
             (Ok(()), _) => Held::Unknown,
             (Err(mut error), _) => {
                 error.known = self.floor.clone();
@@ -147,20 +174,41 @@ mod tests {
     }
 
     /// A storage that restarted empty lowers nothing: the floor read
-    /// before holds, and the next record puts it back.
+    /// before holds, and what serves is recorded again.
     #[test]
     fn a_storage_that_restarted_empty_lowers_nothing() {
         let (old, now) = (issued(10), issued(1));
         let mut state = MarkState::default();
+        state.serves(&now);
         state.read(Ok(Some(mark(&now))));
         state.read(Ok(None));
         assert_eq!(state.newest(None), Some(mark(&now)));
         assert_eq!(state.newest(Some(&old)), Some(mark(&now)));
-        assert_eq!(state.to_record(&now, true), Some(mark(&now)));
+        assert_eq!(state.to_record(true), Some(mark(&now)));
+    }
+
+    /// Only what this process served is recorded: a mark read (another
+    /// instance's, or a far-future one a broken file says) is judged
+    /// against, never spread; and a newer one read stops the record.
+    #[test]
+    fn only_what_was_served_is_recorded_and_never_over_a_newer_mark() {
+        let (old, now) = (issued(10), issued(1));
+        let mut state = MarkState::default();
+        state.read(Ok(Some(mark(&now))));
+        assert_eq!(state.to_record(false), None);
+        state.serves(&old);
+        assert_eq!(state.to_record(false), None);
+        assert_eq!(state.newest(Some(&old)), Some(mark(&now)));
+        // Older on purpose (allow_older): the newest served stays.
+        let mut state = MarkState::default();
+        state.serves(&now);
+        state.serves(&old);
+        assert_eq!(state.to_record(false), Some(mark(&now)));
     }
 
     /// While the places cannot be read, what was known and what serves
-    /// hold the line, the warning names it and the next attempt reads.
+    /// hold the line, the warning names it, and one place that does not
+    /// answer is not written (one that answered with garbage is).
     #[test]
     fn an_unreadable_mark_keeps_what_was_known_and_is_read_again() {
         let (old, now) = (issued(10), issued(1));
@@ -173,10 +221,14 @@ mod tests {
             panic!("no warning");
         };
         assert_eq!(error.known, Some(mark(&old)));
+        state.serves(&now);
+        assert_eq!(state.to_record(true), None, "one place that did not answer");
+        assert_eq!(state.to_record(false), Some(mark(&now)));
+        state.read(Err(MarkUnreadable::corrupt("garbage")));
+        assert_eq!(state.to_record(true), Some(mark(&now)));
         // Recorded while unreadable: read again, not assumed healed.
-        state.recorded(mark(&now), Ok(()));
+        state.recorded(&mark(&now), Ok(()));
         assert!(state.unread() && !state.unreadable());
-        assert_eq!(state.newest(None), Some(mark(&now)));
     }
 
     /// One place known to hold exactly the mark: nothing to write. Many
@@ -185,47 +237,35 @@ mod tests {
     fn a_mark_one_place_holds_already_is_not_recorded_again() {
         let now = issued(1);
         let mut state = MarkState::default();
-        assert_eq!(state.to_record(&now, true), Some(mark(&now)));
+        state.serves(&now);
+        assert_eq!(state.to_record(true), Some(mark(&now)));
         state.read(Ok(Some(mark(&now))));
-        assert_eq!(state.to_record(&now, true), None);
-        assert_eq!(state.to_record(&now, false), Some(mark(&now)));
-        let older = issued(5);
-        assert_eq!(state.to_record(&older, false), None);
+        assert_eq!(state.to_record(true), None);
+        assert_eq!(state.to_record(false), Some(mark(&now)));
     }
 
-    /// A record that failed is reported and read again; one that worked
-    /// where the places were known leaves them known.
+    /// A record that failed is reported and read and recorded again; one
+    /// that worked where the places were known leaves them known. A slot
+    /// remembered by its driver records what it served when the place
+    /// lags (nothing need serve now).
     #[test]
-    fn a_failed_record_is_reported_and_read_again() {
+    fn a_failed_record_is_reported_and_recorded_again() {
         let (old, now) = (issued(10), issued(1));
         let mut state = MarkState::default();
         state.read(Ok(Some(mark(&old))));
-        state.recorded(mark(&now), Err(MarkUnreadable::new("disk full")));
+        state.serves(&now);
+        state.recorded(&mark(&now), Err(MarkUnreadable::new("disk full")));
         assert!(state.unreadable());
         assert!(state.warning().is_some());
         state.read(Ok(Some(mark(&old))));
         assert_eq!(state.newest(None), Some(mark(&now)));
-        state.recorded(mark(&now), Ok(()));
+        assert_eq!(state.to_record(true), Some(mark(&now)));
+        state.recorded(&mark(&now), Ok(()));
         assert!(!state.unread());
-        assert_eq!(state.to_record(&now, true), None);
-    }
+        assert_eq!(state.to_record(true), None);
 
-    /// Never lowered; the same age recorded again (a place that lags
-    /// catches up); anything newer, or a first mark, recorded.
-    #[test]
-    fn a_mark_is_recorded_unless_a_newer_one_is() {
-        let (old, now) = (issued(10), issued(1));
-        let floor = HighWaterMark::of(&now);
-        assert_eq!(HighWaterMark::to_record(Some(&floor), &old), None);
-        assert_eq!(
-            HighWaterMark::to_record(Some(&floor), &now),
-            Some(floor.clone())
-        );
-        let newer = HighWaterMark::of(&old);
-        assert_eq!(
-            HighWaterMark::to_record(Some(&newer), &now),
-            Some(floor.clone())
-        );
-        assert_eq!(HighWaterMark::to_record(None, &old), Some(newer));
+        let mut back = MarkState::remembering(Some(mark(&now)));
+        back.read(Ok(Some(mark(&old))));
+        assert_eq!(back.to_record(true), Some(mark(&now)));
     }
 }

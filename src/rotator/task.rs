@@ -224,9 +224,10 @@ impl<S: CertSource> Driver for Task<S> {
                 None => Ok(()),
                 Some(marks) => tokio::time::timeout(MARK_TIMEOUT, marks.record(mark))
                     .await
-                    .map_err(|_| {
+                    .unwrap_or_else(|_| {
                         let waited = crate::clock::human(MARK_TIMEOUT);
-                        MarkUnreadable::new(format!("no answer within {waited} to its record"))
+                        let why = format!("no answer within {waited} to its record");
+                        Err(MarkUnreadable::new(why))
                     }),
             };
             recorded.push((name, result));

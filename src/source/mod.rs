@@ -237,9 +237,9 @@ impl std::fmt::Debug for Start {
 ///         Box::pin(async move { Ok(mark) })
 ///     }
 ///
-///     fn record(&self, mark: HighWaterMark) -> BoxFuture<'_, ()> {
+///     fn record(&self, mark: HighWaterMark) -> BoxFuture<'_, Result<(), MarkUnreadable>> {
 ///         *self.0.lock().unwrap() = Some(mark);
-///         Box::pin(async {})
+///         Box::pin(async { Ok(()) })
 ///     }
 /// }
 /// ```
@@ -249,10 +249,10 @@ pub trait ReplayMarks: Send + Sync {
     ///
     /// A mark that cannot be read (a state file or storage that does not
     /// answer, a value that does not parse) is an error, never "no mark":
-    /// the rotator then installs nothing older than what serves, records no
-    /// mark (so that it is never lowered), reports it, and asks again at the
-    /// next attempt. Bound the reads yourself: the rotator gives up after
-    /// 10 s, and then knows nothing of what a part that answered said.
+    /// the rotator then installs nothing older than what serves (or than
+    /// [`MarkUnreadable::known`]), reports it, and reads again after a
+    /// backoff. Bound the reads yourself: the rotator gives up after 10 s,
+    /// and then knows nothing of what a part that answered said.
     fn read(&self) -> BoxFuture<'_, Result<Option<HighWaterMark>, MarkUnreadable>>;
 
     /// Records the newest certificate served: after each install that
@@ -260,8 +260,10 @@ pub trait ReplayMarks: Send + Sync {
     /// in each place that holds nothing newer and answers, and replace a
     /// value that does not parse: a mark is never lowered, and heals).
     ///
-    /// A record that does not finish within 10 s is not taken as done: it
-    /// is reported in health like a mark that cannot be read, and the mark
-    /// is read and recorded again after a backoff.
-    fn record(&self, mark: HighWaterMark) -> BoxFuture<'_, ()>;
+    /// `Ok` once every place holds this mark or a newer one. A place that
+    /// did not answer, or could not be written, is an error: reported in
+    /// health like a mark that cannot be read, and the mark is read and
+    /// recorded again after a backoff. So is a record that does not finish
+    /// within 10 s.
+    fn record(&self, mark: HighWaterMark) -> BoxFuture<'_, Result<(), MarkUnreadable>>;
 }

@@ -436,10 +436,11 @@ impl ReplayMarks for FileSource {
         })
     }
 
-    fn record(&self, mark: HighWaterMark) -> BoxFuture<'_, ()> {
+    fn record(&self, mark: HighWaterMark) -> BoxFuture<'_, Result<(), MarkUnreadable>> {
         Box::pin(async move {
-            if let Some(path) = &self.shared.options.state_file {
-                mark.record_file(path, &self.describe()).await;
+            match &self.shared.options.state_file {
+                Some(path) => mark.record_file(path).await,
+                None => Ok(()),
             }
         })
     }
