@@ -97,8 +97,9 @@ impl std::str::FromStr for HighWaterMark {
     }
 }
 
-/// A source's [`HighWaterMark`] could not be read (wholly): a state file or
-/// storage that does not answer, a value that does not parse or decrypt.
+/// A source's [`HighWaterMark`] could not be read (wholly), or recorded: a
+/// state file or storage that does not answer or cannot be written, a value
+/// that does not parse or decrypt.
 ///
 /// The rotator then fails closed without failing down: it installs nothing
 /// older than what serves now (or than `known`), keeps serving, reports the
@@ -112,8 +113,7 @@ impl std::str::FromStr for HighWaterMark {
 /// assert!(error.known.is_none());
 /// assert!(error.to_string().contains("timed out"));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the record of the newest certificate served cannot be read: {reason}")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MarkUnreadable {
     /// The newest mark among the places that could be read (a state file of
@@ -125,7 +125,21 @@ pub struct MarkUnreadable {
     /// does not parse or decrypt), which recording a mark may replace; a
     /// place that did not answer is left alone, as it may hold a newer one.
     corrupt: bool,
+    /// Whether it was the record that failed (the places may read well).
+    recording: bool,
 }
+
+impl fmt::Display for MarkUnreadable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.recording {
+            false => f.write_str("the record of the newest certificate served cannot be read")?,
+            true => f.write_str("the newest certificate served cannot be recorded")?,
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for MarkUnreadable {}
 
 impl MarkUnreadable {
     /// Nothing could be read, because of `reason`.
@@ -134,7 +148,22 @@ impl MarkUnreadable {
             known: None,
             reason: reason.into(),
             corrupt: false,
+            recording: false,
         }
+    }
+
+    /// The same error, told as a write that failed (the place may read
+    /// well).
+    pub(crate) fn recording(self) -> Self {
+        Self {
+            recording: true,
+            ..self
+        }
+    }
+
+    /// Whether it was the record that failed.
+    pub(crate) fn is_recording(&self) -> bool {
+        self.recording
     }
 
     /// The place answered with something unusable, because of `reason`.
@@ -212,10 +241,7 @@ impl HighWaterMark {
             Err(error) => return Err(error),
         }
         crate::atomic::write(path, format!("{self}\n").as_bytes(), 0o600).map_err(|error| {
-            MarkUnreadable::new(format!(
-                "cannot write state file {}: {error}",
-                path.display()
-            ))
+            MarkUnreadable::new(format!("state file {}: {error}", path.display())).recording()
         })
     }
 }

@@ -28,9 +28,10 @@ pub enum SourceWarning {
         reason: String,
     },
     /// The record of the newest certificate served (the
-    /// [`HighWaterMark`](crate::danger::HighWaterMark)) cannot be read: until it
-    /// can, only certificates newer than the one serving are installed, and
-    /// no mark is recorded (so none is lowered).
+    /// [`HighWaterMark`](crate::danger::HighWaterMark)) cannot be read or
+    /// written: until it can be read, only certificates newer than the one
+    /// serving are installed; until it can be written, replay protection
+    /// is this process's alone. Both are tried again with backoff.
     MarkUnreadable(Box<crate::mark::MarkUnreadable>),
     /// Every ACME CA failed and the certificate serving comes from the
     /// internal CA configured as the last resort
@@ -96,9 +97,13 @@ impl fmt::Display for SourceWarning {
             Self::CaFailing { directory, reason } => {
                 write!(f, "the ACME CA {directory} failed at its last turn: {reason}")
             }
+            Self::MarkUnreadable(error) if error.is_recording() => write!(
+                f,
+                "{error}; replay protection is this process's alone until it is (retried with backoff)"
+            ),
             Self::MarkUnreadable(error) => write!(
                 f,
-                "{error}; only certificates newer than the one serving are installed until it can be read (retried at each attempt)"
+                "{error}; only certificates newer than the one serving are installed until it can be read (retried with backoff)"
             ),
         }
     }

@@ -370,7 +370,8 @@ async fn an_unusable_pair_mark_is_reported_and_replaced_by_what_serves() {
     let warned = |slot: &str| {
         let health = certs.health();
         let cert = health.certificates.iter().find(|c| c.slot == slot).unwrap();
-        cert.warnings.iter().any(|w| w.contains("cannot be read"))
+        let mark = |w: &String| w.contains("cannot be read") || w.contains("cannot be recorded");
+        cert.warnings.iter().any(mark)
     };
     // Garbage: replaced at once by the mark of what serves.
     let mark = std::fs::read_to_string(marks.join("a.mark")).unwrap();
@@ -464,6 +465,64 @@ async fn a_state_directory_that_cannot_be_read_fails_closed_and_heals() {
     .await;
     until("b's warning cleared", || (!warned("b")).then_some(())).await;
     assert!(mark("a").unwrap().contains(serial(&a)));
+    certs.shutdown().await;
+}
+
+/// Each newer certificate a pair serves is written to its mark file, not
+/// only the first (a review found the file left at the first after it was
+/// known up to date once, so a restart served the replay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_newer_pair_is_written_to_its_mark_file() {
+    let (dir, ca, state) = (TempDir::new("dir"), Ca::new(), TempDir::new("marks"));
+    let marks = state.join("marks");
+    let (cert, key) = (dir.join("a.crt"), dir.join("a.key"));
+    let mark = || std::fs::read_to_string(marks.join("a.mark")).unwrap_or_default();
+    write_pair(&cert, &key, &leaf(&ca, "a.example", 7200));
+    let certs = start_with_marks(&dir, &marks).await;
+    for age in [3600, 600] {
+        let newer = leaf(&ca, "a.example", age);
+        write_pair(&cert, &key, &newer);
+        until("the newer pair's mark written", || {
+            mark().contains(serial(&newer)).then_some(())
+        })
+        .await;
+    }
+    certs.shutdown().await;
+}
+
+/// A pair refused by the mark its file holds, deleted, and put back while
+/// the state directory cannot be read, is still refused: the directory
+/// remembers the mark it read, not only what it served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_put_back_while_its_mark_cannot_be_read_is_refused_by_the_mark_read_before() {
+    let (dir, ca, state) = (TempDir::new("dir"), Ca::new(), TempDir::new("marks"));
+    let marks = state.join("marks");
+    let (cert, key) = (dir.join("a.crt"), dir.join("a.key"));
+    let (older, newer) = (leaf(&ca, "a.example", 7200), leaf(&ca, "a.example", 600));
+    // Served before a restart: the newer one.
+    write_pair(&cert, &key, &newer);
+    start_with_marks(&dir, &marks).await.shutdown().await;
+    // Restarted on the older one: refused by the file.
+    write_pair(&cert, &key, &older);
+    let certs = start_with_marks(&dir, &marks).await;
+    let refused = |certs: &CertDirectory| {
+        let health = certs.health();
+        let unserved = health.unserved.iter().find(|u| u.slot == "a");
+        unserved.and_then(|u| u.last_error_code) == Some("older_than_serving")
+    };
+    assert!(refused(&certs), "{:?}", certs.health());
+    // Deleted; the state directory goes; put back: still refused.
+    std::fs::remove_file(&cert).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    until("a's removal", || certs.pairs().is_empty().then_some(())).await;
+    std::fs::rename(&marks, state.join("away")).unwrap();
+    std::fs::write(&marks, "not a directory\n").unwrap();
+    write_pair(&cert, &key, &older);
+    until("the older pair refused again", || {
+        (certs.pairs() == ["a"] && refused(&certs)).then_some(())
+    })
+    .await;
+    assert!(certs.store().current("a").is_none());
     certs.shutdown().await;
 }
 

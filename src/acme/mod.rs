@@ -522,7 +522,9 @@ impl ReplayMarks for AcmeSource {
                 let key = &self.inner.served_key;
                 let text = format!("{mark}\n");
                 let stored = self.store_state(key, text.as_bytes()).await;
-                stored.map_err(|error| MarkUnreadable::new(format!("the stored {key}: {error}")))
+                stored.map_err(|error| {
+                    MarkUnreadable::new(format!("the stored {key}: {error}")).recording()
+                })
             };
             match tokio::join!(local, shared) {
                 (Ok(()), Ok(())) => Ok(()),

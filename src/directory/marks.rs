@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::mark::HighWaterMark;
+use crate::engine::Remembered;
 
 /// How many pairs that left the directory keep their mark in memory (the
 /// oldest departures are forgotten first; the state directory keeps all).
@@ -23,7 +23,7 @@ const LONGEST_NAME: usize = 200;
 #[derive(Debug, Default)]
 pub(super) struct Departed {
     /// The pairs away now: their latest departure's number, and their mark.
-    marks: HashMap<Arc<str>, (u64, Option<HighWaterMark>)>,
+    marks: HashMap<Arc<str>, (u64, Remembered)>,
     /// Departures, oldest first, each with its number: a name is forgotten
     /// when its latest departure leaves the queue while it is still away.
     order: VecDeque<(Arc<str>, u64)>,
@@ -32,8 +32,8 @@ pub(super) struct Departed {
 }
 
 impl Departed {
-    /// `name` left the directory, its newest mark `mark`.
-    pub(super) fn left(&mut self, name: &Arc<str>, mark: Option<HighWaterMark>) {
+    /// `name` left the directory, knowing `mark`.
+    pub(super) fn left(&mut self, name: &Arc<str>, mark: Remembered) {
         self.count += 1;
         self.marks.insert(name.clone(), (self.count, mark));
         self.order.push_back((name.clone(), self.count));
@@ -47,9 +47,12 @@ impl Departed {
         }
     }
 
-    /// `name` is in the directory again: the mark it had when it left.
-    pub(super) fn back(&mut self, name: &str) -> Option<HighWaterMark> {
-        self.marks.remove(name).and_then(|(_, mark)| mark)
+    /// `name` is in the directory again: what it knew when it left.
+    pub(super) fn back(&mut self, name: &str) -> Remembered {
+        self.marks
+            .remove(name)
+            .map(|(_, mark)| mark)
+            .unwrap_or_default()
     }
 }
 

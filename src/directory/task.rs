@@ -13,7 +13,8 @@ use tokio::time::Instant;
 
 use crate::bundle::CertInfo;
 use crate::engine::{
-    self, Candidate, Decided, Driver, MarkRead, RotateError, Rotation, Rules, Slot, SlotState,
+    self, Candidate, Decided, Driver, MarkRead, Remembered, RotateError, Rotation, Rules, Slot,
+    SlotState,
 };
 use crate::events::Trigger;
 use crate::health::AlertLevel;
@@ -454,13 +455,13 @@ impl DirTask {
         }
         lock(&self.names).remove(name);
         self.store.remove(name);
-        self.departed.left(name, pair.state.mark.served().cloned());
+        self.departed.left(name, pair.state.mark.remembered());
     }
 }
 
 impl Pair {
-    /// A pair found, whose mark was `mark` when it was last here.
-    fn new(files: Files, mark: Option<HighWaterMark>) -> Self {
+    /// A pair found, knowing `mark` of its mark from when it was last here.
+    fn new(files: Files, mark: Remembered) -> Self {
         Self {
             files,
             stamp: 0,

@@ -103,13 +103,15 @@ pub(crate) async fn attempt<D: Driver>(
 enum Step {
     /// Decided without the policy (unchanged, or the source failed).
     Decided(Verdict),
-    /// To be judged against the mark (`None`: older ones accepted).
+    /// To be judged against the mark and what serves (if anything).
     Judge(CertBundle, Option<Arc<CertInfo>>),
 }
 
 /// Settles `candidates`: each is unchanged, refused or installed; marks
 /// not known are read first (a slot with a candidate reads a mark it does
-/// not know) and what serves is recorded as the mark when it rose;
+/// not know, unless it is judged without one) and the newest certificate
+/// served is recorded after an install or a read
+/// ([`MarkState::to_record`](super::marks::MarkState::to_record));
 /// retries, warnings and alerts are planned. `allow_older`: this once,
 /// a candidate older than the mark is accepted (a manual install).
 pub(crate) async fn settle<D: Driver>(
@@ -222,22 +224,57 @@ pub(crate) async fn settle<D: Driver>(
     results
 }
 
-/// Reads the marks of `names` and takes in what was read (shown in health
-/// before the outcome).
+/// Reads the marks of `names` and takes in what was read. One that cannot
+/// be read shows in health before the outcome (one read well is cleared at
+/// the end, after its record: a record that fails again leaves the warning
+/// as it was, rather than clearing and raising it at each retry), and is
+/// logged once per attempt, however many slots (10⁵ pairs on a dead disk).
 async fn read_marks<D: Driver>(driver: &mut D, names: Vec<Arc<str>>, read: &mut HashSet<Arc<str>>) {
     if names.is_empty() {
         return;
     }
+    let mut failed = Failures::default();
     for (name, mark) in driver.read_marks(names).await {
+        let warnings = mark.is_err().then(|| driver.warnings(&name));
         if let Err(error) = &mark {
-            tracing::warn!(target: "certrotate", slot = %name, %error, "only certificates newer than the one serving are installed until it can be read");
+            failed.add(&name, error);
         }
-        let warnings = driver.warnings(&name);
         driver.with_slot(&name, |slot, _| {
             slot.state.mark.read(mark);
-            slot.warn(warnings);
+            if let Some(warnings) = warnings {
+                slot.warn(warnings);
+            }
         });
         read.insert(name);
+    }
+    failed.log("only certificates newer than the one serving are installed until it can be read");
+}
+
+/// Slots whose mark could not be read or recorded in one attempt, told
+/// in one log line.
+#[derive(Default)]
+struct Failures {
+    count: usize,
+    first: Option<(Arc<str>, MarkUnreadable)>,
+}
+
+impl Failures {
+    fn add(&mut self, name: &Arc<str>, error: &MarkUnreadable) {
+        self.count += 1;
+        self.first
+            .get_or_insert_with(|| (name.clone(), error.clone()));
+    }
+
+    fn log(self, consequence: &str) {
+        let Some((slot, error)) = self.first else {
+            return;
+        };
+        match self.count {
+            1 => tracing::warn!(target: "certrotate", %slot, %error, "{consequence}"),
+            slots => {
+                tracing::warn!(target: "certrotate", slots, first = %slot, %error, "{consequence}")
+            }
+        }
     }
 }
 
@@ -254,12 +291,13 @@ async fn record_marks<D: Driver>(
     }
     let mut asked: HashMap<Arc<str>, HighWaterMark> = marks.iter().cloned().collect();
     let mut again = Vec::new();
+    let mut failed = Failures::default();
     for (name, result) in driver.record_marks(marks).await {
         let Some(mark) = asked.remove(&name) else {
             continue;
         };
         if let Err(error) = &result {
-            tracing::warn!(target: "certrotate", slot = %name, %error, "the newest certificate served is not recorded: replay protection is per process until it is");
+            failed.add(&name, error);
         }
         let unread = driver.with_slot(&name, |slot, _| {
             slot.state.mark.recorded(&mark, result);
@@ -270,6 +308,7 @@ async fn record_marks<D: Driver>(
         }
         touched.insert(name);
     }
+    failed.log("the newest certificate served is not recorded: replay protection is this process's alone until it is");
     read_marks(driver, again, touched).await;
 }
 

@@ -24,11 +24,22 @@ enum Held {
     #[default]
     Unknown,
     /// Read, or recorded since; `served`: they hold exactly the mark of
-    /// the newest certificate served.
+    /// the newest certificate served (false again once a newer one serves).
     Known { served: bool },
     /// They could not be read, or recorded in (tried again after a
     /// backoff).
     Unreadable(Box<MarkUnreadable>),
+}
+
+/// What a driver keeps of a slot's mark while the slot is gone (a pair
+/// away from its directory): the newest mark known for sure, and whether
+/// it is the slot's own, served in this process (then it is recorded when
+/// the slot comes back and its places lag).
+#[cfg(feature = "file")]
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Remembered {
+    floor: Option<HighWaterMark>,
+    served: bool,
 }
 
 /// What a slot knows of its replay mark.
@@ -47,22 +58,28 @@ pub(crate) struct MarkState {
 }
 
 impl MarkState {
-    /// A slot that served `served` before (a pair that left a directory
+    /// A slot that knew `remembered` before (a pair that left a directory
     /// and came back): its places are read again.
     #[cfg(feature = "file")]
-    pub(crate) fn remembering(served: Option<HighWaterMark>) -> Self {
+    pub(crate) fn remembering(remembered: Remembered) -> Self {
+        let served = remembered
+            .served
+            .then(|| remembered.floor.clone())
+            .flatten();
         Self {
-            floor: served.clone(),
+            floor: remembered.floor,
             served,
             ..Self::default()
         }
     }
 
-    /// The mark of the newest certificate served (what a driver remembers
-    /// of a slot that goes).
+    /// What a driver remembers of a slot that goes.
     #[cfg(feature = "file")]
-    pub(crate) fn served(&self) -> Option<&HighWaterMark> {
-        self.served.as_ref()
+    pub(crate) fn remembered(&self) -> Remembered {
+        Remembered {
+            served: self.served.is_some() && self.served == self.floor,
+            floor: self.floor.clone(),
+        }
     }
 
     /// Whether the places must be read before judging against the mark.
@@ -85,8 +102,15 @@ impl MarkState {
     /// `cert` serves now (installed, perhaps older on purpose).
     pub(super) fn serves(&mut self, cert: &CertInfo) {
         let mark = Some(HighWaterMark::of(cert));
+        let before = self.served.clone();
         self.served = HighWaterMark::newest(self.served.take(), mark);
         self.floor = HighWaterMark::newest(self.floor.take(), self.served.clone());
+        // The places hold an older one now, if they were up to date.
+        if self.served != before {
+            if let Held::Known { served } = &mut self.held {
+                *served = false;
+            }
+        }
     }
 
     /// Takes in what a read gave: a failed read keeps what was known for
@@ -264,8 +288,36 @@ mod tests {
         assert!(!state.unread());
         assert_eq!(state.to_record(true), None);
 
-        let mut back = MarkState::remembering(Some(mark(&now)));
+        let mut back = MarkState::remembering(state.remembered());
         back.read(Ok(Some(mark(&old))));
         assert_eq!(back.to_record(true), Some(mark(&now)));
+    }
+
+    /// Once a newer certificate serves, the place that held the older one
+    /// is written again (one place known up to date is so no longer).
+    #[test]
+    fn each_newer_certificate_served_is_recorded() {
+        let (old, now) = (issued(10), issued(1));
+        let mut state = MarkState::default();
+        state.read(Ok(None));
+        state.serves(&old);
+        assert_eq!(state.to_record(true), Some(mark(&old)));
+        state.recorded(&mark(&old), Ok(()));
+        assert_eq!(state.to_record(true), None);
+        state.serves(&now);
+        assert_eq!(state.to_record(true), Some(mark(&now)));
+    }
+
+    /// A slot that comes back remembers the mark it read (judged against,
+    /// never recorded) apart from the one it served (recorded).
+    #[test]
+    fn a_slot_that_comes_back_remembers_what_it_read_and_what_it_served() {
+        let (old, now) = (issued(10), issued(1));
+        let mut state = MarkState::default();
+        state.read(Ok(Some(mark(&now))));
+        state.serves(&old);
+        let back = MarkState::remembering(state.remembered());
+        assert_eq!(back.newest(None), Some(mark(&now)));
+        assert_eq!(back.to_record(false), None);
     }
 }

@@ -15,6 +15,8 @@ mod attempt;
 mod marks;
 
 pub(crate) use attempt::{attempt, settle, Candidate, Decided, Driver};
+#[cfg(feature = "file")]
+pub(crate) use marks::Remembered;
 pub(crate) use marks::{MarkRead, MarkState};
 
 use std::sync::Arc;
@@ -166,11 +168,11 @@ pub(crate) struct SlotState {
 }
 
 impl SlotState {
-    /// A slot whose replay mark was `floor` when last seen.
+    /// A slot that knew `remembered` of its mark when last seen.
     #[cfg(feature = "file")]
-    pub(crate) fn remembering(floor: Option<HighWaterMark>) -> Self {
+    pub(crate) fn remembering(remembered: Remembered) -> Self {
         Self {
-            mark: MarkState::remembering(floor),
+            mark: MarkState::remembering(remembered),
             ..Self::default()
         }
     }

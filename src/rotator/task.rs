@@ -226,8 +226,8 @@ impl<S: CertSource> Driver for Task<S> {
                     .await
                     .unwrap_or_else(|_| {
                         let waited = crate::clock::human(MARK_TIMEOUT);
-                        let why = format!("no answer within {waited} to its record");
-                        Err(MarkUnreadable::new(why))
+                        let why = format!("no answer within {waited}");
+                        Err(MarkUnreadable::new(why).recording())
                     }),
             };
             recorded.push((name, result));
