@@ -23,9 +23,9 @@ enum Held {
     /// healed a place that could not be read).
     #[default]
     Unknown,
-    /// Read, or recorded since; `served`: they hold exactly the mark of
-    /// the newest certificate served (false again once a newer one serves).
-    Known { served: bool },
+    /// Read, or recorded since; `floor`: they hold exactly the floor
+    /// (false again once the floor rises).
+    Known { floor: bool },
     /// They could not be read, or recorded in (tried again after a
     /// backoff).
     Unreadable(Box<MarkUnreadable>),
@@ -50,9 +50,10 @@ pub(crate) struct MarkState {
     /// served. Never lowered: a storage that restarted empty makes no older
     /// certificate acceptable.
     floor: Option<HighWaterMark>,
-    /// The mark of the newest certificate this process served in the slot
-    /// (or remembered for it by its driver): what is recorded.
-    served: Option<HighWaterMark>,
+    /// Whether the floor is the mark of a certificate this process served
+    /// in the slot (or remembered for it by its driver): only then is it
+    /// recorded. (A newer mark read is another's, or a broken file's.)
+    served: bool,
     /// Failed reads or records in a row (their own backoff).
     pub(super) failures: u32,
 }
@@ -62,13 +63,9 @@ impl MarkState {
     /// and came back): its places are read again.
     #[cfg(feature = "file")]
     pub(crate) fn remembering(remembered: Remembered) -> Self {
-        let served = remembered
-            .served
-            .then(|| remembered.floor.clone())
-            .flatten();
         Self {
             floor: remembered.floor,
-            served,
+            served: remembered.served,
             ..Self::default()
         }
     }
@@ -77,8 +74,8 @@ impl MarkState {
     #[cfg(feature = "file")]
     pub(crate) fn remembered(&self) -> Remembered {
         Remembered {
-            served: self.served.is_some() && self.served == self.floor,
             floor: self.floor.clone(),
+            served: self.served,
         }
     }
 
@@ -99,18 +96,25 @@ impl MarkState {
         HighWaterMark::newest(self.floor.clone(), serving.map(HighWaterMark::of))
     }
 
-    /// `cert` serves now (installed, perhaps older on purpose).
+    /// `cert` serves now (installed, perhaps older on purpose: then the
+    /// floor stays as it is).
     pub(super) fn serves(&mut self, cert: &CertInfo) {
-        let mark = Some(HighWaterMark::of(cert));
-        let before = self.served.clone();
-        self.served = HighWaterMark::newest(self.served.take(), mark);
-        self.floor = HighWaterMark::newest(self.floor.take(), self.served.clone());
-        // The places hold an older one now, if they were up to date.
-        if self.served != before {
-            if let Held::Known { served } = &mut self.held {
-                *served = false;
+        let mark = HighWaterMark::of(cert);
+        if self
+            .floor
+            .as_ref()
+            .is_some_and(|floor| floor.is_above(&mark))
+        {
+            return;
+        }
+        if self.floor.as_ref() != Some(&mark) {
+            self.floor = Some(mark);
+            // The places hold an older one now, if they were up to date.
+            if let Held::Known { floor } = &mut self.held {
+                *floor = false;
             }
         }
+        self.served = true;
     }
 
     /// Takes in what a read gave: a failed read keeps what was known for
@@ -118,15 +122,26 @@ impl MarkState {
     pub(super) fn read(&mut self, read: MarkRead) {
         match read {
             Ok(mark) => {
-                self.floor = HighWaterMark::newest(self.floor.take(), mark.clone());
-                let served = mark.is_some() && mark == self.served;
-                self.held = Held::Known { served };
+                self.raise(mark.as_ref());
+                let floor = mark.is_some() && mark == self.floor;
+                self.held = Held::Known { floor };
             }
             Err(mut error) => {
-                self.floor = HighWaterMark::newest(self.floor.take(), error.known.clone());
+                self.raise(error.known.as_ref());
                 error.known = self.floor.clone();
                 self.held = Held::Unreadable(Box::new(error));
             }
+        }
+    }
+
+    /// Raises the floor to `read` if it is newer: a mark not served here.
+    fn raise(&mut self, read: Option<&HighWaterMark>) {
+        let Some(read) = read else {
+            return;
+        };
+        if self.floor.as_ref().is_none_or(|floor| read.is_above(floor)) {
+            self.floor = Some(read.clone());
+            self.served = false;
         }
     }
 
@@ -138,12 +153,9 @@ impl MarkState {
     /// all written again), nor while it does not answer (one that answered
     /// with something unusable is replaced).
     pub(super) fn to_record(&self, one_place: bool) -> Option<HighWaterMark> {
-        let served = self.served.as_ref()?;
-        if self.floor.as_ref().is_some_and(|f| f.is_above(served)) {
-            return None;
-        }
+        let served = self.floor.as_ref().filter(|_| self.served)?;
         let held = match &self.held {
-            Held::Known { served } => *served,
+            Held::Known { floor } => *floor,
             Held::Unreadable(error) => !error.is_corrupt(),
             Held::Unknown => false,
         };
@@ -161,7 +173,7 @@ impl MarkState {
     pub(super) fn recorded(&mut self, mark: &HighWaterMark, result: Result<(), MarkUnreadable>) {
         self.held = match (result, &self.held) {
             (Ok(()), Held::Known { .. }) => Held::Known {
-                served: self.served.as_ref() == Some(mark),
+                floor: self.floor.as_ref() == Some(mark),
             },
             (Ok(()), _) => Held::Unknown,
             (Err(mut error), _) => {
