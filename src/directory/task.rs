@@ -36,6 +36,11 @@ use crate::mark::{HighWaterMark, MarkUnreadable, STATE_FILE_TIMEOUT};
 /// up at most this many before they are reported and retried.
 const READ_BATCH: usize = 512;
 
+/// Pairs the engine settles in one attempt: enough to keep every core
+/// judging, few enough that what an attempt holds (the candidates' chains
+/// and keys, the outcomes) stays small however large the directory.
+const SETTLE_BATCH: usize = 4096;
+
 /// The longest the task sleeps before looking at the wall clock again.
 const MAX_SLEEP: Duration = Duration::from_secs(300);
 
@@ -329,9 +334,12 @@ impl DirTask {
     }
 
     /// Reads the pairs `names` (found where they are now), then has the
-    /// engine settle what changed, on every core.
+    /// engine settle what changed, on every core, [`SETTLE_BATCH`] pairs
+    /// at a time.
     async fn refresh(&mut self, names: Vec<Arc<str>>, trigger: Trigger) {
-        engine::attempt(self, names, trigger).await;
+        for batch in names.chunks(SETTLE_BATCH) {
+            engine::attempt(self, batch.to_vec(), trigger).await;
+        }
     }
 
     /// Runs `each` on the state files of the pairs in `work` (each with
