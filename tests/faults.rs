@@ -293,7 +293,9 @@ async fn a_mark_whose_record_does_not_answer_is_recorded_again() {
     let warned = || {
         let health = rotator.health();
         let warnings = &health.certificates[0].warnings;
-        warnings.iter().any(|w| w.contains("cannot be recorded"))
+        // It names the source whose place did not answer.
+        let told = |w: &String| w.contains("cannot be recorded") && w.contains("marked source");
+        warnings.iter().any(told)
     };
     assert_eq!(rotator.current().unwrap().serial, bundle.info().serial);
     assert!(warned(), "{:?}", rotator.health());

@@ -143,6 +143,18 @@ impl<S: CertSource> Task<S> {
     }
 }
 
+impl<S: CertSource> Task<S> {
+    /// The source's marks did not answer within [`MARK_TIMEOUT`]: named,
+    /// so that the operator knows which place to look at.
+    fn no_answer(&self) -> MarkUnreadable {
+        let waited = crate::clock::human(MARK_TIMEOUT);
+        MarkUnreadable::new(format!(
+            "{}: no answer within {waited}",
+            self.source.describe()
+        ))
+    }
+}
+
 /// The rotator's I/O: its one slot's source, each call within its time.
 impl<S: CertSource> Driver for Task<S> {
     fn store(&self) -> &CertStore {
@@ -205,10 +217,7 @@ impl<S: CertSource> Driver for Task<S> {
             None => Ok(None),
             Some(marks) => tokio::time::timeout(MARK_TIMEOUT, marks.read())
                 .await
-                .unwrap_or_else(|_| {
-                    let waited = crate::clock::human(MARK_TIMEOUT);
-                    Err(MarkUnreadable::new(format!("no answer within {waited}")))
-                }),
+                .unwrap_or_else(|_| Err(self.no_answer())),
         };
         names.into_iter().map(|name| (name, read.clone())).collect()
     }
@@ -224,11 +233,7 @@ impl<S: CertSource> Driver for Task<S> {
                 None => Ok(()),
                 Some(marks) => tokio::time::timeout(MARK_TIMEOUT, marks.record(mark))
                     .await
-                    .unwrap_or_else(|_| {
-                        let waited = crate::clock::human(MARK_TIMEOUT);
-                        let why = format!("no answer within {waited}");
-                        Err(MarkUnreadable::new(why).recording())
-                    }),
+                    .unwrap_or_else(|_| Err(self.no_answer().recording())),
             };
             recorded.push((name, result));
         }
