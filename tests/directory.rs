@@ -78,6 +78,16 @@ fn builder(
         .retry_backoff(Duration::from_millis(100), Duration::from_millis(400))
 }
 
+/// Whether pair `slot`'s last attempt was refused as older than the newest
+/// certificate it served (whether something serves or not).
+fn refused_as_older(certs: &CertDirectory, slot: &str) -> bool {
+    let health = certs.health();
+    let cert = health.certificates.iter().find(|c| c.slot == slot);
+    let failed = cert.and_then(|c| c.last_error_code);
+    let unserved = health.unserved.iter().find(|u| u.slot == slot);
+    failed.or(unserved.and_then(|u| u.last_error_code)) == Some("older_than_serving")
+}
+
 /// A TLS server on the directory's certificates, and a client trusting `ca`.
 async fn serve(certs: &CertDirectory, ca: &Ca) -> (common::Server, Arc<rustls::ClientConfig>) {
     let config = certs.server_config().unwrap();
@@ -289,18 +299,6 @@ async fn a_pair_deleted_and_put_back_older_is_refused_across_removal_and_restart
     let (cert, key) = (dir.join("a.crt"), dir.join("a.key"));
     let marks = state.join("marks");
     let start_with_state = || start_with_marks(&dir, &marks);
-    let refused = |certs: &CertDirectory| {
-        let health = certs.health();
-        let failed = health
-            .certificates
-            .iter()
-            .any(|c| c.last_error_code == Some("older_than_serving"));
-        let unserved = health
-            .unserved
-            .iter()
-            .any(|u| u.last_error_code == Some("older_than_serving"));
-        failed || unserved
-    };
 
     write_pair(&cert, &key, &newer);
     let certs = start_with_state().await;
@@ -314,14 +312,17 @@ async fn a_pair_deleted_and_put_back_older_is_refused_across_removal_and_restart
     })
     .await;
     write_pair(&cert, &key, &older);
-    until("the refusal", || refused(&certs).then_some(())).await;
+    until("the refusal", || {
+        refused_as_older(&certs, "a").then_some(())
+    })
+    .await;
     assert!(certs.store().current("a").is_none());
     certs.shutdown().await;
 
     // Restarted on the older pair: refused from the first load.
     let certs = start_with_state().await;
     assert!(certs.store().current("a").is_none());
-    assert!(refused(&certs), "{:?}", certs.health());
+    assert!(refused_as_older(&certs, "a"), "{:?}", certs.health());
     // A newer one is served, and raises the mark.
     let newest = leaf(&ca, "a.example", 60);
     write_pair(&cert, &key, &newest);
@@ -403,13 +404,6 @@ async fn a_state_directory_that_cannot_be_read_fails_closed_and_heals() {
     let a = leaf(&ca, "a.example", 600);
     write_pair(&dir.join("a.crt"), &dir.join("a.key"), &a);
     let certs = start_with_marks(&dir, &marks).await;
-    let code = |slot: &str| {
-        let health = certs.health();
-        let cert = health.certificates.iter().find(|c| c.slot == slot);
-        let failed = cert.and_then(|c| c.last_error_code);
-        let unserved = health.unserved.iter().find(|u| u.slot == slot);
-        failed.or(unserved.and_then(|u| u.last_error_code))
-    };
     let warned = |slot: &str| {
         let health = certs.health();
         let cert = health.certificates.iter().find(|c| c.slot == slot);
@@ -435,7 +429,7 @@ async fn a_state_directory_that_cannot_be_read_fails_closed_and_heals() {
     let b_older = leaf(&ca, "b.example", 7200);
     write_pair(&dir.join("b.crt"), &dir.join("b.key"), &b_older);
     until("b's older pair refused", || {
-        (code("b") == Some("older_than_serving")).then_some(())
+        refused_as_older(&certs, "b").then_some(())
     })
     .await;
     assert_eq!(certs.store().current("b").unwrap().serial, serial(&b));
@@ -450,7 +444,7 @@ async fn a_state_directory_that_cannot_be_read_fails_closed_and_heals() {
     let a_older = leaf(&ca, "a.example", 7200);
     write_pair(&dir.join("a.crt"), &dir.join("a.key"), &a_older);
     until("a's older pair refused", || {
-        (code("a") == Some("older_than_serving")).then_some(())
+        refused_as_older(&certs, "a").then_some(())
     })
     .await;
     assert!(certs.store().current("a").is_none());
@@ -505,12 +499,7 @@ async fn a_pair_put_back_while_its_mark_cannot_be_read_is_refused_by_the_mark_re
     // Restarted on the older one: refused by the file.
     write_pair(&cert, &key, &older);
     let certs = start_with_marks(&dir, &marks).await;
-    let refused = |certs: &CertDirectory| {
-        let health = certs.health();
-        let unserved = health.unserved.iter().find(|u| u.slot == "a");
-        unserved.and_then(|u| u.last_error_code) == Some("older_than_serving")
-    };
-    assert!(refused(&certs), "{:?}", certs.health());
+    assert!(refused_as_older(&certs, "a"), "{:?}", certs.health());
     // Deleted; the state directory goes; put back: still refused.
     std::fs::remove_file(&cert).unwrap();
     std::fs::remove_file(&key).unwrap();
@@ -519,7 +508,7 @@ async fn a_pair_put_back_while_its_mark_cannot_be_read_is_refused_by_the_mark_re
     std::fs::write(&marks, "not a directory\n").unwrap();
     write_pair(&cert, &key, &older);
     until("the older pair refused again", || {
-        (certs.pairs() == ["a"] && refused(&certs)).then_some(())
+        (certs.pairs() == ["a"] && refused_as_older(&certs, "a")).then_some(())
     })
     .await;
     assert!(certs.store().current("a").is_none());
@@ -541,11 +530,6 @@ async fn a_mark_not_saved_is_saved_when_the_pair_comes_back_older() {
     let certs = start_with_marks(&dir, &marks).await;
     let mark = || std::fs::read_to_string(marks.join("a.mark")).unwrap();
     assert!(mark().contains(serial(&older)));
-    let refused = |certs: &CertDirectory| {
-        let health = certs.health();
-        let unserved = health.unserved.iter().find(|u| u.slot == "a");
-        unserved.and_then(|u| u.last_error_code) == Some("older_than_serving")
-    };
 
     // The state directory cannot be written while the newer pair arrives.
     std::fs::rename(&marks, state.join("away")).unwrap();
@@ -569,7 +553,10 @@ async fn a_mark_not_saved_is_saved_when_the_pair_comes_back_older() {
     std::fs::rename(state.join("away"), &marks).unwrap();
     assert!(mark().contains(serial(&older)));
     write_pair(&cert, &key, &older);
-    until("the older pair refused", || refused(&certs).then_some(())).await;
+    until("the older pair refused", || {
+        refused_as_older(&certs, "a").then_some(())
+    })
+    .await;
     until("the newer mark saved", || {
         mark().contains(serial(&newer)).then_some(())
     })
@@ -579,7 +566,7 @@ async fn a_mark_not_saved_is_saved_when_the_pair_comes_back_older() {
     // Restarted on the older pair: still refused.
     let certs = start_with_marks(&dir, &marks).await;
     assert!(certs.store().current("a").is_none());
-    assert!(refused(&certs), "{:?}", certs.health());
+    assert!(refused_as_older(&certs, "a"), "{:?}", certs.health());
     certs.shutdown().await;
 }
 
